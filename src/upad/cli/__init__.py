@@ -1,0 +1,1 @@
+"""The ``upad`` command line: one module per command group."""
