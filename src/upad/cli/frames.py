@@ -7,7 +7,7 @@ from rich.table import Table
 from upad.cli.common import common_options, console, emit_json, json_option
 from upad.db import open_database
 from upad.db.models import OBS_TYPES
-from upad.db.queries import list_frames, list_quarantine, status_summary
+from upad.db.queries import flow_summary, list_frames, list_quarantine, status_summary
 from upad.settings import Settings
 
 
@@ -52,10 +52,12 @@ def frames(settings: Settings, as_json: bool, night: str | None, obs_type: str |
 @common_options
 @json_option
 def status(settings: Settings, as_json: bool) -> None:
-    """Count frames per state, type and QC outcome; list quarantined files and their reasons."""
+    """Count frames per state, type and QC outcome, jobs and products per step and state; list failed jobs and
+    quarantined files with their reasons."""
     db = open_database(settings.db_url)
     summary = status_summary(db)
     summary["quarantined_files"] = list_quarantine(db)
+    summary["flow"] = flow_summary(db)
     db.dispose()
     if as_json:
         emit_json(summary)
@@ -70,6 +72,17 @@ def status(settings: Settings, as_json: bool) -> None:
         for value, n in sorted(fr[key].items()):
             table.add_row(group, value, str(n))
     console.print(table)
+    flow = summary["flow"]
+    if flow["jobs"] or flow["products"]:
+        ft = Table(title="processing flow")
+        for col in ("step", "jobs", "products"):
+            ft.add_column(col)
+        for step in sorted(set(flow["jobs"]) | set(flow["products"])):
+            ft.add_row(step, ", ".join(f"{k} {v}" for k, v in sorted(flow["jobs"].get(step, {}).items())),
+                       ", ".join(f"{k} {v}" for k, v in sorted(flow["products"].get(step, {}).items())))
+        console.print(ft)
+        for f in flow["failed_jobs"][:20]:
+            console.print(f"[red]failed[/] {f['step']} {f['unit']}: {f['error']}")
     q = summary["quarantined_files"]
     if q:
         qt = Table(title=f"{len(q)} quarantined files")

@@ -1,5 +1,7 @@
 """The process database (models, sessions, migrations)."""
-from upad.db.models import Base, Frame, FrameEvent, QuarantinedFile, Tile
+from upad.db.models import (Attempt, Base, Frame, FrameEvent, Job, Product, Provenance, ProvenanceInput,
+                             QuarantinedFile, Run, Tile)
 from upad.db.session import Database, open_database
 
-__all__ = ["Base", "Database", "Frame", "FrameEvent", "QuarantinedFile", "Tile", "open_database"]
+__all__ = ["Attempt", "Base", "Database", "Frame", "FrameEvent", "Job", "Product", "Provenance", "ProvenanceInput",
+           "QuarantinedFile", "Run", "Tile", "open_database"]

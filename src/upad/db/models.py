@@ -148,3 +148,157 @@ class QuarantinedFile(Base):
     reason: Mapped[str] = mapped_column(Text)
     detected_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     resolved: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The processing flow (schema revision 0002): runs, provenance, products, jobs and their attempts.
+# ------------------------------------------------------------------------------------------------------------------
+
+#: Product states: ``complete`` (usable), ``stale`` (an input was invalidated or superseded by a newer version).
+PRODUCT_STATES = ("complete", "stale")
+
+#: Job states. ``queued`` → ``running`` → ``done`` | ``failed``; ``cancelled`` when its inputs became invalid.
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+#: Attempt states. ``lost``: the worker or scheduler died (lease expired) — the job was re-queued.
+ATTEMPT_STATES = ("running", "succeeded", "failed", "lost", "discarded")
+
+
+class Run(Base):
+    """A named processing run (one ``upad run`` / ``upad reprocess`` invocation)."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    command: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    executor: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Provenance(Base):
+    """What a product is made of: step, code version, critical configuration and every input.
+
+    ``id`` is the SHA-256 of {step, code version, configuration hash, unit key, sorted inputs}; the same inputs and
+    configuration always give the same id, so a re-run finds its product already there.
+    """
+
+    __tablename__ = "provenance"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[str] = mapped_column(String(64), index=True)
+    unit_key: Mapped[str] = mapped_column(String(255))
+    code_version: Mapped[str] = mapped_column(String(32))
+    config_hash: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    inputs: Mapped[list["ProvenanceInput"]] = relationship(back_populates="provenance")
+
+    __table_args__ = (Index("ix_provenance_step_unit", "step", "unit_key"),)
+
+
+class ProvenanceInput(Base):
+    """One input of a provenance record: a raw frame or another product, with its role (``raw``, ``bias`` …)."""
+
+    __tablename__ = "provenance_inputs"
+
+    provenance_id: Mapped[str] = mapped_column(ForeignKey("provenance.id", ondelete="CASCADE"), primary_key=True)
+    input_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    input_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+    provenance: Mapped[Provenance] = relationship(back_populates="inputs")
+
+    __table_args__ = (Index("ix_provenance_inputs_input", "input_kind", "input_id"),)
+
+
+class Product(Base):
+    """An immutable product of a step (master calibration, reduced frame, catalog, coadd …)."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provenance_id: Mapped[str] = mapped_column(ForeignKey("provenance.id"), unique=True)
+    step: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
+    unit_key: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="complete", index=True)
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True)
+    stale_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    attempt_id: Mapped[int | None] = mapped_column(Integer)
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    files: Mapped[list[Any]] = mapped_column(JSON, default=list, doc="[{role, path (relative to root), sha256, size}]")
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="statistics and QC values")
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="the unit's attributes (night, filter…)")
+    qc_status: Mapped[str | None] = mapped_column(String(8))
+    good_after: Mapped[dt.datetime | None] = mapped_column(DateTime, doc="calibration validity start (UTC)")
+    good_until: Mapped[dt.datetime | None] = mapped_column(DateTime, doc="calibration validity end (UTC)")
+    is_bad: Mapped[bool] = mapped_column(Boolean, default=False)
+    bad_reason: Mapped[str | None] = mapped_column(Text)
+
+    provenance: Mapped[Provenance] = relationship()
+
+    __table_args__ = (Index("ix_products_step_unit", "step", "unit_key"),
+                      Index("ix_products_step_current", "step", "is_current"))
+
+
+class Job(Base):
+    """Work to make one product: at most one job per provenance id, ever."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provenance_id: Mapped[str] = mapped_column(ForeignKey("provenance.id"), unique=True)
+    step: Mapped[str] = mapped_column(String(64))
+    unit_key: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    memory_class: Mapped[str] = mapped_column(String(16), default="small")
+    priority: Mapped[int] = mapped_column(Integer, default=100)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    n_failures: Mapped[int] = mapped_column(Integer, default=0, doc="failed or worker-lost attempts (count toward max_attempts)")
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    next_try_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    product_id: Mapped[int | None] = mapped_column(Integer)
+
+    attempts: Mapped[list["Attempt"]] = relationship(back_populates="job", order_by="Attempt.number")
+
+    __table_args__ = (Index("ix_jobs_state_next", "state", "next_try_at"), Index("ix_jobs_step_state", "step", "state"))
+
+
+class Attempt(Base):
+    """One execution of a job on a worker."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    scheduler: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str | None] = mapped_column(String(255))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    transient: Mapped[bool | None] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    log_excerpt: Mapped[str | None] = mapped_column(Text)
+    wall_seconds: Mapped[float | None] = mapped_column(Float)
+    peak_rss_mb: Mapped[float | None] = mapped_column(Float)
+
+    job: Mapped[Job] = relationship(back_populates="attempts")

@@ -1,0 +1,1 @@
+"""The processing flow: steps, readiness rules, provenance, scheduling and invalidation (*what* runs next)."""

@@ -1,0 +1,645 @@
+"""The scheduler: finds what is ready, creates jobs, dispatches them, records results, loops.
+
+The database is the single source of truth. One loop iteration:
+
+1. **reclaim** jobs whose lease expired (their scheduler or worker died) → re-queued, the attempt marked ``lost``;
+2. **plan**: every step lists its units; a ready unit without a current product and without a job for its
+   provenance id gets one (``INSERT … ON CONFLICT DO NOTHING``: two schedulers never create the same job twice);
+3. **claim** queued jobs up to the executor's free capacity (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+   ``BEGIN IMMEDIATE`` on SQLite): the job becomes ``running`` under this scheduler's lease and gets an attempt;
+4. **dispatch** the payloads to the executor; **heartbeat** (extend the leases of our running jobs);
+5. **record** outcomes: the staged files are renamed into the archive and the product is registered in the same
+   transaction that closes the job; failures are retried with backoff when transient, recorded otherwise.
+
+Products are immutable: files live under a directory named by the short provenance id, so a new version never
+overwrites an old one. Registering a new current product marks the products built from the one it supersedes as
+stale, so the flow rebuilds them with the new input.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from upad.config import StepConfig, load_user_config
+from upad.db.models import Attempt, Frame, Job, Product, Provenance, ProvenanceInput, Run, utcnow
+from upad.db.session import Database
+from upad.execution import Executor
+from upad.flow.invalidate import cascade_stale
+from upad.flow.provenance import code_version, provenance_id, short
+from upad.flow.step import MEMORY_CLASSES, InputRef, Step, Unit, all_steps
+from upad.settings import Settings
+
+log = logging.getLogger("upad.scheduler")
+
+_CHUNK = 500
+
+
+@dataclass
+class SchedulerOptions:
+    """How the scheduler behaves (not part of any product's provenance)."""
+
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 5.0
+    poll_seconds: float = 0.5
+    replan_seconds: float = 10.0
+    min_replan_seconds: float = 1.0
+    max_attempts: int = 3
+    backoff_seconds: float = 2.0
+    steps: Sequence[str] | None = None
+    memory_budget_gb: float | None = None
+
+
+@dataclass
+class PlannedUnit:
+    step: str
+    unit: Unit
+    provenance_id: str | None
+    status: str  # would-run | waiting | queued | running | done | failed | cancelled | current
+    reason: str = ""
+
+
+@dataclass
+class PlanReport:
+    units: list[PlannedUnit] = field(default_factory=list)
+    created: int = 0
+
+    def by_status(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for u in self.units:
+            out[u.step][u.status] = out[u.step].get(u.status, 0) + 1
+        return dict(out)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """A dialect insert that supports ``on_conflict_do_nothing``."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_dead(owner: str | None) -> bool:
+    """True when a lease owner ``host:pid:token`` ran on this host and its process is gone."""
+    if not owner:
+        return False
+    try:
+        host, pid, _ = owner.rsplit(":", 2)
+        return host == socket.gethostname() and not _pid_alive(int(pid))
+    except ValueError:
+        return False
+
+
+class Scheduler:
+    """Drives the processing flow against one database with one executor."""
+
+    def __init__(self, db: Database, settings: Settings, executor: Executor | None, *,
+                 options: SchedulerOptions | None = None, run_name: str | None = None,
+                 command: str = "upad run", on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.db = db
+        self.settings = settings
+        self.executor = executor
+        self.options = options or SchedulerOptions()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.run_name = run_name
+        self.command = command
+        self.run_id: int | None = None
+        self.on_event = on_event or (lambda kind, info: None)
+        self.user_config = load_user_config(settings.root)
+        # modules that define the registered steps, so that any worker can import them
+        self.plugins = sorted({type(st).__module__ for st in all_steps()})
+        self._steps = [s for s in all_steps() if not self.options.steps or s.name in self.options.steps]
+        if self.options.steps:
+            unknown = set(self.options.steps) - {s.name for s in all_steps()}
+            if unknown:
+                from upad.errors import UpadError
+
+                raise UpadError(f"unknown step(s) {sorted(unknown)}",
+                                hint=f"known steps: {', '.join(s.name for s in all_steps())}")
+        self._configs: dict[str, StepConfig] = {s.name: s.make_config(self.user_config.get(s.name))
+                                                for s in all_steps()}
+        self._stop = False
+        self.counts: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------------------------------------------ runs
+    def start_run(self) -> int:
+        name = self.run_name or f"run-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{self.owner.rsplit(':', 1)[1]}"
+        with self.db.session() as s:
+            run = Run(name=name, command=self.command, host=socket.gethostname(), pid=os.getpid(),
+                      executor=self.executor.describe() if self.executor else "none", state="running")
+            s.add(run)
+            s.flush()
+            self.run_id, self.run_name = run.id, name
+        return self.run_id
+
+    def end_run(self, state: str) -> None:
+        if self.run_id is None:
+            return
+        with self.db.session() as s:
+            run = s.get(Run, self.run_id)
+            run.state, run.ended_at = state, utcnow()
+            run.summary = dict(self.counts)
+
+    # ------------------------------------------------------------------------------------------------ planning
+    def config_for(self, step: Step) -> StepConfig:
+        return self._configs[step.name]
+
+    @staticmethod
+    def input_identities(s: Session, refs: Iterable[InputRef]) -> dict[tuple[str, int], str]:
+        """Stable identities of inputs: a frame's SHA-256, a product's provenance id."""
+        refs = set(refs)
+        frame_ids = sorted({r.id for r in refs if r.kind == "frame"})
+        product_ids = sorted({r.id for r in refs if r.kind == "product"})
+        out: dict[tuple[str, int], str] = {}
+        for chunk in _chunks(frame_ids):
+            out.update((("frame", i), sha) for i, sha in s.execute(select(Frame.id, Frame.sha256)
+                                                                    .where(Frame.id.in_(chunk))))
+        for chunk in _chunks(product_ids):
+            out.update((("product", i), p) for i, p in s.execute(select(Product.id, Product.provenance_id)
+                                                                  .where(Product.id.in_(chunk))))
+        missing = [r for r in refs if (r.kind, r.id) not in out]
+        if missing:
+            raise ValueError(f"inputs that do not exist in the database: {sorted(missing)[:5]}")
+        return out
+
+    def plan(self, *, dry_run: bool = False, force_steps: Iterable[str] = (), since: str | None = None) -> PlanReport:
+        """List every unit of every step and create jobs for the ready ones that need one.
+
+        ``force_steps`` (``upad reprocess``): create jobs for units of these steps even when a current product
+        exists, if the unit's provenance (inputs, configuration, code version) differs from the current product's.
+        ``since`` restricts forced units to those whose ``context['night']`` (or ``date``) is on or after it.
+        """
+        report = PlanReport()
+        force = set(force_steps)
+        for step in self._steps:
+            with self.db.session() as s:
+                units = list(step.plan(s, self.config_for(step)))
+                report.units.extend(self._plan_step(s, step, units, report, dry_run=dry_run,
+                                                    force=step.name in force, since=since))
+        return report
+
+    def _plan_step(self, s: Session, step: Step, units: list[Unit], report: PlanReport, *, dry_run: bool,
+                   force: bool, since: str | None) -> list[PlannedUnit]:
+        cfg = self.config_for(step)
+        version = code_version(step.version)
+        cfg_hash = cfg.hash()
+        planned: list[PlannedUnit] = []
+        ident = self.input_identities(s, (r for u in units if u.ready for r in u.inputs))
+        ready = [(u, provenance_id(step.name, version, cfg_hash, u.key, u.inputs, ident)) for u in units if u.ready]
+        for u in units:
+            if not u.ready:
+                planned.append(PlannedUnit(step.name, u, None, "waiting", u.reason))
+        if not ready:
+            return planned
+        # current products of these units, and jobs of these provenance ids
+        keys = [u.key for u, _ in ready]
+        current: dict[str, tuple[int, str, str]] = {}
+        for chunk in _chunks(keys):
+            for pid, key, prov, state in s.execute(
+                    select(Product.id, Product.unit_key, Product.provenance_id, Product.state)
+                    .where(Product.step == step.name, Product.unit_key.in_(chunk), Product.is_current.is_(True))):
+                current[key] = (pid, prov, state)
+        jobs: dict[str, tuple[str, int | None]] = {}
+        for chunk in _chunks([p for _, p in ready]):
+            for prov, state, product_id in s.execute(
+                    select(Job.provenance_id, Job.state, Job.product_id).where(Job.provenance_id.in_(chunk))):
+                jobs[prov] = (state, product_id)
+        # units with a job still queued or running (for other inputs): one job per unit at a time
+        active: set[str] = set()
+        for chunk in _chunks(keys):
+            active.update(k for (k,) in s.execute(select(Job.unit_key).where(
+                Job.step == step.name, Job.unit_key.in_(chunk), Job.state.in_(("queued", "running")))))
+        to_create: list[tuple[Unit, str]] = []
+        for unit, prov in ready:
+            cur = current.get(unit.key)
+            job = jobs.get(prov)
+            if cur is not None and cur[1] == prov:
+                planned.append(PlannedUnit(step.name, unit, prov, "current"))
+                continue
+            if job is not None:
+                state, product_id = job
+                if (state == "done" and product_id is not None and cur is None and not dry_run
+                        and not s.get(Product, product_id).is_bad):
+                    # the unit's product exists but was made stale (e.g. its input was flagged and then unflagged):
+                    # its inputs are valid again, so it becomes current again instead of being rebuilt
+                    self._make_current(s, product_id, revive=True)
+                    planned.append(PlannedUnit(step.name, unit, prov, "current", "revived"))
+                    continue
+                planned.append(PlannedUnit(step.name, unit, prov, state))
+                continue
+            if unit.key in active:
+                planned.append(PlannedUnit(step.name, unit, prov, "waiting",
+                                           "another job for this unit is queued or running"))
+                continue
+            if cur is not None:
+                in_window = since is None or str(unit.context.get("night", unit.context.get("date", ""))) >= since
+                if not (force and in_window):
+                    planned.append(PlannedUnit(step.name, unit, prov, "current",
+                                               "a current product exists (use `upad reprocess` to rebuild)"))
+                    continue
+            to_create.append((unit, prov))
+            planned.append(PlannedUnit(step.name, unit, prov, "would-run"))
+        if to_create and not dry_run:
+            report.created += self._create_jobs(s, step, cfg, to_create)
+        return planned
+
+    def _create_jobs(self, s: Session, step: Step, cfg: StepConfig, items: list[tuple[Unit, str]]) -> int:
+        version = code_version(step.version)
+        now = utcnow()
+        prov_rows, input_rows, job_rows = [], [], []
+        for unit, prov in items:
+            prov_rows.append({"id": prov, "step": step.name, "unit_key": unit.key, "code_version": version,
+                              "config_hash": cfg.hash(), "config": cfg.critical(), "context": unit.context,
+                              "created_at": now})
+            for ref in set(unit.inputs):
+                input_rows.append({"provenance_id": prov, "input_kind": ref.kind, "input_id": ref.id,
+                                   "role": ref.role})
+            job_rows.append({"provenance_id": prov, "step": step.name, "unit_key": unit.key, "state": "queued",
+                             "memory_class": step.memory_class, "priority": unit.priority, "run_id": self.run_id,
+                             "created_at": now, "updated_at": now, "n_failures": 0,
+                             "max_attempts": self.options.max_attempts, "next_try_at": now})
+        for chunk in _chunks(prov_rows):
+            s.execute(_insert(s, Provenance).on_conflict_do_nothing(), chunk)
+        for chunk in _chunks(input_rows):
+            s.execute(_insert(s, ProvenanceInput).on_conflict_do_nothing(), chunk)
+        created = 0
+        for chunk in _chunks(job_rows):
+            res = s.execute(_insert(s, Job).on_conflict_do_nothing().returning(Job.id), chunk)
+            created += len(res.all())
+        self.counts["jobs_created"] += created
+        return created
+
+    # --------------------------------------------------------------------------------------------- leases
+    def reclaim(self) -> int:
+        """Re-queue running jobs whose lease expired or whose scheduler process is gone (same host)."""
+        now = utcnow()
+        n = 0
+        with self.db.session() as s:
+            stmt = select(Job).where(Job.state == "running", Job.lease_owner != self.owner)
+            for job in s.scalars(_lock(s, stmt)):
+                expired = job.lease_expires_at is None or job.lease_expires_at < now
+                if not (expired or _owner_dead(job.lease_owner)):
+                    continue
+                for att in job.attempts:
+                    if att.state == "running":
+                        att.state, att.ended_at, att.transient = "lost", now, True
+                        att.error = f"lease of {job.lease_owner} expired or its process died; job re-queued"
+                job.state, job.lease_owner, job.lease_expires_at = "queued", None, None
+                job.next_try_at, job.updated_at = now, now
+                n += 1
+        if n:
+            log.warning("re-queued %d job(s) whose scheduler or worker died", n)
+            self.counts["reclaimed"] += n
+        return n
+
+    def heartbeat(self) -> None:
+        now = utcnow()
+        with self.db.session() as s:
+            s.execute(update(Job).where(Job.lease_owner == self.owner, Job.state == "running")
+                      .values(lease_expires_at=now + dt.timedelta(seconds=self.options.lease_seconds)))
+
+    def cleanup_staging(self) -> list[Path]:
+        """Remove staging directories of attempts that are not running (leftovers of a crash)."""
+        staging_root = self.settings.path("tmp", "staging")
+        if not staging_root.is_dir():
+            return []
+        with self.db.session() as s:
+            running = {a for (a,) in s.execute(select(Attempt.id).where(Attempt.state == "running"))}
+        removed = []
+        for d in staging_root.iterdir():
+            try:
+                att = int(d.name.removeprefix("attempt-"))
+            except ValueError:
+                continue
+            if att not in running:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+        return removed
+
+    # --------------------------------------------------------------------------------------------- claiming
+    def claim(self, slots: int, inflight_memory_gb: float = 0.0) -> list[dict[str, Any]]:
+        """Claim up to ``slots`` queued jobs for this scheduler and return their payloads."""
+        if slots <= 0:
+            return []
+        now = utcnow()
+        budget = self.options.memory_budget_gb
+        steps = [s.name for s in self._steps]
+        with self.db.session() as s:
+            stmt = (select(Job).where(Job.state == "queued", Job.next_try_at <= now, Job.step.in_(steps))
+                    .order_by(Job.priority, Job.id).limit(slots))
+            jobs = list(s.scalars(_lock(s, stmt, skip_locked=True)))
+            chosen: list[Job] = []
+            mem = inflight_memory_gb
+            for job in jobs:
+                need = MEMORY_CLASSES.get(job.memory_class, 1.0)
+                # within the memory budget, but a job always starts when nothing else is running
+                if budget is not None and mem + need > budget and (chosen or inflight_memory_gb > 0):
+                    continue
+                mem += need
+                chosen.append(job)
+            if not chosen:
+                return []
+            lease_until = now + dt.timedelta(seconds=self.options.lease_seconds)
+            attempts: list[Attempt] = []
+            n_prev = dict(s.execute(select(Attempt.job_id, func.count()).where(
+                Attempt.job_id.in_([j.id for j in chosen])).group_by(Attempt.job_id)).all())
+            for job in chosen:
+                job.state, job.lease_owner, job.lease_expires_at, job.updated_at = "running", self.owner, lease_until, now
+                att = Attempt(job_id=job.id, number=n_prev.get(job.id, 0) + 1, run_id=self.run_id,
+                              scheduler=self.owner, started_at=now, state="running")
+                s.add(att)
+                attempts.append(att)
+            s.flush()
+            payloads = self._payloads(s, chosen, attempts)
+        self.counts["claimed"] += len(payloads)
+        return payloads
+
+    def _payloads(self, s: Session, jobs: list[Job], attempts: list[Attempt]) -> list[dict[str, Any]]:
+        provs = [j.provenance_id for j in jobs]
+        inputs: dict[str, list[ProvenanceInput]] = defaultdict(list)
+        contexts: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(provs):
+            for row in s.scalars(select(ProvenanceInput).where(ProvenanceInput.provenance_id.in_(chunk))):
+                inputs[row.provenance_id].append(row)
+            for pid, ctx in s.execute(select(Provenance.id, Provenance.context).where(Provenance.id.in_(chunk))):
+                contexts[pid] = ctx
+        frame_ids = {i.input_id for rows in inputs.values() for i in rows if i.input_kind == "frame"}
+        product_ids = {i.input_id for rows in inputs.values() for i in rows if i.input_kind == "product"}
+        frames = {f.id: f for chunk in _chunks(sorted(frame_ids))
+                  for f in s.scalars(select(Frame).where(Frame.id.in_(chunk)))}
+        products = {p.id: p for chunk in _chunks(sorted(product_ids))
+                    for p in s.scalars(select(Product).where(Product.id.in_(chunk)))}
+        root = self.settings.root
+        payloads = []
+        for job, att in zip(jobs, attempts):
+            resolved = []
+            for ref in sorted(inputs[job.provenance_id], key=lambda r: (r.role, r.input_kind, r.input_id)):
+                if ref.input_kind == "frame":
+                    f = frames[ref.input_id]
+                    resolved.append({"kind": "frame", "id": f.id, "role": ref.role, "paths": [str(root / f.path)],
+                                     "meta": frame_meta(f)})
+                else:
+                    p = products[ref.input_id]
+                    resolved.append({"kind": "product", "id": p.id, "role": ref.role,
+                                     "paths": [str(root / f["path"]) for f in p.files],
+                                     "meta": {"step": p.step, "unit_key": p.unit_key, "provenance_id": p.provenance_id,
+                                              "file_roles": [f["role"] for f in p.files], "context": p.context,
+                                              **p.meta}})
+            step = next(st for st in all_steps() if st.name == job.step)
+            payloads.append({
+                "job_id": job.id, "attempt_id": att.id, "step": job.step, "unit_key": job.unit_key,
+                "provenance_id": job.provenance_id, "context": contexts.get(job.provenance_id, {}),
+                "config": self.config_for(step).as_dict(), "inputs": resolved, "root": str(root),
+                "staging": str(self.settings.path("tmp", "staging", f"attempt-{att.id}")), "plugins": self.plugins,
+                "memory_class": job.memory_class,
+            })
+        return payloads
+
+    # --------------------------------------------------------------------------------------------- recording
+    def record(self, outcomes: Sequence[dict[str, Any]]) -> None:
+        """Turn worker outcomes into state (one transaction for the batch)."""
+        if not outcomes:
+            return
+        now = utcnow()
+        with self.db.session() as s:
+            jobs = {j.id: j for j in s.scalars(_lock(s, select(Job).where(
+                Job.id.in_([o["job_id"] for o in outcomes]))))}
+            atts = {a.id: a for a in s.scalars(select(Attempt).where(
+                Attempt.id.in_([o["attempt_id"] for o in outcomes])))}
+            for out in outcomes:
+                job, att = jobs.get(out["job_id"]), atts.get(out["attempt_id"])
+                if job is None or att is None:
+                    continue
+                att.ended_at, att.host, att.pid, att.worker = now, out.get("host"), out.get("pid"), out.get("worker")
+                att.wall_seconds, att.peak_rss_mb = out.get("wall_seconds"), out.get("peak_rss_mb")
+                att.log_excerpt = (out.get("log") or "")[-4000:] or None
+                if job.state != "running" or job.lease_owner != self.owner or att.state != "running":
+                    # our lease was lost (another scheduler re-queued the job): this result is not ours to record
+                    att.state = "discarded"
+                    att.error = "result discarded: the job was re-queued by another scheduler"
+                    self._drop_staged(out)
+                    self.counts["discarded"] += 1
+                    continue
+                if out.get("ok"):
+                    self._register(s, job, att, out, now)
+                else:
+                    self._fail(job, att, out, now)
+        self.on_event("recorded", {"n": len(outcomes)})
+
+    def _register(self, s: Session, job: Job, att: Attempt, out: dict[str, Any], now: dt.datetime) -> None:
+        root = self.settings.root
+        files = []
+        for f in out["files"]:
+            final = root / f["final"]
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f["staged"], final)
+            files.append({"role": f["role"], "path": f["final"], "sha256": f["sha256"], "size": f["size"]})
+        product = Product(provenance_id=job.provenance_id, step=job.step, kind=_step(job.step).product_kind,
+                          unit_key=job.unit_key, state="complete", is_current=False, created_at=now, job_id=job.id,
+                          attempt_id=att.id, run_id=self.run_id, files=files, meta=out.get("meta") or {},
+                          context=s.get(Provenance, job.provenance_id).context,
+                          qc_status=out.get("qc_status"),
+                          good_after=_parse_dt(out.get("good_after")), good_until=_parse_dt(out.get("good_until")))
+        s.add(product)
+        s.flush()
+        job.state, job.product_id, job.error, job.updated_at = "done", product.id, None, now
+        job.lease_owner, job.lease_expires_at = None, None
+        att.state = "succeeded"
+        invalid = self._invalid_inputs(s, job.provenance_id)
+        if invalid:
+            product.state, product.stale_reason = "stale", f"inputs became invalid while it ran: {invalid}"
+        else:
+            self._make_current(s, product.id)
+        staging = Path(out["files"][0]["staged"]).parent if out["files"] else None
+        if staging is not None:
+            shutil.rmtree(self.settings.path("tmp", "staging", f"attempt-{att.id}"), ignore_errors=True)
+        self.counts["done"] += 1
+        self.on_event("done", {"step": job.step, "unit": job.unit_key, "product": product.id})
+
+    def _make_current(self, s: Session, product_id: int, *, revive: bool = False) -> None:
+        """Make ``product_id`` the current product of its unit; what was built from the one it replaces is stale."""
+        product = s.get(Product, product_id)
+        old = list(s.scalars(select(Product).where(Product.step == product.step, Product.unit_key == product.unit_key,
+                                                   Product.is_current.is_(True), Product.id != product.id)))
+        for p in old:
+            p.is_current = False
+        product.is_current, product.state = True, "complete"
+        if revive:
+            product.stale_reason = None
+        if old:
+            cascade_stale(s, [("product", p.id) for p in old],
+                          reason=f"input superseded by product {product.id} ({short(product.provenance_id)})",
+                          include_seeds=False)
+
+    def _invalid_inputs(self, s: Session, prov: str) -> list[str]:
+        rows = s.execute(select(ProvenanceInput.input_kind, ProvenanceInput.input_id)
+                         .where(ProvenanceInput.provenance_id == prov)).all()
+        frame_ids = [i for k, i in rows if k == "frame"]
+        product_ids = [i for k, i in rows if k == "product"]
+        bad = []
+        if frame_ids:
+            bad += [f"frame {i}" for (i,) in s.execute(select(Frame.id).where(Frame.id.in_(frame_ids),
+                                                                                Frame.valid.is_(False)))]
+        if product_ids:
+            bad += [f"product {i}" for (i,) in s.execute(select(Product.id).where(
+                Product.id.in_(product_ids), or_(Product.state != "complete", Product.is_bad.is_(True))))]
+        return bad
+
+    def _fail(self, job: Job, att: Attempt, out: dict[str, Any], now: dt.datetime) -> None:
+        transient = bool(out.get("transient"))
+        att.state = "lost" if out.get("lost") else "failed"
+        att.transient, att.error = transient, out.get("error")
+        if out.get("traceback"):
+            att.log_excerpt = ((att.log_excerpt or "") + "\n" + out["traceback"])[-4000:]
+        job.n_failures += 1
+        job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
+        job.error = out.get("error")
+        self._drop_staged(out, attempt_id=att.id)
+        if transient and job.n_failures < job.max_attempts:
+            delay = self.options.backoff_seconds * (2 ** (job.n_failures - 1))
+            job.state, job.next_try_at = "queued", now + dt.timedelta(seconds=delay)
+            self.counts["retried"] += 1
+            log.warning("job %d (%s %s) failed transiently, retry in %.1fs: %s", job.id, job.step, job.unit_key,
+                        delay, job.error)
+        else:
+            job.state = "failed"
+            self.counts["failed"] += 1
+            log.error("job %d (%s %s) failed: %s", job.id, job.step, job.unit_key, job.error)
+        self.on_event("failed", {"step": job.step, "unit": job.unit_key, "error": job.error,
+                                 "retry": job.state == "queued"})
+
+    def _drop_staged(self, out: dict[str, Any], attempt_id: int | None = None) -> None:
+        att = attempt_id or out.get("attempt_id")
+        if att is not None:
+            shutil.rmtree(self.settings.path("tmp", "staging", f"attempt-{att}"), ignore_errors=True)
+
+    # --------------------------------------------------------------------------------------------- the loop
+    def pending(self) -> dict[str, int]:
+        """Jobs that keep the flow busy: queued (ready now or later) and running (by any scheduler)."""
+        with self.db.session() as s:
+            rows = s.execute(select(Job.state, func.count()).where(Job.state.in_(("queued", "running")))
+                             .group_by(Job.state)).all()
+        return dict(rows)
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self, *, until_idle: bool = True, max_seconds: float | None = None) -> dict[str, int]:
+        """Run the loop; with ``until_idle`` return when nothing is ready, queued or running."""
+        if self.executor is None:
+            raise ValueError("a scheduler without an executor can only plan")
+        self.start_run()
+        old_handlers = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old_handlers[sig] = signal.signal(sig, self.request_stop)
+            except ValueError:  # not in the main thread
+                pass
+        state = "interrupted"
+        inflight: dict[Any, dict[str, Any]] = {}
+        t_start = time.monotonic()
+        try:
+            self.reclaim()
+            self.cleanup_staging()
+            next_plan = 0.0
+            last_plan = -1e9
+            next_beat = time.monotonic() + self.options.heartbeat_seconds
+            dirty = True
+            while not self._stop:
+                now = time.monotonic()
+                if max_seconds is not None and now - t_start > max_seconds:
+                    break
+                if (dirty and now - last_plan >= self.options.min_replan_seconds) or now >= next_plan:
+                    created = self.plan().created
+                    last_plan, next_plan, dirty = now, now + self.options.replan_seconds, False
+                    self.on_event("planned", {"created": created})
+                if now >= next_beat:
+                    self.heartbeat()
+                    self.reclaim()
+                    next_beat = now + self.options.heartbeat_seconds
+                free = self.executor.capacity - len(inflight)
+                if free > 0:
+                    mem = sum(MEMORY_CLASSES.get(p["memory_class"], 1.0) for p in inflight.values())
+                    for payload in self.claim(free, mem):
+                        inflight[self.executor.submit(payload)] = payload
+                        self.on_event("started", {"step": payload["step"], "unit": payload["unit_key"]})
+                if not inflight:
+                    pending = self.pending()
+                    if until_idle and not pending and not dirty:
+                        # one last plan: results recorded since the last one may have made new units ready
+                        if self.plan().created == 0:
+                            state = "finished"
+                            break
+                        continue
+                    time.sleep(min(self.options.poll_seconds, 0.2) if pending else self.options.poll_seconds)
+                    continue
+                done = self.executor.wait(list(inflight), timeout=self.options.poll_seconds)
+                if done:
+                    outcomes = [self.executor.outcome(f, inflight.pop(f)) for f in done]
+                    self.record(outcomes)
+                    dirty = True
+            if self._stop:
+                # graceful stop: let running jobs finish and record them
+                while inflight:
+                    done = self.executor.wait(list(inflight), timeout=self.options.poll_seconds)
+                    self.record([self.executor.outcome(f, inflight.pop(f)) for f in done])
+                state = "stopped"
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            self.end_run(state)
+            self.cleanup_staging()
+        return dict(self.counts)
+
+
+def frame_meta(f: Frame) -> dict[str, Any]:
+    """The metadata of a raw frame that workers see."""
+    return {"filename": f.filename, "instrument": f.instrument, "layout": f.layout, "obs_type": f.obs_type,
+            "filter": f.filter, "read_mode": f.read_mode, "exptime": f.exptime,
+            "date_obs": f.date_obs.isoformat(), "mjd": f.mjd, "night": f.night, "ra": f.ra, "dec": f.dec,
+            "airmass": f.airmass, "tile_id": f.tile_id, "object": f.object, "sha256": f.sha256,
+            "naxis1": f.naxis1, "naxis2": f.naxis2}
+
+
+def _lock(s: Session, stmt: Any, *, skip_locked: bool = False) -> Any:
+    """Row locks on PostgreSQL (SQLite serialises writers with BEGIN IMMEDIATE instead)."""
+    if s.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update(skip_locked=skip_locked)
+    return stmt
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _parse_dt(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def _step(name: str) -> Step:
+    from upad.flow.step import get_step
+
+    return get_step(name)

@@ -1,0 +1,130 @@
+"""What runs on a worker: ``execute_task(payload) -> outcome``.
+
+The payload and the outcome are plain dicts (picklable, JSON-safe) so that every executor — a local process pool,
+Dask, a batch node — can carry them. The worker never touches the database: the scheduler alone turns outcomes into
+state.
+"""
+from __future__ import annotations
+
+import errno
+import importlib
+import io
+import logging
+import os
+import socket
+import sqlite3
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from upad.flow.step import DataError, ResolvedInput, Task, TransientError, get_step
+from upad.io.atomic import sha256_file
+
+log = logging.getLogger("upad.worker")
+
+#: errno values of I/O errors worth a retry (others, e.g. ENOENT on an input, are deterministic).
+_TRANSIENT_ERRNO = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ENOSPC, errno.ESTALE,
+                    errno.ECONNRESET, errno.ECONNREFUSED, errno.EINTR}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is worth retrying (with backoff) rather than recorded as a deterministic failure."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, DataError):
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO:
+        return True
+    if isinstance(exc, MemoryError):
+        return True
+    return False
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM, so the peak measured after the job is this job's own.
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:  # pragma: no cover - non-POSIX
+        return None
+
+
+def _load_plugins(modules: list[str]) -> None:
+    for mod in modules:
+        importlib.import_module(mod)
+
+
+def execute_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one job attempt described by ``payload``; never raises (failures are returned)."""
+    t0 = time.perf_counter()
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger = logging.getLogger("upad")
+    root_logger.addHandler(handler)
+    previous_level = root_logger.level
+    if root_logger.level == logging.NOTSET or root_logger.level > logging.INFO:
+        root_logger.setLevel(logging.INFO)
+    outcome: dict[str, Any] = {
+        "job_id": payload["job_id"], "attempt_id": payload["attempt_id"], "host": socket.gethostname(),
+        "pid": os.getpid(), "worker": payload.get("worker_name") or f"{socket.gethostname()}:{os.getpid()}",
+    }
+    _reset_peak_rss()
+    try:
+        _load_plugins(payload.get("plugins", []))
+        step = get_step(payload["step"])
+        staging = Path(payload["staging"])
+        staging.mkdir(parents=True, exist_ok=True)
+        task = Task(
+            step=payload["step"], job_id=payload["job_id"], attempt_id=payload["attempt_id"],
+            provenance_id=payload["provenance_id"], unit_key=payload["unit_key"], context=payload["context"],
+            config=payload["config"],
+            inputs=tuple(ResolvedInput(kind=i["kind"], id=i["id"], role=i["role"], paths=tuple(i["paths"]),
+                                       meta=i["meta"]) for i in payload["inputs"]),
+            root=payload["root"], staging=str(staging),
+        )
+        result = step.run(task)
+        files = []
+        for f in result.files:
+            staged = Path(f.staged)
+            if not staged.is_file():
+                raise DataError(f"step {task.step} declared output {f.final} but did not write {staged}")
+            files.append({"role": f.role, "staged": str(staged), "final": f.final, "sha256": sha256_file(staged),
+                          "size": staged.stat().st_size})
+        outcome.update(ok=True, files=files, meta=result.meta, qc_status=result.qc_status,
+                       good_after=result.good_after.isoformat() if result.good_after else None,
+                       good_until=result.good_until.isoformat() if result.good_until else None)
+    except BaseException as exc:  # noqa: BLE001 - a worker reports every failure
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        log.error("%s failed: %s", payload.get("step"), exc)
+        outcome.update(ok=False, error=f"{type(exc).__name__}: {exc}", transient=is_transient(exc),
+                       traceback="".join(traceback.format_exception(exc))[-4000:])
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(previous_level)
+    outcome["wall_seconds"] = time.perf_counter() - t0
+    outcome["peak_rss_mb"] = _peak_rss_mb()
+    outcome["log"] = buf.getvalue()[-4000:]
+    return outcome

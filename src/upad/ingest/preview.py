@@ -1,0 +1,65 @@
+"""Step ``raw_preview``: a rendered quick-look image of every ingested raw frame (for the reduction portal)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from sqlalchemy import select
+
+from upad.config import StepConfig, param
+from upad.db.models import Frame
+from upad.flow.step import DataError, InputRef, OutputFile, Step, StepOutput, Task, Unit, register_step
+from upad.io.preview import render_preview, write_png
+
+
+@dataclass(frozen=True)
+class RawPreviewConfig(StepConfig):
+    max_size: int = param(1024, doc="Long side of the preview image", bounds=(64, 8192), unit="pixel")
+
+
+
+def read_raw_image(path: str) -> tuple[fits.Header, np.ndarray]:
+    """The primary header and the first image array of a raw file (``.fits`` or ``.fits.fz``)."""
+    with fits.open(path, memmap=False) as hdul:
+        header = hdul[0].header.copy()
+        for hdu in hdul:
+            if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
+                return header, np.asarray(hdu.data)
+    raise DataError(f"{path} has no 2-D image HDU")
+
+
+@register_step
+class RawPreview(Step):
+    """Render a PNG quick-look of each valid ingested raw frame."""
+
+    name = "raw_preview"
+    product_kind = "preview"
+    area = "previews"
+    memory_class = "small"
+    config_class = RawPreviewConfig
+    version = "1.0"
+    order = 10
+    description = "PNG quick-look of every ingested raw frame"
+
+    def plan(self, session: Any, config: StepConfig) -> Iterable[Unit]:
+        rows = session.execute(select(Frame.id, Frame.filename, Frame.night, Frame.obs_type, Frame.filter)
+                               .where(Frame.valid.is_(True), Frame.state == "ingested"))
+        for fid, filename, night, obs_type, filt in rows:
+            yield Unit(key=f"{night}/{filename.split('.')[0]}", inputs=[InputRef("frame", fid, "raw")],
+                       context={"night": night, "obs_type": obs_type, "filter": filt, "frame_id": fid},
+                       priority=200)
+
+    def run(self, task: Task) -> StepOutput:
+        raw = task.input("raw")
+        _, data = read_raw_image(raw.paths[0])
+        image = render_preview(data, max_size=int(task.config["max_size"]))
+        name = f"{raw.meta['filename'].split('.')[0]}.png"
+        staged = task.stage(name)
+        write_png(staged, image)
+        finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+        meta = {"shape": list(data.shape), "median": float(np.median(finite[::7])),
+                "preview_shape": list(image.shape)}
+        return StepOutput(files=[OutputFile("preview", str(staged), self.final_path(task, name))], meta=meta)

@@ -1,0 +1,1 @@
+"""File input/output: atomic writes, checksums, FITS helpers, previews."""
