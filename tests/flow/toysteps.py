@@ -40,8 +40,7 @@ def _write(task, value: int, step: Step) -> StepOutput:
             raise TransientError(f"toy transient failure for {task.unit_key}")
     name = "value.json"
     staged = task.stage(name)
-    staged.write_text(json.dumps({"value": value * cfg["scale"], "unit": task.unit_key,
-                                  "inputs": sorted(i.id for i in task.inputs)}))
+    staged.write_text(json.dumps({"value": value * cfg["scale"], "unit": task.unit_key}))
     return StepOutput(files=[OutputFile("value", str(staged), step.final_path(task, name))],
                       meta={"value": value * cfg["scale"]})
 

@@ -85,7 +85,9 @@ def _worker_init() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:  # pragma: no cover - not Linux
-        pass
+        return
+    if os.getppid() == 1:  # the forkserver died before we could ask
+        os._exit(0)
 
 
 class LocalExecutor(Executor):
@@ -96,7 +98,8 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or (os.cpu_count() or 1))
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["upad.flow.worker", "numpy", "astropy.io.fits"])
+        self._ctx.set_forkserver_preload(["upad.execution._forkserver", "upad.flow.worker", "numpy",
+                                          "astropy.io.fits"])
         self._pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
@@ -109,14 +112,20 @@ class LocalExecutor(Executor):
     def describe(self) -> str:
         return f"local process pool ({self.workers} workers)"
 
-    def submit(self, payload: dict[str, Any]) -> cf.Future:
-        try:
-            return self._pool.submit(execute_task, payload)
-        except cf.process.BrokenProcessPool:
-            # a worker died: everything in flight is lost (reported by outcome()); start a fresh pool
+    def _replace_pool(self, broken: cf.ProcessPoolExecutor) -> None:
+        """A worker died: every job in flight in ``broken`` is lost (outcome() reports them); start a new pool."""
+        if broken is self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
-            return self._pool.submit(execute_task, payload)
+
+    def submit(self, payload: dict[str, Any]) -> cf.Future:
+        try:
+            fut = self._pool.submit(execute_task, payload)
+        except cf.process.BrokenProcessPool:
+            self._replace_pool(self._pool)
+            fut = self._pool.submit(execute_task, payload)
+        fut.upad_pool = self._pool  # type: ignore[attr-defined]
+        return fut
 
     def wait(self, handles: Iterable[Any], timeout: float) -> list[Any]:
         done, _ = cf.wait(list(handles), timeout=timeout, return_when=cf.FIRST_COMPLETED)
@@ -126,8 +135,7 @@ class LocalExecutor(Executor):
         try:
             return handle.result()
         except cf.process.BrokenProcessPool as exc:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
+            self._replace_pool(getattr(handle, "upad_pool", None))
             return lost_outcome(payload, f"worker process died: {exc}")
         except cf.CancelledError:
             return lost_outcome(payload, "task cancelled")

@@ -62,6 +62,7 @@ class SchedulerOptions:
     backoff_seconds: float = 2.0
     steps: Sequence[str] | None = None
     memory_budget_gb: float | None = None
+    prefetch: int = 2
 
 
 @dataclass
@@ -141,6 +142,7 @@ class Scheduler:
         self._configs: dict[str, StepConfig] = {s.name: s.make_config(self.user_config.get(s.name))
                                                 for s in all_steps()}
         self._stop = False
+        self._events: list[tuple[str, dict[str, Any]]] = []
         self.counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------------------------------------------------ runs
@@ -446,6 +448,10 @@ class Scheduler:
                     self._register(s, job, att, out, now)
                 else:
                     self._fail(job, att, out, now)
+        # events go out after the commit: a listener may query the database
+        events, self._events = self._events, []
+        for kind, info in events:
+            self.on_event(kind, info)
         self.on_event("recorded", {"n": len(outcomes)})
 
     def _register(self, s: Session, job: Job, att: Attempt, out: dict[str, Any], now: dt.datetime) -> None:
@@ -476,7 +482,7 @@ class Scheduler:
         if staging is not None:
             shutil.rmtree(self.settings.path("tmp", "staging", f"attempt-{att.id}"), ignore_errors=True)
         self.counts["done"] += 1
-        self.on_event("done", {"step": job.step, "unit": job.unit_key, "product": product.id})
+        self._events.append(("done", {"step": job.step, "unit": job.unit_key, "product": product.id}))
 
     def _make_current(self, s: Session, product_id: int, *, revive: bool = False) -> None:
         """Make ``product_id`` the current product of its unit; what was built from the one it replaces is stale."""
@@ -527,8 +533,8 @@ class Scheduler:
             job.state = "failed"
             self.counts["failed"] += 1
             log.error("job %d (%s %s) failed: %s", job.id, job.step, job.unit_key, job.error)
-        self.on_event("failed", {"step": job.step, "unit": job.unit_key, "error": job.error,
-                                 "retry": job.state == "queued"})
+        self._events.append(("failed", {"step": job.step, "unit": job.unit_key, "error": job.error,
+                                        "retry": job.state == "queued"}))
 
     def _drop_staged(self, out: dict[str, Any], attempt_id: int | None = None) -> None:
         att = attempt_id or out.get("attempt_id")
@@ -579,7 +585,8 @@ class Scheduler:
                     self.heartbeat()
                     self.reclaim()
                     next_beat = now + self.options.heartbeat_seconds
-                free = self.executor.capacity - len(inflight)
+                # keep the executor's queue one batch ahead, so that workers never wait for the scheduler
+                free = self.options.prefetch * self.executor.capacity - len(inflight)
                 if free > 0:
                     mem = sum(MEMORY_CLASSES.get(p["memory_class"], 1.0) for p in inflight.values())
                     for payload in self.claim(free, mem):

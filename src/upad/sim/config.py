@@ -1,0 +1,267 @@
+"""Every parameter of the survey simulator, with its default and meaning.
+
+A :class:`SimConfig` is a frozen dataclass: build one with keyword arguments (or
+:meth:`SimConfig.with_overrides` from ``KEY=VALUE`` strings) and pass it to
+:func:`upad.sim.simulate`. Parameters left at ``None`` take an instrument-dependent
+default resolved by :meth:`SimConfig.resolved` (e.g. the pointing error is 2' for
+T80Cam but 45" for the 9.4' field of the test camera ``mini``).
+
+Detector and sky effects can be switched off one by one through ``disabled``; the
+names are listed in :data:`EFFECTS` with what each one does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from upad.errors import UpadError
+
+#: Switchable effects: name -> what it does. Every one is on by default.
+EFFECTS: dict[str, str] = {
+    "bias_drift": "bias varies slowly along the readout rows (same in overscan and data), plus per-frame jitter",
+    "read_noise": "Gaussian read noise per amplifier",
+    "gain_variation": "true gains differ from the header (nominal) gains by ~1 %; off: true gain = nominal",
+    "nonlinearity": "per-amplifier cubic non-linearity from the instrument file",
+    "dark_current": "uniform dark current (instrument file, e-/s/pixel)",
+    "hot_pixels": "fixed hot pixels (fixed per camera and seed)",
+    "bad_columns": "fixed partial dead (low-response) and hot columns",
+    "prnu": "pixel response non-uniformity (~1 % white + ~0.5 % smooth), fixed per camera",
+    "vignetting": "smooth radial fall-off of the illumination (few % at the corners)",
+    "illumination": "smooth low-order pattern present in dome flats only (not in the night sky)",
+    "fringing": "additive fringe pattern proportional to the sky in fringing filters (science frames)",
+    "cosmics": "cosmic-ray hits with short tracks, in every frame (exposure + half the readout time)",
+    "satellites": "satellite trails across some science exposures",
+    "saturation": "full-well saturation with charge bleeding along columns (the 16-bit ADC clip always applies)",
+    "photon_noise": "Poisson noise of the detected electrons (off: expected values, rounded by the ADC)",
+    "distortion": "field distortion (TAN-SIP) in the true WCS",
+    "pointing_error": "random pointing errors of the telescope (header WCS uses the commanded pointing)",
+    "psf_variation": "PSF FWHM and ellipticity vary across the field (off: constant over the frame)",
+    "transparency": "sky transparency changes from night to night and exposure to exposure",
+    "extinction": "atmospheric extinction with airmass",
+    "sky_flat_stars": "a few faint stars in twilight sky flats",
+}
+
+_DEFAULT_FRINGE = {"iSDSS": 0.008, "J0861": 0.02, "zSDSS": 0.025}
+
+#: Per-instrument defaults for parameters left at ``None``.
+_INSTRUMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "t80cam": {"pointing_error_arcsec": 120.0, "distortion_corner_px": 3.0, "n_bad_columns": 12},
+    "mini": {"pointing_error_arcsec": 45.0, "distortion_corner_px": 1.5, "n_bad_columns": 3},
+}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Parameters of a simulation. Defaults give a realistic J-PLUS-like night.
+
+    Attributes are grouped: survey plan, calibration plan, sky truth, atmosphere and PSF,
+    astrometry, detector, transients, noise, reference catalog, execution.
+    """
+
+    # ---- survey plan --------------------------------------------------------------------------
+    #: first night (local calendar date at the start of the night, ``YYYY-MM-DD``)
+    start_date: str = "2025-03-01"
+    #: filters observed each night (J-PLUS names); default includes rSDSS and a fringing filter
+    filters: tuple[str, ...] = ("gSDSS", "rSDSS", "J0660", "zSDSS")
+    #: dithered exposures per tile and filter
+    n_dithers: int = 3
+    #: dither step in arcsec (pattern (0,0), (+1,+1), (-1,+1), (+1,-1), (-1,-1) ... times the step)
+    dither_step_arcsec: float = 10.0
+    #: fractional overlap of neighbouring tiles
+    tile_overlap: float = 0.10
+    #: the same tiles are observed every night (True) or each night observes new tiles (False)
+    revisit: bool = True
+    #: id of the first tile (OBJECT='TILE-%05d')
+    first_tile_id: int = 1
+    #: field centre RA (deg); None: the local sidereal time at the middle of the first night's dark time
+    field_ra: float | None = None
+    #: field centre Dec (deg)
+    field_dec: float = 38.0
+    #: exposure time per filter (s); None: from the filter file
+    exptimes: dict[str, float] | None = None
+    #: seconds between exposures of a dither sequence (readout + offset)
+    dither_overhead_s: float = 20.0
+    #: seconds to slew to a new tile or change filter
+    slew_overhead_s: float = 60.0
+    #: readout time (s): T80Cam at 500 kHz with 16 outputs ~ 11 s
+    readout_time_s: float = 12.0
+
+    # ---- calibration plan ---------------------------------------------------------------------
+    n_bias: int = 11
+    bias_interval_s: float = 30.0
+    n_dark: int = 3
+    dark_exptime: float = 300.0
+    n_dome_flats: int = 5
+    #: dome-flat level (ADU above bias), per frame scattered by 5 %
+    dome_flat_level_adu: float = 20000.0
+    n_sky_flats: int = 5
+    #: sky-flat target level (ADU above bias); exposure times scale with the twilight sky
+    sky_flat_level_adu: float = 25000.0
+    #: sky-flat exposure time limits (s)
+    sky_flat_exptime_range: tuple[float, float] = (1.0, 90.0)
+    #: sun altitude (deg) at the first sky flat (dusk)
+    sky_flat_sun_start: float = -3.0
+    #: faint stars per deg^2 in sky flats (random, different in every flat)
+    sky_flat_star_density: float = 400.0
+
+    # ---- sky truth ----------------------------------------------------------------------------
+    #: faint limit of the truth catalog (AB mag in rSDSS)
+    mag_limit: float = 22.0
+    #: stars per deg^2 with r <= 21 (high-latitude-like)
+    star_density_r21: float = 3500.0
+    #: galaxies per deg^2 with r <= 21
+    galaxy_density_r21: float = 5500.0
+    #: star counts slope d log N / dm, bright (< star_slope_break) and faint
+    star_slope_bright: float = 0.35
+    star_slope_faint: float = 0.20
+    star_slope_break: float = 17.0
+    #: galaxy counts slope d log N / dm
+    galaxy_slope: float = 0.45
+    star_bright_limit: float = 9.0
+    galaxy_bright_limit: float = 14.0
+    #: extra bright stars (r 9-11) added near every tile centre so that saturation and bleeding always occur
+    bright_stars_per_tile: int = 2
+    #: Sersic truncation radius in units of the half-light radius
+    sersic_trunc: float = 8.0
+
+    # ---- atmosphere and PSF -------------------------------------------------------------------
+    #: Moffat beta of the PSF
+    psf_beta: float = 3.0
+    #: median zenith seeing FWHM in rSDSS (arcsec); per night lognormal, per exposure +-5 %
+    seeing_median_arcsec: float = 1.1
+    seeing_night_sigma_dex: float = 0.08
+    seeing_exposure_sigma: float = 0.05
+    #: survey seeing limits (FWHM is clipped to this range)
+    seeing_range_arcsec: tuple[float, float] = (0.8, 2.0)
+    #: FWHM increase at the field corner (fraction), plus a random linear gradient of half that size
+    psf_fwhm_field_variation: float = 0.08
+    #: PSF ellipticity scale (reduced shear) at the centre and the corner
+    psf_ellipticity: float = 0.03
+    #: PSF zones per axis: the PSF is constant within a zone (sampled at its centre)
+    psf_zones: int = 8
+    #: sky brightness scatter from exposure to exposure (mag)
+    sky_sigma_mag: float = 0.03
+    #: night-to-night sky brightness scatter (mag)
+    sky_night_sigma_mag: float = 0.08
+    #: nightly transparency range (uniform), and per-exposure scatter
+    transparency_night_range: tuple[float, float] = (0.93, 1.0)
+    transparency_sigma: float = 0.015
+
+    # ---- astrometry ---------------------------------------------------------------------------
+    #: pointing error sigma per axis (arcsec); None: instrument default (T80Cam 120", mini 45")
+    pointing_error_arcsec: float | None = None
+    #: rotation of the detector on the sky, sigma (deg), fixed per camera, plus 0.005 deg per exposure
+    rotation_sigma_deg: float = 0.03
+    #: radial (cubic) distortion at the field corner (pixels); None: instrument default
+    distortion_corner_px: float | None = None
+
+    # ---- detector -----------------------------------------------------------------------------
+    #: true gains scatter around the nominal (header) values by this fraction (fixed per camera)
+    gain_scatter: float = 0.01
+    #: night-to-night bias offset sigma (ADU), per amplifier
+    bias_night_sigma_adu: float = 2.0
+    #: frame-to-frame bias jitter sigma (ADU), per amplifier
+    bias_frame_sigma_adu: float = 0.5
+    #: bias drift amplitude along the readout (ADU, sigma of the polynomial coefficients)
+    bias_drift_adu: float = 3.0
+    #: dark current (e-/s/pixel); None: instrument value
+    dark_current: float | None = None
+    #: fraction of hot pixels and their dark-rate range (e-/s, log-uniform)
+    hot_pixel_fraction: float = 2e-4
+    hot_pixel_rate: tuple[float, float] = (0.05, 20.0)
+    #: number of bad columns (about 2/3 dead, 1/3 hot); None: instrument default
+    n_bad_columns: int | None = None
+    prnu_sigma: float = 0.01
+    prnu_smooth: float = 0.005
+    #: illumination loss at the field corner due to vignetting (fraction)
+    vignetting_corner: float = 0.05
+    #: peak-to-peak amplitude of the dome-only illumination term (fraction)
+    illumination_amplitude: float = 0.015
+    #: fringe RMS amplitude as a fraction of the sky, per filter (fringing filters not listed: 0.015)
+    fringe_amplitude: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_FRINGE))
+    #: typical fringe spatial period (pixels)
+    fringe_period_px: float = 40.0
+
+    # ---- transients ---------------------------------------------------------------------------
+    #: cosmic-ray rate (events per cm^2 per minute); ~ a few at 2000 m altitude
+    cosmic_rate: float = 3.0
+    #: depleted thickness (um) and mean deposit (e- per um of path)
+    depletion_um: float = 40.0
+    cosmic_e_per_um: float = 80.0
+    #: probability that a science exposure has a satellite trail
+    satellite_probability: float = 0.1
+    #: make sure every night with science exposures has at least one trail
+    ensure_satellite: bool = True
+    #: satellite trail brightness range (e- per pixel of trail length, log-uniform)
+    satellite_flux_range: tuple[float, float] = (300.0, 30000.0)
+
+    # ---- noise --------------------------------------------------------------------------------
+    #: above this expectation (e-) Poisson noise is drawn from its Gaussian approximation (much faster)
+    poisson_gaussian_above: float = 1000.0
+
+    # ---- reference catalog --------------------------------------------------------------------
+    #: stars brighter than this Gaia-like G magnitude go into the reference catalog
+    refcat_mag_limit: float = 20.5
+    #: survey-filter magnitudes (synthetic photometry) are given for stars brighter than this G
+    refcat_synphot_limit: float = 17.65
+    #: magnitude scatter of the reference photometry
+    refcat_mag_error: float = 0.015
+    #: margin around the tiles covered by the reference catalog (deg)
+    refcat_margin_deg: float = 0.05
+
+    # ---- execution ----------------------------------------------------------------------------
+    #: processes generating frames in parallel; None: min(2, CPUs)
+    workers: int | None = None
+    #: effects switched off (names from EFFECTS)
+    disabled: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.disabled if e not in EFFECTS]
+        if unknown:
+            raise UpadError(f"unknown simulator effect(s): {', '.join(unknown)}",
+                            hint=f"known effects: {', '.join(EFFECTS)}")
+        for name in ("n_dithers", "n_bias", "n_dark", "n_dome_flats", "n_sky_flats"):
+            if getattr(self, name) < 0:
+                raise UpadError(f"{name} must be >= 0, got {getattr(self, name)}", hint="use 0 to skip that kind")
+        if self.n_dithers < 1:
+            raise UpadError("n_dithers must be >= 1", hint="a tile needs at least one exposure per filter")
+
+    def enabled(self, effect: str) -> bool:
+        """Whether ``effect`` (a key of :data:`EFFECTS`) is on."""
+        if effect not in EFFECTS:
+            raise KeyError(effect)
+        return effect not in self.disabled
+
+    def resolved(self, instrument_key: str) -> "SimConfig":
+        """A copy with every ``None`` parameter replaced by the default for ``instrument_key``."""
+        defaults = _INSTRUMENT_DEFAULTS.get(instrument_key, _INSTRUMENT_DEFAULTS["t80cam"])
+        changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, pairs: list[str] | tuple[str, ...]) -> "SimConfig":
+        """Apply ``KEY=VALUE`` strings (VALUE parsed as JSON when possible, else taken as text)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for pair in pairs:
+            if "=" not in pair:
+                raise UpadError(f"bad --set value {pair!r}", hint="write KEY=VALUE, e.g. --set n_bias=5")
+            key, text = pair.split("=", 1)
+            key = key.strip()
+            if key not in fields:
+                raise UpadError(f"unknown simulator parameter {key!r}",
+                                hint="see docs/simulator.md or upad.sim.SimConfig for the parameter list")
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            current = getattr(self, key)
+            if isinstance(current, tuple) and isinstance(value, (list, str)):
+                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+            changes[key] = value
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of every parameter."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))

@@ -1,0 +1,272 @@
+"""Drawing stars and Sersic galaxies convolved with the PSF into an image, fast.
+
+Objects are drawn in Fourier space, many at a time: for a stamp of ``N x N`` pixels the transform
+of (galaxy x PSF x pixel) is evaluated on the grid of a ``2N x 2N`` real-space grid of half-pixel
+spacing (so that aliasing up to twice the Nyquist frequency is folded correctly), multiplied by the
+phase of the sub-pixel position, inverse-FFT'd in a batch and sampled at the pixel centres. The
+result is the pixel-integrated profile, exactly what ``galsim.Convolve([gal, psf]).drawImage()``
+draws (``method='auto'``); the Sersic transforms come from GalSim itself (``drawKImage`` of a
+unit Sersic, one table per index), the Moffat transform is analytic. This is ~20x faster than one
+GalSim ``drawImage`` call per object; :func:`draw_with_galsim` is the reference used in the tests.
+
+Flux is exactly conserved (wings beyond the stamp wrap around inside it; stamps are chosen large
+enough for that to be below ~0.5 e- per pixel). The PSF is evaluated at the centre of each of
+``zones x zones`` zones of the frame and is constant within a zone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft as sfft
+from scipy.special import gamma, gammainc, kv
+
+from upad.sim.psf import PSFModel, moffat_alpha
+
+_DU = 0.01  # table step in u = |k| * scale
+_UMAX = 400.0
+_SIZES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+_MAX_ELEMENTS = 3_000_000  # complex elements per batch
+
+
+@lru_cache(maxsize=None)
+def moffat_ktable(beta: float) -> np.ndarray:
+    """Fourier transform of a unit-flux round Moffat vs ``u = |k| * alpha`` on a grid of step ``_DU``."""
+    u = np.arange(0.0, 80.0 + _DU, _DU)
+    out = np.ones_like(u)
+    uu = u[1:]
+    out[1:] = 2 ** (2 - beta) / gamma(beta - 1) * uu ** (beta - 1) * kv(beta - 1, uu)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+@lru_cache(maxsize=None)
+def sersic_ktable(n: float, trunc: float) -> np.ndarray:
+    """Fourier transform (from GalSim) of a unit-flux Sersic with half-light radius 1, vs ``u = |k| * hlr``."""
+    import galsim
+
+    nk = int(_UMAX / _DU) + 2
+    im = galsim.Sersic(n, half_light_radius=1.0, trunc=trunc).drawKImage(nx=2 * nk + 2, ny=1, scale=_DU)
+    i0 = -im.bounds.xmin
+    return np.ascontiguousarray(im.array[0].real[i0:i0 + nk]).astype(np.float32)
+
+
+@lru_cache(maxsize=None)
+def sersic_radius(n: float, trunc: float, frac: float = 0.995) -> float:
+    """Radius (in half-light radii) enclosing ``frac`` of a truncated Sersic's flux."""
+    import galsim
+
+    s = galsim.Sersic(n, half_light_radius=1.0, trunc=trunc)
+    r0 = s.scale_radius
+    r = np.linspace(0, trunc, 4001)
+    f = gammainc(2 * n, (r / r0) ** (1 / n)) / gammainc(2 * n, (trunc / r0) ** (1 / n))
+    return float(r[np.searchsorted(f, frac)] if f[-1] >= frac else trunc)
+
+
+def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``table`` at fractional indices ``x`` (float32, modified in place)."""
+    np.minimum(x, len(table) - 2, out=x)
+    i = x.astype(np.int32)
+    x -= i
+    v0 = table[i]
+    v1 = table[i + 1]
+    v1 -= v0
+    v1 *= x
+    v0 += v1
+    return v0
+
+
+def _shear_quad(g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coefficients (a, b, c) of |A k|^2 = a kx^2 + 2 b kx ky + c ky^2 for a GalSim shear (g1, g2)."""
+    f = 1.0 / (1.0 - g1 * g1 - g2 * g2)
+    return f * ((1 + g1) ** 2 + g2 ** 2), f * 2 * g2, f * ((1 - g1) ** 2 + g2 ** 2)
+
+
+@lru_cache(maxsize=64)
+def _kgrid(N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    M = 2 * N
+    kx = (2 * np.pi * np.fft.rfftfreq(M, d=0.5)).astype(np.float32)
+    ky = (2 * np.pi * np.fft.fftfreq(M, d=0.5)).astype(np.float32)
+    pix = (np.sinc(ky / (2 * np.pi))[:, None] * np.sinc(kx / (2 * np.pi))[None, :]).astype(np.float32)
+    return kx, ky, pix
+
+
+def psf_kimage(N: int, alpha_px: float, g1: float, g2: float, beta: float) -> np.ndarray:
+    """Transform of (PSF x pixel) on the k grid of a stamp of size ``N`` (float32, shape (2N, N+1))."""
+    kx, ky, pix = _kgrid(N)
+    a, b, c = _shear_quad(g1, g2)
+    q = a * kx[None, :] ** 2 + 2 * b * ky[:, None] * kx[None, :] + c * ky[:, None] ** 2
+    x = (np.sqrt(q) * (alpha_px / _DU)).astype(np.float32)
+    return _lookup(moffat_ktable(beta), x) * pix
+
+
+def render_batch(N: int, pk: np.ndarray, flux: np.ndarray, cx: np.ndarray, cy: np.ndarray, *,
+                 n: float = 0.0, hlr_px: np.ndarray | None = None, g1: np.ndarray | None = None,
+                 g2: np.ndarray | None = None, trunc: float = 8.0) -> np.ndarray:
+    """Draw a batch of objects sharing the PSF transform ``pk`` into ``N x N`` stamps.
+
+    ``cx, cy`` are the object centres in stamp pixel coordinates (0-based); ``n = 0`` draws point
+    sources, otherwise Sersic profiles of index ``n`` with half-light radii ``hlr_px`` and shears
+    ``g1, g2``. Returns float32 stamps of shape (B, N, N) whose sums equal ``flux``.
+    """
+    kx, ky, _ = _kgrid(N)
+    M = 2 * N
+    B = len(flux)
+    G = np.empty((B, M, N + 1), np.complex64)
+    if n > 0:
+        a, b, c = _shear_quad(np.asarray(g1, np.float64), np.asarray(g2, np.float64))
+        s2 = (np.asarray(hlr_px, np.float64) / _DU) ** 2
+        a, b, c = (a * s2).astype(np.float32), (2 * b * s2).astype(np.float32), (c * s2).astype(np.float32)
+        kx2 = kx * kx
+        ky2 = ky * ky
+        kxy = ky[:, None] * kx[None, :]
+        q = a[:, None, None] * kx2[None, None, :] + c[:, None, None] * ky2[None, :, None]
+        q += b[:, None, None] * kxy[None]
+        np.sqrt(q, out=q)
+        prof = _lookup(sersic_ktable(n, trunc), q)
+        prof *= pk[None]
+    else:
+        prof = np.broadcast_to(pk, (B,) + pk.shape)
+    phx = np.exp(-1j * np.outer(cx, kx)).astype(np.complex64)
+    phy = np.exp(-1j * np.outer(cy, ky)).astype(np.complex64)
+    phx *= np.asarray(flux, np.float32)[:, None]
+    np.multiply(prof, phx[:, None, :], out=G)
+    G *= phy[:, :, None]
+    out = sfft.irfft2(G, s=(M, M), axes=(-2, -1), overwrite_x=True)[:, ::2, ::2]
+    out *= 4.0
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+@dataclass
+class Sources:
+    """Objects to draw: 0-based positions in the image, total flux (e-) and shape.
+
+    ``sersic_n == 0`` marks point sources; galaxies carry ``hlr_px`` (circularised half-light radius in
+    pixels) and the image-plane shear ``g1, g2``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    sersic_n: np.ndarray
+    hlr_px: np.ndarray
+    g1: np.ndarray
+    g2: np.ndarray
+
+    @classmethod
+    def points(cls, x: np.ndarray, y: np.ndarray, flux: np.ndarray) -> "Sources":
+        z = np.zeros(len(x))
+        return cls(np.asarray(x, float), np.asarray(y, float), np.asarray(flux, float), z, z, z, z)
+
+
+@dataclass
+class RenderInfo:
+    """Per-object results of :func:`render`: PSF used (zone values) and the brightest pixel drawn (e-)."""
+
+    fwhm_arcsec: np.ndarray
+    psf_g1: np.ndarray
+    psf_g2: np.ndarray
+    peak: np.ndarray
+    zone: np.ndarray
+
+
+def _stamp_size(flux: np.ndarray, alpha: np.ndarray, fwhm_px: np.ndarray, beta: float, rgal: np.ndarray,
+                thr: float) -> np.ndarray:
+    sb = np.maximum(flux, 1.0) * (beta - 1) / (np.pi * alpha ** 2 * thr)
+    r_psf = alpha * np.sqrt(np.maximum(sb ** (1 / beta) - 1, 0.0))
+    r_psf = np.maximum(r_psf, 3 * fwhm_px)
+    R = np.sqrt(r_psf ** 2 + rgal ** 2) + 2
+    sizes = np.asarray(_SIZES)
+    idx = np.minimum(np.searchsorted(sizes, 2 * R), len(sizes) - 1)
+    return sizes[idx]
+
+
+def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float, zones: int = 8,
+           trunc: float = 8.0, wing_threshold: float = 0.5) -> RenderInfo:
+    """Add every object of ``src`` to ``image`` (float32, modified in place).
+
+    Parameters
+    ----------
+    image : 2-D float32 array (the assembled active area), e- per pixel.
+    src : objects to draw (positions may lie outside the image: only the overlap is added).
+    psf : the exposure's PSF model (FWHM in arcsec).
+    pixel_scale : arcsec per pixel.
+    zones : the PSF is evaluated at the centres of ``zones x zones`` zones.
+    trunc : Sersic truncation radius (half-light radii).
+    wing_threshold : stamps extend until the PSF wing falls below this many e- per pixel.
+    """
+    ny, nx = image.shape
+    n_obj = len(src.x)
+    zx = np.clip((src.x / nx * zones).astype(int), 0, zones - 1)
+    zy = np.clip((src.y / ny * zones).astype(int), 0, zones - 1)
+    zone = zy * zones + zx
+    zc = (np.arange(zones) + 0.5) * (nx / zones) - 0.5
+    zr = (np.arange(zones) + 0.5) * (ny / zones) - 0.5
+    zfwhm, zg1, zg2 = psf.at(np.tile(zc, zones), np.repeat(zr, zones))
+    fwhm_px = zfwhm[zone] / pixel_scale
+    alpha = moffat_alpha(fwhm_px, psf.beta)
+    rgal = np.zeros(n_obj)
+    for n in np.unique(src.sersic_n[src.sersic_n > 0]):
+        m = src.sersic_n == n
+        rgal[m] = src.hlr_px[m] * sersic_radius(float(n), trunc)
+    size = _stamp_size(src.flux, alpha, fwhm_px, psf.beta, rgal, wing_threshold)
+    peak = np.zeros(n_obj, np.float32)
+    ix = np.floor(src.x + 0.5).astype(np.int64)
+    iy = np.floor(src.y + 0.5).astype(np.int64)
+    # skip objects whose stamp does not touch the image
+    half = size // 2
+    touch = (ix + half >= 0) & (ix - half < nx) & (iy + half >= 0) & (iy - half < ny) & (src.flux > 0)
+    order = np.lexsort((src.sersic_n, zone, size))
+    order = order[touch[order]]
+    pk_cache: dict[tuple[int, int], np.ndarray] = {}
+    # groups of equal (size, zone, n)
+    keys = np.stack([size[order], zone[order], (src.sersic_n[order] * 10).astype(int)], axis=1)
+    brk = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
+    for grp in np.split(order, brk):
+        if grp.size == 0:
+            continue
+        N = int(size[grp[0]])
+        z = int(zone[grp[0]])
+        n = float(src.sersic_n[grp[0]])
+        if (N, z) not in pk_cache:
+            pk_cache[(N, z)] = psf_kimage(N, float(zfwhm[z] / pixel_scale / (2 * math.sqrt(2 ** (1 / psf.beta) - 1))),
+                                          float(zg1[z]), float(zg2[z]), psf.beta)
+        pk = pk_cache[(N, z)]
+        chunk = max(1, _MAX_ELEMENTS // (2 * N * (N + 1)))
+        for s in range(0, grp.size, chunk):
+            idx = grp[s:s + chunk]
+            x0 = ix[idx] - N // 2
+            y0 = iy[idx] - N // 2
+            cx = (src.x[idx] - x0).astype(np.float32)
+            cy = (src.y[idx] - y0).astype(np.float32)
+            if n > 0:
+                stamps = render_batch(N, pk, src.flux[idx], cx, cy, n=n, hlr_px=src.hlr_px[idx], g1=src.g1[idx],
+                                      g2=src.g2[idx], trunc=trunc)
+            else:
+                stamps = render_batch(N, pk, src.flux[idx], cx, cy)
+            peak[idx] = stamps.reshape(len(idx), -1).max(axis=1)
+            for j in range(len(idx)):
+                xa, ya = int(x0[j]), int(y0[j])
+                xs0, ys0 = max(0, -xa), max(0, -ya)
+                xs1, ys1 = min(N, nx - xa), min(N, ny - ya)
+                if xs1 <= xs0 or ys1 <= ys0:
+                    continue
+                image[ya + ys0:ya + ys1, xa + xs0:xa + xs1] += stamps[j, ys0:ys1, xs0:xs1]
+    return RenderInfo(zfwhm[zone], zg1[zone], zg2[zone], peak, zone)
+
+
+def draw_with_galsim(N: int, flux: float, cx: float, cy: float, *, fwhm_px: float, beta: float, psf_g1: float = 0.0,
+                     psf_g2: float = 0.0, n: float = 0.0, hlr_px: float = 0.0, g1: float = 0.0, g2: float = 0.0,
+                     trunc: float = 8.0) -> np.ndarray:
+    """Reference: the same object drawn by GalSim (``Convolve(Sersic, Moffat).drawImage``) on an N x N stamp."""
+    import galsim
+
+    psf = galsim.Moffat(beta=beta, fwhm=fwhm_px).shear(g1=psf_g1, g2=psf_g2)
+    if n > 0:
+        obj = galsim.Convolve(galsim.Sersic(n, half_light_radius=hlr_px, trunc=trunc * hlr_px,
+                                            flux=flux).shear(g1=g1, g2=g2), psf)
+    else:
+        obj = psf.withFlux(flux)
+    # GalSim puts the profile centre at the true centre of the stamp, (N-1)/2 in 0-based coordinates
+    return obj.drawImage(nx=N, ny=N, scale=1.0, offset=(cx - (N - 1) / 2, cy - (N - 1) / 2)).array

@@ -1,0 +1,154 @@
+"""The truth sky: a catalog of stars and galaxies over the survey footprint, and sky brightness.
+
+Number counts are power laws in the reference band (rSDSS) normalised at r = 21 (stars ~3500 deg^-2,
+galaxies ~5500 deg^-2, i.e. ~9000 objects per deg^2 to r = 21, ~18 k per T80Cam field), with a
+steeper star slope at bright magnitudes. Positions are uniform in the tangent plane of the field
+centre. Galaxies are Sersic profiles (n in {1, 1.5, 2.5, 4}) with half-light radii shrinking with
+magnitude; shapes are given as axis ratio ``q`` and position angle (deg, east of north).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from upad.instruments import FilterSystem
+from upad.sim.config import SimConfig
+from upad.sim.schedule import tangent_to_radec
+from upad.sim.seds import galaxy_colours, gaia_g, star_colours
+
+#: Sersic indices used for galaxies (the renderer keeps one transform table per index)
+SERSIC_INDICES = (1.0, 1.5, 2.5, 4.0)
+
+STAR, GALAXY = 0, 1
+
+
+@dataclass
+class SkyCatalog:
+    """Column arrays of the truth sky (one entry per object)."""
+
+    id: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    kind: np.ndarray  # 0 star, 1 galaxy
+    mags: dict[str, np.ndarray]  # filter name -> AB magnitude
+    sersic_n: np.ndarray  # 0 for stars
+    hlr_arcsec: np.ndarray  # 0 for stars
+    q: np.ndarray  # axis ratio b/a (1 for stars)
+    pa_deg: np.ndarray  # position angle of the major axis, east of north
+    teff: np.ndarray  # stars: temperature (K); galaxies 0
+    gmag: np.ndarray  # Gaia-like G
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def subset(self, idx: np.ndarray) -> "SkyCatalog":
+        return SkyCatalog(self.id[idx], self.ra[idx], self.dec[idx], self.kind[idx],
+                          {k: v[idx] for k, v in self.mags.items()}, self.sersic_n[idx], self.hlr_arcsec[idx],
+                          self.q[idx], self.pa_deg[idx], self.teff[idx], self.gmag[idx])
+
+
+def _powerlaw_mags(rng: np.random.Generator, n: int, m_lo: float, m_hi: float, slope: float) -> np.ndarray:
+    """Magnitudes with dN/dm ~ 10**(slope m) between m_lo and m_hi (inverse CDF)."""
+    a, b = 10 ** (slope * m_lo), 10 ** (slope * m_hi)
+    return np.log10(a + rng.random(n) * (b - a)) / slope
+
+
+def _cum_stars(m: float, cfg: SimConfig) -> float:
+    """Cumulative star density (deg^-2) brighter than r = m."""
+    mb = cfg.star_slope_break
+    nb = cfg.star_density_r21 * 10 ** (cfg.star_slope_faint * (mb - 21.0))
+    if m <= mb:
+        return nb * 10 ** (cfg.star_slope_bright * (m - mb))
+    return cfg.star_density_r21 * 10 ** (cfg.star_slope_faint * (m - 21.0))
+
+
+def make_sky_catalog(rng: np.random.Generator, *, centre: tuple[float, float], half_size_deg: tuple[float, float],
+                     filters: FilterSystem, cfg: SimConfig,
+                     bright_star_centres: list[tuple[float, float]] = (),
+                     bright_star_radius_deg: float = 0.0) -> SkyCatalog:
+    """Draw the truth sky over a box of ``2*half_size_deg`` (standard coordinates) around ``centre``.
+
+    Parameters
+    ----------
+    rng : numpy Generator
+    centre : (ra, dec) of the box centre, deg.
+    half_size_deg : half widths of the box in the tangent plane (xi, eta), deg.
+    filters : the filter system (magnitudes are given in every one of its filters).
+    cfg : simulator configuration (number counts, limits).
+    bright_star_centres : add ``cfg.bright_stars_per_tile`` bright stars within
+        ``bright_star_radius_deg`` of each of these positions.
+    """
+    hx, hy = half_size_deg
+    area = 4 * hx * hy
+    ref = filters[filters.reference_filter]
+    mlim = cfg.mag_limit
+
+    # stars: bright and faint power-law segments
+    mb = min(cfg.star_slope_break, mlim)
+    n_bright = rng.poisson(area * max(0.0, _cum_stars(mb, cfg) - _cum_stars(cfg.star_bright_limit, cfg)))
+    n_faint = rng.poisson(area * max(0.0, _cum_stars(mlim, cfg) - _cum_stars(mb, cfg))) if mlim > mb else 0
+    r_star = np.concatenate([
+        _powerlaw_mags(rng, n_bright, cfg.star_bright_limit, mb, cfg.star_slope_bright),
+        _powerlaw_mags(rng, n_faint, mb, mlim, cfg.star_slope_faint) if n_faint else np.empty(0),
+    ])
+    n_bs = cfg.bright_stars_per_tile * len(bright_star_centres)
+    n_gal = rng.poisson(area * cfg.galaxy_density_r21 * (10 ** (cfg.galaxy_slope * (mlim - 21.0))
+                                                         - 10 ** (cfg.galaxy_slope * (cfg.galaxy_bright_limit - 21.0))))
+    r_gal = _powerlaw_mags(rng, n_gal, cfg.galaxy_bright_limit, mlim, cfg.galaxy_slope)
+    ns = len(r_star)
+
+    # positions
+    xi = rng.uniform(-hx, hx, ns + n_gal)
+    eta = rng.uniform(-hy, hy, ns + n_gal)
+    ra, dec = tangent_to_radec(centre[0], centre[1], xi, eta)
+    ra, dec = np.atleast_1d(ra), np.atleast_1d(dec)
+    if n_bs:
+        bra, bdec = [], []
+        for (c_ra, c_dec) in bright_star_centres:
+            for _ in range(cfg.bright_stars_per_tile):
+                rad = bright_star_radius_deg * math.sqrt(rng.random())
+                ang = rng.uniform(0, 2 * math.pi)
+                a, d = tangent_to_radec(c_ra, c_dec, rad * math.cos(ang), rad * math.sin(ang))
+                bra.append(a)
+                bdec.append(d)
+        ra = np.concatenate([ra[:ns], bra, ra[ns:]])
+        dec = np.concatenate([dec[:ns], bdec, dec[ns:]])
+        r_star = np.concatenate([r_star, rng.uniform(9.0, 11.0, n_bs)])
+        ns += n_bs
+
+    # stars: temperatures -> colours
+    u = rng.random(ns)
+    teff = np.where(u < 0.25, rng.uniform(3200, 4000, ns),
+                    np.where(u < 0.85, rng.uniform(4000, 6200, ns), rng.uniform(6200, 10000, ns)))
+    # galaxies: type -> Sersic index, colours, size
+    early = rng.random(n_gal) < 0.3
+    n_choice = np.where(early, rng.choice([2.5, 4.0], n_gal, p=[0.3, 0.7]), rng.choice([1.0, 1.5], n_gal, p=[0.7, 0.3]))
+    slope = np.where(early, rng.uniform(1.6, 2.8, n_gal), rng.uniform(0.0, 1.4, n_gal))
+    brk = np.where(early, rng.uniform(0.6, 1.0, n_gal), rng.uniform(0.1, 0.4, n_gal))
+    halpha = np.where(early, 0.0, rng.uniform(0.0, 0.4, n_gal))
+    hlr_med = np.where(early, 0.7, 1.0) * 10 ** (-0.12 * (r_gal - 20.0))
+    hlr = np.clip(hlr_med * 10 ** rng.normal(0, 0.15, n_gal), 0.2, 12.0)
+    q = np.where(early, rng.uniform(0.5, 1.0, n_gal), rng.uniform(0.2, 1.0, n_gal))
+    pa = rng.uniform(0, 180, n_gal)
+
+    mags: dict[str, np.ndarray] = {}
+    for f in filters.filters:
+        ms = r_star + star_colours(teff, f.cwl, ref.cwl)
+        mg = r_gal + galaxy_colours(slope, brk, halpha, f.cwl, ref.cwl, halpha_filter=f.name == "J0660")
+        mags[f.name] = np.concatenate([ms, mg]).astype(np.float64)
+    n = ns + n_gal
+    kind = np.concatenate([np.full(ns, STAR, np.int16), np.full(n_gal, GALAXY, np.int16)])
+    gmag = gaia_g(mags) if all(k in mags for k in ("gSDSS", "rSDSS", "iSDSS")) else mags[ref.name]
+    return SkyCatalog(
+        id=np.arange(1, n + 1, dtype=np.int64), ra=ra.astype(np.float64), dec=dec.astype(np.float64), kind=kind,
+        mags=mags, sersic_n=np.concatenate([np.zeros(ns), n_choice]),
+        hlr_arcsec=np.concatenate([np.zeros(ns), hlr]), q=np.concatenate([np.ones(ns), q]),
+        pa_deg=np.concatenate([np.zeros(ns), pa]), teff=np.concatenate([teff, np.zeros(n_gal)]), gmag=gmag,
+    )
+
+
+def sky_rate_e(sky_mag: float, zp_e: float, pixel_scale: float) -> float:
+    """Sky count rate (e-/s/pixel) for a surface brightness (AB mag/arcsec^2) and a zero point for 1 e-/s."""
+    return 10 ** (-0.4 * (sky_mag - zp_e)) * pixel_scale ** 2

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import pytest
+
+from upad.sim import SimConfig, simulate
+from upad.sim.truth import load_manifest
+
+SMALL = dict(n_bias=5, n_dark=2, n_dome_flats=3, n_sky_flats=3, n_dithers=2, cosmic_rate=20.0)
+
+
+@pytest.fixture(scope="session")
+def night(tmp_path_factory):
+    """One mini night: 2 tiles x (rSDSS, zSDSS) x 2 dithers plus calibrations, with a boosted cosmic-ray rate."""
+    out = tmp_path_factory.mktemp("mini-night")
+    res = simulate("mini", seed=7, out=out, nights=1, tiles=2, filters=["rSDSS", "zSDSS"],
+                   config=SimConfig(**SMALL))
+    return res, load_manifest(out)

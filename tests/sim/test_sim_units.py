@@ -1,0 +1,89 @@
+"""Pure pieces: renderer vs GalSim, switches, bleeding, schedule, CLI."""
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from upad.instruments import get_instrument
+from upad.sim import EFFECTS, SimConfig, simulate
+from upad.sim.detector import bleed
+from upad.sim.psf import moffat_alpha
+from upad.sim.render import draw_with_galsim, psf_kimage, render_batch
+from upad.sim.schedule import airmass, isot, night_times
+
+
+@pytest.mark.parametrize("n,hlr,g1,g2", [(0.0, 0, 0, 0), (1.0, 1.5, 0.3, -0.1), (4.0, 2.5, -0.2, 0.2),
+                                         (1.5, 0.6, 0.0, 0.35)])
+def test_renderer_matches_galsim(n, hlr, g1, g2):
+    N, fwhm, beta = 48, 2.3, 3.0
+    pk = psf_kimage(N, float(moffat_alpha(fwhm, beta)), 0.03, -0.02, beta)
+    cx, cy = np.array([23.7], np.float32), np.array([24.2], np.float32)
+    if n:
+        ours = render_batch(N, pk, np.array([1e4]), cx, cy, n=n, hlr_px=np.array([hlr]), g1=np.array([g1]),
+                            g2=np.array([g2]))[0]
+    else:
+        ours = render_batch(N, pk, np.array([1e4]), cx, cy)[0]
+    ref = draw_with_galsim(N, 1e4, 23.7, 24.2, fwhm_px=fwhm, beta=beta, psf_g1=0.03, psf_g2=-0.02, n=n, hlr_px=hlr,
+                           g1=g1, g2=g2)
+    assert ours.sum() == pytest.approx(1e4, rel=1e-4)
+    assert np.abs(ours - ref).max() < 2e-3 * ref.max()
+
+
+def test_bleed_conserves_charge_and_runs_along_columns():
+    img = np.full((200, 50), 100.0, np.float32)
+    img[100, 20] = 1.0e6
+    total = img.sum(dtype=np.float64)
+    fw = np.array([[1e5, 1e5], [1e5, 1e5]])
+    pl = bleed(img, fw, 25)
+    assert img.sum(dtype=np.float64) == pytest.approx(total, rel=1e-6)
+    assert img.max() <= 1e5 + 1
+    assert np.all(pl.x == 20)
+    # 9e5 e- of excess: 4.5 pixels each way -> 1 + 4 + 4 full pixels and two half-filled ones
+    assert (img[:, 20] >= 1e5 - 1).sum() == 9
+    assert img[95, 20] == pytest.approx(50500, rel=1e-5) and img[105, 20] == pytest.approx(50500, rel=1e-5)
+    assert np.all(img[:, 19] == 100)
+
+
+def test_no_effects_gives_an_ideal_camera(tmp_path):
+    cfg = SimConfig(n_bias=1, n_dark=0, n_dome_flats=1, n_sky_flats=0, n_dithers=1, disabled=tuple(EFFECTS))
+    res = simulate("mini", seed=3, out=tmp_path, tiles=1, filters=["rSDSS"], config=cfg)
+    inst = get_instrument("mini")
+    with fits.open(res.raw_files[0]) as hd:
+        bias = np.array(hd[1].data)
+    for sec in inst.amp_sections("readout"):
+        block = bias[sec.data[0], sec.prescan[1].start:sec.overscan_x[1].stop] if not sec.read_flip_x else \
+            bias[sec.data[0], sec.overscan_x[1].start:sec.prescan[1].stop]
+        vals = np.unique(block)
+        assert len(vals) == 1 and vals[0] == round(res.frames[0]["bias"]["level_adu"][sec.index])
+    dome = res.of_kind("flat-dome")[0]
+    with fits.open(res.out / dome["file"]) as hd:
+        d = np.array(hd[1].data, dtype=float)
+    for sec in inst.amp_sections("readout"):
+        v = d[sec.data] - round(dome["bias"]["level_adu"][sec.index])
+        assert np.ptp(v) <= 1 and v.mean() == pytest.approx(dome["level_adu"][sec.index], abs=1.01)
+    sci = res.of_kind("science")[0]
+    assert sci["n_cosmic_events"] == 0 and not sci["satellite"]
+    assert sci["wcs"]["pointing_error_arcsec"] == [0.0, 0.0]
+
+
+def test_schedule_is_astronomical():
+    t = night_times(date(2025, 6, 21))
+    # midsummer at Javalambre: sunset ~19:35 UTC, astronomical night ~5.5 h
+    assert isot(t.sunset).startswith("2025-06-21T19:")
+    assert 4.5 < (t.dawn_18 - t.dusk_18) * 24 < 6.5
+    assert airmass(90.0) == pytest.approx(1.0, abs=1e-3) and airmass(30.0) == pytest.approx(1.995, abs=0.01)
+
+
+def test_cli_simulate(tmp_path):
+    from upad.cli.main import main
+    rc = main(["simulate", "--out", str(tmp_path / "o"), "--tiles", "1", "--filters", "rSDSS", "--json",
+               "--set", "n_bias=1", "--set", "n_dark=0", "--set", "n_dome_flats=0", "--set", "n_sky_flats=0",
+               "--set", "n_dithers=1", "--disable", "cosmics,satellites", "--no-compress"])
+    assert rc == 0
+    files = sorted((tmp_path / "o" / "raw").rglob("*.fits"))
+    assert len(files) == 2
+    assert main(["simulate", "--instrument", "jpcam", "--out", str(tmp_path / "j")]) == 2
+    assert main(["simulate", "--out", str(tmp_path / "k"), "--set", "nonsense=1"]) == 2
