@@ -47,7 +47,9 @@ for _name in _COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; user errors print a message and a hint and exit with status 2."""
     try:
-        cli.main(args=argv, prog_name="upad", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="upad", standalone_mode=False)
+        # without standalone mode click hands back ctx.exit(n) codes as the return value
+        return rv if isinstance(rv, int) else 0
     except UpadError as exc:
         console.print(f"[bold red]error:[/] {exc.message}")
         if exc.hint:
@@ -61,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -95,7 +95,8 @@ class Frame(Base):
     dec: Mapped[float | None] = mapped_column(Float)
     airmass: Mapped[float | None] = mapped_column(Float)
     tile_id: Mapped[int | None] = mapped_column(ForeignKey("tiles.id"), index=True)
-    header: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="the full primary header, as read")
+    header: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="the full header as read: the primary header merged with the image extension's (fpack files keep "
+                                                           "their keys in HDU 1)")
 
     # state
     state: Mapped[str] = mapped_column(String(16), default="ingested", index=True)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from upad.config import StepConfig, param
 from upad.db.models import Frame
 from upad.flow.step import DataError, InputRef, OutputFile, Step, StepOutput, Task, Unit, register_step
+from upad.instruments import get_instrument
 from upad.io.preview import render_preview, write_png
 
 
@@ -31,6 +32,25 @@ def read_raw_image(path: str) -> tuple[fits.Header, np.ndarray]:
     raise DataError(f"{path} has no 2-D image HDU")
 
 
+def quicklook_image(data: np.ndarray, instrument: str | None, layout: str | None) -> np.ndarray:
+    """The trimmed image with each amplifier's serial-overscan level removed, when the geometry is known;
+    otherwise the data as they are. A display aid only: the reduction does the real corrections."""
+    try:
+        inst = get_instrument(instrument or "")
+        sections = inst.amp_sections(layout)
+    except (KeyError, ValueError):
+        return data
+    if data.shape != inst.raw_shape(layout):
+        return data
+    out = np.empty(inst.layout.active_shape, dtype=np.float32)
+    for sec in sections:
+        block = data[sec.data].astype(np.float32)
+        if sec.overscan_x is not None:
+            block -= np.median(data[sec.overscan_x])
+        out[sec.active] = block
+    return out
+
+
 @register_step
 class RawPreview(Step):
     """Render a PNG quick-look of each valid ingested raw frame."""
@@ -40,7 +60,7 @@ class RawPreview(Step):
     area = "previews"
     memory_class = "small"
     config_class = RawPreviewConfig
-    version = "1.0"
+    version = "1.1"
     order = 10
     description = "PNG quick-look of every ingested raw frame"
 
@@ -55,6 +75,7 @@ class RawPreview(Step):
     def run(self, task: Task) -> StepOutput:
         raw = task.input("raw")
         _, data = read_raw_image(raw.paths[0])
+        data = quicklook_image(data, raw.meta.get("instrument"), raw.meta.get("layout"))
         image = render_preview(data, max_size=int(task.config["max_size"]))
         name = f"{raw.meta['filename'].split('.')[0]}.png"
         staged = task.stage(name)
