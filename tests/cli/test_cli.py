@@ -51,3 +51,20 @@ def test_env_root(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("UPAD_ROOT", str(tmp_path / "envroot"))
     assert main(["init"]) == 0
     assert (tmp_path / "envroot" / "upad.sqlite").exists()
+
+
+def _leaf_commands(group: click.Group, prefix=()):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _leaf_commands(cmd, (*prefix, name))
+        else:
+            yield (*prefix, name), cmd
+
+
+@pytest.mark.parametrize("path, cmd", list(_leaf_commands(cli)), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_every_command_has_json_root_and_db(path, cmd):
+    opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+    if path == ("cluster", "script"):  # works on a config file only: no data root or database
+        assert "--json" in opts
+        return
+    assert {"--json", "--root", "--db"} <= opts, f"upad {' '.join(path)} lacks some of --json/--root/--db"

@@ -56,11 +56,16 @@ def cluster_group() -> None:
 @cluster_group.command("script")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, exists=True),
               help="Cluster TOML file (see docs/scaling.md).")
-def cluster_script(config_path: str) -> None:
+@json_option
+def cluster_script(config_path: str, as_json: bool) -> None:
     """Print the batch job script that `upad run --executor jobqueue` would submit."""
-    from upad.execution.jobqueue import job_script
+    from upad.execution.jobqueue import job_script, load_cluster_config
 
-    click.echo(job_script(config_path))
+    script = job_script(config_path)
+    if as_json:
+        emit_json({"config": load_cluster_config(config_path), "script": script})
+    else:
+        click.echo(script)
 
 
 COMMANDS = [config_group, cluster_group]

@@ -41,13 +41,18 @@ def db_group() -> None:
 @db_group.command("upgrade")
 @common_options
 @click.option("--revision", default="head", show_default=True, help="Target schema revision.")
-def db_upgrade(settings: Settings, revision: str) -> None:
+@json_option
+def db_upgrade(settings: Settings, revision: str, as_json: bool) -> None:
     """Migrate the database schema in place (data are kept)."""
     db = Database(settings.db_url)
     before = db.current_revision()
     db.upgrade(revision)
-    console.print(f"schema {before} → {db.current_revision()}")
+    info = {"db": repr(db), "before": before, "after": db.current_revision()}
     db.dispose()
+    if as_json:
+        emit_json(info)
+    else:
+        console.print(f"schema {info['before']} → {info['after']}")
 
 
 @db_group.command("current")

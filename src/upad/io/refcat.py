@@ -1,0 +1,133 @@
+"""Reference star catalogs for astrometry and photometric calibration.
+
+The pipeline reads the simulator's Gaia-like catalog and real extracts alike: a Gaia DR3 extract (archive column
+names), a VizieR extract (``RA_ICRS``/``DE_ICRS``…), or the simulator's ``reference/refcat.fits``; as FITS, Parquet,
+CSV or ECSV. Columns are recognised case-insensitively through aliases and returned under one standard set of names:
+
+=================  =========  =====================================================
+column             unit       meaning
+=================  =========  =====================================================
+``ra``, ``dec``    deg        position at ``ref_epoch`` (ICRS)
+``ra_error``       mas        position error (``dec_error`` likewise); 0 if unknown
+``pmra``,``pmdec`` mas/yr     proper motion (``pmra`` includes cos δ); 0 if unknown
+``ref_epoch``      yr         epoch of the positions (Gaia DR3: 2016.0)
+``g``              mag        Gaia G (NaN if absent)
+``mag_<filter>``   mag (AB)   synthetic or measured magnitudes in survey filters
+=================  =========  =====================================================
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from upad.errors import UpadError
+
+__all__ = ["read_reference_catalog", "propagate_to_epoch", "in_cone"]
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "ra": ("ra", "ra_icrs", "raj2000", "ra_deg", "alpha_j2000"),
+    "dec": ("dec", "de_icrs", "dej2000", "dec_deg", "delta_j2000", "de"),
+    "ra_error": ("ra_error", "e_ra_icrs", "e_raj2000", "ra_err"),
+    "dec_error": ("dec_error", "e_de_icrs", "e_dej2000", "dec_err"),
+    "pmra": ("pmra", "pmra_masyr"),
+    "pmdec": ("pmdec", "pmde", "pmdec_masyr"),
+    "ref_epoch": ("ref_epoch", "epoch"),
+    "g": ("phot_g_mean_mag", "gmag", "g"),
+}
+
+_DEFAULT_EPOCH = 2016.0
+
+
+def _read_any(path: Path) -> Table:
+    suffix = "".join(path.suffixes).lower()
+    try:
+        if suffix.endswith((".fits", ".fit", ".fits.gz", ".fz")):
+            return Table.read(path, hdu=1) if not suffix.endswith(".fz") else Table.read(path)
+        if suffix.endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise UpadError(f"{path} is Parquet, which needs pyarrow",
+                                hint="pip install pyarrow, or convert the catalog to FITS or CSV") from None
+            return Table(pq.read_table(path).to_pydict())
+        if suffix.endswith(".ecsv"):
+            return Table.read(path, format="ascii.ecsv")
+        if suffix.endswith((".csv", ".csv.gz")):
+            return Table.read(path, format="ascii.csv")
+    except (OSError, ValueError) as exc:
+        raise UpadError(f"cannot read the reference catalog {path}: {exc}",
+                        hint="give a FITS, Parquet, CSV or ECSV table") from None
+    raise UpadError(f"unknown reference catalog format for {path.name}",
+                    hint="use .fits, .parquet, .csv or .ecsv")
+
+
+def read_reference_catalog(path: str | Path, *, filters: list[str] | None = None) -> Table:
+    """Read a reference catalog and return it with the standard columns (see the module documentation).
+
+    Parameters
+    ----------
+    path
+        The catalog file.
+    filters
+        Survey filters whose ``mag_<filter>`` columns must be present (an error names the missing ones).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UpadError(f"reference catalog {path} does not exist",
+                        hint="simulated nights have one in <sim>/reference/refcat.fits; or pass a Gaia extract")
+    raw = _read_any(path)
+    lower = {c.lower(): c for c in raw.colnames}
+    out = Table()
+    for std, aliases in _ALIASES.items():
+        found = next((lower[a] for a in aliases if a in lower), None)
+        if found is not None:
+            col = raw[found]
+            out[std] = np.asarray(col.filled(np.nan) if hasattr(col, "filled") else col, dtype=np.float64)
+        elif std in ("ra", "dec"):
+            raise UpadError(f"reference catalog {path} has no {std} column (tried {', '.join(aliases)})",
+                            hint="rename the position columns to ra/dec in degrees")
+        elif std == "ref_epoch":
+            out[std] = np.full(len(raw), _DEFAULT_EPOCH)
+        elif std == "g":
+            out[std] = np.full(len(raw), np.nan)
+        else:
+            out[std] = np.zeros(len(raw))
+    for name in raw.colnames:
+        if name.lower().startswith("mag_"):
+            col = raw[name]
+            out[f"mag_{name[4:]}"] = np.asarray(col.filled(np.nan) if hasattr(col, "filled") else col, dtype=float)
+    for extra in ("source_id", "truth_id", "id"):
+        if extra in lower:
+            out[extra] = raw[lower[extra]]
+    missing = [f for f in (filters or []) if f"mag_{f}" not in out.colnames]
+    if missing:
+        raise UpadError(f"reference catalog {path} has no magnitudes for {missing}",
+                        hint="photometric calibration needs mag_<filter> columns (e.g. Gaia XP synthetic photometry)")
+    bad = ~(np.isfinite(out["ra"]) & np.isfinite(out["dec"]))
+    if bad.any():
+        out = out[~bad]
+    out.meta["source"] = str(path)
+    return out
+
+
+def propagate_to_epoch(cat: Table, epoch: float) -> Table:
+    """Positions moved from ``ref_epoch`` to ``epoch`` (Julian years) with the proper motions (small-angle)."""
+    dt = epoch - np.asarray(cat["ref_epoch"], dtype=float)
+    pmra = np.nan_to_num(np.asarray(cat["pmra"], dtype=float))
+    pmdec = np.nan_to_num(np.asarray(cat["pmdec"], dtype=float))
+    out = cat.copy(copy_data=True)
+    cosd = np.cos(np.deg2rad(np.asarray(cat["dec"], dtype=float)))
+    out["ra"] = np.asarray(cat["ra"]) + dt * pmra / 3.6e6 / np.maximum(cosd, 1e-6)
+    out["dec"] = np.asarray(cat["dec"]) + dt * pmdec / 3.6e6
+    out["ref_epoch"] = np.full(len(cat), epoch)
+    return out
+
+
+def in_cone(cat: Table, ra: float, dec: float, radius_deg: float) -> Table:
+    """Rows within ``radius_deg`` of (``ra``, ``dec``), in degrees."""
+    r1, d1 = np.deg2rad(ra), np.deg2rad(dec)
+    r2, d2 = np.deg2rad(np.asarray(cat["ra"])), np.deg2rad(np.asarray(cat["dec"]))
+    cos_sep = np.sin(d1) * np.sin(d2) + np.cos(d1) * np.cos(d2) * np.cos(r2 - r1)
+    return cat[cos_sep >= np.cos(np.deg2rad(radius_deg))]

@@ -1,0 +1,74 @@
+"""Reference catalogs: the simulator's, and real-looking Gaia/VizieR extracts in FITS, Parquet and CSV."""
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from upad.errors import UpadError
+from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
+
+
+@pytest.fixture(scope="module")
+def sim_refcat(tmp_path_factory):
+    from upad.sim import simulate
+
+    res = simulate(instrument="mini", seed=11, out=tmp_path_factory.mktemp("sim"), nights=1, tiles=1,
+                   filters=["rSDSS"])
+    return res.reference_catalog
+
+
+def test_reads_simulator_catalog(sim_refcat):
+    cat = read_reference_catalog(sim_refcat, filters=["rSDSS"])
+    assert len(cat) > 20
+    assert {"ra", "dec", "ra_error", "pmra", "ref_epoch", "g", "mag_rSDSS"} <= set(cat.colnames)
+    assert np.all((cat["dec"] > -90) & (cat["dec"] < 90))
+    with pytest.raises(UpadError, match="no magnitudes for"):
+        read_reference_catalog(sim_refcat, filters=["J0395x"])
+
+
+def _gaia_like(n=50, seed=1):
+    rng = np.random.default_rng(seed)
+    return Table({"source_id": np.arange(n, dtype=np.int64) + 10**15, "ra": rng.uniform(10, 11, n),
+                  "dec": rng.uniform(40, 41, n), "ra_error": rng.uniform(0.01, 0.5, n),
+                  "dec_error": rng.uniform(0.01, 0.5, n), "pmra": rng.normal(0, 5, n), "pmdec": rng.normal(0, 5, n),
+                  "ref_epoch": np.full(n, 2016.0), "phot_g_mean_mag": rng.uniform(12, 20, n)})
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".parquet", ".csv", ".ecsv"])
+def test_reads_gaia_extracts(tmp_path, suffix):
+    t = _gaia_like()
+    path = tmp_path / f"gaia{suffix}"
+    if suffix == ".parquet":
+        pq = pytest.importorskip("pyarrow.parquet")
+        import pyarrow as pa
+
+        pq.write_table(pa.table({c: np.asarray(t[c]) for c in t.colnames}), path)
+    elif suffix == ".csv":
+        t.write(path, format="ascii.csv")
+    else:
+        t.write(path)
+    cat = read_reference_catalog(path)
+    assert len(cat) == 50
+    assert np.allclose(cat["ra"], t["ra"]) and np.allclose(cat["g"], t["phot_g_mean_mag"])
+    assert np.all(cat["source_id"] == t["source_id"])
+
+
+def test_vizier_names_and_missing_positions(tmp_path):
+    t = Table({"RA_ICRS": [10.0, 10.1], "DE_ICRS": [40.0, 40.1], "Gmag": [15.0, 16.0]})
+    t.write(tmp_path / "viz.fits")
+    cat = read_reference_catalog(tmp_path / "viz.fits")
+    assert list(cat["dec"]) == [40.0, 40.1] and np.all(cat["pmra"] == 0) and np.all(cat["ref_epoch"] == 2016.0)
+    Table({"x": [1.0]}).write(tmp_path / "bad.fits")
+    with pytest.raises(UpadError, match="no ra column"):
+        read_reference_catalog(tmp_path / "bad.fits")
+    with pytest.raises(UpadError, match="does not exist"):
+        read_reference_catalog(tmp_path / "nope.fits")
+
+
+def test_proper_motion_and_cone():
+    t = Table({"ra": [10.0], "dec": [60.0], "pmra": [3600.0], "pmdec": [-3600.0], "ref_epoch": [2016.0]})
+    moved = propagate_to_epoch(t, 2026.0)
+    # 10 yr × 3.6"/yr = 36" = 0.01 deg in dec; in ra divided by cos(dec) = 0.5
+    assert moved["dec"][0] == pytest.approx(60.0 - 0.01)
+    assert moved["ra"][0] == pytest.approx(10.0 + 0.02)
+    cat = Table({"ra": [10.0, 10.5, 12.0], "dec": [0.0, 0.0, 0.0]})
+    assert len(in_cone(cat, 10.0, 0.0, 0.6)) == 2
