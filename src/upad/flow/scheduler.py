@@ -43,6 +43,7 @@ from upad.flow.invalidate import cascade_stale
 from upad.flow.provenance import code_version, provenance_id, short
 from upad.flow.step import MEMORY_CLASSES, InputRef, Step, Unit, all_steps
 from upad.settings import Settings
+from upad._proc import pid_alive
 
 log = logging.getLogger("upad.scheduler")
 
@@ -92,15 +93,6 @@ def _insert(session: Session, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _owner_dead(owner: str | None) -> bool:
     """True when a lease owner ``host:pid:token`` ran on this host and its process is gone."""
@@ -108,7 +100,7 @@ def _owner_dead(owner: str | None) -> bool:
         return False
     try:
         host, pid, _ = owner.rsplit(":", 2)
-        return host == socket.gethostname() and not _pid_alive(int(pid))
+        return host == socket.gethostname() and not pid_alive(int(pid))
     except ValueError:
         return False
 

@@ -23,6 +23,7 @@ import secrets
 import socket
 import time
 from pathlib import Path
+from upad._proc import pid_alive
 
 __all__ = [
     "TEMP_MARK",
@@ -198,15 +199,6 @@ def write_reason(path: Path, text: str) -> Path:
     return target
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def cleanup_stale_temps(directory: Path) -> list[Path]:
     """Remove ingest's temporary files left in ``directory`` by interrupted writers.
@@ -234,7 +226,7 @@ def cleanup_stale_temps(directory: Path) -> list[Path]:
             if pid == os.getpid():
                 stale = entry.name not in _ACTIVE_TEMPS
             else:
-                stale = not _pid_alive(pid)
+                stale = not pid_alive(pid)
         else:
             try:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > FOREIGN_TEMP_MAX_AGE_S
