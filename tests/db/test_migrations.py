@@ -1,8 +1,8 @@
 """The schema comes from Alembic migrations, upgrades in place keeping data, and matches the models."""
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-import pytest
 from sqlalchemy import text
 
 from upad.db import Database

@@ -20,6 +20,7 @@ TOY_STEPS = ("toy_a", "toy_b", "toy_c")
 def toy_steps():
     """Register the toy steps for one test only (other tests must not see them)."""
     import toysteps
+
     from upad.flow.step import register_step, unregister_step
 
     for cls in (toysteps.ToyA, toysteps.ToyB, toysteps.ToyC):

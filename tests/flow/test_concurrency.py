@@ -1,15 +1,14 @@
 """Two schedulers at once on PostgreSQL never run the same job twice (SELECT … FOR UPDATE SKIP LOCKED)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
-from sqlalchemy import func, select
-
 from conftest import add_frames, subprocess_env
+from sqlalchemy import func, select
 from test_scheduler import check_archive
+
 from upad.db.models import Attempt, Job, Product
 
 

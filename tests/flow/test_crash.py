@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
-
 from conftest import add_frames, subprocess_env
+from sqlalchemy import func, select
 from test_scheduler import check_archive, current_values
+
 from upad.db.models import Attempt, Job, Product
 
 NIGHTS = ["2025-03-01", "2025-03-02"]

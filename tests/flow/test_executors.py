@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
-
 from conftest import add_frames
+from sqlalchemy import select
 from test_scheduler import check_archive, make
+
 from upad.db.models import Attempt, Product
 from upad.errors import UpadError
 

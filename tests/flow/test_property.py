@@ -7,10 +7,12 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from conftest import add_frames
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
-from conftest import add_frames
 from upad.db import Database
 from upad.db.models import Frame, Job, Product, utcnow
 from upad.execution import Executor, lost_outcome

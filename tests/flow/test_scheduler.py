@@ -1,13 +1,9 @@
 """The scheduler on real databases: planning, dispatch, provenance, retries, invalidation, reprocessing."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import pytest
+from conftest import add_frames
 from sqlalchemy import func, select
 
-from conftest import add_frames
 from upad.db.models import Attempt, Job, Product, Run
 from upad.execution import InlineExecutor, LocalExecutor
 from upad.flow.invalidate import flag_frame
@@ -164,8 +160,14 @@ def test_flag_invalid_cascades_and_rebuilds_without_the_frame(flow_env):
     # flagging it valid again: the products made from it are current again, no rebuild needed
     with db.session() as s:
         flag_frame(s, str(bad), invalid=False, reason="")
-    counts = make(settings, db).run(until_idle=True)
+    with db.session() as s:
+        n_toy_a_jobs = s.scalar(select(func.count()).select_from(Job).where(Job.step == "toy_a"))
+    make(settings, db).run(until_idle=True)
     assert current_values(db, "toy_a")[f"{night}/frame{bad}"] == bad
+    with db.session() as s:  # its toy_a product was revived, not rebuilt
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.step == "toy_a")) == n_toy_a_jobs
+    # and its toy_c is rebuilt against the night's current toy_b
+    assert current_values(db, "toy_c")[f"{night}/frame{bad}"] == current_values(db, "toy_b")[night] + bad
 
 
 def test_reprocess_after_config_change(flow_env):

@@ -16,7 +16,16 @@ from sqlalchemy import select
 
 from upad.config import StepConfig, param
 from upad.db.models import Frame, Product
-from upad.flow.step import DataError, InputRef, OutputFile, Step, StepOutput, TransientError, Unit, register_step
+from upad.flow.step import (
+    DataError,
+    InputRef,
+    OutputFile,
+    Step,
+    StepOutput,
+    TransientError,
+    Unit,
+    register_step,
+)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ from upad.cli.common import common_options, console, emit_json, json_option, pro
 from upad.db import QuarantinedFile, open_database
 from upad.errors import UpadError
 from upad.ingest.errors import CATEGORIES
-from upad.ingest.service import MODES, FileOutcome, IngestReport, collect_files, ingest_paths, watch
+from upad.ingest.service import (
+    MODES,
+    FileOutcome,
+    IngestReport,
+    collect_files,
+    ingest_paths,
+    watch,
+)
 from upad.settings import Settings
 
 _STYLE = {"registered": "green", "already_registered": "cyan", "conflict": "magenta", "quarantined": "yellow",

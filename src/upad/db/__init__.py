@@ -1,6 +1,17 @@
 """The process database (models, sessions, migrations)."""
-from upad.db.models import (Attempt, Base, Frame, FrameEvent, Job, Product, Provenance, ProvenanceInput,
-                             QuarantinedFile, Run, Tile)
+from upad.db.models import (
+                             Attempt,
+                             Base,
+                             Frame,
+                             FrameEvent,
+                             Job,
+                             Product,
+                             Provenance,
+                             ProvenanceInput,
+                             QuarantinedFile,
+                             Run,
+                             Tile,
+)
 from upad.db.session import Database, open_database
 
 __all__ = ["Attempt", "Base", "Database", "Frame", "FrameEvent", "Job", "Product", "Provenance", "ProvenanceInput",

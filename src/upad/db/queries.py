@@ -130,7 +130,14 @@ def flow_summary(db: Database) -> dict[str, Any]:
 def frame_history(db: Database, ref: str) -> dict[str, Any]:
     """Every operation on a frame: its events, and every product built from it (directly or transitively) with
     the jobs, attempts, configuration hashes, inputs and outputs."""
-    from upad.db.models import Attempt, FrameEvent, Job, Product, Provenance, ProvenanceInput
+    from upad.db.models import (
+        Attempt,
+        FrameEvent,
+        Job,
+        Product,
+        Provenance,
+        ProvenanceInput,
+    )
     from upad.flow.invalidate import find_frame
 
     with db.session() as s:

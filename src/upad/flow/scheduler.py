@@ -31,19 +31,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from upad._proc import pid_alive
 from upad.config import StepConfig, load_user_config
-from upad.db.models import Attempt, Frame, Job, Product, Provenance, ProvenanceInput, Run, utcnow
+from upad.db.models import (
+    Attempt,
+    Frame,
+    Job,
+    Product,
+    Provenance,
+    ProvenanceInput,
+    Run,
+    utcnow,
+)
 from upad.db.session import Database
 from upad.execution import Executor
 from upad.flow.invalidate import cascade_stale
 from upad.flow.provenance import code_version, provenance_id, short
 from upad.flow.step import MEMORY_CLASSES, InputRef, Step, Unit, all_steps
 from upad.settings import Settings
-from upad._proc import pid_alive
 
 log = logging.getLogger("upad.scheduler")
 

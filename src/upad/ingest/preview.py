@@ -11,7 +11,16 @@ from sqlalchemy import select
 
 from upad.config import StepConfig, param
 from upad.db.models import Frame
-from upad.flow.step import DataError, InputRef, OutputFile, Step, StepOutput, Task, Unit, register_step
+from upad.flow.step import (
+    DataError,
+    InputRef,
+    OutputFile,
+    Step,
+    StepOutput,
+    Task,
+    Unit,
+    register_step,
+)
 from upad.instruments import get_instrument
 from upad.io.preview import render_preview, write_png
 
