@@ -175,3 +175,28 @@ def test_kill_worker_is_retried(flow_env):
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Job).where(Job.state != "done")) == 0
         assert s.scalar(select(func.count()).select_from(Product)) == EXPECTED
+
+
+def test_daemon_picks_up_new_frames_and_stops_gracefully(flow_env):
+    settings, db = flow_env
+    add_frames(db, settings.root, 2, NIGHTS[:1])
+    cmd = [sys.executable, "-m", "upad.cli.main", "run", "--root", str(settings.root), "--db", settings.db_url,
+           "--workers", "1", "--step", "toy_a", "--replan-seconds", "0.5", "--name", "daemon"]
+    with open(settings.root / "logs" / "daemon.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(db, lambda s: n_products(s) == 2)
+        # frames ingested while the daemon runs are processed without restarting it
+        add_frames(db, settings.root, 3, NIGHTS[:1], start_id=50)
+        wait_for(db, lambda s: n_products(s) == 5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, (settings.root / "logs" / "daemon.log").read_text()[-3000:]
+    from upad.db.models import Run
+
+    with db.session() as s:
+        run = s.scalars(select(Run).where(Run.name == "daemon")).one()
+        assert run.state == "stopped" and run.ended_at is not None
+        assert n_running(s) == 0
+    check_archive(settings, db)

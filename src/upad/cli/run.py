@@ -36,6 +36,8 @@ def _executor_options(func: Any) -> Any:
         click.option("--memory-budget", "memory_budget_gb", type=click.FloatRange(min=0.1), default=None,
                      help="GB that running jobs may use together (by memory class). Default: no limit."),
         click.option("--name", "run_name", default=None, help="Name of this processing run (default: timestamped)."),
+        click.option("--replan-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                     help="How often the daemon looks for newly ready work (e.g. newly ingested frames)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -44,11 +46,12 @@ def _executor_options(func: Any) -> Any:
 
 def _scheduler(settings: Settings, *, executor: str | None, workers: int | None, dask_scheduler: str | None,
                cluster_config: str | None, steps: tuple[str, ...], lease_seconds: float, max_attempts: int,
-               memory_budget_gb: float | None, run_name: str | None, command: str, on_event: Any = None
-               ) -> Scheduler:
+               memory_budget_gb: float | None, run_name: str | None, command: str, replan_seconds: float = 10.0,
+               on_event: Any = None) -> Scheduler:
     db = open_database(settings.db_url)
     options = SchedulerOptions(lease_seconds=lease_seconds, heartbeat_seconds=min(5.0, lease_seconds / 3),
-                               max_attempts=max_attempts, steps=steps or None, memory_budget_gb=memory_budget_gb)
+                               max_attempts=max_attempts, steps=steps or None, memory_budget_gb=memory_budget_gb,
+                               replan_seconds=replan_seconds)
     ex = make_executor(executor, workers=workers, scheduler=dask_scheduler,
                        cluster_config=cluster_config) if executor else None
     return Scheduler(db, settings, ex, options=options, run_name=run_name, command=command, on_event=on_event)
