@@ -58,6 +58,11 @@ def status(settings: Settings, as_json: bool) -> None:
     summary = status_summary(db)
     summary["quarantined_files"] = list_quarantine(db)
     summary["flow"] = flow_summary(db)
+    # why the units that wait are not ready (the scheduler's own readiness rules, nothing is changed)
+    from upad.flow.scheduler import Scheduler
+
+    summary["waiting"] = [{"step": u.step, "unit": u.unit.key, "reason": u.reason}
+                          for u in Scheduler(db, settings, None).plan(dry_run=True).units if u.status == "waiting"]
     db.dispose()
     if as_json:
         emit_json(summary)
@@ -83,6 +88,14 @@ def status(settings: Settings, as_json: bool) -> None:
         console.print(ft)
         for f in flow["failed_jobs"][:20]:
             console.print(f"[red]failed[/] {f['step']} {f['unit']}: {f['error']}")
+    waiting = summary["waiting"]
+    if waiting:
+        wt = Table(title=f"{len(waiting)} units waiting (first 20; `upad run --dry-run` lists all)")
+        for col in ("step", "unit", "why"):
+            wt.add_column(col)
+        for w in waiting[:20]:
+            wt.add_row(w["step"], w["unit"], w["reason"])
+        console.print(wt)
     q = summary["quarantined_files"]
     if q:
         qt = Table(title=f"{len(q)} quarantined files")

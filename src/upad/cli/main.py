@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "upad.cli.ingest",
     "upad.cli.run",
     "upad.cli.products",
+    "upad.cli.calib",
     "upad.cli.config",
     "upad.cli.demo",
 )

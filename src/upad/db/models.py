@@ -303,3 +303,27 @@ class Attempt(Base):
     peak_rss_mb: Mapped[float | None] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="attempts")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Calibration epochs (schema revision 0003)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class CalibEpoch(Base):
+    """An epoch breakpoint: from ``time`` on, calibrations of the kinds listed are not shared with before."""
+
+    __tablename__ = "calib_epochs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(DateTime, index=True, doc="UTC, naive")
+    instrument: Mapped[str | None] = mapped_column(String(32), doc="None: every instrument")
+    filter: Mapped[str | None] = mapped_column(String(16), doc="None: every filter")
+    kinds: Mapped[list[Any]] = mapped_column(JSON, default=list, doc="empty: every kind")
+    reason: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16), default="operator", doc="operator | proposed")
+    metric: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    retracted_reason: Mapped[str | None] = mapped_column(Text)

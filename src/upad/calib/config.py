@@ -1,0 +1,198 @@
+"""Configuration of the calibration steps and of the master lookup (``[steps.<name>]`` in ``<root>/upad.toml``).
+
+:class:`LookupConfig` is what :func:`upad.calib.lookup.select_masters` needs; a step that reduces science frames
+makes its configuration a subclass of it, so that the same parameters drive ``upad calib lookup`` and the step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from upad.config import StepConfig, param
+from upad.reduce.isr import OVERSCAN_METHODS, IsrOptions
+
+__all__ = [
+    "FLAT_TYPES",
+    "KINDS",
+    "BadPixelConfig",
+    "CalibLookupBase",
+    "LookupConfig",
+    "MasterBiasConfig",
+    "MasterConfigBase",
+    "MasterDarkConfig",
+    "MasterFlatConfig",
+    "MasterFringeConfig",
+    "MasterIllumConfig",
+    "isr_options",
+]
+
+#: Kinds of masters, in the order they are looked up.
+KINDS = ("bias", "dark", "flat", "fringe", "illumination", "bpm")
+
+#: Flat types: dome (screen) and sky (twilight) flats.
+FLAT_TYPES = ("dome", "sky")
+
+
+@dataclass(frozen=True)
+class CalibLookupBase(StepConfig):
+    """Parameters of the lookup of masters (shared by every step that uses masters)."""
+
+    fallback_nights: int = param(10, doc="When no master is valid at the frame's time, use the nearest valid master "
+                                         "within this many nights (same configuration and epoch)",
+                                 bounds=(0, 3650), unit="night", critical=False)
+    flat_types: tuple = param(("dome", "sky"), doc="Flat types in order of preference (dome, sky)",
+                              critical=False)
+    wait_for_expected: bool = param(True, doc="Wait for a master of the frame's own night that is being built or "
+                                              "will be (its series is still being taken) instead of falling back "
+                                              "to another night's", critical=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [t for t in self.flat_types if t not in FLAT_TYPES]
+        if bad or not self.flat_types:
+            from upad.errors import UpadError
+
+            raise UpadError(f"flat_types = {list(self.flat_types)!r} is not a non-empty list of {list(FLAT_TYPES)}",
+                            hint="e.g. flat_types = [\"dome\", \"sky\"]")
+
+
+@dataclass(frozen=True)
+class LookupConfig(CalibLookupBase):
+    """What a science frame needs (the reduction step's configuration derives from this class)."""
+
+    kinds: tuple = param(KINDS, doc="Kinds of masters looked up for a science frame", critical=False)
+    required: tuple = param(("bias", "flat"), doc="Kinds without which a science frame waits (the others are "
+                                                  "applied when available); 'fringe' only counts for fringing "
+                                                  "filters", critical=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [k for k in (*self.kinds, *self.required) if k not in KINDS]
+        if bad:
+            from upad.errors import UpadError
+
+            raise UpadError(f"unknown master kind(s) {bad}", hint=f"known kinds: {list(KINDS)}")
+
+
+@dataclass(frozen=True)
+class MasterConfigBase(CalibLookupBase):
+    """Parameters shared by every master step: series, ISR and combination."""
+
+    min_frames: int = param(3, doc="Fewest usable input frames for a master", bounds=(1, 1000), critical=False)
+    overscan: str = param("poly", doc="Overscan estimator: 'poly' (Legendre fit along the rows), 'rows' (row-wise "
+                                      "median, smoothed), 'mean' (one constant) or 'none'", choices=OVERSCAN_METHODS)
+    overscan_order: int = param(3, doc="Order of the overscan polynomial ('poly')", bounds=(0, 10))
+    overscan_smooth: int = param(31, doc="Running-mean window of the row-wise overscan ('rows')", bounds=(1, 1001),
+                                 unit="row")
+    overscan_skip: int = param(1, doc="Serial-overscan columns next to the data that are ignored", bounds=(0, 100),
+                               unit="column")
+    linearize: bool = param(True, doc="Correct the non-linearity with the instrument file's [c2, c3]")
+    clip_low: float = param(3.0, doc="Lower rejection threshold of the combination", bounds=(0.5, 100),
+                            unit="sigma")
+    clip_high: float = param(3.0, doc="Upper rejection threshold of the combination", bounds=(0.5, 100),
+                             unit="sigma")
+    clip_iters: int = param(5, doc="Rejection passes of the combination", bounds=(1, 50))
+    memory_mb: float = param(512.0, doc="Memory for the stack buffers of the block-wise combination",
+                             bounds=(16, 65536), unit="MB", critical=False)
+    threads: int = param(0, doc="Threads of the combination kernel (0: all the worker's CPUs)", bounds=(0, 256),
+                         critical=False)
+
+
+def isr_options(cfg: MasterConfigBase, *, to_electrons: bool = True, linearize: bool | None = None) -> IsrOptions:
+    """The ISR options of a master step's configuration."""
+    return IsrOptions(overscan=cfg.overscan, overscan_order=cfg.overscan_order, overscan_smooth=cfg.overscan_smooth,
+                      overscan_skip=cfg.overscan_skip,
+                      linearize=cfg.linearize if linearize is None else linearize, to_electrons=to_electrons)
+
+
+@dataclass(frozen=True)
+class MasterBiasConfig(MasterConfigBase):
+    level_tol: float = param(5.0, doc="A bias whose level departs from the series median by more than this (or 5 "
+                                      "robust sigma of the series) is excluded", bounds=(0, None), unit="ADU")
+    noise_ratio: float = param(1.5, doc="A bias noisier than this times the series median is excluded",
+                               bounds=(1, None))
+    max_saturated: float = param(0.0, doc="Largest fraction of saturated pixels in a usable bias", bounds=(0, 1))
+
+
+@dataclass(frozen=True)
+class MasterDarkConfig(MasterConfigBase):
+    level_tol: float = param(0.05, doc="A dark whose dark current departs from the series median by more than this "
+                                       "(or 5 robust sigma) is excluded (light leak)", bounds=(0, None),
+                             unit="electron/s")
+    noise_ratio: float = param(1.5, doc="A dark noisier than this times the series median is excluded",
+                               bounds=(1, None))
+    max_saturated: float = param(1e-4, doc="Largest fraction of saturated pixels in a usable dark", bounds=(0, 1))
+    hot_nsigma: float = param(5.0, doc="Hot pixel: dark current above the median by this many sigma",
+                              bounds=(1, None), unit="sigma")
+    hot_min_excess: float = param(0.0, doc="Hot pixel: and by at least this much", bounds=(0, None),
+                                  unit="electron/s")
+
+
+@dataclass(frozen=True)
+class MasterFlatConfig(MasterConfigBase):
+    min_level: float = param(3000.0, doc="Flats fainter than this (median, bias-subtracted) are excluded",
+                             bounds=(0, None), unit="ADU")
+    max_level: float = param(50000.0, doc="Flats brighter than this (median, bias-subtracted) are excluded",
+                             bounds=(0, None), unit="ADU")
+    max_saturated: float = param(1e-3, doc="Flats with a larger fraction of saturated pixels are excluded",
+                                 bounds=(0, 1))
+    use_dark: bool = param(True, doc="Subtract the master dark when one is available")
+    star_nsigma: float = param(4.0, doc="Twilight flats: stars are found this many sigma above the median flat",
+                               bounds=(1, None), unit="sigma")
+    star_grow: int = param(4, doc="Twilight flats: star masks are grown by this many pixels", bounds=(0, 100),
+                           unit="pixel")
+    qc_rms_max: float = param(0.03, doc="A flat whose rms residual against the master exceeds this is excluded",
+                              bounds=(0, None))
+    qc_gradient_max: float = param(0.01, doc="A flat whose large-scale residual gradient (peak to peak over the "
+                                             "field) exceeds this is excluded", bounds=(0, None))
+    qc_cells: int = param(32, doc="Cells along the long axis of the binned residual maps", bounds=(4, 512),
+                          critical=False)
+    qc_plots: bool = param(True, doc="Write the residual map and histogram PNG of every flat", critical=False)
+
+
+@dataclass(frozen=True)
+class MasterFringeConfig(MasterConfigBase):
+    filters: tuple = param((), doc="Filters to make fringe maps for (empty: every filter with fringing = true in "
+                                   "the filter file)", critical=False)
+    min_pointings: int = param(2, doc="Fewest distinct pointings (dithers) among the input frames",
+                               bounds=(1, 1000), critical=False)
+    background_box: int = param(128, doc="Mesh of the sky background (several fringe periods)", bounds=(8, 4096),
+                                unit="pixel")
+    source_nsigma: float = param(3.0, doc="Sources are masked above this many sigma of the background noise",
+                                 bounds=(0.5, None), unit="sigma")
+    source_grow: int = param(3, doc="Source masks are grown by this many pixels", bounds=(0, 100), unit="pixel")
+    smooth_px: float = param(2.0, doc="Gaussian smoothing of the fringe map (well below the fringe period)",
+                             bounds=(0, 100), unit="pixel")
+
+
+@dataclass(frozen=True)
+class MasterIllumConfig(MasterConfigBase):
+    build_flat_types: tuple = param(("dome", "sky"), doc="Make an illumination correction for each of these flat "
+                                                          "types (the one chosen for a frame must match its flat)",
+                                    critical=False)
+    min_pointings: int = param(2, doc="Fewest distinct pointings (dithers) among the input frames",
+                               bounds=(1, 1000), critical=False)
+    background_box: int = param(64, doc="Mesh of the sky background", bounds=(8, 4096), unit="pixel")
+    cells: int = param(32, doc="Cells along the long axis of the binned background maps", bounds=(4, 1024))
+    order: int = param(3, doc="Total degree of the 2-D Legendre polynomial fitted to the background",
+                       bounds=(0, 8))
+    source_nsigma: float = param(3.0, doc="Sources are masked above this many sigma of the background noise",
+                                 bounds=(0.5, None), unit="sigma")
+    source_grow: int = param(3, doc="Source masks are grown by this many pixels", bounds=(0, 100), unit="pixel")
+
+
+@dataclass(frozen=True)
+class BadPixelConfig(CalibLookupBase):
+    hot_nsigma: float = param(5.0, doc="Hot pixel: dark current above the median by this many sigma",
+                              bounds=(1, None), unit="sigma")
+    hot_min_excess: float = param(0.0, doc="Hot pixel: and by at least this much", bounds=(0, None),
+                                  unit="electron/s")
+    dead_below: float = param(0.2, doc="Dead pixel: response below this fraction of its surroundings",
+                              bounds=(0, 1))
+    low_below: float = param(0.85, doc="Low-response pixel: response below this fraction of its surroundings",
+                             bounds=(0, 1))
+    response_box: int = param(32, doc="Mesh of the local flat level the response is measured against",
+                              bounds=(4, 4096), unit="pixel")
+    column_min_run: int = param(20, doc="Bad column: a vertical run of at least this many flagged pixels",
+                                bounds=(2, 100000), unit="pixel")
+    column_max_gap: int = param(2, doc="Gaps up to this long inside a bad column are filled", bounds=(0, 100),
+                                unit="pixel")

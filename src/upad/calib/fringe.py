@@ -1,0 +1,82 @@
+"""Fringe maps for red filters: the fixed interference pattern of the night-sky lines, as a fraction of the sky.
+
+From dithered science frames of one filter, reduced and flat-fielded: per frame the large-scale sky background is
+estimated with sources masked (:func:`sky_background`, :func:`source_mask`), the frame is normalised to it
+(``frame / background - 1``, sources set to NaN, :func:`normalised_frame`); the normalised frames are combined with
+a sigma-clipped mean (sources move between dithers, the fringes stay on the detector), and the result is smoothed
+with a Gaussian much smaller than the fringe period (:func:`smooth_nan`) to beat down the pixel noise. The map is
+zero-mean; a science frame is corrected by subtracting ``scale x sky x fringe`` with the scale fitted per frame
+(:func:`fit_fringe_scale`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["fit_fringe_scale", "normalised_frame", "sky_background", "smooth_nan", "source_mask"]
+
+
+def sky_background(image: np.ndarray, mask: np.ndarray | None = None, *, box: int = 128,
+                   filter_size: int = 3) -> tuple[np.ndarray, float]:
+    """Smooth sky background (sep, mesh of ``box`` pixels, median filter of ``filter_size`` meshes) and the global
+    background rms. NaN pixels and ``mask`` are ignored."""
+    import sep
+
+    data = np.ascontiguousarray(image, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad |= mask
+    if bad.any():
+        data = np.where(bad, np.float32(0.0), data)
+    bkg = sep.Background(data, mask=bad if bad.any() else None, bw=int(box), bh=int(box), fw=int(filter_size),
+                         fh=int(filter_size))
+    return bkg.back(dtype=np.float32), float(bkg.globalrms)
+
+
+def source_mask(image: np.ndarray, background: np.ndarray, *, nsigma: float = 3.0, grow_px: int = 3,
+                saturated: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of sources: the background-subtracted image smoothed by 1 pixel above ``nsigma`` robust standard
+    deviations, or binned 4 x 4 above 2.5 (faint wings), grown by ``grow_px``; plus saturated and non-finite
+    pixels."""
+    from upad.calib.qc import detect_positive, grow_mask
+
+    resid = np.asarray(image, np.float32) - background
+    bad = ~np.isfinite(resid)
+    resid[bad] = 0.0
+    mask = bad | detect_positive(resid, nsigma=nsigma, smooth_px=1.0, coarse=4, coarse_nsigma=2.5)
+    if saturated is not None:
+        mask |= saturated
+    return grow_mask(mask, grow_px)
+
+
+def normalised_frame(image: np.ndarray, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image / background - 1`` (float32) with masked pixels and a non-positive background set to NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.asarray(image, np.float32) / background - np.float32(1.0)
+    out[mask | ~(background > 0)] = np.nan
+    return out.astype(np.float32, copy=False)
+
+
+def smooth_nan(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing that ignores NaN pixels (normalised convolution); pixels with no valid neighbour stay
+    NaN."""
+    from scipy import ndimage
+
+    if sigma <= 0:
+        return np.asarray(image, np.float32).copy()
+    good = np.isfinite(image)
+    num = ndimage.gaussian_filter(np.where(good, image, 0).astype(np.float32), sigma)
+    den = ndimage.gaussian_filter(good.astype(np.float32), sigma)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[den < 1e-3] = np.nan
+    return out.astype(np.float32)
+
+
+def fit_fringe_scale(normalised: np.ndarray, fringe: np.ndarray, *, step: int = 2) -> float:
+    """Least-squares amplitude ``a`` of ``fringe`` in a normalised science frame (``frame/background - 1``):
+    the frame is corrected by subtracting ``a x background x fringe``."""
+    x = fringe[::step, ::step].astype(np.float64)
+    y = normalised[::step, ::step].astype(np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    den = float((x[ok] * x[ok]).sum())
+    return float((x[ok] * y[ok]).sum() / den) if den > 0 else 0.0

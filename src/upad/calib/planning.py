@@ -1,0 +1,568 @@
+"""Calibration series in the database and the master units they make (scheduler side, read-only).
+
+A *series* is the set of valid raw frames of one kind, instrumental configuration and night: the biases of
+``mini/MODE_5/readout`` on 2025-03-01, the dome flats in rSDSS, the science frames in zSDSS (for fringe maps and
+illumination corrections). A master is made from a *complete* series only, otherwise a master built from a partial
+series would be superseded (and everything built from it made stale) as soon as the next frame arrives:
+
+- calibration series (bias, dark, flats) are complete when a later frame of the same instrument has been ingested
+  (any type: the operators moved on) or the night is over;
+- science series (fringe, illumination) are complete when a frame of a later night has been ingested or the night is
+  over.
+
+Nights follow the raw-format contract: night ``N`` runs from ``N 12:00`` local mean time to the next noon
+(:func:`night_start`, :func:`night_end`, UTC); a nightly master is valid over its night.
+
+:func:`planned_masters` builds the units of every master step (ready, or waiting with a reason and a state), used by
+the steps' ``plan`` and by the lookup to know whether a master of a night is still to come.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from upad.calib.config import (
+    BadPixelConfig,
+    MasterBiasConfig,
+    MasterDarkConfig,
+    MasterFlatConfig,
+    MasterFringeConfig,
+    MasterIllumConfig,
+)
+from upad.config import StepConfig
+from upad.db.models import Frame, Job, Product, utcnow
+from upad.flow.step import InputRef, Unit
+
+__all__ = [
+    "KIND_OF",
+    "SITE_LONGITUDE",
+    "STEP_OF",
+    "ConfigKey",
+    "FrameInfo",
+    "PlannedMaster",
+    "Series",
+    "default_config",
+    "expected_reason",
+    "frame_info",
+    "frame_key",
+    "latest_job",
+    "load_frames",
+    "night_distance",
+    "night_end",
+    "night_of",
+    "night_start",
+    "now_utc",
+    "planned_masters",
+    "series",
+    "series_complete",
+]
+
+#: Step name of each kind of master.
+STEP_OF = {"bias": "master_bias", "dark": "master_dark", "flat": "master_flat", "fringe": "master_fringe",
+           "illumination": "master_illumination", "bpm": "bad_pixel_mask"}
+KIND_OF = {v: k for k, v in STEP_OF.items()}
+
+#: Observatory longitude (deg, east positive) that defines the nights (raw-format contract).
+SITE_LONGITUDE = -1.0164
+_NIGHT_OFFSET_H = 12.0
+
+_OBS_TYPES = {"bias": ("bias",), "dark": ("dark",), "flat": ("flat-dome", "flat-sky"), "science": ("science",)}
+FLAT_TYPE_OF_OBS = {"flat-dome": "dome", "flat-sky": "sky"}
+
+_DEFAULT_CONFIGS: dict[str, type[StepConfig]] = {
+    "bias": MasterBiasConfig, "dark": MasterDarkConfig, "flat": MasterFlatConfig, "fringe": MasterFringeConfig,
+    "illumination": MasterIllumConfig, "bpm": BadPixelConfig}
+
+
+def default_config(kind: str) -> StepConfig:
+    """The default configuration of the step making masters of ``kind``."""
+    return _DEFAULT_CONFIGS[kind]()
+
+
+# ------------------------------------------------------------------------------------------------------ time
+def night_start(night: str) -> dt.datetime:
+    """Start (UTC, naive) of night ``YYYY-MM-DD``: local mean noon of that date at the site."""
+    d = dt.datetime.fromisoformat(night)
+    return d + dt.timedelta(hours=_NIGHT_OFFSET_H - SITE_LONGITUDE / 15.0)
+
+
+def night_end(night: str) -> dt.datetime:
+    """End (UTC, naive, exclusive) of night ``YYYY-MM-DD``: the next local mean noon."""
+    return night_start(night) + dt.timedelta(days=1)
+
+
+def night_of(when: dt.datetime) -> str:
+    """The night (``YYYY-MM-DD``) of a UTC time."""
+    return (when - dt.timedelta(hours=_NIGHT_OFFSET_H - SITE_LONGITUDE / 15.0)).date().isoformat()
+
+
+def night_distance(a: str, b: str) -> int:
+    """``b - a`` in nights."""
+    return (dt.date.fromisoformat(b) - dt.date.fromisoformat(a)).days
+
+
+def now_utc(session: Session | None = None) -> dt.datetime:
+    """The current UTC time; ``session.info['upad_now']`` overrides it (tests, replays)."""
+    if session is not None and session.info.get("upad_now") is not None:
+        return session.info["upad_now"]
+    return utcnow()
+
+
+# ------------------------------------------------------------------------------------------------------ frames
+@dataclass(frozen=True)
+class FrameInfo:
+    """What planning needs of a raw frame."""
+
+    id: int
+    filename: str
+    instrument: str
+    telescope: str | None
+    detector: str | None
+    layout: str
+    read_mode: str | None
+    obs_type: str
+    filter: str | None
+    exptime: float
+    date_obs: dt.datetime
+    night: str
+    ra: float | None
+    dec: float | None
+
+
+def frame_info(f: Any) -> FrameInfo:
+    """A :class:`FrameInfo` from a ``Frame`` row (or any object with the same attributes)."""
+    return FrameInfo(f.id, f.filename, f.instrument, getattr(f, "telescope", None), getattr(f, "detector", None),
+                     f.layout, f.read_mode, f.obs_type, f.filter, float(f.exptime or 0.0), f.date_obs, f.night,
+                     f.ra, f.dec)
+
+
+def _cache(session: Session) -> dict[Any, Any]:
+    return session.info.setdefault("upad_calib_cache", {})
+
+
+def load_frames(session: Session, obs_types: Sequence[str]) -> list[FrameInfo]:
+    """Valid frames of these observation types, in time order (cached per session)."""
+    key = ("frames", tuple(obs_types))
+    cache = _cache(session)
+    if key not in cache:
+        cols = (Frame.id, Frame.filename, Frame.instrument, Frame.telescope, Frame.detector, Frame.layout,
+                Frame.read_mode, Frame.obs_type, Frame.filter, Frame.exptime, Frame.date_obs, Frame.night, Frame.ra,
+                Frame.dec)
+        rows = session.execute(select(*cols).where(Frame.valid.is_(True), Frame.obs_type.in_(list(obs_types)))
+                               .order_by(Frame.date_obs, Frame.id))
+        cache[key] = [FrameInfo(*r[:9], float(r[9] or 0.0), *r[10:]) for r in rows]
+    return cache[key]
+
+
+def _instrument_extent(session: Session) -> dict[str, tuple[dt.datetime, str]]:
+    """Latest ``date_obs`` and latest night of any ingested frame, per instrument (cached per session)."""
+    cache = _cache(session)
+    if "extent" not in cache:
+        rows = session.execute(select(Frame.instrument, func.max(Frame.date_obs), func.max(Frame.night))
+                               .group_by(Frame.instrument))
+        cache["extent"] = {inst: (t, n) for inst, t, n in rows}
+    return cache["extent"]
+
+
+# ------------------------------------------------------------------------------------------------------ keys
+@dataclass(frozen=True)
+class ConfigKey:
+    """An instrumental configuration: instrument (camera on its telescope), raw layout, read mode, and for some
+    kinds the filter and the flat type."""
+
+    instrument: str
+    layout: str
+    read_mode: str
+    filter: str | None = None
+    flat_type: str | None = None
+
+    def for_kind(self, kind: str, *, flat_type: str | None = None) -> ConfigKey:
+        """The part of the configuration that matters for a master of ``kind``."""
+        if kind in ("bias", "dark", "bpm"):
+            return ConfigKey(self.instrument, self.layout, self.read_mode)
+        if kind == "fringe":
+            return ConfigKey(self.instrument, self.layout, self.read_mode, self.filter)
+        return ConfigKey(self.instrument, self.layout, self.read_mode, self.filter, flat_type or self.flat_type)
+
+    def prefix(self) -> str:
+        parts = [self.instrument, self.read_mode, self.layout]
+        if self.filter is not None:
+            parts.append(self.filter)
+        if self.flat_type is not None:
+            parts.append(self.flat_type)
+        return "/".join(parts)
+
+    def unit_key(self, night: str) -> str:
+        return f"{self.prefix()}/{night}"
+
+    def matches(self, context: dict[str, Any]) -> bool:
+        """Whether a product's context has this configuration."""
+        return (context.get("instrument") == self.instrument and context.get("layout") == self.layout
+                and context.get("read_mode") == self.read_mode
+                and (self.filter is None or context.get("filter") == self.filter)
+                and (self.flat_type is None or context.get("flat_type") == self.flat_type))
+
+    def describe(self) -> str:
+        return self.prefix()
+
+
+def frame_key(fi: FrameInfo) -> ConfigKey:
+    """The configuration of a frame (its read mode defaults to the instrument's)."""
+    read_mode = fi.read_mode
+    if not read_mode:
+        from upad.instruments import get_instrument
+
+        try:
+            read_mode = get_instrument(fi.instrument).default_read_mode
+        except KeyError:
+            read_mode = "-"
+    return ConfigKey(fi.instrument, fi.layout, read_mode, fi.filter)
+
+
+# ------------------------------------------------------------------------------------------------------ series
+@dataclass
+class Series:
+    """Valid raw frames of one kind, configuration and night."""
+
+    kind: str
+    key: ConfigKey
+    night: str
+    frames: list[FrameInfo] = field(default_factory=list)
+
+    @property
+    def first(self) -> dt.datetime:
+        return self.frames[0].date_obs
+
+    @property
+    def last(self) -> dt.datetime:
+        return self.frames[-1].date_obs
+
+    def pointings(self) -> int:
+        """Distinct pointings (RA, Dec rounded to 1 arcsec; frames without coordinates count apart)."""
+        seen = set()
+        for f in self.frames:
+            seen.add((round(f.ra * 3600), round(f.dec * 3600)) if f.ra is not None and f.dec is not None
+                     else ("id", f.id))
+        return len(seen)
+
+    def context(self, kind: str | None = None) -> dict[str, Any]:
+        f0 = self.frames[0]
+        ctx = {"night": self.night, "kind": kind or self.kind, "instrument": self.key.instrument,
+               "telescope": f0.telescope, "detector": f0.detector, "layout": self.key.layout,
+               "read_mode": self.key.read_mode, "n_frames": len(self.frames),
+               "first": self.first.isoformat(timespec="seconds"), "last": self.last.isoformat(timespec="seconds")}
+        if self.key.filter is not None:
+            ctx["filter"] = self.key.filter
+        if self.key.flat_type is not None:
+            ctx["flat_type"] = self.key.flat_type
+        return ctx
+
+
+def series(session: Session, what: str) -> list[Series]:
+    """Series of ``what`` (``bias``, ``dark``, ``flat``, ``science``), cached per session."""
+    cache = _cache(session)
+    ck = ("series", what)
+    if ck in cache:
+        return cache[ck]
+    groups: dict[tuple[ConfigKey, str], Series] = {}
+    for fi in load_frames(session, _OBS_TYPES[what]):
+        base = frame_key(fi)
+        if what in ("bias", "dark"):
+            key = base.for_kind("bias")
+        elif what == "flat":
+            if not fi.filter:
+                continue
+            key = ConfigKey(base.instrument, base.layout, base.read_mode, fi.filter, FLAT_TYPE_OF_OBS[fi.obs_type])
+        else:
+            if not fi.filter:
+                continue
+            key = ConfigKey(base.instrument, base.layout, base.read_mode, fi.filter)
+        s = groups.get((key, fi.night))
+        if s is None:
+            s = groups[(key, fi.night)] = Series(what, key, fi.night)
+        s.frames.append(fi)
+    out = sorted(groups.values(), key=lambda s: (s.night, s.key.prefix()))
+    cache[ck] = out
+    return out
+
+
+def series_complete(session: Session, s: Series, *, rule: str) -> tuple[bool, str]:
+    """Whether series ``s`` is complete (see the module documentation); the reason when it is not.
+
+    ``rule``: ``'next_frame'`` (calibrations) or ``'next_night'`` (science series).
+    """
+    now = now_utc(session)
+    end = night_end(s.night)
+    if now >= end:
+        return True, ""
+    last_time, last_night = _instrument_extent(session).get(s.key.instrument, (None, None))
+    if rule == "next_frame" and last_time is not None and last_time > s.last:
+        return True, ""
+    if last_night is not None and last_night > s.night:
+        return True, ""
+    what = ("no later frame of this instrument has been ingested" if rule == "next_frame"
+            else "no frame of a later night has been ingested")
+    return False, (f"the {s.kind} series of night {s.night} may still grow: {what} and the night ends "
+                   f"{end.isoformat(timespec='minutes')} UTC")
+
+
+# ------------------------------------------------------------------------------------------------------ jobs
+def latest_job(session: Session, step: str, unit_key: str) -> Job | None:
+    """The most recent job of a unit (cached per session for all units of ``step``)."""
+    cache = _cache(session)
+    ck = ("jobs", step)
+    if ck not in cache:
+        latest: dict[str, Job] = {}
+        for job in session.scalars(select(Job).where(Job.step == step).order_by(Job.id)):
+            latest[job.unit_key] = job
+        cache[ck] = latest
+    return cache[ck].get(unit_key)
+
+
+# ------------------------------------------------------------------------------------------------------ units
+#: States of a planned master: ``ready``; waiting for its series to complete (``incomplete``) or for an input
+#: master that will come (``pending``) — both *expected*; or not possible now: too few frames (``insufficient``),
+#: a required input master missing (``missing``).
+STATES = ("ready", "incomplete", "pending", "insufficient", "missing")
+
+
+@dataclass
+class PlannedMaster:
+    """A master unit with its readiness state (see :data:`STATES`)."""
+
+    kind: str
+    key: ConfigKey
+    night: str
+    unit: Unit
+    state: str
+
+    @property
+    def expected(self) -> bool:
+        return self.state in ("ready", "incomplete", "pending")
+
+
+def expected_reason(session: Session, pm: PlannedMaster) -> str | None:
+    """Why the master of unit ``pm`` is still to come (being built, ready to be built, or waiting for its series or
+    inputs), or ``None`` when it will not come without a change (too few frames, a required input missing, its
+    job failed, or it exists and was marked bad)."""
+    job = latest_job(session, STEP_OF[pm.kind], pm.unit.key)
+    if job is not None:
+        if job.state in ("queued", "running"):
+            return f"the master {pm.kind} {pm.unit.key} is being built (job {job.id}, {job.state})"
+        if job.state == "failed":
+            return None
+        if job.state == "done" and job.product_id is not None:
+            prod = session.get(Product, job.product_id)
+            if prod is not None and (prod.is_bad or prod.is_current):
+                return None
+    if pm.state == "ready":
+        return f"the master {pm.kind} {pm.unit.key} is ready to be built"
+    if pm.state in ("incomplete", "pending"):
+        return f"the master {pm.kind} {pm.unit.key} is not built yet: {pm.unit.reason}"
+    return None
+
+
+def _config_key(config: StepConfig) -> str:
+    return type(config).__name__ + json.dumps(config.as_dict(), sort_keys=True, default=str)
+
+
+def planned_masters(session: Session, kind: str, config: StepConfig | None = None) -> dict[str, PlannedMaster]:
+    """Every unit of the step that makes masters of ``kind``, by unit key (cached per session and config)."""
+    config = config or default_config(kind)
+    cache = _cache(session)
+    ck = ("planned", kind, _config_key(config))
+    if ck in cache:
+        return cache[ck]
+    cache[ck] = {}  # guards against re-entry
+    builder = {"bias": _bias_units, "dark": _dark_units, "flat": _flat_units, "fringe": _fringe_units,
+               "illumination": _illum_units, "bpm": _bpm_units}[kind]
+    out = {pm.unit.key: pm for pm in builder(session, config)}
+    cache[ck] = out
+    return out
+
+
+def _frames_refs(frames: Iterable[FrameInfo], role: str = "raw") -> list[InputRef]:
+    return [InputRef("frame", f.id, role) for f in frames]
+
+
+def _series_state(session: Session, s: Series, *, min_frames: int, rule: str, label: str,
+                  min_pointings: int = 1) -> tuple[str, str]:
+    complete, why = series_complete(session, s, rule=rule)
+    n = len(s.frames)
+    if not complete:
+        return "incomplete", why + f" ({n} {label} so far)"
+    if n < min_frames:
+        return "insufficient", f"only {n} valid {label} on night {s.night} (min_frames = {min_frames})"
+    if min_pointings > 1 and s.pointings() < min_pointings:
+        return "insufficient", (f"the {n} {label} of night {s.night} have {s.pointings()} distinct pointing(s); "
+                                f"at least {min_pointings} dithered pointings are needed")
+    return "ready", ""
+
+
+def _unit(s: Series, key: ConfigKey, inputs: list[InputRef], state: str, reason: str, kind: str,
+          extra: dict[str, Any] | None = None) -> PlannedMaster:
+    ctx = s.context(kind)
+    if key.flat_type is not None:
+        ctx["flat_type"] = key.flat_type
+    ctx.update(extra or {})
+    unit = Unit(key=key.unit_key(s.night), inputs=inputs, ready=state == "ready", reason=reason, context=ctx,
+                priority=50)
+    return PlannedMaster(kind, key, s.night, unit, state)
+
+
+def _need(session: Session, kind: str, key: ConfigKey, s: Series, config: StepConfig, *, required: bool,
+          inputs: list[InputRef], reasons: list[str], state: list[str], flat_type: str | None = None,
+          any_flat: bool = False) -> Any:
+    """Look up an input master for series ``s``; update ``inputs``, ``reasons`` and the state."""
+    from upad.calib.lookup import Choice, find_master, select_flat
+
+    if any_flat:
+        res = select_flat(session, key, when=s.first, night=s.night, config=config, required=required)
+    else:
+        res = find_master(session, kind, key.for_kind(kind, flat_type=flat_type), when=s.first, night=s.night,
+                          config=config, required=required, flat_type=flat_type)
+    if isinstance(res, Choice):
+        inputs.append(InputRef("product", res.product_id, kind))
+        return res
+    if res.expected:
+        reasons.append(res.reason)
+        if state[0] == "ready":
+            state[0] = "pending"
+    elif required:
+        reasons.append(res.reason)
+        if state[0] in ("ready", "pending"):
+            state[0] = "missing"
+    return res
+
+
+def _calib_units(session: Session, config: StepConfig, what: str, kind: str,
+                 needs: Sequence[tuple[str, bool]]) -> list[PlannedMaster]:
+    out = []
+    for s in series(session, what):
+        key = s.key
+        label = {"bias": "bias frames", "dark": "dark frames"}.get(what, f"{key.flat_type} flats")
+        st, why = _series_state(session, s, min_frames=config.min_frames, rule="next_frame", label=label)
+        inputs = _frames_refs(s.frames)
+        reasons = [why] if why else []
+        state = [st]
+        if st in ("ready", "incomplete"):
+            for need_kind, required in needs:
+                if need_kind == "dark" and not getattr(config, "use_dark", True):
+                    continue
+                _need(session, need_kind, key, s, config, required=required, inputs=inputs, reasons=reasons,
+                      state=state)
+        if st == "incomplete":
+            state[0] = "incomplete"
+        out.append(_unit(s, key, inputs, state[0], "; ".join(reasons), kind))
+    return out
+
+
+def _bias_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
+    return _calib_units(session, config, "bias", "bias", ())
+
+
+def _dark_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
+    return _calib_units(session, config, "dark", "dark", (("bias", True),))
+
+
+def _flat_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
+    return _calib_units(session, config, "flat", "flat", (("bias", True), ("dark", False)))
+
+
+def _fringing_filters(instrument: str) -> set[str]:
+    from upad.instruments import get_filter_system, get_instrument
+
+    try:
+        fs = get_filter_system(get_instrument(instrument).filter_system)
+    except KeyError:
+        return set()
+    return {f.name for f in fs.filters if f.fringing}
+
+
+def _science_units(session: Session, config: StepConfig, kind: str) -> list[PlannedMaster]:
+    out = []
+    for s in series(session, "science"):
+        if kind == "fringe":
+            wanted = set(config.filters) if config.filters else _fringing_filters(s.key.instrument)
+            if s.key.filter not in wanted:
+                continue
+            variants: list[str | None] = [None]
+        else:
+            variants = list(config.build_flat_types)
+        st, why = _series_state(session, s, min_frames=config.min_frames, rule="next_night",
+                                label=f"{s.key.filter} science frames", min_pointings=config.min_pointings)
+        for flat_type in variants:
+            key = s.key if flat_type is None else ConfigKey(s.key.instrument, s.key.layout, s.key.read_mode,
+                                                            s.key.filter, flat_type)
+            inputs = _frames_refs(s.frames)
+            reasons = [why] if why else []
+            state = [st]
+            if st in ("ready", "incomplete"):
+                _need(session, "bias", key, s, config, required=True, inputs=inputs, reasons=reasons, state=state)
+                _need(session, "dark", key, s, config, required=False, inputs=inputs, reasons=reasons, state=state)
+                if flat_type is None:
+                    _need(session, "flat", key, s, config, required=True, inputs=inputs, reasons=reasons,
+                          state=state, any_flat=True)
+                else:
+                    _need(session, "flat", key, s, config, required=True, inputs=inputs, reasons=reasons,
+                          state=state, flat_type=flat_type)
+            if st == "incomplete":
+                state[0] = "incomplete"
+            out.append(_unit(s, key, inputs, state[0], "; ".join(reasons), kind))
+    return out
+
+
+def _fringe_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
+    return _science_units(session, config, "fringe")
+
+
+def _illum_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
+    return _science_units(session, config, "illumination")
+
+
+def _bpm_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
+    """One bad-pixel mask per configuration and night with darks or flats: the night's master dark (or the nearest
+    valid one) and every master flat of the night."""
+    from upad.calib.lookup import Choice, candidates, find_master
+
+    nights: dict[tuple[ConfigKey, str], list[Series]] = defaultdict(list)
+    for what in ("dark", "flat"):
+        for s in series(session, what):
+            nights[(s.key.for_kind("bpm"), s.night)].append(s)
+    flat_planned = planned_masters(session, "flat")
+    flat_cands = candidates(session, "flat")
+    out = []
+    for (key, night), group in sorted(nights.items(), key=lambda kv: (kv[0][1], kv[0][0].prefix())):
+        ref = min(group, key=lambda s: s.first)
+        inputs: list[InputRef] = []
+        reasons: list[str] = []
+        state = "ready"
+        dark = find_master(session, "dark", key, when=ref.first, night=night, config=config, required=False)
+        if isinstance(dark, Choice):
+            inputs.append(InputRef("product", dark.product_id, "dark"))
+        elif dark.expected:
+            state, reasons = "pending", [dark.reason]
+        flats = [c for c in flat_cands if c.night == night and key.matches(c.context)]
+        inputs += [InputRef("product", c.product_id, "flat") for c in flats]
+        have = {c.unit_key for c in flats}
+        pending = [pm for k, pm in flat_planned.items() if pm.night == night and k not in have
+                   and pm.key.for_kind("bpm") == key and expected_reason(session, pm) is not None]
+        if pending:
+            state = "pending"
+            reasons.append(f"waiting for {len(pending)} master flat(s) of night {night} "
+                           f"({', '.join(sorted(p.unit.key for p in pending)[:3])})")
+        if state == "ready" and not inputs:
+            state = "missing"
+            reasons.append(f"no master dark within ±{config.fallback_nights} nights and no master flat of night "
+                           f"{night}: nothing to find bad pixels in")
+        s0 = Series("bpm", key, night, sorted((f for s in group for f in s.frames), key=lambda f: f.date_obs))
+        out.append(_unit(s0, key, inputs, state, "; ".join(reasons), "bpm",
+                         {"n_flats": len(flats), "has_dark": isinstance(dark, Choice)}))
+    return out

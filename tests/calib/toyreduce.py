@@ -1,0 +1,34 @@
+"""A minimal reduction step for the tests: its readiness is exactly :func:`upad.calib.lookup.select_masters`, as the
+real reduction step's must be (it uses the answer as its inputs and its waiting reason)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from upad.calib.config import LookupConfig
+from upad.calib.lookup import select_masters
+from upad.db.models import Frame
+from upad.flow.step import InputRef, Step, StepOutput, Unit
+
+
+@dataclass(frozen=True)
+class ToyReduceConfig(LookupConfig):
+    pass
+
+
+class ToyReduce(Step):
+    name = "toy_reduce"
+    product_kind = "toy_reduced"
+    area = "reduced"
+    config_class = ToyReduceConfig
+    order = 50
+
+    def plan(self, session, config):
+        for f in session.scalars(select(Frame).where(Frame.obs_type == "science", Frame.valid.is_(True))):
+            sel = select_masters(session, f, config)
+            yield Unit(key=f"{f.night}/{f.filename}", inputs=[InputRef("frame", f.id, "raw"), *sel.inputs()],
+                       ready=sel.ready, reason=sel.reason, context={"night": f.night, "masters": sel.record()})
+
+    def run(self, task):  # pragma: no cover - only planned in the tests
+        return StepOutput()
