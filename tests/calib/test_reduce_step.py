@@ -68,3 +68,26 @@ def test_reduced_sky_and_masks_match_truth(pipeline, reduced):
         assert mad == pytest.approx(pred, rel=0.1)
         assert (mask & maskbits.BAD).any()  # bad pixels and columns from the bad-pixel mask
         assert np.all(weight[(mask & maskbits.ZERO_WEIGHT) != 0] == 0)
+
+
+def test_fringes_removed_in_red_filters(pipeline, reduced):
+    db, root = pipeline.db, pipeline.settings.root
+    fringe_truth = fits.getdata(pipeline.night.out / "truth" / "camera" / "fringe_zSDSS.fits").astype(float)
+    with db.session() as s:
+        rows = s.execute(select(Product.files).join(Frame, Frame.id == Product.context["frame_id"].as_integer())
+                         .where(Product.step == "reduce", Frame.filter == "zSDSS")).all()
+    assert rows
+    for (files,) in rows:
+        sci = fits.getdata(root / files[0]["path"], "SCI").astype(float)
+        x = sci / np.median(sci) - 1
+
+        def binned(a, k=8):
+            n = a.shape[0] // k * k
+            return np.median(a[:n, :n].reshape(n // k, k, n // k, k).transpose(0, 2, 1, 3)
+                             .reshape(n // k, n // k, -1), axis=2)
+
+        xb, tb = binned(x), binned(fringe_truth)
+        ok = np.abs(xb) < 0.2
+        # before correction the frame correlates ~1 with the fringe pattern; after, the residue is uncorrelated
+        assert abs(np.corrcoef(xb[ok], tb[ok])[0, 1]) < 0.25
+        assert xb[ok].std() < 0.5 * fringe_truth.std() + 0.005

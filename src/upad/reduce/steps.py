@@ -69,6 +69,30 @@ def _read_raw(path: str) -> tuple[fits.Header, np.ndarray]:
     raise DataError(f"{path} has no 2-D image")
 
 
+def fit_fringe(image: np.ndarray, fringe: np.ndarray, *, exclude: np.ndarray | None = None,
+               clip: float = 4.0) -> tuple[float, float] | None:
+    """Robust amplitude of the fringe map in a flat-fielded frame: ``(a, background)`` such that
+    ``image - a * background * fringe`` is fringe-free, or ``None`` when the frame has no usable sky.
+
+    Sources, saturated pixels and pixels without data are left out of the least-squares fit (pixels further than
+    ``clip`` robust sigmas from the sky), otherwise stars and trails drag the amplitude away.
+    """
+    finite = np.isfinite(image) & np.isfinite(fringe)
+    if exclude is not None:
+        finite &= ~exclude
+    sample = image[finite][::7]
+    if sample.size < 100:
+        return None
+    background = float(np.median(sample))
+    if background <= 0:
+        return None
+    x = image / background - 1.0
+    sigma = 1.4826 * float(np.median(np.abs(x[finite][::7] - np.median(x[finite][::7]))))
+    use = finite & (np.abs(x) < clip * max(sigma, 1e-6))
+    x = np.where(use, x, np.nan).astype(np.float32)
+    return fit_fringe_scale(x, np.where(use, fringe, np.nan).astype(np.float32)), background
+
+
 @register_step
 class Reduce(Step):
     """Reduce one science frame with the masters the calibration lookup chooses."""
@@ -78,7 +102,7 @@ class Reduce(Step):
     area = "reduced"
     memory_class = "medium"
     config_class = ReduceConfig
-    version = "0.1"
+    version = "0.2"
     order = 50
     description = "instrumental correction, variance and masks of a science frame"
 
@@ -114,11 +138,10 @@ class Reduce(Step):
         fringe_scale = None
         fringe = load("fringe")
         if fringe is not None and cfg["fringe_correct"]:
-            finite = np.isfinite(image)
-            background = float(np.median(image[finite][::13]))
-            if background > 0:
-                fringe_scale = fit_fringe_scale(image / background - 1.0, fringe)
-                image -= np.float32(fringe_scale * background) * fringe
+            fringe_scale = fit_fringe(image, fringe, exclude=isr.saturated)
+            if fringe_scale is not None:
+                image -= np.float32(fringe_scale[0] * fringe_scale[1]) * fringe
+                fringe_scale = fringe_scale[0]
         # noise model: electrons collected before the flat, plus read noise, scaled by the flat
         amps = inst.detector(1).amplifiers
         read_var = np.zeros_like(image)
