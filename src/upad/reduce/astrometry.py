@@ -1,0 +1,465 @@
+"""Astrometric calibration: a TAN-SIP WCS from the detections and a reference catalog.
+
+1. **Initial match, robust to pointing errors of several arcminutes.** The reference stars are projected with the
+   header WCS (the commanded pointing). For a grid of rotations (``+-max_rotation_deg``), the positions of the
+   ``n_bright`` brightest clean detections are rotated about the image centre and every detection-reference pair
+   votes for its offset in a 2-D histogram (``offset_bin_px`` bins, ``+-max_offset_arcsec``); the rotation with the
+   highest, significant peak wins (a pattern-free "offset histogram": it needs no triangle to be complete, so it
+   works in sparse and crowded fields alike, and a crowded field only raises the flat floor of the histogram).
+2. **Iterative fit.** Matched pairs (nearest neighbour within a shrinking radius) are fitted by weighted linear
+   least squares in the gnomonic (TAN) plane of the current tangent point: a polynomial of order ``sip_order``
+   in the pixel offsets from ``CRPIX`` (the image centre); its linear part is the CD matrix, its higher orders the
+   SIP ``A``/``B`` coefficients, its constant part moves ``CRVAL``. Outliers beyond ``clip_sigma`` are rejected;
+   positions are weighted by their centroid error (FWHM / (2.35 S/N)) and the reference error.
+3. The inverse SIP polynomials (``AP``/``BP``, order ``sip_order + 1``) are fitted on a grid so that every tool can
+   go from the sky to the pixels.
+
+Failure to find a significant match, too few matches or an rms above ``max_rms_arcsec`` raise
+:class:`~upad.reduce.errors.ReductionError` with the reason ``astrometry_failed``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from upad.config import StepConfig, param
+from upad.reduce.errors import ReductionError
+
+__all__ = ["AstrometryConfig", "AstrometryResult", "solve_astrometry", "tan_project", "tan_deproject",
+           "sip_wcs_header"]
+
+
+@dataclass(frozen=True)
+class AstrometryConfig(StepConfig):
+    """Parameters of the astrometric calibration."""
+
+    max_offset_arcsec: float = param(600.0, doc="largest pointing error searched for", bounds=(1.0, 7200.0),
+                                     unit="arcsec")
+    max_rotation_deg: float = param(0.5, doc="largest rotation searched for", bounds=(0.0, 180.0), unit="deg")
+    rotation_step_deg: float = param(0.05, doc="step of the rotation search", bounds=(0.001, 10.0), unit="deg")
+    offset_bin_px: float = param(6.0, doc="bin of the offset histogram", bounds=(0.5, 100.0), unit="pixel")
+    n_bright: int = param(400, doc="brightest detections (and references) used for the initial match",
+                          bounds=(10, 100000))
+    min_peak_snr: float = param(5.0, doc="required significance of the offset-histogram peak", bounds=(1.0, None))
+    sip_order: int = param(3, doc="order of the SIP distortion polynomials (1: plain TAN)", bounds=(1, 5))
+    match_radius_px: float = param(1.5, doc="final matching radius (the radius also stays above 5x the rms)",
+                                   bounds=(0.1, 50.0), unit="pixel")
+    clip_sigma: float = param(3.0, doc="outlier rejection of the fit", bounds=(1.0, 100.0))
+    min_matches: int = param(10, doc="fewest matched stars for a solution", bounds=(3, None))
+    max_rms_arcsec: float = param(0.3, doc="a solution with a larger rms is a failure", bounds=(0.001, None),
+                                  unit="arcsec")
+    ref_error_mas: float = param(5.0, doc="reference position error added when the catalog has none",
+                                 bounds=(0.0, None), unit="mas")
+
+
+@dataclass
+class AstrometryResult:
+    """The astrometric solution.
+
+    Attributes
+    ----------
+    wcs : astropy.wcs.WCS
+        TAN-SIP WCS of the image (0-based pixel calls as usual in astropy).
+    header : astropy.io.fits.Header
+        Its FITS cards.
+    n_matched : int
+        Stars used in the final fit.
+    rms_px : tuple of float
+        Residual rms in x and y (pixels) of the fitted stars.
+    rms_arcsec : float
+        Total residual rms (arcsec), ``sqrt(rms_x^2 + rms_y^2)`` times the scale, of the fitted stars with
+        S/N >= 50 (of all fitted stars when fewer than 5 have it).
+    rms_bright_px : float
+        Total residual rms of the fitted stars with S/N > 100 (pixels; NaN when none).
+    offset_arcsec : tuple of float
+        Pointing error found: (east, north) offset of the true image centre from the header's.
+    rotation_deg : float
+        Rotation of the image relative to the header WCS.
+    pixel_scale : float
+        Mean pixel scale (arcsec/pixel).
+    det_index, ref_index : ndarray
+        Matched pairs (indices into the detections and the reference catalog) used in the final fit.
+    """
+
+    wcs: object
+    header: object
+    n_matched: int
+    rms_px: tuple[float, float]
+    rms_arcsec: float
+    rms_bright_px: float
+    offset_arcsec: tuple[float, float]
+    rotation_deg: float
+    pixel_scale: float
+    det_index: np.ndarray = field(repr=False)
+    ref_index: np.ndarray = field(repr=False)
+    peak_snr: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------ projections
+def tan_project(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gnomonic projection about (ra0, dec0): intermediate world coordinates (xi, eta) in degrees."""
+    a = np.radians(np.asarray(ra, float) - ra0)
+    d = np.radians(np.asarray(dec, float))
+    d0 = math.radians(dec0)
+    cosd = np.cos(d)
+    den = np.sin(d) * math.sin(d0) + cosd * math.cos(d0) * np.cos(a)
+    xi = cosd * np.sin(a) / den
+    eta = (np.sin(d) * math.cos(d0) - cosd * math.sin(d0) * np.cos(a)) / den
+    return np.degrees(xi), np.degrees(eta)
+
+
+def tan_deproject(xi: np.ndarray, eta: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`tan_project` (degrees in, degrees out)."""
+    x = np.radians(np.asarray(xi, float))
+    y = np.radians(np.asarray(eta, float))
+    d0 = math.radians(dec0)
+    den = math.cos(d0) - y * math.sin(d0)
+    ra = ra0 + np.degrees(np.arctan2(x, den))
+    dec = np.degrees(np.arctan2(math.sin(d0) + y * math.cos(d0), np.hypot(x, den)))
+    return np.mod(ra, 360.0), dec
+
+
+# ------------------------------------------------------------------------------------------------ polynomial fit
+def _terms(order: int) -> list[tuple[int, int]]:
+    return [(p, q) for n in range(order + 1) for p in range(n, -1, -1) for q in [n - p]]
+
+
+def _design(u: np.ndarray, v: np.ndarray, terms: list[tuple[int, int]], scale: float) -> np.ndarray:
+    us, vs = u / scale, v / scale
+    return np.stack([us ** p * vs ** q for p, q in terms], axis=1)
+
+
+def _fit_poly(u, v, xi, eta, w, order, scale):
+    terms = _terms(order)
+    A = _design(u, v, terms, scale)
+    sw = np.sqrt(w)[:, None]
+    cx = np.linalg.lstsq(A * sw, xi * sw[:, 0], rcond=None)[0]
+    cy = np.linalg.lstsq(A * sw, eta * sw[:, 0], rcond=None)[0]
+    return terms, cx, cy
+
+
+def _eval_poly(u, v, terms, cx, cy, scale):
+    A = _design(u, v, terms, scale)
+    return A @ cx, A @ cy
+
+
+def sip_wcs_header(crval: tuple[float, float], crpix: tuple[float, float], terms: list[tuple[int, int]],
+                   cx: np.ndarray, cy: np.ndarray, scale: float, shape: tuple[int, int], order: int):
+    """FITS header of the TAN-SIP WCS equivalent to the fitted polynomial (``xi, eta`` in degrees as a function
+    of the pixel offsets ``u, v`` from ``crpix`` divided by ``scale``)."""
+    from astropy.io import fits
+
+    coef = {t: (a / scale ** (t[0] + t[1]), b / scale ** (t[0] + t[1])) for t, a, b in zip(terms, cx, cy)}
+    cd = np.array([[coef[(1, 0)][0], coef[(0, 1)][0]], [coef[(1, 0)][1], coef[(0, 1)][1]]])
+    cdi = np.linalg.inv(cd)
+    ny, nx = shape
+    h = fits.Header()
+    h["WCSAXES"] = 2
+    sip = order >= 2
+    h["CTYPE1"] = "RA---TAN-SIP" if sip else "RA---TAN"
+    h["CTYPE2"] = "DEC--TAN-SIP" if sip else "DEC--TAN"
+    h["CUNIT1"] = "deg"
+    h["CUNIT2"] = "deg"
+    h["CRVAL1"] = float(crval[0])
+    h["CRVAL2"] = float(crval[1])
+    h["CRPIX1"] = float(crpix[0])
+    h["CRPIX2"] = float(crpix[1])
+    h["CD1_1"] = float(cd[0, 0])
+    h["CD1_2"] = float(cd[0, 1])
+    h["CD2_1"] = float(cd[1, 0])
+    h["CD2_2"] = float(cd[1, 1])
+    h["RADESYS"] = "ICRS"
+    if not sip:
+        return h
+    h["A_ORDER"] = order
+    h["B_ORDER"] = order
+    for (p, q), (a, b) in coef.items():
+        if p + q < 2:
+            continue
+        f = cdi @ np.array([a, b])
+        h[f"A_{p}_{q}"] = float(f[0])
+        h[f"B_{p}_{q}"] = float(f[1])
+    # inverse polynomials AP/BP on a grid over the image (order + 1)
+    iorder = order + 1
+    gy, gx = np.meshgrid(np.linspace(-0.5, ny - 0.5, 40), np.linspace(-0.5, nx - 0.5, 40), indexing="ij")
+    u = gx.ravel() - (crpix[0] - 1)
+    v = gy.ravel() - (crpix[1] - 1)
+    fu = np.zeros_like(u)
+    fv = np.zeros_like(v)
+    for (p, q), (a, b) in coef.items():
+        if p + q < 2:
+            continue
+        f = cdi @ np.array([a, b])
+        fu += f[0] * u ** p * v ** q
+        fv += f[1] * u ** p * v ** q
+    U, V = u + fu, v + fv
+    iterms = [(p, q) for p in range(iorder + 1) for q in range(iorder + 1 - p)]
+    sc = float(max(nx, ny))
+    A = np.stack([(U / sc) ** p * (V / sc) ** q for p, q in iterms], axis=1)
+    ca = np.linalg.lstsq(A, u - U, rcond=None)[0]
+    cb = np.linalg.lstsq(A, v - V, rcond=None)[0]
+    h["AP_ORDER"] = iorder
+    h["BP_ORDER"] = iorder
+    for (p, q), a, b in zip(iterms, ca, cb):
+        h[f"AP_{p}_{q}"] = float(a / sc ** (p + q))
+        h[f"BP_{p}_{q}"] = float(b / sc ** (p + q))
+    return h
+
+
+# ------------------------------------------------------------------------------------------------ matching
+def _offset_histogram(xd, yd, xr, yr, cx, cy, cfg: AstrometryConfig, max_off_px: float):
+    """Best rotation and offset (pixels) from the offset histogram; returns (angle_deg, dx, dy, peak, snr)."""
+    nbins = int(math.ceil(2 * max_off_px / cfg.offset_bin_px))
+    half = nbins * cfg.offset_bin_px / 2
+    best = (0.0, 0.0, 0.0, 0.0, 0.0)
+    nrot = int(round(cfg.max_rotation_deg / cfg.rotation_step_deg)) if cfg.max_rotation_deg > 0 else 0
+    angles = np.arange(-nrot, nrot + 1) * cfg.rotation_step_deg
+    for ang in angles:
+        c, s = math.cos(math.radians(ang)), math.sin(math.radians(ang))
+        xdr = cx + c * (xd - cx) - s * (yd - cy)
+        ydr = cy + s * (xd - cx) + c * (yd - cy)
+        dx = (xr[None, :] - xdr[:, None]).ravel()
+        dy = (yr[None, :] - ydr[:, None]).ravel()
+        ok = (np.abs(dx) < half) & (np.abs(dy) < half)
+        ix = ((dx[ok] + half) / cfg.offset_bin_px).astype(np.int64)
+        iy = ((dy[ok] + half) / cfg.offset_bin_px).astype(np.int64)
+        h = np.bincount(iy * nbins + ix, minlength=nbins * nbins).reshape(nbins, nbins).astype(float)
+        # 2x2 box sums: a true peak split between bins still counts fully
+        h2 = h[:-1, :-1] + h[1:, :-1] + h[:-1, 1:] + h[1:, 1:]
+        k = int(np.argmax(h2))
+        j, i = divmod(k, h2.shape[1])
+        peak = h2[j, i]
+        mean = h2.mean()
+        snr = (peak - mean) / math.sqrt(max(mean, 1.0))
+        if snr > best[4]:
+            # refine: mean offset of the pairs inside the peak's 2x2 bins
+            x0, y0 = i * cfg.offset_bin_px - half, j * cfg.offset_bin_px - half
+            sel = (dx >= x0) & (dx < x0 + 2 * cfg.offset_bin_px) & (dy >= y0) & (dy < y0 + 2 * cfg.offset_bin_px)
+            best = (float(ang), float(np.median(dx[sel])), float(np.median(dy[sel])), float(peak), float(snr))
+    return best
+
+
+def _match(xa, ya, xb, yb, radius):
+    """Nearest neighbour of each a in b within radius, unique in both directions → (ia, ib)."""
+    from scipy.spatial import cKDTree
+
+    if len(xa) == 0 or len(xb) == 0:
+        return np.empty(0, int), np.empty(0, int)
+    tree = cKDTree(np.column_stack([xb, yb]))
+    d, ib = tree.query(np.column_stack([xa, ya]), distance_upper_bound=radius)
+    ok = np.isfinite(d)
+    ia = np.flatnonzero(ok)
+    ib = ib[ok]
+    d = d[ok]
+    # keep the closest a for every b
+    order = np.argsort(d)
+    _, first = np.unique(ib[order], return_index=True)
+    keep = order[first]
+    return ia[keep], ib[keep]
+
+
+def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.ndarray, ref_dec: np.ndarray, *,
+                     wcs_guess, shape: tuple[int, int], ref_mag: np.ndarray | None = None,
+                     good: np.ndarray | None = None, pos_err: np.ndarray | None = None,
+                     ref_err_mas: np.ndarray | None = None, snr: np.ndarray | None = None,
+                     config: AstrometryConfig = AstrometryConfig()) -> AstrometryResult:
+    """Fit a TAN-SIP WCS to detections matched with a reference catalog.
+
+    Parameters
+    ----------
+    x, y : ndarray
+        0-based pixel positions of the detections (e.g. windowed centroids).
+    flux : ndarray
+        Their fluxes (to pick the brightest for the initial match).
+    ref_ra, ref_dec : ndarray
+        Reference positions (deg, at the epoch of the observation).
+    wcs_guess : astropy.wcs.WCS
+        The header WCS (commanded pointing).
+    shape : (ny, nx)
+        Image shape.
+    ref_mag : ndarray, optional
+        Reference magnitudes (brightest first in the initial match); default: every reference.
+    good : ndarray of bool, optional
+        Detections usable for the fit (unsaturated, unblended, point-like); default all.
+    pos_err : ndarray, optional
+        Centroid errors of the detections (pixels) for the weights; default 0.05.
+    ref_err_mas : ndarray, optional
+        Reference position errors (mas).
+    snr : ndarray, optional
+        S/N of the detections (for ``rms_bright_px``).
+    config : AstrometryConfig
+
+    Returns
+    -------
+    AstrometryResult
+
+    Raises
+    ------
+    ReductionError
+        ``astrometry_failed`` or ``no_reference``.
+    """
+    ny, nx = shape
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    flux = np.asarray(flux, float)
+    good = np.ones(len(x), bool) if good is None else np.asarray(good, bool)
+    good &= np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    if good.sum() < config.min_matches:
+        raise ReductionError("astrometry_failed", f"only {int(good.sum())} usable detections for the astrometry",
+                             stage="astrometry")
+    ref_ra = np.asarray(ref_ra, float)
+    ref_dec = np.asarray(ref_dec, float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xr, yr = wcs_guess.all_world2pix(ref_ra, ref_dec, 0)
+    scale_deg = float(np.sqrt(abs(np.linalg.det(wcs_guess.pixel_scale_matrix))))
+    scale_as = scale_deg * 3600.0
+    max_off_px = config.max_offset_arcsec / scale_as
+    margin = max_off_px
+    inside = (xr > -margin) & (xr < nx + margin) & (yr > -margin) & (yr < ny + margin) & np.isfinite(xr)
+    if inside.sum() < config.min_matches:
+        raise ReductionError("no_reference", f"{int(inside.sum())} reference stars around the field",
+                             stage="astrometry")
+    # --- initial match
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    gi = np.flatnonzero(good)
+    bright = gi[np.argsort(-flux[gi])][: config.n_bright]
+    ri = np.flatnonzero(inside)
+    if ref_mag is not None:
+        m = np.asarray(ref_mag, float)[ri]
+        ri = ri[np.argsort(np.where(np.isfinite(m), m, 99.0))]
+    # as many references as there are detections in the same area (expanded by the margin)
+    area_ratio = (nx + 2 * margin) * (ny + 2 * margin) / (nx * ny)
+    ri_b = ri[: int(config.n_bright * area_ratio) + 10]
+    ang, dx, dy, peak, peak_snr = _offset_histogram(x[bright], y[bright], xr[ri_b], yr[ri_b], cx, cy, config,
+                                                    max_off_px)
+    if peak_snr < config.min_peak_snr or peak < config.min_matches:
+        raise ReductionError("astrometry_failed", f"no significant match with the reference catalog (peak of {peak:.0f}"
+                                                  f" pairs at {peak_snr:.1f} sigma)", stage="astrometry")
+    # first-guess transform: detection pixel -> guess pixel frame of the references
+    c, s = math.cos(math.radians(ang)), math.sin(math.radians(ang))
+
+    def to_guess(xx, yy):
+        return cx + c * (xx - cx) - s * (yy - cy) + dx, cy + s * (xx - cx) + c * (yy - cy) + dy
+
+    xg, yg = to_guess(x, y)
+    di, rj = _match(xg[gi], yg[gi], xr[ri], yr[ri], 3.0 * config.offset_bin_px)
+    di, rj = gi[di], ri[rj]
+    if len(di) < config.min_matches:
+        raise ReductionError("astrometry_failed", f"only {len(di)} stars matched after the initial offset",
+                             stage="astrometry")
+    # --- iterative fit in the tangent plane
+    crpix = ((nx + 1) / 2.0, (ny + 1) / 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ra0, dec0 = (float(v) for v in wcs_guess.all_pix2world([[cx + dx, cy + dy]], 0)[0])
+    perr = np.full(len(x), 0.05) if pos_err is None else np.clip(np.asarray(pos_err, float), 0.005, 5.0)
+    rerr_mas = (np.full(len(ref_ra), config.ref_error_mas) if ref_err_mas is None
+                else np.nan_to_num(np.asarray(ref_err_mas, float), nan=config.ref_error_mas))
+    scale = float(max(nx, ny)) / 2.0
+    radius = 3.0 * config.offset_bin_px
+    order = 1
+    terms = cxp = cyp = None
+    keep = np.ones(len(di), bool)
+    for it in range(7):
+        xi, eta = tan_project(ref_ra[rj], ref_dec[rj], ra0, dec0)
+        u = x[di] - (crpix[0] - 1)
+        v = y[di] - (crpix[1] - 1)
+        w = 1.0 / ((perr[di] * scale_deg) ** 2 + (rerr_mas[rj] / 3.6e6) ** 2)
+        nfree = len(_terms(order))
+        if keep.sum() < max(config.min_matches, 2 * nfree):
+            order = max(1, order - 1)
+        terms, cxp, cyp = _fit_poly(u[keep], v[keep], xi[keep], eta[keep], w[keep], order, scale)
+        px, py = _eval_poly(u, v, terms, cxp, cyp, scale)
+        rx, ry = (xi - px) / scale_deg, (eta - py) / scale_deg  # residuals in pixels
+        r = np.hypot(rx, ry)
+        # per-axis sigma from the median radial residual (median of a 2-D Gaussian radius = 1.1774 sigma)
+        sig = float(np.median(r[keep])) / 1.1774 if keep.sum() else 1.0
+        keep = r < max(config.clip_sigma * sig, 1e-3)
+        # move the tangent point to the fitted position of CRPIX
+        ra0, dec0 = tan_deproject(np.array([cxp[0]]), np.array([cyp[0]]), ra0, dec0)
+        ra0, dec0 = float(ra0[0]), float(dec0[0])
+        # re-match all detections with the current solution
+        xi_d, eta_d = _eval_poly(x[gi] - (crpix[0] - 1), y[gi] - (crpix[1] - 1), terms, cxp, cyp, scale)
+        xi_d -= cxp[0]
+        eta_d -= cyp[0]
+        xi_r, eta_r = tan_project(ref_ra[ri], ref_dec[ri], ra0, dec0)
+        radius = max(config.match_radius_px, min(radius, 5.0 * sig))
+        ia, ib = _match(xi_d / scale_deg, eta_d / scale_deg, xi_r / scale_deg, eta_r / scale_deg, radius)
+        di, rj = gi[ia], ri[ib]
+        keep = np.ones(len(di), bool)
+        if it >= 1:
+            order = config.sip_order if len(di) >= 4 * len(_terms(config.sip_order)) else min(
+                config.sip_order, 2 if len(di) >= 4 * len(_terms(2)) else 1)
+        if len(di) < config.min_matches:
+            raise ReductionError("astrometry_failed", f"only {len(di)} stars matched during the fit",
+                                 stage="astrometry")
+    # final fit with clipping on the final matches
+    xi, eta = tan_project(ref_ra[rj], ref_dec[rj], ra0, dec0)
+    u = x[di] - (crpix[0] - 1)
+    v = y[di] - (crpix[1] - 1)
+    w = 1.0 / ((perr[di] * scale_deg) ** 2 + (rerr_mas[rj] / 3.6e6) ** 2)
+    keep = np.ones(len(di), bool)
+    for _ in range(5):
+        terms, cxp, cyp = _fit_poly(u[keep], v[keep], xi[keep], eta[keep], w[keep], order, scale)
+        px, py = _eval_poly(u, v, terms, cxp, cyp, scale)
+        rx, ry = (xi - px) / scale_deg, (eta - py) / scale_deg
+        z = np.hypot(rx, ry) / np.hypot(perr[di], rerr_mas[rj] / 3.6e6 / scale_deg)
+        zs = float(np.median(z[keep])) / 1.1774
+        new = z < config.clip_sigma * max(zs, 1e-6)
+        if new.sum() < config.min_matches or np.array_equal(new, keep):
+            break
+        keep = new
+    # absorb the constant term into CRVAL (exact: refit about the new tangent point)
+    ra0, dec0 = tan_deproject(np.array([cxp[0]]), np.array([cyp[0]]), ra0, dec0)
+    ra0, dec0 = float(ra0[0]), float(dec0[0])
+    xi, eta = tan_project(ref_ra[rj], ref_dec[rj], ra0, dec0)
+    terms, cxp, cyp = _fit_poly(u[keep], v[keep], xi[keep], eta[keep], w[keep], order, scale)
+    cxp[0] = 0.0
+    cyp[0] = 0.0
+    px, py = _eval_poly(u, v, terms, cxp, cyp, scale)
+    rx, ry = (xi - px) / scale_deg, (eta - py) / scale_deg
+    hdr = sip_wcs_header((ra0, dec0), crpix, terms, cxp, cyp, scale, shape, order)
+    from astropy.wcs import WCS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wcs = WCS(hdr)
+    # rx, ry are in the intermediate (sky) frame; report per axis of the pixel frame via the CD matrix
+    cd = wcs.wcs.cd if wcs.wcs.has_cd() else wcs.pixel_scale_matrix
+    cdi = np.linalg.inv(cd)
+    resid = cdi @ np.vstack([rx, ry]) * scale_deg
+    k = keep
+    rms_x = float(np.sqrt(np.mean(resid[0, k] ** 2)))
+    rms_y = float(np.sqrt(np.mean(resid[1, k] ** 2)))
+    pix_scale = float(np.sqrt(abs(np.linalg.det(cd)))) * 3600.0
+    # the quoted rms is that of the well-measured stars (S/N >= 50) when there are enough, as SCAMP's high-S/N rms
+    rk = k
+    if snr is not None:
+        hi = k & (np.asarray(snr, float)[di] >= 50)
+        if hi.sum() >= 5:
+            rk = hi
+    rms_as = math.sqrt(np.mean(resid[0, rk] ** 2) + np.mean(resid[1, rk] ** 2)) * pix_scale
+    rms_bright = float("nan")
+    if snr is not None:
+        sb = k & (np.asarray(snr, float)[di] > 100)
+        if sb.sum() >= 3:
+            rms_bright = float(np.sqrt(np.mean(resid[0, sb] ** 2 + resid[1, sb] ** 2)))
+    if k.sum() < config.min_matches or rms_as > config.max_rms_arcsec:
+        raise ReductionError("astrometry_failed", f"{int(k.sum())} stars fitted with an rms of {rms_as:.3f} arcsec",
+                             stage="astrometry")
+    # pointing offset and rotation relative to the header WCS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ra_c, dec_c = (float(v) for v in wcs.all_pix2world([[cx, cy]], 0)[0])
+        ra_g, dec_g = (float(v) for v in wcs_guess.all_pix2world([[cx, cy]], 0)[0])
+    off = ((ra_c - ra_g) * math.cos(math.radians(dec_g)) * 3600.0, (dec_c - dec_g) * 3600.0)
+    gcd = wcs_guess.pixel_scale_matrix
+    rot = math.degrees(math.atan2(cd[1, 0], cd[0, 0]) - math.atan2(gcd[1, 0], gcd[0, 0]))
+    rot = (rot + 180.0) % 360.0 - 180.0
+    return AstrometryResult(wcs=wcs, header=hdr, n_matched=int(k.sum()), rms_px=(rms_x, rms_y), rms_arcsec=rms_as,
+                            rms_bright_px=rms_bright, offset_arcsec=off, rotation_deg=rot, pixel_scale=pix_scale,
+                            det_index=di[k], ref_index=rj[k], peak_snr=peak_snr)

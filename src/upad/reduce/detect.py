@@ -1,0 +1,428 @@
+"""Source detection and photometry: the initial catalog, with SExtractor's column names.
+
+Detection is SExtractor's (through ``sep``, its library): the background-subtracted image is filtered with a
+kernel (default: SExtractor's ``default.conv`` 3x3 pyramid), pixels above ``thresh`` times the per-pixel noise are
+grouped, deblended (``deblend_nthresh`` levels, ``deblend_cont`` contrast) and cleaned. The image is cut into
+horizontal strips (overlapping by ``strip_overlap_px``) extracted in parallel threads (``sep`` releases the GIL);
+an object belongs to the strip that contains its centroid, so the result does not depend on the number of strips
+except for objects larger than the overlap.
+
+Measurements (positions 1-based as in SExtractor; fluxes in the image unit, e-):
+
+* isophotal: ``X_IMAGE, Y_IMAGE`` (barycentre), ``A_IMAGE, B_IMAGE, THETA_IMAGE`` (deg), ``ELONGATION``,
+  ``ISOAREA_IMAGE``, ``FLUX_ISO``, ``FLUX_MAX``;
+* ``FLUX_AUTO`` in the Kron ellipse: ``KRON_RADIUS`` = ``kron_factor`` x the first-moment radius, at least
+  ``kron_min_radius``, in units of ``A_IMAGE`` and ``B_IMAGE`` (SExtractor's ``PHOT_AUTOPARAMS 2.5, 3.5``);
+* ``FLUX_APER`` in circular apertures of ``aper_diameters_arcsec`` (vector column);
+* ``FLUX_RADIUS`` (half-light radius), windowed positions ``XWIN_IMAGE, YWIN_IMAGE`` (Gaussian window of
+  ``sigma = 2 FLUX_RADIUS / 2.35``, as SExtractor's);
+* adaptive (Gaussian-weighted) second moments: ``FWHM_IMAGE = 2.355 sqrt((Ixx + Iyy) / 2)`` and ``ELLIPTICITY =
+  1 - B/A`` from them (robust for faint and undersampled sources, unlike isophotal moments);
+* ``FLAGS`` as SExtractor's (1: neighbours or masked pixels in the Kron aperture, 2: deblended, 4: saturated, 8:
+  truncated by the image border, 16: aperture data incomplete); ``IMAFLAGS_ISO`` the OR of the mask bits over the
+  object's footprint and ``NIMAFLAGS_ISO`` the number of flagged footprint pixels.
+
+Errors include the noise map (background-only variance) and the Poisson noise of the source (``gain = 1`` e-/e-).
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from upad import maskbits as mb
+from upad.config import StepConfig, param
+from upad.reduce._jit import njit, prange
+from upad.reduce._moments import moments
+from upad.reduce.errors import ReductionError
+
+__all__ = ["SEXTRACTOR_FLAGS", "DetectConfig", "Detections", "detect_sources", "measure"]
+
+#: SExtractor FLAGS bits.
+SEXTRACTOR_FLAGS = {1: "neighbours or bad pixels bias MAG_AUTO", 2: "deblended", 4: "saturated",
+                    8: "truncated at the image border", 16: "aperture data incomplete or corrupted"}
+
+#: SExtractor's default.conv kernel.
+DEFAULT_KERNEL = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
+
+
+@dataclass(frozen=True)
+class DetectConfig(StepConfig):
+    """Parameters of detection and photometry."""
+
+    thresh: float = param(1.5, doc="detection threshold per pixel, in units of the noise (SExtractor "
+                                   "DETECT_THRESH)", bounds=(0.1, 1000.0))
+    minarea: int = param(5, doc="minimum number of pixels above the threshold (DETECT_MINAREA)", bounds=(1, 10000),
+                         unit="pixel")
+    filter: str = param("default", doc="detection filter: 'default' (SExtractor's 3x3 pyramid), 'gauss' (a "
+                                       "Gaussian of filter_fwhm_px) or 'none'", choices=("default", "gauss", "none"))
+    filter_fwhm_px: float = param(2.0, doc="FWHM of the Gaussian detection filter", bounds=(0.5, 20.0),
+                                  unit="pixel")
+    deblend_nthresh: int = param(32, doc="deblending sub-thresholds (DEBLEND_NTHRESH)", bounds=(1, 128))
+    deblend_cont: float = param(0.005, doc="minimum contrast of a deblended component (DEBLEND_MINCONT)",
+                                bounds=(0.0, 1.0))
+    clean_param: float = param(1.0, doc="cleaning efficiency (CLEAN_PARAM); 0 disables cleaning",
+                               bounds=(0.0, 10.0))
+    mask_bits: int = param(mb.SATELLITE | mb.NODATA, doc="pixels with these mask bits are not detected",
+                           bounds=(0, 32767))
+    aper_diameters_arcsec: tuple[float, ...] = param((1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
+                                                     doc="diameters of the FLUX_APER apertures", unit="arcsec")
+    kron_factor: float = param(2.5, doc="Kron factor of FLUX_AUTO (PHOT_AUTOPARAMS)", bounds=(0.5, 10.0))
+    kron_min_radius: float = param(3.5, doc="minimum Kron radius of FLUX_AUTO (PHOT_AUTOPARAMS)",
+                                   bounds=(0.0, 20.0), unit="pixel")
+    strip_overlap_px: int = param(128, doc="overlap of the strips extracted in parallel", bounds=(16, 4096),
+                                  unit="pixel", critical=False)
+    threads: int = param(0, doc="threads for the extraction (0: one per CPU core)", bounds=(0, 256),
+                         critical=False)
+    max_sources: int = param(2_000_000, doc="refuse frames with more detections than this", bounds=(1, None))
+
+
+@dataclass
+class Detections:
+    """The catalog of :func:`detect_sources` (astropy Table with SExtractor column names) and summary values."""
+
+    catalog: object
+    n_strips: int
+    n_deblended: int
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+
+def _kernel(cfg: DetectConfig) -> np.ndarray | None:
+    if cfg.filter == "none":
+        return None
+    if cfg.filter == "default":
+        return DEFAULT_KERNEL
+    s = cfg.filter_fwhm_px / 2.3548
+    r = max(1, int(math.ceil(2.5 * s)))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return np.exp(-(xx * xx + yy * yy) / (2 * s * s)).astype(np.float32)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _footprint_flags(seg, mask, y0, nobj):  # pragma: no cover - compiled
+    """OR of mask bits and number of flagged pixels over each object's footprint (strip seg map)."""
+    ny, nx = seg.shape
+    nchunk = 16
+    acc = np.zeros((nchunk, nobj + 1), np.int64)
+    cnt = np.zeros((nchunk, nobj + 1), np.int64)
+    rows_per = (ny + nchunk - 1) // nchunk
+    for c in prange(nchunk):
+        for j in range(c * rows_per, min(ny, (c + 1) * rows_per)):
+            for i in range(nx):
+                s = seg[j, i]
+                if s > 0:
+                    m = mask[y0 + j, i]
+                    if m != 0:
+                        acc[c, s] |= m
+                        cnt[c, s] += 1
+    flags = np.zeros(nobj + 1, np.int64)
+    n = np.zeros(nobj + 1, np.int64)
+    for c in range(nchunk):
+        for k in range(nobj + 1):
+            flags[k] |= acc[c, k]
+            n[k] += cnt[c, k]
+    return flags[1:], n[1:]
+
+
+def _extract_strip(image, var, detmask, mask, y0, y1, core0, core1, kernel, cfg):
+    import sep
+
+    sub = image[y0:y1]
+    v = var[y0:y1]
+    dm = detmask[y0:y1] if detmask is not None else None
+    # filter_type='conv' as SExtractor (sep's 'matched' filtering with a noise array is ~100x slower)
+    objs, seg = sep.extract(sub, cfg.thresh, var=v, mask=dm, minarea=cfg.minarea, filter_kernel=kernel,
+                            filter_type="conv", deblend_nthresh=cfg.deblend_nthresh, deblend_cont=cfg.deblend_cont,
+                            clean=cfg.clean_param > 0, clean_param=cfg.clean_param, segmentation_map=True)
+    if len(objs) == 0:
+        return objs, np.empty(0, np.int64), np.empty(0, np.int64), y0
+    imaflags, nimaflags = _footprint_flags(seg, mask, y0, len(objs))
+    del seg
+    yc = objs["y"] + y0
+    own = (yc >= core0 - 0.5) & (yc < core1 - 0.5)
+    objs = objs[own]
+    objs["y"] += y0
+    for k in ("ymin", "ymax", "ycpeak", "ypeak"):
+        objs[k] += y0
+    return objs, imaflags[own], nimaflags[own], y0
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _winpos(img, xs, ys, sig, maxit):  # pragma: no cover - compiled
+    """SExtractor's windowed centroid: x += 2 sum(w I (x_i - x)) / sum(w I), w = exp(-r^2 / (2 sig^2)), r < 4 sig."""
+    ny, nx = img.shape
+    n = len(xs)
+    ox = np.empty(n)
+    oy = np.empty(n)
+    for k in prange(n):
+        cx = xs[k]
+        cy = ys[k]
+        s2 = sig[k] * sig[k]
+        rmax2 = 16.0 * s2
+        r = int(4.0 * sig[k]) + 2
+        for _it in range(maxit):
+            ic = int(cx + 0.5)
+            jc = int(cy + 0.5)
+            sw = 0.0
+            sx = 0.0
+            sy = 0.0
+            for j in range(max(0, jc - r), min(ny, jc + r + 1)):
+                dy = j - cy
+                for i in range(max(0, ic - r), min(nx, ic + r + 1)):
+                    dx = i - cx
+                    d2 = dx * dx + dy * dy
+                    if d2 > rmax2:
+                        continue
+                    w = math.exp(-0.5 * d2 / s2) * img[j, i]
+                    sw += w
+                    sx += w * dx
+                    sy += w * dy
+            if sw <= 0:
+                break
+            mx = 2.0 * sx / sw
+            my = 2.0 * sy / sw
+            if abs(mx) > 2 or abs(my) > 2:
+                break
+            cx += mx
+            cy += my
+            if mx * mx + my * my < 4e-8:
+                break
+        ox[k] = cx
+        oy[k] = cy
+    return ox, oy
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _flux_radius(img, xs, ys, rmax, norm):  # pragma: no cover - compiled
+    """Half-light radius: where the curve of growth (0.1-pixel bins of pixel-centre distance, linearly
+    interpolated) reaches half of ``norm``."""
+    ny, nx = img.shape
+    n = len(xs)
+    out = np.full(n, np.nan)
+    for k in prange(n):
+        rm = rmax[k]
+        nb = int(rm / 0.1) + 2
+        prof = np.zeros(nb)
+        r = int(rm) + 1
+        ic = int(xs[k] + 0.5)
+        jc = int(ys[k] + 0.5)
+        for j in range(max(0, jc - r), min(ny, jc + r + 1)):
+            dy = j - ys[k]
+            for i in range(max(0, ic - r), min(nx, ic + r + 1)):
+                dx = i - xs[k]
+                d = math.sqrt(dx * dx + dy * dy)
+                if d < rm:
+                    prof[int(d / 0.1)] += img[j, i]
+        half = 0.5 * norm[k]
+        if half <= 0:
+            continue
+        c = 0.0
+        for b in range(nb):
+            c2 = c + prof[b]
+            if c2 >= half:
+                frac = (half - c) / prof[b] if prof[b] > 0 else 0.0
+                out[k] = (b + frac) * 0.1
+                break
+            c = c2
+    return out
+
+
+def detect_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, pixel_scale: float,
+                   config: DetectConfig = DetectConfig()) -> Detections:
+    """Detect and measure the sources of a background-subtracted image.
+
+    Parameters
+    ----------
+    image : ndarray
+        Background-subtracted calibrated image (e-, float32, native byte order, C-contiguous).
+    variance : ndarray
+        Background-only variance (e-^2, float32); its square root is the detection noise.
+    mask : ndarray
+        Bit-coded mask (int16): ``config.mask_bits`` pixels are not detected; all bits feed ``IMAFLAGS_ISO``
+        and ``FLAGS``.
+    pixel_scale : float
+        arcsec per pixel (for the aperture diameters).
+    config : DetectConfig
+
+    Returns
+    -------
+    Detections
+
+    Raises
+    ------
+    ReductionError
+        ``no_sources`` when nothing is detected, ``no_data`` for more than ``config.max_sources`` detections.
+    """
+    import sep
+
+    if image.dtype != np.float32 or image.dtype.byteorder not in ("=", "|") or not image.flags.c_contiguous:
+        raise ValueError("detect_sources needs a C-contiguous native float32 image (sep's requirement)")
+    from upad.reduce._maskops import flag_bits
+
+    ny, nx = image.shape
+    var = np.asarray(variance, np.float32)
+    detmask = flag_bits(mask, int(config.mask_bits)) if config.mask_bits else None
+    threads = config.threads or (os.cpu_count() or 1)
+    sep.set_extract_pixstack(max(300_000, int(ny * nx // 50)))
+    sep.set_sub_object_limit(4096)
+    kernel = _kernel(config)
+    nstrip = max(1, min(threads, ny // (4 * config.strip_overlap_px)))
+    edges = np.linspace(0, ny, nstrip + 1).astype(int)
+    ov = config.strip_overlap_px
+    jobs = [(max(0, edges[i] - ov), min(ny, edges[i + 1] + ov), edges[i], edges[i + 1]) for i in range(nstrip)]
+    if nstrip == 1:
+        parts = [_extract_strip(image, var, detmask, mask, *jobs[0], kernel, config)]
+    else:
+        with ThreadPoolExecutor(nstrip) as ex:
+            parts = list(ex.map(lambda j: _extract_strip(image, var, detmask, mask, *j, kernel, config), jobs))
+    objs = np.concatenate([p[0] for p in parts])
+    imaflags = np.concatenate([p[1] for p in parts]).astype(np.int32)
+    nimaflags = np.concatenate([p[2] for p in parts]).astype(np.int32)
+    if len(objs) == 0:
+        raise ReductionError("no_sources", "no source above the detection threshold", stage="detect")
+    if len(objs) > config.max_sources:
+        raise ReductionError("no_data", f"{len(objs)} detections (more than {config.max_sources}): the frame is "
+                                        f"probably not a sky image", stage="detect")
+    order = np.lexsort((objs["x"], objs["y"]))
+    objs, imaflags, nimaflags = objs[order], imaflags[order], nimaflags[order]
+    cat = measure(image, var, mask, objs, imaflags, nimaflags, pixel_scale=pixel_scale, config=config,
+                  threads=threads)
+    n_deb = int(np.count_nonzero(objs["flag"] & sep.OBJ_MERGED))
+    return Detections(catalog=cat, n_strips=nstrip, n_deblended=n_deb)
+
+
+def measure(image: np.ndarray, var: np.ndarray, mask: np.ndarray, objs: np.ndarray, imaflags: np.ndarray,
+            nimaflags: np.ndarray, *, pixel_scale: float, config: DetectConfig = DetectConfig(),
+            threads: int = 1):
+    """Photometry and shapes of extracted objects (``sep.extract`` records with full-image coordinates; ``var``:
+    the per-pixel variance, e-^2).
+
+    Returns an astropy Table with SExtractor column names (see the module documentation).
+    """
+    import sep
+    from astropy.table import Table
+
+    x, y = objs["x"].astype(np.float64), objs["y"].astype(np.float64)
+    a, b, theta = objs["a"].astype(np.float64), objs["b"].astype(np.float64), objs["theta"].astype(np.float64)
+    a = np.maximum(np.nan_to_num(a, nan=0.3), 0.3)
+    b = np.minimum(np.maximum(np.nan_to_num(b, nan=0.3), 0.3), a)
+    theta = np.clip(np.nan_to_num(theta, nan=0.0), -np.pi / 2, np.pi / 2)
+    n = len(objs)
+    kf, rmin = config.kron_factor, config.kron_min_radius
+
+    def auto(idx):
+        kr, kflag = sep.kron_radius(image, x[idx], y[idx], a[idx], b[idx], theta[idx], 6.0)
+        kr = np.where(np.isfinite(kr) & (kr > 0), kr, 0.0)
+        # SExtractor: the ellipse is kron_factor x the first-moment radius, at least kron_min_radius (both in units
+        # of A and B)
+        kfac = np.maximum(kf * kr, rmin)
+        f, fe, fl = sep.sum_ellipse(image, x[idx], y[idx], a[idx], b[idx], theta[idx], kfac, var=var, gain=1.0,
+                                    subpix=1)
+        return kfac, f, fe, fl | kflag
+
+    kron, flux_auto, err_auto, flag_auto = auto(np.arange(n))  # sep holds the GIL here: no threads
+    r_ap = np.asarray(config.aper_diameters_arcsec, np.float64) / pixel_scale / 2.0
+
+    def aper(idx):
+        fs, es, fl = [], [], np.zeros(len(idx), np.int64)
+        for r in r_ap:
+            f, e, g = sep.sum_circle(image, x[idx], y[idx], r, var=var, gain=1.0, subpix=5)
+            fs.append(f)
+            es.append(e)
+            fl |= g
+        return np.stack(fs, 1), np.stack(es, 1), fl
+
+    flux_aper, err_aper, flag_aper = aper(np.arange(n))
+    norm = np.where(flux_auto > 0, flux_auto, np.maximum(objs["flux"], 1.0))
+
+    flux_radius = _flux_radius(image, x, y, np.clip(6.0 * a, 3.0, 60.0), norm)
+    flux_radius = np.where(np.isfinite(flux_radius) & (flux_radius > 0), flux_radius, 1.0)
+    sig = np.clip(2.0 * flux_radius / 2.3548, 0.3, 20.0)
+
+    xwin, ywin = _winpos(image, x, y, sig, 16)
+    bad = ~(np.isfinite(xwin) & np.isfinite(ywin)) | (np.hypot(xwin - x, ywin - y) > 2.0)
+    xwin = np.where(bad, x, xwin)
+    ywin = np.where(bad, y, ywin)
+    mom = moments(image, xwin, ywin, sigma0=np.clip(sig, 1.0, 10.0), maxit=20, concentration=False)
+    ixx, iyy, ixy = mom[:, 0], mom[:, 1], mom[:, 2]
+    tr = ixx + iyy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fwhm = 2.3548 * np.sqrt(tr / 2.0)
+        disc = np.sqrt(np.maximum((ixx - iyy) ** 2 / 4 + ixy * ixy, 0))
+        la = np.sqrt(np.maximum(tr / 2 + disc, 0))
+        lb = np.sqrt(np.maximum(tr / 2 - disc, 0))
+        ell = 1.0 - lb / la
+    # SExtractor-like FLAGS
+    import sep as _sep
+
+    flags = np.zeros(n, np.int16)
+    flags |= np.where(objs["flag"] & _sep.OBJ_MERGED, 2, 0).astype(np.int16)
+    flags |= np.where((imaflags & (mb.SATURATED | mb.BLEED)) != 0, 4, 0).astype(np.int16)
+    ny, nx = image.shape
+    trunc = (objs["xmin"] <= 0) | (objs["ymin"] <= 0) | (objs["xmax"] >= nx - 1) | (objs["ymax"] >= ny - 1)
+    flags |= np.where(trunc | (objs["flag"] & _sep.OBJ_TRUNC), 8, 0).astype(np.int16)
+    flags |= np.where((flag_auto | flag_aper) & _sep.APER_TRUNC, 16, 0).astype(np.int16)
+    flags |= np.where((nimaflags > 0.1 * objs["npix"]) | _close_neighbours(x, y, a, b, kron, norm), 1, 0).astype(
+        np.int16)
+    cat = Table()
+    cat["NUMBER"] = np.arange(1, n + 1, dtype=np.int32)
+    cat["X_IMAGE"] = x + 1.0
+    cat["Y_IMAGE"] = y + 1.0
+    cat["XWIN_IMAGE"] = xwin + 1.0
+    cat["YWIN_IMAGE"] = ywin + 1.0
+    cat["XPEAK_IMAGE"] = objs["xpeak"].astype(np.int32) + 1
+    cat["YPEAK_IMAGE"] = objs["ypeak"].astype(np.int32) + 1
+    cat["A_IMAGE"] = a.astype(np.float32)
+    cat["B_IMAGE"] = b.astype(np.float32)
+    cat["THETA_IMAGE"] = np.degrees(theta).astype(np.float32)
+    cat["ELONGATION"] = (a / b).astype(np.float32)
+    cat["ELLIPTICITY"] = ell.astype(np.float32)
+    cat["FWHM_IMAGE"] = fwhm.astype(np.float32)
+    cat["ISOAREA_IMAGE"] = objs["npix"].astype(np.int32)
+    cat["FLUX_ISO"] = objs["flux"].astype(np.float64)
+    cat["FLUX_MAX"] = objs["peak"].astype(np.float32)
+    cat["KRON_RADIUS"] = kron.astype(np.float32)
+    cat["FLUX_AUTO"] = flux_auto
+    cat["FLUXERR_AUTO"] = err_auto
+    cat["FLUX_APER"] = flux_aper
+    cat["FLUXERR_APER"] = err_aper
+    cat["FLUX_RADIUS"] = flux_radius.astype(np.float32)
+    cat["FLAGS"] = flags
+    cat["IMAFLAGS_ISO"] = imaflags.astype(np.int32)
+    cat["NIMAFLAGS_ISO"] = nimaflags.astype(np.int32)
+    cat.meta["APERDIAM"] = ",".join(f"{d:g}" for d in config.aper_diameters_arcsec)
+    for name, unit in (("X_IMAGE", "pix"), ("Y_IMAGE", "pix"), ("XWIN_IMAGE", "pix"), ("YWIN_IMAGE", "pix"),
+                       ("A_IMAGE", "pix"), ("B_IMAGE", "pix"), ("THETA_IMAGE", "deg"), ("FWHM_IMAGE", "pix"),
+                       ("ISOAREA_IMAGE", "pix2"), ("FLUX_ISO", "electron"), ("FLUX_MAX", "electron"),
+                       ("FLUX_AUTO", "electron"), ("FLUXERR_AUTO", "electron"), ("FLUX_APER", "electron"),
+                       ("FLUXERR_APER", "electron"), ("FLUX_RADIUS", "pix"), ("KRON_RADIUS", "")):
+        cat[name].unit = unit or None
+    return cat
+
+
+def _close_neighbours(x, y, a, b, kron, flux) -> np.ndarray:
+    """SExtractor's FLAGS 1 (approximation): a detection brighter than a tenth of the object lies inside its Kron
+    ellipse (circularised)."""
+    from scipy.spatial import cKDTree
+
+    n = len(x)
+    out = np.zeros(n, bool)
+    if n < 2:
+        return out
+    r = np.clip(kron * np.sqrt(a * b), 2.0, 50.0)
+    tree = cKDTree(np.column_stack([x, y]))
+    pairs = tree.query_pairs(float(r.max()), output_type="ndarray")
+    if len(pairs) == 0:
+        return out
+    i, j = pairs[:, 0], pairs[:, 1]
+    d = np.hypot(x[i] - x[j], y[i] - y[j])
+    hit_i = (d < r[i]) & (flux[j] > 0.1 * flux[i])
+    hit_j = (d < r[j]) & (flux[i] > 0.1 * flux[j])
+    out[i[hit_i]] = True
+    out[j[hit_j]] = True
+    return out

@@ -1,0 +1,502 @@
+"""PSF analysis: FWHM and ellipticity across the field, and a PSF model for photometry and PSF homogenisation.
+
+**Stars.** Bright (``min_snr``), unflagged, unmasked, isolated detections on the stellar locus (adaptive-moment
+size within ``locus_width`` of the mode of the bright sources).
+
+**Shape of each star.** Adaptive (Gaussian-weighted) second moments of the pixelated star give its size
+``T = Ixx + Iyy`` and distortion ``(Ixx - Iyy, 2 Ixy) / T``. They are turned into the parameters of an elliptical
+Moffat profile *before* the pixel response — the FWHM, the reduced shear ``(g1, g2)`` — by a calibration made with
+the same measurement applied to pixel-integrated Moffat stars rendered on a grid of FWHM and ``beta``
+(:func:`calibration_table`). The Moffat ``beta`` of the frame comes from the stars' concentration (the ratio of
+their fluxes under round Gaussian weights of one and three moment radii) compared with the same calibration.
+
+**Field variation.** FWHM, ``g1`` and ``g2`` are fitted by polynomials of order ``variation_order`` over the field
+(sigma-clipped): :class:`PsfModel` evaluates them anywhere and renders the analytic PSF (pixel-integrated, any
+sub-pixel position). It also carries, for each of ``zones x zones`` zones, an *empirical* PSF (ePSF): the stars'
+pixels, normalised by their flux and binned on a grid ``oversampling`` times finer than the pixels around their
+centres (the PSF convolved with the pixel, as Anderson & King's ePSF); empty bins are filled by the analytic model.
+These grids are what PSF homogenisation needs (matching kernels, per zone).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from upad.config import StepConfig, param
+from upad.reduce._moments import moments
+from upad.reduce.errors import ReductionError
+
+__all__ = ["PsfConfig", "PsfModel", "PsfResult", "measure_psf", "moffat_stamp", "calibration_table",
+           "adaptive_moments"]
+
+_GL2 = (np.array([-0.577350269189626, 0.577350269189626]) * 0.5, np.array([0.5, 0.5]))
+_GL4 = (np.array([-0.861136311594053, -0.339981043584856, 0.339981043584856, 0.861136311594053]) * 0.5,
+        np.array([0.347854845137454, 0.652145154862546, 0.652145154862546, 0.347854845137454]) * 0.5)
+
+
+@dataclass(frozen=True)
+class PsfConfig(StepConfig):
+    """Parameters of the PSF analysis."""
+
+    min_snr: float = param(50.0, doc="S/N (FLUX_AUTO) of the PSF stars", bounds=(5.0, None))
+    max_stars: int = param(3000, doc="brightest PSF stars used", bounds=(5, None))
+    min_stars: int = param(5, doc="fewest PSF stars for a model", bounds=(3, None))
+    locus_width: float = param(0.15, doc="relative width of the stellar locus in moment size", bounds=(0.01, 1.0))
+    max_ellipticity: float = param(0.3, doc="most elongated candidate star (1 - b/a)", bounds=(0.0, 1.0))
+    isolation_fwhm: float = param(3.0, doc="no other detection within this many FWHM", bounds=(0.0, 50.0))
+    max_peak_e: float = param(50000.0, doc="brightest peak of a PSF star (non-linearity)", bounds=(0.0, None),
+                              unit="e-")
+    beta: float = param(0.0, doc="Moffat beta; 0: measured from the stars' concentration", bounds=(0.0, 20.0))
+    variation_order: int = param(2, doc="order of the polynomials of FWHM and shear over the field",
+                                 bounds=(0, 4))
+    zones: int = param(0, doc="empirical PSF zones per axis (0: from the number of stars, at most 8)",
+                       bounds=(0, 32))
+    oversampling: int = param(2, doc="oversampling of the empirical PSF grids", bounds=(1, 8))
+    stamp_radius_fwhm: float = param(4.0, doc="half-size of the empirical PSF grids, in FWHM", bounds=(1.0, 20.0))
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def _sheared_r2(dx: np.ndarray, dy: np.ndarray, g1: float, g2: float) -> np.ndarray:
+    """Squared radius in the unsheared frame (GalSim's area-preserving reduced shear)."""
+    gg = g1 * g1 + g2 * g2
+    f = 1.0 / math.sqrt(max(1.0 - gg, 1e-6))
+    u = f * ((1 - g1) * dx - g2 * dy)
+    v = f * (-g2 * dx + (1 + g1) * dy)
+    return u * u + v * v
+
+
+def moffat_stamp(size: int, x0: float, y0: float, fwhm: float, beta: float, *, g1: float = 0.0, g2: float = 0.0,
+                 flux: float = 1.0, oversampling: int = 1) -> np.ndarray:
+    """Pixel-integrated elliptical Moffat on a ``size x size`` grid.
+
+    Pixel ``[j, i]`` is centred on ``(i, j)`` (0-based) of the stamp; the profile is centred at ``(x0, y0)`` in
+    the same coordinates. With ``oversampling = k`` the grid has ``k`` samples per pixel and each sample is the
+    *pixel*-integrated profile at that position (an ePSF grid), the stamp then covering ``size / k`` pixels.
+    """
+    alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    norm = (beta - 1.0) / (math.pi * alpha * alpha)
+    # 4 x 4 Gauss-Legendre points integrate the pixel; 2 x 2 suffice for a PSF wider than 4 pixels
+    pts, wts = _GL4 if fwhm * oversampling < 4.0 * oversampling or oversampling > 1 else _GL2
+    c = np.arange(size) / oversampling
+    out = np.zeros((size, size))
+    for py, wy in zip(pts, wts):
+        dy = c[:, None] + py - y0
+        for px, wx in zip(pts, wts):
+            dx = c[None, :] + px - x0
+            r2 = _sheared_r2(dx, dy, g1, g2)
+            out += wy * wx * norm * (1.0 + r2 / (alpha * alpha)) ** (-beta)
+    return out * flux
+
+
+def moffat_enclosed(r: float | np.ndarray, fwhm: float, beta: float) -> np.ndarray:
+    """Fraction of a round Moffat's flux within radius ``r`` (same unit as ``fwhm``; no pixel response)."""
+    alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    return 1.0 - (1.0 + (np.asarray(r, float) / alpha) ** 2) ** (1.0 - beta)
+
+
+# ------------------------------------------------------------------------------------------------ moments
+def adaptive_moments(image: np.ndarray, x: np.ndarray, y: np.ndarray, *, sigma0: float | np.ndarray = 1.5,
+                     maxit: int = 50) -> np.ndarray:
+    """Adaptive moments (:func:`upad.reduce._moments.moments`): columns ``Sxx, Syy, Sxy, x, y, F1, F3`` with
+    ``F1, F3`` the fluxes under round Gaussian weights of sigma ``r`` and ``3 r``, ``r = sqrt((Sxx + Syy) / 2)``."""
+    return moments(image, x, y, sigma0=sigma0, maxit=maxit)
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+_BETAS = (1.8, 2.2, 2.6, 3.0, 3.5, 4.2, 5.0, 7.0)
+_FWHMS = tuple(float(v) for v in np.geomspace(0.9, 16.0, 20))
+
+
+_TABLE_VERSION = 3  # bump when the moments, the rendering or the grids change
+
+
+def _cache_file(shear: float) -> Path | None:
+    base = os.environ.get("UPAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "upad")
+    return Path(base) / f"psf-calibration-v{_TABLE_VERSION}-{shear:g}.npz"
+
+
+@lru_cache(maxsize=4)
+def calibration_table(shear: float = 0.05) -> dict[str, np.ndarray]:
+    """The calibration of :func:`_calibration_table`, cached in memory and on disk (``$UPAD_CACHE`` or
+    ``~/.cache/upad``; recomputed, ~0.3 s, when the cache is missing or unwritable)."""
+    path = _cache_file(shear)
+    if path is not None and path.exists():
+        try:
+            with np.load(path) as z:
+                tab = {k: z[k] for k in ("beta", "fwhm", "T", "C", "R")}
+            if tuple(tab["beta"]) == _BETAS and len(tab["fwhm"]) == len(_FWHMS):
+                return tab
+        except (OSError, ValueError, KeyError):
+            pass
+    tab = _calibration_table(shear)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **tab)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return tab
+
+
+def _calibration_table(shear: float = 0.05) -> dict[str, np.ndarray]:
+    """Measurement-in-the-loop calibration: adaptive-moment size ``T``, concentration ``c = F1 / F3`` and
+    the distortion response ``R = delta_measured / delta_true`` of pixel-integrated Moffat stars, for
+    :data:`_BETAS` x :data:`_FWHMS` (pixels), averaged over two sub-pixel phases."""
+    nb, nf = len(_BETAS), len(_FWHMS)
+    T = np.zeros((nb, nf))
+    C = np.zeros((nb, nf))
+    R = np.zeros((nb, nf))
+    for i, beta in enumerate(_BETAS):
+        for j, fw in enumerate(_FWHMS):
+            size = int(2 * math.ceil(4.5 * fw + 8) + 1)
+            c0 = (size - 1) / 2
+            stamps, xs, ys = [], [], []
+            for ph in (0.0, 0.5):
+                stamps.append(moffat_stamp(size, c0 + ph, c0 + ph / 2, fw, beta))
+                stamps.append(moffat_stamp(size, c0 + ph, c0 + ph / 2, fw, beta, g1=shear))
+            big = np.concatenate(stamps, axis=1).astype(np.float32)
+            xs = np.array([c0 + k * size + (0.0 if k < 2 else 0.5) for k in range(4)])
+            ys = np.array([c0, c0, c0 + 0.25, c0 + 0.25])
+            m = adaptive_moments(big, xs, ys, sigma0=max(fw / 2.355, 1.0))
+            tr = m[:, 0] + m[:, 1]
+            T[i, j] = 0.5 * (tr[0] + tr[2])
+            C[i, j] = 0.5 * (m[0, 5] / m[0, 6] + m[2, 5] / m[2, 6])
+            d_true = 2 * shear / (1 + shear * shear)
+            d_meas = 0.5 * ((m[1, 0] - m[1, 1]) / tr[1] + (m[3, 0] - m[3, 1]) / tr[3])
+            R[i, j] = d_meas / d_true
+    return {"beta": np.array(_BETAS), "fwhm": np.array(_FWHMS), "T": T, "C": C, "R": R}
+
+
+def _interp_beta(table: dict, beta: float, key: str) -> np.ndarray:
+    b = table["beta"]
+    i = int(np.clip(np.searchsorted(b, beta) - 1, 0, len(b) - 2))
+    t = float(np.clip((beta - b[i]) / (b[i + 1] - b[i]), 0.0, 1.0))
+    return (1 - t) * table[key][i] + t * table[key][i + 1]
+
+
+def _fwhm_from_T(table: dict, beta: float, T: np.ndarray) -> np.ndarray:
+    tt = _interp_beta(table, beta, "T")
+    return np.exp(np.interp(np.log(np.maximum(T, 1e-6)), np.log(tt), np.log(table["fwhm"]), left=np.nan,
+                            right=np.nan))
+
+
+def _fit_beta(table: dict, T: np.ndarray, C: np.ndarray) -> float:
+    """The beta whose calibration best predicts the stars' concentration at their size."""
+    grid = np.linspace(table["beta"][0], table["beta"][-1], 53)
+    cost = []
+    for b in grid:
+        tt = _interp_beta(table, b, "T")
+        cc = _interp_beta(table, b, "C")
+        pred = np.interp(np.log(T), np.log(tt), cc, left=np.nan, right=np.nan)
+        r = C - pred
+        r = r[np.isfinite(r)]
+        cost.append(np.median(np.abs(r)) if len(r) else np.inf)
+    return float(grid[int(np.argmin(cost))])
+
+
+# ------------------------------------------------------------------------------------------------ model
+def _poly_terms(order: int) -> list[tuple[int, int]]:
+    return [(p, q) for n in range(order + 1) for p in range(n + 1) for q in [n - p]]
+
+
+def _poly_design(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
+    return np.stack([u ** p * v ** q for p, q in _poly_terms(order)], axis=1)
+
+
+def _clipped_polyfit(u, v, z, order, nsig=3.0, iters=5):
+    keep = np.isfinite(z)
+    order = int(order)
+    while order > 0 and keep.sum() < 3 * len(_poly_terms(order)):
+        order -= 1
+    coef = np.zeros(len(_poly_terms(order)))
+    for _ in range(iters):
+        A = _poly_design(u[keep], v[keep], order)
+        coef = np.linalg.lstsq(A, z[keep], rcond=None)[0]
+        r = z - _poly_design(u, v, order) @ coef
+        s = 1.4826 * np.median(np.abs(r[keep]))
+        new = np.isfinite(r) & (np.abs(r) <= nsig * max(s, 1e-9))
+        if np.array_equal(new, keep) or new.sum() < len(coef) + 1:
+            break
+        keep = new
+    return order, coef, keep
+
+
+@dataclass
+class PsfModel:
+    """A PSF model of one frame (pixel units; 0-based image coordinates).
+
+    Attributes
+    ----------
+    beta : float
+        Moffat beta.
+    shape : (ny, nx)
+        Image shape.
+    order : int
+        Order of the field polynomials.
+    fwhm_coef, g1_coef, g2_coef : ndarray
+        Polynomial coefficients in the normalised coordinates ``u = (x - cx) / cx``, ``v = (y - cy) / cy``.
+    epsf : ndarray
+        Empirical PSF grids ``(zones_y, zones_x, n, n)``, each summing to ``oversampling**2`` times the flux
+        fraction it covers (i.e. values are per-pixel fractions of the total flux, sampled every
+        ``1/oversampling`` pixel, centred on the star at index ``(n - 1) / 2``).
+    oversampling : int
+    zones : int
+    epsf_nstars : ndarray
+        Stars used in each zone.
+    """
+
+    beta: float
+    shape: tuple[int, int]
+    order: int
+    fwhm_coef: np.ndarray
+    g1_coef: np.ndarray
+    g2_coef: np.ndarray
+    epsf: np.ndarray
+    oversampling: int
+    zones: int
+    epsf_nstars: np.ndarray
+
+    def _uv(self, x, y):
+        ny, nx = self.shape
+        cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+        return (np.asarray(x, float) - cx) / cx, (np.asarray(y, float) - cy) / cy
+
+    def fwhm_at(self, x, y) -> np.ndarray:
+        """FWHM (pixels, before the pixel response) at 0-based positions."""
+        u, v = self._uv(x, y)
+        return _poly_design(np.atleast_1d(u), np.atleast_1d(v), self.order) @ self.fwhm_coef
+
+    def shear_at(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Reduced shear ``(g1, g2)`` at 0-based positions."""
+        u, v = self._uv(x, y)
+        A = _poly_design(np.atleast_1d(u), np.atleast_1d(v), self.order)
+        return A @ self.g1_coef, A @ self.g2_coef
+
+    def ellipticity_at(self, x, y) -> np.ndarray:
+        """``1 - b/a`` of the PSF (before the pixel response) at 0-based positions."""
+        g1, g2 = self.shear_at(x, y)
+        g = np.hypot(g1, g2)
+        return 2 * g / (1 + g)
+
+    def render(self, x: float, y: float, size: int, *, oversampling: int = 1) -> np.ndarray:
+        """The analytic PSF (unit flux, pixel-integrated) at image position ``(x, y)`` on a ``size x size`` stamp
+        centred on the nearest pixel (the sub-pixel phase is kept)."""
+        fw = float(self.fwhm_at(x, y)[0])
+        g1, g2 = (float(v[0]) for v in self.shear_at(x, y))
+        c = (size - 1) / 2.0 / oversampling
+        fx, fy = x - round(x), y - round(y)
+        return moffat_stamp(size, c + fx, c + fy, fw, self.beta, g1=g1, g2=g2, oversampling=oversampling)
+
+    def epsf_at(self, x: float, y: float) -> np.ndarray:
+        """Empirical PSF grid of the zone containing ``(x, y)``."""
+        ny, nx = self.shape
+        zy = min(self.zones - 1, max(0, int(y * self.zones / ny)))
+        zx = min(self.zones - 1, max(0, int(x * self.zones / nx)))
+        return self.epsf[zy, zx]
+
+
+@dataclass
+class PsfResult:
+    """The PSF analysis of a frame.
+
+    Attributes
+    ----------
+    model : PsfModel
+    n_stars : int
+        Stars used.
+    fwhm_px, fwhm_arcsec : float
+        Median FWHM over the field (before the pixel response).
+    fwhm_min_px, fwhm_max_px : float
+        Extremes of the FWHM over the field (model on a grid).
+    ellipticity : float
+        Median ``1 - b/a`` over the field; ``ellipticity_max`` its largest value.
+    beta : float
+    stars : dict of ndarray
+        Per star: ``index`` (into the input arrays), ``x, y, fwhm, g1, g2, used``.
+    """
+
+    model: PsfModel
+    n_stars: int
+    fwhm_px: float
+    fwhm_arcsec: float
+    fwhm_min_px: float
+    fwhm_max_px: float
+    ellipticity: float
+    ellipticity_max: float
+    beta: float
+    stars: dict = field(default_factory=dict, repr=False)
+
+
+def select_psf_stars(x, y, snr, flags, imaflags, size, ellipticity, peak, *, config: PsfConfig = PsfConfig(),
+                     fwhm_guess: float = 2.5) -> np.ndarray:
+    """Indices of PSF-star candidates (see the module documentation)."""
+    from scipy.spatial import cKDTree
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    cand = (np.asarray(snr) > config.min_snr) & ((np.asarray(flags) & (1 | 4 | 8 | 16)) == 0)
+    cand &= np.asarray(imaflags) == 0
+    cand &= np.isfinite(size) & (np.asarray(size) > 0) & (np.asarray(ellipticity) < config.max_ellipticity)
+    if config.max_peak_e > 0:
+        cand &= np.asarray(peak) < config.max_peak_e
+    idx = np.flatnonzero(cand)
+    if len(idx) < config.min_stars:
+        return idx
+    s = np.log(np.asarray(size, float)[idx])
+    ss = np.sort(s)
+    w = math.log(1 + config.locus_width)
+    j = np.searchsorted(ss, ss + w)
+    i0 = int(np.argmax(j - np.arange(len(ss))))
+    mode = float(np.median(ss[i0:j[i0]]))
+    idx = idx[np.abs(s - mode) < w]
+    if config.isolation_fwhm > 0 and len(idx):
+        tree = cKDTree(np.column_stack([x, y]))
+        cnt = tree.query_ball_point(np.column_stack([x[idx], y[idx]]), config.isolation_fwhm * fwhm_guess,
+                                    return_length=True)
+        idx = idx[cnt == 1]
+    order = np.argsort(-np.asarray(snr)[idx])
+    return idx[order[: config.max_stars]]
+
+
+def _epsf_grids(image, xs, ys, fluxes, zone_of, zones, half, os_, model_stamp):
+    """Binned empirical PSF per zone (see :class:`PsfModel`); ``fluxes``: per star, the fraction of the total flux
+    inside ``half`` pixels (each star is scaled so that its flux there equals it)."""
+    ny, nx = image.shape
+    n = 2 * half * os_ + 1
+    out = np.zeros((zones, zones, n, n))
+    nst = np.zeros((zones, zones), int)
+    r = half + 1
+    for z in range(zones * zones):
+        zy, zx = divmod(z, zones)
+        sel = np.flatnonzero(zone_of == z)
+        nst[zy, zx] = len(sel)
+        acc = np.zeros(n * n)
+        cnt = np.zeros(n * n)
+        for k in sel:
+            ic, jc = int(round(xs[k])), int(round(ys[k]))
+            j0, j1, i0, i1 = max(0, jc - r), min(ny, jc + r + 1), max(0, ic - r), min(nx, ic + r + 1)
+            yy, xx = np.mgrid[j0:j1, i0:i1]
+            stamp = image[j0:j1, i0:i1].astype(np.float64)
+            # normalise by the flux within the grid's radius, corrected to the total with the model
+            inner = (xx - xs[k]) ** 2 + (yy - ys[k]) ** 2 <= half * half
+            f_half = float(stamp[inner].sum())
+            if not f_half > 0:
+                continue
+            stamp /= f_half / fluxes[k]
+            bx = np.rint((xx - xs[k]) * os_).astype(int) + half * os_
+            by = np.rint((yy - ys[k]) * os_).astype(int) + half * os_
+            ok = (bx >= 0) & (bx < n) & (by >= 0) & (by < n)
+            lin = by[ok] * n + bx[ok]
+            acc += np.bincount(lin, stamp[ok], n * n)
+            cnt += np.bincount(lin, None, n * n)
+        grid = np.where(cnt > 0, acc / np.maximum(cnt, 1), model_stamp.ravel())
+        out[zy, zx] = grid.reshape(n, n)
+    return out.astype(np.float32), nst
+
+
+def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray, snr: np.ndarray,
+                flags: np.ndarray, imaflags: np.ndarray, size: np.ndarray, ellipticity: np.ndarray,
+                peak: np.ndarray, *, pixel_scale: float, config: PsfConfig = PsfConfig()) -> PsfResult:
+    """Measure the PSF of a background-subtracted image from its detections.
+
+    Parameters
+    ----------
+    image : ndarray
+        Background-subtracted image (e-).
+    x, y : ndarray
+        0-based positions of the detections (windowed centroids).
+    flux, snr : ndarray
+        FLUX_AUTO and its S/N.
+    flags, imaflags : ndarray
+        SExtractor FLAGS and mask flags over the footprint.
+    size : ndarray
+        A size measure for the stellar locus (e.g. ``FWHM_IMAGE``).
+    ellipticity : ndarray
+        ``1 - b/a`` of the detections.
+    peak : ndarray
+        Peak pixel values (e-), to avoid the non-linear regime.
+    pixel_scale : float
+        arcsec per pixel.
+    config : PsfConfig
+
+    Returns
+    -------
+    PsfResult
+
+    Raises
+    ------
+    ReductionError
+        ``too_few_stars`` when fewer than ``config.min_stars`` stars qualify; ``psf_failed`` when their sizes are
+        outside the calibrated range.
+    """
+    ny, nx = image.shape
+    fw_guess = float(np.nanmedian(np.asarray(size, float)[np.asarray(snr) > config.min_snr])) if np.any(
+        np.asarray(snr) > config.min_snr) else 2.5
+    if not np.isfinite(fw_guess):
+        fw_guess = 2.5
+    idx = select_psf_stars(x, y, snr, flags, imaflags, size, ellipticity, peak, config=config,
+                           fwhm_guess=max(fw_guess, 1.0))
+    if len(idx) < config.min_stars:
+        raise ReductionError("too_few_stars", f"{len(idx)} PSF stars (at least {config.min_stars} needed)",
+                             stage="psf")
+    xs, ys = np.asarray(x, float)[idx], np.asarray(y, float)[idx]
+    m = adaptive_moments(image, xs, ys, sigma0=max(fw_guess / 2.355, 1.0))
+    T = m[:, 0] + m[:, 1]
+    ok = np.isfinite(T) & (T > 0) & (m[:, 6] > 0)
+    if ok.sum() < config.min_stars:
+        raise ReductionError("too_few_stars", f"moments failed for {int((~ok).sum())} of {len(idx)} PSF stars",
+                             stage="psf")
+    table = calibration_table()
+    C = np.where(ok, m[:, 5] / np.where(m[:, 6] > 0, m[:, 6], 1.0), np.nan)
+    beta = float(config.beta) if config.beta > 0 else _fit_beta(table, T[ok], C[ok])
+    fwhm = _fwhm_from_T(table, beta, T)
+    delta1 = (m[:, 0] - m[:, 1]) / T
+    delta2 = 2 * m[:, 2] / T
+    resp = np.interp(np.log(np.maximum(fwhm, 1e-3)), np.log(table["fwhm"]), _interp_beta(table, beta, "R"))
+    d1, d2 = delta1 / resp, delta2 / resp
+    dd = np.hypot(d1, d2)
+    # distortion delta = 2g / (1 + g^2)  =>  g = delta / (1 + sqrt(1 - delta^2))
+    gfac = 1.0 / (1.0 + np.sqrt(np.clip(1.0 - dd * dd, 0.0, 1.0)))
+    g1, g2 = d1 * gfac, d2 * gfac
+    ok &= np.isfinite(fwhm)
+    if ok.sum() < config.min_stars:
+        raise ReductionError("psf_failed", "the PSF stars' sizes are outside the calibrated range (0.7-16 pixels)",
+                             stage="psf")
+    cxn, cyn = (nx - 1) / 2.0, (ny - 1) / 2.0
+    u, v = (m[:, 3] - cxn) / cxn, (m[:, 4] - cyn) / cyn
+    order, cf, keep = _clipped_polyfit(u[ok], v[ok], fwhm[ok], config.variation_order)
+    _, c1, k1 = _clipped_polyfit(u[ok], v[ok], g1[ok], order)
+    _, c2, k2 = _clipped_polyfit(u[ok], v[ok], g2[ok], order)
+    used = np.zeros(len(idx), bool)
+    used[np.flatnonzero(ok)[keep]] = True
+    # empirical PSF per zone
+    nused = int(used.sum())
+    zones = config.zones or int(np.clip(round(math.sqrt(nused / 25.0)), 1, 8))
+    half = int(math.ceil(config.stamp_radius_fwhm * float(np.median(fwhm[used]))))
+    os_ = int(config.oversampling)
+    zx = np.clip((m[:, 3] * zones / nx).astype(int), 0, zones - 1)
+    zy = np.clip((m[:, 4] * zones / ny).astype(int), 0, zones - 1)
+    zone_of = np.where(used, zy * zones + zx, -1)
+    # per star: the fraction of the total flux inside the grid's radius (Moffat model), to normalise the grids
+    ee_half = np.clip(moffat_enclosed(float(half), fwhm, beta), 0.5, 1.0)
+    ngrid = 2 * half * os_ + 1
+    model = PsfModel(beta=beta, shape=(ny, nx), order=order, fwhm_coef=cf, g1_coef=c1, g2_coef=c2,
+                     epsf=np.zeros((zones, zones, ngrid, ngrid), np.float32), oversampling=os_, zones=zones,
+                     epsf_nstars=np.zeros((zones, zones), int))
+    mstamp = moffat_stamp(ngrid, half, half, float(np.median(fwhm[used])), beta, oversampling=os_)
+    model.epsf, model.epsf_nstars = _epsf_grids(image, m[:, 3], m[:, 4], ee_half, zone_of, zones, half, os_,
+                                                mstamp)
+    gy, gx = np.mgrid[0:ny:17j, 0:nx:17j]
+    fgrid = model.fwhm_at(gx.ravel(), gy.ravel())
+    egrid = model.ellipticity_at(gx.ravel(), gy.ravel())
+    fmed = float(np.median(fgrid))
+    stars = {"index": idx, "x": m[:, 3], "y": m[:, 4], "fwhm": fwhm, "g1": g1, "g2": g2, "used": used}
+    return PsfResult(model=model, n_stars=nused, fwhm_px=fmed, fwhm_arcsec=fmed * pixel_scale,
+                     fwhm_min_px=float(fgrid.min()), fwhm_max_px=float(fgrid.max()),
+                     ellipticity=float(np.median(egrid)), ellipticity_max=float(egrid.max()), beta=beta, stars=stars)

@@ -1,0 +1,401 @@
+"""Satellite and aircraft trails: straight lines found by a Hough transform of a binned image, then measured and
+masked at full resolution.
+
+1. The background-subtracted image is block-averaged over ``bin_px`` pixels (masked pixels left out): a trail
+   keeps its signal-to-noise per binned pixel (its flux per unit length is spread over a wider, less noisy pixel),
+   while the image gets ``bin_px**2`` times smaller.
+2. Binned pixels above ``threshold`` sigma are grouped in connected regions; compact regions (stars, galaxies) are
+   dropped, elongated or long ones (trail pieces) kept.
+3. A Hough transform of the kept pixels finds the lines (``rho = x cos(theta) + y sin(theta)``); each peak is
+   refined by an orthogonal least-squares fit of the pixels near it.
+4. At full resolution the trail's cross profile is measured (the median over the whole trail length, per 0.25-pixel
+   distance bin, robust to the stars it crosses) and fitted by a Gaussian: centre, width and amplitude. Only lines
+   significant at ``min_snr`` in this profile and populated along ``min_coverage`` of their length are kept.
+5. Pixels closer to the line than the distance where the Gaussian falls to ``mask_nsigma`` times the pixel noise
+   (plus ``pad_px``), between the trail's ends, get ``SATELLITE``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from upad import maskbits as mb
+from upad.config import StepConfig, param
+from upad.reduce._jit import njit, prange
+
+__all__ = ["SatelliteConfig", "SatelliteResult", "Trail", "detect_satellites"]
+
+
+@dataclass(frozen=True)
+class SatelliteConfig(StepConfig):
+    """Parameters of the satellite-trail detection."""
+
+    bin_px: int = param(4, doc="block size of the binned image searched for lines", bounds=(1, 64), unit="pixel")
+    threshold: float = param(4.0, doc="binned pixels above this many sigma are line candidates", bounds=(1.0, 100.0))
+    min_length_px: float = param(150.0, doc="shortest trail searched for", bounds=(10.0, None), unit="pixel")
+    compact_elongation: float = param(3.0, doc="regions of the binned image less elongated than this (and shorter "
+                                               "than min_length_px) are sources, not trails", bounds=(1.0, 100.0))
+    min_snr: float = param(8.0, doc="required significance of the trail's mean cross profile", bounds=(1.0, None))
+    min_coverage: float = param(0.6, doc="fraction of the trail's segments that must show it", bounds=(0.0, 1.0))
+    mask_nsigma: float = param(1.0, doc="the mask extends to where the trail falls to this many pixel sigmas",
+                               bounds=(0.1, 10.0))
+    pad_px: float = param(1.0, doc="extra half-width of the mask", bounds=(0.0, 50.0), unit="pixel")
+    max_trails: int = param(5, doc="most trails searched for in one frame", bounds=(1, 50))
+
+
+@dataclass(frozen=True)
+class Trail:
+    """A straight trail (0-based full-resolution pixel coordinates).
+
+    Attributes
+    ----------
+    theta_deg, rho : float
+        The line ``x cos(theta) + y sin(theta) = rho``.
+    x0, y0, x1, y1 : float
+        End points of the masked segment.
+    sigma_px : float
+        Gaussian sigma of the cross profile.
+    amplitude : float
+        Peak of the cross profile (e- per pixel).
+    flux_per_px : float
+        Flux per pixel of length (e-), ``amplitude * sigma * sqrt(2 pi)``.
+    snr : float
+        Significance of the mean cross profile.
+    half_width_px : float
+        Half-width of the mask.
+    """
+
+    theta_deg: float
+    rho: float
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    sigma_px: float
+    amplitude: float
+    flux_per_px: float
+    snr: float
+    half_width_px: float
+
+
+@dataclass
+class SatelliteResult:
+    """Trails found by :func:`detect_satellites` and the number of pixels flagged ``SATELLITE``."""
+
+    trails: list[Trail] = field(default_factory=list)
+    n_pixels: int = 0
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _bin(img, var, mask, bits, b):  # pragma: no cover - compiled
+    ny, nx = img.shape
+    my, mx = ny // b, nx // b
+    out = np.zeros((my, mx), np.float32)
+    sig = np.zeros((my, mx), np.float32)
+    for j in prange(my):
+        for i in range(mx):
+            s = 0.0
+            v = 0.0
+            n = 0
+            for y in range(j * b, j * b + b):
+                for x in range(i * b, i * b + b):
+                    if (mask[y, x] & bits) == 0:
+                        s += img[y, x]
+                        v += var[y, x]
+                        n += 1
+            if n > b * b // 2:
+                out[j, i] = s / n
+                sig[j, i] = np.sqrt(v) / n
+            else:
+                sig[j, i] = np.inf
+    return out, sig
+
+
+@njit(cache=True, nogil=True)
+def _hough(ys, xs, weights, thetas, rho_max, rho_step):  # pragma: no cover - compiled
+    nt = len(thetas)
+    nr = int(2 * rho_max / rho_step) + 1
+    acc = np.zeros((nt, nr), np.float64)
+    c = np.cos(thetas)
+    s = np.sin(thetas)
+    for k in range(len(ys)):
+        for t in range(nt):
+            r = xs[k] * c[t] + ys[k] * s[t]
+            ir = int((r + rho_max) / rho_step + 0.5)
+            if 0 <= ir < nr:
+                acc[t, ir] += weights[k]
+    return acc
+
+
+def _candidate_pixels(binned: np.ndarray, snr: np.ndarray, cfg: SatelliteConfig) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import ndimage
+
+    hot = snr > cfg.threshold
+    labels, n = ndimage.label(hot, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.empty(0, int), np.empty(0, int)
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    cnt = np.bincount(lab, minlength=n + 1).astype(float)
+    sx = np.bincount(lab, xs, n + 1)
+    sy = np.bincount(lab, ys, n + 1)
+    sxx = np.bincount(lab, xs * xs, n + 1)
+    syy = np.bincount(lab, ys * ys, n + 1)
+    sxy = np.bincount(lab, xs * ys, n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = sx / cnt, sy / cnt
+        cxx = sxx / cnt - mx * mx + 1 / 12
+        cyy = syy / cnt - my * my + 1 / 12
+        cxy = sxy / cnt - mx * my
+        tr = cxx + cyy
+        det = cxx * cyy - cxy * cxy
+        disc = np.sqrt(np.maximum(tr * tr / 4 - det, 0))
+        l1 = tr / 2 + disc
+        l2 = np.maximum(tr / 2 - disc, 1e-3)
+        elong = np.sqrt(l1 / l2)
+        length = np.sqrt(12 * l1) * cfg.bin_px
+    keep = (elong >= cfg.compact_elongation) | (length >= cfg.min_length_px)
+    keep[0] = False
+    # big blobs (saturated-star halos, large galaxies) are round: drop regions with elongation < 2 regardless
+    keep &= elong >= 2.0
+    sel = keep[lab]
+    return ys[sel], xs[sel]
+
+
+def _refine(ys: np.ndarray, xs: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Orthogonal (total least squares) line through weighted points → (theta, rho)."""
+    ww = w / w.sum()
+    mx, my = float((ww * xs).sum()), float((ww * ys).sum())
+    dx, dy = xs - mx, ys - my
+    cxx, cyy, cxy = (ww * dx * dx).sum(), (ww * dy * dy).sum(), (ww * dx * dy).sum()
+    ang = 0.5 * math.atan2(2 * cxy, cxx - cyy)  # direction of the line
+    theta = ang + math.pi / 2  # normal
+    if theta >= math.pi:
+        theta -= math.pi
+    if theta < 0:
+        theta += math.pi
+    rho = mx * math.cos(theta) + my * math.sin(theta)
+    return theta, rho
+
+
+def _segment_in_image(theta: float, rho: float, nx: int, ny: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Entry and exit points of the line in the image box [-0.5, n - 0.5]."""
+    c, s = math.cos(theta), math.sin(theta)
+    pts = []
+    lo_x, hi_x, lo_y, hi_y = -0.5, nx - 0.5, -0.5, ny - 0.5
+    if abs(s) > 1e-9:
+        for x in (lo_x, hi_x):
+            y = (rho - x * c) / s
+            if lo_y <= y <= hi_y:
+                pts.append((x, y))
+    if abs(c) > 1e-9:
+        for y in (lo_y, hi_y):
+            x = (rho - y * s) / c
+            if lo_x <= x <= hi_x:
+                pts.append((x, y))
+    if len(pts) < 2:
+        return None
+    pts_a = np.array(pts)
+    # the two most distant points
+    d = np.hypot(pts_a[:, None, 0] - pts_a[None, :, 0], pts_a[:, None, 1] - pts_a[None, :, 1])
+    i, j = np.unravel_index(np.argmax(d), d.shape)
+    return pts_a[i], pts_a[j]
+
+
+def _profile(image, var, mask, theta, rho, p0, p1, halfwidth, bits, step_along):
+    """Samples of the band around the line: distance, position along the line, value, variance."""
+    c, s = math.cos(theta), math.sin(theta)
+    length = float(np.hypot(*(p1 - p0)))
+    u = (p1 - p0) / max(length, 1e-9)  # along the line, from p0 to p1
+    ny, nx = image.shape
+    t = np.arange(0.0, length + 1e-9, step_along)
+    base = p0[None, :] + t[:, None] * u[None, :]
+    offs = np.arange(-halfwidth, halfwidth + 1)
+    # pixels near the line: round the sample points across the line
+    xs = np.rint(base[:, 0][:, None] + offs[None, :] * c).astype(np.int64).ravel()
+    ys = np.rint(base[:, 1][:, None] + offs[None, :] * s).astype(np.int64).ravel()
+    ok = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+    lin = np.unique(ys[ok] * nx + xs[ok])
+    ys, xs = lin // nx, lin % nx
+    good = (mask[ys, xs] & bits) == 0
+    ys, xs = ys[good], xs[good]
+    d = xs * c + ys * s - rho
+    along = (xs - p0[0]) * u[0] + (ys - p0[1]) * u[1]
+    keep = np.abs(d) <= halfwidth
+    return d[keep], along[keep], image[ys[keep], xs[keep]].astype(np.float64), var[ys[keep], xs[keep]].astype(
+        np.float64), length
+
+
+def _fit_profile(d: np.ndarray, v: np.ndarray, sig_pix: float) -> tuple[float, float, float, float] | None:
+    """Gaussian fit of the median cross profile → (centre, sigma, amplitude, snr)."""
+    from scipy.optimize import curve_fit
+
+    edges = np.arange(-8.0, 8.0 + 1e-9, 0.25)
+    idx = np.digitize(d, edges) - 1
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    med = np.full(len(centres), np.nan)
+    err = np.full(len(centres), np.nan)
+    for k in range(len(centres)):
+        sel = v[idx == k]
+        if len(sel) >= 5:
+            med[k] = np.median(sel)
+            err[k] = 1.2533 * sig_pix / math.sqrt(len(sel))
+    ok = np.isfinite(med)
+    if ok.sum() < 10:
+        return None
+    x, y, e = centres[ok], med[ok], err[ok]
+    k0 = int(np.argmax(y))
+    p0 = [float(y[k0]), float(x[k0]), 1.0, 0.0]
+
+    def g(xx, a, mu, sg, c):
+        return a * np.exp(-0.5 * ((xx - mu) / sg) ** 2) + c
+
+    try:
+        p, cov = curve_fit(g, x, y, p0=p0, sigma=e, absolute_sigma=True,
+                           bounds=([0, -4, 0.3, -np.inf], [np.inf, 4, 6, np.inf]), maxfev=2000)
+    except (RuntimeError, ValueError):
+        return None
+    a, mu, sg, _ = p
+    ea = math.sqrt(max(cov[0, 0], 1e-30))
+    return float(mu), float(sg), float(a), float(a / ea)
+
+
+def detect_satellites(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
+                      config: SatelliteConfig = SatelliteConfig()) -> SatelliteResult:
+    """Find straight trails and flag them ``SATELLITE`` in ``mask`` (in place).
+
+    Parameters
+    ----------
+    image : ndarray
+        Background-subtracted calibrated image (e-, float32).
+    variance : ndarray
+        Background-only variance (e-^2).
+    mask : ndarray
+        Bit-coded mask (int16), updated in place.
+    config : SatelliteConfig
+
+    Returns
+    -------
+    SatelliteResult
+    """
+    ny, nx = image.shape
+    b = int(config.bin_px)
+    bits = np.int16(mb.BAD | mb.NODATA | mb.SATURATED | mb.BLEED)
+    binned, bsig = _bin(image, variance, mask, bits, b)
+    snr = binned / bsig
+    ys, xs = _candidate_pixels(binned, snr, config)
+    result = SatelliteResult()
+    if len(ys) < max(5, config.min_length_px / b / 2):
+        return result
+    # Hough transform of the candidate pixels (binned coordinates, centres of the blocks)
+    yb = (ys + 0.5).astype(np.float64)
+    xb = (xs + 0.5).astype(np.float64)
+    w = np.minimum(snr[ys, xs], 50.0).astype(np.float64)
+    my, mx = binned.shape
+    rho_max = math.hypot(mx, my)
+    thetas = np.deg2rad(np.arange(0.0, 180.0, 0.25))
+    acc = _hough(yb, xb, w, thetas, rho_max, 1.0)
+    sig_pix = float(np.sqrt(np.median(variance[:: max(1, ny // 64), :: max(1, nx // 64)])))
+    used = np.zeros(len(ys), bool)
+    full_bits = np.int16(mb.BAD | mb.NODATA | mb.SATURATED | mb.BLEED)
+    for _ in range(config.max_trails):
+        t_i, r_i = np.unravel_index(int(np.argmax(acc)), acc.shape)
+        if acc[t_i, r_i] <= 0:
+            break
+        theta0 = thetas[t_i]
+        rho0 = r_i * 1.0 - rho_max
+        dist = np.abs(xb * math.cos(theta0) + yb * math.sin(theta0) - rho0)
+        near = (dist < 2.0) & ~used
+        # clear this peak from the accumulator (a band of +-2 deg and +-3 binned pixels)
+        t_lo, t_hi = max(0, t_i - 8), min(len(thetas), t_i + 9)
+        acc[t_lo:t_hi, max(0, r_i - 3):r_i + 4] = 0
+        if near.sum() < config.min_length_px / b / 2:
+            continue
+        theta, rho_b = _refine(yb[near], xb[near], w[near])
+        used |= np.abs(xb * math.cos(theta) + yb * math.sin(theta) - rho_b) < 2.0
+        # to full resolution: binned (x + 0.5) * b - 0.5
+        rho = rho_b * b - 0.5 * (math.cos(theta) + math.sin(theta))
+        seg = _segment_in_image(theta, rho, nx, ny)
+        if seg is None:
+            continue
+        p0, p1 = seg
+        d, along, vals, _v, length = _profile(image, variance, mask, theta, rho, p0, p1, 8, full_bits, 1.0)
+        if len(d) < 50 or length < config.min_length_px:
+            continue
+        fit = _fit_profile(d, vals, sig_pix)
+        if fit is None:
+            continue
+        mu, sg, amp, snr_fit = fit
+        if snr_fit < config.min_snr or sg > 5.0:
+            continue
+        rho += mu
+        # extent along the line: 8-pixel bins whose on-line median is significant; the longest run of such bins
+        # (gaps of up to 4 bins allowed: stars, masked pixels) is the trail
+        core = np.abs(d - mu) < max(1.0, sg)
+        seg_len = 8.0
+        nseg = max(1, int(math.ceil(length / seg_len)))
+        sidx = np.minimum((along[core] / seg_len).astype(int), nseg - 1)
+        vcore = vals[core]
+        order = np.argsort(sidx, kind="stable")
+        bounds = np.searchsorted(sidx[order], np.arange(nseg + 1))
+        present = np.zeros(nseg, bool)
+        for k in range(nseg):
+            sel = vcore[order[bounds[k]:bounds[k + 1]]]
+            if len(sel) >= 4:
+                present[k] = np.median(sel) > 3.0 * 1.2533 * sig_pix / math.sqrt(len(sel))
+        run = _longest_run(present, max_gap=4)
+        if run is None:
+            continue
+        first, last = run
+        span = present[first:last + 1]
+        if span.mean() < config.min_coverage or (last - first + 1) * seg_len < config.min_length_px:
+            continue
+        c, s = math.cos(theta), math.sin(theta)
+        u = (p1 - p0) / max(length, 1e-9)
+        t0 = first * seg_len - 4.0 if first > 0 else -8.0
+        t1 = (last + 1) * seg_len + 4.0 if last < nseg - 1 else length + 8.0
+        a0 = p0 + (t0 * u) + mu * np.array([c, s])
+        a1 = p0 + (t1 * u) + mu * np.array([c, s])
+        ratio = amp / (config.mask_nsigma * sig_pix)
+        hw = sg * math.sqrt(2 * math.log(ratio)) if ratio > 1 else sg
+        hw = hw + config.pad_px
+        n_new = _mask_band(mask, theta, rho, a0, a1, hw)
+        result.trails.append(Trail(theta_deg=math.degrees(theta), rho=rho, x0=float(a0[0]), y0=float(a0[1]),
+                                   x1=float(a1[0]), y1=float(a1[1]), sigma_px=sg, amplitude=amp,
+                                   flux_per_px=amp * sg * math.sqrt(2 * math.pi), snr=snr_fit, half_width_px=hw))
+        result.n_pixels += n_new
+    return result
+
+
+def _longest_run(present: np.ndarray, *, max_gap: int) -> tuple[int, int] | None:
+    """First and last index of the longest run of True allowing gaps of up to ``max_gap`` False values."""
+    idx = np.flatnonzero(present)
+    if len(idx) == 0:
+        return None
+    breaks = np.flatnonzero(np.diff(idx) > max_gap + 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [len(idx) - 1]])
+    k = int(np.argmax(idx[ends] - idx[starts]))
+    return int(idx[starts[k]]), int(idx[ends[k]])
+
+
+def _mask_band(mask: np.ndarray, theta: float, rho: float, a0: np.ndarray, a1: np.ndarray, hw: float) -> int:
+    """Flag pixels within ``hw`` of the line between ``a0`` and ``a1``; returns the number of pixels flagged."""
+    ny, nx = mask.shape
+    c, s = math.cos(theta), math.sin(theta)
+    length = float(np.hypot(*(a1 - a0)))
+    u = (a1 - a0) / max(length, 1e-9)
+    t = np.arange(0.0, length + 1.0, 0.5)
+    base = a0[None, :] + t[:, None] * u[None, :]
+    offs = np.arange(-math.ceil(hw) - 1, math.ceil(hw) + 2, 0.5)
+    xs = np.rint(base[:, 0][:, None] + offs[None, :] * c).astype(np.int64).ravel()
+    ys = np.rint(base[:, 1][:, None] + offs[None, :] * s).astype(np.int64).ravel()
+    ok = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+    lin = np.unique(ys[ok] * nx + xs[ok])
+    ys, xs = lin // nx, lin % nx
+    d = np.abs(xs * c + ys * s - rho)
+    sel = d <= hw
+    mask[ys[sel], xs[sel]] |= np.int16(mb.SATELLITE)
+    return int(sel.sum())

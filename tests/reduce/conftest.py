@@ -1,0 +1,41 @@
+"""Fixtures of the reduction tests: a simulated mini night (4 science frames, boosted cosmic-ray rate, satellite
+trails), calibrated with the truth and reduced once per session."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from upad.io.refcat import read_reference_catalog
+from upad.sim import SimConfig, simulate
+from upad.sim.truth import load_manifest
+
+from .helpers import CalibratedFrame, calibrate, reduce_calibrated, star_ids
+
+#: 2 tiles x rSDSS x 2 dithers; cosmic rays 50x the natural rate so that every frame has ~1000 hit pixels;
+#: trails in about half of the frames.
+SIM = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=2, cosmic_rate=150.0,
+           satellite_probability=0.5, workers=2)
+
+
+@dataclass
+class MiniNight:
+    out: Path
+    manifest: dict
+    refcat: Any
+    frames: list[CalibratedFrame]
+    reduced: list[Any]
+
+
+@pytest.fixture(scope="session")
+def night(tmp_path_factory) -> MiniNight:
+    out = tmp_path_factory.mktemp("reduce-mini")
+    simulate("mini", seed=5, out=out, nights=1, tiles=2, filters=["rSDSS"], config=SimConfig(**SIM))
+    man = load_manifest(out)
+    ref = read_reference_catalog(out / man["reference_catalog"])
+    stars = star_ids(out, man)
+    frames = [calibrate(out, man, rec, stars=stars) for rec in man["frames"] if rec["kind"] == "science"]
+    reduced = [reduce_calibrated(c, ref) for c in frames]
+    return MiniNight(out=out, manifest=man, refcat=ref, frames=frames, reduced=reduced)

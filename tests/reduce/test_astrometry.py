@@ -1,0 +1,106 @@
+"""Astrometric calibration: accuracy against the true WCS, robustness to pointing errors, clean failures."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.wcs import WCS
+
+from upad import maskbits as mb
+from upad.reduce.astrometry import AstrometryConfig, solve_astrometry, tan_deproject, tan_project
+from upad.reduce.errors import ReductionError
+from upad.reduce.validation import astrometry_vs_truth
+
+
+def test_tan_projection_round_trip():
+    ra = np.array([10.0, 10.5, 9.7, 359.9])
+    dec = np.array([40.0, 40.3, 39.6, 40.1])
+    xi, eta = tan_project(ra, dec, 10.0, 40.0)
+    r2, d2 = tan_deproject(xi, eta, 10.0, 40.0)
+    assert np.allclose(np.mod(r2 - ra + 180, 360) - 180, 0, atol=1e-10) and np.allclose(d2, dec, atol=1e-10)
+
+
+def test_solution_against_the_true_wcs(night):
+    for c, r in zip(night.frames, night.reduced):
+        a = r.astrometry
+        assert a is not None and a.n_matched >= 40
+        cat = r.catalog
+        xw = np.asarray(cat["XWIN_IMAGE"])[a.det_index] - 1
+        yw = np.asarray(cat["YWIN_IMAGE"])[a.det_index] - 1
+        res = astrometry_vs_truth(a.wcs, c.true_wcs, r.image.shape, x=xw, y=yw)
+        # the fitted WCS where the stars are, and the residuals of the well-measured stars
+        assert res["rms_at_px"] < 0.05, res
+        assert res["rms_grid_px"] < 0.1, res
+        assert a.rms_bright_px < 0.05
+        assert np.allclose(a.offset_arcsec, c.record["wcs"]["pointing_error_arcsec"], atol=0.3)
+        assert a.header["CTYPE1"] == "RA---TAN-SIP" and a.header["A_ORDER"] == 3
+
+
+def _inputs(c, r):
+    cat = r.catalog
+    snr = np.asarray(cat["FLUX_AUTO"]) / np.asarray(cat["FLUXERR_AUTO"])
+    good = ((np.asarray(cat["FLAGS"]) & 12) == 0) & ((np.asarray(cat["IMAFLAGS_ISO"]) & mb.UNUSABLE) == 0)
+    return (np.asarray(cat["XWIN_IMAGE"]) - 1, np.asarray(cat["YWIN_IMAGE"]) - 1, np.asarray(cat["FLUX_AUTO"]),
+            good, snr)
+
+
+def _guess(c, dra_arcsec=0.0, ddec_arcsec=0.0, rot_deg=0.0):
+    h = c.header.copy()
+    h["CRVAL1"] += dra_arcsec / 3600 / np.cos(np.radians(h["CRVAL2"]))
+    h["CRVAL2"] += ddec_arcsec / 3600
+    if rot_deg:
+        t = np.radians(rot_deg)
+        cd = np.array([[h["CD1_1"], h["CD1_2"]], [h["CD2_1"], h["CD2_2"]]])
+        cd = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) @ cd
+        h["CD1_1"], h["CD1_2"], h["CD2_1"], h["CD2_2"] = cd.ravel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return WCS(h, naxis=2)
+
+
+def test_robust_to_pointing_errors_of_arcminutes_and_a_sparse_field(night):
+    c, r = night.frames[0], night.reduced[0]
+    x, y, f, good, snr = _inputs(c, r)
+    ref = night.refcat
+    for dra, ddec, rot in ((240.0, -180.0, 0.0), (-300.0, 250.0, 0.3)):
+        a = solve_astrometry(x, y, f, ref["ra"], ref["dec"], wcs_guess=_guess(c, dra, ddec, rot),
+                             shape=r.image.shape, ref_mag=ref["g"], good=good, snr=snr)
+        res = astrometry_vs_truth(a.wcs, c.true_wcs, r.image.shape)
+        assert res["rms_grid_px"] < 0.1
+    # sparse: only the 25 brightest detections
+    keep = np.argsort(-f)[:25]
+    a = solve_astrometry(x[keep], y[keep], f[keep], ref["ra"], ref["dec"], wcs_guess=_guess(c, 120, 60),
+                         shape=r.image.shape, ref_mag=ref["g"], good=good[keep],
+                         config=AstrometryConfig(sip_order=2, min_matches=8))
+    assert astrometry_vs_truth(a.wcs, c.true_wcs, r.image.shape)["rms_grid_px"] < 0.5
+
+
+def test_crowded_field_with_spurious_detections(night):
+    """Half of the detections are junk at random positions: the offset histogram still finds the match."""
+    c, r = night.frames[1], night.reduced[1]
+    x, y, f, good, snr = _inputs(c, r)
+    rng = np.random.default_rng(1)
+    n = len(x) * 3
+    ny, nx = r.image.shape
+    xj, yj = rng.uniform(0, nx, n), rng.uniform(0, ny, n)
+    fj = rng.choice(f, n)
+    a = solve_astrometry(np.r_[x, xj], np.r_[y, yj], np.r_[f, fj], night.refcat["ra"], night.refcat["dec"],
+                         wcs_guess=_guess(c, -200, 100), shape=r.image.shape, ref_mag=night.refcat["g"],
+                         good=np.r_[good, np.ones(n, bool)])
+    assert astrometry_vs_truth(a.wcs, c.true_wcs, r.image.shape)["rms_grid_px"] < 0.1
+
+
+def test_wrong_field_fails_with_a_reason(night):
+    c, r = night.frames[0], night.reduced[0]
+    x, y, f, good, snr = _inputs(c, r)
+    ref = night.refcat
+    with pytest.raises(ReductionError) as exc:  # reference stars of another field (2 degrees away)
+        solve_astrometry(x, y, f, np.asarray(ref["ra"]) + 0.3, np.asarray(ref["dec"]) + 0.3,
+                         wcs_guess=_guess(c, 0.0, 0.0), shape=r.image.shape, good=good)
+    assert exc.value.reason in ("astrometry_failed", "no_reference")
+    rng = np.random.default_rng(4)  # random "detections": nothing matches
+    with pytest.raises(ReductionError) as exc:
+        solve_astrometry(rng.uniform(0, 1024, 300), rng.uniform(0, 1024, 300), rng.uniform(1, 10, 300), ref["ra"],
+                         ref["dec"], wcs_guess=_guess(c), shape=r.image.shape)
+    assert exc.value.reason == "astrometry_failed"
