@@ -15,6 +15,7 @@ DB_FILENAME = "upad.sqlite"
 #: Sub-directories of a data root, in data-flow order.
 ARCHIVE_DIRS: tuple[str, ...] = (
     "raw",
+    "reference",
     "calibration",
     "reduced",
     "coadds",

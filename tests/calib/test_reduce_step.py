@@ -17,6 +17,9 @@ from upad.reduce.steps import ReduceConfig
 
 @pytest.fixture(scope="module")
 def reduced(pipeline):
+    import shutil
+
+    shutil.copy2(pipeline.night.result.reference_catalog, pipeline.settings.path("reference", "refcat.fits"))
     ex = LocalExecutor(2)
     try:
         counts = Scheduler(pipeline.db, pipeline.settings, ex,
@@ -63,6 +66,7 @@ def test_reduced_sky_and_masks_match_truth(pipeline, reduced):
                  np.median(sci[ny // 2:, nx // 2:][good[ny // 2:, nx // 2:]])]
         assert np.ptp(quads) / sky < 0.01
         # the noise model: the sky's scatter agrees with the predicted variance
+        good &= weight > 0
         pred = np.median(1 / np.sqrt(weight[good]))
         mad = 1.4826 * np.median(np.abs(sci[good] - sky))
         assert mad == pytest.approx(pred, rel=0.1)
@@ -91,3 +95,29 @@ def test_fringes_removed_in_red_filters(pipeline, reduced):
         # before correction the frame correlates ~1 with the fringe pattern; after, the residue is uncorrelated
         assert abs(np.corrcoef(xb[ok], tb[ok])[0, 1]) < 0.25
         assert xb[ok].std() < 0.5 * fringe_truth.std() + 0.005
+
+
+def test_characterisation_outputs_and_zero_point(pipeline, reduced):
+    """Through the flow, with the night's own masters: catalog, PSF, previews, QC, and the zero point vs truth."""
+    db, root = pipeline.db, pipeline.settings.root
+    truth = {f["file"].split("/")[-1]: f for f in pipeline.night.result.frames if f["kind"] == "science"}
+    with db.session() as s:
+        rows = s.execute(select(Product.files, Product.qc_status, Product.meta, Frame.filename).join(
+            Frame, Frame.id == Product.context["frame_id"].as_integer()).where(Product.step == "reduce",
+                                                                               Product.is_current.is_(True))).all()
+    dzp = []
+    for files, qc_status, meta, filename in rows:
+        roles = {f["role"]: f["path"] for f in files}
+        assert {"reduced", "catalog", "psf", "preview", "qc_plot"} <= set(roles), roles
+        assert qc_status in ("ok", "warn", "fail") and isinstance(meta["qc_reasons"], list)
+        with fits.open(root / roles["catalog"]) as hdul:
+            cat = hdul[1].data
+            for col in ("NUMBER", "X_IMAGE", "ALPHA_J2000", "DELTA_J2000", "FLUX_AUTO", "MAG_AUTO", "MAG_APER",
+                        "FWHM_IMAGE", "ELLIPTICITY", "CLASS_STAR", "FLAGS"):
+                assert col in cat.columns.names
+            assert len(cat) > 20
+        header = fits.getheader(root / roles["reduced"], "SCI")
+        assert "CTYPE1" in header and "ZP_E" in header
+        dzp.append(header["ZP_E"] - truth[filename]["zp_e"])
+    print("zero point - truth:", np.round(dzp, 4))
+    assert np.median(np.abs(dzp)) < 0.02

@@ -42,6 +42,10 @@ def demo(settings: Settings, instrument: str, seed: int, nights: int, workers: i
         task = bar.add_task("simulate", total=None)
         sim = simulate(instrument=instrument, seed=seed, out=incoming, nights=nights,
                        progress=lambda done, total, desc: bar.update(task, completed=done, total=total))
+    # the reference star catalog the reduction calibrates against (a Gaia extract for real data)
+    import shutil
+
+    shutil.copy2(sim.reference_catalog, settings.path("reference", "refcat.fits"))
     if not quiet:
         console.print(f"    {len(sim.raw_files)} raw files; truth in {incoming / 'truth'}")
         console.print("[bold]2/3 ingest[/]: verify, register, archive, quick-look QC")

@@ -28,18 +28,26 @@ from upad.config import param
 from upad.db.models import Frame
 from upad.flow.step import DataError, InputRef, OutputFile, ResolvedInput, Step, StepOutput, Task, Unit, register_step
 from upad.instruments import get_instrument
+from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
+from upad.reduce.errors import ReductionError
 from upad.reduce.isr import IsrOptions, run_isr
+from upad.reduce.output import write_catalog, write_psf, write_reduced
+from upad.reduce.pipeline import ReductionConfig, reduce_frame
+from upad.reduce.preview import write_previews
 
 
 @dataclass(frozen=True)
-class ReduceConfig(LookupConfig):
+class ReduceConfig(LookupConfig, ReductionConfig):
+    """The reduction step's parameters: the calibration lookup's, the ISR's, and every stage of
+    :class:`~upad.reduce.pipeline.ReductionConfig` (nested tables ``[steps.reduce.cosmics]`` … in ``upad.toml``)."""
+
+    reference_catalog: str = param("reference/refcat.fits", doc="Reference star catalog (FITS, Parquet, CSV; a "
+                                   "Gaia extract or the simulator's), relative to the data root or absolute")
     overscan: str = param("poly", doc="Overscan estimator: 'poly', 'rows', 'mean' or 'none'",
                           choices=("poly", "rows", "mean", "none"))
     overscan_order: int = param(3, doc="Order of the overscan polynomial ('poly')", bounds=(0, 10))
     linearize: bool = param(True, doc="Correct the non-linearity with the instrument file's [c2, c3]")
     fringe_correct: bool = param(True, doc="Subtract the scaled fringe map in filters that fringe")
-    vignetted_below: float = param(0.5, doc="Flat response below which a pixel is flagged VIGNETTED",
-                                   bounds=(0.0, 1.0))
     mask_compression: str = param("RICE_1", doc="Tile compression of the mask HDU",
                                   choices=("RICE_1", "PLIO_1", "GZIP_1", "HCOMPRESS_1"))
 
@@ -49,12 +57,13 @@ def _master_path(res: ResolvedInput) -> str:
     return res.paths[roles.index("master")] if "master" in roles else res.paths[0]
 
 
-def _read_image(path: str, ext: int | str = 0) -> np.ndarray:
+def _read_image(path: str, ext: int | str = 0, *, dtype: Any = np.float32) -> np.ndarray:
     with fits.open(path, memmap=False) as hdul:
         hdu = hdul[ext]
         if hdu.data is None and ext == 0 and len(hdul) > 1:
             hdu = hdul[1]
-        return np.asarray(hdu.data, dtype=np.float32)
+        data = np.asarray(hdu.data)
+        return data.astype(dtype or data.dtype.newbyteorder("="), copy=False)
 
 
 def _read_raw(path: str) -> tuple[fits.Header, np.ndarray]:
@@ -102,7 +111,7 @@ class Reduce(Step):
     area = "reduced"
     memory_class = "medium"
     config_class = ReduceConfig
-    version = "0.2"
+    version = "1.0"
     order = 50
     description = "instrumental correction, variance and masks of a science frame"
 
@@ -122,8 +131,8 @@ class Reduce(Step):
         header, raw = _read_raw(raw_in.paths[0])
         masters = {r.role: r for r in task.inputs if r.kind == "product"}
 
-        def load(kind: str) -> np.ndarray | None:
-            return _read_image(_master_path(masters[kind])) if kind in masters else None
+        def load(kind: str, dtype: Any = np.float32) -> np.ndarray | None:
+            return _read_image(_master_path(masters[kind]), dtype=dtype) if kind in masters else None
 
         bias, dark, flat = load("bias"), load("dark"), load("flat")
         options = IsrOptions(overscan=cfg["overscan"], overscan_order=cfg["overscan_order"],
@@ -142,65 +151,140 @@ class Reduce(Step):
             if fringe_scale is not None:
                 image -= np.float32(fringe_scale[0] * fringe_scale[1]) * fringe
                 fringe_scale = fringe_scale[0]
-        # noise model: electrons collected before the flat, plus read noise, scaled by the flat
-        amps = inst.detector(1).amplifiers
-        read_var = np.zeros_like(image)
-        for sec in inst.amp_sections(meta["layout"]):
-            read_var[sec.active] = amps[sec.index].read_noise ** 2
         response = flat if flat is not None else np.ones_like(image)
         if illum is not None:
             response = response * illum
-        good_response = response > 0
-        safe = np.where(good_response, response, 1.0).astype(np.float32)
-        variance = (np.maximum(image, 0) * safe + read_var) / safe ** 2
-        mask = maskbits.new_mask(image.shape)
-        mask[isr.saturated] |= maskbits.SATURATED
-        bpm = load("bpm")
-        if bpm is not None:
-            mask[bpm > 0] |= maskbits.BAD
-        mask[~np.isfinite(image) | ~good_response] |= maskbits.NODATA
-        if flat is not None:
-            mask[(flat < cfg["vignetted_below"]) & good_response] |= maskbits.VIGNETTED
-        weight = np.where((mask & maskbits.ZERO_WEIGHT) == 0, 1.0 / np.maximum(variance, 1e-12), 0.0)
-        weight = weight.astype(np.float32)
-        image = np.where(np.isfinite(image), image, 0.0).astype(np.float32)
-        # the reduced file
-        out_header = fits.Header()
-        for key in ("OBJECT", "DATE-OBS", "EXPTIME", "FILTER", "AIRMASS", "RA", "DEC", "TELESCOP", "INSTRUME"):
-            if key in header:
-                out_header[key] = header[key]
-        for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2"):
-            if key in header:
-                out_header[key] = header[key]
-        out_header["BUNIT"] = "electron"
-        out_header["UPADPROV"] = (task.provenance_id[:12], "upad provenance id (short)")
-        out_header["UPADSTEP"] = (f"{self.name} {self.version}", "upad step and version")
-        out_header["RAWFILE"] = (meta["filename"], "raw frame")
-        for kind, res in sorted(masters.items()):
-            out_header[f"CAL_{kind[:4].upper()}"] = (res.meta.get("provenance_id", "")[:12], f"master {kind}")
-        if fringe_scale is not None:
-            out_header["FRNGSCAL"] = (fringe_scale, "fitted fringe amplitude")
-        mask_header = fits.Header()
-        for key, (bit, comment) in maskbits.header_cards().items():
-            mask_header[key if len(key) <= 8 else f"HIERARCH {key}"] = (bit, comment)
+        sections = inst.amp_sections(meta["layout"])
+        factor = inst.read_mode(meta.get("read_mode")).read_noise_factor if meta.get("read_mode") else 1.0
+        amps = inst.detector(1).amplifiers
+        read_noise = [amps[sec.index].read_noise * factor for sec in sections]
+        bpm = load("bpm", dtype=None)  # integer bit codes of the bad-pixel mask
         stem = meta["filename"].split(".")[0]
-        name = f"{stem}_red.fits"
-        staged = task.stage(name)
-        fits.HDUList([
-            fits.PrimaryHDU(),
-            fits.ImageHDU(image, header=out_header, name="SCI"),
-            fits.CompImageHDU(mask.astype(maskbits.MASK_DTYPE), header=mask_header, name="MASK",
-                              compression_type=cfg["mask_compression"]),
-            fits.ImageHDU(weight, name="WEIGHT"),
-        ]).writeto(staged, checksum=True)
-        good = (mask & maskbits.UNUSABLE) == 0
-        sky = float(np.median(image[good][::7])) if good.any() else float("nan")
-        stats = {"sky_e": sky, "masked_fraction": float(1 - good.mean()),
-                 "saturated_pixels": int(isr.saturated.sum()), "overscan_adu": isr.overscan_level,
-                 "fringe_scale": fringe_scale, "notes": notes,
-                 "masters": {k: r.meta.get("provenance_id", "")[:12] for k, r in masters.items()}}
-        return StepOutput(files=[OutputFile("reduced", str(staged), self.final_path(task, name))], meta=stats,
-                          qc_status="ok")
+        provenance = {"product": task.provenance_id[:12],
+                      **{f"cal_{k}": r.meta.get("provenance_id", "")[:12] for k, r in sorted(masters.items())}}
+        out_header = _output_header(header, task, self, masters, fringe_scale)
+        reduction_cfg = ReductionConfig.from_mapping(
+            {k: v for k, v in cfg.items() if k in ReductionConfig.__dataclass_fields__}, where="steps.reduce")
+        try:
+            refcat = _reference_catalog(task, cfg, header, inst, meta)
+            exptime = float(meta["exptime"])
+            gain = float(np.mean([a.gain for a in amps]))
+            from upad.instruments import get_filter_system
+
+            filt = get_filter_system(inst.filter_system).lookup(meta.get("filter") or "")
+            nominal = filt.zp + 2.5 * np.log10(gain) if filt is not None else None
+            frame = reduce_frame(image, wcs_guess=header, refcat=refcat, filter_name=meta.get("filter") or "",
+                                 exptime=exptime, read_noise=read_noise, amp_regions=[s.active for s in sections],
+                                 saturated=isr.saturated, bpm=bpm, flat=response,
+                                 dark_e=dark * exptime if dark is not None else None, pixel_scale=inst.pixel_scale,
+                                 nominal_zp_e=nominal, config=reduction_cfg)
+        except ReductionError as exc:
+            # the frame cannot be characterised (no stars, failed astrometry, no data): keep the instrumentally
+            # corrected frame and record the failed QC with its reason; the rest of the night goes on
+            name = f"{stem}_red.fits"
+            staged = task.stage(name)
+            _write_isr_only(staged, image, isr.saturated, bpm, response, read_noise, sections, out_header, cfg)
+            return StepOutput(files=[OutputFile("reduced", str(staged), self.final_path(task, name))],
+                              meta={"qc_reasons": [f"{getattr(exc, 'code', 'error')}: {exc}"], "notes": notes,
+                                    "fringe_scale": fringe_scale},
+                              qc_status="fail")
+        files = []
+        for role, name, write in (
+                ("reduced", f"{stem}_red.fits",
+                 lambda p: write_reduced(p, frame, provenance=provenance, header=out_header,
+                                         mask_compression=cfg["mask_compression"])),
+                ("catalog", f"{stem}_cat.fits", lambda p: write_catalog(p, frame.catalog, header=frame.header,
+                                                                        provenance=provenance)),
+                ("psf", f"{stem}_psf.fits", lambda p: write_psf(p, frame.psf, provenance=provenance))):
+            if role == "psf" and getattr(frame, "psf", None) is None:
+                continue
+            if role == "catalog" and frame.catalog is None:
+                continue
+            staged = task.stage(name)
+            write(staged)
+            files.append(OutputFile(role, str(staged), self.final_path(task, name)))
+        preview, qc_plot = task.stage(f"{stem}_preview.png"), task.stage(f"{stem}_qc.png")
+        written = write_previews(frame, preview, qc_plot, refcat=refcat)
+        for role, path in (("preview", preview), ("qc_plot", qc_plot)):
+            if path in written or path.exists():
+                files.append(OutputFile(role, str(path), self.final_path(task, path.name)))
+        qc = frame.qc
+        meta_out = {"qc_reasons": list(qc.reasons), "qc_flags": int(qc.flag),
+                    "stats": _jsonable(frame.stats), "timings": _jsonable(frame.timings), "notes": notes,
+                    "fringe_scale": fringe_scale, "overscan_adu": isr.overscan_level,
+                    "masters": {k: r.meta.get("provenance_id", "")[:12] for k, r in masters.items()}}
+        # the database's QC vocabulary: good → ok, bad (a threshold failed) → warn, failed (not measurable) → fail
+        status = {"good": "ok", "bad": "warn", "failed": "fail"}.get(qc.status, "fail")
+        meta_out["qc"] = qc.status
+        return StepOutput(files=files, meta=meta_out, qc_status=status)
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _reference_catalog(task: Task, cfg: dict[str, Any], header: fits.Header, inst: Any, meta: dict[str, Any]) -> Any:
+    from pathlib import Path
+
+    path = Path(cfg["reference_catalog"])
+    if not path.is_absolute():
+        path = Path(task.root) / path
+    cat = read_reference_catalog(path)
+    date = meta.get("date_obs", "")
+    year = 2000.0 + (float(date[:4]) - 2000.0 if date[:4].isdigit() else 16.0)
+    cat = propagate_to_epoch(cat, year)
+    ny, nx = inst.layout.active_shape
+    radius = 0.75 * np.hypot(nx, ny) * inst.pixel_scale / 3600.0 + 0.1
+    ra, dec = meta.get("ra"), meta.get("dec")
+    if ra is None or dec is None:
+        ra, dec = header.get("CRVAL1"), header.get("CRVAL2")
+    return in_cone(cat, float(ra), float(dec), radius)
+
+
+def _output_header(header: fits.Header, task: Task, step: Step, masters: dict[str, ResolvedInput],
+                   fringe_scale: float | None) -> fits.Header:
+    out = fits.Header()
+    for key in ("OBJECT", "DATE-OBS", "EXPTIME", "FILTER", "AIRMASS", "RA", "DEC", "TELESCOP", "INSTRUME",
+                "CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2"):
+        if key in header:
+            out[key] = header[key]
+    out["BUNIT"] = "electron"
+    out["UPADPROV"] = (task.provenance_id[:12], "upad provenance id (short)")
+    out["UPADSTEP"] = (f"{step.name} {step.version}", "upad step and version")
+    out["RAWFILE"] = (task.input("raw").meta["filename"], "raw frame")
+    for kind, res in sorted(masters.items()):
+        out[f"CAL_{kind[:4].upper()}"] = (res.meta.get("provenance_id", "")[:12], f"master {kind}")
+    if fringe_scale is not None:
+        out["FRNGSCAL"] = (fringe_scale, "fitted fringe amplitude")
+    return out
+
+
+def _write_isr_only(path: Any, image: np.ndarray, saturated: np.ndarray, bpm: np.ndarray | None,
+                    response: np.ndarray, read_noise: list[float], sections: Any, header: fits.Header,
+                    cfg: dict[str, Any]) -> None:
+    """The instrumentally corrected frame with its variance-based weight and basic mask (frames that fail QC)."""
+    read_var = np.zeros_like(image)
+    for sec, rn in zip(sections, read_noise):
+        read_var[sec.active] = rn ** 2
+    good_response = response > 0
+    safe = np.where(good_response, response, 1.0).astype(np.float32)
+    finite = np.isfinite(image)
+    variance = (np.maximum(np.where(finite, image, 0), 0) * safe + read_var) / safe ** 2
+    mask = maskbits.new_mask(image.shape)
+    mask[saturated] |= maskbits.SATURATED
+    if bpm is not None:
+        mask[bpm > 0] |= maskbits.BAD
+    mask[~finite | ~good_response] |= maskbits.NODATA
+    weight = np.where((mask & maskbits.ZERO_WEIGHT) == 0, 1.0 / np.maximum(variance, 1e-12), 0.0).astype(np.float32)
+    mask_header = fits.Header()
+    for key, (bit, comment) in maskbits.header_cards().items():
+        mask_header[key if len(key) <= 8 else f"HIERARCH {key}"] = (bit, comment)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.where(finite, image, 0).astype(np.float32), header=header,
+                                                   name="SCI"),
+                  fits.CompImageHDU(mask, header=mask_header, name="MASK", compression_type=cfg["mask_compression"]),
+                  fits.ImageHDU(weight, name="WEIGHT")]).writeto(path, checksum=True)
 
 
 __all__ = ["Reduce", "ReduceConfig"]
