@@ -121,3 +121,18 @@ def test_characterisation_outputs_and_zero_point(pipeline, reduced):
         dzp.append(header["ZP_E"] - truth[filename]["zp_e"])
     print("zero point - truth:", np.round(dzp, 4))
     assert np.median(np.abs(dzp)) < 0.02
+
+
+def test_qc_night_summary(pipeline, reduced, capsys):
+    from upad.cli.main import main
+
+    night = pipeline.night.result.frames[0]["night"]
+    args = ["qc", "night", night, "--root", str(pipeline.settings.root), "--db", pipeline.settings.db_url, "--json"]
+    assert main(args) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)
+    truth = {f["file"].split("/")[-1]: f for f in pipeline.night.result.frames if f["kind"] == "science"}
+    assert {r["frame"] for r in rows} == set(truth)
+    for r in rows:
+        assert r["status"] in ("ok", "warn", "fail")
+        assert r["fwhm_arcsec"] == pytest.approx(truth[r["frame"]]["fwhm_arcsec"], rel=0.1)
+        assert r["astrometric_rms_arcsec"] < 0.1 and r["n_matched"] > 5

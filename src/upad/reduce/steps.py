@@ -111,7 +111,7 @@ class Reduce(Step):
     area = "reduced"
     memory_class = "medium"
     config_class = ReduceConfig
-    version = "1.0"
+    version = "1.1"
     order = 50
     description = "instrumental correction, variance and masks of a science frame"
 
@@ -209,7 +209,7 @@ class Reduce(Step):
             if path in written or path.exists():
                 files.append(OutputFile(role, str(path), self.final_path(task, path.name)))
         qc = frame.qc
-        meta_out = {"qc_reasons": list(qc.reasons), "qc_flags": int(qc.flag),
+        meta_out = {"qc_reasons": list(qc.reasons), "qc_flags": int(qc.flag), "qc_values": _jsonable(qc.values),
                     "stats": _jsonable(frame.stats), "timings": _jsonable(frame.timings), "notes": notes,
                     "fringe_scale": fringe_scale, "overscan_adu": isr.overscan_level,
                     "masters": {k: r.meta.get("provenance_id", "")[:12] for k, r in masters.items()}}

@@ -1,0 +1,75 @@
+"""``upad qc night NIGHT``: the quality of a night's reduced frames, one row per frame."""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+from sqlalchemy import select
+
+from upad.cli.common import common_options, console, emit_json, json_option
+from upad.db import open_database
+from upad.db.models import Frame, Product
+from upad.settings import Settings
+
+#: Columns of the night summary: (key in the product's QC values or statistics, header, format).
+COLUMNS = (("fwhm_arcsec", 'FWHM"', "{:.2f}"), ("ellipticity", "ell", "{:.3f}"),
+           ("sky_mag_arcsec2", "sky mag/\"²", "{:.2f}"), ("zp_e", "ZP(e-/s)", "{:.3f}"),
+           ("zp_loss_mag", "ZP loss", "{:+.3f}"), ("astrometric_rms_arcsec", 'astrom rms"', "{:.3f}"),
+           ("n_matched", "matched", "{}"), ("masked_fraction", "masked", "{:.2%}"))
+
+
+def night_summary(settings: Settings, night: str) -> list[dict[str, Any]]:
+    """Per science frame of ``night``: its current reduced product's QC status, reasons and figures."""
+    db = open_database(settings.db_url)
+    with db.session() as s:
+        frames = list(s.scalars(select(Frame).where(Frame.night == night, Frame.obs_type == "science")
+                                .order_by(Frame.date_obs)))
+        products = {p.context.get("frame_id"): p for p in s.scalars(
+            select(Product).where(Product.step == "reduce", Product.is_current.is_(True)))}
+    db.dispose()
+    rows = []
+    for f in frames:
+        p = products.get(f.id)
+        row: dict[str, Any] = {"frame": f.filename, "filter": f.filter, "tile": f.tile_id, "valid": f.valid}
+        if p is None:
+            row.update(status="not reduced", reasons=[])
+        else:
+            values = {**(p.meta.get("stats") or {}), **(p.meta.get("qc_values") or {})}
+            row.update(status=p.qc_status, reasons=p.meta.get("qc_reasons", []),
+                       **{key: values.get(key) for key, _, _ in COLUMNS})
+        rows.append(row)
+    return rows
+
+
+@click.group("qc")
+def qc_group() -> None:
+    """Quality control of reduced frames."""
+
+
+@qc_group.command("night")
+@common_options
+@json_option
+@click.argument("night")
+def qc_night(settings: Settings, as_json: bool, night: str) -> None:
+    """Per-frame QC figures of NIGHT (YYYY-MM-DD): FWHM, ellipticity, sky, zero point and transparency loss,
+    astrometric rms, matched stars, masked fraction, status and reasons."""
+    rows = night_summary(settings, night)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        console.print(f"no science frames in night {night}; see `upad frames --type science`")
+        return
+    table = Table(title=f"night {night}: {len(rows)} science frames")
+    for col in ("frame", "filter", *(h for _, h, _ in COLUMNS), "QC", "reasons"):
+        table.add_column(col)
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for r in rows:
+        cells = [("-" if r.get(k) is None else fmt.format(r[k])) for k, _, fmt in COLUMNS]
+        table.add_row(r["frame"], r["filter"] or "-", *cells,
+                      f"[{colour.get(r['status'], 'white')}]{r['status']}[/]", "; ".join(r["reasons"]))
+    console.print(table)
+
+
+COMMANDS = [qc_group]
