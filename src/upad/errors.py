@@ -12,3 +12,11 @@ class UpadError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class TransientError(Exception):
+    """A failure worth retrying (I/O hiccup, busy database, lost worker)."""
+
+
+class DataError(Exception):
+    """A deterministic failure caused by the input data: recorded, never retried."""

@@ -64,6 +64,7 @@ from upad.flow.step import (
     Unit,
     register_step,
 )
+from upad.io.raw import read_raw
 from upad.instruments import Instrument, get_instrument
 from upad.reduce.isr import amp_grid, apply_gain, run_isr
 
@@ -80,19 +81,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def read_raw(path: str) -> tuple[fits.Header, np.ndarray]:
-    """Primary header and the first 2-D image of a raw file (``.fits`` or tile-compressed ``.fits.fz``)."""
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            header = hdul[0].header.copy()
-            for hdu in hdul:
-                if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
-                    return header, np.asarray(hdu.data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
-    raise DataError(f"{path} has no 2-D image")
-
-
 def read_master(path: str, ext: str | int = 0) -> np.ndarray:
     """An image extension of a master file as a native-endian array."""
     with fits.open(path, memmap=False) as hdul:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from upad.config import StepConfig
+from upad.errors import DataError, TransientError
 
 __all__ = [
     "InputRef", "OutputFile", "ResolvedInput", "Step", "StepOutput", "Task", "Unit", "DataError", "TransientError",
@@ -43,14 +44,6 @@ __all__ = [
 
 #: Memory classes and the memory (GB) a job of that class may use; executors use this to bound concurrency.
 MEMORY_CLASSES: dict[str, float] = {"tiny": 0.25, "small": 1.0, "medium": 4.0, "large": 8.0}
-
-
-class TransientError(Exception):
-    """A failure worth retrying (I/O hiccup, busy database, lost worker)."""
-
-
-class DataError(Exception):
-    """A deterministic failure caused by the input data: recorded, never retried."""
 
 
 @dataclass(frozen=True, order=True)

@@ -6,13 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 from sqlalchemy import select
 
 from upad.config import StepConfig, param
 from upad.db.models import Frame
 from upad.flow.step import (
-    DataError,
     InputRef,
     OutputFile,
     Step,
@@ -22,6 +20,7 @@ from upad.flow.step import (
     register_step,
 )
 from upad.instruments import get_instrument
+from upad.io.raw import read_raw
 from upad.io.preview import render_preview, write_png
 
 
@@ -29,16 +28,6 @@ from upad.io.preview import render_preview, write_png
 class RawPreviewConfig(StepConfig):
     max_size: int = param(1024, doc="Long side of the preview image", bounds=(64, 8192), unit="pixel")
 
-
-
-def read_raw_image(path: str) -> tuple[fits.Header, np.ndarray]:
-    """The primary header and the first image array of a raw file (``.fits`` or ``.fits.fz``)."""
-    with fits.open(path, memmap=False) as hdul:
-        header = hdul[0].header.copy()
-        for hdu in hdul:
-            if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
-                return header, np.asarray(hdu.data)
-    raise DataError(f"{path} has no 2-D image HDU")
 
 
 def quicklook_image(data: np.ndarray, instrument: str | None, layout: str | None) -> np.ndarray:
@@ -83,7 +72,7 @@ class RawPreview(Step):
 
     def run(self, task: Task) -> StepOutput:
         raw = task.input("raw")
-        _, data = read_raw_image(raw.paths[0])
+        _, data = read_raw(raw.paths[0])
         data = quicklook_image(data, raw.meta.get("instrument"), raw.meta.get("layout"))
         image = render_preview(data, max_size=int(task.config["max_size"]))
         name = f"{raw.meta['filename'].split('.')[0]}.png"

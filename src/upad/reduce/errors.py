@@ -1,6 +1,6 @@
 """The failure raised by the reduction algorithms when the data cannot give a result.
 
-:class:`ReductionError` is a :class:`upad.flow.step.DataError` (a deterministic failure caused by the input: the
+:class:`ReductionError` is a :class:`upad.errors.DataError` (a deterministic failure caused by the input: the
 flow records it and never retries it) with a machine-readable ``reason`` code and the ``stage`` that failed, so that
 the step adapter can record a failed QC with its reason instead of a traceback.
 
@@ -11,7 +11,7 @@ catalog), ``no_reference`` (reference catalog empty or without the needed magnit
 """
 from __future__ import annotations
 
-from upad.flow.step import DataError
+from upad.errors import DataError
 
 __all__ = ["REASONS", "ReductionError"]
 

@@ -26,8 +26,9 @@ from upad.calib.fringe import fit_fringe_scale
 from upad.calib.lookup import select_masters
 from upad.config import param
 from upad.db.models import Frame
-from upad.flow.step import DataError, InputRef, OutputFile, ResolvedInput, Step, StepOutput, Task, Unit, register_step
+from upad.flow.step import InputRef, OutputFile, ResolvedInput, Step, StepOutput, Task, Unit, register_step
 from upad.instruments import get_instrument
+from upad.io.raw import read_raw
 from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
 from upad.reduce.errors import ReductionError
 from upad.reduce.isr import IsrOptions, run_isr
@@ -64,18 +65,6 @@ def _read_image(path: str, ext: int | str = 0, *, dtype: Any = np.float32) -> np
             hdu = hdul[1]
         data = np.asarray(hdu.data)
         return data.astype(dtype or data.dtype.newbyteorder("="), copy=False)
-
-
-def _read_raw(path: str) -> tuple[fits.Header, np.ndarray]:
-    with fits.open(path, memmap=False) as hdul:
-        header = hdul[0].header.copy()
-        for hdu in hdul:
-            if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
-                header.update({k: v for k, v in hdu.header.items()
-                               if k not in ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND",
-                                            "PCOUNT", "GCOUNT", "BZERO", "BSCALE", "CHECKSUM", "DATASUM", "")})
-                return header, np.asarray(hdu.data)
-    raise DataError(f"{path} has no 2-D image")
 
 
 def fit_fringe(image: np.ndarray, fringe: np.ndarray, *, exclude: np.ndarray | None = None,
@@ -128,7 +117,7 @@ class Reduce(Step):
         raw_in = task.input("raw")
         meta = raw_in.meta
         inst = get_instrument(meta["instrument"])
-        header, raw = _read_raw(raw_in.paths[0])
+        header, raw = read_raw(raw_in.paths[0], merged_header=True)
         masters = {r.role: r for r in task.inputs if r.kind == "product"}
 
         def load(kind: str, dtype: Any = np.float32) -> np.ndarray | None:
