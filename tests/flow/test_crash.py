@@ -148,6 +148,8 @@ def test_kill_scheduler_twice_mid_registration(flow_env):
         finally:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+        with db.session() as s:
+            assert n_products(s) < EXPECTED  # killed before the end
     finish_and_check(settings, db)
 
 
