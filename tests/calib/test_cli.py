@@ -48,7 +48,7 @@ def test_list_and_lookup_on_the_processed_night(pipeline):
     assert rc == 0
     ans = json.loads(out)
     assert ans["ready"] and ans["reason"] == ""
-    assert ans["config"]["source"] == "defaults"  # no reduction step registered: the lookup defaults
+    assert ans["config"]["source"] == "reduce"  # the lookup uses the reduction step's own configuration
     assert {k for k, m in ans["masters"].items() if m["status"] == "chosen"} == {
         "bias", "dark", "flat", "fringe", "illumination", "bpm"}
     rc, _ = cli(["calib", "lookup", str(frame.id), *base])

@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         # without standalone mode click hands back ctx.exit(n) codes as the return value
         return rv if isinstance(rv, int) else 0
     except UpadError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}")
+        # soft_wrap: long paths in messages stay on one line (greppable logs), whatever the terminal width
+        console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
         if exc.hint:
-            console.print(f"[yellow]hint:[/] {exc.hint}")
+            console.print(f"[yellow]hint:[/] {exc.hint}", soft_wrap=True)
         return 2
     except click.exceptions.Abort:
         console.print("[red]aborted[/]")
