@@ -2,6 +2,8 @@
 instrumental correction recovers the simulator's truth."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -15,8 +17,57 @@ from upad.flow.scheduler import Scheduler, SchedulerOptions
 from upad.reduce.steps import ReduceConfig
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:20000])
+
+
+def _rewrite(path, data=None, **cards):
+    with fits.open(path) as hdul:
+        header = hdul[0].header.copy()
+        raw = hdul[0].data
+    for key in ("BZERO", "BSCALE"):
+        header.remove(key, ignore_missing=True)
+    header.update(cards)
+    fits.PrimaryHDU(raw if data is None else data, header=header).writeto(path, overwrite=True)
+
+
+def _corrupt_science_frames(pipeline) -> dict[str, str]:
+    """Damage five archived science frames the way nights go wrong; returns file name -> expected reason code."""
+    root = pipeline.settings.root
+    frames = pipeline.night.result.frames
+    science = sorted((f for f in frames if f["kind"] == "science"), key=lambda f: f["file"])
+    r = [f for f in science if f["filter"] == "rSDSS"]
+    z = [f for f in science if f["filter"] == "zSDSS"]
+    bias = next(f for f in frames if f["kind"] == "bias")
+
+    def archived(f):
+        return next(root.glob(f"raw/*/{Path(f['file']).name}"))
+
+    shape = fits.getdata(archived(r[0])).shape
+    with fits.open(archived(z[1])) as hdul:
+        h = hdul[0].header
+        off_pointing = {k: h[k] + 1.0 for k in ("CRVAL1", "RA") if isinstance(h.get(k), float)}
+    damage = [
+        (r[0], "unreadable", _truncate),  # a disk error after ingest
+        (r[1], "no_data", lambda p: _rewrite(p, np.zeros(shape, np.uint16))),  # a readout of zeros
+        (z[0], "no_data", lambda p: _rewrite(p, np.full(shape, np.nan, np.float32))),  # NaNs
+        (r[2], "no_sources", lambda p: _rewrite(p, fits.getdata(archived(bias)))),  # closed dome: only bias
+        (z[1], "astrometry_failed", lambda p: _rewrite(p, **off_pointing)),  # a header 1 degree off the pointing
+    ]
+    expected = {}
+    for f, reason, func in damage:
+        func(archived(f))
+        expected[Path(f["file"]).name] = reason
+    return expected
+
+
 @pytest.fixture(scope="module")
-def reduced(pipeline):
+def corrupted(pipeline) -> dict[str, str]:
+    return _corrupt_science_frames(pipeline)
+
+
+@pytest.fixture(scope="module")
+def reduced(pipeline, corrupted):
     import shutil
 
     shutil.copy2(pipeline.night.result.reference_catalog, pipeline.settings.path("reference", "refcat.fits"))
@@ -44,7 +95,7 @@ def test_every_science_frame_reduced_with_the_lookup_masters(pipeline, reduced):
             assert {"bias", "flat"} <= {role for role, _ in used}
 
 
-def test_reduced_sky_and_masks_match_truth(pipeline, reduced):
+def test_reduced_sky_and_masks_match_truth(pipeline, reduced, corrupted):
     db, root = pipeline.db, pipeline.settings.root
     truth = {f["file"].split("/")[-1]: f for f in pipeline.night.result.frames if f["kind"] == "science"}
     with db.session() as s:
@@ -52,6 +103,8 @@ def test_reduced_sky_and_masks_match_truth(pipeline, reduced):
             Frame, Frame.id == Product.context["frame_id"].as_integer()).where(Product.step == "reduce")).all()
     assert rows
     for files, filename, filt in rows:
+        if filename in corrupted:
+            continue
         t = truth[filename]
         with fits.open(root / files[0]["path"]) as hdul:
             sci, mask, weight = hdul["SCI"].data, hdul["MASK"].data, hdul["WEIGHT"].data
@@ -74,12 +127,13 @@ def test_reduced_sky_and_masks_match_truth(pipeline, reduced):
         assert np.all(weight[(mask & maskbits.ZERO_WEIGHT) != 0] == 0)
 
 
-def test_fringes_removed_in_red_filters(pipeline, reduced):
+def test_fringes_removed_in_red_filters(pipeline, reduced, corrupted):
     db, root = pipeline.db, pipeline.settings.root
     fringe_truth = fits.getdata(pipeline.night.out / "truth" / "camera" / "fringe_zSDSS.fits").astype(float)
     with db.session() as s:
         rows = s.execute(select(Product.files).join(Frame, Frame.id == Product.context["frame_id"].as_integer())
-                         .where(Product.step == "reduce", Frame.filter == "zSDSS")).all()
+                         .where(Product.step == "reduce", Frame.filter == "zSDSS", Frame.filename.not_in(corrupted))
+                         ).all()
     assert rows
     for (files,) in rows:
         sci = fits.getdata(root / files[0]["path"], "SCI").astype(float)
@@ -97,7 +151,7 @@ def test_fringes_removed_in_red_filters(pipeline, reduced):
         assert xb[ok].std() < 0.5 * fringe_truth.std() + 0.005
 
 
-def test_characterisation_outputs_and_zero_point(pipeline, reduced):
+def test_characterisation_outputs_and_zero_point(pipeline, reduced, corrupted):
     """Through the flow, with the night's own masters: catalog, PSF, previews, QC, and the zero point vs truth."""
     db, root = pipeline.db, pipeline.settings.root
     truth = {f["file"].split("/")[-1]: f for f in pipeline.night.result.frames if f["kind"] == "science"}
@@ -107,6 +161,8 @@ def test_characterisation_outputs_and_zero_point(pipeline, reduced):
                                                                                Product.is_current.is_(True))).all()
     dzp = []
     for files, qc_status, meta, filename in rows:
+        if filename in corrupted:
+            continue
         roles = {f["role"]: f["path"] for f in files}
         assert {"reduced", "catalog", "psf", "preview", "qc_plot"} <= set(roles), roles
         assert qc_status in ("ok", "warn", "fail") and isinstance(meta["qc_reasons"], list)
@@ -123,7 +179,7 @@ def test_characterisation_outputs_and_zero_point(pipeline, reduced):
     assert np.median(np.abs(dzp)) < 0.02
 
 
-def test_qc_night_summary(pipeline, reduced, capsys):
+def test_qc_night_summary(pipeline, reduced, corrupted, capsys):
     from upad.cli.main import main
 
     night = pipeline.night.result.frames[0]["night"]
@@ -133,6 +189,37 @@ def test_qc_night_summary(pipeline, reduced, capsys):
     truth = {f["file"].split("/")[-1]: f for f in pipeline.night.result.frames if f["kind"] == "science"}
     assert {r["frame"] for r in rows} == set(truth)
     for r in rows:
+        if r["frame"] in corrupted:
+            assert r["status"] == "fail" and r["reasons"][0].startswith(corrupted[r["frame"]]), r
+            continue
         assert r["status"] in ("ok", "warn", "fail")
         assert r["fwhm_arcsec"] == pytest.approx(truth[r["frame"]]["fwhm_arcsec"], rel=0.1)
         assert r["astrometric_rms_arcsec"] < 0.1 and r["n_matched"] > 5
+
+
+def test_bad_frames_fail_qc_with_their_reason_and_the_night_goes_on(pipeline, reduced, corrupted):
+    """Truncated on disk, zeros, NaNs, a closed dome, a header far off the pointing: each is recorded as a failed QC
+    with its reason (never a failed or retried job), and every other frame of the night is reduced."""
+    from upad.db.models import Job
+
+    db = pipeline.db
+    with db.session() as s:
+        rows = s.execute(select(Product.qc_status, Product.meta, Product.files, Frame.filename).join(
+            Frame, Frame.id == Product.context["frame_id"].as_integer()).where(Product.step == "reduce",
+                                                                               Product.is_current.is_(True))).all()
+        jobs = list(s.scalars(select(Job).where(Job.step == "reduce")))
+    assert {j.state for j in jobs} == {"done"}, [(j.unit_key, j.state, j.error) for j in jobs if j.state != "done"]
+    by_name = {r.filename: r for r in rows}
+    assert set(corrupted) <= set(by_name)
+    for name, reason in corrupted.items():
+        r = by_name[name]
+        assert r.qc_status == "fail", (name, r.meta)
+        assert r.meta["qc_reasons"][0].startswith(f"{reason}:"), (name, reason, r.meta["qc_reasons"])
+        roles = {f["role"] for f in r.files}
+        if reason in ("unreadable", "no_data"):
+            assert roles == set()  # nothing worth keeping
+        else:
+            assert "reduced" in roles  # the instrumentally corrected frame is kept for inspection
+    good = [r for name, r in by_name.items() if name not in corrupted]
+    assert len(good) == len(by_name) - len(corrupted) >= 6
+    assert all(r.qc_status in ("ok", "warn") for r in good), [(r.filename, r.meta["qc_reasons"]) for r in good]

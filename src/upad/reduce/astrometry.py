@@ -321,8 +321,17 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     margin = max_off_px
     inside = (xr > -margin) & (xr < nx + margin) & (yr > -margin) & (yr < ny + margin) & np.isfinite(xr)
     if inside.sum() < config.min_matches:
-        raise ReductionError("no_reference", f"{int(inside.sum())} reference stars around the field",
-                             stage="astrometry")
+        if np.isfinite(xr).sum() < config.min_matches:
+            raise ReductionError("no_reference", f"only {int(np.isfinite(xr).sum())} reference stars given",
+                                 stage="astrometry")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            centre = wcs_guess.all_pix2world([[(nx - 1) / 2.0, (ny - 1) / 2.0]], 0)[0]
+        raise ReductionError(
+            "astrometry_failed", f"{int(inside.sum())} of {len(ref_ra)} reference stars fall within "
+            f"{config.max_offset_arcsec:g} arcsec of the field the header describes (centre RA, Dec = "
+            f"{centre[0]:.4f}, {centre[1]:.4f}): the header pointing is off by more than max_offset_arcsec, or the "
+            "reference catalog covers another field", stage="astrometry")
     # --- initial match
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     gi = np.flatnonzero(good)

@@ -4,11 +4,17 @@ Readiness is exactly :func:`upad.calib.lookup.select_masters` (what ``upad calib
 masters are the unit's inputs, so they are recorded in the reduced frame's provenance, and a frame whose required
 masters are missing waits with the lookup's reason.
 
-This version does the instrumental correction and the masks that come from it:
-overscan → bias → non-linearity → gain (e-) → dark → flat → illumination → fringe (scaled fit of the fringe map),
-a variance map from the noise model (read noise, Poisson, flat), the bit-coded mask from the bad-pixel mask,
-saturation and pixels without data, and the reduced FITS file: the float32 image (electrons) in HDU 1, the
-RICE-compressed mask in HDU 2, the weight map (1/variance, 0 where unusable) in HDU 3.
+The run: overscan → bias → non-linearity → gain (e-) → dark → flat → illumination → fringe (scaled fit of the fringe
+map) (:mod:`upad.reduce.isr`), then :func:`upad.reduce.pipeline.reduce_frame` (masks, background and noise model,
+cosmetics, satellites, cosmic rays, detection and photometry, astrometry, PSF, zero point, QC). Outputs: the reduced
+FITS (float32 image in electrons in HDU 1, the compressed bit-coded mask in HDU 2, the weight map in HDU 3), the
+catalog (SExtractor column names), the PSF model, a preview and a QC plot; the QC status and reasons go to the
+product's ``qc_status`` and ``meta``.
+
+Bad input never stops the night. A raw file that cannot be read (truncated, corrupt), has the wrong shape, or holds
+only zeros, NaNs or one constant gives a product without files whose QC is ``fail`` with the reason; a frame that
+cannot be characterised (no sources, failed astrometry …) keeps its instrumentally corrected image and records the
+failed QC with the reason code of :class:`~upad.reduce.errors.ReductionError`.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from upad.calib.fringe import fit_fringe_scale
 from upad.calib.lookup import select_masters
 from upad.config import param
 from upad.db.models import Frame
+from upad.errors import DataError
 from upad.flow.step import InputRef, OutputFile, ResolvedInput, Step, StepOutput, Task, Unit, register_step
 from upad.instruments import get_instrument
 from upad.io.raw import read_raw
@@ -33,7 +40,7 @@ from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
 from upad.reduce.errors import ReductionError
 from upad.reduce.isr import IsrOptions, run_isr
 from upad.reduce.output import write_catalog, write_psf, write_reduced
-from upad.reduce.pipeline import ReductionConfig, reduce_frame
+from upad.reduce.pipeline import ReductionConfig, reduce_frame, validate_image
 from upad.reduce.preview import write_previews
 
 
@@ -91,6 +98,11 @@ def fit_fringe(image: np.ndarray, fringe: np.ndarray, *, exclude: np.ndarray | N
     return fit_fringe_scale(x, np.where(use, fringe, np.nan).astype(np.float32)), background
 
 
+def unit_key(frame: Frame) -> str:
+    """The ``reduce`` unit of a science frame: ``NIGHT/STEM`` (the raw file name without extensions)."""
+    return f"{frame.night}/{frame.filename.split('.')[0]}"
+
+
 @register_step
 class Reduce(Step):
     """Reduce one science frame with the masters the calibration lookup chooses."""
@@ -108,7 +120,7 @@ class Reduce(Step):
         for f in session.scalars(select(Frame).where(Frame.obs_type == "science", Frame.valid.is_(True))
                                  .order_by(Frame.date_obs)):
             sel = select_masters(session, f, config)
-            yield Unit(key=f"{f.night}/{f.filename.split('.')[0]}",
+            yield Unit(key=unit_key(f),
                        inputs=[InputRef("frame", f.id, "raw"), *sel.inputs()], ready=sel.ready, reason=sel.reason,
                        context={"night": f.night, "filter": f.filter, "frame_id": f.id, "masters": sel.record()})
 
@@ -117,7 +129,18 @@ class Reduce(Step):
         raw_in = task.input("raw")
         meta = raw_in.meta
         inst = get_instrument(meta["instrument"])
-        header, raw = read_raw(raw_in.paths[0], merged_header=True)
+        try:
+            header, raw = read_raw(raw_in.paths[0], merged_header=True)
+            expected = inst.raw_shape(meta["layout"])
+            if raw.shape != expected:
+                raise ReductionError("no_data", f"the raw frame has shape {raw.shape}, not the {meta['layout']} "
+                                     f"layout of {inst.name} {expected}", stage="read")
+            # a frame of zeros or NaNs, or constant (a readout failure), is refused before any arithmetic
+            validate_image(np.asarray(raw[::4, ::4], dtype=np.float32))
+        except DataError as exc:
+            # unreadable (truncated, corrupt) or empty: no image to keep; the failed QC and its reason are recorded
+            # as the frame's product and the rest of the night goes on
+            return StepOutput(meta={"qc": "failed", "qc_reasons": [_reason(exc, "unreadable")]}, qc_status="fail")
         masters = {r.role: r for r in task.inputs if r.kind == "product"}
 
         def load(kind: str, dtype: Any = np.float32) -> np.ndarray | None:
@@ -174,7 +197,7 @@ class Reduce(Step):
             staged = task.stage(name)
             _write_isr_only(staged, image, isr.saturated, bpm, response, read_noise, sections, out_header, cfg)
             return StepOutput(files=[OutputFile("reduced", str(staged), self.final_path(task, name))],
-                              meta={"qc_reasons": [f"{getattr(exc, 'code', 'error')}: {exc}"], "notes": notes,
+                              meta={"qc": "failed", "qc_reasons": [_reason(exc, "error")], "notes": notes,
                                     "fringe_scale": fringe_scale},
                               qc_status="fail")
         files = []
@@ -206,6 +229,13 @@ class Reduce(Step):
         status = {"good": "ok", "bad": "warn", "failed": "fail"}.get(qc.status, "fail")
         meta_out["qc"] = qc.status
         return StepOutput(files=files, meta=meta_out, qc_status=status)
+
+
+def _reason(exc: Exception, default: str) -> str:
+    """``"<reason code>: <message>"`` of a failure, as recorded in the product's ``qc_reasons``."""
+    if isinstance(exc, ReductionError):
+        return f"{exc.reason}: {exc.message}"
+    return f"{default}: {exc}"
 
 
 def _jsonable(obj: Any) -> Any:
@@ -276,4 +306,4 @@ def _write_isr_only(path: Any, image: np.ndarray, saturated: np.ndarray, bpm: np
                   fits.ImageHDU(weight, name="WEIGHT")]).writeto(path, checksum=True)
 
 
-__all__ = ["Reduce", "ReduceConfig"]
+__all__ = ["Reduce", "ReduceConfig", "unit_key"]
