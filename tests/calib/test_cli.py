@@ -115,3 +115,33 @@ def test_epochs_propose_declare_and_plot(calib_db, tmp_path):
     assert rc == 2
     rc, out = cli(["calib", "epochs", *base])
     assert rc == 0
+
+
+def test_qc_night_shows_why_a_frame_has_no_reduced_product(calib_db, tmp_path):
+    """A failed reduce job shows as `error` with its message, a queued one as `queued`, no job as `not reduced`."""
+    import hashlib
+
+    from upad.db.models import Job, Provenance
+    from upad.reduce.steps import unit_key
+
+    night = "2025-03-01"
+    t0 = night_start(night) + dt.timedelta(hours=3)
+    with calib_db.session() as s:
+        ids = [add_frame(s, night=night, obs_type="science", date_obs=t0 + dt.timedelta(minutes=i),
+                         name=f"sci-{i}.fits") for i in range(3)]
+        for fid, state, error in ((ids[0], "failed", "FileNotFoundError: master flat file missing"),
+                                  (ids[1], "queued", None)):
+            key = unit_key(s.get(Frame, fid))
+            prov = hashlib.sha256(key.encode()).hexdigest()
+            s.add(Provenance(id=prov, step="reduce", unit_key=key, code_version="1.1", config_hash="0" * 64))
+            s.flush()
+            s.add(Job(provenance_id=prov, step="reduce", unit_key=key, state=state, error=error))
+    rc, out = cli(["qc", "night", night, "--json", "--root", tmp_path, "--db", calib_db.url])
+    assert rc == 0
+    rows = {r["frame"]: r for r in json.loads(out)}
+    assert rows["sci-0.fits"]["status"] == "error"
+    assert rows["sci-0.fits"]["reasons"] == ["FileNotFoundError: master flat file missing"]
+    assert rows["sci-1.fits"]["status"] == "queued" and rows["sci-1.fits"]["reasons"] == []
+    assert rows["sci-2.fits"]["status"] == "not reduced"
+    rc, out = cli(["qc", "night", night, "--root", tmp_path, "--db", calib_db.url])
+    assert rc == 0 and "error" in out and "master flat file missing" in out

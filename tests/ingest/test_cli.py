@@ -39,11 +39,12 @@ def test_ingest_json_and_quarantine_listing(database, settings: Settings, incomi
     assert listed[0]["quarantine_path"].startswith("quarantine/")
 
     assert run_cli(["quarantine", *args]) == 0
-    assert "broken.fits" in capsys.readouterr().err
+    assert "broken.fits" in capsys.readouterr().out  # the listing is the answer: stdout
 
     assert run_cli(["ingest", incoming, *args, "--strict"]) == 1
-    err = capsys.readouterr().err
-    assert "already_registered" in err and "broken.fits" in err
+    res = capsys.readouterr()
+    assert "already_registered" in res.out  # the summary table (stdout)
+    assert "broken.fits" in res.err  # the per-file progress (stderr)
 
 
 def test_ingest_needs_an_initialised_root(tmp_path: Path, incoming: Path, capsys) -> None:

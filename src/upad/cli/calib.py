@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from upad.cli.common import common_options, console, emit_json, json_option
+from upad.cli.common import common_options, console, emit_json, json_option, stdout
 from upad.db import open_database
 from upad.errors import UpadError
 from upad.settings import Settings
@@ -54,7 +54,7 @@ def calib_list(settings: Settings, as_json: bool, kind: str | None, include_all:
         table.add_row(str(r["id"]), r["kind"], conf, r["night"] or "-",
                       f"{r['good_after'] or '-'} → {r['good_until'] or '-'}",
                       f"{r['n_used'] if r['n_used'] is not None else '-'}/{r['n_inputs'] or '-'}", excl, qcs, state)
-    console.print(table)
+    stdout.print(table)
 
 
 # ---------------------------------------------------------------------------------------------------------- lookup
@@ -111,10 +111,10 @@ def calib_lookup(settings: Settings, as_json: bool, frame: str, step_name: str |
         emit_json(out)
         return
     c = out["configuration"]
-    console.print(f"[bold]{out['filename']}[/] (frame {out['frame_id']}): {c['instrument']} {c['read_mode']} "
-                  f"{c['layout']} {c['filter'] or ''}, {c['date_obs']} (night {c['night']})")
-    console.print(f"lookup configuration: {source}; fallback window ±{cfg.fallback_nights} nights; flat "
-                  f"preference {', '.join(cfg.flat_types)}; required {', '.join(cfg.required)}")
+    stdout.print(f"[bold]{out['filename']}[/] (frame {out['frame_id']}): {c['instrument']} {c['read_mode']} "
+                 f"{c['layout']} {c['filter'] or ''}, {c['date_obs']} (night {c['night']})")
+    stdout.print(f"lookup configuration: {source}; fallback window ±{cfg.fallback_nights} nights; flat "
+                 f"preference {', '.join(cfg.flat_types)}; required {', '.join(cfg.required)}")
     table = Table()
     for col in ("kind", "status", "master", "night", "why"):
         table.add_column(col)
@@ -126,13 +126,13 @@ def calib_lookup(settings: Settings, as_json: bool, frame: str, step_name: str |
             colour = "green" if m["rule"] == "valid" else "yellow"
         table.add_row(kind, f"[{colour}]{status}[/]", str(m.get("product_id", "-")), m.get("night", "-") or "-",
                       m["reason"])
-    console.print(table)
+    stdout.print(table)
     for note in out["notes"]:
-        console.print(f"note: {note}")
+        stdout.print(f"note: {note}")
     if out["ready"]:
-        console.print("[green]ready[/]: every required master is available")
+        stdout.print("[green]ready[/]: every required master is available")
     else:
-        console.print(f"[yellow]waits[/]: {out['reason']}")
+        stdout.print(f"[yellow]waits[/]: {out['reason']}")
 
 
 # ---------------------------------------------------------------------------------------------------------- epochs
@@ -228,7 +228,7 @@ def calib_epochs(settings: Settings, as_json: bool, propose: bool, accept: bool,
     for b in out["breakpoints"]:
         table.add_row(str(b["id"]), b["time"], b["instrument"] or "all", b["filter"] or "all",
                       ", ".join(b["kinds"]) or "all", b["source"], b["reason"])
-    console.print(table)
+    stdout.print(table)
     if propose:
         if not out["proposals"]:
             console.print("no change between consecutive masters exceeds the thresholds")

@@ -19,7 +19,21 @@ from rich.progress import (
 
 from upad.settings import Settings
 
+#: Messages, progress bars and errors (stderr).
 console = Console(stderr=True)
+
+
+def _stdout_width() -> int | None:
+    if sys.stdout.isatty():
+        return None  # the terminal's
+    import os
+
+    # a pipe or a file: tables keep their columns instead of being squeezed into 80 characters
+    return int(os.environ.get("COLUMNS") or 0) or 200
+
+
+#: What a command answers — tables and listings (stdout, so that ``upad frames > list.txt`` works).
+stdout = Console(width=_stdout_width())
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:

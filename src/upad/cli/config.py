@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from upad.cli.common import common_options, console, emit_json, json_option
+from upad.cli.common import common_options, emit_json, json_option, stdout
 from upad.config import describe, load_user_config
 from upad.flow.step import all_steps
 from upad.settings import Settings
@@ -45,7 +45,7 @@ def config_show(settings: Settings, as_json: bool, step: str | None) -> None:
             lim = r["bounds"] or r["choices"] or ""
             table.add_row(r["name"], str(r["value"]), str(r["default"]), str(lim), r["unit"] or "",
                           "yes" if r["critical"] else "no", r["doc"])
-        console.print(table)
+        stdout.print(table)
 
 
 @click.group("cluster")

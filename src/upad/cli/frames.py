@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from upad.cli.common import common_options, console, emit_json, json_option
+from upad.cli.common import common_options, emit_json, json_option, stdout
 from upad.db import open_database
 from upad.db.models import OBS_TYPES
 from upad.db.queries import flow_summary, list_frames, list_quarantine, status_summary
@@ -45,7 +45,7 @@ def frames(settings: Settings, as_json: bool, night: str | None, obs_type: str |
         table.add_row(str(r["id"]), r["filename"], r["night"], r["obs_type"], r["filter"] or "-",
                       _fmt(r["exptime"], 1), _fmt(r["tile_id"]), r["state"] + ("" if r["valid"] else " (invalid)"),
                       qc, _fmt(r["qc_sky_median"], 1), _fmt(r["qc_sky_noise"], 1), _fmt(r["qc_fwhm"]))
-    console.print(table)
+    stdout.print(table)
 
 
 @click.command("status")
@@ -68,7 +68,7 @@ def status(settings: Settings, as_json: bool) -> None:
         emit_json(summary)
         return
     fr = summary["frames"]
-    console.print(f"[bold]{fr['total']} frames[/] over {len(fr['nights'])} night(s); {fr['invalid']} flagged invalid")
+    stdout.print(f"[bold]{fr['total']} frames[/] over {len(fr['nights'])} night(s); {fr['invalid']} flagged invalid")
     table = Table(title="frames")
     table.add_column("group")
     table.add_column("value")
@@ -76,7 +76,7 @@ def status(settings: Settings, as_json: bool) -> None:
     for group, key in (("state", "by_state"), ("type", "by_obs_type"), ("quick-look QC", "by_qc_status")):
         for value, n in sorted(fr[key].items()):
             table.add_row(group, value, str(n))
-    console.print(table)
+    stdout.print(table)
     flow = summary["flow"]
     if flow["jobs"] or flow["products"]:
         ft = Table(title="processing flow")
@@ -85,9 +85,9 @@ def status(settings: Settings, as_json: bool) -> None:
         for step in sorted(set(flow["jobs"]) | set(flow["products"])):
             ft.add_row(step, ", ".join(f"{k} {v}" for k, v in sorted(flow["jobs"].get(step, {}).items())),
                        ", ".join(f"{k} {v}" for k, v in sorted(flow["products"].get(step, {}).items())))
-        console.print(ft)
+        stdout.print(ft)
         for f in flow["failed_jobs"][:20]:
-            console.print(f"[red]failed[/] {f['step']} {f['unit']}: {f['error']}")
+            stdout.print(f"[red]failed[/] {f['step']} {f['unit']}: {f['error']}")
     waiting = summary["waiting"]
     if waiting:
         wt = Table(title=f"{len(waiting)} units waiting (first 20; `upad run --dry-run` lists all)")
@@ -95,7 +95,7 @@ def status(settings: Settings, as_json: bool) -> None:
             wt.add_column(col)
         for w in waiting[:20]:
             wt.add_row(w["step"], w["unit"], w["reason"])
-        console.print(wt)
+        stdout.print(wt)
     q = summary["quarantined_files"]
     if q:
         qt = Table(title=f"{len(q)} quarantined files")
@@ -103,9 +103,9 @@ def status(settings: Settings, as_json: bool) -> None:
             qt.add_column(col)
         for row in q:
             qt.add_row(row["filename"], row["category"], row["reason"])
-        console.print(qt)
+        stdout.print(qt)
     else:
-        console.print("no quarantined files")
+        stdout.print("no quarantined files")
 
 
 COMMANDS = [frames, status]

@@ -7,7 +7,7 @@ import click
 from rich.table import Table
 from sqlalchemy import select
 
-from upad.cli.common import common_options, console, emit_json, json_option, progress
+from upad.cli.common import common_options, console, emit_json, json_option, progress, stdout
 from upad.db import QuarantinedFile, open_database
 from upad.errors import UpadError
 from upad.ingest.errors import CATEGORIES
@@ -37,7 +37,7 @@ def _summary(report: IngestReport) -> None:
     counts.add_column("files", justify="right")
     for status, n in report.counts.items():
         counts.add_row(f"[{_STYLE[status]}]{status}[/]", str(n))
-    console.print(counts)
+    stdout.print(counts)
     problems = [o for o in report.outcomes if o.status in ("conflict", "quarantined", "failed")]
     if problems:
         table = Table(title="refused or failed files", show_header=True, header_style="bold", show_lines=False)
@@ -48,7 +48,7 @@ def _summary(report: IngestReport) -> None:
         for o in problems:
             table.add_row(o.filename, f"[{_STYLE[o.status]}]{o.status}[/]" + (" (known)" if o.already else ""),
                           o.category or "-", o.reason or "-")
-        console.print(table)
+        stdout.print(table)
     warned = [o for o in report.outcomes if o.status == "registered" and o.qc_status in ("warn", "fail")]
     if warned:
         console.print(f"[yellow]{len(warned)} registered frame(s) with quick-look QC warn/fail[/] "
@@ -157,7 +157,7 @@ def quarantine(show_all: bool, category: str | None, settings: Settings, as_json
     for it in items:
         table.add_row(str(it["id"]), it["detected_at"], it["category"], it["filename"], it["reason"],
                       it["quarantine_path"] or "-")
-    console.print(table)
+    stdout.print(table)
 
 
 COMMANDS = [ingest, quarantine]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from upad.cli.common import common_options, console, emit_json, json_option
+from upad.cli.common import common_options, emit_json, json_option, stdout
 from upad.db import open_database
 from upad.db.queries import frame_history, list_products
 from upad.settings import Settings
@@ -33,7 +33,7 @@ def products(settings: Settings, as_json: bool, step: str | None, current_only: 
             state += " (bad)"
         table.add_row(str(r["id"]), r["step"], r["unit"], state, r["provenance_id"][:12], r["qc_status"] or "-",
                       "\n".join(f["path"] for f in r["files"]))
-    console.print(table)
+    stdout.print(table)
 
 
 @click.command("history")
@@ -49,21 +49,21 @@ def history(settings: Settings, as_json: bool, frame: str) -> None:
         emit_json(h)
         return
     f = h["frame"]
-    console.print(f"[bold]{f['filename']}[/] (frame {f['id']}) {f['obs_type']} {f['filter'] or ''} night {f['night']} "
-                  f"— {'valid' if f['valid'] else '[red]invalid[/]'}")
+    stdout.print(f"[bold]{f['filename']}[/] (frame {f['id']}) {f['obs_type']} {f['filter'] or ''} night {f['night']} "
+                 f"— {'valid' if f['valid'] else '[red]invalid[/]'}")
     for e in h["events"]:
-        console.print(f"  {e['time']}  {e['event']}  {e['detail']}")
+        stdout.print(f"  {e['time']}  {e['event']}  {e['detail']}")
     for op in h["operations"]:
         prod = op["product"]
         state = "-" if prod is None else ("current" if prod["current"] else prod["state"])
-        console.print(f"  [cyan]{op['step']}[/] {op['unit']} prov {op['provenance_id'][:12]} config "
-                      f"{op['config_hash'][:8]} job {op['job']['state'] if op['job'] else '-'} product {state}")
+        stdout.print(f"  [cyan]{op['step']}[/] {op['unit']} prov {op['provenance_id'][:12]} config "
+                     f"{op['config_hash'][:8]} job {op['job']['state'] if op['job'] else '-'} product {state}")
         for a in op["attempts"]:
-            console.print(f"      attempt {a['number']}: {a['state']} on {a['worker'] or '?'} "
-                          f"{a['wall_seconds'] or 0:.2f}s {a['error'] or ''}")
+            stdout.print(f"      attempt {a['number']}: {a['state']} on {a['worker'] or '?'} "
+                         f"{a['wall_seconds'] or 0:.2f}s {a['error'] or ''}")
         if prod:
             for fl in prod["files"]:
-                console.print(f"      → {fl['path']}")
+                stdout.print(f"      → {fl['path']}")
 
 
 COMMANDS = [products, history]

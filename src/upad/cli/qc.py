@@ -7,7 +7,7 @@ import click
 from rich.table import Table
 from sqlalchemy import select
 
-from upad.cli.common import common_options, console, emit_json, json_option
+from upad.cli.common import common_options, console, emit_json, json_option, stdout
 from upad.db import open_database
 from upad.db.models import Frame, Job, Product
 from upad.reduce.steps import unit_key
@@ -78,7 +78,7 @@ def qc_night(settings: Settings, as_json: bool, night: str) -> None:
         cells = [("-" if r.get(k) is None else fmt.format(r[k])) for k, _, fmt in COLUMNS]
         table.add_row(r["frame"], r["filter"] or "-", *cells,
                       f"[{colour.get(r['status'], 'white')}]{r['status']}[/]", "; ".join(r["reasons"]))
-    console.print(table)
+    stdout.print(table)
 
 
 COMMANDS = [qc_group]

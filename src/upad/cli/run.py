@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from upad.cli.common import common_options, console, emit_json, json_option, progress
+from upad.cli.common import common_options, console, emit_json, json_option, progress, stdout
 from upad.db import open_database
 from upad.db.queries import list_runs
 from upad.execution import make_executor
@@ -71,7 +71,7 @@ def _print_plan(report: Any, as_json: bool, verbose: bool) -> None:
             continue
         colour = {"would-run": "green", "waiting": "yellow", "failed": "red"}.get(r["status"], "white")
         table.add_row(r["step"], r["unit"], f"[{colour}]{r['status']}[/]", r["reason"])
-    console.print(table)
+    stdout.print(table)
     summary = Table(title="summary per step")
     summary.add_column("step")
     summary.add_column("counts")
@@ -180,7 +180,7 @@ def runs(settings: Settings, as_json: bool) -> None:
     for r in rows:
         table.add_row(str(r["id"]), r["name"], r["state"], r["started_at"], r["ended_at"] or "-", r["executor"],
                       ", ".join(f"{k} {v}" for k, v in sorted(r["summary"].items())))
-    console.print(table)
+    stdout.print(table)
 
 
 @click.command("flag")
