@@ -13,11 +13,25 @@ Order of operations (:func:`run_isr`), each also available on its own:
    ``measured = linear + c2 linear² + c3 linear³`` (bias-subtracted ADU) is inverted by Newton iterations;
 5. **gain** (:func:`apply_gain`) — ADU → electrons with each amplifier's gain (e-/ADU);
 6. **dark** (:func:`subtract_dark`) — a dark-current map (e-/s) times the exposure time;
-7. **flat** (:func:`divide_flat`) — division by a normalised flat field.
+7. **flat** (:func:`divide_flat`) — division by a normalised flat field;
+8. **illumination** (optional, :func:`divide_flat` again) — division by an illumination-correction map.
 
 Pixels at or above the ADC saturation level in the raw frame are reported in a boolean mask
-(:func:`saturation_mask`), computed before any arithmetic. Everything works in float32 and in place where possible:
-the assembled image is the only full-size allocation. No function here reads files or touches a database.
+(:func:`saturation_mask`), computed from the raw values. Everything works in float32 and in place: with the numba
+engine the assembled image (and the boolean saturation mask) are the only full-size allocations; the numpy
+primitives also make image-sized float32/boolean temporaries (:func:`subtract_dark`, :func:`divide_flat`, one
+amplifier at a time in :func:`linearize`). No function here reads files or touches a database.
+
+Two engines run the chain (``IsrOptions.engine``):
+
+* ``'numpy'`` — the primitives above, one after the other (a pass over the image each). They are the reference
+  implementation;
+* ``'numba'`` — steps 1-8 and the saturation mask in one compiled pass, parallel over the rows (only the overscan
+  profiles, from the narrow overscan strips, come from numpy): every amplifier's data is read from the raw frame
+  and each output pixel is computed once, with the same float32 operations in the same order as the primitives
+  (no fast-math), so both engines agree to float32 rounding (bit for bit in practice). ``'auto'`` (the default)
+  uses numba when it is installed, numpy otherwise. The kernel is compiled on first use and cached on disk
+  (numba's ``cache=True``), once per combination of input dtypes.
 
 Units: raw and overscan in ADU; after :func:`apply_gain` electrons; dark maps in electrons per second.
 """
@@ -30,7 +44,17 @@ import numpy as np
 
 from upad.instruments import AmpSection, Instrument
 
+try:  # pragma: no cover - exercised where numba is installed
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    HAVE_NUMBA = False
+
 __all__ = [
+    "ENGINES",
+    "HAVE_NUMBA",
+    "LINEARIZE_ITERATIONS",
     "OVERSCAN_METHODS",
     "IsrOptions",
     "IsrResult",
@@ -50,6 +74,14 @@ __all__ = [
 #: Overscan estimators: a Legendre polynomial fitted along the rows, the row-wise median smoothed over
 #: ``smooth_rows`` rows, one constant (the median of the overscan), or no overscan correction.
 OVERSCAN_METHODS = ("poly", "rows", "mean", "none")
+
+#: Pixel-arithmetic engines of :func:`run_isr`: numba when installed (``'auto'``), the compiled single pass, or the
+#: numpy primitives one after the other.
+ENGINES = ("auto", "numba", "numpy")
+
+#: Newton iterations of the non-linearity inversion (from ``linear = measured``; float32 precision after 3 for
+#: corrections of a few per cent).
+LINEARIZE_ITERATIONS = 3
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,9 @@ class IsrOptions:
         Multiply by the gain of each amplifier (ADU → e-).
     saturation_adu : float or None
         Raw level (ADU) at or above which a pixel is saturated; ``None``: the instrument's ADC maximum.
+    engine : str
+        One of :data:`ENGINES`: ``'numba'`` runs assembly and pixel arithmetic as one compiled pass, ``'numpy'``
+        the reference primitives; ``'auto'`` picks numba when it is installed.
     """
 
     overscan: str = "poly"
@@ -81,10 +116,13 @@ class IsrOptions:
     linearize: bool = True
     to_electrons: bool = True
     saturation_adu: float | None = None
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if self.overscan not in OVERSCAN_METHODS:
             raise ValueError(f"unknown overscan method {self.overscan!r}; expected one of {OVERSCAN_METHODS}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown ISR engine {self.engine!r}; expected one of {ENGINES}")
         if self.overscan_order < 0 or self.overscan_smooth < 1 or self.overscan_skip < 0:
             raise ValueError("overscan_order must be >= 0, overscan_smooth >= 1 and overscan_skip >= 0")
 
@@ -204,6 +242,33 @@ def overscan_profile(strip: np.ndarray, *, method: str = "poly", order: int = 3,
     raise ValueError(f"unknown overscan method {method!r}; expected one of {OVERSCAN_METHODS}")
 
 
+def _overscan_profiles(raw: np.ndarray, sections: Sequence[AmpSection],
+                       options: IsrOptions) -> tuple[list[np.ndarray | None], list[float] | None]:
+    """The overscan profile (float64, one value per data row, ``None``: nothing to subtract) of every amplifier
+    and the mean levels reported by :func:`assemble`."""
+    profiles: list[np.ndarray | None] = []
+    levels: list[float] | None = [] if options.overscan != "none" else None
+    for sec in sections:
+        if options.overscan == "none":
+            profiles.append(None)
+            continue
+        strip = serial_overscan(raw, sec, skip=options.overscan_skip)
+        if strip is None:
+            levels = None
+            profiles.append(None)
+            continue
+        prof = overscan_profile(strip, method=options.overscan, order=options.overscan_order,
+                                smooth_rows=options.overscan_smooth)
+        profiles.append(prof)
+        if levels is not None:
+            levels.append(float(prof.mean()))
+    return profiles, levels
+
+
+def _active_shape(sections: Sequence[AmpSection]) -> tuple[int, int]:
+    return max(s.active[0].stop for s in sections), max(s.active[1].stop for s in sections)
+
+
 def assemble(raw: np.ndarray, sections: Sequence[AmpSection], *, options: IsrOptions = IsrOptions(),
              out: np.ndarray | None = None) -> tuple[np.ndarray, list[float] | None]:
     """Trim every amplifier's data into the assembled image, subtracting its overscan profile on the way.
@@ -226,35 +291,23 @@ def assemble(raw: np.ndarray, sections: Sequence[AmpSection], *, options: IsrOpt
     levels : list of float or None
         Mean subtracted overscan level per amplifier, ``None`` when nothing was subtracted.
     """
-    ny = max(s.active[0].stop for s in sections)
-    nx = max(s.active[1].stop for s in sections)
+    ny, nx = _active_shape(sections)
     if out is None:
         out = np.empty((ny, nx), np.float32)
     elif out.shape != (ny, nx) or out.dtype != np.float32:
         raise ValueError(f"out must be float32 of shape {(ny, nx)}, got {out.dtype} {out.shape}")
-    levels: list[float] | None = [] if options.overscan != "none" else None
-    for sec in sections:
+    profiles, levels = _overscan_profiles(raw, sections, options)
+    for sec, prof in zip(sections, profiles):
         dst = out[sec.active]
         dst[...] = raw[sec.data]
-        if options.overscan == "none":
-            continue
-        strip = serial_overscan(raw, sec, skip=options.overscan_skip)
-        if strip is None:
-            levels = None
-            continue
-        prof = overscan_profile(strip, method=options.overscan, order=options.overscan_order,
-                                smooth_rows=options.overscan_smooth)
-        dst -= prof.astype(np.float32)[:, None]
-        if levels is not None:
-            levels.append(float(prof.mean()))
+        if prof is not None:
+            dst -= prof.astype(np.float32)[:, None]
     return out, levels
 
 
 def saturation_mask(raw: np.ndarray, sections: Sequence[AmpSection], *, level: float) -> np.ndarray:
     """Boolean mask (assembled shape) of the pixels whose raw value is at or above ``level`` ADU."""
-    ny = max(s.active[0].stop for s in sections)
-    nx = max(s.active[1].stop for s in sections)
-    mask = np.zeros((ny, nx), bool)
+    mask = np.zeros(_active_shape(sections), bool)
     for sec in sections:
         np.greater_equal(raw[sec.data], level, out=mask[sec.active])
     return mask
@@ -262,7 +315,7 @@ def saturation_mask(raw: np.ndarray, sections: Sequence[AmpSection], *, level: f
 
 # ------------------------------------------------------------------------------------------------------ pixels
 def linearize(image: np.ndarray, sections: Sequence[AmpSection], coefficients: Sequence[Sequence[float]], *,
-              iterations: int = 3) -> None:
+              iterations: int = LINEARIZE_ITERATIONS) -> None:
     """Invert the per-amplifier non-linearity in place.
 
     ``image`` holds *bias-subtracted* ADU; for amplifier ``k`` with ``(c2, c3) = coefficients[k]`` the measured
@@ -311,10 +364,188 @@ def divide_flat(image: np.ndarray, flat: np.ndarray) -> None:
     image[~good] = np.nan
 
 
+# ------------------------------------------------------------------------------------------------------ fused pass
+if HAVE_NUMBA:
+
+    @njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+    def _fused_kernel(src, image, rects, prof, saturated, do_sat, sat_level, bias, dark, flat, illum, coef,
+                      lin_on, do_bias, do_lin, do_gain, do_dark, dark_t, do_flat, do_illum,
+                      iterations):  # pragma: no cover - compiled
+        """Steps 1-8 of the module documentation for every pixel, one image row per parallel task.
+
+        ``rects[k] = (src_y0, src_x0, dst_y0, dst_x0, ny, nx)`` places amplifier ``k`` (``src`` may be ``image``
+        itself, already assembled); ``prof[k, row]`` is its float32 overscan level; ``coef[k]`` holds float32
+        ``(c2, c3, 2 c2, 3 c3, gain)``. With ``do_sat`` the saturation mask (``src >= sat_level``) is written to
+        ``saturated`` on the way. Within a row segment (one amplifier, a few KB: it stays in the L1 cache)
+        each step is its own loop, so that every loop is branch-free and vectorises, while the image is read and
+        written once. The float32 operations are those of the numpy primitives, in the same order.
+        """
+        n_amp = rects.shape[0]
+        one = np.float32(1.0)
+        nan = np.float32(np.nan)
+        inf = np.float32(np.inf)
+        max_nx = 1
+        for k in range(n_amp):
+            max_nx = max(max_nx, rects[k, 5])
+        for y in prange(image.shape[0]):
+            measured = np.empty(max_nx, np.float32)  # the values before linearisation, one row segment
+            for k in range(n_amp):
+                dy = y - rects[k, 2]
+                if dy < 0 or dy >= rects[k, 4]:
+                    continue
+                x0 = rects[k, 3]
+                nx = rects[k, 5]
+                sy = rects[k, 0] + dy
+                sx0 = rects[k, 1]
+                srow = src[sy, sx0:sx0 + nx]
+                row = image[y, x0:x0 + nx]
+                p = prof[k, dy]
+                if do_sat:
+                    mrow = saturated[y, x0:x0 + nx]
+                    for j in range(nx):
+                        mrow[j] = np.float64(srow[j]) >= sat_level
+                for j in range(nx):  # trim + overscan (p = 0 when there is none)
+                    row[j] = np.float32(srow[j]) - p
+                if do_bias:
+                    brow = bias[y, x0:x0 + nx]
+                    for j in range(nx):
+                        row[j] = row[j] - np.float32(brow[j])
+                if do_lin and lin_on[k]:
+                    c2 = coef[k, 0]
+                    c3 = coef[k, 1]
+                    c2x2 = coef[k, 2]
+                    c3x3 = coef[k, 3]
+                    m = measured[:nx]
+                    for j in range(nx):
+                        m[j] = row[j]
+                    for _ in range(iterations):  # iterations outside: the pixel loop vectorises
+                        for j in range(nx):
+                            lin = row[j]
+                            f = lin * (one + lin * (c2 + c3 * lin))
+                            f = f - m[j]
+                            df = one + lin * (c2x2 + c3x3 * lin)
+                            f = f / df
+                            row[j] = lin - f
+                if do_gain:
+                    g = coef[k, 4]
+                    for j in range(nx):
+                        row[j] = row[j] * g
+                if do_dark:
+                    drow = dark[y, x0:x0 + nx]
+                    for j in range(nx):
+                        row[j] = row[j] - np.float32(drow[j]) * dark_t
+                if do_flat:
+                    frow = flat[y, x0:x0 + nx]
+                    for j in range(nx):
+                        f = np.float32(frow[j])
+                        row[j] = row[j] / f if (f > 0 and f < inf) else nan
+                if do_illum:
+                    irow = illum[y, x0:x0 + nx]
+                    for j in range(nx):
+                        f = np.float32(irow[j])
+                        row[j] = row[j] / f if (f > 0 and f < inf) else nan
+
+
+#: Stand in for an absent calibration map / saturation mask in the compiled pass (same numba types as the real
+#: arrays: no extra compilation).
+_ABSENT = np.zeros((1, 1), np.float32)
+_NO_MASK = np.zeros((1, 1), np.bool_)
+
+
+def _use_numba(engine: str) -> bool:
+    if engine == "numpy":
+        return False
+    if engine == "numba" and not HAVE_NUMBA:
+        raise RuntimeError("IsrOptions(engine='numba') requested but numba is not installed; use engine='numpy'")
+    return HAVE_NUMBA
+
+
+def _kernel_map(a: np.ndarray | None) -> np.ndarray:
+    """A calibration map as the compiled pass reads it: native float32/float64 as is (no copy), anything else
+    (integers, non-native byte order) converted to float32 as the numpy primitives do; ``None`` → a 1x1 dummy."""
+    if a is None:
+        return _ABSENT
+    a = np.asarray(a)
+    if a.dtype in (np.float32, np.float64) and a.dtype.isnative:
+        return a
+    return np.asarray(a, np.float32)
+
+
+def _raw_readable(raw: np.ndarray, sections: Sequence[AmpSection]) -> bool:
+    """Whether the compiled pass can read the amplifiers straight from ``raw`` (native integer/float dtype,
+    unit-step data sections of the active size)."""
+    if not (raw.dtype.isnative and raw.dtype.kind in "uif" and raw.dtype != np.float16):
+        return False
+    for sec in sections:
+        sl = (*sec.data, *sec.active)
+        if any(s.step not in (None, 1) or s.stop is None for s in sl):
+            return False
+        if [s.stop - (s.start or 0) for s in sec.data] != [s.stop - (s.start or 0) for s in sec.active]:
+            return False
+    return True
+
+
+def _run_fused(raw: np.ndarray, sections: Sequence[AmpSection], options: IsrOptions, *, sat_level: float,
+               bias: np.ndarray | None, dark: np.ndarray | None, exptime: float, flat: np.ndarray | None,
+               illumination: np.ndarray | None, gains: Sequence[float] | None,
+               coefficients: Sequence[Sequence[float]] | None) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    """Assemble and correct ``raw`` in one compiled pass (see :func:`run_isr`; inputs already validated).
+
+    ``gains`` / ``coefficients`` ``None`` switch the gain / the linearisation off. Returns the image, the
+    saturation mask (as :func:`saturation_mask`) and the overscan levels (as :func:`assemble`).
+    """
+    raw = np.asarray(raw)
+    n = len(sections)
+    if _raw_readable(raw, sections):
+        profiles, levels = _overscan_profiles(raw, sections, options)
+        image = np.empty(_active_shape(sections), np.float32)
+        # pixels outside every amplifier (none in a regular layout) stay unsaturated, as in saturation_mask
+        saturated = np.zeros(image.shape, np.bool_)
+        # the threshold as numpy compares it (in the raw's float type, in float64 for integer raw values)
+        sat_cmp = float(np.asarray(sat_level, np.result_type(raw.dtype, sat_level)))
+        src = raw
+        src_origin = [(sec.data[0].start or 0, sec.data[1].start or 0) for sec in sections]
+    else:  # e.g. a big-endian raw frame: numpy assembles, the compiled pass does the rest in place
+        saturated = saturation_mask(raw, sections, level=sat_level)
+        sat_cmp = 0.0
+        image, levels = assemble(raw, sections, options=options)
+        profiles = [None] * n
+        src = image
+        src_origin = [(sec.active[0].start or 0, sec.active[1].start or 0) for sec in sections]
+    rects = np.zeros((n, 6), np.int64)
+    max_rows = 1
+    for k, sec in enumerate(sections):
+        ay0, ax0 = sec.active[0].start or 0, sec.active[1].start or 0
+        rects[k] = (*src_origin[k], ay0, ax0, sec.active[0].stop - ay0, sec.active[1].stop - ax0)
+        max_rows = max(max_rows, int(rects[k, 4]))
+    prof = np.zeros((n, max_rows), np.float32)
+    for k, pr in enumerate(profiles):
+        if pr is not None:
+            prof[k, : len(pr)] = pr.astype(np.float32)
+    coef = np.zeros((n, 5), np.float32)
+    lin_on = np.zeros(n, np.bool_)
+    for k, sec in enumerate(sections):
+        if coefficients is not None:
+            cc = tuple(coefficients[sec.index]) + (0.0, 0.0)
+            c2f, c3f = np.float32(float(cc[0])), np.float32(float(cc[1]))
+            lin_on[k] = not (float(cc[0]) == 0.0 and float(cc[1]) == 0.0)
+            coef[k, :4] = (c2f, c3f, np.float32(2.0) * c2f, np.float32(3.0) * c3f)
+        if gains is not None:
+            coef[k, 4] = np.float32(gains[sec.index])
+    do_dark = dark is not None and exptime > 0
+    do_sat = src is raw
+    _fused_kernel(src, image, rects, prof, saturated if do_sat else _NO_MASK, do_sat, sat_cmp, _kernel_map(bias),
+                  _kernel_map(dark if do_dark else None), _kernel_map(flat), _kernel_map(illumination), coef, lin_on,
+                  bias is not None, coefficients is not None, gains is not None, do_dark, np.float32(exptime),
+                  flat is not None, illumination is not None, LINEARIZE_ITERATIONS)
+    return image, saturated, levels
+
+
 def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptions = IsrOptions(),
             bias: np.ndarray | None = None, dark: np.ndarray | None = None, exptime: float = 0.0,
             flat: np.ndarray | None = None, gains: Sequence[float] | None = None,
-            nonlinearity: Sequence[Sequence[float]] | None = None, detector: int = 1) -> IsrResult:
+            nonlinearity: Sequence[Sequence[float]] | None = None, detector: int = 1,
+            illumination: np.ndarray | None = None) -> IsrResult:
     """Apply the whole ISR chain to one raw frame (see the module documentation for the order).
 
     Parameters
@@ -326,7 +557,7 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
     layout : {'readout', 'archived'}
         Raw layout of ``raw``.
     options : IsrOptions
-        Overscan, non-linearity, gain and saturation options.
+        Overscan, non-linearity, gain, saturation and engine options.
     bias : ndarray, optional
         Master bias (ADU, assembled shape), subtracted after the overscan. Required for an ``archived`` frame to
         remove its bias level.
@@ -335,44 +566,74 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
     exptime : float
         Exposure time in seconds (for the dark).
     flat : ndarray, optional
-        Normalised flat field (assembled shape).
+        Normalised flat field (assembled shape); pixels where it is not positive and finite become NaN.
     gains : sequence of float, optional
         e-/ADU per amplifier; default the instrument file's.
     nonlinearity : sequence of (c2, c3), optional
         Per-amplifier coefficients; default the instrument file's.
     detector : int
         Detector id (multi-detector cameras).
+    illumination : ndarray, optional
+        Illumination-correction map (assembled shape, near 1), divided out right after the flat; pixels where it
+        is not positive and finite become NaN, as for the flat.
 
     Returns
     -------
     IsrResult
+
+    Notes
+    -----
+    With ``options.engine`` ``'numba'`` (or ``'auto'`` where numba is installed) the assembly and the pixel
+    arithmetic run as one compiled pass over the image, equal to the ``'numpy'`` chain of primitives to float32
+    rounding. Calibration maps are read as they are (float32 or float64, no full-size copy); other dtypes are
+    converted to float32 first, as the primitives do.
     """
     _check_shape(raw, inst, layout)
     sections = inst.amp_sections(layout, detector)
     notes: list[str] = []
     sat_level = options.saturation_adu if options.saturation_adu is not None else float(inst.adc_max)
-    saturated = saturation_mask(raw, sections, level=sat_level)
-    image, levels = assemble(raw, sections, options=options)
-    if options.overscan != "none" and levels is None:
-        notes.append(f"no overscan in the {layout} layout: the bias level comes from the master bias only")
-    if bias is not None:
-        if bias.shape != image.shape:
-            raise ValueError(f"master bias of shape {bias.shape} does not match the image {image.shape}")
-        image -= np.asarray(bias, np.float32)
-    elif levels is None:
-        notes.append("no bias subtracted: values include the electronic offset")
-    amps = inst.detector(detector).amplifiers
-    if options.linearize:
-        coeffs = nonlinearity if nonlinearity is not None else [a.nonlinearity for a in amps]
-        linearize(image, sections, coeffs)
-    unit = "adu"
-    if options.to_electrons:
-        apply_gain(image, sections, gains if gains is not None else [a.gain for a in amps])
-        unit = "electron"
+    active = _active_shape(sections)
+    if bias is not None and bias.shape != active:
+        raise ValueError(f"master bias of shape {bias.shape} does not match the image {active}")
+    unit = "electron" if options.to_electrons else "adu"
     if dark is not None:
         if unit != "electron":
             raise ValueError("a dark (e-/s) can only be subtracted from an image in electrons (to_electrons=True)")
-        subtract_dark(image, dark, exptime)
-    if flat is not None:
-        divide_flat(image, flat)
+        if exptime > 0 and dark.shape != active:
+            raise ValueError(f"dark of shape {dark.shape} does not match the image {active}")
+    if flat is not None and flat.shape != active:
+        raise ValueError(f"flat of shape {flat.shape} does not match the image {active}")
+    if illumination is not None and illumination.shape != active:
+        raise ValueError(f"illumination map of shape {illumination.shape} does not match the image {active}")
+    amps = inst.detector(detector).amplifiers
+    coeffs = None
+    if options.linearize:
+        coeffs = nonlinearity if nonlinearity is not None else [a.nonlinearity for a in amps]
+    gain_list = None
+    if options.to_electrons:
+        gain_list = gains if gains is not None else [a.gain for a in amps]
+
+    if _use_numba(options.engine):
+        image, saturated, levels = _run_fused(raw, sections, options, sat_level=sat_level, bias=bias, dark=dark,
+                                              exptime=exptime, flat=flat, illumination=illumination,
+                                              gains=gain_list, coefficients=coeffs)
+    else:
+        saturated = saturation_mask(raw, sections, level=sat_level)
+        image, levels = assemble(raw, sections, options=options)
+        if bias is not None:
+            image -= np.asarray(bias, np.float32)
+        if coeffs is not None:
+            linearize(image, sections, coeffs)
+        if gain_list is not None:
+            apply_gain(image, sections, gain_list)
+        if dark is not None:
+            subtract_dark(image, dark, exptime)
+        if flat is not None:
+            divide_flat(image, flat)
+        if illumination is not None:
+            divide_flat(image, illumination)
+    if options.overscan != "none" and levels is None:
+        notes.append(f"no overscan in the {layout} layout: the bias level comes from the master bias only")
+    if bias is None and levels is None:
+        notes.append("no bias subtracted: values include the electronic offset")
     return IsrResult(image=image, saturated=saturated, overscan_level=levels, unit=unit, notes=notes)

@@ -146,16 +146,14 @@ class Reduce(Step):
         def load(kind: str, dtype: Any = np.float32) -> np.ndarray | None:
             return _read_image(_master_path(masters[kind]), dtype=dtype) if kind in masters else None
 
-        bias, dark, flat = load("bias"), load("dark"), load("flat")
+        bias, dark, flat, illum = load("bias"), load("dark"), load("flat"), load("illumination")
         options = IsrOptions(overscan=cfg["overscan"], overscan_order=cfg["overscan_order"],
                              linearize=cfg["linearize"], to_electrons=True)
         isr = run_isr(raw, inst, layout=meta["layout"], options=options, bias=bias, dark=dark,
-                      exptime=float(meta["exptime"]), flat=flat)
+                      exptime=float(meta["exptime"]), flat=flat, illumination=illum)
+        del raw
         image = isr.image
         notes = list(isr.notes)
-        illum = load("illumination")
-        if illum is not None:
-            image /= np.where(illum > 0, illum, 1.0).astype(np.float32)
         fringe_scale = None
         fringe = load("fringe")
         if fringe is not None and cfg["fringe_correct"]:
@@ -163,9 +161,11 @@ class Reduce(Step):
             if fringe_scale is not None:
                 image -= np.float32(fringe_scale[0] * fringe_scale[1]) * fringe
                 fringe_scale = fringe_scale[0]
+        # the flat-field response of every pixel, for the noise model (our own copies: updated in place)
         response = flat if flat is not None else np.ones_like(image)
         if illum is not None:
-            response = response * illum
+            response *= illum
+        del illum
         sections = inst.amp_sections(meta["layout"])
         factor = inst.read_mode(meta.get("read_mode")).read_noise_factor if meta.get("read_mode") else 1.0
         amps = inst.detector(1).amplifiers
