@@ -93,6 +93,13 @@ def test_every_science_frame_reduced_with_the_lookup_masters(pipeline, reduced):
             sel = select_masters(s, f, ReduceConfig())
             assert used == {(r.role, r.id) for r in sel.inputs()}
             assert {"bias", "flat"} <= {role for role, _ in used}
+            if p.files:  # the masters' short provenance ids in the header, one card each
+                hdr = fits.getheader(pipeline.settings.root / p.files[0]["path"], "SCI")
+                assert {k for k in hdr if k.startswith("CAL_")} == {f"CAL_{role[:4].upper()}" for role, _ in used}
+                ids = {i.input_id: i.role for i in p.provenance.inputs if i.input_kind == "product"}
+                for m in s.scalars(select(Product).where(Product.id.in_(ids))):
+                    assert hdr[f"CAL_{ids[m.id][:4].upper()}"] == m.provenance_id[:12]
+                assert hdr["UPADPROV"] == p.provenance_id[:12]
 
 
 def test_reduced_sky_and_masks_match_truth(pipeline, reduced, corrupted):

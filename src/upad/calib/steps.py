@@ -64,8 +64,9 @@ from upad.flow.step import (
     Unit,
     register_step,
 )
-from upad.io.raw import read_raw
 from upad.instruments import Instrument, get_instrument
+from upad.io.image import read_image
+from upad.io.raw import read_raw
 from upad.reduce.isr import amp_grid, apply_gain, run_isr
 
 __all__ = [
@@ -83,11 +84,7 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------------ helpers
 def read_master(path: str, ext: str | int = 0) -> np.ndarray:
     """An image extension of a master file as a native-endian array."""
-    with fits.open(path, memmap=False) as hdul:
-        data = hdul[ext].data
-        if data is None:
-            raise DataError(f"{path}[{ext}] has no data")
-        return np.asarray(data, dtype=data.dtype.newbyteorder("="))
+    return read_image(path, ext)
 
 
 def _instrument(meta: dict[str, Any]) -> Instrument:

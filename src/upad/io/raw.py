@@ -33,7 +33,8 @@ def read_raw(path: str, *, merged_header: bool = False) -> tuple[fits.Header, np
             for hdu in hdul:
                 if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
                     if merged_header and hdu is not hdul[0]:
-                        header.update({k: v for k, v in hdu.header.items() if k not in _STRUCTURAL})
+                        # the cards themselves (not key/value pairs): HIERARCH keys are kept without a warning
+                        header.extend([c for c in hdu.header.cards if c.keyword not in _STRUCTURAL], update=True)
                     return header, np.asarray(hdu.data)
     except (OSError, ValueError, TypeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc

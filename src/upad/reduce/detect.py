@@ -3,9 +3,11 @@
 Detection is SExtractor's (through ``sep``, its library): the background-subtracted image is filtered with a
 kernel (default: SExtractor's ``default.conv`` 3x3 pyramid), pixels above ``thresh`` times the per-pixel noise are
 grouped, deblended (``deblend_nthresh`` levels, ``deblend_cont`` contrast) and cleaned. The image is cut into
-horizontal strips (overlapping by ``strip_overlap_px``) extracted in parallel threads (``sep`` releases the GIL);
-an object belongs to the strip that contains its centroid, so the result does not depend on the number of strips
-except for objects larger than the overlap.
+horizontal strips (overlapping by ``strip_overlap_px``), one per thread; ``sep`` 1.4 holds the GIL while it
+extracts (sep-developers/sep#172), so the strips bound its memory and overlap only our per-strip work (footprint
+flags) for now, and will run fully in parallel once sep releases the GIL. An object belongs to the strip that
+contains its centroid, so the result does not depend on the number of strips except for objects larger than the
+overlap.
 
 Measurements (positions 1-based as in SExtractor; fluxes in the image unit, e-):
 
