@@ -47,7 +47,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -72,26 +71,6 @@ GOALS = {"wall_s": 20.0, "rss_mb": 4096.0, "astrometry_rms_px": 0.05, "zp_mag": 
 # ------------------------------------------------------------------------------------------------------ helpers
 def load() -> str:
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
-def vmhwm_mb() -> float:
-    """Peak RSS of this process since start or the last :func:`reset_peak` (Linux VmHWM)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
 
 
 def ok(flag: bool) -> str:
@@ -522,17 +501,19 @@ def chain_worker(spec_path: Path) -> int:
     import astropy.units as u
     from astropy.io import fits
 
+    from upad.flow.worker import peak_rss_mb, reset_peak_rss
+
     spec = json.loads(spec_path.read_text())
     work = Path(spec["workdir"])
     res: dict[str, Any] = {"stages": {}, "rss_mb": {}, "notes": []}
 
     def done(name: str, t0: float) -> None:
         res["stages"][name] = time.perf_counter() - t0
-        res["rss_mb"][name] = vmhwm_mb()
+        res["rss_mb"][name] = peak_rss_mb() or 0.0
         print(f"  chain: {name:55s} {res['stages'][name]:7.2f} s  (peak RSS {res['rss_mb'][name]:.0f} MB; {load()})",
               flush=True)
         (work / "chain.json").write_text(json.dumps(res, indent=1))
-        reset_peak()
+        reset_peak_rss()
 
     import ccdproc
     from astropy.modeling import models
@@ -549,7 +530,7 @@ def chain_worker(spec_path: Path) -> int:
             hdu = hd[0] if hd[0].data is not None else hd[1]
             return np.asarray(hdu.data).astype(dtype)
 
-    reset_peak()
+    reset_peak_rss()
     # -------------------------------------------------------------- 1. ccdproc ISR
     t0 = time.perf_counter()
     with fits.open(spec["raw"], memmap=False) as hd:

@@ -45,7 +45,8 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
+    """Reset this process's peak RSS (Linux VmHWM), so that the next :func:`peak_rss_mb` is the peak since now."""
     # Linux: writing 5 to clear_refs resets VmHWM, so the peak measured after the job is this job's own.
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -54,7 +55,8 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _peak_rss_mb() -> float | None:
+def peak_rss_mb() -> float | None:
+    """Peak RSS of this process in MB (since start or the last :func:`reset_peak_rss`)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -90,7 +92,7 @@ def execute_task(payload: dict[str, Any]) -> dict[str, Any]:
         "job_id": payload["job_id"], "attempt_id": payload["attempt_id"], "host": socket.gethostname(),
         "pid": os.getpid(), "worker": payload.get("worker_name") or f"{socket.gethostname()}:{os.getpid()}",
     }
-    _reset_peak_rss()
+    reset_peak_rss()
     try:
         _load_plugins(payload.get("plugins", []))
         step = get_step(payload["step"])
@@ -125,6 +127,6 @@ def execute_task(payload: dict[str, Any]) -> dict[str, Any]:
         root_logger.removeHandler(handler)
         root_logger.setLevel(previous_level)
     outcome["wall_seconds"] = time.perf_counter() - t0
-    outcome["peak_rss_mb"] = _peak_rss_mb()
+    outcome["peak_rss_mb"] = peak_rss_mb()
     outcome["log"] = buf.getvalue()[-4000:]
     return outcome
