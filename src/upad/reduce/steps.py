@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,14 @@ class Reduce(Step):
         meta = raw_in.meta
         inst = get_instrument(meta["instrument"])
         lap = _Stopwatch()
+        masters = {r.role: r for r in task.inputs if r.kind == "product"}
+        # the masters are read while the raw frame is decompressed (file reads and copies release the GIL)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upad-read")
+        pending = {kind: pool.submit(read_image, _master_path(masters[kind]), first_image=True,
+                                     dtype=None if kind == "bpm" else np.float32)
+                   for kind in ("bias", "dark", "flat", "illumination", "fringe", "bpm")
+                   if kind in masters and (kind != "fringe" or cfg["fringe_correct"])}
+        pool.shutdown(wait=False)
         try:
             header, raw = read_raw(raw_in.paths[0], merged_header=True)
             expected = inst.raw_shape(meta["layout"])
@@ -136,14 +145,15 @@ class Reduce(Step):
             # a frame of zeros or NaNs, or constant (a readout failure), is refused before any arithmetic
             validate_image(np.asarray(raw[::4, ::4], dtype=np.float32))
         except DataError as exc:
+            for f in pending.values():
+                f.cancel()
             # unreadable (truncated, corrupt) or empty: no image to keep; the failed QC and its reason are recorded
             # as the frame's product and the rest of the night goes on
             return StepOutput(meta={"qc": "failed", "qc_reasons": [_reason(exc, "unreadable")]}, qc_status="fail")
         lap("read_raw")
-        masters = {r.role: r for r in task.inputs if r.kind == "product"}
 
-        def load(kind: str, dtype: Any = np.float32) -> np.ndarray | None:
-            return read_image(_master_path(masters[kind]), dtype=dtype, first_image=True) if kind in masters else None
+        def load(kind: str) -> np.ndarray | None:
+            return pending.pop(kind).result() if kind in pending else None
 
         bias, dark, flat, illum = load("bias"), load("dark"), load("flat"), load("illumination")
         lap("read_masters")
@@ -172,7 +182,7 @@ class Reduce(Step):
         factor = inst.read_mode(meta.get("read_mode")).read_noise_factor if meta.get("read_mode") else 1.0
         amps = inst.detector(1).amplifiers
         read_noise = [amps[sec.index].read_noise * factor for sec in sections]
-        bpm = load("bpm", dtype=None)  # integer bit codes of the bad-pixel mask
+        bpm = load("bpm")  # integer bit codes of the bad-pixel mask
         if dark is not None:
             dark *= np.float32(meta["exptime"])  # the dark charge (e-), in place: the rate is not needed any more
         lap("fringe_and_maps")
