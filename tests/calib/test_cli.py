@@ -133,7 +133,7 @@ def test_qc_night_shows_why_a_frame_has_no_reduced_product(calib_db, tmp_path):
                                   (ids[1], "queued", None)):
             key = unit_key(s.get(Frame, fid))
             prov = hashlib.sha256(key.encode()).hexdigest()
-            s.add(Provenance(id=prov, step="reduce", unit_key=key, code_version="1.1", config_hash="0" * 64))
+            s.add(Provenance(id=prov, step="reduce", unit_key=key, code_version="1.2", config_hash="0" * 64))
             s.flush()
             s.add(Job(provenance_id=prov, step="reduce", unit_key=key, state=state, error=error))
     rc, out = cli(["qc", "night", night, "--json", "--root", tmp_path, "--db", calib_db.url])

@@ -110,7 +110,7 @@ class Reduce(Step):
     area = "reduced"
     memory_class = "medium"
     config_class = ReduceConfig
-    version = "1.1"
+    version = "1.2"  # 1.2: failed QC for bad input, CAL_<ROLE> header cards, compiled ISR
     order = 50
     description = "instrumental correction, variance and masks of a science frame"
 
