@@ -117,7 +117,7 @@ def test_epochs_propose_declare_and_plot(calib_db, tmp_path):
     assert rc == 0
 
 
-def test_qc_night_shows_why_a_frame_has_no_reduced_product(calib_db, tmp_path):
+def test_qc_night_shows_why_a_frame_has_no_reduced_product(calib_db, tmp_path, monkeypatch):
     """A failed reduce job shows as `error` with its message, a queued one as `queued`, no job as `not reduced`."""
     import hashlib
 
@@ -143,5 +143,11 @@ def test_qc_night_shows_why_a_frame_has_no_reduced_product(calib_db, tmp_path):
     assert rows["sci-0.fits"]["reasons"] == ["FileNotFoundError: master flat file missing"]
     assert rows["sci-1.fits"]["status"] == "queued" and rows["sci-1.fits"]["reasons"] == []
     assert rows["sci-2.fits"]["status"] == "not reduced"
+    from upad.cli import common
+
+    monkeypatch.setattr(common.stdout, "width", 250)  # the table, whatever the terminal (COLUMNS) says
     rc, out = cli(["qc", "night", night, "--root", tmp_path, "--db", calib_db.url])
-    assert rc == 0 and "error" in out and "master flat file missing" in out
+    assert rc == 0
+    lines = {name: next(ln for ln in out.splitlines() if name in ln) for name in rows}
+    assert " error " in lines["sci-0.fits"] and "FileNotFoundError: master flat file missing" in lines["sci-0.fits"]
+    assert " queued " in lines["sci-1.fits"] and " not reduced " in lines["sci-2.fits"]

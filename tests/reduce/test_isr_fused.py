@@ -202,3 +202,24 @@ def test_numpy_engine_is_used_without_numba(monkeypatch):
     np.testing.assert_array_equal(got.image, want.image)
     with pytest.raises(RuntimeError, match="numba is not installed"):
         isr.run_isr(data["raw"], INST, layout="archived", options=isr.IsrOptions(engine="numba"))
+
+
+def test_auto_engine_dispatch(monkeypatch):
+    """'auto' runs the compiled pass where numba is installed and the numpy primitives otherwise (the results are
+    equal, so the dispatch is checked by making the path not taken raise)."""
+    data = make_inputs("archived", seed=9)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("this engine must not run")
+
+    if isr.HAVE_NUMBA:
+        with monkeypatch.context() as m:
+            m.setattr(isr, "linearize", forbidden)  # the numpy chain's non-linearity step
+            isr.run_isr(data["raw"], INST, layout="archived", bias=data["bias"], flat=data["flat"])
+    with monkeypatch.context() as m:
+        m.setattr(isr, "HAVE_NUMBA", False)
+        m.setattr(isr, "_run_fused", forbidden)
+        isr.run_isr(data["raw"], INST, layout="archived", bias=data["bias"], flat=data["flat"])
+        m.setattr(isr, "HAVE_NUMBA", True)
+        with pytest.raises(AssertionError, match="must not run"):
+            isr.run_isr(data["raw"], INST, layout="archived", bias=data["bias"], flat=data["flat"])

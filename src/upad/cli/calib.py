@@ -231,13 +231,13 @@ def calib_epochs(settings: Settings, as_json: bool, propose: bool, accept: bool,
     stdout.print(table)
     if propose:
         if not out["proposals"]:
-            console.print("no change between consecutive masters exceeds the thresholds")
+            stdout.print("no change between consecutive masters exceeds the thresholds")
         for p in out["proposals"]:
             what = "breakpoint" if p["kind"] == "step" else "[yellow]outlier master[/] (inspect; `upad flag ID "\
                                                             "--product` if bad)"
-            console.print(f"proposed {what} at {p['time']}: {p['master_kind']} {p['configuration']} changed by "
-                          f"{p['change']:.2%} (threshold {p['threshold']:.2%}) between products {p['before']} and "
-                          f"{p['after']}")
+            stdout.print(f"proposed {what} at {p['time']}: {p['master_kind']} {p['configuration']} changed by "
+                         f"{p['change']:.2%} (threshold {p['threshold']:.2%}) between products {p['before']} and "
+                         f"{p['after']}")
         if out.get("accepted"):
             console.print(f"declared {len(out['accepted'])} breakpoint(s): {out['accepted']}")
         if out.get("plot"):

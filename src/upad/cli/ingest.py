@@ -149,7 +149,7 @@ def quarantine(show_all: bool, category: str | None, settings: Settings, as_json
         emit_json(items)
         return
     if not items:
-        console.print("[green]no quarantined files[/]")
+        stdout.print("[green]no quarantined files[/]")
         return
     table = Table(title=f"quarantine ({len(items)})", header_style="bold")
     for col in ("id", "detected (UTC)", "category", "file", "reason", "copy"):

@@ -10,7 +10,6 @@ from sqlalchemy import select
 from upad.cli.common import common_options, console, emit_json, json_option, stdout
 from upad.db import open_database
 from upad.db.models import Frame, Job, Product
-from upad.reduce.steps import unit_key
 from upad.settings import Settings
 
 #: Columns of the night summary: (key in the product's QC values or statistics, header, format).
@@ -22,6 +21,8 @@ COLUMNS = (("fwhm_arcsec", 'FWHM"', "{:.2f}"), ("ellipticity", "ell", "{:.3f}"),
 
 def night_summary(settings: Settings, night: str) -> list[dict[str, Any]]:
     """Per science frame of ``night``: its current reduced product's QC status, reasons and figures."""
+    from upad.reduce.steps import unit_key  # here: the step module brings numba and friends, slow for --help
+
     db = open_database(settings.db_url)
     with db.session() as s:
         frames = list(s.scalars(select(Frame).where(Frame.night == night, Frame.obs_type == "science")

@@ -77,7 +77,7 @@ def _print_plan(report: Any, as_json: bool, verbose: bool) -> None:
     summary.add_column("counts")
     for step, counts in report.by_status().items():
         summary.add_row(step, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    console.print(summary)
+    stdout.print(summary)
 
 
 @click.command("run")

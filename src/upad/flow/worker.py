@@ -6,7 +6,6 @@ state.
 """
 from __future__ import annotations
 
-import errno
 import importlib
 import io
 import logging
@@ -18,15 +17,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from upad.errors import TRANSIENT_ERRNO
 from upad.flow.step import DataError, ResolvedInput, Task, TransientError, get_step
 from upad.io.atomic import sha256_file
 
 log = logging.getLogger("upad.worker")
-
-#: errno values of I/O errors worth a retry (others, e.g. ENOENT on an input, are deterministic).
-_TRANSIENT_ERRNO = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ENOSPC, errno.ESTALE,
-                    errno.ECONNRESET, errno.ECONNREFUSED, errno.EINTR}
-
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a failure is worth retrying (with backoff) rather than recorded as a deterministic failure."""
@@ -38,7 +33,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return True
-    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO:
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNO:
         return True
     if isinstance(exc, MemoryError):
         return True

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from upad.errors import DataError
+from upad.errors import DataError, io_error
 
 __all__ = ["read_image"]
 
@@ -34,10 +34,14 @@ def read_image(path: Any, ext: int | str = 0, *, dtype: Any = None, first_image:
     Raises
     ------
     DataError
-        The file cannot be read, or the extension holds no image.
+        The file cannot be read (truncated, corrupt), or the extension holds no image.
+    TransientError
+        An I/O error worth a retry (see :data:`upad.errors.TRANSIENT_ERRNO`).
     """
     try:
-        with fits.open(path, memmap=True) as hdul:
+        # memmap=None (the default): mapped where the data are stored as they are used, read otherwise (scaled
+        # integers: BZERO/BSCALE/BLANK); an explicit memmap=True would refuse scaled images
+        with fits.open(path) as hdul:
             hdu = hdul[ext]
             if hdu.data is None and first_image:
                 hdu = next((h for h in hdul if h.is_image and h.data is not None), hdu)
@@ -48,5 +52,5 @@ def read_image(path: Any, ext: int | str = 0, *, dtype: Any = None, first_image:
             out[...] = data
             del data, hdu  # release the memory map before the file closes
     except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:
-        raise DataError(f"cannot read {path}[{ext}]: {exc}") from exc
+        raise io_error(exc, f"{path}[{ext}]") from exc
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 
-from upad.errors import DataError
+from upad.errors import DataError, io_error
 
 _STRUCTURAL = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "PCOUNT", "GCOUNT", "BZERO",
                "BSCALE", "CHECKSUM", "DATASUM", "ZIMAGE", "ZBITPIX", "ZNAXIS", "ZNAXIS1", "ZNAXIS2", "ZTILE1",
@@ -26,6 +26,8 @@ def read_raw(path: str, *, merged_header: bool = False) -> tuple[fits.Header, np
     ------
     DataError
         The file cannot be read (truncated, corrupt) or holds no 2-D image.
+    TransientError
+        An I/O error worth a retry (see :data:`upad.errors.TRANSIENT_ERRNO`).
     """
     try:
         with fits.open(path, memmap=False) as hdul:
@@ -37,5 +39,5 @@ def read_raw(path: str, *, merged_header: bool = False) -> tuple[fits.Header, np
                         header.extend([c for c in hdu.header.cards if c.keyword not in _STRUCTURAL], update=True)
                     return header, np.asarray(hdu.data)
     except (OSError, ValueError, TypeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+        raise io_error(exc, str(path)) from exc
     raise DataError(f"{path} has no 2-D image")

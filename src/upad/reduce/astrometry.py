@@ -321,9 +321,9 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     margin = max_off_px
     inside = (xr > -margin) & (xr < nx + margin) & (yr > -margin) & (yr < ny + margin) & np.isfinite(xr)
     if inside.sum() < config.min_matches:
-        if np.isfinite(xr).sum() < config.min_matches:
-            raise ReductionError("no_reference", f"only {int(np.isfinite(xr).sum())} reference stars given",
-                                 stage="astrometry")
+        n_ref = int((np.isfinite(ref_ra) & np.isfinite(ref_dec)).sum())
+        if n_ref < config.min_matches:
+            raise ReductionError("no_reference", f"only {n_ref} reference stars given", stage="astrometry")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             centre = wcs_guess.all_pix2world([[(nx - 1) / 2.0, (ny - 1) / 2.0]], 0)[0]

@@ -123,19 +123,26 @@ class Reduce(Step):
                        context={"night": f.night, "filter": f.filter, "frame_id": f.id, "masters": sel.record()})
 
     def run(self, task: Task) -> StepOutput:
+        # the masters are read in two threads while the raw frame is decompressed (file reads and copies release
+        # the GIL); whatever happens, no read outlives the job
+        masters = {r.role: r for r in task.inputs if r.kind == "product"}
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="upad-read") as pool:
+            pending = {kind: pool.submit(read_image, _master_path(masters[kind]), first_image=True,
+                                         dtype=None if kind == "bpm" else np.float32)
+                       for kind in ("bias", "dark", "flat", "illumination", "fringe", "bpm")
+                       if kind in masters and (kind != "fringe" or task.config["fringe_correct"])}
+            try:
+                return self._reduce(task, masters, pending)
+            finally:
+                for future in pending.values():  # not consumed (a bad raw frame, an error): drop them
+                    future.cancel()
+
+    def _reduce(self, task: Task, masters: dict[str, ResolvedInput], pending: dict[str, Any]) -> StepOutput:
         cfg = task.config
         raw_in = task.input("raw")
         meta = raw_in.meta
         inst = get_instrument(meta["instrument"])
         lap = _Stopwatch()
-        masters = {r.role: r for r in task.inputs if r.kind == "product"}
-        # the masters are read while the raw frame is decompressed (file reads and copies release the GIL)
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upad-read")
-        pending = {kind: pool.submit(read_image, _master_path(masters[kind]), first_image=True,
-                                     dtype=None if kind == "bpm" else np.float32)
-                   for kind in ("bias", "dark", "flat", "illumination", "fringe", "bpm")
-                   if kind in masters and (kind != "fringe" or cfg["fringe_correct"])}
-        pool.shutdown(wait=False)
         try:
             header, raw = read_raw(raw_in.paths[0], merged_header=True)
             expected = inst.raw_shape(meta["layout"])
@@ -143,10 +150,8 @@ class Reduce(Step):
                 raise ReductionError("no_data", f"the raw frame has shape {raw.shape}, not the {meta['layout']} "
                                      f"layout of {inst.name} {expected}", stage="read")
             # a frame of zeros or NaNs, or constant (a readout failure), is refused before any arithmetic
-            validate_image(np.asarray(raw[::4, ::4], dtype=np.float32))
+            validate_image(np.asarray(raw[::4, ::4], dtype=np.float32), min_valid_fraction=cfg["min_valid_fraction"])
         except DataError as exc:
-            for f in pending.values():
-                f.cancel()
             # unreadable (truncated, corrupt) or empty: no image to keep; the failed QC and its reason are recorded
             # as the frame's product and the rest of the night goes on
             return StepOutput(meta={"qc": "failed", "qc_reasons": [_reason(exc, "unreadable")]}, qc_status="fail")
