@@ -99,9 +99,11 @@ class LocalExecutor(Executor):
         self.workers = max(1, workers or (os.cpu_count() or 1))
         self._ctx = multiprocessing.get_context("forkserver")
         # imported once in the forkserver, inherited by every worker it forks: a fresh worker starts its first job
-        # without seconds of imports (the built-in steps bring astropy, scipy, numba, sep …)
+        # without seconds of imports (the built-in steps bring astropy, scipy, numba; the reduction sep and the
+        # matplotlib of its QC plot). A module that cannot be imported is skipped.
         self._ctx.set_forkserver_preload(["upad.execution._forkserver", "upad.flow.worker", "numpy",
-                                          "astropy.io.fits", "upad.flow.builtin"])
+                                          "astropy.io.fits", "upad.flow.builtin", "sep", "matplotlib.figure",
+                                          "matplotlib.backends.backend_agg", "PIL.Image"])
         self._pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
