@@ -99,7 +99,7 @@ def test_every_science_frame_reduced_with_the_lookup_masters(pipeline, reduced):
                 ids = {i.input_id: i.role for i in p.provenance.inputs if i.input_kind == "product"}
                 for m in s.scalars(select(Product).where(Product.id.in_(ids))):
                     assert hdr[f"CAL_{ids[m.id][:4].upper()}"] == m.provenance_id[:12]
-                assert hdr["UPADPROV"] == p.provenance_id[:12]
+                assert hdr["UPADPROV"] == p.provenance_id[:12] and hdr["RAWPROV"] == f.sha256[:12]
 
 
 def test_reduced_sky_and_masks_match_truth(pipeline, reduced, corrupted):

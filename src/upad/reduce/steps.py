@@ -194,6 +194,7 @@ class Reduce(Step):
         stem = meta["filename"].split(".")[0]
         # short ids in the headers (UPADPROV, CAL_BIAS …); the database keeps the whole record
         provenance = {"product": task.provenance_id[:12],
+                      **({"raw": str(meta["sha256"])[:12]} if meta.get("sha256") else {}),
                       **{k: r.meta.get("provenance_id", "")[:12] for k, r in sorted(masters.items())}}
         out_header = _output_header(header, task, self, masters, fringe_scale)
         reduction_cfg = ReductionConfig.from_mapping(
@@ -314,7 +315,8 @@ def _output_header(header: fits.Header, task: Task, step: Step, masters: dict[st
     out["BUNIT"] = "electron"
     out["UPADSTEP"] = (f"{step.name} {step.version}", "upad step and version")
     out["RAWFILE"] = (task.input("raw").meta["filename"], "raw frame")
-    out.update(provenance_cards({"product": task.provenance_id,
+    raw_id = str(task.input("raw").meta.get("sha256", ""))  # a raw frame's identity in provenance: its SHA-256
+    out.update(provenance_cards({"product": task.provenance_id, **({"raw": raw_id} if raw_id else {}),
                                  **{k: r.meta.get("provenance_id", "") for k, r in masters.items()}}))
     if fringe_scale is not None:
         out["FRNGSCAL"] = (fringe_scale, "fitted fringe amplitude")
