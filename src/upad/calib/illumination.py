@@ -47,15 +47,21 @@ def combine_grids(grids: Sequence[np.ndarray]) -> np.ndarray:
 def _basis(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
     from numpy.polynomial import legendre as L
 
-    cols = []
+    return np.stack([L.legval(u, ci) * L.legval(v, cj) for ci, cj in _terms(order)], axis=-1)
+
+
+def _terms(order: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Legendre coefficient vectors ``(ci, cj)`` selecting ``P_i(u) P_j(v)`` for ``i + j <= order``, in the order
+    of the fitted coefficients."""
+    out = []
     for i in range(order + 1):
         for j in range(order + 1 - i):
             ci = np.zeros(i + 1)
             ci[i] = 1
             cj = np.zeros(j + 1)
             cj[j] = 1
-            cols.append(L.legval(u, ci) * L.legval(v, cj))
-    return np.stack(cols, axis=-1)
+            out.append((ci, cj))
+    return out
 
 
 def fit_surface(grid: np.ndarray, *, shape: tuple[int, int], cell: int, order: int = 3, clip_sigma: float = 3.0,
@@ -115,14 +121,7 @@ def evaluate_surface(coef: np.ndarray, shape: tuple[int, int], order: int) -> np
     u = np.linspace(-1, 1, nx)
     v = np.linspace(-1, 1, ny)
     out = np.zeros(shape, np.float32)
-    k = 0
-    for i in range(order + 1):
-        for j in range(order + 1 - i):
-            ci = np.zeros(i + 1)
-            ci[i] = 1
-            cj = np.zeros(j + 1)
-            cj[j] = 1
-            out += (coef[k] * L.legval(v, cj)).astype(np.float32)[:, None] * L.legval(u, ci).astype(np.float32)[None, :]
-            k += 1
+    for k, (ci, cj) in enumerate(_terms(order)):
+        out += (coef[k] * L.legval(v, cj)).astype(np.float32)[:, None] * L.legval(u, ci).astype(np.float32)[None, :]
     out /= np.float32(out.mean(dtype=np.float64))
     return out

@@ -90,12 +90,12 @@ class BackgroundResult:
     def subtract(self, image: np.ndarray) -> None:
         """Subtract the model from ``image`` in place."""
         cols, xc = self.column_splines()
-        _apply_rows(image, cols, xc, -1.0)
+        _apply_rows(image, cols, xc, -1.0, 1)
 
     def add_to(self, image: np.ndarray) -> None:
         """Add the model to ``image`` in place (restores the sky of a background-subtracted image)."""
         cols, xc = self.column_splines()
-        _apply_rows(image, cols, xc, 1.0)
+        _apply_rows(image, cols, xc, 1.0, 1)
 
 
 def _centres(n: int, mesh: int) -> np.ndarray:
@@ -314,8 +314,9 @@ def _eval_row(xc, row, y2, coef, out_row, x0, x1, sign, mode):  # pragma: no cov
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _apply_rows(img, cols, xc, sign):  # pragma: no cover - compiled
-    """img += sign * background (row splines through the column-interpolated mesh values)."""
+def _apply_rows(img, cols, xc, sign, mode):  # pragma: no cover - compiled
+    """Row splines through the column-interpolated mesh values: ``img += sign * background`` (``mode`` 1) or
+    ``img = background`` (``mode`` 0)."""
     ny, nx = img.shape
     mx = cols.shape[1]
     for y in prange(ny):
@@ -324,27 +325,14 @@ def _apply_rows(img, cols, xc, sign):  # pragma: no cover - compiled
         _second_general(xc, row, y2)
         coef = np.empty((max(mx - 1, 1), 4))
         _row_coeffs(xc, row, y2, coef)
-        _eval_row(xc, row, y2, coef, img[y], 0, nx, sign, 1)
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _fill_rows(out, cols, xc):  # pragma: no cover - compiled
-    ny, nx = out.shape
-    mx = cols.shape[1]
-    for y in prange(ny):
-        row = cols[y].copy()
-        y2 = np.empty(mx)
-        _second_general(xc, row, y2)
-        coef = np.empty((max(mx - 1, 1), 4))
-        _row_coeffs(xc, row, y2, coef)
-        _eval_row(xc, row, y2, coef, out[y], 0, nx, 1.0, 0)
+        _eval_row(xc, row, y2, coef, img[y], 0, nx, sign, mode)
 
 
 def evaluate_background(bkg: BackgroundResult) -> np.ndarray:
     """The full-size model (float32) of a :class:`BackgroundResult`."""
     cols, xc = bkg.column_splines()
     out = np.empty(bkg.shape, np.float32)
-    _fill_rows(out, cols, xc)
+    _apply_rows(out, cols, xc, 1.0, 0)
     return out
 
 

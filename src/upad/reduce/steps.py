@@ -192,11 +192,12 @@ class Reduce(Step):
             dark *= np.float32(meta["exptime"])  # the dark charge (e-), in place: the rate is not needed any more
         lap("fringe_and_maps")
         stem = meta["filename"].split(".")[0]
-        # short ids in the headers (UPADPROV, CAL_BIAS …); the database keeps the whole record
+        # short ids in the headers (UPADPROV, RAWPROV — a raw frame's identity in provenance is its SHA-256 —,
+        # CAL_BIAS …); the database keeps the whole record
         provenance = {"product": task.provenance_id[:12],
                       **({"raw": str(meta["sha256"])[:12]} if meta.get("sha256") else {}),
                       **{k: r.meta.get("provenance_id", "")[:12] for k, r in sorted(masters.items())}}
-        out_header = _output_header(header, task, self, masters, fringe_scale)
+        out_header = _output_header(header, task, self, provenance, fringe_scale)
         reduction_cfg = ReductionConfig.from_mapping(
             {k: v for k, v in cfg.items() if k in ReductionConfig.__dataclass_fields__}, where="steps.reduce")
         try:
@@ -305,7 +306,7 @@ def _reference_catalog(task: Task, cfg: dict[str, Any], header: fits.Header, ins
     return in_cone(cat, float(ra), float(dec), radius)
 
 
-def _output_header(header: fits.Header, task: Task, step: Step, masters: dict[str, ResolvedInput],
+def _output_header(header: fits.Header, task: Task, step: Step, provenance: dict[str, str],
                    fringe_scale: float | None) -> fits.Header:
     out = fits.Header()
     for key in ("OBJECT", "DATE-OBS", "EXPTIME", "FILTER", "AIRMASS", "RA", "DEC", "TELESCOP", "INSTRUME",
@@ -315,9 +316,7 @@ def _output_header(header: fits.Header, task: Task, step: Step, masters: dict[st
     out["BUNIT"] = "electron"
     out["UPADSTEP"] = (f"{step.name} {step.version}", "upad step and version")
     out["RAWFILE"] = (task.input("raw").meta["filename"], "raw frame")
-    raw_id = str(task.input("raw").meta.get("sha256", ""))  # a raw frame's identity in provenance: its SHA-256
-    out.update(provenance_cards({"product": task.provenance_id, **({"raw": raw_id} if raw_id else {}),
-                                 **{k: r.meta.get("provenance_id", "") for k, r in masters.items()}}))
+    out.update(provenance_cards(provenance))
     if fringe_scale is not None:
         out["FRNGSCAL"] = (fringe_scale, "fitted fringe amplitude")
     return out
