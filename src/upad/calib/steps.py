@@ -67,7 +67,7 @@ from upad.flow.step import (
 from upad.instruments import Instrument, get_instrument
 from upad.io.image import read_image
 from upad.io.raw import read_raw
-from upad.reduce.isr import amp_grid, apply_gain, run_isr
+from upad.reduce.isr import amp_grid, apply_gain, raw_shape_problem, run_isr
 
 __all__ = [
     "BadPixelMask",
@@ -198,9 +198,8 @@ def _check_frame(f: ResolvedInput, inst: Instrument, layout: str) -> tuple[np.nd
         _, raw = read_raw(f.paths[0])
     except DataError as exc:
         return None, f"unreadable: {exc}"
-    if raw.shape != inst.raw_shape(layout):
-        return None, f"shape {raw.shape} does not match the {layout} layout {inst.raw_shape(layout)}"
-    return raw, None
+    why = raw_shape_problem(raw, inst, layout)
+    return (None, why) if why else (raw, None)
 
 
 def _read_noise_e(bias_in: ResolvedInput | None, inst: Instrument, read_mode: str | None) -> np.ndarray:

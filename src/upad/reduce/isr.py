@@ -65,6 +65,7 @@ __all__ = [
     "divide_flat",
     "linearize",
     "overscan_profile",
+    "raw_shape_problem",
     "run_isr",
     "saturation_mask",
     "serial_overscan",
@@ -167,11 +168,18 @@ def amp_index_map(inst: Instrument) -> np.ndarray:
     return (iy[:, None] * lay.n_amp_x + ix[None, :]).astype(np.int16)
 
 
-def _check_shape(raw: np.ndarray, inst: Instrument, layout: str) -> None:
+def raw_shape_problem(raw: np.ndarray, inst: Instrument, layout: str) -> str | None:
+    """What is wrong with the shape of a raw frame for ``layout`` of ``inst``, or ``None`` when it fits."""
     expected = inst.raw_shape(layout)
     if raw.shape != expected:
-        raise ValueError(f"raw frame of shape {raw.shape} does not match the {layout} layout of {inst.name} "
-                         f"({expected}); check the frame's layout and instrument")
+        return f"raw frame of shape {raw.shape} does not match the {layout} layout of {inst.name} ({expected})"
+    return None
+
+
+def _check_shape(raw: np.ndarray, inst: Instrument, layout: str) -> None:
+    why = raw_shape_problem(raw, inst, layout)
+    if why:
+        raise ValueError(f"{why}; check the frame's layout and instrument")
 
 
 # ------------------------------------------------------------------------------------------------------ overscan

@@ -41,7 +41,7 @@ from upad.io.image import read_image
 from upad.io.raw import read_raw
 from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
 from upad.reduce.errors import ReductionError
-from upad.reduce.isr import IsrOptions, run_isr
+from upad.reduce.isr import IsrOptions, raw_shape_problem, run_isr
 from upad.reduce.output import provenance_cards, write_catalog, write_psf, write_reduced
 from upad.reduce.pipeline import ReductionConfig, reduce_frame, validate_image
 from upad.reduce.preview import write_previews
@@ -145,10 +145,9 @@ class Reduce(Step):
         lap = _Stopwatch()
         try:
             header, raw = read_raw(raw_in.paths[0], merged_header=True)
-            expected = inst.raw_shape(meta["layout"])
-            if raw.shape != expected:
-                raise ReductionError("no_data", f"the raw frame has shape {raw.shape}, not the {meta['layout']} "
-                                     f"layout of {inst.name} {expected}", stage="read")
+            why = raw_shape_problem(raw, inst, meta["layout"])
+            if why:
+                raise ReductionError("no_data", why, stage="read")
             # a frame of zeros or NaNs, or constant (a readout failure), is refused before any arithmetic
             validate_image(np.asarray(raw[::4, ::4], dtype=np.float32), min_valid_fraction=cfg["min_valid_fraction"])
         except DataError as exc:
