@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
 from upad.config import StepConfig, param
 from upad.db import Database
 from upad.db.models import Frame
 from upad.execution import InlineExecutor, LocalExecutor
 from upad.flow.scheduler import Scheduler, SchedulerOptions
-from upad.flow.step import InputRef, OutputFile, Step, StepOutput, Unit, register_step
+from upad.flow.step import FRAME, Input, InputRef, Output, OutputFile, Step, StepOutput, Unit, register_step
 from upad.settings import Settings
 
 
@@ -47,14 +47,15 @@ class BenchStep(Step):
     product_kind = "bench"
     area = "tmp"
     config_class = BenchConfig
-    order = 1
+    inputs = (Input("raw", FRAME),)
+    outputs = (Output("mean", optional=True),)
 
-    def plan(self, session, config):
-        for fid, night in session.execute(select(Frame.id, Frame.night)):
-            yield Unit(key=f"{night}/{fid}", inputs=[InputRef("frame", fid, "raw")], context={"night": night})
+    def plan(self, ctx, config):
+        for f in ctx.frames(valid=None):
+            yield Unit(key=f"{f.night}/{f.id}", inputs=[InputRef("frame", f.id, "raw")], context={"night": f.night})
 
     def run(self, task):
-        size = task.config["size"]
+        size = task.config.size
         if not size:
             return StepOutput(meta={"ok": True})
         rng = np.random.default_rng(task.job_id)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from upad.calib.config import LookupConfig
 from upad.calib.lookup import select_masters
-from upad.db.models import Frame
-from upad.flow.step import InputRef, Step, StepOutput, Unit
+from upad.flow.step import FRAME, Input, InputRef, PrerequisiteInput, Step, StepOutput, Unit
 
 
 @dataclass(frozen=True)
@@ -22,11 +19,13 @@ class ToyReduce(Step):
     product_kind = "toy_reduced"
     area = "reduced"
     config_class = ToyReduceConfig
-    order = 50
+    inputs = (Input("raw", FRAME), *(PrerequisiteInput(k, f"master_{k}" if k not in ("bpm",) else "bad_pixel_mask",
+                                                       minimum=0) for k in ("bias", "dark", "flat", "fringe",
+                                                                            "illumination", "bpm")))
 
-    def plan(self, session, config):
-        for f in session.scalars(select(Frame).where(Frame.obs_type == "science", Frame.valid.is_(True))):
-            sel = select_masters(session, f, config)
+    def plan(self, ctx, config):
+        for f in ctx.frames("science"):
+            sel = select_masters(ctx.session, f, config)
             yield Unit(key=f"{f.night}/{f.filename}", inputs=[InputRef("frame", f.id, "raw"), *sel.inputs()],
                        ready=sel.ready, reason=sel.reason, context={"night": f.night, "masters": sel.record()})
 

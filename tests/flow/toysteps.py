@@ -12,13 +12,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-
 from upad.config import StepConfig, param
-from upad.db.models import Frame, Product
 from upad.flow.step import (
+    FRAME,
     DataError,
+    Input,
     InputRef,
+    Output,
     OutputFile,
     Step,
     StepOutput,
@@ -38,20 +38,21 @@ class ToyConfig(StepConfig):
 
 def _write(task, value: int, step: Step) -> StepOutput:
     cfg = task.config
-    if cfg["sleep"]:
-        time.sleep(cfg["sleep"])
-    if task.unit_key in cfg["fail_keys"]:
+    assert isinstance(cfg, ToyConfig), "run() receives its typed configuration"
+    if cfg.sleep:
+        time.sleep(cfg.sleep)
+    if task.unit_key in cfg.fail_keys:
         raise DataError(f"toy failure for {task.unit_key}")
-    if task.unit_key in cfg["flaky_keys"]:
+    if task.unit_key in cfg.flaky_keys:
         marker = Path(task.root) / "tmp" / f"flaky-{task.step}-{task.unit_key.replace('/', '_')}"
         if not marker.exists():
             marker.write_text("failed once")
             raise TransientError(f"toy transient failure for {task.unit_key}")
     name = "value.json"
     staged = task.stage(name)
-    staged.write_text(json.dumps({"value": value * cfg["scale"], "unit": task.unit_key}))
+    staged.write_text(json.dumps({"value": value * cfg.scale, "unit": task.unit_key}))
     return StepOutput(files=[OutputFile("value", str(staged), step.final_path(task, name))],
-                      meta={"value": value * cfg["scale"]})
+                      meta={"value": value * cfg.scale})
 
 
 def _read_value(path: str) -> int:
@@ -64,13 +65,14 @@ class ToyA(Step):
     product_kind = "toy"
     area = "reduced"
     config_class = ToyConfig
-    order = 20
     description = "one product per frame"
+    inputs = (Input("raw", FRAME, doc="any valid frame"),)
+    outputs = (Output("value", doc="JSON with the value"),)
 
-    def plan(self, session, config):
-        for fid, night in session.execute(select(Frame.id, Frame.night).where(Frame.valid.is_(True))):
-            yield Unit(key=f"{night}/frame{fid}", inputs=[InputRef("frame", fid, "raw")],
-                       context={"night": night, "frame": fid})
+    def plan(self, ctx, config):
+        for f in ctx.frames():
+            yield Unit(key=f"{f.night}/frame{f.id}", inputs=[InputRef("frame", f.id, "raw")],
+                       context={"night": f.night, "frame": f.id})
 
     def run(self, task):
         raw = task.input("raw")
@@ -84,18 +86,18 @@ class ToyB(Step):
     product_kind = "toy_master"
     area = "calibration"
     config_class = ToyConfig
-    order = 30
     description = "combines a night's toy_a products"
+    inputs = (Input("part", "toy", minimum=2, maximum=None, doc="the night's toy_a products"),)
+    outputs = (Output("value", doc="JSON with the sum"),)
 
-    def plan(self, session, config):
+    def plan(self, ctx, config):
         frames_per_night = defaultdict(int)
-        for (night,) in session.execute(select(Frame.night).where(Frame.valid.is_(True))):
-            frames_per_night[night] += 1
+        for f in ctx.frames():
+            frames_per_night[f.night] += 1
         nights = list(frames_per_night)
         by_night = defaultdict(list)
-        for pid, ctx in session.execute(select(Product.id, Product.context).where(
-                Product.step == "toy_a", Product.is_current.is_(True), Product.state == "complete")):
-            by_night[ctx["night"]].append(pid)
+        for p in ctx.current_products("toy"):
+            by_night[p.context["night"]].append(p.id)
         for night in sorted(nights):
             ids = sorted(by_night.get(night, []))
             if len(ids) < 2:
@@ -118,13 +120,14 @@ class ToyC(Step):
     product_kind = "toy_reduced"
     area = "reduced"
     config_class = ToyConfig
-    order = 40
     description = "a frame with its night's toy_b"
+    inputs = (Input("raw", FRAME), Input("master", "toy_master", doc="the night's toy_b"))
+    outputs = (Output("value", doc="JSON with the value"),)
 
-    def plan(self, session, config):
-        masters = {ctx["night"]: pid for pid, ctx in session.execute(select(Product.id, Product.context).where(
-            Product.step == "toy_b", Product.is_current.is_(True), Product.state == "complete"))}
-        for fid, night in session.execute(select(Frame.id, Frame.night).where(Frame.valid.is_(True))):
+    def plan(self, ctx, config):
+        masters = {p.context["night"]: p.id for p in ctx.current_products("toy_master")}
+        for f in ctx.frames():
+            fid, night = f.id, f.night
             if night not in masters:
                 yield Unit(key=f"{night}/frame{fid}", ready=False, context={"night": night},
                            reason=f"no current toy_b for night {night}")

@@ -54,8 +54,13 @@ from upad.calib.config import (
 from upad.calib.planning import KIND_OF, night_end, night_start, planned_masters
 from upad.calib.rows import RowReader
 from upad.config import StepConfig
+from upad.flow.queries import PlanContext
 from upad.flow.step import (
+    FRAME,
     DataError,
+    Input,
+    Output,
+    PrerequisiteInput,
     OutputFile,
     ResolvedInput,
     Step,
@@ -242,11 +247,17 @@ class _MasterStep(Step):
     memory_class = "medium"
     kind = ""
 
+    outputs = (Output("master", doc="the master FITS file"),
+               Output("qc_plot", doc="QC plots (PNG)", optional=True))
+
     def cfg(self, task: Task) -> Any:
+        """The step's typed configuration (the one recorded with the job's provenance)."""
+        if isinstance(task.config, StepConfig):
+            return task.config
         return self.config_class.from_mapping(task.config)
 
-    def plan(self, session: Any, config: StepConfig) -> Iterable[Unit]:
-        for pm in planned_masters(session, KIND_OF[self.name], config).values():
+    def plan(self, ctx: PlanContext, config: StepConfig) -> Iterable[Unit]:
+        for pm in planned_masters(ctx.session, KIND_OF[self.name], config).values():
             yield pm.unit
 
 
@@ -259,8 +270,8 @@ class MasterBias(_MasterStep):
     product_kind = "master_bias"
     config_class = MasterBiasConfig
     version = "1.0"
-    order = 20
     description = "overscan-corrected, sigma-clipped master bias (ADU) per night and read mode"
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's bias frames"),)
 
     def run(self, task: Task) -> StepOutput:
         cfg = self.cfg(task)
@@ -352,8 +363,9 @@ class MasterDark(_MasterStep):
     product_kind = "master_dark"
     config_class = MasterDarkConfig
     version = "1.0"
-    order = 22
     description = "dark current (e-/s) with its hot-pixel map"
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's dark frames"),
+              PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"))
 
     def run(self, task: Task) -> StepOutput:
         cfg = self.cfg(task)
@@ -466,8 +478,11 @@ class MasterFlat(_MasterStep):
     product_kind = "master_flat"
     config_class = MasterFlatConfig
     version = "1.0"
-    order = 25
     description = "normalised master flat per filter (dome / twilight) with flat-field stability QC"
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's flats of one filter and type"),
+              PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"),
+              PrerequisiteInput("dark", "master_dark", minimum=0, enabled_by="use_dark",
+                                doc="master dark, when one applies"))
 
     def run(self, task: Task) -> StepOutput:
         cfg = self.cfg(task)
@@ -620,9 +635,10 @@ class BadPixelMask(_MasterStep):
     product_kind = "bad_pixel_mask"
     config_class = BadPixelConfig
     version = "1.0"
-    order = 30
     memory_class = "small"
     description = "hot, dead and low-response pixels and bad columns (uint8 bits)"
+    inputs = (PrerequisiteInput("dark", "master_dark", minimum=0, doc="the master dark valid at the night"),
+              Input("flat", "master_flat", minimum=0, maximum=None, doc="every master flat of the night"))
 
     def run(self, task: Task) -> StepOutput:
         cfg = self.cfg(task)
@@ -686,8 +702,10 @@ class MasterFringe(_MasterStep):
     product_kind = "master_fringe"
     config_class = MasterFringeConfig
     version = "1.0"
-    order = 35
     description = "fringe map (fraction of the sky) from dithered science frames"
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's science frames in the filter"),
+              PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"), PrerequisiteInput("dark", "master_dark", minimum=0, doc="master dark, when one applies"),
+              PrerequisiteInput("flat", "master_flat", doc="master flat of the filter"))
 
     def run(self, task: Task) -> StepOutput:
         cfg = self.cfg(task)
@@ -758,8 +776,10 @@ class MasterIllumination(_MasterStep):
     product_kind = "master_illumination"
     config_class = MasterIllumConfig
     version = "1.0"
-    order = 38
     description = "illumination correction (smooth sky response after flat-fielding) from science frames"
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's science frames in the filter"),
+              PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"), PrerequisiteInput("dark", "master_dark", minimum=0, doc="master dark, when one applies"),
+              PrerequisiteInput("flat", "master_flat", doc="master flat of the filter and flat type"))
 
     def run(self, task: Task) -> StepOutput:
         cfg = self.cfg(task)

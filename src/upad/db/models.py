@@ -117,7 +117,8 @@ class Frame(Base):
     tile: Mapped[Tile | None] = relationship()
     events: Mapped[list["FrameEvent"]] = relationship(back_populates="frame", order_by="FrameEvent.id")
 
-    __table_args__ = (Index("ix_frames_night_type_filter", "night", "obs_type", "filter"),)
+    __table_args__ = (Index("ix_frames_night_type_filter", "night", "obs_type", "filter"),
+                      Index("ix_frames_instrument_date", "instrument", "date_obs"))
 
 
 class FrameEvent(Base):
@@ -240,6 +241,7 @@ class Product(Base):
     files: Mapped[list[Any]] = mapped_column(JSON, default=list, doc="[{role, path (relative to root), sha256, size}]")
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="statistics and QC values")
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="the unit's attributes (night, filter…)")
+    night: Mapped[str | None] = mapped_column(String(10), doc="the unit's night (context['night']), for scoped queries")
     qc_status: Mapped[str | None] = mapped_column(String(8))
     good_after: Mapped[dt.datetime | None] = mapped_column(DateTime, doc="calibration validity start (UTC)")
     good_until: Mapped[dt.datetime | None] = mapped_column(DateTime, doc="calibration validity end (UTC)")
@@ -249,7 +251,8 @@ class Product(Base):
     provenance: Mapped[Provenance] = relationship()
 
     __table_args__ = (Index("ix_products_step_unit", "step", "unit_key"),
-                      Index("ix_products_step_current", "step", "is_current"))
+                      Index("ix_products_step_current", "step", "is_current"),
+                      Index("ix_products_kind_night", "kind", "night"))
 
 
 class Job(Base):
@@ -327,3 +330,46 @@ class CalibEpoch(Base):
     created_by: Mapped[str | None] = mapped_column(String(64))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     retracted_reason: Mapped[str | None] = mapped_column(Text)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Incremental planning (schema revision 0004): what changed, how far each step has planned, which units wait
+# ------------------------------------------------------------------------------------------------------------------
+class FlowChange(Base):
+    """One change that can make units of a step ready or obsolete: a frame registered or (in)validated, a product
+    registered, made current, stale or bad. Written by the session hook of :mod:`upad.flow.changes`; the scheduler
+    re-plans only the nights these changes touch."""
+
+    __tablename__ = "flow_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    subject: Mapped[str] = mapped_column(String(16), doc="frame | product")
+    subject_id: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str | None] = mapped_column(String(64), doc="the product's step (None for frames)")
+    night: Mapped[str | None] = mapped_column(String(10), doc="the frame's or the product's night")
+    event: Mapped[str] = mapped_column(String(16), doc="new | valid | invalid | current | stale | bad | good")
+
+
+class PlanCursor(Base):
+    """How far a step's planning has read the change journal, and under which configuration and code version."""
+
+    __tablename__ = "plan_cursors"
+
+    step: Mapped[str] = mapped_column(String(64), primary_key=True)
+    change_id: Mapped[int] = mapped_column(Integer, default=0)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    code_version: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PlanWaiting(Base):
+    """A unit that was waiting at the last planning pass: re-examined at every pass (its reason may be time)."""
+
+    __tablename__ = "plan_waiting"
+
+    step: Mapped[str] = mapped_column(String(64), primary_key=True)
+    unit_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    night: Mapped[str | None] = mapped_column(String(10), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    since: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -74,6 +74,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        from upad.flow.changes import install
+
+        install()  # every flush journals the frame and product changes that drive incremental planning
 
     @property
     def backend(self) -> str:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -39,8 +39,11 @@ from upad._proc import pid_alive
 from upad.config import StepConfig, load_user_config
 from upad.db.models import (
     Attempt,
+    FlowChange,
     Frame,
     Job,
+    PlanCursor,
+    PlanWaiting,
     Product,
     Provenance,
     ProvenanceInput,
@@ -51,7 +54,8 @@ from upad.db.session import Database
 from upad.execution import Executor
 from upad.flow.invalidate import cascade_stale
 from upad.flow.provenance import code_version, provenance_id, short
-from upad.flow.step import MEMORY_CLASSES, InputRef, Step, Unit, all_steps
+from upad.flow.queries import PlanContext, Scope
+from upad.flow.step import FRAME, MEMORY_CLASSES, InputRef, Step, Unit, all_steps
 from upad.settings import Settings
 
 log = logging.getLogger("upad.scheduler")
@@ -73,6 +77,8 @@ class SchedulerOptions:
     steps: Sequence[str] | None = None
     memory_budget_gb: float | None = None
     prefetch: int = 2
+    #: journal entries of the last this-many seconds are read again at every pass (late commits)
+    journal_overlap_seconds: float = 120.0
 
 
 @dataclass
@@ -88,6 +94,7 @@ class PlannedUnit:
 class PlanReport:
     units: list[PlannedUnit] = field(default_factory=list)
     created: int = 0
+    scopes: dict[str, Scope] = field(default_factory=dict)
 
     def by_status(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = defaultdict(dict)
@@ -129,7 +136,9 @@ class Scheduler:
         self.command = command
         self.run_id: int | None = None
         self.on_event = on_event or (lambda kind, info: None)
-        self.user_config = load_user_config(settings.root)
+        self.user_config: dict[str, Any] = {}
+        self._configs: dict[str, StepConfig] = {}
+        self._config_mtime: float | None = None
         # modules that define the registered steps, so that any worker can import them
         self.plugins = sorted({type(st).__module__ for st in all_steps()})
         self._steps = [s for s in all_steps() if not self.options.steps or s.name in self.options.steps]
@@ -140,8 +149,7 @@ class Scheduler:
 
                 raise UpadError(f"unknown step(s) {sorted(unknown)}",
                                 hint=f"known steps: {', '.join(s.name for s in all_steps())}")
-        self._configs: dict[str, StepConfig] = {s.name: s.make_config(self.user_config.get(s.name))
-                                                for s in all_steps()}
+        self._load_configs()
         self._stop = False
         self._events: list[tuple[str, dict[str, Any]]] = []
         self.counts: Counter[str] = Counter()
@@ -169,38 +177,167 @@ class Scheduler:
     def config_for(self, step: Step) -> StepConfig:
         return self._configs[step.name]
 
+    def _load_configs(self) -> None:
+        """Read ``<root>/upad.toml`` and build every step's typed configuration (an error names the parameter)."""
+        self.user_config = load_user_config(self.settings.root)
+        self._configs = {s.name: s.make_config(step_overrides(self.user_config, s)) for s in all_steps()}
+        self._config_mtime = _mtime(self.settings.root / "upad.toml")
+
+    def reload_config(self) -> bool:
+        """Re-read ``upad.toml`` when it changed since it was read (a daemon picks up a new configuration: jobs
+        planned under the old one are re-planned, never run under their old provenance id). An invalid new file is
+        reported and the configuration in use is kept."""
+        if _mtime(self.settings.root / "upad.toml") == self._config_mtime:
+            return False
+        previous = (self.user_config, self._configs, self._config_mtime)
+        try:
+            self._load_configs()
+        except Exception as exc:  # noqa: BLE001 - a daemon keeps running with the configuration it has
+            self.user_config, self._configs, self._config_mtime = previous
+            self._config_mtime = _mtime(self.settings.root / "upad.toml")
+            log.error("upad.toml changed but is not valid, keeping the configuration in use: %s", exc)
+            self.on_event("config_error", {"error": str(exc)})
+            return False
+        log.info("upad.toml changed: configuration reloaded")
+        self.on_event("config_reloaded", {})
+        return True
+
     @staticmethod
     def input_identities(s: Session, refs: Iterable[InputRef]) -> dict[tuple[str, int], str]:
         """Stable identities of inputs: a frame's SHA-256, a product's provenance id."""
+        return {k: v[0] for k, v in Scheduler._input_info(s, refs).items()}
+
+    @staticmethod
+    def _input_info(s: Session, refs: Iterable[InputRef]) -> dict[tuple[str, int], tuple[str, str, str]]:
+        """``(kind, id) -> (identity, input kind, why it is not usable or "")`` of every input."""
         refs = set(refs)
         frame_ids = sorted({r.id for r in refs if r.kind == "frame"})
         product_ids = sorted({r.id for r in refs if r.kind == "product"})
-        out: dict[tuple[str, int], str] = {}
+        out: dict[tuple[str, int], tuple[str, str, str]] = {}
         for chunk in _chunks(frame_ids):
-            out.update((("frame", i), sha) for i, sha in s.execute(select(Frame.id, Frame.sha256)
-                                                                    .where(Frame.id.in_(chunk))))
+            for i, sha, valid, name in s.execute(select(Frame.id, Frame.sha256, Frame.valid, Frame.filename)
+                                                 .where(Frame.id.in_(chunk))):
+                out[("frame", i)] = (sha, FRAME, "" if valid else f"frame {name} is flagged invalid")
         for chunk in _chunks(product_ids):
-            out.update((("product", i), p) for i, p in s.execute(select(Product.id, Product.provenance_id)
-                                                                  .where(Product.id.in_(chunk))))
+            for i, prov, kind, state, bad in s.execute(
+                    select(Product.id, Product.provenance_id, Product.kind, Product.state, Product.is_bad)
+                    .where(Product.id.in_(chunk))):
+                why = (f"input product {i} ({kind}) is marked bad" if bad else
+                       f"input product {i} ({kind}) is {state}" if state != "complete" else "")
+                out[("product", i)] = (prov, kind, why)
         missing = [r for r in refs if (r.kind, r.id) not in out]
         if missing:
             raise ValueError(f"inputs that do not exist in the database: {sorted(missing)[:5]}")
         return out
 
-    def plan(self, *, dry_run: bool = False, force_steps: Iterable[str] = (), since: str | None = None) -> PlanReport:
-        """List every unit of every step and create jobs for the ready ones that need one.
+    def _check_declared(self, step: Step, cfg: StepConfig, units: list[Unit],
+                        info: dict[tuple[str, int], tuple[str, str, str]]) -> None:
+        """Readiness from the step's declarations: roles and kinds as declared (else a declaration error), counts
+        within the declared bounds and usable inputs (else the unit waits, with the reason)."""
+        if not step.inputs:
+            return
+        declared = {c.name: c for c in step.inputs}
+        for unit in units:
+            if not unit.ready:
+                continue
+            counts: Counter[str] = Counter()
+            problems: list[str] = []
+            for ref in unit.inputs:
+                conn = declared.get(ref.role)
+                if conn is None:
+                    raise ValueError(f"step {step.name!r} planned an input with role {ref.role!r} that it does not "
+                                     f"declare (declared: {sorted(declared)})")
+                ident, kind, why = info[(ref.kind, ref.id)]
+                if kind != conn.kind:
+                    raise ValueError(f"step {step.name!r}: input {ref.kind} {ref.id} of role {ref.role!r} is a "
+                                     f"{kind}, the declaration says {conn.kind}")
+                counts[ref.role] += 1
+                if why:
+                    problems.append(why)
+            for conn in step.inputs:
+                if not conn.enabled(cfg):
+                    continue
+                lo, hi = conn.bounds(cfg)
+                n = counts.get(conn.name, 0)
+                if n < lo:
+                    problems.append(f"needs at least {lo} {conn.name} input(s) ({conn.kind}), has {n}")
+                elif hi is not None and n > hi:
+                    problems.append(f"takes at most {hi} {conn.name} input(s) ({conn.kind}), has {n}")
+            if problems:
+                unit.ready, unit.reason = False, "; ".join(problems[:3]) + (
+                    f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+
+    def _scope(self, s: Session, step: Step, cfg_hash: str, version: str, *, full: bool) -> tuple[Scope, int]:
+        """The scope of this step's pass and the journal position it reads up to (see :mod:`upad.flow.changes`)."""
+        upto = s.scalar(select(func.max(FlowChange.id))) or 0
+        cursor = s.get(PlanCursor, step.name)
+        if full:
+            return Scope(full=True, reason="requested"), upto
+        if cursor is None:
+            return Scope(full=True, reason="first pass of the step"), upto
+        if cursor.config_hash != cfg_hash or cursor.code_version != version:
+            return Scope(full=True, reason="configuration or code version changed"), upto
+        # changes since the cursor, and those of the last minutes again: a transaction that committed after a later
+        # one (PostgreSQL sequences are not commit-ordered) is not missed
+        horizon = utcnow() - dt.timedelta(seconds=self.options.journal_overlap_seconds)
+        nights = {n for (n,) in s.execute(select(FlowChange.night).distinct().where(FlowChange.id > cursor.change_id))}
+        nights |= {n for (n,) in s.execute(select(FlowChange.night).distinct().where(FlowChange.time >= horizon))}
+        nights |= {n for (n,) in s.execute(select(PlanWaiting.night).distinct().where(PlanWaiting.step == step.name))}
+        if None in nights:
+            return Scope(full=True, reason="a change without a night"), upto
+        return Scope(full=False, nights=frozenset(nights)), upto
+
+    def _remember(self, s: Session, step: Step, scope: Scope, units: list[Unit], planned: list[PlannedUnit],
+                  upto: int, cfg_hash: str, version: str) -> None:
+        """Record the step's waiting units of this pass and move its journal cursor."""
+        stmt = delete(PlanWaiting).where(PlanWaiting.step == step.name)
+        if not scope.full:
+            nights = {str(u.context.get("night")) for u in units if u.context.get("night")} | set(scope.nights)
+            stmt = stmt.where(PlanWaiting.night.in_(sorted(nights)))
+        s.execute(stmt)
+        now = utcnow()
+        rows = {p.unit.key: {"step": step.name, "unit_key": p.unit.key, "since": now, "reason": p.reason[:2000],
+                             "night": (str(p.unit.context.get("night"))[:10] if p.unit.context.get("night")
+                                       else None)}
+                for p in planned if p.status == "waiting"}
+        for chunk in _chunks(list(rows.values())):
+            s.execute(_insert(s, PlanWaiting).on_conflict_do_nothing(), chunk)
+        cursor = s.get(PlanCursor, step.name)
+        if cursor is None:
+            s.add(PlanCursor(step=step.name, change_id=upto, config_hash=cfg_hash, code_version=version,
+                             updated_at=now))
+        elif scope.full or cursor.change_id < upto:
+            cursor.change_id = max(cursor.change_id, upto) if not scope.full else upto
+            cursor.config_hash, cursor.code_version, cursor.updated_at = cfg_hash, version, now
+
+    def plan(self, *, dry_run: bool = False, force_steps: Iterable[str] = (), since: str | None = None,
+             full: bool = False) -> PlanReport:
+        """Plan every step and create jobs for the ready units that need one.
+
+        A pass is incremental: each step plans only the nights touched by changes since its last pass (and the
+        nights of its waiting units); its first pass, a new configuration or code version, ``full`` and
+        ``dry_run`` (which lists everything and writes nothing) plan every unit.
 
         ``force_steps`` (``upad reprocess``): create jobs for units of these steps even when a current product
         exists, if the unit's provenance (inputs, configuration, code version) differs from the current product's.
         ``since`` restricts forced units to those whose ``context['night']`` (or ``date``) is on or after it.
         """
+        self.reload_config()
         report = PlanReport()
         force = set(force_steps)
         for step in self._steps:
+            cfg = self.config_for(step)
+            version, cfg_hash = code_version(step.version), cfg.hash()
             with self.db.session() as s:
-                units = list(step.plan(s, self.config_for(step)))
-                report.units.extend(self._plan_step(s, step, units, report, dry_run=dry_run,
-                                                    force=step.name in force, since=since))
+                scope, upto = self._scope(s, step, cfg_hash, version,
+                                          full=full or dry_run or step.name in force)
+                report.scopes[step.name] = scope
+                units = list(step.plan(PlanContext(s, scope, step.name), cfg))
+                planned = self._plan_step(s, step, units, report, dry_run=dry_run, force=step.name in force,
+                                          since=since)
+                report.units.extend(planned)
+                if not dry_run:
+                    self._remember(s, step, scope, units, planned, upto, cfg_hash, version)
         return report
 
     def _plan_step(self, s: Session, step: Step, units: list[Unit], report: PlanReport, *, dry_run: bool,
@@ -208,8 +345,14 @@ class Scheduler:
         cfg = self.config_for(step)
         version = code_version(step.version)
         cfg_hash = cfg.hash()
+        off = {c.name for c in step.inputs if not c.enabled(cfg)}
+        if off:  # inputs of connections the configuration turns off do not enter the provenance
+            for u in units:
+                u.inputs = [r for r in u.inputs if r.role not in off]
         planned: list[PlannedUnit] = []
-        ident = self.input_identities(s, (r for u in units if u.ready for r in u.inputs))
+        info = self._input_info(s, (r for u in units if u.ready for r in u.inputs))
+        self._check_declared(step, cfg, units, info)
+        ident = {k: v[0] for k, v in info.items()}
         ready = [(u, provenance_id(step.name, version, cfg_hash, u.key, u.inputs, ident)) for u in units if u.ready]
         for u in units:
             if not u.ready:
@@ -229,11 +372,18 @@ class Scheduler:
             for prov, state, product_id in s.execute(
                     select(Job.provenance_id, Job.state, Job.product_id).where(Job.provenance_id.in_(chunk))):
                 jobs[prov] = (state, product_id)
-        # units with a job still queued or running (for other inputs): one job per unit at a time
+        # units with a job still queued or running (for other inputs): one job per unit at a time; a queued job
+        # planned under another configuration is cancelled and re-planned (never run under its old id)
         active: set[str] = set()
         for chunk in _chunks(keys):
-            active.update(k for (k,) in s.execute(select(Job.unit_key).where(
-                Job.step == step.name, Job.unit_key.in_(chunk), Job.state.in_(("queued", "running")))))
+            for job, job_cfg in s.execute(select(Job, Provenance.config_hash)
+                                          .join(Provenance, Provenance.id == Job.provenance_id)
+                                          .where(Job.step == step.name, Job.unit_key.in_(chunk),
+                                                 Job.state.in_(("queued", "running")))):
+                if job.state == "queued" and job_cfg != cfg_hash and not dry_run:
+                    self._cancel_for_config(job, job_cfg, cfg_hash)
+                    continue
+                active.add(job.unit_key)
         to_create: list[tuple[Unit, str]] = []
         for unit, prov in ready:
             cur = current.get(unit.key)
@@ -267,6 +417,13 @@ class Scheduler:
         if to_create and not dry_run:
             report.created += self._create_jobs(s, step, cfg, to_create)
         return planned
+
+    def _cancel_for_config(self, job: Job, old_hash: str, new_hash: str) -> None:
+        job.state, job.updated_at = "cancelled", utcnow()
+        job.error = (f"configuration changed since it was planned (config {old_hash[:12]} -> {new_hash[:12]}): "
+                     "re-planned under the new configuration")
+        self.counts["cancelled_config"] += 1
+        log.info("job %d (%s %s) cancelled: %s", job.id, job.step, job.unit_key, job.error)
 
     def _create_jobs(self, s: Session, step: Step, cfg: StepConfig, items: list[tuple[Unit, str]]) -> int:
         version = code_version(step.version)
@@ -346,6 +503,7 @@ class Scheduler:
         """Claim up to ``slots`` queued jobs for this scheduler and return their payloads."""
         if slots <= 0:
             return []
+        self.reload_config()
         now = utcnow()
         budget = self.options.memory_budget_gb
         steps = [s.name for s in self._steps]
@@ -353,6 +511,18 @@ class Scheduler:
             stmt = (select(Job).where(Job.state == "queued", Job.next_try_at <= now, Job.step.in_(steps))
                     .order_by(Job.priority, Job.id).limit(slots))
             jobs = list(s.scalars(_lock(s, stmt, skip_locked=True)))
+            # a job runs under the configuration recorded with its provenance, or not at all: one planned under
+            # another configuration (upad.toml changed since) is cancelled, and the next pass re-plans its unit
+            recorded = dict(s.execute(select(Provenance.id, Provenance.config_hash).where(
+                Provenance.id.in_([j.provenance_id for j in jobs]))).all()) if jobs else {}
+            kept = []
+            for job in jobs:
+                current_hash = self.config_for(_step(job.step)).hash()
+                if recorded.get(job.provenance_id) != current_hash:
+                    self._cancel_for_config(job, recorded.get(job.provenance_id) or "?", current_hash)
+                else:
+                    kept.append(job)
+            jobs = kept
             chosen: list[Job] = []
             mem = inflight_memory_gb
             for job in jobs:
@@ -466,7 +636,8 @@ class Scheduler:
         product = Product(provenance_id=job.provenance_id, step=job.step, kind=_step(job.step).product_kind,
                           unit_key=job.unit_key, state="complete", is_current=False, created_at=now, job_id=job.id,
                           attempt_id=att.id, run_id=self.run_id, files=files, meta=out.get("meta") or {},
-                          context=s.get(Provenance, job.provenance_id).context,
+                          context=(ctx := s.get(Provenance, job.provenance_id).context),
+                          night=str(ctx["night"])[:10] if (ctx or {}).get("night") else None,
                           qc_status=out.get("qc_status"),
                           good_after=_parse_dt(out.get("good_after")), good_until=_parse_dt(out.get("good_until")))
         s.add(product)
@@ -620,6 +791,18 @@ class Scheduler:
             self.end_run(state)
             self.cleanup_staging()
         return dict(self.counts)
+
+
+def step_overrides(user_config: dict[str, Any], step: Step) -> dict[str, Any]:
+    """The ``upad.toml`` values of one step: its ``[steps.<name>]`` table."""
+    return dict(user_config.get(step.name) or {})
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def frame_meta(f: Frame) -> dict[str, Any]:

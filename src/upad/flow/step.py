@@ -1,12 +1,22 @@
 """Steps of the processing flow: one declaration each.
 
-A step says *what makes it ready* (:meth:`Step.plan`, run by the scheduler against the database), *what it
-produces* (``product_kind``, files in an archive ``area``), its resources (``memory_class``), its configuration
-(a :class:`~upad.config.StepConfig`) and its code version. :meth:`Step.run` executes on a worker — a local process,
-a Dask worker, a batch node — and never touches the database: it receives resolved inputs (paths and metadata),
-calls the pure algorithm, writes outputs into a staging directory and returns what the scheduler records.
+A step declares, as data, *what it reads* (:attr:`Step.inputs`: :func:`Input` and :func:`PrerequisiteInput`
+connections, each with a role, the kind of product — or :data:`FRAME` for raw frames —, whether it is a calibration
+found by a validity lookup, and how many it takes), *what it writes* (:attr:`Step.outputs`, the files of its product
+of kind ``product_kind`` in an archive ``area``), its resources (``memory_class``), its configuration (a
+:class:`~upad.config.StepConfig`) and its code version. The scheduler derives the order of the steps from these
+declarations (a step runs after the steps whose product kinds it reads) and checks every unit against them (roles,
+kinds, counts, usable inputs) before it is ready.
 
-Adding a step is one subclass decorated with :func:`register_step`, plus its algorithm::
+:meth:`Step.plan` only *groups*: it lists the units the step could make, with their inputs, through the query helpers
+of the :class:`~upad.flow.queries.PlanContext` it receives (``ctx.frames(...)``, ``ctx.current_products(...)``),
+restricted to the nights that changed since the last pass. :meth:`Step.run` executes on a worker — a local process,
+a Dask worker, a batch node — and never touches the database: it receives its typed configuration (the one recorded
+with the job's provenance) and resolved inputs (paths and metadata), calls the pure algorithm, writes outputs into a
+staging directory and returns what the scheduler records.
+
+Adding a step is one subclass decorated with :func:`register_step`, plus its algorithm (see "How to add a step" in
+docs/processing-flow.md)::
 
     @register_step
     class MasterBias(Step):
@@ -15,8 +25,10 @@ Adding a step is one subclass decorated with :func:`register_step`, plus its alg
         area = "calibration"
         config_class = MasterBiasConfig
         version = "1.0"
+        inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's bias frames"),)
+        outputs = (Output("master", doc="master bias FITS"), Output("qc_plot", doc="PNG"))
 
-        def plan(self, session, config): ...
+        def plan(self, ctx, config): ...
         def run(self, task): ...
 
 Steps from other packages are loaded from the ``upad.steps`` entry-point group or from the modules listed in the
@@ -38,12 +50,90 @@ from upad.config import StepConfig
 from upad.errors import DataError, TransientError
 
 __all__ = [
+    "FRAME", "Connection", "Input", "PrerequisiteInput", "Output", "OutputDecl",
     "InputRef", "OutputFile", "ResolvedInput", "Step", "StepOutput", "Task", "Unit", "DataError", "TransientError",
-    "register_step", "unregister_step", "get_step", "all_steps", "load_plugins", "MEMORY_CLASSES",
+    "register_step", "unregister_step", "get_step", "all_steps", "load_plugins", "step_order", "MEMORY_CLASSES",
 ]
 
 #: Memory classes and the memory (GB) a job of that class may use; executors use this to bound concurrency.
 MEMORY_CLASSES: dict[str, float] = {"tiny": 0.25, "small": 1.0, "medium": 4.0, "large": 8.0}
+
+
+#: The input kind of raw frames (every other input kind is a product kind).
+FRAME = "raw_frame"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A declared input of a step (in the spirit of the Rubin pipelines' ``PipelineTaskConnections``).
+
+    Attributes
+    ----------
+    name : str
+        The role of the input in a unit (``raw``, ``bias``, ``flat`` …): the ``role`` of its :class:`InputRef`.
+    kind : str
+        :data:`FRAME` for raw frames, else the ``product_kind`` of the step that makes it.
+    calibration : bool
+        A calibration found by a validity lookup (``PrerequisiteInput``) rather than grouped by the unit.
+    minimum, maximum : int, str or None
+        How many inputs of this role a ready unit has; a string names a configuration parameter (e.g.
+        ``"min_frames"``); ``maximum=None`` is unbounded.
+    enabled_by : str or None
+        A (dotted) boolean configuration parameter: when it is false the connection is off and inputs of this role
+        are dropped from the units (so they do not enter the provenance).
+    doc : str
+        What the input is, for users.
+    """
+
+    name: str
+    kind: str
+    calibration: bool = False
+    minimum: int | str = 1
+    maximum: int | str | None = 1
+    enabled_by: str | None = None
+    doc: str = ""
+
+    def enabled(self, config: StepConfig) -> bool:
+        return self.enabled_by is None or bool(_config_value(config, self.enabled_by))
+
+    def bounds(self, config: StepConfig) -> tuple[int, int | None]:
+        lo = self.minimum if isinstance(self.minimum, int) else int(_config_value(config, self.minimum))
+        hi = self.maximum if self.maximum is None or isinstance(self.maximum, int) else int(
+            _config_value(config, self.maximum))
+        return lo, hi
+
+
+def Input(name: str, kind: str, *, minimum: int | str = 1, maximum: int | str | None = 1,
+          enabled_by: str | None = None, doc: str = "") -> Connection:
+    """An input grouped by the step's ``plan`` (raw frames of a series, the products of a tile …)."""
+    return Connection(name, kind, False, minimum, maximum, enabled_by, doc)
+
+
+def PrerequisiteInput(name: str, kind: str, *, minimum: int | str = 1, maximum: int | str | None = 1,
+                      enabled_by: str | None = None, doc: str = "") -> Connection:
+    """A calibration input looked up by validity (``minimum=0``: optional, used when one applies)."""
+    return Connection(name, kind, True, minimum, maximum, enabled_by, doc)
+
+
+@dataclass(frozen=True)
+class OutputDecl:
+    """A declared output file of a step's product: its role in the product's file list."""
+
+    role: str
+    doc: str = ""
+    optional: bool = False
+
+
+def Output(role: str, *, doc: str = "", optional: bool = False) -> OutputDecl:
+    """A file of the step's product (``optional``: not every product has it, e.g. a failed-QC frame)."""
+    return OutputDecl(role, doc, optional)
+
+
+def _config_value(config: StepConfig, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 @dataclass(frozen=True, order=True)
@@ -89,6 +179,7 @@ class Task:
     unit_key: str
     context: dict[str, Any]
     config: dict[str, Any]
+    config: Any  # the step's typed configuration (a StepConfig), as recorded with the job's provenance
     inputs: tuple[ResolvedInput, ...]
     root: str
     staging: str
@@ -138,16 +229,24 @@ class Step(ABC):
     memory_class: ClassVar[str] = "small"
     config_class: ClassVar[type[StepConfig]] = StepConfig
     version: ClassVar[str] = "1.0"
-    #: Steps of an earlier stage are planned first (the order of the data flow).
-    order: ClassVar[int] = 100
     description: ClassVar[str] = ""
+    #: What the step reads (see :class:`Connection`); the order of the steps follows from these.
+    inputs: ClassVar[tuple[Connection, ...]] = ()
+    #: The files of the step's product (see :func:`Output`).
+    outputs: ClassVar[tuple[OutputDecl, ...]] = ()
 
     def make_config(self, overrides: dict[str, Any] | None = None) -> StepConfig:
-        return self.config_class.from_mapping(overrides, where=f"[steps.{self.name}]")
+        return self.config_class.from_mapping(overrides, where=f"steps.{self.name}")
+
+    def connection(self, role: str) -> Connection | None:
+        return next((c for c in self.inputs if c.name == role), None)
 
     @abstractmethod
-    def plan(self, session: Any, config: StepConfig) -> Iterable[Unit]:
-        """Every unit this step could make now, ready or waiting (with a reason). Runs on the scheduler."""
+    def plan(self, ctx: Any, config: StepConfig) -> Iterable[Unit]:
+        """Every unit this step could make now among the changed nights, ready or waiting (with a reason).
+
+        Runs on the scheduler; ``ctx`` is a :class:`~upad.flow.queries.PlanContext` (query helpers, the scope of
+        the pass and ``ctx.session`` for the rules of a domain module)."""
 
     @abstractmethod
     def run(self, task: Task) -> StepOutput:
@@ -173,6 +272,12 @@ def register_step(cls: type[Step]) -> type[Step]:
         raise ValueError(f"a step named {cls.name!r} is already registered ({type(existing).__qualname__})")
     if cls.memory_class not in MEMORY_CLASSES:
         raise ValueError(f"step {cls.name!r}: unknown memory class {cls.memory_class!r}")
+    roles = [c.name for c in cls.inputs]
+    if len(set(roles)) != len(roles):
+        raise ValueError(f"step {cls.name!r}: input roles must be unique, got {roles}")
+    for c in cls.inputs:
+        if not isinstance(c, Connection):
+            raise ValueError(f"step {cls.name!r}: inputs must be Input(...)/PrerequisiteInput(...), got {c!r}")
     _REGISTRY[cls.name] = cls()
     return cls
 
@@ -195,10 +300,33 @@ def load_plugins() -> None:
     _PLUGINS_LOADED = True
 
 
+def step_order(steps: Iterable[Step]) -> list[Step]:
+    """Steps in data-flow order, derived from their declarations: a step comes after every step whose product kind
+    it reads (ties by name). A cycle is a declaration error."""
+    steps = sorted(steps, key=lambda st: st.name)
+    makers: dict[str, list[str]] = {}
+    for st in steps:
+        makers.setdefault(st.product_kind, []).append(st.name)
+    after = {st.name: {m for c in st.inputs for m in makers.get(c.kind, ()) if m != st.name} for st in steps}
+    order: list[Step] = []
+    done: set[str] = set()
+    pending = list(steps)
+    while pending:
+        ready = [st for st in pending if after[st.name] <= done]
+        if not ready:
+            raise ValueError("the step declarations form a cycle: "
+                             + ", ".join(f"{st.name} reads {sorted(after[st.name] - done)}" for st in pending))
+        for st in ready:
+            order.append(st)
+            done.add(st.name)
+        pending = [st for st in pending if st.name not in done]
+    return order
+
+
 def all_steps() -> list[Step]:
-    """Registered steps in data-flow order."""
+    """Registered steps in data-flow order (see :func:`step_order`)."""
     load_plugins()
-    return sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name))
+    return step_order(_REGISTRY.values())
 
 
 def get_step(name: str) -> Step:

@@ -96,17 +96,22 @@ def execute_task(payload: dict[str, Any]) -> dict[str, Any]:
         task = Task(
             step=payload["step"], job_id=payload["job_id"], attempt_id=payload["attempt_id"],
             provenance_id=payload["provenance_id"], unit_key=payload["unit_key"], context=payload["context"],
-            config=payload["config"],
+            # the typed configuration, as recorded with the job's provenance (the scheduler checked its hash)
+            config=step.config_class.from_mapping(payload["config"], where=f"steps.{step.name}"),
             inputs=tuple(ResolvedInput(kind=i["kind"], id=i["id"], role=i["role"], paths=tuple(i["paths"]),
                                        meta=i["meta"]) for i in payload["inputs"]),
             root=payload["root"], staging=str(staging),
         )
         result = step.run(task)
+        declared = {o.role for o in step.outputs}
         files = []
         for f in result.files:
             staged = Path(f.staged)
             if not staged.is_file():
                 raise DataError(f"step {task.step} declared output {f.final} but did not write {staged}")
+            if declared and f.role not in declared:
+                raise ValueError(f"step {task.step} wrote a file of role {f.role!r} that it does not declare "
+                                 f"(declared outputs: {sorted(declared)})")
             files.append({"role": f.role, "staged": str(staged), "final": f.final, "sha256": sha256_file(staged),
                           "size": staged.stat().st_size})
         outcome.update(ok=True, files=files, meta=result.meta, qc_status=result.qc_status,

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from upad.config import StepConfig, param
-from upad.db.models import Frame
+from upad.flow.queries import PlanContext
 from upad.flow.step import (
+    FRAME,
+    Input,
     InputRef,
+    Output,
     OutputFile,
     Step,
     StepOutput,
@@ -59,22 +61,21 @@ class RawPreview(Step):
     memory_class = "small"
     config_class = RawPreviewConfig
     version = "1.1"
-    order = 10
     description = "PNG quick-look of every ingested raw frame"
+    inputs = (Input("raw", FRAME, doc="a valid ingested raw frame"),)
+    outputs = (Output("preview", doc="PNG quick-look"),)
 
-    def plan(self, session: Any, config: StepConfig) -> Iterable[Unit]:
-        rows = session.execute(select(Frame.id, Frame.filename, Frame.night, Frame.obs_type, Frame.filter)
-                               .where(Frame.valid.is_(True), Frame.state == "ingested"))
-        for fid, filename, night, obs_type, filt in rows:
-            yield Unit(key=f"{night}/{filename.split('.')[0]}", inputs=[InputRef("frame", fid, "raw")],
-                       context={"night": night, "obs_type": obs_type, "filter": filt, "frame_id": fid},
+    def plan(self, ctx: PlanContext, config: StepConfig) -> Iterable[Unit]:
+        for f in ctx.frames():
+            yield Unit(key=f"{f.night}/{f.filename.split('.')[0]}", inputs=[InputRef("frame", f.id, "raw")],
+                       context={"night": f.night, "obs_type": f.obs_type, "filter": f.filter, "frame_id": f.id},
                        priority=200)
 
     def run(self, task: Task) -> StepOutput:
         raw = task.input("raw")
         _, data = read_raw(raw.paths[0])
         data = quicklook_image(data, raw.meta.get("instrument"), raw.meta.get("layout"))
-        image = render_preview(data, max_size=int(task.config["max_size"]))
+        image = render_preview(data, max_size=int(task.config.max_size))
         name = f"{raw.meta['filename'].split('.')[0]}.png"
         staged = task.stage(name)
         write_png(staged, image)

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from sqlalchemy import select
 
 from upad import maskbits
 from upad.calib.config import LookupConfig
@@ -35,7 +34,21 @@ from upad.calib.lookup import select_masters
 from upad.config import param
 from upad.db.models import Frame
 from upad.errors import DataError
-from upad.flow.step import InputRef, OutputFile, ResolvedInput, Step, StepOutput, Task, Unit, register_step
+from upad.flow.queries import PlanContext
+from upad.flow.step import (
+    FRAME,
+    Input,
+    InputRef,
+    Output,
+    OutputFile,
+    PrerequisiteInput,
+    ResolvedInput,
+    Step,
+    StepOutput,
+    Task,
+    Unit,
+    register_step,
+)
 from upad.instruments import get_instrument
 from upad.io.image import read_image
 from upad.io.raw import read_raw
@@ -111,13 +124,23 @@ class Reduce(Step):
     memory_class = "medium"
     config_class = ReduceConfig
     version = "1.2"  # 1.2: failed QC for bad input, CAL_<ROLE> header cards, compiled ISR
-    order = 50
     description = "instrumental correction, variance and masks of a science frame"
+    #: the masters are looked up by validity (:func:`upad.calib.lookup.select_masters`); which of them are required
+    #: is the lookup's ``required`` parameter, so each is declared with ``minimum=0``
+    inputs = (Input("raw", FRAME, doc="the science frame"),
+              PrerequisiteInput("bias", "master_bias", minimum=0, doc="master bias (required by default)"),
+              PrerequisiteInput("dark", "master_dark", minimum=0, doc="master dark"),
+              PrerequisiteInput("flat", "master_flat", minimum=0, doc="master flat (required by default)"),
+              PrerequisiteInput("illumination", "master_illumination", minimum=0,
+                                doc="illumination correction made against the chosen flat's type"),
+              PrerequisiteInput("fringe", "master_fringe", minimum=0, enabled_by="fringe_correct",
+                                doc="fringe map (filters that fringe)"),
+              PrerequisiteInput("bpm", "bad_pixel_mask", minimum=0, doc="bad-pixel mask"))
+    outputs = tuple(Output(role, optional=True) for role in OUTPUT_ROLES)
 
-    def plan(self, session: Any, config: ReduceConfig) -> Iterable[Unit]:
-        for f in session.scalars(select(Frame).where(Frame.obs_type == "science", Frame.valid.is_(True))
-                                 .order_by(Frame.date_obs)):
-            sel = select_masters(session, f, config)
+    def plan(self, ctx: PlanContext, config: ReduceConfig) -> Iterable[Unit]:
+        for f in ctx.frames("science"):
+            sel = select_masters(ctx.session, f, config)
             yield Unit(key=unit_key(f),
                        inputs=[InputRef("frame", f.id, "raw"), *sel.inputs()], ready=sel.ready, reason=sel.reason,
                        context={"night": f.night, "filter": f.filter, "frame_id": f.id, "masters": sel.record()})
@@ -130,7 +153,7 @@ class Reduce(Step):
             pending = {kind: pool.submit(read_image, _master_path(masters[kind]), first_image=True,
                                          dtype=None if kind == "bpm" else np.float32)
                        for kind in ("bias", "dark", "flat", "illumination", "fringe", "bpm")
-                       if kind in masters and (kind != "fringe" or task.config["fringe_correct"])}
+                       if kind in masters and (kind != "fringe" or task.config.fringe_correct)}
             try:
                 return self._reduce(task, masters, pending)
             finally:
@@ -138,7 +161,7 @@ class Reduce(Step):
                     future.cancel()
 
     def _reduce(self, task: Task, masters: dict[str, ResolvedInput], pending: dict[str, Any]) -> StepOutput:
-        cfg = task.config
+        cfg = task.config.as_dict() if not isinstance(task.config, dict) else task.config
         raw_in = task.input("raw")
         meta = raw_in.meta
         inst = get_instrument(meta["instrument"])

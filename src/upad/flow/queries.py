@@ -1,0 +1,122 @@
+"""What a step's ``plan`` may ask of the database: a few query helpers, restricted to the scope of the pass.
+
+A planning pass of the scheduler (:meth:`upad.flow.scheduler.Scheduler.plan`) hands every step a
+:class:`PlanContext`. Its helpers return the rows a step groups into units — raw frames, current products —
+already restricted to the **scope** of the pass: the nights touched by changes since the step last planned
+(new or (in)validated frames, new, current, stale or bad products; see :mod:`upad.flow.changes`) and the nights of
+the units that were waiting. A full pass (first pass of a step, new configuration or code version,
+``upad run --dry-run``, ``upad reprocess``) has no restriction. Step modules hold no SQL of their own: what they need
+beyond these helpers belongs in a query module of their domain (e.g. :mod:`upad.calib.queries`), which receives the
+session and the scope.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from upad.db.models import Frame, Product
+
+__all__ = ["PlanContext", "Scope", "current_products", "frames"]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which units a planning pass looks at: every unit (``full``) or those of ``nights``."""
+
+    full: bool = True
+    nights: frozenset[str] = field(default_factory=frozenset)
+    reason: str = ""
+
+    def covers(self, night: str | None) -> bool:
+        """Whether a unit of ``night`` is in scope (units without a night are only planned in full passes)."""
+        return self.full or (night is not None and night in self.nights)
+
+    def describe(self) -> str:
+        if self.full:
+            return f"full ({self.reason})" if self.reason else "full"
+        return f"{len(self.nights)} night(s)" + (f": {', '.join(sorted(self.nights)[:5])}" if self.nights else "")
+
+
+def _in_scope(stmt: Select, column: Any, scope: Scope | None, nights: Iterable[str] | None) -> Select:
+    if nights is not None:
+        wanted = set(nights)
+        if scope is not None and not scope.full:
+            wanted &= scope.nights
+        return stmt.where(column.in_(sorted(wanted)))
+    if scope is not None and not scope.full:
+        return stmt.where(column.in_(sorted(scope.nights)))
+    return stmt
+
+
+def frames(session: Session, *, obs_types: Sequence[str] | None = None, valid: bool | None = True,
+           nights: Iterable[str] | None = None, scope: Scope | None = None,
+           instrument: str | None = None) -> list[Frame]:
+    """Registered frames (valid ones by default) of the given observation types, ordered by observation time."""
+    stmt = select(Frame)
+    if valid is not None:
+        stmt = stmt.where(Frame.valid.is_(valid))
+    if obs_types:
+        stmt = stmt.where(Frame.obs_type.in_(list(obs_types)))
+    if instrument:
+        stmt = stmt.where(Frame.instrument == instrument)
+    stmt = _in_scope(stmt, Frame.night, scope, nights)
+    return list(session.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
+
+
+def current_products(session: Session, kind: str | None = None, *, step: str | None = None,
+                     qc: Sequence[str] | None = None, nights: Iterable[str] | None = None,
+                     scope: Scope | None = None, context: dict[str, Any] | None = None,
+                     usable: bool = True) -> list[Product]:
+    """Current products of a kind (or a step): complete and not marked bad when ``usable``; with ``qc``, only those
+    whose QC status is one of them; with ``context``, only those whose unit context has these values (e.g.
+    ``{"tile_id": 12, "filter": "rSDSS"}``). Ordered by id."""
+    stmt = select(Product).where(Product.is_current.is_(True))
+    if kind is not None:
+        stmt = stmt.where(Product.kind == kind)
+    if step is not None:
+        stmt = stmt.where(Product.step == step)
+    if usable:
+        stmt = stmt.where(Product.state == "complete", Product.is_bad.is_(False))
+    if qc is not None:
+        stmt = stmt.where(Product.qc_status.in_(list(qc)))
+    stmt = _in_scope(stmt, Product.night, scope, nights)
+    rows = list(session.scalars(stmt.order_by(Product.id)))
+    if context:
+        rows = [p for p in rows if all((p.context or {}).get(k) == v for k, v in context.items())]
+    return rows
+
+
+class PlanContext:
+    """The query helpers of one step's planning pass (see the module documentation).
+
+    Attributes
+    ----------
+    session : Session
+        The pass's read-only session (for a domain query module; steps themselves use the helpers).
+    scope : Scope
+        The nights this pass looks at.
+    step : str
+        The step being planned.
+    """
+
+    def __init__(self, session: Session, scope: Scope | None = None, step: str = "") -> None:
+        self.session = session
+        self.scope = scope or Scope()
+        self.step = step
+
+    def frames(self, *obs_types: str, valid: bool | None = True, nights: Iterable[str] | None = None,
+               instrument: str | None = None) -> list[Frame]:
+        """Frames of these observation types in the scope (every type when none is given)."""
+        return frames(self.session, obs_types=obs_types or None, valid=valid, nights=nights, scope=self.scope,
+                      instrument=instrument)
+
+    def current_products(self, kind: str | None = None, *, step: str | None = None,
+                         qc: Sequence[str] | None = None, nights: Iterable[str] | None = None,
+                         context: dict[str, Any] | None = None) -> list[Product]:
+        """Usable current products of ``kind`` (or ``step``) in the scope (see :func:`current_products`)."""
+        return current_products(self.session, kind, step=step, qc=qc, nights=nights, scope=self.scope,
+                                context=context)
