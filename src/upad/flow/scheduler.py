@@ -133,6 +133,7 @@ class Scheduler:
         self.options = options or SchedulerOptions()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.run_name = run_name
+        self._given_name = run_name
         self.command = command
         self.run_id: int | None = None
         self.on_event = on_event or (lambda kind, info: None)
@@ -156,7 +157,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------------------ runs
     def start_run(self) -> int:
-        name = self.run_name or f"run-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{self.owner.rsplit(':', 1)[1]}"
+        # a scheduler object may run several times (a second run gets its own name unless one was given)
+        stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"[:-3]
+        name = self._given_name or f"run-{stamp}-{self.owner.rsplit(':', 1)[1]}"
         with self.db.session() as s:
             run = Run(name=name, command=self.command, host=socket.gethostname(), pid=os.getpid(),
                       executor=self.executor.describe() if self.executor else "none", state="running")
