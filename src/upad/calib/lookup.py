@@ -48,6 +48,7 @@ from upad.calib.planning import (
 )
 from upad.calib.store import load_breakpoints
 from upad.db.models import Frame, Product
+from upad.flow.queries import session_scope
 from upad.flow.step import InputRef
 
 __all__ = [
@@ -166,11 +167,17 @@ def candidates(session: Session, kind: str) -> list[Candidate]:
     cache = session.info.setdefault("upad_calib_cache", {})
     key = ("candidates", kind)
     if key not in cache:
-        rows = session.execute(select(Product.id, Product.provenance_id, Product.unit_key, Product.context,
-                                      Product.good_after, Product.good_until, Product.qc_status)
-                               .where(Product.step == STEP_OF[kind], Product.is_current.is_(True),
-                                      Product.is_bad.is_(False), Product.state == "complete")
-                               .order_by(Product.id))
+        stmt = (select(Product.id, Product.provenance_id, Product.unit_key, Product.context, Product.good_after,
+                       Product.good_until, Product.qc_status)
+                .where(Product.step == STEP_OF[kind], Product.is_current.is_(True), Product.is_bad.is_(False),
+                       Product.state == "complete"))
+        scope, reach = session_scope(session)
+        if not scope.full and scope.nights:
+            # a planning pass of a few nights: only masters within reach of them (the widest fallback window)
+            lo = dt.date.fromisoformat(min(scope.nights)) - dt.timedelta(days=reach + 1)
+            hi = dt.date.fromisoformat(max(scope.nights)) + dt.timedelta(days=reach + 1)
+            stmt = stmt.where(Product.night >= lo.isoformat(), Product.night <= hi.isoformat())
+        rows = session.execute(stmt.order_by(Product.id))
         out = []
         for pid, prov, ukey, ctx, ga, gu, qc in rows:
             ctx = ctx or {}

@@ -38,6 +38,7 @@ from upad.calib.config import (
 )
 from upad.config import StepConfig
 from upad.db.models import Frame, Job, Product, utcnow
+from upad.flow.queries import session_scope
 from upad.flow.step import InputRef, Unit
 
 __all__ = [
@@ -148,27 +149,33 @@ def _cache(session: Session) -> dict[Any, Any]:
 
 
 def load_frames(session: Session, obs_types: Sequence[str]) -> list[FrameInfo]:
-    """Valid frames of these observation types, in time order (cached per session)."""
+    """Valid frames of these observation types in the scope of the planning pass, in time order (cached per
+    session)."""
     key = ("frames", tuple(obs_types))
     cache = _cache(session)
     if key not in cache:
         cols = (Frame.id, Frame.filename, Frame.instrument, Frame.telescope, Frame.detector, Frame.layout,
                 Frame.read_mode, Frame.obs_type, Frame.filter, Frame.exptime, Frame.date_obs, Frame.night, Frame.ra,
                 Frame.dec)
-        rows = session.execute(select(*cols).where(Frame.valid.is_(True), Frame.obs_type.in_(list(obs_types)))
-                               .order_by(Frame.date_obs, Frame.id))
+        stmt = select(*cols).where(Frame.valid.is_(True), Frame.obs_type.in_(list(obs_types)))
+        scope, _ = session_scope(session)
+        if not scope.full:
+            stmt = stmt.where(Frame.night.in_(sorted(scope.nights)))
+        rows = session.execute(stmt.order_by(Frame.date_obs, Frame.id))
         cache[key] = [FrameInfo(*r[:9], float(r[9] or 0.0), *r[10:]) for r in rows]
     return cache[key]
 
 
-def _instrument_extent(session: Session) -> dict[str, tuple[dt.datetime, str]]:
-    """Latest ``date_obs`` and latest night of any ingested frame, per instrument (cached per session)."""
-    cache = _cache(session)
-    if "extent" not in cache:
-        rows = session.execute(select(Frame.instrument, func.max(Frame.date_obs), func.max(Frame.night))
-                               .group_by(Frame.instrument))
-        cache["extent"] = {inst: (t, n) for inst, t, n in rows}
-    return cache["extent"]
+def _instrument_extent(session: Session, instrument: str) -> tuple[dt.datetime | None, str | None]:
+    """Latest ``date_obs`` and latest night of any ingested frame of an instrument (cached per session; two index
+    look-ups, whatever the size of the archive)."""
+    cache = _cache(session).setdefault("extent", {})
+    if instrument not in cache:
+        t = session.scalar(select(func.max(Frame.date_obs)).where(Frame.instrument == instrument))
+        n = session.scalar(select(Frame.night).where(Frame.instrument == instrument, Frame.date_obs == t)
+                           .limit(1)) if t is not None else None
+        cache[instrument] = (t, n)
+    return cache[instrument]
 
 
 # ------------------------------------------------------------------------------------------------------ keys
@@ -302,7 +309,7 @@ def series_complete(session: Session, s: Series, *, rule: str) -> tuple[bool, st
     end = night_end(s.night)
     if now >= end:
         return True, ""
-    last_time, last_night = _instrument_extent(session).get(s.key.instrument, (None, None))
+    last_time, last_night = _instrument_extent(session, s.key.instrument)
     if rule == "next_frame" and last_time is not None and last_time > s.last:
         return True, ""
     if last_night is not None and last_night > s.night:
@@ -316,14 +323,11 @@ def series_complete(session: Session, s: Series, *, rule: str) -> tuple[bool, st
 # ------------------------------------------------------------------------------------------------------ jobs
 def latest_job(session: Session, step: str, unit_key: str) -> Job | None:
     """The most recent job of a unit (cached per session for all units of ``step``)."""
-    cache = _cache(session)
-    ck = ("jobs", step)
-    if ck not in cache:
-        latest: dict[str, Job] = {}
-        for job in session.scalars(select(Job).where(Job.step == step).order_by(Job.id)):
-            latest[job.unit_key] = job
-        cache[ck] = latest
-    return cache[ck].get(unit_key)
+    cache = _cache(session).setdefault(("jobs", step), {})
+    if unit_key not in cache:
+        cache[unit_key] = session.scalar(select(Job).where(Job.step == step, Job.unit_key == unit_key)
+                                         .order_by(Job.id.desc()).limit(1))
+    return cache[unit_key]
 
 
 # ------------------------------------------------------------------------------------------------------ units

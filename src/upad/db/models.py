@@ -280,7 +280,8 @@ class Job(Base):
 
     attempts: Mapped[list["Attempt"]] = relationship(back_populates="job", order_by="Attempt.number")
 
-    __table_args__ = (Index("ix_jobs_state_next", "state", "next_try_at"), Index("ix_jobs_step_state", "step", "state"))
+    __table_args__ = (Index("ix_jobs_state_next", "state", "next_try_at"), Index("ix_jobs_step_state", "step", "state"),
+                      Index("ix_jobs_step_unit", "step", "unit_key"))
 
 
 class Attempt(Base):

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from upad.db.models import Frame, Product
 
-__all__ = ["PlanContext", "Scope", "current_products", "frames"]
+__all__ = ["PlanContext", "Scope", "current_products", "frames", "session_scope"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,12 @@ def current_products(session: Session, kind: str | None = None, *, step: str | N
     return rows
 
 
+def session_scope(session: Session) -> tuple[Scope, int]:
+    """The scope of the planning pass a session belongs to, and how many nights around it a lookup may reach
+    (a full scope outside planning: ``upad calib lookup``, the review tools)."""
+    return session.info.get("upad_scope") or Scope(), int(session.info.get("upad_scope_reach") or 0)
+
+
 class PlanContext:
     """The query helpers of one step's planning pass (see the module documentation).
 
@@ -103,10 +109,13 @@ class PlanContext:
         The step being planned.
     """
 
-    def __init__(self, session: Session, scope: Scope | None = None, step: str = "") -> None:
+    def __init__(self, session: Session, scope: Scope | None = None, step: str = "", *, reach: int = 0) -> None:
         self.session = session
         self.scope = scope or Scope()
         self.step = step
+        # the session carries the scope to the domain query modules (calibration series and lookups)
+        session.info["upad_scope"] = self.scope
+        session.info["upad_scope_reach"] = reach
 
     def frames(self, *obs_types: str, valid: bool | None = True, nights: Iterable[str] | None = None,
                instrument: str | None = None) -> list[Frame]:

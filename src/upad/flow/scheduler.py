@@ -283,12 +283,24 @@ class Scheduler:
         # changes since the cursor, and those of the last minutes again: a transaction that committed after a later
         # one (PostgreSQL sequences are not commit-ordered) is not missed
         horizon = utcnow() - dt.timedelta(seconds=self.options.journal_overlap_seconds)
-        nights = {n for (n,) in s.execute(select(FlowChange.night).distinct().where(FlowChange.id > cursor.change_id))}
-        nights |= {n for (n,) in s.execute(select(FlowChange.night).distinct().where(FlowChange.time >= horizon))}
-        nights |= {n for (n,) in s.execute(select(PlanWaiting.night).distinct().where(PlanWaiting.step == step.name))}
-        if None in nights:
+        changed = {n for (n,) in s.execute(select(FlowChange.night).distinct().where(FlowChange.id > cursor.change_id))}
+        changed |= {n for (n,) in s.execute(select(FlowChange.night).distinct().where(FlowChange.time >= horizon))}
+        if None in changed:
             return Scope(full=True, reason="a change without a night"), upto
+        # waiting units are looked at again when a change happened within reach of their night (a new master can
+        # serve the nights of its fallback window) or when their night is recent (a series completes with time)
+        reach = self._reach()
+        waiting = {n for (n,) in s.execute(select(PlanWaiting.night).distinct().where(PlanWaiting.step == step.name))}
+        if None in waiting:
+            return Scope(full=True, reason="a waiting unit without a night"), upto
+        recent = (utcnow() - dt.timedelta(days=2)).date()
+        near = {c for n in changed for c in _nights_around(n, reach)}
+        nights = changed | {w for w in waiting if w in near or _as_date(w) >= recent}
         return Scope(full=False, nights=frozenset(nights)), upto
+
+    def _reach(self) -> int:
+        """How many nights a lookup may reach from a unit's night (the widest fallback window configured)."""
+        return max([int(getattr(c, "fallback_nights", 0) or 0) for c in self._configs.values()] or [0])
 
     def _remember(self, s: Session, step: Step, scope: Scope, units: list[Unit], planned: list[PlannedUnit],
                   upto: int, cfg_hash: str, version: str) -> None:
@@ -335,7 +347,7 @@ class Scheduler:
                 scope, upto = self._scope(s, step, cfg_hash, version,
                                           full=full or dry_run or step.name in force)
                 report.scopes[step.name] = scope
-                units = list(step.plan(PlanContext(s, scope, step.name), cfg))
+                units = list(step.plan(PlanContext(s, scope, step.name, reach=self._reach()), cfg))
                 planned = self._plan_step(s, step, units, report, dry_run=dry_run, force=step.name in force,
                                           since=since)
                 report.units.extend(planned)
@@ -799,6 +811,20 @@ class Scheduler:
 def step_overrides(user_config: dict[str, Any], step: Step) -> dict[str, Any]:
     """The ``upad.toml`` values of one step: its ``[steps.<name>]`` table."""
     return dict(user_config.get(step.name) or {})
+
+
+def _as_date(night: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(night[:10])
+    except ValueError:
+        return dt.date.min
+
+
+def _nights_around(night: str, reach: int) -> list[str]:
+    d = _as_date(night)
+    if d == dt.date.min:
+        return [night]
+    return [(d + dt.timedelta(days=k)).isoformat() for k in range(-reach - 1, reach + 2)]
 
 
 def _mtime(path: Path) -> float | None:

@@ -54,6 +54,8 @@ def upgrade() -> None:
         batch_op.create_index("ix_products_kind_night", ["kind", "night"], unique=False)
     with op.batch_alter_table("frames", schema=None) as batch_op:
         batch_op.create_index("ix_frames_instrument_date", ["instrument", "date_obs"], unique=False)
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index("ix_jobs_step_unit", ["step", "unit_key"], unique=False)
     # products made before this revision: their night from the unit's context
     conn = op.get_bind()
     products = sa.table("products", sa.column("id", sa.Integer), sa.column("context", sa.JSON),
@@ -66,6 +68,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_step_unit")
     with op.batch_alter_table("frames", schema=None) as batch_op:
         batch_op.drop_index("ix_frames_instrument_date")
     with op.batch_alter_table("products", schema=None) as batch_op:
