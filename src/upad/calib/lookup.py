@@ -27,6 +27,7 @@ pass of the scheduler).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -261,7 +262,7 @@ def find_master(session: Session, kind: str, key: ConfigKey, *, when: dt.datetim
     required : whether a missing master makes the frame wait.
     flat_type : restrict flats and illumination corrections to this flat type.
     """
-    config = config or LookupConfig()
+    config = config or _default_lookup()
     night = night or night_of(when)
     key = key.for_kind(kind, flat_type=flat_type)
     window = config.fallback_nights
@@ -307,15 +308,26 @@ def find_master(session: Session, kind: str, key: ConfigKey, *, when: dt.datetim
                    required=required, epoch_note=epoch_note)
 
 
+@functools.cache
+def _default_lookup() -> LookupConfig:
+    return LookupConfig()
+
+
+@functools.cache
+def _lookup_config(fallback_nights: int, flat_types: tuple[str, ...]) -> CalibLookupBase:
+    """A lookup configuration without waiting (configurations are immutable: made once each)."""
+    return CalibLookupBase.from_mapping({"fallback_nights": fallback_nights, "flat_types": flat_types,
+                                         "wait_for_expected": False})
+
+
 def select_flat(session: Session, key: ConfigKey, *, when: dt.datetime, night: str | None = None,
                 config: CalibLookupBase | None = None, required: bool = True) -> Choice | Missing:
     """The flat for ``key`` following the preference order of ``config.flat_types``: a valid flat of the first
     type that has one; else wait for an expected one (in preference order); else the nearest fallback (ties go to
     the preferred type)."""
-    config = config or LookupConfig()
+    config = config or _default_lookup()
     night = night or night_of(when)
-    strict = CalibLookupBase.from_mapping({"fallback_nights": 0, "flat_types": config.flat_types,
-                                           "wait_for_expected": False})
+    strict = _lookup_config(0, tuple(config.flat_types))
     results = {t: find_master(session, "flat", key, when=when, night=night, config=strict, required=required,
                               flat_type=t) for t in config.flat_types}
     for t in config.flat_types:
@@ -328,8 +340,7 @@ def select_flat(session: Session, key: ConfigKey, *, when: dt.datetime, night: s
             if exp is not None:
                 return Missing("flat", f"waiting for the {t} flat of night {night} for {key.filter}: {exp}",
                                expected=True, required=required)
-    loose = CalibLookupBase.from_mapping({"fallback_nights": config.fallback_nights,
-                                          "flat_types": config.flat_types, "wait_for_expected": False})
+    loose = _lookup_config(config.fallback_nights, tuple(config.flat_types))
     fallbacks = []
     epoch_notes = []
     for rank, t in enumerate(config.flat_types):
@@ -384,7 +395,7 @@ def select_masters(session: Session, frame: Any, config: LookupConfig | None = N
     config : lookup parameters (default :class:`LookupConfig`).
     kinds : restrict to these kinds (default ``config.kinds``).
     """
-    config = config or LookupConfig()
+    config = config or _default_lookup()
     fi = _frame(session, frame)
     base = frame_key(fi)
     kinds = tuple(kinds or config.kinds)

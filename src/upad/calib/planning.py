@@ -19,6 +19,7 @@ the steps' ``plan`` and by the lookup to know whether a master of a night is sti
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -82,8 +83,9 @@ _DEFAULT_CONFIGS: dict[str, type[StepConfig]] = {
     "illumination": MasterIllumConfig, "bpm": BadPixelConfig}
 
 
+@functools.cache
 def default_config(kind: str) -> StepConfig:
-    """The default configuration of the step making masters of ``kind``."""
+    """The default configuration of the step making masters of ``kind`` (configurations are immutable: one each)."""
     return _DEFAULT_CONFIGS[kind]()
 
 
@@ -373,8 +375,11 @@ def expected_reason(session: Session, pm: PlannedMaster) -> str | None:
     return None
 
 
-def _config_key(config: StepConfig) -> str:
-    return type(config).__name__ + json.dumps(config.as_dict(), sort_keys=True, default=str)
+def _config_key(config: StepConfig) -> Any:
+    try:
+        return (type(config).__name__, hash(config), config)  # immutable configurations compare by value
+    except TypeError:
+        return type(config).__name__ + json.dumps(config.as_dict(), sort_keys=True, default=str)
 
 
 def planned_masters(session: Session, kind: str, config: StepConfig | None = None) -> dict[str, PlannedMaster]:
