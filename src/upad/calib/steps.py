@@ -49,7 +49,6 @@ from upad.calib.config import (
     MasterFlatConfig,
     MasterFringeConfig,
     MasterIllumConfig,
-    isr_options,
 )
 from upad.calib.planning import KIND_OF, night_end, night_start, planned_masters
 from upad.calib.rows import RowReader
@@ -67,7 +66,7 @@ from upad.flow.step import (
 from upad.instruments import Instrument, get_instrument
 from upad.io.image import read_image
 from upad.io.raw import read_raw
-from upad.reduce.isr import amp_grid, apply_gain, raw_shape_problem, run_isr
+from upad.isr import amp_grid, apply_gain, raw_shape_problem, run_isr
 
 __all__ = [
     "BadPixelMask",
@@ -243,6 +242,9 @@ class _MasterStep(Step):
     kind = ""
 
     def cfg(self, task: Task) -> Any:
+        """The task's configuration as this step's typed configuration."""
+        if isinstance(task.config, StepConfig):
+            return task.config
         return self.config_class.from_mapping(task.config)
 
     def plan(self, session: Any, config: StepConfig) -> Iterable[Unit]:
@@ -270,7 +272,7 @@ class MasterBias(_MasterStep):
         sections = inst.amp_sections(layout)
         amps = biasmod.amp_slices(sections)
         gains = [a.gain for a in inst.detectors[0].amplifiers]
-        opts = isr_options(cfg, to_electrons=False, linearize=False)
+        opts = cfg.isr.options(to_electrons=False, linearize=False)
         # without an overscan (archived layout) the row profile of every frame is measured on its own data
         profile_from_data = sections[0].overscan_x is None
         profiles: dict[int, list[np.ndarray]] = {}
@@ -288,7 +290,7 @@ class MasterBias(_MasterStep):
                 st = biasmod.frame_stats(res.image, amps, saturated=res.saturated)
                 rec.update(st.to_dict())
                 if profile_from_data:
-                    profiles[f.id] = biasmod.subtract_row_profiles(res.image, amps, order=cfg.overscan_order)
+                    profiles[f.id] = biasmod.subtract_row_profiles(res.image, amps, order=cfg.isr.overscan_order)
                 paths.append(_save(scratch, f"bias-{f.id}", res.image))
                 kept.append(rec)
                 stats.append(st)
@@ -314,7 +316,7 @@ class MasterBias(_MasterStep):
         name = "master_bias.fits"
         staged = task.stage(name)
         header = _header(task, self, bunit="adu", n_inputs=len(frames), n_used=len(used),
-                         extra={"OVERSCAN": ("none" if profile_from_data else cfg.overscan, "overscan method")})
+                         extra={"OVERSCAN": ("none" if profile_from_data else cfg.isr.overscan, "overscan method")})
         _write_fits(staged, comb.image, header, [("ERR", comb.error, {"BUNIT": "adu"}),
                                                  ("NCOMB", comb.n_used, None)])
         files = [OutputFile("master", str(staged), self.final_path(task, name)),
@@ -367,7 +369,7 @@ class MasterDark(_MasterStep):
         bias_err = read_master(_file_of(bias_in), "ERR").astype(np.float32)
         apply_gain(bias_err, sections, [a.gain for a in inst.detectors[0].amplifiers])
         rn = _read_noise_e(bias_in, inst, task.context.get("read_mode"))
-        opts = isr_options(cfg)
+        opts = cfg.isr.options()
         records: list[dict[str, Any]] = []
         with _scratch(task) as scratch:
             kept, stats, paths, exptimes = [], [], [], []
@@ -439,7 +441,7 @@ def _reduce(task: Task, f: ResolvedInput, inst: Instrument, layout: str, cfg: An
     if why:
         return None, why
     t = float(f.meta.get("exptime") or 0.0)
-    res = run_isr(raw, inst, layout=layout, options=isr_options(cfg), bias=bias, dark=dark, exptime=t, flat=flat)
+    res = run_isr(raw, inst, layout=layout, options=cfg.isr.options(), bias=bias, dark=dark, exptime=t, flat=flat)
     return res, None
 
 
