@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from upad import __version__
 from upad.calib import bias as biasmod
 from upad.calib import bpm as bpmmod
 from upad.calib import dark as darkmod
@@ -64,7 +63,7 @@ from upad.flow.step import (
     register_step,
 )
 from upad.instruments import Instrument, get_instrument
-from upad.io.image import read_image
+from upad.io.products import master_header, read_master, write_master
 from upad.io.raw import read_raw
 from upad.isr import amp_grid, apply_gain, raw_shape_problem, run_isr
 
@@ -81,11 +80,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def read_master(path: str, ext: str | int = 0) -> np.ndarray:
-    """An image extension of a master file as a native-endian array."""
-    return read_image(path, ext)
-
-
 def _instrument(meta: dict[str, Any]) -> Instrument:
     try:
         return get_instrument(meta["instrument"])
@@ -104,14 +98,6 @@ def _product_input(task: Task, role: str, *, required: bool) -> ResolvedInput | 
             raise DataError(f"no {role} master among the inputs")
         return None
     return found[0]
-
-
-def _file_of(res: ResolvedInput, role: str = "master") -> str:
-    roles = res.meta.get("file_roles") or []
-    for r, p in zip(roles, res.paths):
-        if r == role:
-            return p
-    return res.paths[0]
 
 
 def _validity(task: Task) -> tuple[dt.datetime, dt.datetime]:
@@ -148,40 +134,11 @@ def _rows(paths: Iterable[Path]) -> list[RowReader]:
 
 def _header(task: Task, step: Step, *, bunit: str, n_inputs: int, n_used: int, extra: dict[str, Any] | None = None
             ) -> fits.Header:
-    ctx = task.context
+    """The master's primary header (:func:`upad.io.products.master_header`) for this task."""
     ga, gu = _validity(task)
-    h = fits.Header()
-    h["UPADSTEP"] = (step.name, "upad step that made this file")
-    h["UPADKIND"] = (KIND_OF[step.name], "kind of master calibration")
-    h["UPADVER"] = (__version__, "upad version")
-    h["PROVID"] = (task.provenance_id[:12], "short provenance id (full record in the db)")
-    h["UNITKEY"] = (task.unit_key[:68], "unit of the step")
-    for key, ck in (("INSTRUME", "instrument"), ("TELESCOP", "telescope"), ("DETECTOR", "detector"),
-                    ("LAYOUT", "layout"), ("READMODE", "read_mode"), ("FILTER", "filter"),
-                    ("FLATTYPE", "flat_type"), ("NIGHT", "night")):
-        if ctx.get(ck) is not None:
-            h[key] = str(ctx[ck])[:68]
-    h["NINPUTS"] = (n_inputs, "input frames")
-    h["NCOMBINE"] = (n_used, "frames combined (after exclusions)")
-    h["GOODAFT"] = (ga.isoformat(timespec="seconds"), "validity start (UTC)")
-    h["GOODUNT"] = (gu.isoformat(timespec="seconds"), "validity end (UTC, exclusive)")
-    h["BUNIT"] = bunit
-    h["DATE"] = (dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
-                 "file creation (UTC)")
-    for k, v in (extra or {}).items():
-        h[k] = v
-    return h
-
-
-def _write_fits(path: Path, primary: np.ndarray, header: fits.Header,
-                extensions: Sequence[tuple[str, np.ndarray, dict[str, Any] | None]] = ()) -> None:
-    hdus: list[Any] = [fits.PrimaryHDU(primary, header=header)]
-    for name, data, hdr in extensions:
-        h = fits.Header()
-        for k, v in (hdr or {}).items():
-            h[k] = v
-        hdus.append(fits.ImageHDU(data, header=h, name=name))
-    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return master_header(step=step.name, kind=KIND_OF[step.name], provenance_id=task.provenance_id,
+                         unit_key=task.unit_key, context=task.context, n_inputs=n_inputs, n_used=n_used,
+                         good_after=ga, good_until=gu, bunit=bunit, extra=extra)
 
 
 def _frame_record(f: ResolvedInput) -> dict[str, Any]:
@@ -317,7 +274,7 @@ class MasterBias(_MasterStep):
         staged = task.stage(name)
         header = _header(task, self, bunit="adu", n_inputs=len(frames), n_used=len(used),
                          extra={"OVERSCAN": ("none" if profile_from_data else cfg.isr.overscan, "overscan method")})
-        _write_fits(staged, comb.image, header, [("ERR", comb.error, {"BUNIT": "adu"}),
+        write_master(staged, comb.image, header, [("ERR", comb.error, {"BUNIT": "adu"}),
                                                  ("NCOMB", comb.n_used, None)])
         files = [OutputFile("master", str(staged), self.final_path(task, name)),
                  _plot(task, self, "master_bias.png", comb.image, title=f"master bias {task.unit_key}",
@@ -365,8 +322,8 @@ class MasterDark(_MasterStep):
         sections = inst.amp_sections(layout)
         amps = biasmod.amp_slices(sections)
         bias_in = _product_input(task, "bias", required=True)
-        bias = read_master(_file_of(bias_in))
-        bias_err = read_master(_file_of(bias_in), "ERR").astype(np.float32)
+        bias = read_master(bias_in)
+        bias_err = read_master(bias_in, "ERR").astype(np.float32)
         apply_gain(bias_err, sections, [a.gain for a in inst.detectors[0].amplifiers])
         rn = _read_noise_e(bias_in, inst, task.context.get("read_mode"))
         opts = cfg.isr.options()
@@ -416,7 +373,7 @@ class MasterDark(_MasterStep):
         staged = task.stage(name)
         header = _header(task, self, bunit="electron/s", n_inputs=len(frames), n_used=len(used),
                          extra={"EXPTIME": (float(ts.sum()), "total exposure combined (s)")})
-        _write_fits(staged, comb.image, header, [("ERR", err, {"BUNIT": "electron/s"}),
+        write_master(staged, comb.image, header, [("ERR", err, {"BUNIT": "electron/s"}),
                                                  ("NCOMB", comb.n_used, None),
                                                  ("HOT", hot.astype(np.uint8),
                                                   {"COMMENT": f"1: hot pixel ({cfg.hot_nsigma} sigma)"})])
@@ -450,9 +407,9 @@ def _inputs_masters(task: Task, cfg: Any, *, need_flat: bool) -> dict[str, Any]:
     dark_in = _product_input(task, "dark", required=False) if getattr(cfg, "use_dark", True) else None
     flat_in = _product_input(task, "flat", required=need_flat) if need_flat else None
     out: dict[str, Any] = {"bias_in": bias_in, "dark_in": dark_in, "flat_in": flat_in,
-                           "bias": read_master(_file_of(bias_in)),
-                           "dark": read_master(_file_of(dark_in)) if dark_in else None,
-                           "flat": read_master(_file_of(flat_in)) if flat_in else None}
+                           "bias": read_master(bias_in),
+                           "dark": read_master(dark_in) if dark_in else None,
+                           "flat": read_master(flat_in) if flat_in else None}
     out["used_masters"] = {k: {"product": r.id, "provenance": r.meta.get("provenance_id", "")[:12],
                                "unit": r.meta.get("unit_key")}
                            for k, r in (("bias", bias_in), ("dark", dark_in), ("flat", flat_in)) if r is not None}
@@ -574,7 +531,7 @@ class MasterFlat(_MasterStep):
         header = _header(task, self, bunit="", n_inputs=len(frames), n_used=len(used),
                          extra={"NORMMED": (med, "median of the combination (normalised flats)")})
         binned = _bin_for_epochs(master)
-        _write_fits(staged, master, header, [("ERR", comb.error, None), ("NCOMB", comb.n_used, None),
+        write_master(staged, master, header, [("ERR", comb.error, None), ("NCOMB", comb.n_used, None),
                                              ("BIN", binned, {"COMMENT": "binned master (epoch comparisons)"})])
         files.insert(0, OutputFile("master", str(staged), self.final_path(task, name)))
         files.append(_plot(task, self, "master_flat.png", master, title=f"master flat {task.unit_key}",
@@ -636,15 +593,15 @@ class BadPixelMask(_MasterStep):
         shape = None
         notes = []
         if dark_in is not None:
-            rate = read_master(_file_of(dark_in))
-            err = read_master(_file_of(dark_in), "ERR")
+            rate = read_master(dark_in)
+            err = read_master(dark_in, "ERR")
             hot = darkmod.hot_pixels(rate, err, nsigma=cfg.hot_nsigma, min_excess=cfg.hot_min_excess)
             shape = rate.shape
             del rate, err
         else:
             notes.append("no master dark: hot pixels not detected")
         if flat_ins:
-            flats = [read_master(_file_of(fi)) for fi in flat_ins]
+            flats = [read_master(fi) for fi in flat_ins]
             dead, low = bpmmod.flat_defects(flats, box=cfg.response_box, dead_below=cfg.dead_below,
                                             low_below=cfg.low_below)
             shape = flats[0].shape
@@ -658,7 +615,7 @@ class BadPixelMask(_MasterStep):
         staged = task.stage(name)
         extra = {f"BIT{bit}": name_.upper()[:68] for name_, bit in bpmmod.BITS.items()}
         header = _header(task, self, bunit="", n_inputs=len(task.inputs), n_used=len(task.inputs), extra=extra)
-        _write_fits(staged, bpm, header)
+        write_master(staged, bpm, header)
         files = [OutputFile("master", str(staged), self.final_path(task, name)),
                  _plot(task, self, "bad_pixel_mask.png", (bpm > 0).astype(np.float32),
                        title=f"bad pixels {task.unit_key} ({st['total']})", unit="fraction flagged")]
@@ -736,7 +693,7 @@ class MasterFringe(_MasterStep):
         staged = task.stage(name)
         header = _header(task, self, bunit="", n_inputs=len(frames), n_used=len(used),
                          extra={"FRNGRMS": (round(amp["std"], 6), "rms of the fringe map (fraction of sky)")})
-        _write_fits(staged, fringe, header, [("ERR", err, {"COMMENT": "approximate after smoothing"}),
+        write_master(staged, fringe, header, [("ERR", err, {"COMMENT": "approximate after smoothing"}),
                                              ("NCOMB", comb.n_used, None)])
         files = [OutputFile("master", str(staged), self.final_path(task, name)),
                  _plot(task, self, "master_fringe.png", fringe, title=f"fringe map {task.unit_key}",
@@ -809,7 +766,7 @@ class MasterIllumination(_MasterStep):
                                 "ICORP2P": (round(p2p, 6), "peak to peak of the map"),
                                 "COMMENT": "flat-fielded science / this map = illumination-corrected"})
         binned = (combined / np.nanmean(combined)).astype(np.float32)
-        _write_fits(staged, icor, header, [("ERR", err, {"COMMENT": "fit rms / sqrt(frames), per cell"}),
+        write_master(staged, icor, header, [("ERR", err, {"COMMENT": "fit rms / sqrt(frames), per cell"}),
                                            ("BIN", _bin_for_epochs(icor), {"COMMENT": "binned map"}),
                                            ("DATA", binned, {"COMMENT": "combined normalised background cells"})])
         files = [OutputFile("master", str(staged), self.final_path(task, name)),

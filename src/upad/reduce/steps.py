@@ -5,11 +5,12 @@ masters are the unit's inputs, so they are recorded in the reduced frame's prove
 masters are missing waits with the lookup's reason.
 
 The run: overscan → bias → non-linearity → gain (e-) → dark → flat → illumination → fringe (scaled fit of the fringe
-map) (:mod:`upad.isr`, with the same :class:`~upad.isr.config.IsrConfig` as the masters), then :func:`upad.reduce.pipeline.reduce_frame` (masks, background and noise model,
-cosmetics, satellites, cosmic rays, detection and photometry, astrometry, PSF, zero point, QC). Outputs: the reduced
-FITS (float32 image in electrons in HDU 1, the compressed bit-coded mask in HDU 2, the weight map in HDU 3), the
-catalog (SExtractor column names), the PSF model, a preview and a QC plot; the QC status and reasons go to the
-product's ``qc_status`` and ``meta``.
+map) (:mod:`upad.isr`, with the same :class:`~upad.isr.config.IsrConfig` as the masters), then
+:func:`upad.reduce.pipeline.reduce_frame` (masks, background and noise model, cosmetics, satellites, cosmic rays,
+detection and photometry, astrometry, PSF, zero point, QC). Outputs (formats and readers: :mod:`upad.io.products`):
+the reduced FITS (float32 image in electrons in HDU 1, the compressed bit-coded mask in HDU 2, the weight map in
+HDU 3), the catalog (SExtractor column names), the PSF model, a preview and a QC plot; the QC status and reasons go
+to the product's ``qc_status`` and ``meta``.
 
 Bad input never stops the night. A raw file that cannot be read (truncated, corrupt), has the wrong shape, or holds
 only zeros, NaNs or one constant gives a product without files whose QC is ``fail`` with the reason; a frame that
@@ -37,12 +38,12 @@ from upad.errors import DataError
 from upad.flow.step import InputRef, OutputFile, ResolvedInput, Step, StepOutput, Task, Unit, register_step
 from upad.instruments import get_instrument
 from upad.io.image import read_image
+from upad.io.products import file_of, provenance_cards, write_catalog, write_isr_only, write_psf, write_reduced
 from upad.io.raw import read_raw
 from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
 from upad.isr import fit_fringe, raw_shape_problem, run_isr
 from upad.isr.config import IsrConfig, with_isr_table
 from upad.reduce.errors import ReductionError
-from upad.reduce.output import provenance_cards, write_catalog, write_psf, write_reduced
 from upad.reduce.pipeline import ReductionConfig, reduce_frame, validate_image
 from upad.reduce.preview import write_previews
 
@@ -69,11 +70,6 @@ class ReduceConfig(LookupConfig, ReductionConfig):
     def reduction_config(self) -> ReductionConfig:
         """The :class:`~upad.reduce.pipeline.ReductionConfig` part (what :func:`reduce_frame` takes)."""
         return ReductionConfig(**{f.name: getattr(self, f.name) for f in fields(ReductionConfig)})
-
-
-def _master_path(res: ResolvedInput) -> str:
-    roles = res.meta.get("file_roles") or []
-    return res.paths[roles.index("master")] if "master" in roles else res.paths[0]
 
 
 #: The files of a reduced frame's product, in this order (``files[0]`` is the reduced image).
@@ -118,7 +114,7 @@ class Reduce(Step):
         cfg = self.cfg(task)
         masters = {r.role: r for r in task.inputs if r.kind == "product"}
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="upad-read") as pool:
-            pending = {kind: pool.submit(read_image, _master_path(masters[kind]), first_image=True,
+            pending = {kind: pool.submit(read_image, file_of(masters[kind], "master"), first_image=True,
                                          dtype=None if kind == "bpm" else np.float32)
                        for kind in ("bias", "dark", "flat", "illumination", "fringe", "bpm")
                        if kind in masters and (kind != "fringe" or cfg.fringe_correct)}
@@ -154,8 +150,8 @@ class Reduce(Step):
         lap("read_masters")
         # every ISR option of the shared configuration, as the masters were made (overscan method, order, smoothing,
         # skipped columns, non-linearity, saturation level, engine)
-        isr = run_isr(raw, inst, layout=meta["layout"], options=cfg.isr.options(to_electrons=True), bias=bias, dark=dark,
-                      exptime=float(meta["exptime"]), flat=flat, illumination=illum)
+        isr = run_isr(raw, inst, layout=meta["layout"], options=cfg.isr.options(to_electrons=True), bias=bias,
+                      dark=dark, exptime=float(meta["exptime"]), flat=flat, illumination=illum)
         del raw, bias
         lap("isr")
         image = isr.image
@@ -328,13 +324,7 @@ def _write_isr_only(path: Any, image: np.ndarray, saturated: np.ndarray, bpm: np
         mask[bpm > 0] |= maskbits.BAD
     mask[~finite | ~good_response] |= maskbits.NODATA
     weight = np.where((mask & maskbits.ZERO_WEIGHT) == 0, 1.0 / np.maximum(variance, 1e-12), 0.0).astype(np.float32)
-    mask_header = fits.Header()
-    for key, (bit, comment) in maskbits.header_cards().items():
-        mask_header[key if len(key) <= 8 else f"HIERARCH {key}"] = (bit, comment)
-    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.where(finite, image, 0).astype(np.float32), header=header,
-                                                   name="SCI"),
-                  fits.CompImageHDU(mask, header=mask_header, name="MASK", compression_type=cfg.mask_compression),
-                  fits.ImageHDU(weight, name="WEIGHT")]).writeto(path, checksum=True)
+    write_isr_only(path, image, mask, weight, header, mask_compression=cfg.mask_compression)
 
 
 __all__ = ["Reduce", "ReduceConfig", "unit_key"]
