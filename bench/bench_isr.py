@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Micro-benchmark of the instrument-signature removal (``upad.reduce.isr.run_isr``) on one full-size T80Cam frame.
+"""Micro-benchmark of the instrument-signature removal (``upad.isr.run_isr``) on one full-size T80Cam frame.
 
 A synthetic raw frame of the T80Cam ``readout`` layout (9648 x 9340 uint16, 16 amplifiers; bias ~1000 ADU with a
 row drift per amplifier, sky ~3000 ADU, noise, a few saturated pixels) and its calibration maps (residual master
@@ -96,7 +96,7 @@ def build_frame(seed: int) -> dict[str, Any]:
 
 
 def run_upad(frame: dict[str, Any], engine: str) -> Any:
-    from upad.reduce.isr import IsrOptions, run_isr
+    from upad.isr import IsrOptions, run_isr
 
     return run_isr(frame["raw"], frame["inst"], layout=frame["layout"], options=IsrOptions(engine=engine),
                    bias=frame["bias"], dark=frame["dark"], exptime=EXPTIME, flat=frame["flat"])
@@ -104,7 +104,7 @@ def run_upad(frame: dict[str, Any], engine: str) -> Any:
 
 def numpy_stages(frame: dict[str, Any]) -> dict[str, float]:
     """Per-step seconds of the numpy chain (one run)."""
-    from upad.reduce import isr
+    from upad import isr
 
     inst, layout = frame["inst"], frame["layout"]
     sections = inst.amp_sections(layout)
@@ -175,7 +175,7 @@ def worker(engine: str, seed: int, repeat: int) -> dict[str, Any]:
         if engine == "numba":
             import numba
 
-            from upad.reduce import isr
+            from upad.isr import core as isr
 
             res["threads"] = numba.get_num_threads()
             t0 = time.perf_counter()

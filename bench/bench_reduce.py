@@ -300,7 +300,7 @@ def load_products(root: Path, product: dict[str, Any]) -> dict[str, Any]:
 
 
 def psf_fwhm_at(model: Any, header: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The PSF file's FWHM polynomial (pixels) at 0-based positions (see ``upad.reduce.output.write_psf``)."""
+    """The PSF file's FWHM polynomial (pixels) at 0-based positions (see ``upad.io.products.write_psf``)."""
     nx, ny = header["IMNAXIS1"], header["IMNAXIS2"]
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     u, v = (np.asarray(x, float) - cx) / cx, (np.asarray(y, float) - cy) / cy

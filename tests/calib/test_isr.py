@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from upad.instruments import get_instrument
-from upad.reduce import isr
+from upad import isr
 
 INST = get_instrument("mini")
 

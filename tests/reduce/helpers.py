@@ -1,6 +1,6 @@
 """Ideal calibration of simulated frames with the *truth* patterns, and truth readers for the reduction tests.
 
-The ISR primitives (:mod:`upad.reduce.isr`) trim and assemble; the bias (per amplifier and readout row), the
+The ISR primitives (:mod:`upad.isr`) trim and assemble; the bias (per amplifier and readout row), the
 non-linearity, the gains, the dark and the flat all come from the simulator's truth, so that the reduction
 algorithms are tested on realistic calibrated images whose every pixel is known.
 """
@@ -16,7 +16,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from upad.instruments import get_instrument
-from upad.reduce import isr
+from upad import isr
 from upad.sim.truth import read_map
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from upad.instruments import get_instrument
-from upad.reduce import isr
+from upad.isr import core as isr
 
 INST = get_instrument("mini")
 SHAPE = INST.layout.active_shape

@@ -13,7 +13,7 @@ from upad.config import config_hash
 from upad.errors import UpadError
 from upad.flow.step import DataError
 from upad.reduce.errors import ReductionError
-from upad.reduce.output import write_catalog, write_psf, write_reduced
+from upad.io.products import write_catalog, write_psf, write_reduced
 from upad.reduce.pipeline import ReductionConfig, reduce_frame
 from upad.reduce.preview import frame_preview, qc_plot, write_previews
 from upad.reduce.qc import QC_BITS, QcConfig, evaluate_qc

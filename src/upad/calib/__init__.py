@@ -8,8 +8,9 @@ Layout of the package:
   (statistics and plots) and :mod:`~upad.calib.epochs` (epoch breakpoints and their automatic proposal);
 - database side (read-only, run by the scheduler): :mod:`~upad.calib.planning` (which calibration series exist and
   whether they are complete) and :mod:`~upad.calib.lookup` (which masters apply to a frame, and why);
-- :mod:`~upad.calib.steps`: the processing-flow steps that make the masters (the adapters: read files, call the
-  algorithms, write FITS products and QC plots);
+- :mod:`~upad.calib.steps`: the processing-flow steps that make the masters, on one template
+  (:class:`~upad.calib.steps.MasterStep`: screen the inputs → combine → QC → write → record; the adapters: read
+  files, call the algorithms, write FITS products with :mod:`upad.io.products` and QC plots);
 - :mod:`~upad.calib.store`: the operator-declared epoch breakpoints (table ``calib_epochs``).
 
 See ``docs/calibration.md`` for users.

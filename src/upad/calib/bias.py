@@ -1,6 +1,6 @@
 """Master bias: per-frame statistics, screening of anomalous frames, and the master's statistics.
 
-A bias frame is overscan-corrected and assembled (:func:`upad.reduce.isr.assemble`; no linearisation, no gain:
+A bias frame is overscan-corrected and assembled (:func:`upad.isr.assemble`; no linearisation, no gain:
 the master bias is in ADU). Each frame is then described per amplifier by its level (median) and its read noise,
 measured on differences of neighbouring pixels along the serial direction (``std(x[i+1] - x[i]) / sqrt(2)``): a bias
 varies along the readout rows, not along a row, so this measures the read noise alone, in both raw layouts.
@@ -154,7 +154,7 @@ def master_stats(master: np.ndarray, amps: Sequence[Slice2D], *, read_noise_adu:
 def subtract_row_profiles(image: np.ndarray, amps: Sequence[Slice2D], *, order: int = 3) -> list[np.ndarray]:
     """Subtract from every amplifier of a bias frame its row profile (Legendre polynomial of ``order`` fitted to
     the row-wise medians), in place; return the profiles (ADU, one array of rows per amplifier)."""
-    from upad.reduce.isr import overscan_profile
+    from upad.isr import overscan_profile
 
     out = []
     for sl in amps:

@@ -2,13 +2,18 @@
 
 :class:`LookupConfig` is what :func:`upad.calib.lookup.select_masters` needs; a step that reduces science frames
 makes its configuration a subclass of it, so that the same parameters drive ``upad calib lookup`` and the step.
+
+The ISR parameters of every master step are one nested :class:`~upad.isr.config.IsrConfig` (field ``isr``), the same
+class as the reduction step's: science frames are processed as the masters are.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from upad.config import StepConfig, param
-from upad.reduce.isr import OVERSCAN_METHODS, IsrOptions
+from upad.isr.config import IsrConfig, with_isr_table
 
 __all__ = [
     "FLAT_TYPES",
@@ -22,7 +27,6 @@ __all__ = [
     "MasterFlatConfig",
     "MasterFringeConfig",
     "MasterIllumConfig",
-    "isr_options",
 ]
 
 #: Kinds of masters, in the order they are looked up.
@@ -75,17 +79,11 @@ class LookupConfig(CalibLookupBase):
 
 @dataclass(frozen=True)
 class MasterConfigBase(CalibLookupBase):
-    """Parameters shared by every master step: series, ISR and combination."""
+    """Parameters shared by every master step: series, ISR (``isr``, nested) and combination."""
 
     min_frames: int = param(3, doc="Fewest usable input frames for a master", bounds=(1, 1000), critical=False)
-    overscan: str = param("poly", doc="Overscan estimator: 'poly' (Legendre fit along the rows), 'rows' (row-wise "
-                                      "median, smoothed), 'mean' (one constant) or 'none'", choices=OVERSCAN_METHODS)
-    overscan_order: int = param(3, doc="Order of the overscan polynomial ('poly')", bounds=(0, 10))
-    overscan_smooth: int = param(31, doc="Running-mean window of the row-wise overscan ('rows')", bounds=(1, 1001),
-                                 unit="row")
-    overscan_skip: int = param(1, doc="Serial-overscan columns next to the data that are ignored", bounds=(0, 100),
-                               unit="column")
-    linearize: bool = param(True, doc="Correct the non-linearity with the instrument file's [c2, c3]")
+    isr: IsrConfig = param(IsrConfig(), doc="Instrument-signature removal (overscan, non-linearity, saturation): "
+                                            "one nested table, the same for every step")
     clip_low: float = param(3.0, doc="Lower rejection threshold of the combination", bounds=(0.5, 100),
                             unit="sigma")
     clip_high: float = param(3.0, doc="Upper rejection threshold of the combination", bounds=(0.5, 100),
@@ -96,12 +94,10 @@ class MasterConfigBase(CalibLookupBase):
     threads: int = param(0, doc="Threads of the combination kernel (0: all the worker's CPUs)", bounds=(0, 256),
                          critical=False)
 
-
-def isr_options(cfg: MasterConfigBase, *, to_electrons: bool = True, linearize: bool | None = None) -> IsrOptions:
-    """The ISR options of a master step's configuration."""
-    return IsrOptions(overscan=cfg.overscan, overscan_order=cfg.overscan_order, overscan_smooth=cfg.overscan_smooth,
-                      overscan_skip=cfg.overscan_skip,
-                      linearize=cfg.linearize if linearize is None else linearize, to_electrons=to_electrons)
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None, *, where: str = "") -> "MasterConfigBase":
+        """Build from a mapping of overrides; ``isr`` may be a nested mapping (an ``[isr]`` table)."""
+        return super().from_mapping(with_isr_table(values, where=where), where=where)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,13 @@ estimated with sources masked (:func:`sky_background`, :func:`source_mask`), the
 a sigma-clipped mean (sources move between dithers, the fringes stay on the detector), and the result is smoothed
 with a Gaussian much smaller than the fringe period (:func:`smooth_nan`) to beat down the pixel noise. The map is
 zero-mean; a science frame is corrected by subtracting ``scale x sky x fringe`` with the scale fitted per frame
-(:func:`fit_fringe_scale`).
+(:func:`upad.isr.fit_fringe_scale`, the ISR's; re-exported here).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from upad.isr.fringe import fit_fringe_scale
 
 __all__ = ["fit_fringe_scale", "normalised_frame", "sky_background", "smooth_nan", "source_mask"]
 
@@ -70,13 +72,3 @@ def smooth_nan(image: np.ndarray, sigma: float) -> np.ndarray:
         out = num / den
     out[den < 1e-3] = np.nan
     return out.astype(np.float32)
-
-
-def fit_fringe_scale(normalised: np.ndarray, fringe: np.ndarray, *, step: int = 2) -> float:
-    """Least-squares amplitude ``a`` of ``fringe`` in a normalised science frame (``frame/background - 1``):
-    the frame is corrected by subtracting ``a x background x fringe``."""
-    x = fringe[::step, ::step].astype(np.float64)
-    y = normalised[::step, ::step].astype(np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    den = float((x[ok] * x[ok]).sum())
-    return float((x[ok] * y[ok]).sum() / den) if den > 0 else 0.0

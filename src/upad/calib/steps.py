@@ -13,13 +13,25 @@ step                   order           makes, per instrumental configuration and
 
 ``plan`` (scheduler side) comes from :func:`upad.calib.planning.planned_masters`: a unit is ready once its series
 is complete and the masters it needs exist (looked up with :func:`upad.calib.lookup.find_master`); otherwise it
-waits with a reason. ``run`` (worker side) reads the raw frames and input masters, reduces every frame to an
-intermediate file in a scratch directory, screens the frames (exclusions recorded with their reasons), combines them
-block-wise (:func:`upad.calib.combine.combine_stack`), and writes the master FITS file (image, ``ERR``
-uncertainty, ``NCOMB`` number of frames combined, ...) and its QC plots into the staging directory.
+waits with a reason.
+
+``run`` (worker side) is the same for every master (:class:`MasterStep`, in the spirit of LCO BANZAI's calibration
+makers): the series is set up (:meth:`MasterStep.series`: configuration, frames, instrument, raw layout, amplifier
+sections and the input masters), then
+
+1. **screen** the inputs (:meth:`~MasterStep.screen`): every frame is read, checked and reduced by the ISR
+   (:mod:`upad.isr`) with the master's ISR configuration, measured (:meth:`~MasterStep.measure`, which may exclude
+   it) and saved as an intermediate in a scratch directory; the series as a whole may exclude more frames
+   (:meth:`~MasterStep.screen_series`); every exclusion is recorded with its reason, and too few usable frames stop
+   the step;
+2. **combine** them (:meth:`~MasterStep.combine`, block-wise with :func:`upad.calib.combine.combine_stack`);
+3. **QC** the master (:meth:`~MasterStep.qc`: statistics, hot pixels, …);
+4. **write** the master FITS file (:func:`upad.io.products.write_master`: image, ``ERR`` uncertainty, ``NCOMB``
+   number of frames combined, … with the kind's header cards) and its QC plots into the staging directory;
+5. **record** the product's meta (inputs, exclusions, statistics, QC), QC status and validity.
 
 Every master is valid over its night (``good_after`` = local noon of the night's date, ``good_until`` = the next
-noon) and records its inputs, exclusions, statistics and QC in the product's meta.
+noon).
 """
 from __future__ import annotations
 
@@ -27,13 +39,13 @@ import contextlib
 import datetime as dt
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
 
-from upad import __version__
 from upad.calib import bias as biasmod
 from upad.calib import bpm as bpmmod
 from upad.calib import dark as darkmod
@@ -41,7 +53,7 @@ from upad.calib import flat as flatmod
 from upad.calib import fringe as fringemod
 from upad.calib import illumination as illummod
 from upad.calib import qc
-from upad.calib.combine import combine_stack
+from upad.calib.combine import CombineResult, combine_stack
 from upad.calib.config import (
     BadPixelConfig,
     MasterBiasConfig,
@@ -49,7 +61,6 @@ from upad.calib.config import (
     MasterFlatConfig,
     MasterFringeConfig,
     MasterIllumConfig,
-    isr_options,
 )
 from upad.calib.planning import KIND_OF, night_end, night_start, planned_masters
 from upad.calib.rows import RowReader
@@ -60,8 +71,8 @@ from upad.flow.step import (
     DataError,
     Input,
     Output,
-    PrerequisiteInput,
     OutputFile,
+    PrerequisiteInput,
     ResolvedInput,
     Step,
     StepOutput,
@@ -69,29 +80,27 @@ from upad.flow.step import (
     Unit,
     register_step,
 )
-from upad.instruments import Instrument, get_instrument
-from upad.io.image import read_image
+from upad.instruments import AmpSection, Instrument, get_instrument
+from upad.io.products import master_header, read_master, write_master
 from upad.io.raw import read_raw
-from upad.reduce.isr import amp_grid, apply_gain, raw_shape_problem, run_isr
+from upad.isr import IsrOptions, IsrResult, amp_grid, apply_gain, fit_fringe_scale, raw_shape_problem, run_isr
 
 __all__ = [
     "BadPixelMask",
+    "Master",
     "MasterBias",
     "MasterDark",
     "MasterFlat",
     "MasterFringe",
     "MasterIllumination",
+    "MasterStep",
+    "Series",
     "read_master",
     "read_raw",
 ]
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def read_master(path: str, ext: str | int = 0) -> np.ndarray:
-    """An image extension of a master file as a native-endian array."""
-    return read_image(path, ext)
-
-
 def _instrument(meta: dict[str, Any]) -> Instrument:
     try:
         return get_instrument(meta["instrument"])
@@ -110,14 +119,6 @@ def _product_input(task: Task, role: str, *, required: bool) -> ResolvedInput | 
             raise DataError(f"no {role} master among the inputs")
         return None
     return found[0]
-
-
-def _file_of(res: ResolvedInput, role: str = "master") -> str:
-    roles = res.meta.get("file_roles") or []
-    for r, p in zip(roles, res.paths):
-        if r == role:
-            return p
-    return res.paths[0]
 
 
 def _validity(task: Task) -> tuple[dt.datetime, dt.datetime]:
@@ -154,40 +155,11 @@ def _rows(paths: Iterable[Path]) -> list[RowReader]:
 
 def _header(task: Task, step: Step, *, bunit: str, n_inputs: int, n_used: int, extra: dict[str, Any] | None = None
             ) -> fits.Header:
-    ctx = task.context
+    """The master's primary header (:func:`upad.io.products.master_header`) for this task."""
     ga, gu = _validity(task)
-    h = fits.Header()
-    h["UPADSTEP"] = (step.name, "upad step that made this file")
-    h["UPADKIND"] = (KIND_OF[step.name], "kind of master calibration")
-    h["UPADVER"] = (__version__, "upad version")
-    h["PROVID"] = (task.provenance_id[:12], "short provenance id (full record in the db)")
-    h["UNITKEY"] = (task.unit_key[:68], "unit of the step")
-    for key, ck in (("INSTRUME", "instrument"), ("TELESCOP", "telescope"), ("DETECTOR", "detector"),
-                    ("LAYOUT", "layout"), ("READMODE", "read_mode"), ("FILTER", "filter"),
-                    ("FLATTYPE", "flat_type"), ("NIGHT", "night")):
-        if ctx.get(ck) is not None:
-            h[key] = str(ctx[ck])[:68]
-    h["NINPUTS"] = (n_inputs, "input frames")
-    h["NCOMBINE"] = (n_used, "frames combined (after exclusions)")
-    h["GOODAFT"] = (ga.isoformat(timespec="seconds"), "validity start (UTC)")
-    h["GOODUNT"] = (gu.isoformat(timespec="seconds"), "validity end (UTC, exclusive)")
-    h["BUNIT"] = bunit
-    h["DATE"] = (dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
-                 "file creation (UTC)")
-    for k, v in (extra or {}).items():
-        h[k] = v
-    return h
-
-
-def _write_fits(path: Path, primary: np.ndarray, header: fits.Header,
-                extensions: Sequence[tuple[str, np.ndarray, dict[str, Any] | None]] = ()) -> None:
-    hdus: list[Any] = [fits.PrimaryHDU(primary, header=header)]
-    for name, data, hdr in extensions:
-        h = fits.Header()
-        for k, v in (hdr or {}).items():
-            h[k] = v
-        hdus.append(fits.ImageHDU(data, header=h, name=name))
-    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return master_header(step=step.name, kind=KIND_OF[step.name], provenance_id=task.provenance_id,
+                         unit_key=task.unit_key, context=task.context, n_inputs=n_inputs, n_used=n_used,
+                         good_after=ga, good_until=gu, bunit=bunit, extra=extra)
 
 
 def _frame_record(f: ResolvedInput) -> dict[str, Any]:
@@ -240,112 +212,6 @@ def _bin_for_epochs(image: np.ndarray, cells: int = 64) -> np.ndarray:
     return qc.bin_image(np.asarray(image, np.float32), factor, statistic="mean").astype(np.float32)
 
 
-class _MasterStep(Step):
-    """Shared parts of the master steps."""
-
-    area = "calibration"
-    memory_class = "medium"
-    kind = ""
-
-    outputs = (Output("master", doc="the master FITS file"),
-               Output("qc_plot", doc="QC plots (PNG)", optional=True))
-
-    def cfg(self, task: Task) -> Any:
-        """The step's typed configuration (the one recorded with the job's provenance)."""
-        if isinstance(task.config, StepConfig):
-            return task.config
-        return self.config_class.from_mapping(task.config)
-
-    def plan(self, ctx: PlanContext, config: StepConfig) -> Iterable[Unit]:
-        for pm in planned_masters(ctx.session, KIND_OF[self.name], config).values():
-            yield pm.unit
-
-
-# ------------------------------------------------------------------------------------------------------ bias
-@register_step
-class MasterBias(_MasterStep):
-    """Master bias per instrument, read mode, raw layout and night."""
-
-    name = "master_bias"
-    product_kind = "master_bias"
-    config_class = MasterBiasConfig
-    version = "1.0"
-    description = "overscan-corrected, sigma-clipped master bias (ADU) per night and read mode"
-    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's bias frames"),)
-
-    def run(self, task: Task) -> StepOutput:
-        cfg = self.cfg(task)
-        frames = _frames(task)
-        inst = _instrument(frames[0].meta)
-        layout = task.context["layout"]
-        sections = inst.amp_sections(layout)
-        amps = biasmod.amp_slices(sections)
-        gains = [a.gain for a in inst.detectors[0].amplifiers]
-        opts = isr_options(cfg, to_electrons=False, linearize=False)
-        # without an overscan (archived layout) the row profile of every frame is measured on its own data
-        profile_from_data = sections[0].overscan_x is None
-        profiles: dict[int, list[np.ndarray]] = {}
-        records: list[dict[str, Any]] = []
-        with _scratch(task) as scratch:
-            kept, stats, paths = [], [], []
-            for f in frames:
-                rec = _frame_record(f)
-                records.append(rec)
-                raw, why = _check_frame(f, inst, layout)
-                if why:
-                    rec.update(status="excluded", reason=why)
-                    continue
-                res = run_isr(raw, inst, layout=layout, options=opts)
-                st = biasmod.frame_stats(res.image, amps, saturated=res.saturated)
-                rec.update(st.to_dict())
-                if profile_from_data:
-                    profiles[f.id] = biasmod.subtract_row_profiles(res.image, amps, order=cfg.overscan_order)
-                paths.append(_save(scratch, f"bias-{f.id}", res.image))
-                kept.append(rec)
-                stats.append(st)
-            reasons = biasmod.screen_series(stats, level_tol=cfg.level_tol, noise_ratio=cfg.noise_ratio,
-                                            max_saturated=cfg.max_saturated, unit="ADU")
-            used = []
-            for rec, st, p, why in zip(kept, stats, paths, reasons):
-                if why:
-                    rec.update(status="excluded", reason=why)
-                else:
-                    rec["status"] = "used"
-                    used.append((rec, st, p))
-            _enough(used, records, cfg.min_frames, "bias")
-            noise = np.array([st.noise for _, st, _ in used])  # (n, amps) ADU
-            comb = combine_stack(_rows(p for _, _, p in used), method="mean", center="median", dev="model",
-                                 read_var=noise ** 2, zones=_zones(inst), sigma_low=cfg.clip_low,
-                                 sigma_high=cfg.clip_high, max_iters=cfg.clip_iters, memory_mb=cfg.memory_mb,
-                                 threads=_threads(cfg))
-        if profile_from_data:
-            biasmod.add_row_profiles(comb.image, amps, [profiles[r["frame_id"]] for r, _, _ in used])
-        rn_adu = np.median(noise, axis=0)
-        stats_m = biasmod.master_stats(comb.image, amps, read_noise_adu=rn_adu, gains=gains, n_used=len(used))
-        name = "master_bias.fits"
-        staged = task.stage(name)
-        header = _header(task, self, bunit="adu", n_inputs=len(frames), n_used=len(used),
-                         extra={"OVERSCAN": ("none" if profile_from_data else cfg.overscan, "overscan method")})
-        _write_fits(staged, comb.image, header, [("ERR", comb.error, {"BUNIT": "adu"}),
-                                                 ("NCOMB", comb.n_used, None)])
-        files = [OutputFile("master", str(staged), self.final_path(task, name)),
-                 _plot(task, self, "master_bias.png", comb.image, title=f"master bias {task.unit_key}",
-                       unit="ADU")]
-        excluded = [r for r in records if r.get("status") == "excluded"]
-        meta = {"kind": "bias", "unit": "adu", "n_inputs": len(frames), "n_used": len(used),
-                "overscan_corrected": not profile_from_data,
-                "row_profile": "from the data of each frame (no overscan)" if profile_from_data else "overscan",
-                "inputs": records,
-                "excluded": [{"frame_id": r["frame_id"], "filename": r["filename"], "reason": r["reason"]}
-                             for r in excluded],
-                "read_noise_adu": [round(float(v), 4) for v in rn_adu],
-                "read_noise_e": [round(float(v) * g, 4) for v, g in zip(rn_adu, gains)],
-                "stats": stats_m, "combine": comb.stats}
-        ga, gu = _validity(task)
-        return StepOutput(files=files, meta=meta, qc_status="warn" if excluded else "ok", good_after=ga,
-                          good_until=gu)
-
-
 def _enough(used: Sequence[Any], records: Sequence[dict[str, Any]], min_frames: int, what: str) -> None:
     if len(used) >= min_frames:
         return
@@ -354,9 +220,338 @@ def _enough(used: Sequence[Any], records: Sequence[dict[str, Any]], min_frames: 
                     + (f"; excluded: {why}" if why else ""))
 
 
+def _exclude(rec: dict[str, Any], why: str) -> None:
+    rec.update(status="excluded", reason=why)
+
+
+def _inputs_masters(task: Task, cfg: Any, *, need_flat: bool) -> dict[str, Any]:
+    bias_in = _product_input(task, "bias", required=True)
+    dark_in = _product_input(task, "dark", required=False) if getattr(cfg, "use_dark", True) else None
+    flat_in = _product_input(task, "flat", required=need_flat) if need_flat else None
+    out: dict[str, Any] = {"bias_in": bias_in, "dark_in": dark_in, "flat_in": flat_in,
+                           "bias": read_master(bias_in),
+                           "dark": read_master(dark_in) if dark_in else None,
+                           "flat": read_master(flat_in) if flat_in else None}
+    out["used_masters"] = {k: {"product": r.id, "provenance": r.meta.get("provenance_id", "")[:12],
+                               "unit": r.meta.get("unit_key")}
+                           for k, r in (("bias", bias_in), ("dark", dark_in), ("flat", flat_in)) if r is not None}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ template
+@dataclass
+class Series:
+    """What a master step works on: set up once (:meth:`MasterStep.series`), then read by every hook.
+
+    Attributes
+    ----------
+    task, cfg
+        The task and its typed configuration.
+    frames : list of ResolvedInput
+        The input frames (role ``raw``) by observation time; ``n_inputs`` of the header and meta.
+    inst, layout, sections, amps
+        The camera, the raw layout, its amplifier sections and their slices in the assembled image.
+    masters : dict
+        The input masters (arrays and their inputs: ``bias``, ``bias_in`` …), set by :meth:`MasterStep.inputs`.
+    used_masters : dict or None
+        The input masters as recorded in the meta (``masters``), when the step records them.
+    records : list of dict
+        One record per input frame (``status`` used / excluded, ``reason``, measurements), the meta's ``inputs``.
+    files : list of OutputFile
+        Files made on the way (per-frame QC plots), written after the master and before its plots.
+    scratch : Path
+        Directory of the intermediates (removed after the combination).
+    work : dict
+        What the step's hooks keep for the series (e.g. the bias row profiles).
+    """
+
+    task: Task
+    cfg: Any
+    frames: list[ResolvedInput]
+    inst: Instrument | None = None
+    layout: str | None = None
+    sections: list[AmpSection] = field(default_factory=list)
+    amps: list[Any] = field(default_factory=list)
+    masters: dict[str, Any] = field(default_factory=dict)
+    used_masters: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    files: list[OutputFile] = field(default_factory=list)
+    scratch: Path | None = None
+    n_inputs: int = 0
+    work: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Master:
+    """A combined master on its way to the archive.
+
+    Attributes
+    ----------
+    image : ndarray
+        The primary image.
+    n_used : int
+        Frames combined (``NCOMBINE``, meta ``n_used``).
+    comb : CombineResult, optional
+        The combination (``ERR``, ``NCOMB``, its statistics).
+    extensions : list of (EXTNAME, data, cards)
+        The FITS extensions after the primary image.
+    cards : dict
+        The kind's header cards.
+    meta : dict
+        The kind's meta entries (after the common ones).
+    plots : list of (file name, image, keyword arguments of the map plot)
+    work : dict
+        What the hooks pass on to each other (not written).
+    """
+
+    image: np.ndarray
+    n_used: int
+    comb: CombineResult | None = None
+    extensions: list[tuple[str, np.ndarray, dict[str, Any] | None]] = field(default_factory=list)
+    cards: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    plots: list[tuple[str, np.ndarray, dict[str, Any]]] = field(default_factory=list)
+    work: dict[str, Any] = field(default_factory=dict)
+
+
+class MasterStep(Step):
+    """A master calibration: :meth:`run` is the fixed sequence *screen the inputs → combine → QC → write → record*
+    (module documentation); a master implements the hooks.
+
+    Hooks: :meth:`read_inputs` (read the input masters), :meth:`precheck` (refuse a frame before reading it),
+    :meth:`isr` (how a frame is reduced), :meth:`measure` (one reduced frame → an item to combine, or an exclusion),
+    :meth:`screen_series` (exclusions that need the whole series), :meth:`combine` (the used items → a
+    :class:`Master`), :meth:`qc` (statistics of the master); class attributes ``bunit`` (``BUNIT``), ``unit``
+    (meta ``unit``), ``what`` (the frames, in messages) and ``record_masters`` (whether the meta records the
+    input masters).
+    """
+
+    area = "calibration"
+    memory_class = "medium"
+    bunit = ""
+    unit = ""
+    what = "input"
+    record_masters = False
+
+    def cfg(self, task: Task) -> Any:
+        """The task's configuration as this step's typed configuration."""
+        if isinstance(task.config, StepConfig):
+            return task.config
+        return self.config_class.from_mapping(task.config)
+
+    outputs = (Output("master", doc="the master FITS file"),
+               Output("qc_plot", doc="QC plots (PNG)", optional=True))
+
+    def plan(self, ctx: PlanContext, config: StepConfig) -> Iterable[Unit]:
+        for pm in planned_masters(ctx.session, KIND_OF[self.name], config).values():
+            yield pm.unit
+
+    # -------------------------------------------------------------------------------------------- the sequence
+    def run(self, task: Task) -> StepOutput:
+        s = self.series(task)
+        with _scratch(task) as s.scratch:
+            used = self.screen(s)
+            master = self.combine(s, used)
+        self.qc(s, master)
+        files = self.write(s, master)
+        return self.record(s, master, files)
+
+    def series(self, task: Task) -> Series:
+        """The series setup: configuration, frames, instrument, layout, sections, input masters."""
+        cfg = self.cfg(task)
+        frames = _frames(task)
+        inst = _instrument(frames[0].meta)
+        layout = task.context["layout"]
+        sections = inst.amp_sections(layout)
+        s = Series(task=task, cfg=cfg, frames=frames, inst=inst, layout=layout, sections=sections,
+                   amps=biasmod.amp_slices(sections), n_inputs=len(frames))
+        self.read_inputs(s)
+        return s
+
+    def reduce_frame(self, s: Series, f: ResolvedInput, rec: dict[str, Any]) -> IsrResult | None:
+        """One input frame read, checked and reduced by the ISR; ``None`` (the reason in ``rec``) when it cannot
+        be used."""
+        why = self.precheck(s, f)
+        if why:
+            _exclude(rec, why)
+            return None
+        raw, why = _check_frame(f, s.inst, s.layout)
+        if why:
+            _exclude(rec, why)
+            return None
+        options, maps = self.isr(s, f)
+        return run_isr(raw, s.inst, layout=s.layout, options=options, **maps)
+
+    def screen(self, s: Series) -> list[Any]:
+        """Screen the inputs: every frame recorded, reduced and measured (or excluded with its reason), then the
+        series screened; the items to combine. Too few of them is a DataError."""
+        items = []
+        for f in s.frames:
+            rec = _frame_record(f)
+            s.records.append(rec)
+            res = self.reduce_frame(s, f, rec)
+            if res is None:
+                continue
+            item = self.measure(s, f, rec, res)
+            del res  # one reduced frame in memory at a time
+            if item is not None:
+                items.append(item)
+        used = self.screen_series(s, items)
+        _enough(used, s.records, s.cfg.min_frames, self.what_frames(s))
+        return used
+
+    def write(self, s: Series, m: Master) -> list[OutputFile]:
+        """The master FITS file (first), the files made on the way, the master's plots."""
+        task = s.task
+        name = f"{self.name}.fits"
+        staged = task.stage(name)
+        header = _header(task, self, bunit=self.bunit, n_inputs=s.n_inputs, n_used=m.n_used, extra=m.cards)
+        write_master(staged, m.image, header, m.extensions)
+        files = [OutputFile("master", str(staged), self.final_path(task, name)), *s.files]
+        for png, image, kw in m.plots:
+            files.append(_plot(task, self, png, image, **kw))
+        return files
+
+    def record(self, s: Series, m: Master, files: list[OutputFile]) -> StepOutput:
+        meta = self.meta(s, m)
+        ga, gu = _validity(s.task)
+        return StepOutput(files=files, meta=meta, qc_status=self.qc_status(s, m), good_after=ga, good_until=gu)
+
+    # -------------------------------------------------------------------------------------------- the hooks
+    def read_inputs(self, s: Series) -> None:
+        """Read the input masters into ``s.masters`` (none by default)."""
+
+    def precheck(self, s: Series, f: ResolvedInput) -> str | None:
+        """Why a frame is refused before it is read (``None``: read it)."""
+        return None
+
+    def isr(self, s: Series, f: ResolvedInput) -> tuple[IsrOptions, dict[str, Any]]:
+        """The ISR options and calibration maps (``run_isr`` keywords) of a frame: bias, dark and flat of the
+        series, with the frame's exposure time."""
+        t = float(f.meta.get("exptime") or 0.0)
+        m = s.masters
+        return s.cfg.isr.options(), {"bias": m["bias"], "dark": m["dark"], "exptime": t, "flat": m.get("flat")}
+
+    def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
+        """One reduced frame → the item to combine, or ``None`` (then ``rec`` says why it is excluded)."""
+        raise NotImplementedError
+
+    def screen_series(self, s: Series, items: list[Any]) -> list[Any]:
+        """The items kept after the exclusions that need the whole series (all of them by default)."""
+        return items
+
+    def what_frames(self, s: Series) -> str:
+        return self.what
+
+    def combine(self, s: Series, used: list[Any]) -> Master:
+        raise NotImplementedError
+
+    def qc(self, s: Series, m: Master) -> None:
+        """Statistics and QC of the master (into ``m.meta``, ``m.cards``); nothing by default."""
+
+    def excluded(self, s: Series) -> list[dict[str, Any]]:
+        return [{"frame_id": r["frame_id"], "filename": r["filename"], "reason": r["reason"]}
+                for r in s.records if r.get("status") == "excluded"]
+
+    def meta(self, s: Series, m: Master) -> dict[str, Any]:
+        """The product's meta: kind, unit, inputs and exclusions, then the kind's own entries."""
+        meta: dict[str, Any] = {"kind": KIND_OF[self.name], "unit": self.unit, "n_inputs": s.n_inputs,
+                                "n_used": m.n_used, "inputs": s.records}
+        if self.record_masters:
+            meta["masters"] = s.used_masters
+        meta["excluded"] = self.excluded(s)
+        meta.update(m.meta)
+        return meta
+
+    def qc_status(self, s: Series, m: Master) -> str:
+        return "warn" if any(r.get("status") == "excluded" for r in s.records) else "ok"
+
+    # -------------------------------------------------------------------------------------------- shared parts
+    def screen_stats(self, s: Series, items: list[Any], stats: list[Any], *, unit: str) -> list[Any]:
+        """Bias and dark series: frames whose level, noise or saturation departs from the series' are
+        excluded (:func:`upad.calib.bias.screen_series`); the others are used."""
+        cfg = s.cfg
+        reasons = biasmod.screen_series(stats, level_tol=cfg.level_tol, noise_ratio=cfg.noise_ratio,
+                                        max_saturated=cfg.max_saturated, unit=unit)
+        used = []
+        for item, why in zip(items, reasons):
+            if why:
+                _exclude(item[0], why)
+            else:
+                item[0]["status"] = "used"
+                used.append(item)
+        return used
+
+    def stack(self, s: Series, paths: Iterable[Path], **model: Any) -> CombineResult:
+        """Combine intermediates with the configuration's rejection (``model``: the noise model and the
+        ``combine_stack`` options of the kind)."""
+        cfg = s.cfg
+        return combine_stack(_rows(paths), method=model.pop("method", "mean"), center="median", dev="model",
+                             sigma_low=cfg.clip_low, sigma_high=cfg.clip_high, max_iters=cfg.clip_iters,
+                             memory_mb=cfg.memory_mb, threads=_threads(cfg), **model)
+
+
+# ------------------------------------------------------------------------------------------------------ bias
+@register_step
+class MasterBias(MasterStep):
+    """Master bias per instrument, read mode, raw layout and night."""
+
+    name = "master_bias"
+    product_kind = "master_bias"
+    config_class = MasterBiasConfig
+    version = "1.0"
+    description = "overscan-corrected, sigma-clipped master bias (ADU) per night and read mode"
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's bias frames"),)
+    bunit = unit = "adu"
+    what = "bias"
+
+    def read_inputs(self, s: Series) -> None:
+        # without an overscan (archived layout) the row profile of every frame is measured on its own data
+        s.work.update(profile_from_data=s.sections[0].overscan_x is None, profiles={})
+
+    def isr(self, s: Series, f: ResolvedInput) -> tuple[IsrOptions, dict[str, Any]]:
+        return s.cfg.isr.options(to_electrons=False, linearize=False), {}
+
+    def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
+        st = biasmod.frame_stats(res.image, s.amps, saturated=res.saturated)
+        rec.update(st.to_dict())
+        if s.work["profile_from_data"]:
+            s.work["profiles"][f.id] = biasmod.subtract_row_profiles(res.image, s.amps,
+                                                                     order=s.cfg.isr.overscan_order)
+        return rec, st, _save(s.scratch, f"bias-{f.id}", res.image)
+
+    def screen_series(self, s: Series, items: list[Any]) -> list[Any]:
+        return self.screen_stats(s, items, [st for _, st, _ in items], unit="ADU")
+
+    def combine(self, s: Series, used: list[Any]) -> Master:
+        noise = np.array([st.noise for _, st, _ in used])  # (n, amps) ADU
+        comb = self.stack(s, (p for _, _, p in used), read_var=noise ** 2, zones=_zones(s.inst))
+        if s.work["profile_from_data"]:
+            profiles = s.work["profiles"]
+            biasmod.add_row_profiles(comb.image, s.amps, [profiles[r["frame_id"]] for r, _, _ in used])
+        m = Master(comb.image, len(used), comb,
+                   extensions=[("ERR", comb.error, {"BUNIT": "adu"}), ("NCOMB", comb.n_used, None)])
+        m.work["read_noise_adu"] = np.median(noise, axis=0)
+        return m
+
+    def qc(self, s: Series, m: Master) -> None:
+        from_data = s.work["profile_from_data"]
+        gains = [a.gain for a in s.inst.detectors[0].amplifiers]
+        rn_adu = m.work["read_noise_adu"]
+        m.cards["OVERSCAN"] = ("none" if from_data else s.cfg.isr.overscan, "overscan method")
+        m.plots.append(("master_bias.png", m.image, {"title": f"master bias {s.task.unit_key}", "unit": "ADU"}))
+        m.meta.update({
+            "overscan_corrected": not from_data,
+            "row_profile": "from the data of each frame (no overscan)" if from_data else "overscan",
+            "read_noise_adu": [round(float(v), 4) for v in rn_adu],
+            "read_noise_e": [round(float(v) * g, 4) for v, g in zip(rn_adu, gains)],
+            "stats": biasmod.master_stats(m.image, s.amps, read_noise_adu=rn_adu, gains=gains, n_used=m.n_used),
+            "combine": m.comb.stats})
+
+
 # ------------------------------------------------------------------------------------------------------ dark
 @register_step
-class MasterDark(_MasterStep):
+class MasterDark(MasterStep):
     """Dark current (e-/s) and hot pixels per instrument, read mode, raw layout and night."""
 
     name = "master_dark"
@@ -366,112 +561,58 @@ class MasterDark(_MasterStep):
     description = "dark current (e-/s) with its hot-pixel map"
     inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's dark frames"),
               PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"))
+    bunit = unit = "electron/s"
+    what = "dark"
 
-    def run(self, task: Task) -> StepOutput:
-        cfg = self.cfg(task)
-        frames = _frames(task)
-        inst = _instrument(frames[0].meta)
-        layout = task.context["layout"]
-        sections = inst.amp_sections(layout)
-        amps = biasmod.amp_slices(sections)
-        bias_in = _product_input(task, "bias", required=True)
-        bias = read_master(_file_of(bias_in))
-        bias_err = read_master(_file_of(bias_in), "ERR").astype(np.float32)
-        apply_gain(bias_err, sections, [a.gain for a in inst.detectors[0].amplifiers])
-        rn = _read_noise_e(bias_in, inst, task.context.get("read_mode"))
-        opts = isr_options(cfg)
-        records: list[dict[str, Any]] = []
-        with _scratch(task) as scratch:
-            kept, stats, paths, exptimes = [], [], [], []
-            for f in frames:
-                rec = _frame_record(f)
-                records.append(rec)
-                t = float(f.meta.get("exptime") or 0)
-                if t <= 0:
-                    rec.update(status="excluded", reason=f"exposure time {t} s: not a dark")
-                    continue
-                raw, why = _check_frame(f, inst, layout)
-                if why:
-                    rec.update(status="excluded", reason=why)
-                    continue
-                res = run_isr(raw, inst, layout=layout, options=opts, bias=bias)
-                res.image /= np.float32(t)
-                st = biasmod.frame_stats(res.image, amps, saturated=res.saturated)
-                rec.update({"rate_median": [round(v, 6) for v in st.level],
-                            "saturated_fraction": st.saturated_fraction})
-                paths.append(_save(scratch, f"dark-{f.id}", res.image))
-                kept.append(rec)
-                stats.append(st)
-                exptimes.append(t)
-            reasons = biasmod.screen_series(stats, level_tol=cfg.level_tol, noise_ratio=cfg.noise_ratio,
-                                            max_saturated=cfg.max_saturated, unit="e-/s")
-            used = []
-            for rec, p, t, why in zip(kept, paths, exptimes, reasons):
-                if why:
-                    rec.update(status="excluded", reason=why)
-                else:
-                    rec["status"] = "used"
-                    used.append((rec, p, t))
-            _enough(used, records, cfg.min_frames, "dark")
-            ts = np.array([t for _, _, t in used])
-            read_var, pois = darkmod.dark_noise_model(rn, ts)
-            comb = combine_stack(_rows(p for _, p, _ in used), method="mean", center="median", dev="model",
-                                 read_var=read_var, poisson=pois, zones=_zones(inst), sigma_low=cfg.clip_low,
-                                 sigma_high=cfg.clip_high, max_iters=cfg.clip_iters, memory_mb=cfg.memory_mb,
-                                 threads=_threads(cfg))
-        err = darkmod.dark_error(comb.error, bias_err, float(ts.mean()))
+    def read_inputs(self, s: Series) -> None:
+        bias_in = _product_input(s.task, "bias", required=True)
+        bias_err = read_master(bias_in, "ERR").astype(np.float32)
+        apply_gain(bias_err, s.sections, [a.gain for a in s.inst.detectors[0].amplifiers])
+        s.masters.update(bias=read_master(bias_in), bias_err=bias_err,
+                         read_noise_e=_read_noise_e(bias_in, s.inst, s.task.context.get("read_mode")))
+
+    def precheck(self, s: Series, f: ResolvedInput) -> str | None:
+        t = float(f.meta.get("exptime") or 0)
+        return f"exposure time {t} s: not a dark" if t <= 0 else None
+
+    def isr(self, s: Series, f: ResolvedInput) -> tuple[IsrOptions, dict[str, Any]]:
+        return s.cfg.isr.options(), {"bias": s.masters["bias"]}
+
+    def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
+        t = float(f.meta.get("exptime") or 0)
+        res.image /= np.float32(t)
+        st = biasmod.frame_stats(res.image, s.amps, saturated=res.saturated)
+        rec.update({"rate_median": [round(v, 6) for v in st.level], "saturated_fraction": st.saturated_fraction})
+        return rec, st, _save(s.scratch, f"dark-{f.id}", res.image), t
+
+    def screen_series(self, s: Series, items: list[Any]) -> list[Any]:
+        return self.screen_stats(s, items, [st for _, st, _, _ in items], unit="e-/s")
+
+    def combine(self, s: Series, used: list[Any]) -> Master:
+        ts = np.array([t for _, _, _, t in used])
+        read_var, pois = darkmod.dark_noise_model(s.masters["read_noise_e"], ts)
+        comb = self.stack(s, (p for _, _, p, _ in used), read_var=read_var, poisson=pois, zones=_zones(s.inst))
+        m = Master(comb.image, len(used), comb)
+        m.work["exptimes"] = ts
+        return m
+
+    def qc(self, s: Series, m: Master) -> None:
+        cfg, comb, ts = s.cfg, m.comb, m.work["exptimes"]
+        err = darkmod.dark_error(comb.error, s.masters["bias_err"], float(ts.mean()))
         hot = darkmod.hot_pixels(comb.image, err, nsigma=cfg.hot_nsigma, min_excess=cfg.hot_min_excess)
-        dstats = darkmod.dark_stats(comb.image, hot, err)
-        name = "master_dark.fits"
-        staged = task.stage(name)
-        header = _header(task, self, bunit="electron/s", n_inputs=len(frames), n_used=len(used),
-                         extra={"EXPTIME": (float(ts.sum()), "total exposure combined (s)")})
-        _write_fits(staged, comb.image, header, [("ERR", err, {"BUNIT": "electron/s"}),
-                                                 ("NCOMB", comb.n_used, None),
-                                                 ("HOT", hot.astype(np.uint8),
-                                                  {"COMMENT": f"1: hot pixel ({cfg.hot_nsigma} sigma)"})])
-        files = [OutputFile("master", str(staged), self.final_path(task, name)),
-                 _plot(task, self, "master_dark.png", comb.image, title=f"master dark {task.unit_key}",
-                       unit="e-/s")]
-        excluded = [r for r in records if r.get("status") == "excluded"]
-        meta = {"kind": "dark", "unit": "electron/s", "n_inputs": len(frames), "n_used": len(used),
-                "total_exptime": float(ts.sum()), "inputs": records,
-                "excluded": [{"frame_id": r["frame_id"], "filename": r["filename"], "reason": r["reason"]}
-                             for r in excluded],
-                "read_noise_e": [round(float(v), 4) for v in rn], "stats": dstats, "combine": comb.stats}
-        ga, gu = _validity(task)
-        return StepOutput(files=files, meta=meta, qc_status="warn" if excluded else "ok", good_after=ga,
-                          good_until=gu)
+        m.cards["EXPTIME"] = (float(ts.sum()), "total exposure combined (s)")
+        m.extensions = [("ERR", err, {"BUNIT": "electron/s"}), ("NCOMB", comb.n_used, None),
+                        ("HOT", hot.astype(np.uint8), {"COMMENT": f"1: hot pixel ({cfg.hot_nsigma} sigma)"})]
+        m.plots.append(("master_dark.png", m.image, {"title": f"master dark {s.task.unit_key}", "unit": "e-/s"}))
+        m.meta.update({"total_exptime": float(ts.sum()),
+                       "read_noise_e": [round(float(v), 4) for v in s.masters["read_noise_e"]],
+                       "stats": darkmod.dark_stats(comb.image, hot, err), "combine": comb.stats})
 
-
-# ------------------------------------------------------------------------------------------------------ ISR for flats
-def _reduce(task: Task, f: ResolvedInput, inst: Instrument, layout: str, cfg: Any, *, bias: np.ndarray,
-            dark: np.ndarray | None, flat: np.ndarray | None = None) -> tuple[Any, str | None]:
-    raw, why = _check_frame(f, inst, layout)
-    if why:
-        return None, why
-    t = float(f.meta.get("exptime") or 0.0)
-    res = run_isr(raw, inst, layout=layout, options=isr_options(cfg), bias=bias, dark=dark, exptime=t, flat=flat)
-    return res, None
-
-
-def _inputs_masters(task: Task, cfg: Any, *, need_flat: bool) -> dict[str, Any]:
-    bias_in = _product_input(task, "bias", required=True)
-    dark_in = _product_input(task, "dark", required=False) if getattr(cfg, "use_dark", True) else None
-    flat_in = _product_input(task, "flat", required=need_flat) if need_flat else None
-    out: dict[str, Any] = {"bias_in": bias_in, "dark_in": dark_in, "flat_in": flat_in,
-                           "bias": read_master(_file_of(bias_in)),
-                           "dark": read_master(_file_of(dark_in)) if dark_in else None,
-                           "flat": read_master(_file_of(flat_in)) if flat_in else None}
-    out["used_masters"] = {k: {"product": r.id, "provenance": r.meta.get("provenance_id", "")[:12],
-                               "unit": r.meta.get("unit_key")}
-                           for k, r in (("bias", bias_in), ("dark", dark_in), ("flat", flat_in)) if r is not None}
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------ flat
 @register_step
-class MasterFlat(_MasterStep):
+class MasterFlat(MasterStep):
     """Master flat per instrument, read mode, raw layout, filter, flat type (dome, sky) and night."""
 
     name = "master_flat"
@@ -479,139 +620,124 @@ class MasterFlat(_MasterStep):
     config_class = MasterFlatConfig
     version = "1.0"
     description = "normalised master flat per filter (dome / twilight) with flat-field stability QC"
-    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's flats of one filter and type"),
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None,
+                    doc="the night's flats of one filter and type"),
               PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"),
               PrerequisiteInput("dark", "master_dark", minimum=0, enabled_by="use_dark",
                                 doc="master dark, when one applies"))
+    record_masters = True
 
-    def run(self, task: Task) -> StepOutput:
-        cfg = self.cfg(task)
-        frames = _frames(task)
-        inst = _instrument(frames[0].meta)
-        layout = task.context["layout"]
-        flat_type = task.context.get("flat_type", "dome")
-        sections = inst.amp_sections(layout)
-        amps = biasmod.amp_slices(sections)
-        m = _inputs_masters(task, cfg, need_flat=False)
-        rn = _read_noise_e(m["bias_in"], inst, task.context.get("read_mode"))
-        mean_gain = float(np.mean([a.gain for a in inst.detectors[0].amplifiers]))
-        records: list[dict[str, Any]] = []
-        files: list[OutputFile] = []
-        with _scratch(task) as scratch:
-            cand = []  # (rec, path, level_e)
-            for f in frames:
-                rec = _frame_record(f)
-                records.append(rec)
-                res, why = _reduce(task, f, inst, layout, cfg, bias=m["bias"], dark=m["dark"])
-                if why:
-                    rec.update(status="excluded", reason=why)
-                    continue
-                img = res.image
-                level = flatmod.flat_level(img, saturated=res.saturated)
-                sat = float(res.saturated.mean())
-                level_adu = level / mean_gain
-                rec.update({"level_e": round(level, 2), "level_adu": round(level_adu, 2),
-                            "saturated_fraction": sat})
-                why = None
-                if sat > cfg.max_saturated:
-                    why = (f"saturated: {sat:.2%} of the pixels at the ADC maximum (limit {cfg.max_saturated:.2%})")
-                elif not np.isfinite(level) or level_adu < cfg.min_level:
-                    why = f"underexposed: level {level_adu:.0f} ADU < min_level {cfg.min_level:.0f} ADU"
-                elif level_adu > cfg.max_level:
-                    why = f"overexposed: level {level_adu:.0f} ADU > max_level {cfg.max_level:.0f} ADU"
-                if why:
-                    rec.update(status="excluded", reason=why)
-                    continue
-                img /= np.float32(level)
-                img[res.saturated] = np.nan
-                cand.append((rec, _save(scratch, f"flat-{f.id}", img), level))
-                del res, img
-            _enough(cand, records, cfg.min_frames, f"{flat_type} flat")
-            zones = _zones(inst)
+    def read_inputs(self, s: Series) -> None:
+        s.masters.update(_inputs_masters(s.task, s.cfg, need_flat=False))
+        s.used_masters = s.masters["used_masters"]
+        s.masters["read_noise_e"] = _read_noise_e(s.masters["bias_in"], s.inst, s.task.context.get("read_mode"))
+        s.work["mean_gain"] = float(np.mean([a.gain for a in s.inst.detectors[0].amplifiers]))
 
-            def combine(items: Sequence[tuple[dict[str, Any], Path, float]], *, method: str = "mean") -> Any:
-                levels = np.array([lv for _, _, lv in items])
-                read_var, pois = flatmod.flat_noise_model(rn, levels)
-                return combine_stack(_rows(p for _, p, _ in items), method=method, center="median", dev="model",
-                                     read_var=read_var, poisson=pois, zones=zones, sigma_low=cfg.clip_low,
-                                     sigma_high=cfg.clip_high, max_iters=cfg.clip_iters, memory_mb=cfg.memory_mb,
-                                     threads=_threads(cfg))
+    def what_frames(self, s: Series) -> str:
+        return f"{self._flat_type(s)} flat"
 
-            star_masks: dict[int, int] = {}
-            if flat_type == "sky":
-                # stars: found in each flat against a median of all, then masked (NaN) before the final combination
-                ref = combine(cand, method="median").image
-                for rec, p, _ in cand:
-                    arr = _open(p, "r+")
-                    mask = flatmod.sky_source_mask(np.asarray(arr), ref, nsigma=cfg.star_nsigma,
-                                                   grow_px=cfg.star_grow)
-                    arr[mask] = np.nan
-                    arr.flush()
-                    del arr
-                    rec["masked_star_pixels"] = int(mask.sum())
-                    star_masks[rec["frame_id"]] = int(mask.sum())
-                del ref
-            used = list(cand)
-            comb = combine(used)
-            med = flatmod.normalise(comb.image)
-            comb.error /= np.float32(med)
-            # flat-field stability: every flat against the master; out-of-tolerance flats are excluded
-            qc_rows = self._qc(used, comb.image, cfg)
-            bad = [(item, row) for item, row in zip(used, qc_rows) if row["reason"]]
-            if bad:
-                for (rec, _, _), row in bad:
-                    rec.update(status="excluded", reason=row["reason"])
-                used = [item for item, row in zip(used, qc_rows) if not row["reason"]]
-                _enough(used, records, cfg.min_frames, f"{flat_type} flat (within QC tolerance)")
-                comb = combine(used)
-                med = flatmod.normalise(comb.image)
-                comb.error /= np.float32(med)
-                qc_rows = self._qc(cand, comb.image, cfg)
-            for (rec, _, _), row in zip(cand, qc_rows):
-                rec["qc"] = row["stats"]
-                if rec.get("status") != "excluded":
-                    rec["status"] = "used"
-                if cfg.qc_plots:
-                    stem = str(rec["filename"]).split(".")[0]
-                    pname = f"qc/{stem}_residual.png"
-                    staged_png = task.stage(pname)
-                    status = "used" if rec["status"] == "used" else f"excluded: {rec.get('reason', '')[:60]}"
-                    qc.plot_flat_residual(staged_png, row["map"], row["counts"], row["edges"],
-                                          title=f"{rec['filename']} vs master {task.unit_key}",
-                                          rms=row["stats"]["rms"], gradient=row["stats"]["gradient"], status=status)
-                    files.append(OutputFile("qc_plot", str(staged_png), self.final_path(task, pname)))
-        master = comb.image
-        gain_ratio = flatmod.amp_means(master, amps)
-        name = "master_flat.fits"
-        staged = task.stage(name)
-        header = _header(task, self, bunit="", n_inputs=len(frames), n_used=len(used),
-                         extra={"NORMMED": (med, "median of the combination (normalised flats)")})
-        binned = _bin_for_epochs(master)
-        _write_fits(staged, master, header, [("ERR", comb.error, None), ("NCOMB", comb.n_used, None),
-                                             ("BIN", binned, {"COMMENT": "binned master (epoch comparisons)"})])
-        files.insert(0, OutputFile("master", str(staged), self.final_path(task, name)))
-        files.append(_plot(task, self, "master_flat.png", master, title=f"master flat {task.unit_key}",
-                           unit="relative response"))
-        excluded = [r for r in records if r.get("status") == "excluded"]
-        used_qc = [r["qc"] for r in records if r.get("status") == "used" and "qc" in r]
+    @staticmethod
+    def _flat_type(s: Series) -> str:
+        return s.task.context.get("flat_type", "dome")
+
+    def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
+        cfg = s.cfg
+        img = res.image
+        level = flatmod.flat_level(img, saturated=res.saturated)
+        sat = float(res.saturated.mean())
+        level_adu = level / s.work["mean_gain"]
+        rec.update({"level_e": round(level, 2), "level_adu": round(level_adu, 2), "saturated_fraction": sat})
+        why = None
+        if sat > cfg.max_saturated:
+            why = (f"saturated: {sat:.2%} of the pixels at the ADC maximum (limit {cfg.max_saturated:.2%})")
+        elif not np.isfinite(level) or level_adu < cfg.min_level:
+            why = f"underexposed: level {level_adu:.0f} ADU < min_level {cfg.min_level:.0f} ADU"
+        elif level_adu > cfg.max_level:
+            why = f"overexposed: level {level_adu:.0f} ADU > max_level {cfg.max_level:.0f} ADU"
+        if why:
+            _exclude(rec, why)
+            return None
+        img /= np.float32(level)
+        img[res.saturated] = np.nan
+        return rec, _save(s.scratch, f"flat-{f.id}", img), level
+
+    def _stack(self, s: Series, items: Sequence[tuple[dict[str, Any], Path, float]], *,
+               method: str = "mean") -> CombineResult:
+        levels = np.array([lv for _, _, lv in items])
+        read_var, pois = flatmod.flat_noise_model(s.masters["read_noise_e"], levels)
+        return self.stack(s, (p for _, p, _ in items), method=method, read_var=read_var, poisson=pois,
+                          zones=_zones(s.inst))
+
+    def _normalised(self, s: Series, items: Sequence[tuple[dict[str, Any], Path, float]]) -> tuple[Any, float]:
+        comb = self._stack(s, items)
+        med = flatmod.normalise(comb.image)
+        comb.error /= np.float32(med)
+        return comb, med
+
+    def combine(self, s: Series, used: list[Any]) -> Master:
+        cfg, task = s.cfg, s.task
+        cand = used
+        if self._flat_type(s) == "sky":
+            # stars: found in each flat against a median of all, then masked (NaN) before the final combination
+            ref = self._stack(s, cand, method="median").image
+            for rec, p, _ in cand:
+                arr = _open(p, "r+")
+                mask = flatmod.sky_source_mask(np.asarray(arr), ref, nsigma=cfg.star_nsigma, grow_px=cfg.star_grow)
+                arr[mask] = np.nan
+                arr.flush()
+                del arr
+                rec["masked_star_pixels"] = int(mask.sum())
+            del ref
+        used = list(cand)
+        comb, med = self._normalised(s, used)
+        # flat-field stability: every flat against the master; out-of-tolerance flats are excluded
+        qc_rows = self._residual_qc(used, comb.image, cfg)
+        bad = [(item, row) for item, row in zip(used, qc_rows) if row["reason"]]
+        if bad:
+            for (rec, _, _), row in bad:
+                _exclude(rec, row["reason"])
+            used = [item for item, row in zip(used, qc_rows) if not row["reason"]]
+            _enough(used, s.records, cfg.min_frames, f"{self._flat_type(s)} flat (within QC tolerance)")
+            comb, med = self._normalised(s, used)
+            qc_rows = self._residual_qc(cand, comb.image, cfg)
+        for (rec, _, _), row in zip(cand, qc_rows):
+            rec["qc"] = row["stats"]
+            if rec.get("status") != "excluded":
+                rec["status"] = "used"
+            if cfg.qc_plots:
+                stem = str(rec["filename"]).split(".")[0]
+                pname = f"qc/{stem}_residual.png"
+                staged_png = task.stage(pname)
+                status = "used" if rec["status"] == "used" else f"excluded: {rec.get('reason', '')[:60]}"
+                qc.plot_flat_residual(staged_png, row["map"], row["counts"], row["edges"],
+                                      title=f"{rec['filename']} vs master {task.unit_key}",
+                                      rms=row["stats"]["rms"], gradient=row["stats"]["gradient"], status=status)
+                s.files.append(OutputFile("qc_plot", str(staged_png), self.final_path(task, pname)))
+        m = Master(comb.image, len(used), comb)
+        m.work["normalisation"] = med
+        return m
+
+    def qc(self, s: Series, m: Master) -> None:
+        cfg, master, med = s.cfg, m.image, m.work["normalisation"]
+        m.cards["NORMMED"] = (med, "median of the combination (normalised flats)")
+        m.extensions = [("ERR", m.comb.error, None), ("NCOMB", m.comb.n_used, None),
+                        ("BIN", _bin_for_epochs(master), {"COMMENT": "binned master (epoch comparisons)"})]
+        m.plots.append(("master_flat.png", master, {"title": f"master flat {s.task.unit_key}",
+                                                     "unit": "relative response"}))
+        used_qc = [r["qc"] for r in s.records if r.get("status") == "used" and "qc" in r]
         summary = {"rms_median": float(np.median([q["rms"] for q in used_qc])) if used_qc else None,
                    "rms_max": float(np.max([q["rms"] for q in used_qc])) if used_qc else None,
                    "gradient_max": float(np.max([q["gradient"] for q in used_qc])) if used_qc else None,
                    "rms_limit": cfg.qc_rms_max, "gradient_limit": cfg.qc_gradient_max}
-        meta = {"kind": "flat", "flat_type": flat_type, "unit": "", "n_inputs": len(frames), "n_used": len(used),
-                "inputs": records, "masters": m["used_masters"],
-                "excluded": [{"frame_id": r["frame_id"], "filename": r["filename"], "reason": r["reason"]}
-                             for r in excluded],
-                "amp_response": gain_ratio, "normalisation": med, "qc": summary,
-                "stats": qc.robust_stats(master), "combine": comb.stats}
-        if m["dark"] is None:
-            meta["notes"] = ["no master dark was available: dark current not subtracted"]
-        ga, gu = _validity(task)
-        return StepOutput(files=files, meta=meta, qc_status="warn" if excluded else "ok", good_after=ga,
-                          good_until=gu)
+        m.meta.update({"flat_type": self._flat_type(s), "amp_response": flatmod.amp_means(master, s.amps),
+                       "normalisation": med, "qc": summary, "stats": qc.robust_stats(master),
+                       "combine": m.comb.stats})
+        if s.masters["dark"] is None:
+            m.meta["notes"] = ["no master dark was available: dark current not subtracted"]
 
     @staticmethod
-    def _qc(items: Sequence[tuple[dict[str, Any], Path, float]], master: np.ndarray, cfg: Any) -> list[dict[str, Any]]:
+    def _residual_qc(items: Sequence[tuple[dict[str, Any], Path, float]], master: np.ndarray,
+                     cfg: Any) -> list[dict[str, Any]]:
         rows = []
         for rec, p, _ in items:
             res = flatmod.residual_qc(np.asarray(_open(p)), master, cells=cfg.qc_cells)
@@ -628,8 +754,12 @@ class MasterFlat(_MasterStep):
 
 # ------------------------------------------------------------------------------------------------------ bpm
 @register_step
-class BadPixelMask(_MasterStep):
-    """Bad-pixel mask per instrument, read mode, raw layout and night, from the master dark and master flats."""
+class BadPixelMask(MasterStep):
+    """Bad-pixel mask per instrument, read mode, raw layout and night, from the master dark and master flats.
+
+    On the same template, with masters as its inputs instead of a series of frames: *screen* finds the master dark
+    and flats, *combine* flags the hot, dead and low-response pixels and the bad columns.
+    """
 
     name = "bad_pixel_mask"
     product_kind = "bad_pixel_mask"
@@ -640,25 +770,32 @@ class BadPixelMask(_MasterStep):
     inputs = (PrerequisiteInput("dark", "master_dark", minimum=0, doc="the master dark valid at the night"),
               Input("flat", "master_flat", minimum=0, maximum=None, doc="every master flat of the night"))
 
-    def run(self, task: Task) -> StepOutput:
-        cfg = self.cfg(task)
-        dark_in = _product_input(task, "dark", required=False)
-        flat_ins = task.inputs_by_role("flat")
+    def series(self, task: Task) -> Series:
+        return Series(task=task, cfg=self.cfg(task), frames=[], n_inputs=len(task.inputs))
+
+    def screen(self, s: Series) -> list[Any]:
+        dark_in = _product_input(s.task, "dark", required=False)
+        flat_ins = s.task.inputs_by_role("flat")
         if dark_in is None and not flat_ins:
             raise DataError("a bad-pixel mask needs a master dark or master flats; none among the inputs")
+        s.masters.update(dark_in=dark_in, flat_ins=flat_ins)
+        s.work["notes"] = []
+        return [r for r in (dark_in, *flat_ins) if r is not None]
+
+    def combine(self, s: Series, used: list[Any]) -> Master:
+        cfg, dark_in, flat_ins, notes = s.cfg, s.masters["dark_in"], s.masters["flat_ins"], s.work["notes"]
         hot = dead = low = None
         shape = None
-        notes = []
         if dark_in is not None:
-            rate = read_master(_file_of(dark_in))
-            err = read_master(_file_of(dark_in), "ERR")
+            rate = read_master(dark_in)
+            err = read_master(dark_in, "ERR")
             hot = darkmod.hot_pixels(rate, err, nsigma=cfg.hot_nsigma, min_excess=cfg.hot_min_excess)
             shape = rate.shape
             del rate, err
         else:
             notes.append("no master dark: hot pixels not detected")
         if flat_ins:
-            flats = [read_master(_file_of(fi)) for fi in flat_ins]
+            flats = [read_master(fi) for fi in flat_ins]
             dead, low = bpmmod.flat_defects(flats, box=cfg.response_box, dead_below=cfg.dead_below,
                                             low_below=cfg.low_below)
             shape = flats[0].shape
@@ -667,35 +804,49 @@ class BadPixelMask(_MasterStep):
             notes.append("no master flat: dead and low-response pixels not detected")
         bpm = bpmmod.combine_mask(hot=hot, dead=dead, low=low, min_run=cfg.column_min_run,
                                   max_gap=cfg.column_max_gap, shape=shape)
-        st = bpmmod.bpm_stats(bpm)
-        name = "bad_pixel_mask.fits"
-        staged = task.stage(name)
-        extra = {f"BIT{bit}": name_.upper()[:68] for name_, bit in bpmmod.BITS.items()}
-        header = _header(task, self, bunit="", n_inputs=len(task.inputs), n_used=len(task.inputs), extra=extra)
-        _write_fits(staged, bpm, header)
-        files = [OutputFile("master", str(staged), self.final_path(task, name)),
-                 _plot(task, self, "bad_pixel_mask.png", (bpm > 0).astype(np.float32),
-                       title=f"bad pixels {task.unit_key} ({st['total']})", unit="fraction flagged")]
-        meta = {"kind": "bpm", "bits": bpmmod.BITS, "stats": st, "notes": notes,
+        return Master(bpm, s.n_inputs)
+
+    def qc(self, s: Series, m: Master) -> None:
+        st = bpmmod.bpm_stats(m.image)
+        m.cards.update({f"BIT{bit}": name_.upper()[:68] for name_, bit in bpmmod.BITS.items()})
+        m.plots.append(("bad_pixel_mask.png", (m.image > 0).astype(np.float32),
+                        {"title": f"bad pixels {s.task.unit_key} ({st['total']})", "unit": "fraction flagged"}))
+        m.meta["stats"] = st
+
+    def meta(self, s: Series, m: Master) -> dict[str, Any]:
+        dark_in, flat_ins = s.masters["dark_in"], s.masters["flat_ins"]
+        return {"kind": "bpm", "bits": bpmmod.BITS, "stats": m.meta["stats"], "notes": s.work["notes"],
                 "inputs": {"dark": dark_in.id if dark_in else None, "flats": [fi.id for fi in flat_ins]}}
-        ga, gu = _validity(task)
-        return StepOutput(files=files, meta=meta, qc_status="warn" if notes else "ok", good_after=ga, good_until=gu)
+
+    def qc_status(self, s: Series, m: Master) -> str:
+        return "warn" if s.work["notes"] else "ok"
 
 
 # ------------------------------------------------------------------------------------------------------ science-based
-def _science_frames(task: Task, inst: Instrument, layout: str, cfg: Any, m: dict[str, Any]) -> Iterator[
-        tuple[dict[str, Any], Any]]:
-    """Reduce (bias, dark, flat) every science input; yield ``(record, isr result or None)``."""
-    for f in _frames(task):
-        rec = _frame_record(f)
-        res, why = _reduce(task, f, inst, layout, cfg, bias=m["bias"], dark=m["dark"], flat=m["flat"])
-        if why:
-            rec.update(status="excluded", reason=why)
-        yield rec, res
+class _ScienceMaster(MasterStep):
+    """Masters made from the night's science frames (reduced with bias, dark and flat): the sky background of
+    every frame is measured with its sources masked."""
+
+    what = "science"
+    record_masters = True
+
+    def read_inputs(self, s: Series) -> None:
+        s.masters.update(_inputs_masters(s.task, s.cfg, need_flat=True))
+        s.used_masters = s.masters["used_masters"]
+
+    @staticmethod
+    def sky(s: Series, res: IsrResult) -> tuple[np.ndarray, np.ndarray]:
+        """The sky background of a reduced frame with its sources masked, and the source mask."""
+        cfg, img = s.cfg, res.image
+        bkg, _ = fringemod.sky_background(img, res.saturated, box=cfg.background_box)
+        mask = fringemod.source_mask(img, bkg, nsigma=cfg.source_nsigma, grow_px=cfg.source_grow,
+                                     saturated=res.saturated)
+        bkg, _ = fringemod.sky_background(img, mask, box=cfg.background_box)
+        return bkg, mask
 
 
 @register_step
-class MasterFringe(_MasterStep):
+class MasterFringe(_ScienceMaster):
     """Fringe map per instrument, read mode, raw layout, fringing filter and night."""
 
     name = "master_fringe"
@@ -703,73 +854,54 @@ class MasterFringe(_MasterStep):
     config_class = MasterFringeConfig
     version = "1.0"
     description = "fringe map (fraction of the sky) from dithered science frames"
-    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's science frames in the filter"),
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None,
+                    doc="the night's science frames in the filter"),
               PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"), PrerequisiteInput("dark", "master_dark", minimum=0, doc="master dark, when one applies"),
               PrerequisiteInput("flat", "master_flat", doc="master flat of the filter"))
+    unit = "fraction of sky"
 
-    def run(self, task: Task) -> StepOutput:
-        cfg = self.cfg(task)
-        frames = _frames(task)
-        inst = _instrument(frames[0].meta)
-        layout = task.context["layout"]
-        m = _inputs_masters(task, cfg, need_flat=True)
-        rn = _read_noise_e(m["bias_in"], inst, task.context.get("read_mode"))
-        records: list[dict[str, Any]] = []
-        with _scratch(task) as scratch:
-            used = []
-            for rec, res in _science_frames(task, inst, layout, cfg, m):
-                records.append(rec)
-                if res is None:
-                    continue
-                img = res.image
-                bkg, _ = fringemod.sky_background(img, res.saturated, box=cfg.background_box)
-                mask = fringemod.source_mask(img, bkg, nsigma=cfg.source_nsigma, grow_px=cfg.source_grow,
-                                             saturated=res.saturated)
-                bkg, _ = fringemod.sky_background(img, mask, box=cfg.background_box)
-                sky = float(np.nanmedian(bkg[::4, ::4]))
-                if not sky > 0:
-                    rec.update(status="excluded", reason=f"no sky background (median {sky:.1f} e-)")
-                    continue
-                norm = fringemod.normalised_frame(img, bkg, mask)
-                rec.update(status="used", sky_e=round(sky, 2), masked_fraction=round(float(mask.mean()), 4))
-                used.append((rec, _save(scratch, f"fringe-{rec['frame_id']}", norm), sky))
-            _enough(used, records, cfg.min_frames, "science")
-            skies = np.array([s for _, _, s in used])
-            rv = (skies + float(np.median(rn)) ** 2) / skies ** 2
-            comb = combine_stack(_rows(p for _, p, _ in used), method="mean", center="median", dev="model",
-                                 read_var=rv, sigma_low=cfg.clip_low, sigma_high=cfg.clip_high,
-                                 max_iters=cfg.clip_iters, memory_mb=cfg.memory_mb, threads=_threads(cfg))
-            fringe = fringemod.smooth_nan(comb.image, cfg.smooth_px)
-            fringe[~np.isfinite(fringe)] = 0.0
-            fringe -= np.float32(np.median(fringe[::2, ::2]))
-            for rec, p, _ in used:
-                rec["fitted_scale"] = round(fringemod.fit_fringe_scale(np.asarray(_open(p)), fringe), 4)
+    def read_inputs(self, s: Series) -> None:
+        super().read_inputs(s)
+        s.masters["read_noise_e"] = _read_noise_e(s.masters["bias_in"], s.inst, s.task.context.get("read_mode"))
+
+    def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
+        bkg, mask = self.sky(s, res)
+        sky = float(np.nanmedian(bkg[::4, ::4]))
+        if not sky > 0:
+            _exclude(rec, f"no sky background (median {sky:.1f} e-)")
+            return None
+        norm = fringemod.normalised_frame(res.image, bkg, mask)
+        rec.update(status="used", sky_e=round(sky, 2), masked_fraction=round(float(mask.mean()), 4))
+        return rec, _save(s.scratch, f"fringe-{rec['frame_id']}", norm), sky
+
+    def combine(self, s: Series, used: list[Any]) -> Master:
+        cfg = s.cfg
+        skies = np.array([sk for _, _, sk in used])
+        rv = (skies + float(np.median(s.masters["read_noise_e"])) ** 2) / skies ** 2
+        comb = self.stack(s, (p for _, p, _ in used), read_var=rv)
+        fringe = fringemod.smooth_nan(comb.image, cfg.smooth_px)
+        fringe[~np.isfinite(fringe)] = 0.0
+        fringe -= np.float32(np.median(fringe[::2, ::2]))
+        for rec, p, _ in used:
+            rec["fitted_scale"] = round(fit_fringe_scale(np.asarray(_open(p)), fringe), 4)
+        return Master(fringe, len(used), comb)
+
+    def qc(self, s: Series, m: Master) -> None:
+        cfg, comb = s.cfg, m.comb
         err = comb.error
         if cfg.smooth_px > 0:
             err = err / np.float32(2 * np.sqrt(np.pi) * cfg.smooth_px)
-        amp = qc.robust_stats(fringe)
-        name = "master_fringe.fits"
-        staged = task.stage(name)
-        header = _header(task, self, bunit="", n_inputs=len(frames), n_used=len(used),
-                         extra={"FRNGRMS": (round(amp["std"], 6), "rms of the fringe map (fraction of sky)")})
-        _write_fits(staged, fringe, header, [("ERR", err, {"COMMENT": "approximate after smoothing"}),
-                                             ("NCOMB", comb.n_used, None)])
-        files = [OutputFile("master", str(staged), self.final_path(task, name)),
-                 _plot(task, self, "master_fringe.png", fringe, title=f"fringe map {task.unit_key}",
-                       unit="% of sky", percent=True, cells=512)]
-        excluded = [r for r in records if r.get("status") == "excluded"]
-        meta = {"kind": "fringe", "unit": "fraction of sky", "n_inputs": len(frames), "n_used": len(used),
-                "inputs": records, "masters": m["used_masters"],
-                "excluded": [{"frame_id": r["frame_id"], "filename": r["filename"], "reason": r["reason"]}
-                             for r in excluded],
-                "rms": round(amp["std"], 6), "robust_rms": round(amp["robust_std"], 6), "combine": comb.stats}
-        ga, gu = _validity(task)
-        return StepOutput(files=files, meta=meta, qc_status="warn" if excluded else "ok", good_after=ga,
-                          good_until=gu)
+        amp = qc.robust_stats(m.image)
+        m.cards["FRNGRMS"] = (round(amp["std"], 6), "rms of the fringe map (fraction of sky)")
+        m.extensions = [("ERR", err, {"COMMENT": "approximate after smoothing"}), ("NCOMB", comb.n_used, None)]
+        m.plots.append(("master_fringe.png", m.image, {"title": f"fringe map {s.task.unit_key}", "unit": "% of sky",
+                                                       "percent": True, "cells": 512}))
+        m.meta.update({"rms": round(amp["std"], 6), "robust_rms": round(amp["robust_std"], 6),
+                       "combine": comb.stats})
 
 
 @register_step
-class MasterIllumination(_MasterStep):
+class MasterIllumination(_ScienceMaster):
     """Illumination correction per instrument, read mode, raw layout, filter, flat type and night."""
 
     name = "master_illumination"
@@ -777,69 +909,54 @@ class MasterIllumination(_MasterStep):
     config_class = MasterIllumConfig
     version = "1.0"
     description = "illumination correction (smooth sky response after flat-fielding) from science frames"
-    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's science frames in the filter"),
+    inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None,
+                    doc="the night's science frames in the filter"),
               PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"), PrerequisiteInput("dark", "master_dark", minimum=0, doc="master dark, when one applies"),
               PrerequisiteInput("flat", "master_flat", doc="master flat of the filter and flat type"))
 
-    def run(self, task: Task) -> StepOutput:
-        cfg = self.cfg(task)
-        frames = _frames(task)
-        inst = _instrument(frames[0].meta)
-        layout = task.context["layout"]
-        m = _inputs_masters(task, cfg, need_flat=True)
-        shape = inst.layout.active_shape
-        cell = illummod.cell_size(shape, cfg.cells)
-        records: list[dict[str, Any]] = []
-        grids = []
-        for rec, res in _science_frames(task, inst, layout, cfg, m):
-            records.append(rec)
-            if res is None:
-                continue
-            img = res.image
-            bkg, _ = fringemod.sky_background(img, res.saturated, box=cfg.background_box)
-            mask = fringemod.source_mask(img, bkg, nsigma=cfg.source_nsigma, grow_px=cfg.source_grow,
-                                         saturated=res.saturated)
-            bkg, _ = fringemod.sky_background(img, mask, box=cfg.background_box)
-            try:
-                grid = illummod.background_grid(bkg, cell=cell)
-            except ValueError as exc:
-                rec.update(status="excluded", reason=str(exc))
-                continue
-            rec.update(status="used", sky_e=round(float(np.nanmedian(bkg[::4, ::4])), 2),
-                       masked_fraction=round(float(mask.mean()), 4))
-            grids.append(grid)
-        used = [r for r in records if r.get("status") == "used"]
-        _enough(used, records, cfg.min_frames, "science")
-        combined = illummod.combine_grids(grids)
+    def read_inputs(self, s: Series) -> None:
+        super().read_inputs(s)
+        shape = s.inst.layout.active_shape
+        s.work.update(shape=shape, cell=illummod.cell_size(shape, s.cfg.cells))
+
+    def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
+        bkg, mask = self.sky(s, res)
+        try:
+            grid = illummod.background_grid(bkg, cell=s.work["cell"])
+        except ValueError as exc:
+            _exclude(rec, str(exc))
+            return None
+        rec.update(status="used", sky_e=round(float(np.nanmedian(bkg[::4, ::4])), 2),
+                   masked_fraction=round(float(mask.mean()), 4))
+        return rec, grid
+
+    def combine(self, s: Series, used: list[Any]) -> Master:
+        cfg, shape, cell = s.cfg, s.work["shape"], s.work["cell"]
+        combined = illummod.combine_grids([g for _, g in used])
         coef, info = illummod.fit_surface(combined, shape=shape, cell=cell, order=cfg.order)
         icor = illummod.evaluate_surface(coef, shape, cfg.order)
         # per-frame agreement with the fit (binned, normalised), for QC
         model_grid = qc.bin_image(icor, cell)
-        for rec, g in zip(used, grids):
+        for rec, g in used:
             ratio = g / model_grid
             rec["rms_vs_fit"] = round(float(np.nanstd(ratio / np.nanmedian(ratio))), 6)
-        err = np.full(shape, np.float32(info["rms"] / np.sqrt(max(len(used), 1))), np.float32)
+        m = Master(icor, len(used))
+        m.work.update(combined=combined, coef=coef, info=info)
+        return m
+
+    def qc(self, s: Series, m: Master) -> None:
+        cfg, icor, info, combined = s.cfg, m.image, m.work["info"], m.work["combined"]
+        err = np.full(icor.shape, np.float32(info["rms"] / np.sqrt(max(m.n_used, 1))), np.float32)
         p2p = float(icor.max() - icor.min())
-        name = "master_illumination.fits"
-        staged = task.stage(name)
-        header = _header(task, self, bunit="", n_inputs=len(frames), n_used=len(used),
-                         extra={"ICORORD": (cfg.order, "Legendre total degree"),
-                                "ICORP2P": (round(p2p, 6), "peak to peak of the map"),
-                                "COMMENT": "flat-fielded science / this map = illumination-corrected"})
+        m.cards.update({"ICORORD": (cfg.order, "Legendre total degree"),
+                        "ICORP2P": (round(p2p, 6), "peak to peak of the map"),
+                        "COMMENT": "flat-fielded science / this map = illumination-corrected"})
         binned = (combined / np.nanmean(combined)).astype(np.float32)
-        _write_fits(staged, icor, header, [("ERR", err, {"COMMENT": "fit rms / sqrt(frames), per cell"}),
-                                           ("BIN", _bin_for_epochs(icor), {"COMMENT": "binned map"}),
-                                           ("DATA", binned, {"COMMENT": "combined normalised background cells"})])
-        files = [OutputFile("master", str(staged), self.final_path(task, name)),
-                 _plot(task, self, "master_illumination.png", icor, title=f"illumination {task.unit_key}",
-                       unit="relative sky (%)", percent=True)]
-        excluded = [r for r in records if r.get("status") == "excluded"]
-        meta = {"kind": "illumination", "flat_type": task.context.get("flat_type"), "unit": "",
-                "n_inputs": len(frames), "n_used": len(used), "inputs": records, "masters": m["used_masters"],
-                "excluded": [{"frame_id": r["frame_id"], "filename": r["filename"], "reason": r["reason"]}
-                             for r in excluded],
-                "order": cfg.order, "cell_px": cell, "fit": info, "peak_to_peak": round(p2p, 6),
-                "coefficients": [float(c) for c in coef]}
-        ga, gu = _validity(task)
-        return StepOutput(files=files, meta=meta, qc_status="warn" if excluded else "ok", good_after=ga,
-                          good_until=gu)
+        m.extensions = [("ERR", err, {"COMMENT": "fit rms / sqrt(frames), per cell"}),
+                        ("BIN", _bin_for_epochs(icor), {"COMMENT": "binned map"}),
+                        ("DATA", binned, {"COMMENT": "combined normalised background cells"})]
+        m.plots.append(("master_illumination.png", icor, {"title": f"illumination {s.task.unit_key}",
+                                                          "unit": "relative sky (%)", "percent": True}))
+        m.meta.update({"flat_type": s.task.context.get("flat_type"), "order": cfg.order,
+                       "cell_px": s.work["cell"], "fit": info, "peak_to_peak": round(p2p, 6),
+                       "coefficients": [float(c) for c in m.work["coef"]]})

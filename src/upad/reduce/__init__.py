@@ -1,5 +1,5 @@
-"""The daily pipeline: instrument-signature removal (ISR), masks, cosmic rays, astrometry, photometry, QC.
+"""The daily pipeline: masks, cosmic rays, astrometry, photometry, QC of science frames.
 
-:mod:`upad.reduce.isr` holds the pure ISR primitives (overscan, trim and assembly, bias, non-linearity, gain, dark,
-flat) shared by the master calibrations (:mod:`upad.calib`) and the reduction of science frames.
+The instrument-signature removal (overscan, trim and assembly, bias, non-linearity, gain, dark, flat, fringe) is
+:mod:`upad.isr`, shared with the master calibrations (:mod:`upad.calib`).
 """

@@ -235,7 +235,7 @@ def reduce_frame(image: np.ndarray, *, wcs_guess: Any, refcat: Any, filter_name:
     amp_regions : sequence of (slice, slice), optional
         Region of each amplifier in the image (``AmpSection.active``).
     saturated : ndarray of bool, optional
-        Pixels saturated in the raw frame (:attr:`upad.reduce.isr.IsrResult.saturated`).
+        Pixels saturated in the raw frame (:attr:`upad.isr.IsrResult.saturated`).
     bpm : ndarray, optional
         Bad-pixel mask: boolean, or the calibration bits of :mod:`upad.calib.bpm`.
     flat : ndarray, optional

@@ -1,6 +1,6 @@
 """Saturated pixels and bleed trails.
 
-Saturated pixels come from the raw frame (at the ADC maximum, :func:`upad.reduce.isr.saturation_mask`) and/or from
+Saturated pixels come from the raw frame (at the ADC maximum, :func:`upad.isr.saturation_mask`) and/or from
 a level in electrons (full well). They are grouped into connected regions (8-connectivity). In each region the
 *core* is the round part around the star: its width ``W`` is the widest row and its centre the flux-weighted row of
 the widest rows; saturated pixels farther than ``W / 2`` (+ half a pixel) from the centre along the column are the

@@ -5,11 +5,12 @@ masters are the unit's inputs, so they are recorded in the reduced frame's prove
 masters are missing waits with the lookup's reason.
 
 The run: overscan → bias → non-linearity → gain (e-) → dark → flat → illumination → fringe (scaled fit of the fringe
-map) (:mod:`upad.reduce.isr`), then :func:`upad.reduce.pipeline.reduce_frame` (masks, background and noise model,
-cosmetics, satellites, cosmic rays, detection and photometry, astrometry, PSF, zero point, QC). Outputs: the reduced
-FITS (float32 image in electrons in HDU 1, the compressed bit-coded mask in HDU 2, the weight map in HDU 3), the
-catalog (SExtractor column names), the PSF model, a preview and a QC plot; the QC status and reasons go to the
-product's ``qc_status`` and ``meta``.
+map) (:mod:`upad.isr`, with the same :class:`~upad.isr.config.IsrConfig` as the masters), then
+:func:`upad.reduce.pipeline.reduce_frame` (masks, background and noise model, cosmetics, satellites, cosmic rays,
+detection and photometry, astrometry, PSF, zero point, QC). Outputs (formats and readers: :mod:`upad.io.products`):
+the reduced FITS (float32 image in electrons in HDU 1, the compressed bit-coded mask in HDU 2, the weight map in
+HDU 3), the catalog (SExtractor column names), the PSF model, a preview and a QC plot; the QC status and reasons go
+to the product's ``qc_status`` and ``meta``.
 
 Bad input never stops the night. A raw file that cannot be read (truncated, corrupt), has the wrong shape, or holds
 only zeros, NaNs or one constant gives a product without files whose QC is ``fail`` with the reason; a frame that
@@ -19,9 +20,9 @@ failed QC with the reason code of :class:`~upad.reduce.errors.ReductionError`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -29,9 +30,8 @@ from astropy.io import fits
 
 from upad import maskbits
 from upad.calib.config import LookupConfig
-from upad.calib.fringe import fit_fringe_scale
 from upad.calib.lookup import select_masters
-from upad.config import param
+from upad.config import StepConfig, param
 from upad.db.models import Frame
 from upad.errors import DataError
 from upad.flow.queries import PlanContext
@@ -51,58 +51,38 @@ from upad.flow.step import (
 )
 from upad.instruments import get_instrument
 from upad.io.image import read_image
+from upad.io.products import file_of, provenance_cards, write_catalog, write_isr_only, write_psf, write_reduced
 from upad.io.raw import read_raw
 from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
+from upad.isr import fit_fringe, raw_shape_problem, run_isr
+from upad.isr.config import IsrConfig, with_isr_table
 from upad.reduce.errors import ReductionError
-from upad.reduce.isr import IsrOptions, raw_shape_problem, run_isr
-from upad.reduce.output import provenance_cards, write_catalog, write_psf, write_reduced
 from upad.reduce.pipeline import ReductionConfig, reduce_frame, validate_image
 from upad.reduce.preview import write_previews
 
 
 @dataclass(frozen=True)
 class ReduceConfig(LookupConfig, ReductionConfig):
-    """The reduction step's parameters: the calibration lookup's, the ISR's, and every stage of
+    """The reduction step's parameters: the calibration lookup's, the ISR's (``isr``: the same nested
+    :class:`~upad.isr.config.IsrConfig` as the master steps'), and every stage of
     :class:`~upad.reduce.pipeline.ReductionConfig` (nested tables ``[steps.reduce.cosmics]`` … in ``upad.toml``)."""
 
     reference_catalog: str = param("reference/refcat.fits", doc="Reference star catalog (FITS, Parquet, CSV; a "
                                    "Gaia extract or the simulator's), relative to the data root or absolute")
-    overscan: str = param("poly", doc="Overscan estimator: 'poly', 'rows', 'mean' or 'none'",
-                          choices=("poly", "rows", "mean", "none"))
-    overscan_order: int = param(3, doc="Order of the overscan polynomial ('poly')", bounds=(0, 10))
-    linearize: bool = param(True, doc="Correct the non-linearity with the instrument file's [c2, c3]")
+    isr: IsrConfig = param(IsrConfig(), doc="Instrument-signature removal (overscan, non-linearity, saturation): "
+                                            "one nested table, the same for every step")
     fringe_correct: bool = param(True, doc="Subtract the scaled fringe map in filters that fringe")
     mask_compression: str = param("RICE_1", doc="Tile compression of the mask HDU",
                                   choices=("RICE_1", "PLIO_1", "GZIP_1", "HCOMPRESS_1"))
 
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None, *, where: str = "") -> "ReduceConfig":
+        """Build from a mapping of overrides; ``isr`` and the stages may be nested mappings."""
+        return super().from_mapping(with_isr_table(values, where=where), where=where)  # type: ignore[return-value]
 
-def _master_path(res: ResolvedInput) -> str:
-    roles = res.meta.get("file_roles") or []
-    return res.paths[roles.index("master")] if "master" in roles else res.paths[0]
-
-
-def fit_fringe(image: np.ndarray, fringe: np.ndarray, *, exclude: np.ndarray | None = None,
-               clip: float = 4.0) -> tuple[float, float] | None:
-    """Robust amplitude of the fringe map in a flat-fielded frame: ``(a, background)`` such that
-    ``image - a * background * fringe`` is fringe-free, or ``None`` when the frame has no usable sky.
-
-    Sources, saturated pixels and pixels without data are left out of the least-squares fit (pixels further than
-    ``clip`` robust sigmas from the sky), otherwise stars and trails drag the amplitude away.
-    """
-    finite = np.isfinite(image) & np.isfinite(fringe)
-    if exclude is not None:
-        finite &= ~exclude
-    sample = image[finite][::7]
-    if sample.size < 100:
-        return None
-    background = float(np.median(sample))
-    if background <= 0:
-        return None
-    x = image / background - 1.0
-    sigma = 1.4826 * float(np.median(np.abs(x[finite][::7] - np.median(x[finite][::7]))))
-    use = finite & (np.abs(x) < clip * max(sigma, 1e-6))
-    x = np.where(use, x, np.nan).astype(np.float32)
-    return fit_fringe_scale(x, np.where(use, fringe, np.nan).astype(np.float32)), background
+    def reduction_config(self) -> ReductionConfig:
+        """The :class:`~upad.reduce.pipeline.ReductionConfig` part (what :func:`reduce_frame` takes)."""
+        return ReductionConfig(**{f.name: getattr(self, f.name) for f in fields(ReductionConfig)})
 
 
 #: The files of a reduced frame's product, in this order (``files[0]`` is the reduced image).
@@ -138,6 +118,12 @@ class Reduce(Step):
               PrerequisiteInput("bpm", "bad_pixel_mask", minimum=0, doc="bad-pixel mask"))
     outputs = tuple(Output(role, optional=True) for role in OUTPUT_ROLES)
 
+    def cfg(self, task: Task) -> ReduceConfig:
+        """The task's configuration as a :class:`ReduceConfig`."""
+        if isinstance(task.config, StepConfig):
+            return task.config  # type: ignore[return-value]
+        return ReduceConfig.from_mapping(task.config, where="steps.reduce")
+
     def plan(self, ctx: PlanContext, config: ReduceConfig) -> Iterable[Unit]:
         for f in ctx.frames("science"):
             sel = select_masters(ctx.session, f, config)
@@ -148,20 +134,21 @@ class Reduce(Step):
     def run(self, task: Task) -> StepOutput:
         # the masters are read in two threads while the raw frame is decompressed (file reads and copies release
         # the GIL); whatever happens, no read outlives the job
+        cfg = self.cfg(task)
         masters = {r.role: r for r in task.inputs if r.kind == "product"}
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="upad-read") as pool:
-            pending = {kind: pool.submit(read_image, _master_path(masters[kind]), first_image=True,
+            pending = {kind: pool.submit(read_image, file_of(masters[kind], "master"), first_image=True,
                                          dtype=None if kind == "bpm" else np.float32)
                        for kind in ("bias", "dark", "flat", "illumination", "fringe", "bpm")
-                       if kind in masters and (kind != "fringe" or task.config.fringe_correct)}
+                       if kind in masters and (kind != "fringe" or cfg.fringe_correct)}
             try:
-                return self._reduce(task, masters, pending)
+                return self._reduce(task, cfg, masters, pending)
             finally:
                 for future in pending.values():  # not consumed (a bad raw frame, an error): drop them
                     future.cancel()
 
-    def _reduce(self, task: Task, masters: dict[str, ResolvedInput], pending: dict[str, Any]) -> StepOutput:
-        cfg = task.config.as_dict() if not isinstance(task.config, dict) else task.config
+    def _reduce(self, task: Task, cfg: ReduceConfig, masters: dict[str, ResolvedInput],
+                pending: dict[str, Any]) -> StepOutput:
         raw_in = task.input("raw")
         meta = raw_in.meta
         inst = get_instrument(meta["instrument"])
@@ -172,7 +159,7 @@ class Reduce(Step):
             if why:
                 raise ReductionError("no_data", why, stage="read")
             # a frame of zeros or NaNs, or constant (a readout failure), is refused before any arithmetic
-            validate_image(np.asarray(raw[::4, ::4], dtype=np.float32), min_valid_fraction=cfg["min_valid_fraction"])
+            validate_image(np.asarray(raw[::4, ::4], dtype=np.float32), min_valid_fraction=cfg.min_valid_fraction)
         except DataError as exc:
             # unreadable (truncated, corrupt) or empty: no image to keep; the failed QC and its reason are recorded
             # as the frame's product and the rest of the night goes on
@@ -184,17 +171,17 @@ class Reduce(Step):
 
         bias, dark, flat, illum = load("bias"), load("dark"), load("flat"), load("illumination")
         lap("read_masters")
-        options = IsrOptions(overscan=cfg["overscan"], overscan_order=cfg["overscan_order"],
-                             linearize=cfg["linearize"], to_electrons=True)
-        isr = run_isr(raw, inst, layout=meta["layout"], options=options, bias=bias, dark=dark,
-                      exptime=float(meta["exptime"]), flat=flat, illumination=illum)
+        # every ISR option of the shared configuration, as the masters were made (overscan method, order, smoothing,
+        # skipped columns, non-linearity, saturation level, engine)
+        isr = run_isr(raw, inst, layout=meta["layout"], options=cfg.isr.options(to_electrons=True), bias=bias,
+                      dark=dark, exptime=float(meta["exptime"]), flat=flat, illumination=illum)
         del raw, bias
         lap("isr")
         image = isr.image
         notes = list(isr.notes)
         fringe_scale = None
         fringe = load("fringe")
-        if fringe is not None and cfg["fringe_correct"]:
+        if fringe is not None and cfg.fringe_correct:
             fringe_scale = fit_fringe(image, fringe, exclude=isr.saturated)
             if fringe_scale is not None:
                 image -= np.float32(fringe_scale[0] * fringe_scale[1]) * fringe
@@ -220,8 +207,7 @@ class Reduce(Step):
                       **({"raw": str(meta["sha256"])[:12]} if meta.get("sha256") else {}),
                       **{k: r.meta.get("provenance_id", "")[:12] for k, r in sorted(masters.items())}}
         out_header = _output_header(header, task, self, provenance, fringe_scale)
-        reduction_cfg = ReductionConfig.from_mapping(
-            {k: v for k, v in cfg.items() if k in ReductionConfig.__dataclass_fields__}, where="steps.reduce")
+        reduction_cfg = cfg.reduction_config()
         try:
             refcat = _reference_catalog(task, cfg, header, inst, meta)
             exptime = float(meta["exptime"])
@@ -261,7 +247,7 @@ class Reduce(Step):
                 ("psf", f"{stem}_psf.fits", lambda p: write_psf(p, frame.psf, provenance=provenance)),
                 ("reduced", f"{stem}_red.fits",
                  lambda p: write_reduced(p, frame, provenance=provenance, header=out_header,
-                                         mask_compression=cfg["mask_compression"], consume=True))):
+                                         mask_compression=cfg.mask_compression, consume=True))):
             if role == "psf" and getattr(frame, "psf", None) is None:
                 continue
             if role == "catalog" and frame.catalog is None:
@@ -310,10 +296,10 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _reference_catalog(task: Task, cfg: dict[str, Any], header: fits.Header, inst: Any, meta: dict[str, Any]) -> Any:
+def _reference_catalog(task: Task, cfg: ReduceConfig, header: fits.Header, inst: Any, meta: dict[str, Any]) -> Any:
     from pathlib import Path
 
-    path = Path(cfg["reference_catalog"])
+    path = Path(cfg.reference_catalog)
     if not path.is_absolute():
         path = Path(task.root) / path
     cat = read_reference_catalog(path)
@@ -346,7 +332,7 @@ def _output_header(header: fits.Header, task: Task, step: Step, provenance: dict
 
 def _write_isr_only(path: Any, image: np.ndarray, saturated: np.ndarray, bpm: np.ndarray | None,
                     response: np.ndarray, read_noise: list[float], sections: Any, header: fits.Header,
-                    cfg: dict[str, Any]) -> None:
+                    cfg: ReduceConfig) -> None:
     """The instrumentally corrected frame with its variance-based weight and basic mask (frames that fail QC)."""
     read_var = np.zeros_like(image)
     for sec, rn in zip(sections, read_noise):
@@ -361,13 +347,7 @@ def _write_isr_only(path: Any, image: np.ndarray, saturated: np.ndarray, bpm: np
         mask[bpm > 0] |= maskbits.BAD
     mask[~finite | ~good_response] |= maskbits.NODATA
     weight = np.where((mask & maskbits.ZERO_WEIGHT) == 0, 1.0 / np.maximum(variance, 1e-12), 0.0).astype(np.float32)
-    mask_header = fits.Header()
-    for key, (bit, comment) in maskbits.header_cards().items():
-        mask_header[key if len(key) <= 8 else f"HIERARCH {key}"] = (bit, comment)
-    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.where(finite, image, 0).astype(np.float32), header=header,
-                                                   name="SCI"),
-                  fits.CompImageHDU(mask, header=mask_header, name="MASK", compression_type=cfg["mask_compression"]),
-                  fits.ImageHDU(weight, name="WEIGHT")]).writeto(path, checksum=True)
+    write_isr_only(path, image, mask, weight, header, mask_compression=cfg.mask_compression)
 
 
 __all__ = ["Reduce", "ReduceConfig", "unit_key"]

@@ -1,4 +1,4 @@
-"""Instrument-signature removal (ISR): the pure array operations applied to every raw frame.
+"""Instrument-signature removal (ISR): the pure array operations applied to every raw frame (:mod:`upad.isr`).
 
 Order of operations (:func:`run_isr`), each also available on its own:
 
