@@ -106,6 +106,7 @@ def test_sge_job_script(tmp_path):
     ("[cluster]\nkind = 'slurm'\nmemory = '1GB'\n", "needs 'cores'"),
     ("[cluster]\nkind = 'slurm'\ncores = 1\nmemory = '1GB'\nbogus = 1\n", "unknown"),
     ("not toml [", "not valid TOML"),
+    ("[cluster]\nkind = 'slurm'\ncores = 1\nmemory = '1GB'\nworker_timeout = -1\n", "worker_timeout must be"),
 ])
 def test_bad_cluster_config(tmp_path, text, message):
     from upad.execution.jobqueue import load_cluster_config

@@ -8,6 +8,30 @@ from upad.errors import UpadError
 from upad.execution import Executor, lost_outcome
 from upad.flow.worker import execute_task
 
+#: environment variables naming the batch job a process runs in (Slurm, SGE)
+_BATCH_JOB_VARS = ("SLURM_JOB_ID", "JOB_ID")
+
+
+def execute_on_dask_worker(payload: dict[str, Any]) -> dict[str, Any]:
+    """:func:`execute_task` on a Dask worker; the attempt's ``worker`` also names the Dask worker and, on a batch
+    node, the batch job (``vm:1234 dask SLURMCluster-0-1 batch job 17``), so that an attempt can be traced to its
+    batch job's log."""
+    import os
+
+    outcome = execute_task(payload)
+    parts = [str(outcome.get("worker") or "")]
+    try:
+        from distributed import get_worker
+
+        parts.append(f"dask {get_worker().name}")
+    except ValueError:  # not on a worker (cannot happen through the executor)
+        pass
+    job = next((os.environ[v] for v in _BATCH_JOB_VARS if os.environ.get(v)), None)
+    if job:
+        parts.append(f"batch job {job}")
+    outcome["worker"] = " ".join(p for p in parts if p)[:255]
+    return outcome
+
 
 class DaskExecutor(Executor):
     """Runs jobs on a Dask cluster.
@@ -64,7 +88,7 @@ class DaskExecutor(Executor):
 
     def submit(self, payload: dict[str, Any]) -> Any:
         key = f"upad-job{payload['job_id']}-attempt{payload['attempt_id']}"
-        return self.client.submit(execute_task, payload, key=key, pure=False, retries=0)
+        return self.client.submit(execute_on_dask_worker, payload, key=key, pure=False, retries=0)
 
     def wait(self, handles: Iterable[Any], timeout: float) -> list[Any]:
         from distributed import wait
