@@ -8,6 +8,7 @@ STEP_MODULES = (
     "upad.ingest.preview",
     "upad.calib.steps",
     "upad.reduce.steps",
+    "upad.reduce.night_step",
 )
 
 for _mod in STEP_MODULES:

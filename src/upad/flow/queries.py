@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from upad.db.models import Frame, Product
+from upad.db.models import Frame, Job, Product
 
-__all__ = ["PlanContext", "Scope", "current_products", "frames", "session_scope"]
+__all__ = ["PlanContext", "Scope", "current_products", "failed_units", "frames", "session_scope"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,22 @@ def session_scope(session: Session) -> tuple[Scope, int]:
     return session.info.get("upad_scope") or Scope(), int(session.info.get("upad_scope_reach") or 0)
 
 
+def failed_units(session: Session, step: str) -> set[str]:
+    """Unit keys of ``step`` whose latest job failed for good (a recorded error, no retry left): a grouping step
+    does not wait for them. Failed jobs are few; the query starts from them (an index on the job state)."""
+    failed = {k for (k,) in session.execute(select(Job.unit_key).distinct().where(Job.step == step,
+                                                                                 Job.state == "failed"))}
+    if not failed:
+        return set()
+    latest: dict[str, str] = {}
+    keys = sorted(failed)
+    for i in range(0, len(keys), 500):
+        for key, state in session.execute(select(Job.unit_key, Job.state).where(
+                Job.step == step, Job.unit_key.in_(keys[i:i + 500])).order_by(Job.id)):
+            latest[key] = state
+    return {k for k, st in latest.items() if st == "failed"}
+
+
 class PlanContext:
     """The query helpers of one step's planning pass (see the module documentation).
 
@@ -122,6 +138,10 @@ class PlanContext:
         """Frames of these observation types in the scope (every type when none is given)."""
         return frames(self.session, obs_types=obs_types or None, valid=valid, nights=nights, scope=self.scope,
                       instrument=instrument)
+
+    def failed_units(self, step: str) -> set[str]:
+        """Units of ``step`` in the scope whose reduction failed for good (see :func:`failed_units`)."""
+        return failed_units(self.session, step)
 
     def current_products(self, kind: str | None = None, *, step: str | None = None,
                          qc: Sequence[str] | None = None, nights: Iterable[str] | None = None,

@@ -594,7 +594,7 @@ class Scheduler:
                                      "paths": [str(root / f["path"]) for f in p.files],
                                      "meta": {"step": p.step, "unit_key": p.unit_key, "provenance_id": p.provenance_id,
                                               "file_roles": [f["role"] for f in p.files], "context": p.context,
-                                              **p.meta}})
+                                              "qc_status": p.qc_status, **p.meta}})
             step = next(st for st in all_steps() if st.name == job.step)
             payloads.append({
                 "job_id": job.id, "attempt_id": att.id, "step": job.step, "unit_key": job.unit_key,

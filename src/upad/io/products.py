@@ -9,6 +9,8 @@ catalog            :func:`write_catalog`                  :func:`read_catalog` �
 PSF model          :func:`write_psf`                      :func:`read_psf` → :class:`~upad.reduce.psf.PsfModel`
 master             :func:`master_header`,                 :func:`read_master_product` → :class:`MasterProduct`;
 (bias, dark, …)    :func:`write_master`                   :func:`read_master` (one image extension)
+night summary      :func:`write_night_summary`            :func:`read_night_summary` →
+                                                          :class:`~upad.reduce.nightqc.NightSummary`
 =================  =====================================  ==================================================
 
 **Reduced frame** (:func:`write_reduced`), one FITS file:
@@ -87,11 +89,13 @@ __all__ = [
     "read_master",
     "read_master_product",
     "read_psf",
+    "read_night_summary",
     "read_reduced_frame",
     "to_big_endian",
     "write_catalog",
     "write_isr_only",
     "write_master",
+    "write_night_summary",
     "write_psf",
     "write_reduced",
 ]
@@ -448,6 +452,56 @@ def read_reduced_frame(src: Any, *, root: str | PathLike | None = None, meta: Ma
         zero_point_error=_card(h1, "ZPERR"), zero_point_e_s=_card(h1, "ZP_E"), qc=qc,
         psf=read_psf(files["psf"]) if psf and "psf" in files else None, background_mesh=mesh,
         mesh_px=None if mesh_px is None else int(mesh_px), files=files, meta=info)
+
+
+# ------------------------------------------------------------------------------------------------------ night summary
+def write_night_summary(path: str | Path, summary: Any, *, provenance: str | None = None) -> Path:
+    """Write a :class:`~upad.reduce.nightqc.NightSummary`: FITS table ``NIGHTQC`` (one row per frame, units in the
+    columns) whose header has the night and, per filter ``F``, ``HIERARCH F NFRAMES / OKFRAC / FWHM / ZP / ZPSCAT /
+    SKY`` cards."""
+    from astropy.table import Table
+
+    from upad.reduce.nightqc import COLUMNS
+
+    table = Table({name: summary.columns[name] for name, _, _ in COLUMNS},
+                  units={name: unit for name, unit, _ in COLUMNS if unit})
+    hdu = fits.table_to_hdu(table)
+    hdu.name = "NIGHTQC"
+    hdu.header["NIGHT"] = (summary.night, "observing night")
+    if provenance:
+        hdu.header["UPADPROV"] = (provenance, "short provenance id")
+    keys = {"n_frames": "NFRAMES", "ok_fraction": "OKFRAC", "fwhm_median_arcsec": "FWHM", "zp_median": "ZP",
+            "zp_scatter": "ZPSCAT", "sky_median": "SKY"}
+    for filt, stats in summary.filters.items():
+        for key, card in keys.items():
+            value = stats.get(key)
+            hdu.header[f"HIERARCH {filt} {card}"] = value if value is not None else "UNDEF"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True, checksum=True)
+    return Path(path)
+
+
+def read_night_summary(src: Any, *, root: str | PathLike | None = None) -> Any:
+    """Read what :func:`write_night_summary` wrote (a product's file list or the file's path)."""
+    from upad.reduce.nightqc import COLUMNS, NightSummary
+
+    path = file_of(src, "summary", root=root)
+    try:
+        with fits.open(path) as hdul:
+            hdu = hdul["NIGHTQC"]
+            data, header = hdu.data, hdu.header
+            columns = {name: np.asarray(data[name]).astype(dtype if not dtype.startswith("U") else str)
+                       for name, _, dtype in COLUMNS}
+            filters: dict[str, dict[str, Any]] = {}
+            keys = {"NFRAMES": "n_frames", "OKFRAC": "ok_fraction", "FWHM": "fwhm_median_arcsec", "ZP": "zp_median",
+                    "ZPSCAT": "zp_scatter", "SKY": "sky_median"}
+            for card in header:
+                parts = card.split()
+                if len(parts) == 2 and parts[1] in keys:
+                    value = header[card]
+                    filters.setdefault(parts[0], {})[keys[parts[1]]] = None if value == "UNDEF" else value
+            return NightSummary(str(header.get("NIGHT", "")), columns, filters)
+    except (OSError, KeyError) as exc:
+        raise DataError(f"{path} is not a night summary: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------------ catalog
