@@ -5,7 +5,7 @@ import click
 from rich.table import Table
 
 from upad.cli.common import common_options, emit_json, json_option, stdout
-from upad.config import describe, load_user_config
+from upad.config import describe, flatten, load_user_config
 from upad.flow.step import all_steps
 from upad.settings import Settings
 
@@ -28,7 +28,7 @@ def config_show(settings: Settings, as_json: bool, step: str | None) -> None:
         if step and st.name != step:
             continue
         rows = describe(st.config_class)
-        in_use = st.make_config(user.get(st.name)).as_dict()
+        in_use = flatten(st.make_config(user.get(st.name)).as_dict())
         for r in rows:
             r["value"] = in_use[r["name"]]
         out[st.name] = {"description": st.description, "version": st.version, "memory_class": st.memory_class,
