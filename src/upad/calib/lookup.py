@@ -42,6 +42,7 @@ from upad.calib.planning import (
     expected_reason,
     frame_info,
     frame_key,
+    instrument_site,
     night_distance,
     night_of,
     planned_masters,
@@ -255,7 +256,7 @@ def find_master(session: Session, kind: str, key: ConfigKey, *, when: dt.datetim
     flat_type : restrict flats and illumination corrections to this flat type.
     """
     config = config or LookupConfig()
-    night = night or night_of(when)
+    night = night or night_of(when, instrument_site(key.instrument))
     key = key.for_kind(kind, flat_type=flat_type)
     window = config.fallback_nights
     # masters are valid over their night: only those within the fallback window (at least ±1 night) can apply
@@ -306,7 +307,7 @@ def select_flat(session: Session, key: ConfigKey, *, when: dt.datetime, night: s
     type that has one; else wait for an expected one (in preference order); else the nearest fallback (ties go to
     the preferred type)."""
     config = config or LookupConfig()
-    night = night or night_of(when)
+    night = night or night_of(when, instrument_site(key.instrument))
     strict = CalibLookupBase.from_mapping({"fallback_nights": 0, "flat_types": config.flat_types,
                                            "wait_for_expected": False})
     results = {t: find_master(session, "flat", key, when=when, night=night, config=strict, required=required,
