@@ -153,11 +153,20 @@ def test_night(stamp: str, night: str) -> None:
     assert night_of(parse_date_obs(stamp), longitude=-1.0164) == night
 
 
-def test_night_uses_header_longitude() -> None:
-    # T80-South at -70.8 deg: 2015-08-11T14:00 UTC is 09:17 local, still the night of the 10th
+def test_night_follows_the_instrument_site_not_the_header_longitude() -> None:
+    # the night is the instrument's (its file's [site], Javalambre for mini): a header TEL GEOLON elsewhere (-70.8,
+    # T80-South) does not move it — one night definition for ingest and calibration — but is reported
     spec = RawSpec(date_obs=dt.datetime(2015, 8, 11, 14, 0), extra_cards={"HIERARCH OAJ TEL GEOLON": -70.8})
-    assert translate(spec, None).night == "2015-08-10"
-    assert translate(RawSpec(date_obs=dt.datetime(2015, 8, 11, 14, 0)), None).night == "2015-08-11"
+    meta = translate(spec, None)
+    assert meta.night == "2015-08-11"
+    assert any("TEL GEOLON=-70.8" in w and "site" in w for w in meta.warnings)
+    same = translate(RawSpec(date_obs=dt.datetime(2015, 8, 11, 14, 0)), None)
+    assert same.night == "2015-08-11" and not any("GEOLON" in w for w in same.warnings)
+
+
+def test_night_wrapper_with_a_longitude() -> None:
+    # T80-South at -70.8 deg: 2015-08-11T14:00 UTC is 09:17 local mean time, still the night of the 10th
+    assert night_of(dt.datetime(2015, 8, 11, 14, 0), longitude=-70.8) == "2015-08-10"
 
 
 def test_tile_id_regex_is_configurable() -> None:

@@ -261,6 +261,12 @@ MINIMEF = textwrap.dedent("""
     dark_current = 0.0005
     read_modes = [{ name = "MODE_5", speed = "500 KHz", read_noise_factor = 1.0 }]
     default_read_mode = "MODE_5"
+    [site]
+    name = "OAJ"
+    longitude = -1.0164
+    latitude = 40.0417
+    height = 1957.0
+    timezone = "Europe/Madrid"
     [layout]
     n_amp_x = 2
     n_amp_y = 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from upad.config import StepConfig, param
-from upad.isr.config import IsrConfig, with_isr_table
+from upad.isr.config import IsrConfig
 
 __all__ = [
     "FLAT_TYPES",
@@ -49,14 +49,12 @@ class CalibLookupBase(StepConfig):
                                               "will be (its series is still being taken) instead of falling back "
                                               "to another night's", critical=False)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         bad = [t for t in self.flat_types if t not in FLAT_TYPES]
-        if bad or not self.flat_types:
-            from upad.errors import UpadError
-
-            raise UpadError(f"flat_types = {list(self.flat_types)!r} is not a non-empty list of {list(FLAT_TYPES)}",
-                            hint="e.g. flat_types = [\"dome\", \"sky\"]")
+        self.require(not bad and bool(self.flat_types), "flat_types",
+                     f"= {list(self.flat_types)!r} is not a non-empty list of {list(FLAT_TYPES)}",
+                     hint="e.g. flat_types = [\"dome\", \"sky\"]")
 
 
 @dataclass(frozen=True)
@@ -68,13 +66,15 @@ class LookupConfig(CalibLookupBase):
                                                   "applied when available); 'fringe' only counts for fringing "
                                                   "filters", critical=False)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        bad = [k for k in (*self.kinds, *self.required) if k not in KINDS]
-        if bad:
-            from upad.errors import UpadError
-
-            raise UpadError(f"unknown master kind(s) {bad}", hint=f"known kinds: {list(KINDS)}")
+    def validate(self) -> None:
+        super().validate()
+        for name in ("kinds", "required"):
+            bad = [k for k in getattr(self, name) if k not in KINDS]
+            self.require(not bad, name, f"has unknown master kind(s) {bad}", hint=f"known kinds: {list(KINDS)}")
+        missing = [k for k in self.required if k not in self.kinds]
+        self.require(not missing, "required", f"= {list(self.required)} names kind(s) {missing} that are not "
+                                              f"looked up (kinds = {list(self.kinds)})",
+                     hint="a required kind must also be in kinds: add it to kinds or remove it from required")
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,6 @@ class MasterConfigBase(CalibLookupBase):
                              bounds=(16, 65536), unit="MB", critical=False)
     threads: int = param(0, doc="Threads of the combination kernel (0: all the worker's CPUs)", bounds=(0, 256),
                          critical=False)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None, *, where: str = "") -> "MasterConfigBase":
-        """Build from a mapping of overrides; ``isr`` may be a nested mapping (an ``[isr]`` table)."""
-        return super().from_mapping(with_isr_table(values, where=where), where=where)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -143,6 +138,12 @@ class MasterFlatConfig(MasterConfigBase):
     qc_cells: int = param(32, doc="Cells along the long axis of the binned residual maps", bounds=(4, 512),
                           critical=False)
     qc_plots: bool = param(True, doc="Write the residual map and histogram PNG of every flat", critical=False)
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(self.min_level < self.max_level, "min_level",
+                     f"= {self.min_level:g} ADU is not below max_level = {self.max_level:g} ADU",
+                     hint="flats between min_level and max_level are used: lower min_level or raise max_level")
 
 
 @dataclass(frozen=True)
@@ -192,3 +193,10 @@ class BadPixelConfig(CalibLookupBase):
                                 bounds=(2, 100000), unit="pixel")
     column_max_gap: int = param(2, doc="Gaps up to this long inside a bad column are filled", bounds=(0, 100),
                                 unit="pixel")
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(self.dead_below <= self.low_below, "dead_below",
+                     f"= {self.dead_below:g} is above low_below = {self.low_below:g}",
+                     hint="a dead pixel responds less than a low-response one: dead_below must not exceed "
+                          "low_below")

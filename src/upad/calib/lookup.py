@@ -43,6 +43,7 @@ from upad.calib.planning import (
     expected_reason,
     frame_info,
     frame_key,
+    instrument_site,
     night_distance,
     night_of,
     planned_masters,
@@ -263,7 +264,7 @@ def find_master(session: Session, kind: str, key: ConfigKey, *, when: dt.datetim
     flat_type : restrict flats and illumination corrections to this flat type.
     """
     config = config or _default_lookup()
-    night = night or night_of(when)
+    night = night or night_of(when, instrument_site(key.instrument))
     key = key.for_kind(kind, flat_type=flat_type)
     window = config.fallback_nights
     # masters are valid over their night: only those within the fallback window (at least ±1 night) can apply
@@ -326,7 +327,7 @@ def select_flat(session: Session, key: ConfigKey, *, when: dt.datetime, night: s
     type that has one; else wait for an expected one (in preference order); else the nearest fallback (ties go to
     the preferred type)."""
     config = config or _default_lookup()
-    night = night or night_of(when)
+    night = night or night_of(when, instrument_site(key.instrument))
     strict = _lookup_config(0, tuple(config.flat_types))
     results = {t: find_master(session, "flat", key, when=when, night=night, config=strict, required=required,
                               flat_type=t) for t in config.flat_types}

@@ -10,8 +10,9 @@ series would be superseded (and everything built from it made stale) as soon as 
 - science series (fringe, illumination) are complete when a frame of a later night has been ingested or the night is
   over.
 
-Nights follow the raw-format contract: night ``N`` runs from ``N 12:00`` local mean time to the next noon
-(:func:`night_start`, :func:`night_end`, UTC); a nightly master is valid over its night.
+Nights follow the raw-format contract: night ``N`` runs from ``N 12:00`` local mean time at the instrument's site to
+the next noon (:mod:`upad.nights`, re-exported here as :func:`night_start`, :func:`night_end`, :func:`night_of`; UTC);
+a nightly master is valid over its night at its instrument's site.
 
 :func:`planned_masters` builds the units of every master step (ready, or waiting with a reason and a state), used by
 the steps' ``plan`` and by the lookup to know whether a master of a night is still to come.
@@ -41,10 +42,11 @@ from upad.config import StepConfig
 from upad.db.models import Frame, Job, Product, utcnow
 from upad.flow.queries import session_scope
 from upad.flow.step import InputRef, Unit
+from upad.instruments import Site
+from upad.nights import default_site, night_end, night_of, night_start, site_of
 
 __all__ = [
     "KIND_OF",
-    "SITE_LONGITUDE",
     "STEP_OF",
     "ConfigKey",
     "FrameInfo",
@@ -54,6 +56,7 @@ __all__ = [
     "expected_reason",
     "frame_info",
     "frame_key",
+    "instrument_site",
     "latest_job",
     "load_frames",
     "night_distance",
@@ -71,10 +74,6 @@ STEP_OF = {"bias": "master_bias", "dark": "master_dark", "flat": "master_flat", 
            "illumination": "master_illumination", "bpm": "bad_pixel_mask"}
 KIND_OF = {v: k for k, v in STEP_OF.items()}
 
-#: Observatory longitude (deg, east positive) that defines the nights (raw-format contract).
-SITE_LONGITUDE = -1.0164
-_NIGHT_OFFSET_H = 12.0
-
 _OBS_TYPES = {"bias": ("bias",), "dark": ("dark",), "flat": ("flat-dome", "flat-sky"), "science": ("science",)}
 FLAT_TYPE_OF_OBS = {"flat-dome": "dome", "flat-sky": "sky"}
 
@@ -90,20 +89,23 @@ def default_config(kind: str) -> StepConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ time
-def night_start(night: str) -> dt.datetime:
-    """Start (UTC, naive) of night ``YYYY-MM-DD``: local mean noon of that date at the site."""
-    d = dt.datetime.fromisoformat(night)
-    return d + dt.timedelta(hours=_NIGHT_OFFSET_H - SITE_LONGITUDE / 15.0)
+# night_start(night, site), night_end(night, site), night_of(when, site): upad.nights (one definition; the site is
+# the instrument's, e.g. ``night_end(s.night, s.key.instrument)``).
 
 
-def night_end(night: str) -> dt.datetime:
-    """End (UTC, naive, exclusive) of night ``YYYY-MM-DD``: the next local mean noon."""
-    return night_start(night) + dt.timedelta(days=1)
+def instrument_site(instrument: str | None) -> Site:
+    """The site of an instrument key (the nights of its frames and masters); the survey's default site for an
+    instrument whose description file is not found (its frames stay in the database: planning must not stop)."""
+    try:
+        return site_of(instrument)
+    except KeyError:
+        return default_site()
 
 
-def night_of(when: dt.datetime) -> str:
-    """The night (``YYYY-MM-DD``) of a UTC time."""
-    return (when - dt.timedelta(hours=_NIGHT_OFFSET_H - SITE_LONGITUDE / 15.0)).date().isoformat()
+def __getattr__(name: str) -> Any:
+    if name == "SITE_LONGITUDE":  # deprecated: the site is the instrument's (upad.nights, Instrument.site)
+        return default_site().longitude
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def night_distance(a: str, b: str) -> int:
@@ -308,7 +310,7 @@ def series_complete(session: Session, s: Series, *, rule: str) -> tuple[bool, st
     ``rule``: ``'next_frame'`` (calibrations) or ``'next_night'`` (science series).
     """
     now = now_utc(session)
-    end = night_end(s.night)
+    end = night_end(s.night, instrument_site(s.key.instrument))
     if now >= end:
         return True, ""
     last_time, last_night = _instrument_extent(session, s.key.instrument)

@@ -62,7 +62,7 @@ from upad.calib.config import (
     MasterFringeConfig,
     MasterIllumConfig,
 )
-from upad.calib.planning import KIND_OF, night_end, night_start, planned_masters
+from upad.calib.planning import KIND_OF, instrument_site, night_end, night_start, planned_masters
 from upad.calib.rows import RowReader
 from upad.config import StepConfig
 from upad.flow.queries import PlanContext
@@ -122,8 +122,9 @@ def _product_input(task: Task, role: str, *, required: bool) -> ResolvedInput | 
 
 
 def _validity(task: Task) -> tuple[dt.datetime, dt.datetime]:
-    night = task.context["night"]
-    return night_start(night), night_end(night)
+    """A nightly master is valid over its night at its instrument's site (:mod:`upad.nights`)."""
+    night, site = task.context["night"], instrument_site(task.context.get("instrument"))
+    return night_start(night, site), night_end(night, site)
 
 
 @contextlib.contextmanager

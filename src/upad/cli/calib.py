@@ -62,10 +62,10 @@ def lookup_config(settings: Settings, step_name: str | None, overrides: dict[str
     """The lookup configuration in use: that of ``step_name`` (or of the first registered step whose configuration
     is a :class:`~upad.calib.config.LookupConfig`, i.e. the reduction), from ``<root>/upad.toml``."""
     from upad.calib.config import LookupConfig
-    from upad.config import load_user_config
+    from upad.config import load_config_document, step_values
     from upad.flow.step import all_steps, get_step
 
-    user = load_user_config(settings.root)
+    user = load_config_document(settings.root)
     if step_name:
         try:
             step = get_step(step_name)
@@ -79,7 +79,7 @@ def lookup_config(settings: Settings, step_name: str | None, overrides: dict[str
         steps = [s for s in all_steps() if issubclass(s.config_class, LookupConfig)]
     if steps:
         st = steps[0]
-        values = {**(user.get(st.name) or {}), **overrides}
+        values = {**step_values(user, st.name, st.config_class), **overrides}
         return st.config_class.from_mapping(values, where=f"[steps.{st.name}]"), st.name
     return LookupConfig.from_mapping(overrides), "defaults"
 
@@ -136,13 +136,20 @@ def calib_lookup(settings: Settings, as_json: bool, frame: str, step_name: str |
 
 
 # ---------------------------------------------------------------------------------------------------------- epochs
-def _parse_time(text: str) -> dt.datetime:
-    from upad.calib.planning import night_start
+def _parse_time(text: str, instrument: str | None = None) -> dt.datetime:
+    """An ISO time (UTC), or a night ``YYYY-MM-DD``: its start at the site of ``instrument`` (default: the survey's
+    home site, :func:`upad.nights.default_site`)."""
+    from upad.nights import night_start, site_of
 
     text = text.strip()
     try:
         if len(text) == 10:
-            return night_start(dt.date.fromisoformat(text).isoformat())
+            try:
+                site = site_of(instrument)
+            except KeyError as exc:
+                raise UpadError(str(exc.args[0]), hint="name a known instrument (see upad/instruments/data or "
+                                                       "UPAD_INSTRUMENT_PATH)") from None
+            return night_start(dt.date.fromisoformat(text).isoformat(), site)
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise UpadError(f"cannot read the time {text!r}",
@@ -165,7 +172,8 @@ def _parse_time(text: str) -> dt.datetime:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="With --propose: write a PNG of how master flats and illumination maps change with time.")
 @click.option("--add", "add_time", default=None, metavar="TIME",
-              help="Declare a breakpoint at TIME (YYYY-MM-DD: from that night on; or an ISO time, UTC).")
+              help="Declare a breakpoint at TIME (YYYY-MM-DD: from that night on, at the --instrument's site; or "
+                   "an ISO time, UTC).")
 @click.option("--kind", "kinds", multiple=True,
               type=click.Choice(["bias", "dark", "flat", "fringe", "illumination", "bpm"]),
               help="With --add: kinds it applies to (repeatable; default all).")
@@ -192,7 +200,7 @@ def calib_epochs(settings: Settings, as_json: bool, propose: bool, accept: bool,
     out: dict[str, Any] = {}
     with db.session() as s:
         if add_time:
-            bp = Breakpoint(time=_parse_time(add_time), instrument=instrument, filter=filter_name,
+            bp = Breakpoint(time=_parse_time(add_time, instrument), instrument=instrument, filter=filter_name,
                             kinds=tuple(kinds), reason=reason, source="operator")
             out["added"] = add_breakpoint(s, bp)
         if retract_id is not None:

@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from upad._proc import pid_alive
-from upad.config import StepConfig, load_user_config
+from upad.config import StepConfig, load_config_document, step_values
 from upad.db.models import (
     Attempt,
     FlowChange,
@@ -182,8 +182,9 @@ class Scheduler:
 
     def _load_configs(self) -> None:
         """Read ``<root>/upad.toml`` and build every step's typed configuration (an error names the parameter)."""
-        self.user_config = load_user_config(self.settings.root)
-        self._configs = {s.name: s.make_config(step_overrides(self.user_config, s)) for s in all_steps()}
+        self.user_config = load_config_document(self.settings.root)
+        self._configs = {s.name: s.make_config(step_values(self.user_config, s.name, s.config_class))
+                         for s in all_steps()}
         self._config_mtime = _mtime(self.settings.root / "upad.toml")
 
     def reload_config(self) -> bool:
@@ -806,11 +807,6 @@ class Scheduler:
             self.end_run(state)
             self.cleanup_staging()
         return dict(self.counts)
-
-
-def step_overrides(user_config: dict[str, Any], step: Step) -> dict[str, Any]:
-    """The ``upad.toml`` values of one step: its ``[steps.<name>]`` table."""
-    return dict(user_config.get(step.name) or {})
 
 
 def _as_date(night: str) -> dt.date:

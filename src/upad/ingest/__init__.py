@@ -15,6 +15,7 @@ from upad.ingest.service import (
     IngestReport,
     collect_files,
     ingest_paths,
+    load_ingest_config,
     watch,
 )
 from upad.ingest.translate import FrameMetadata, TranslationConfig, translate_header
@@ -35,6 +36,7 @@ __all__ = [
     "VerifiedFrame",
     "collect_files",
     "ingest_paths",
+    "load_ingest_config",
     "quicklook",
     "translate_header",
     "verify_bytes",

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from upad.config import StepConfig, param
 from upad.instruments import AmpSection, Instrument
 
 __all__ = ["QuickLookConfig", "QuickLookResult", "measure_fwhm", "quicklook"]
@@ -43,76 +44,71 @@ _MAD_TO_SIGMA = 1.4826
 _GAUSS_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM / sigma
 
 
+#: Observation types of the upad vocabulary (docs/raw-format.md).
+_OBS_TYPES = ("bias", "dark", "flat-dome", "flat-sky", "science", "focus", "test", "unknown")
+
+
 @dataclass(frozen=True)
-class QuickLookConfig:
+class QuickLookConfig(StepConfig):
     """Parameters and thresholds of the quick-look QC (one place; every value documented).
 
-    Attributes
-    ----------
-    max_stat_pixels_per_amp : int
-        Data pixels sampled per amplifier (regular stride) for the sky median and noise.
-    overscan_skip : int
-        Serial-overscan columns next to the data left out of the bias level (charge-transfer trail), pixels.
-    saturation_adu : int or None
-        Saturation level in ADU; ``None`` uses the instrument's ADC maximum (65535).
-    fwhm_box : int
-        Side (pixels) of the central region of the trimmed image used for detection and FWHM.
-    fwhm_obs_types : tuple of str
-        Observation types on which sources and FWHM are measured.
-    fwhm_max_detectors : int
-        Multi-detector cameras: number of detectors (the first ones) on which sources are measured.
-    detect_sigma : float
-        Detection threshold in units of the background RMS.
-    min_area : int
-        Minimum connected pixels of a detection.
-    isolation_px : float
-        A FWHM star has no other detection closer than this, pixels.
-    max_ellipticity : float
-        A FWHM star has ``1 − b/a`` below this.
-    min_snr : float
-        A FWHM star has at least this signal-to-noise ratio.
-    min_fwhm_px : float
-        Detections narrower than this (pixels; cosmic rays, hot pixels) are not stars.
-    min_fwhm_stars : int
-        Fewer stars than this → no FWHM (a warning).
-    max_fwhm_stars : int
-        At most this many stars (the brightest) are measured.
-    saturated_warn, saturated_fail : float
-        Saturated fraction above which the status is warn / fail.
-    science_min_sky_adu : float
-        Science frames whose bias-subtracted sky median is below this (ADU) fail (shutter closed, no light).
-    bias_tolerance_adu : float
-        An amplifier whose bias level differs from the instrument's nominal level by more than this (ADU) warns.
-    bias_max_noise_adu : float
-        Bias and dark frames with a larger robust noise (ADU) warn.
-    flat_min_adu, flat_max_adu : float
-        Flat fields whose bias-subtracted level (ADU) is outside this range warn (underexposed / near saturation).
-    fwhm_warn_arcsec : float
-        Science frames with a larger FWHM (arcsec) warn (survey seeing limit 2.0").
+    Set in ``<root>/upad.toml`` under ``[ingest.quicklook]`` (``upad config show`` lists them as
+    ``ingest.quicklook.<name>``).
     """
 
-    max_stat_pixels_per_amp: int = 200_000
-    overscan_skip: int = 2
-    saturation_adu: int | None = None
-    fwhm_box: int = 2048
-    fwhm_obs_types: tuple[str, ...] = ("science", "focus")
-    fwhm_max_detectors: int = 1
-    detect_sigma: float = 5.0
-    min_area: int = 5
-    isolation_px: float = 12.0
-    max_ellipticity: float = 0.3
-    min_snr: float = 20.0
-    min_fwhm_px: float = 1.0
-    min_fwhm_stars: int = 3
-    max_fwhm_stars: int = 300
-    saturated_warn: float = 0.05
-    saturated_fail: float = 0.5
-    science_min_sky_adu: float = 1.0
-    bias_tolerance_adu: float = 300.0
-    bias_max_noise_adu: float = 25.0
-    flat_min_adu: float = 2000.0
-    flat_max_adu: float = 50000.0
-    fwhm_warn_arcsec: float = 3.0
+    max_stat_pixels_per_amp: int = param(200_000, doc="Data pixels sampled per amplifier (regular stride) for the "
+                                                      "sky median and noise", bounds=(1000, None), unit="pixel")
+    overscan_skip: int = param(2, doc="Serial-overscan columns next to the data left out of the bias level "
+                                      "(charge-transfer trail)", bounds=(0, 100), unit="column")
+    saturation_adu: int | None = param(None, doc="Saturation level; unset: the instrument's ADC maximum (65535)",
+                                       bounds=(1, None), unit="ADU")
+    fwhm_box: int = param(2048, doc="Side of the central region of the trimmed image used for detection and FWHM",
+                          bounds=(64, 100_000), unit="pixel")
+    fwhm_obs_types: tuple[str, ...] = param(("science", "focus"), doc="Observation types on which sources and "
+                                                                      "FWHM are measured")
+    fwhm_max_detectors: int = param(1, doc="Multi-detector cameras: number of detectors (the first ones) on which "
+                                           "sources are measured", bounds=(0, 1000))
+    detect_sigma: float = param(5.0, doc="Detection threshold in units of the background RMS", bounds=(0.5, 1000.0),
+                                unit="sigma")
+    min_area: int = param(5, doc="Minimum connected pixels of a detection", bounds=(1, 10_000), unit="pixel")
+    isolation_px: float = param(12.0, doc="A FWHM star has no other detection closer than this", bounds=(0.0, None),
+                                unit="pixel")
+    max_ellipticity: float = param(0.3, doc="A FWHM star has 1 - b/a below this", bounds=(0.0, 1.0))
+    min_snr: float = param(20.0, doc="A FWHM star has at least this signal-to-noise ratio", bounds=(0.0, None))
+    min_fwhm_px: float = param(1.0, doc="Detections narrower than this (cosmic rays, hot pixels) are not stars",
+                               bounds=(0.0, None), unit="pixel")
+    min_fwhm_stars: int = param(3, doc="Fewer stars than this: no FWHM (a warning)", bounds=(1, None))
+    max_fwhm_stars: int = param(300, doc="At most this many stars (the brightest) are measured", bounds=(1, None))
+    saturated_warn: float = param(0.05, doc="Saturated fraction above which the status is warn", bounds=(0.0, 1.0))
+    saturated_fail: float = param(0.5, doc="Saturated fraction above which the status is fail", bounds=(0.0, 1.0))
+    science_min_sky_adu: float = param(1.0, doc="Science frames whose bias-subtracted sky median is below this "
+                                                "fail (shutter closed, no light)", unit="ADU")
+    bias_tolerance_adu: float = param(300.0, doc="An amplifier whose bias level differs from the instrument's "
+                                                 "nominal level by more than this warns", bounds=(0.0, None),
+                                      unit="ADU")
+    bias_max_noise_adu: float = param(25.0, doc="Bias and dark frames with a larger robust noise warn",
+                                      bounds=(0.0, None), unit="ADU")
+    flat_min_adu: float = param(2000.0, doc="Flat fields whose bias-subtracted level is below this warn "
+                                            "(underexposed)", unit="ADU")
+    flat_max_adu: float = param(50000.0, doc="Flat fields whose bias-subtracted level is above this warn (near "
+                                             "saturation)", unit="ADU")
+    fwhm_warn_arcsec: float = param(3.0, doc="Science frames with a larger FWHM warn (survey seeing limit 2.0\")",
+                                    bounds=(0.0, None), unit="arcsec")
+
+    def validate(self) -> None:
+        super().validate()
+        bad = [t for t in self.fwhm_obs_types if t not in _OBS_TYPES]
+        self.require(not bad, "fwhm_obs_types", f"has unknown observation type(s) {bad}",
+                     hint=f"observation types: {', '.join(_OBS_TYPES)}")
+        self.require(self.saturated_warn <= self.saturated_fail, "saturated_warn",
+                     f"= {self.saturated_warn:g} is above saturated_fail = {self.saturated_fail:g}",
+                     hint="a frame warns above saturated_warn and fails above saturated_fail: keep warn <= fail")
+        self.require(self.flat_min_adu < self.flat_max_adu, "flat_min_adu",
+                     f"= {self.flat_min_adu:g} ADU is not below flat_max_adu = {self.flat_max_adu:g} ADU",
+                     hint="flats outside [flat_min_adu, flat_max_adu] warn: lower flat_min_adu or raise flat_max_adu")
+        self.require(self.min_fwhm_stars <= self.max_fwhm_stars, "min_fwhm_stars",
+                     f"= {self.min_fwhm_stars} is above max_fwhm_stars = {self.max_fwhm_stars}",
+                     hint="raise max_fwhm_stars or lower min_fwhm_stars")
 
 
 DEFAULT_QC = QuickLookConfig()

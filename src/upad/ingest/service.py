@@ -34,6 +34,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from upad import __version__
+from upad.config import StepConfig, load_config_document
 from upad.db import Database, Frame, FrameEvent, QuarantinedFile, Tile
 from upad.db.models import utcnow
 from upad.errors import UpadError
@@ -53,6 +54,7 @@ __all__ = [
     "STATUSES",
     "collect_files",
     "ingest_paths",
+    "load_ingest_config",
     "watch",
 ]
 
@@ -70,11 +72,31 @@ FITS_NAME = re.compile(r"\.(fits?|fts)(\.fz|\.gz)?$|\.fz$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class IngestConfig:
-    """Configuration of ingest: header translation and quick-look QC parameters."""
+class IngestConfig(StepConfig):
+    """Configuration of ingest: header translation and quick-look QC parameters.
+
+    Read from ``<root>/upad.toml`` (:func:`load_ingest_config`): ``[ingest.translation]`` and
+    ``[ingest.quicklook]``; ``upad config show`` lists them as ``ingest.translation.tile_regex`` …
+    """
 
     translation: TranslationConfig = DEFAULT_CONFIG
-    qc: QuickLookConfig = DEFAULT_QC
+    quicklook: QuickLookConfig = DEFAULT_QC
+
+    @property
+    def qc(self) -> QuickLookConfig:
+        """The quick-look QC parameters (former name of :attr:`quicklook`)."""
+        return self.quicklook
+
+
+def load_ingest_config(root: str | os.PathLike) -> IngestConfig:
+    """The ingest configuration of a data root: the ``[ingest]`` tables of ``<root>/upad.toml`` over the defaults.
+
+    Raises
+    ------
+    UpadError
+        An unknown parameter or a refused value, named by its dotted name (``ingest.quicklook.saturated_warn``).
+    """
+    return IngestConfig.from_mapping(load_config_document(Path(root)).get("ingest"), where="ingest")
 
 
 @dataclass
@@ -342,7 +364,7 @@ class _Ingester:
         meta = vf.metadata
         inst = get_instrument(meta.instrument)
         qc = quicklook(vf.data, inst, layout=vf.layout, obs_type=meta.obs_type, exptime=meta.exptime,
-                       config=self.config.qc)
+                       config=self.config.quicklook)
         timing["qc_s"] = qc.seconds
         vf.data = []  # free the pixels before the archive copy
 
@@ -583,13 +605,14 @@ def ingest_paths(db: Database, settings: Settings, paths_or_dirs: Iterable[str |
     progress : callable, optional
         Called with each :class:`FileOutcome` as soon as the file is done.
     config : IngestConfig, optional
+        Default: :func:`load_ingest_config` of ``settings.root`` (the ``[ingest]`` tables of ``upad.toml``).
 
     Returns
     -------
     IngestReport
     """
     files = collect_files(paths_or_dirs, exclude=[settings.root])
-    ingester = _Ingester(db, settings, mode=mode, config=config or IngestConfig())
+    ingester = _Ingester(db, settings, mode=mode, config=config or load_ingest_config(settings.root))
     report = IngestReport(mode=mode)
     for path in files:
         outcome = ingester.ingest(path)
@@ -628,9 +651,11 @@ def watch(db: Database, settings: Settings, dirs: Iterable[str | os.PathLike], *
         Called after each poll with the poll number (1-based) and the outcomes of that poll.
     sleep : callable
         How to wait (tests pass a fake).
+    config : IngestConfig, optional
+        Default: :func:`load_ingest_config` of ``settings.root``.
     """
     dirs = list(dirs)
-    ingester = _Ingester(db, settings, mode=mode, config=config or IngestConfig())
+    ingester = _Ingester(db, settings, mode=mode, config=config or load_ingest_config(settings.root))
     report = IngestReport(mode=mode)
     previous: dict[Path, tuple[int, int] | None] = {}
     done: dict[Path, tuple[int, int] | None] = {}

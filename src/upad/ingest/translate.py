@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from upad.config import StepConfig, param
 from upad.ingest.errors import IngestRejected
-from upad.instruments import Instrument, available_instruments, get_filter_system, get_instrument
+from upad import nights
+from upad.instruments import Instrument, Site, available_instruments, get_filter_system, get_instrument
 
 __all__ = [
     "AmpInfo",
@@ -66,28 +68,32 @@ _FILENAME_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9]+)-(?P<stamp>\d{8}T\d{6})-(?P
 
 
 @dataclass(frozen=True)
-class TranslationConfig:
-    """Site and survey conventions used by :func:`translate_header`.
+class TranslationConfig(StepConfig):
+    """Survey conventions used by :func:`translate_header`.
 
-    Attributes
-    ----------
-    tile_regex : str
-        Regular expression applied to ``OBJECT`` of science frames; its first group is the tile id (an integer).
-        Default: the trailing integer (``'TILE-00012'`` → 12).
-    site_longitude : float
-        Longitude of the observatory in degrees, east positive (Javalambre −1.0164°), used for the night when the
-        header has no ``<P> TEL GEOLON``.
-    night_offset_hours : float
-        The night starts this many hours before local midnight: ``night = date(DATE-OBS − offset + longitude/15 h)``.
-    filename_tolerance_s : float
-        The time stamp in a contract file name may differ from DATE-OBS by up to ``EXPTIME`` plus this (seconds, the
-        name is written at readout) before a header warning is raised.
+    Set in ``<root>/upad.toml`` under ``[ingest.translation]`` (``upad config show`` lists them as
+    ``ingest.translation.<name>``). The observing night is not configured here: it follows from the instrument's
+    site (:mod:`upad.nights`, the ``[site]`` table of the instrument file).
     """
 
-    tile_regex: str = r"(\d+)\s*$"
-    site_longitude: float = -1.0164
-    night_offset_hours: float = 12.0
-    filename_tolerance_s: float = 600.0
+    tile_regex: str = param(r"(\d+)\s*$", doc="Regular expression searched in OBJECT of science frames; its first "
+                                               "group is the tile id (an integer). Default: the trailing integer "
+                                               "('TILE-00012' -> 12)")
+    filename_tolerance_s: float = param(600.0, doc="The time stamp in a contract file name may differ from DATE-OBS "
+                                                   "by up to EXPTIME plus this (the name is written at readout) "
+                                                   "before a header warning is raised", bounds=(0.0, None),
+                                        unit="s")
+
+    def validate(self) -> None:
+        super().validate()
+        try:
+            groups = re.compile(self.tile_regex).groups
+        except re.error as exc:
+            groups = -1
+            self.require(False, "tile_regex", f"= {self.tile_regex!r} is not a regular expression ({exc})",
+                         hint="e.g. tile_regex = '(\\d+)\\s*$' (Python `re` syntax)")
+        self.require(groups >= 1, "tile_regex", f"= {self.tile_regex!r} has no group for the tile id",
+                     hint="put the digits of the tile id in parentheses, e.g. 'field (\\d+)'")
 
 
 DEFAULT_CONFIG = TranslationConfig()
@@ -153,7 +159,8 @@ class FrameMetadata:
     mjd : float
         Modified Julian date (UTC) of ``date_obs``, days.
     night : str
-        Observing night ``YYYY-MM-DD`` (local date at the start of the night).
+        Observing night ``YYYY-MM-DD`` (local date at the start of the night) at the instrument's site
+        (:mod:`upad.nights`).
     object : str or None
         ``OBJECT``.
     ra, dec : float or None
@@ -311,20 +318,29 @@ def mjd_of(stamp: dt.datetime) -> float:
     return (stamp - _MJD_EPOCH).total_seconds() / 86400.0
 
 
-def night_of(stamp: dt.datetime, *, longitude: float, offset_hours: float = 12.0) -> str:
-    """Observing night of a naive UTC datetime: ``date(stamp − offset + longitude/15 h)`` as ``YYYY-MM-DD``.
+def night_of(stamp: dt.datetime, site: Site | Instrument | str | None = None, *,
+             longitude: float | None = None) -> str:
+    """Observing night (``YYYY-MM-DD``) of a naive UTC datetime at ``site`` (or at a bare ``longitude`` in degrees,
+    east positive): :func:`upad.nights.night_of`, the one definition, ``date(stamp − 12 h + longitude/15 h)``."""
+    if longitude is not None:
+        site = Site(name=f"longitude {longitude:+.4f}", longitude=float(longitude), latitude=0.0, height=0.0,
+                    timezone="UTC")
+    return nights.night_of(stamp, site)
 
-    Parameters
-    ----------
-    stamp : datetime.datetime
-        Naive UTC time.
-    longitude : float
-        Site longitude in degrees, east positive.
-    offset_hours : float
-        Hours before local midnight at which the night changes (12: at local noon).
-    """
-    local = stamp + dt.timedelta(hours=longitude / 15.0 - offset_hours)
-    return local.date().isoformat()
+
+def _longitude_note(cards: _Cards, inst: Instrument) -> str | None:
+    """A warning when the header's ``TEL GEOLON`` is not the longitude of the instrument's site (the night follows
+    the site of the instrument file; the header value is informational)."""
+    lon = _float(cards.hier("TEL GEOLON"))
+    if lon is None or not -360.0 <= lon <= 360.0:
+        return None
+    site = inst.site
+    diff = abs((lon - site.longitude + 180.0) % 360.0 - 180.0)
+    if diff <= 0.1:
+        return None
+    return (f"{cards.hier_name('TEL GEOLON')}={lon:g} is not the longitude of {inst.name}'s site {site.name} "
+            f"({site.longitude:g}): the night follows the instrument's site (a camera elsewhere needs its own "
+            "instrument file with its [site])")
 
 
 def resolve_instrument(instrume: str) -> Instrument:
@@ -556,8 +572,12 @@ def translate_header(header: Mapping[str, Any], filename: str | None = None, *,
             missing.append("OBJECT")
         else:
             match = re.search(config.tile_regex, str(obj))
-            if match:
-                tile_id, tile_name = int(match.group(1)), str(obj)
+            digits = (match.group(1) or "").strip() if match else ""
+            if digits.isdigit():
+                tile_id, tile_name = int(digits), str(obj)
+            elif match:
+                warnings.append(f"OBJECT={obj!r}: the tile id {digits!r} matched by pattern {config.tile_regex!r} "
+                                "is not an integer: no tile assigned")
             else:
                 warnings.append(f"OBJECT={obj!r} holds no tile id (pattern {config.tile_regex!r}): no tile assigned")
 
@@ -572,11 +592,9 @@ def translate_header(header: Mapping[str, Any], filename: str | None = None, *,
                              hint="fix the header value (docs/raw-format.md) and ingest again")
     assert inst is not None and date_obs is not None and exptime is not None and raw_type is not None
 
-    longitude = _float(cards.hier("TEL GEOLON"))
-    if longitude is None or not -360.0 <= longitude <= 360.0:
-        longitude = config.site_longitude
-    elif longitude > 180.0:
-        longitude -= 360.0
+    note = _longitude_note(cards, inst)
+    if note:
+        warnings.append(note)
 
     airmass = _float(cards.plain("AIRMASS"))
     if airmass is None:
@@ -604,7 +622,7 @@ def translate_header(header: Mapping[str, Any], filename: str | None = None, *,
         exptime=exptime,
         date_obs=date_obs,
         mjd=mjd_of(date_obs),
-        night=night_of(date_obs, longitude=longitude, offset_hours=config.night_offset_hours),
+        night=nights.night_of(date_obs, inst.site),
         object=None if obj is None else str(obj),
         ra=ra,
         dec=dec,

@@ -18,8 +18,11 @@ Blocks of amplifiers in the upper row are read from the top (``flip_top_y``) and
 right (``flip_right_x``): their prescan and overscan sit on the mirrored side of the block. Data pixels are always
 stored in their physical orientation, so the data region of a raw frame maps onto the assembled image without flips.
 
+Every instrument file has a ``[site]`` table (name, longitude in degrees east-positive, latitude, height in metres,
+IANA time zone): the observatory defines the observing nights of the instrument's frames (:mod:`upad.nights`).
+
 Additional instruments can be described by dropping a TOML file of the same schema into a directory listed in the
-``UPAD_INSTRUMENT_PATH`` environment variable.
+``UPAD_INSTRUMENT_PATH`` environment variable; :func:`load_instrument` reads one file from any path.
 """
 from __future__ import annotations
 
@@ -39,9 +42,11 @@ __all__ = [
     "Instrument",
     "Layout",
     "ReadMode",
+    "Site",
     "available_instruments",
     "get_filter_system",
     "get_instrument",
+    "load_instrument",
     "section_to_fits",
     "fits_to_section",
 ]
@@ -95,6 +100,31 @@ class ReadMode:
     name: str
     speed: str
     read_noise_factor: float
+
+
+@dataclass(frozen=True)
+class Site:
+    """The observatory of an instrument (the ``[site]`` table of its file).
+
+    Attributes
+    ----------
+    name : str
+        Observatory name.
+    longitude : float
+        Degrees, east positive (Javalambre −1.0164).
+    latitude : float
+        Degrees, north positive.
+    height : float
+        Metres above sea level.
+    timezone : str
+        IANA time-zone name (``'Europe/Madrid'``), for people; nights use local *mean* time from the longitude.
+    """
+
+    name: str
+    longitude: float
+    latitude: float
+    height: float
+    timezone: str
 
 
 @dataclass(frozen=True)
@@ -180,6 +210,7 @@ class Instrument:
     default_read_mode: str
     layout: Layout
     detectors: tuple[Detector, ...]
+    site: Site
     source: str = field(default="", compare=False)
 
     @property
@@ -327,6 +358,35 @@ def get_instrument(key: str) -> Instrument:
         path = _find(f"{key}.toml")
     except KeyError:
         raise KeyError(f"unknown instrument {key!r}; known: {', '.join(available_instruments())}") from None
+    return load_instrument(path)
+
+
+def _site(d: dict, path: Path) -> Site:
+    site = d.get("site")
+    keys = ("name", "longitude", "latitude", "height", "timezone")
+    if not isinstance(site, dict) or any(k not in site for k in keys):
+        raise ValueError(f"{path}: the instrument file needs a [site] table with {', '.join(keys)} (longitude in "
+                         "degrees east-positive, height in metres, timezone an IANA name such as 'Europe/Madrid')")
+    out = Site(name=str(site["name"]), longitude=float(site["longitude"]), latitude=float(site["latitude"]),
+               height=float(site["height"]), timezone=str(site["timezone"]))
+    if not -180.0 <= out.longitude <= 180.0 or not -90.0 <= out.latitude <= 90.0:
+        raise ValueError(f"{path}: [site] longitude {out.longitude} / latitude {out.latitude} out of range "
+                         "(longitude -180..180 east-positive, latitude -90..90)")
+    return out
+
+
+def load_instrument(path: str | os.PathLike) -> Instrument:
+    """Read an instrument description file (the schema of ``instruments/data/*.toml``) from any path.
+
+    :func:`get_instrument` finds files by key; a file elsewhere becomes known by putting its directory in
+    ``UPAD_INSTRUMENT_PATH``.
+
+    Raises
+    ------
+    ValueError
+        The file does not follow the schema (e.g. no ``[site]`` table).
+    """
+    path = Path(path)
     d = tomllib.loads(path.read_text())
     lay = d["layout"]
     layout = Layout(
@@ -354,7 +414,7 @@ def get_instrument(key: str) -> Instrument:
         cd_sign_x=d["cd_sign_x"], cd_sign_y=d["cd_sign_y"], adc_max=d["adc_max"], bzero=d["bzero"],
         dark_current=d["dark_current"],
         read_modes=tuple(ReadMode(**m) for m in d["read_modes"]), default_read_mode=d["default_read_mode"],
-        layout=layout, detectors=tuple(detectors), source=str(path),
+        layout=layout, detectors=tuple(detectors), site=_site(d, path), source=str(path),
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from upad.config import StepConfig, param
 from upad.isr.core import ENGINES, OVERSCAN_METHODS, IsrOptions
 
-__all__ = ["IsrConfig", "with_isr_table"]
+__all__ = ["IsrConfig"]
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,3 @@ class IsrConfig(StepConfig):
                           overscan_smooth=self.overscan_smooth, overscan_skip=self.overscan_skip,
                           linearize=self.linearize if linearize is None else linearize, to_electrons=to_electrons,
                           saturation_adu=self.saturation_adu, engine=self.engine)
-
-
-def with_isr_table(values: Mapping[str, Any] | None, *, where: str = "") -> dict[str, Any]:
-    """``values`` with an ``isr`` sub-mapping (a nested TOML table, or a configuration's ``as_dict()`` sent to a
-    worker) turned into an :class:`IsrConfig`, for the ``from_mapping`` of a configuration holding one.
-
-    Interim: :meth:`upad.config.StepConfig.from_mapping` will build nested configurations itself.
-    """
-    values = dict(values or {})
-    if isinstance(values.get("isr"), Mapping):
-        values["isr"] = IsrConfig.from_mapping(values["isr"], where=f"{where}.isr" if where else "isr")
-    return values

@@ -30,8 +30,8 @@ class BackgroundConfig(StepConfig):
     """Parameters of the sky background model."""
 
     mesh_px: int = param(128, doc="size of the background meshes", bounds=(8, 4096), unit="pixel")
-    filter_meshes: int = param(3, doc="median filter applied to the mesh values (odd)", bounds=(1, 15),
-                               unit="mesh")
+    filter_meshes: int = param(3, doc="size of the median filter applied to the mesh values (odd; 1: none)",
+                               bounds=(1, 15), unit="mesh", odd=True)
     clip_sigma: float = param(3.0, doc="clipping of the mesh statistics", bounds=(1.0, 10.0))
     min_fraction: float = param(0.5, doc="a mesh with fewer usable pixels than this fraction is interpolated",
                                 bounds=(0.0, 1.0))
@@ -387,7 +387,7 @@ def estimate_background(image: np.ndarray, *, mask: np.ndarray | None = None,
         raise ReductionError("no_data", "no background mesh has enough usable pixels", stage="background")
     back, nfill = _fill_missing(back)
     sig, _ = _fill_missing(sig)
-    f = int(config.filter_meshes) | 1
+    f = int(config.filter_meshes)  # odd (declared so: an even size is refused, not rounded)
     if f > 1 and min(back.shape) >= f:
         back = ndimage.median_filter(back, size=f, mode="nearest")
         sig = ndimage.median_filter(sig, size=f, mode="nearest")

@@ -81,6 +81,14 @@ class DetectConfig(StepConfig):
                          critical=False)
     max_sources: int = param(2_000_000, doc="refuse frames with more detections than this", bounds=(1, None))
 
+    def validate(self) -> None:
+        super().validate()
+        d = self.aper_diameters_arcsec
+        self.require(len(d) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                        for v in d), "aper_diameters_arcsec",
+                     f"= {list(d)} is not a non-empty list of positive diameters",
+                     hint="e.g. aper_diameters_arcsec = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0]")
+
 
 @dataclass
 class Detections:

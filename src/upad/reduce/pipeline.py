@@ -63,18 +63,13 @@ from upad.reduce.saturation import SaturationConfig, SaturationResult, mask_satu
 
 __all__ = ["ReductionConfig", "ReducedFrame", "reduce_frame", "validate_image"]
 
-_SUBCONFIGS: dict[str, type[StepConfig]] = {
-    "saturation": SaturationConfig, "background": BackgroundConfig, "cosmetics": CosmeticsConfig,
-    "satellites": SatelliteConfig, "cosmics": CosmicConfig, "detect": DetectConfig, "astrometry": AstrometryConfig,
-    "psf": PsfConfig, "photometry": PhotometryConfig, "qc": QcConfig,
-}
-
 
 @dataclass(frozen=True)
 class ReductionConfig(StepConfig):
     """Every parameter of the reduction of a science frame.
 
-    The stage parameters live in sub-configurations (``[steps.reduce.cosmics]`` … in ``upad.toml``).
+    The stage parameters live in nested configurations (fields whose type is a :class:`~upad.config.StepConfig`:
+    ``[steps.reduce.cosmics]`` … in ``upad.toml``, ``steps.reduce.cosmics.sigclip`` in ``upad config show``).
     """
 
     edge_px: int = param(4, doc="width of the EDGE border", bounds=(0, 1000), unit="pixel")
@@ -100,14 +95,18 @@ class ReductionConfig(StepConfig):
     photometry: PhotometryConfig = PhotometryConfig()
     qc: QcConfig = QcConfig()
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None, *, where: str = "") -> "ReductionConfig":
-        """Build from a mapping of overrides; sub-configurations are given as nested mappings."""
-        values = dict(values or {})
-        for name, sub in _SUBCONFIGS.items():
-            if isinstance(values.get(name), Mapping):
-                values[name] = sub.from_mapping(values[name], where=f"{where}.{name}" if where else name)
-        return super().from_mapping(values, where=where)  # type: ignore[return-value]
+    def validate(self) -> None:
+        super().validate()
+        diam, apcor = self.detect.aper_diameters_arcsec, self.photometry.apcor_diameter_arcsec
+        self.require(any(abs(d - apcor) < 1e-6 for d in diam), "photometry.apcor_diameter_arcsec",
+                     f"= {apcor:g} is not one of the catalog apertures detect.aper_diameters_arcsec = "
+                     f"{[float(d) for d in diam]}",
+                     hint="the aperture correction is measured in one of the catalog's apertures: choose one of "
+                          "them, or add it to detect.aper_diameters_arcsec")
+        self.require(apcor < max(diam), "photometry.apcor_diameter_arcsec",
+                     f"= {apcor:g} is the largest catalog aperture ({max(diam):g}\")",
+                     hint="the correction to the total flux is measured against a larger aperture: add one to "
+                          "detect.aper_diameters_arcsec or choose a smaller apcor_diameter_arcsec")
 
 
 @dataclass

@@ -59,6 +59,13 @@ class PsfConfig(StepConfig):
     oversampling: int = param(2, doc="oversampling of the empirical PSF grids", bounds=(1, 8))
     stamp_radius_fwhm: float = param(4.0, doc="half-size of the empirical PSF grids, in FWHM", bounds=(1.0, 20.0))
 
+    def validate(self) -> None:
+        super().validate()
+        self.require(self.min_stars <= self.max_stars, "min_stars",
+                     f"= {self.min_stars} is above max_stars = {self.max_stars}",
+                     hint="min_stars is the fewest PSF stars for a model, max_stars the most used: raise max_stars "
+                          "or lower min_stars")
+
 
 # ------------------------------------------------------------------------------------------------ rendering
 def _sheared_r2(dx: np.ndarray, dy: np.ndarray, g1: float, g2: float) -> np.ndarray:

@@ -55,7 +55,7 @@ from upad.io.products import file_of, provenance_cards, write_catalog, write_isr
 from upad.io.raw import read_raw
 from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
 from upad.isr import fit_fringe, raw_shape_problem, run_isr
-from upad.isr.config import IsrConfig, with_isr_table
+from upad.isr.config import IsrConfig
 from upad.reduce.errors import ReductionError
 from upad.reduce.pipeline import ReductionConfig, reduce_frame, validate_image
 from upad.reduce.preview import write_previews
@@ -74,11 +74,6 @@ class ReduceConfig(LookupConfig, ReductionConfig):
     fringe_correct: bool = param(True, doc="Subtract the scaled fringe map in filters that fringe")
     mask_compression: str = param("RICE_1", doc="Tile compression of the mask HDU",
                                   choices=("RICE_1", "PLIO_1", "GZIP_1", "HCOMPRESS_1"))
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None, *, where: str = "") -> "ReduceConfig":
-        """Build from a mapping of overrides; ``isr`` and the stages may be nested mappings."""
-        return super().from_mapping(with_isr_table(values, where=where), where=where)  # type: ignore[return-value]
 
     def reduction_config(self) -> ReductionConfig:
         """The :class:`~upad.reduce.pipeline.ReductionConfig` part (what :func:`reduce_frame` takes)."""
