@@ -1,15 +1,19 @@
 """The master-calibration steps of the processing flow (the adapters around the pure algorithms).
 
-=====================  ==============  =========================================================================
-step                   order           makes, per instrumental configuration and night
-=====================  ==============  =========================================================================
-``master_bias``        20              master bias (ADU) from the night's bias series
-``master_dark``        22              dark current (e-/s) and hot-pixel map from the dark series
-``master_flat``        25              normalised master flat per filter and flat type (dome, sky) + QC plots
-``bad_pixel_mask``     30              bad-pixel mask from the master dark and the night's master flats
-``master_fringe``      35              fringe map per fringing filter from dithered science frames
-``master_illumination`` 38             illumination correction per filter and flat type from science frames
-=====================  ==============  =========================================================================
+========================  ===========================  ======================================================
+step                      reads (declared)             makes, per instrumental configuration and night
+========================  ===========================  ======================================================
+``master_bias``           raw bias frames              master bias (ADU)
+``master_dark``           raw darks, bias              dark current (e-/s) and hot-pixel map
+``master_flat``           raw flats, bias, dark        normalised master flat per filter and flat type + QC plots
+``bad_pixel_mask``        dark, the night's flats      bad-pixel mask
+``master_fringe``         science frames, bias, dark,  fringe map per fringing filter
+                          flat
+``master_illumination``   science frames, bias, dark,  illumination correction per filter and flat type
+                          flat
+========================  ===========================  ======================================================
+
+The order of the steps follows from what they read (``inputs``); nothing else orders them.
 
 ``plan`` (scheduler side) comes from :func:`upad.calib.planning.planned_masters`: a unit is ready once its series
 is complete and the masters it needs exist (looked up with :func:`upad.calib.lookup.find_master`); otherwise it
