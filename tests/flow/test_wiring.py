@@ -213,3 +213,19 @@ def test_a_non_critical_change_keeps_jobs_and_ids(flow_env):
     runner.run(until_idle=True)
     with db.session() as s:
         assert {j.state for j in s.scalars(select(Job))} == {"done"}
+
+
+def test_the_journal_is_pruned_once_read(flow_env):
+    settings, db = flow_env
+    add_frames(db, settings.root, 4, NIGHTS)
+    sched = make(settings, db, journal_keep_days=0.0)
+    sched.run(until_idle=True)
+    with db.session() as s:
+        n_before = s.query(FlowChange).count()
+    assert n_before > 0
+    assert sched.prune_journal(force=True) > 0
+    with db.session() as s:
+        assert s.query(FlowChange).count() < n_before
+    # planning goes on from the cursors: a new night is still picked up
+    add_frames(db, settings.root, 2, ["2025-03-07"], start_id=50)
+    assert sched.plan().by_status()["toy_a"] == {"would-run": 2}

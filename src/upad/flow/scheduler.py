@@ -79,6 +79,8 @@ class SchedulerOptions:
     prefetch: int = 2
     #: journal entries of the last this-many seconds are read again at every pass (late commits)
     journal_overlap_seconds: float = 120.0
+    #: journal entries read by every step are kept this long, then pruned
+    journal_keep_days: float = 7.0
 
 
 @dataclass
@@ -151,6 +153,7 @@ class Scheduler:
                 raise UpadError(f"unknown step(s) {sorted(unknown)}",
                                 hint=f"known steps: {', '.join(s.name for s in all_steps())}")
         self._load_configs()
+        self._last_prune = -1e9
         self._stop = False
         self._events: list[tuple[str, dict[str, Any]]] = []
         self.counts: Counter[str] = Counter()
@@ -354,7 +357,24 @@ class Scheduler:
                 report.units.extend(planned)
                 if not dry_run:
                     self._remember(s, step, scope, units, planned, upto, cfg_hash, version)
+        if not dry_run:
+            self.prune_journal()
         return report
+
+    def prune_journal(self, *, force: bool = False) -> int:
+        """Drop journal entries every step has read and that are older than ``journal_keep_days`` (at most once an
+        hour): the journal drives planning, the frames' history is in their events."""
+        now = time.monotonic()
+        if not force and now - self._last_prune < 3600.0:
+            return 0
+        self._last_prune = now
+        with self.db.session() as s:
+            read_by_all = s.scalar(select(func.min(PlanCursor.change_id)))
+            if not read_by_all:
+                return 0
+            horizon = utcnow() - dt.timedelta(days=self.options.journal_keep_days)
+            res = s.execute(delete(FlowChange).where(FlowChange.id <= read_by_all, FlowChange.time < horizon))
+            return int(res.rowcount or 0)
 
     def _plan_step(self, s: Session, step: Step, units: list[Unit], report: PlanReport, *, dry_run: bool,
                    force: bool, since: str | None) -> list[PlannedUnit]:
