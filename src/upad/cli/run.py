@@ -88,9 +88,12 @@ def _print_plan(report: Any, as_json: bool, verbose: bool) -> None:
                                               "change nothing.")
 @click.option("--verbose", "-v", is_flag=True, help="With --dry-run: also list units already up to date.")
 @click.option("--max-seconds", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--full-plan", is_flag=True, help="Plan every unit of every step on the first pass, not only the "
+                                                "nights that changed since the last pass (a check after repairs "
+                                                "made outside upad).")
 @json_option
 def run(settings: Settings, until_idle: bool, dry_run: bool, verbose: bool, max_seconds: float | None,
-        as_json: bool, **kw: Any) -> None:
+        full_plan: bool, as_json: bool, **kw: Any) -> None:
     """Process what is ready: plan jobs, dispatch them to the executor, record results, loop.
 
     Without --until-idle it runs as a daemon that also picks up newly ingested frames (Ctrl-C stops it after the
@@ -123,6 +126,7 @@ def run(settings: Settings, until_idle: bool, dry_run: bool, verbose: bool, max_
                    description=f"jobs ({totals['failed']} failed)")
 
     sched = _scheduler(settings, command=" ".join(["upad", *sys.argv[1:]]), on_event=on_event, **kw)
+    sched.options.full_first_pass = full_plan
     console.print(f"[bold]upad run[/] on {sched.executor.describe()}; database {sched.db!r}")
     try:
         with bar:

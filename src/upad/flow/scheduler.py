@@ -79,6 +79,8 @@ class SchedulerOptions:
     prefetch: int = 2
     #: journal entries of the last this-many seconds are read again at every pass (late commits)
     journal_overlap_seconds: float = 120.0
+    #: plan every unit on the first pass of a run (``upad run --full-plan``)
+    full_first_pass: bool = False
     #: journal entries read by every step are kept this long, then pruned
     journal_keep_days: float = 7.0
 
@@ -781,12 +783,14 @@ class Scheduler:
             last_plan = -1e9
             next_beat = time.monotonic() + self.options.heartbeat_seconds
             dirty = True
+            first_pass = True
             while not self._stop:
                 now = time.monotonic()
                 if max_seconds is not None and now - t_start > max_seconds:
                     break
                 if (dirty and now - last_plan >= self.options.min_replan_seconds) or now >= next_plan:
-                    created = self.plan().created
+                    created = self.plan(full=first_pass and self.options.full_first_pass).created
+                    first_pass = False
                     last_plan, next_plan, dirty = now, now + self.options.replan_seconds, False
                     self.on_event("planned", {"created": created})
                 if now >= next_beat:
