@@ -327,8 +327,8 @@ class Scheduler:
         if cursor is None:
             s.add(PlanCursor(step=step.name, change_id=upto, config_hash=cfg_hash, code_version=version,
                              updated_at=now))
-        elif scope.full or cursor.change_id < upto:
-            cursor.change_id = max(cursor.change_id, upto) if not scope.full else upto
+        else:  # ``upto`` was read at the start of the pass: everything up to it has been planned
+            cursor.change_id = max(cursor.change_id, upto)
             cursor.config_hash, cursor.code_version, cursor.updated_at = cfg_hash, version, now
 
     def plan(self, *, dry_run: bool = False, force_steps: Iterable[str] = (), since: str | None = None,
