@@ -6,8 +6,8 @@ scheduler, ``upad flag``. The scheduler reads the journal from where each step's
 (:class:`~upad.db.models.PlanCursor`) and re-plans only the nights it touches (plus the units that were waiting):
 a new night is planned in the same time whether the archive holds a thousand frames or a million.
 
-The hook is a SQLAlchemy ``after_flush`` listener on every :class:`~sqlalchemy.orm.Session`, so ORM writes are
-journalled without the writers knowing. Bulk SQL statements (``update(...)``, ``insert(...)`` without the ORM)
+The hooks are SQLAlchemy mapper events on frames and products (collected during a flush, inserted in one statement
+at its end), so ORM writes are journalled without the writers knowing. Bulk SQL statements (``update(...)``, ``insert(...)`` without the ORM)
 bypass it: code that writes frames or products that way calls :func:`record` itself.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import event, insert, inspect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from upad.db.models import Frame, FlowChange, Product, utcnow
 
@@ -30,25 +30,24 @@ def _changed(obj: Any, attr: str) -> bool:
     return bool(hist.added or hist.deleted)
 
 
-def _frame_events(obj: Frame, new: bool) -> list[str]:
+def _frame_event(obj: Frame, new: bool) -> str | None:
     if new:
-        return ["new"]
+        return "new"
     if _changed(obj, "valid"):
-        return ["valid" if obj.valid else "invalid"]
-    return []
+        return "valid" if obj.valid else "invalid"
+    return None
 
 
-def _product_events(obj: Product, new: bool) -> list[str]:
+def _product_event(obj: Product, new: bool) -> str | None:
     if new:
-        return ["new"]
-    out = []
-    if _changed(obj, "is_current"):
-        out.append("current" if obj.is_current else "stale")
-    elif _changed(obj, "state") and obj.state == "stale":
-        out.append("stale")
+        return "new"
     if _changed(obj, "is_bad"):
-        out.append("bad" if obj.is_bad else "good")
-    return out
+        return "bad" if obj.is_bad else "good"
+    if _changed(obj, "is_current"):
+        return "current" if obj.is_current else "stale"
+    if _changed(obj, "state") and obj.state == "stale":
+        return "stale"
+    return None
 
 
 def _night_of_product(obj: Product) -> str | None:
@@ -59,19 +58,37 @@ def _night_of_product(obj: Product) -> str | None:
     return str(night)[:10] if night else None
 
 
+def _pending(target: Any) -> dict[tuple[str, int], dict[str, Any]] | None:
+    session = object_session(target)
+    return None if session is None else session.info.setdefault("upad_journal", {})
+
+
+def _on_frame(new: bool) -> Any:
+    def listener(mapper: Any, connection: Any, target: Frame) -> None:
+        ev = _frame_event(target, new)
+        pending = _pending(target) if ev else None
+        if pending is not None:
+            pending[("frame", target.id)] = {"subject": "frame", "subject_id": target.id, "step": None,
+                                             "night": target.night, "event": ev}
+    return listener
+
+
+def _on_product(new: bool) -> Any:
+    def listener(mapper: Any, connection: Any, target: Product) -> None:
+        ev = _product_event(target, new)
+        pending = _pending(target) if ev else None
+        if pending is not None:
+            # one entry per product and flush (its latest event): planning needs the night, not every transition
+            pending[("product", target.id)] = {"subject": "product", "subject_id": target.id, "step": target.step,
+                                               "night": _night_of_product(target), "event": ev}
+    return listener
+
+
 def _after_flush(session: Session, flush_context: Any) -> None:
-    rows: list[dict[str, Any]] = []
-    now = utcnow()
-    for objects, new in ((session.new, True), (session.dirty, False)):
-        for obj in objects:
-            if isinstance(obj, Frame):
-                rows += [{"time": now, "subject": "frame", "subject_id": obj.id, "step": None, "night": obj.night,
-                          "event": ev} for ev in _frame_events(obj, new)]
-            elif isinstance(obj, Product):
-                rows += [{"time": now, "subject": "product", "subject_id": obj.id, "step": obj.step,
-                          "night": _night_of_product(obj), "event": ev} for ev in _product_events(obj, new)]
-    if rows:
-        session.connection().execute(insert(FlowChange), rows)
+    pending = session.info.pop("upad_journal", None)
+    if pending:
+        now = utcnow()
+        session.connection().execute(insert(FlowChange), [{**row, "time": now} for row in pending.values()])
 
 
 def record(session: Session, subject: str, ids: Iterable[int], *, event: str, night: str | None = None,
@@ -88,5 +105,11 @@ def install() -> None:
     """Register the journal hook on every session (idempotent)."""
     global _INSTALLED
     if not _INSTALLED:
+        # mapper events fire only for frames and products (no scan of the session's objects at every flush); the
+        # rows collected during a flush are inserted at its end, in one statement
+        event.listen(Frame, "after_insert", _on_frame(True))
+        event.listen(Frame, "after_update", _on_frame(False))
+        event.listen(Product, "after_insert", _on_product(True))
+        event.listen(Product, "after_update", _on_product(False))
         event.listen(Session, "after_flush", _after_flush)
         _INSTALLED = True

@@ -52,11 +52,19 @@ def _in_scope(stmt: Select, column: Any, scope: Scope | None, nights: Iterable[s
     return stmt
 
 
+#: The frame columns planning sees (the full header and the per-amplifier QC stay in the database).
+FRAME_COLUMNS = tuple(c for c in Frame.__table__.columns if c.name not in ("header", "qc_bias", "qc_reasons"))
+
+
 def frames(session: Session, *, obs_types: Sequence[str] | None = None, valid: bool | None = True,
            nights: Iterable[str] | None = None, scope: Scope | None = None,
-           instrument: str | None = None) -> list[Frame]:
-    """Registered frames (valid ones by default) of the given observation types, ordered by observation time."""
-    stmt = select(Frame)
+           instrument: str | None = None) -> list[Any]:
+    """Registered frames (valid ones by default) of the given observation types, ordered by observation time.
+
+    Rows with the frame's attributes (``f.id``, ``f.night``, ``f.filename``, ``f.obs_type``, ``f.filter``,
+    ``f.date_obs`` …; not its header), read-only: planning a night of a million-frame archive builds no ORM objects.
+    """
+    stmt = select(*FRAME_COLUMNS)
     if valid is not None:
         stmt = stmt.where(Frame.valid.is_(valid))
     if obs_types:
@@ -64,7 +72,7 @@ def frames(session: Session, *, obs_types: Sequence[str] | None = None, valid: b
     if instrument:
         stmt = stmt.where(Frame.instrument == instrument)
     stmt = _in_scope(stmt, Frame.night, scope, nights)
-    return list(session.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
+    return list(session.execute(stmt.order_by(Frame.date_obs, Frame.id)))
 
 
 def current_products(session: Session, kind: str | None = None, *, step: str | None = None,
@@ -134,8 +142,8 @@ class PlanContext:
         session.info["upad_scope_reach"] = reach
 
     def frames(self, *obs_types: str, valid: bool | None = True, nights: Iterable[str] | None = None,
-               instrument: str | None = None) -> list[Frame]:
-        """Frames of these observation types in the scope (every type when none is given)."""
+               instrument: str | None = None) -> list[Any]:
+        """Frames of these observation types in the scope (every type when none is given): read-only rows."""
         return frames(self.session, obs_types=obs_types or None, valid=valid, nights=nights, scope=self.scope,
                       instrument=instrument)
 

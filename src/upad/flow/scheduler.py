@@ -414,14 +414,14 @@ class Scheduler:
         # planned under another configuration is cancelled and re-planned (never run under its old id)
         active: set[str] = set()
         for chunk in _chunks(keys):
-            for job, job_cfg in s.execute(select(Job, Provenance.config_hash)
-                                          .join(Provenance, Provenance.id == Job.provenance_id)
-                                          .where(Job.step == step.name, Job.unit_key.in_(chunk),
-                                                 Job.state.in_(("queued", "running")))):
-                if job.state == "queued" and job_cfg != cfg_hash and not dry_run:
-                    self._cancel_for_config(job, job_cfg, cfg_hash)
+            for job_id, key, state, job_cfg in s.execute(
+                    select(Job.id, Job.unit_key, Job.state, Provenance.config_hash)
+                    .join(Provenance, Provenance.id == Job.provenance_id)
+                    .where(Job.step == step.name, Job.unit_key.in_(chunk), Job.state.in_(("queued", "running")))):
+                if state == "queued" and job_cfg != cfg_hash and not dry_run:
+                    self._cancel_for_config(s.get(Job, job_id), job_cfg, cfg_hash)
                     continue
-                active.add(job.unit_key)
+                active.add(key)
         to_create: list[tuple[Unit, str]] = []
         for unit, prov in ready:
             cur = current.get(unit.key)
