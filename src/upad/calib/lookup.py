@@ -31,27 +31,25 @@ import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from collections.abc import Callable
+
 from sqlalchemy.orm import Session
 
+from upad.calib import queries, rules
 from upad.calib.config import CalibLookupBase, LookupConfig
 from upad.calib.epochs import applies, epoch_bounds
-from upad.calib.planning import (
-    STEP_OF,
+from upad.calib.model import (
+    Candidate,
     ConfigKey,
     FrameInfo,
-    expected_reason,
     frame_info,
     frame_key,
     instrument_site,
     night_distance,
-    night_of,
-    planned_masters,
 )
-from upad.calib.store import load_breakpoints
-from upad.db.models import Frame, Product
-from upad.flow.queries import session_scope
+from upad.calib.queries import candidates
 from upad.flow.step import InputRef
+from upad.nights import night_of
 
 __all__ = [
     "Candidate",
@@ -63,26 +61,6 @@ __all__ = [
     "select_flat",
     "select_masters",
 ]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A usable master (current, complete, not bad)."""
-
-    product_id: int
-    provenance_id: str
-    unit_key: str
-    night: str
-    good_after: dt.datetime | None
-    good_until: dt.datetime | None
-    context: dict[str, Any]
-    qc_status: str | None
-
-    @property
-    def reference_time(self) -> dt.datetime | None:
-        if self.good_after is not None and self.good_until is not None:
-            return self.good_after + (self.good_until - self.good_after) / 2
-        return self.good_after or self.good_until
 
 
 @dataclass
@@ -163,35 +141,9 @@ class MasterSelection:
                 "notes": self.notes}
 
 
-# ------------------------------------------------------------------------------------------------------ candidates
-def candidates(session: Session, kind: str) -> list[Candidate]:
-    """Usable masters of ``kind`` (current, complete, not bad), cached per session."""
-    cache = session.info.setdefault("upad_calib_cache", {})
-    key = ("candidates", kind)
-    if key not in cache:
-        stmt = (select(Product.id, Product.provenance_id, Product.unit_key, Product.context, Product.good_after,
-                       Product.good_until, Product.qc_status)
-                .where(Product.step == STEP_OF[kind], Product.is_current.is_(True), Product.is_bad.is_(False),
-                       Product.state == "complete"))
-        scope, reach = session_scope(session)
-        if not scope.full and scope.nights:
-            # a planning pass of a few nights: only masters within reach of them (the widest fallback window)
-            lo = dt.date.fromisoformat(min(scope.nights)) - dt.timedelta(days=reach + 1)
-            hi = dt.date.fromisoformat(max(scope.nights)) + dt.timedelta(days=reach + 1)
-            stmt = stmt.where(Product.night >= lo.isoformat(), Product.night <= hi.isoformat())
-        rows = session.execute(stmt.order_by(Product.id))
-        out = []
-        for pid, prov, ukey, ctx, ga, gu, qc in rows:
-            ctx = ctx or {}
-            night = ctx.get("night") or ukey.rsplit("/", 1)[-1]
-            out.append(Candidate(pid, prov, ukey, night, ga, gu, ctx, qc))
-        cache[key] = out
-    return cache[key]
-
-
 def _indexed(session: Session, kind: str, key: ConfigKey) -> tuple[list[str], list[Candidate]]:
     """Usable masters of ``kind`` with configuration ``key``, sorted by night (with the list of their nights)."""
-    cache = session.info.setdefault("upad_calib_cache", {})
+    cache = queries.cache(session)
     ck = ("index", kind)
     if ck not in cache:
         index: dict[tuple[str, ...], list[Candidate]] = {}
@@ -227,7 +179,7 @@ def _window(session: Session, kind: str, key: ConfigKey, night: str, nights: int
 
 def _epoch(session: Session, kind: str, key: ConfigKey, when: dt.datetime) -> tuple[dt.datetime | None,
                                                                                    dt.datetime | None, list[str]]:
-    bps = [b for b in load_breakpoints(session) if applies(b, instrument=key.instrument, filter_name=key.filter,
+    bps = [b for b in queries.breakpoints(session) if applies(b, instrument=key.instrument, filter_name=key.filter,
                                                           kind=kind)]
     start, end = epoch_bounds(when, bps)
     reasons = [f"{b.time.isoformat(timespec='minutes')} ({b.reason})" for b in bps
@@ -235,16 +187,20 @@ def _epoch(session: Session, kind: str, key: ConfigKey, when: dt.datetime) -> tu
     return start, end, reasons
 
 
-def _in_epoch(c: Candidate, start: dt.datetime | None, end: dt.datetime | None) -> bool:
-    t = c.good_after or c.reference_time
-    if t is None:
-        return True
-    return (start is None or t >= start) and (end is None or t < end)
+#: Tells whether the master of a kind, configuration and night is still to come (and why), or ``None``. The
+#: lookup does not plan masters: :mod:`upad.calib.planning`, which does, registers its answer here when it is
+#: imported (the package imports it), so the two modules do not import each other.
+ExpectedSource = Callable[[Session, str, ConfigKey, str], "str | None"]
+_EXPECTED: list[ExpectedSource] = []
+
+
+def set_expected_source(source: ExpectedSource) -> None:
+    """Register the function that says whether a master of a night is still to come (see :data:`ExpectedSource`)."""
+    _EXPECTED[:] = [source]
 
 
 def _expected(session: Session, kind: str, key: ConfigKey, night: str) -> str | None:
-    pm = planned_masters(session, kind).get(key.unit_key(night))
-    return None if pm is None else expected_reason(session, pm)
+    return _EXPECTED[0](session, kind, key, night) if _EXPECTED else None
 
 
 def find_master(session: Session, kind: str, key: ConfigKey, *, when: dt.datetime, night: str | None = None,
@@ -270,10 +226,8 @@ def find_master(session: Session, kind: str, key: ConfigKey, *, when: dt.datetim
     # masters are valid over their night: only those within the fallback window (at least ±1 night) can apply
     cands = _window(session, kind, key, night, window)
     start, end, bp_reasons = _epoch(session, kind, key, when)
-    usable = [c for c in cands if _in_epoch(c, start, end)]
+    usable = [c for c in cands if rules.in_epoch(c, start, end)]
     n_other_epoch = len(cands) - len(usable)
-    valid = [c for c in usable if c.good_after is not None and c.good_until is not None
-             and c.good_after <= when < c.good_until]
     what = f"master {kind} for {key.describe()}"
 
     def choice(c: Candidate, rule: str, reason: str) -> Choice:
@@ -282,8 +236,8 @@ def find_master(session: Session, kind: str, key: ConfigKey, *, when: dt.datetim
                       c.good_after.isoformat() if c.good_after else None,
                       c.good_until.isoformat() if c.good_until else None)
 
-    if valid:
-        best = min(valid, key=lambda c: abs((c.reference_time - when).total_seconds()))
+    best = rules.best_valid(usable, when)
+    if best is not None:
         return choice(best, "valid", f"{what}: product {best.product_id} ({best.unit_key}) is valid at "
                                      f"{when.isoformat(timespec='seconds')}")
     if config.wait_for_expected:
@@ -291,10 +245,8 @@ def find_master(session: Session, kind: str, key: ConfigKey, *, when: dt.datetim
         if exp is not None:
             return Missing(kind, f"waiting for the {what} of night {night}: {exp}", expected=True,
                            required=required)
-    near = [c for c in usable if abs(night_distance(night, c.night)) <= window]
-    if near:
-        best = min(near, key=lambda c: (abs(night_distance(night, c.night)), night_distance(night, c.night) > 0,
-                                        -c.product_id))
+    best = rules.nearest_fallback(usable, night, window)
+    if best is not None:
         d = night_distance(night, best.night)
         return choice(best, "fallback", f"{what}: none valid on night {night}; fallback to product "
                                         f"{best.product_id} of night {best.night} ({d:+d} nights, window "
@@ -363,10 +315,7 @@ def _frame(session: Session, frame: Any) -> FrameInfo:
     if isinstance(frame, FrameInfo):
         return frame
     if isinstance(frame, int):
-        row = session.get(Frame, frame)
-        if row is None:
-            raise KeyError(f"no frame {frame}")
-        return frame_info(row)
+        return queries.frame(session, frame)
     return frame_info(frame)
 
 

@@ -27,9 +27,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from upad.calib import lookup, rules
 from upad.calib.config import (
     BadPixelConfig,
     MasterBiasConfig,
@@ -38,12 +38,23 @@ from upad.calib.config import (
     MasterFringeConfig,
     MasterIllumConfig,
 )
+from upad.calib.lookup import Choice, find_master, select_flat
+from upad.calib.model import (
+    KIND_OF,
+    STEP_OF,
+    ConfigKey,
+    FrameInfo,
+    frame_info,
+    frame_key,
+    instrument_site,
+    night_distance,
+)
+from upad.calib.queries import cache as _cache
+from upad.calib.queries import candidates, instrument_extent, latest_job, load_frames
 from upad.config import StepConfig
-from upad.db.models import Frame, Job, Product, utcnow
-from upad.flow.queries import session_scope
+from upad.db.models import Product, utcnow
 from upad.flow.step import InputRef, Unit
-from upad.instruments import Site
-from upad.nights import default_site, night_end, night_of, night_start, site_of
+from upad.nights import default_site, night_end, night_of, night_start
 
 __all__ = [
     "KIND_OF",
@@ -69,11 +80,6 @@ __all__ = [
     "series_complete",
 ]
 
-#: Step name of each kind of master.
-STEP_OF = {"bias": "master_bias", "dark": "master_dark", "flat": "master_flat", "fringe": "master_fringe",
-           "illumination": "master_illumination", "bpm": "bad_pixel_mask"}
-KIND_OF = {v: k for k, v in STEP_OF.items()}
-
 _OBS_TYPES = {"bias": ("bias",), "dark": ("dark",), "flat": ("flat-dome", "flat-sky"), "science": ("science",)}
 FLAT_TYPE_OF_OBS = {"flat-dome": "dome", "flat-sky": "sky"}
 
@@ -93,24 +99,10 @@ def default_config(kind: str) -> StepConfig:
 # the instrument's, e.g. ``night_end(s.night, s.key.instrument)``).
 
 
-def instrument_site(instrument: str | None) -> Site:
-    """The site of an instrument key (the nights of its frames and masters); the survey's default site for an
-    instrument whose description file is not found (its frames stay in the database: planning must not stop)."""
-    try:
-        return site_of(instrument)
-    except KeyError:
-        return default_site()
-
-
 def __getattr__(name: str) -> Any:
     if name == "SITE_LONGITUDE":  # deprecated: the site is the instrument's (upad.nights, Instrument.site)
         return default_site().longitude
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def night_distance(a: str, b: str) -> int:
-    """``b - a`` in nights."""
-    return (dt.date.fromisoformat(b) - dt.date.fromisoformat(a)).days
 
 
 def now_utc(session: Session | None = None) -> dt.datetime:
@@ -118,123 +110,6 @@ def now_utc(session: Session | None = None) -> dt.datetime:
     if session is not None and session.info.get("upad_now") is not None:
         return session.info["upad_now"]
     return utcnow()
-
-
-# ------------------------------------------------------------------------------------------------------ frames
-@dataclass(frozen=True)
-class FrameInfo:
-    """What planning needs of a raw frame."""
-
-    id: int
-    filename: str
-    instrument: str
-    telescope: str | None
-    detector: str | None
-    layout: str
-    read_mode: str | None
-    obs_type: str
-    filter: str | None
-    exptime: float
-    date_obs: dt.datetime
-    night: str
-    ra: float | None
-    dec: float | None
-
-
-def frame_info(f: Any) -> FrameInfo:
-    """A :class:`FrameInfo` from a ``Frame`` row (or any object with the same attributes)."""
-    return FrameInfo(f.id, f.filename, f.instrument, getattr(f, "telescope", None), getattr(f, "detector", None),
-                     f.layout, f.read_mode, f.obs_type, f.filter, float(f.exptime or 0.0), f.date_obs, f.night,
-                     f.ra, f.dec)
-
-
-def _cache(session: Session) -> dict[Any, Any]:
-    return session.info.setdefault("upad_calib_cache", {})
-
-
-def load_frames(session: Session, obs_types: Sequence[str]) -> list[FrameInfo]:
-    """Valid frames of these observation types in the scope of the planning pass, in time order (cached per
-    session)."""
-    key = ("frames", tuple(obs_types))
-    cache = _cache(session)
-    if key not in cache:
-        cols = (Frame.id, Frame.filename, Frame.instrument, Frame.telescope, Frame.detector, Frame.layout,
-                Frame.read_mode, Frame.obs_type, Frame.filter, Frame.exptime, Frame.date_obs, Frame.night, Frame.ra,
-                Frame.dec)
-        stmt = select(*cols).where(Frame.valid.is_(True), Frame.obs_type.in_(list(obs_types)))
-        scope, _ = session_scope(session)
-        if not scope.full:
-            stmt = stmt.where(Frame.night.in_(sorted(scope.nights)))
-        rows = session.execute(stmt.order_by(Frame.date_obs, Frame.id))
-        cache[key] = [FrameInfo(*r[:9], float(r[9] or 0.0), *r[10:]) for r in rows]
-    return cache[key]
-
-
-def _instrument_extent(session: Session, instrument: str) -> tuple[dt.datetime | None, str | None]:
-    """Latest ``date_obs`` and latest night of any ingested frame of an instrument (cached per session; two index
-    look-ups, whatever the size of the archive)."""
-    cache = _cache(session).setdefault("extent", {})
-    if instrument not in cache:
-        t = session.scalar(select(func.max(Frame.date_obs)).where(Frame.instrument == instrument))
-        n = session.scalar(select(Frame.night).where(Frame.instrument == instrument, Frame.date_obs == t)
-                           .limit(1)) if t is not None else None
-        cache[instrument] = (t, n)
-    return cache[instrument]
-
-
-# ------------------------------------------------------------------------------------------------------ keys
-@dataclass(frozen=True)
-class ConfigKey:
-    """An instrumental configuration: instrument (camera on its telescope), raw layout, read mode, and for some
-    kinds the filter and the flat type."""
-
-    instrument: str
-    layout: str
-    read_mode: str
-    filter: str | None = None
-    flat_type: str | None = None
-
-    def for_kind(self, kind: str, *, flat_type: str | None = None) -> ConfigKey:
-        """The part of the configuration that matters for a master of ``kind``."""
-        if kind in ("bias", "dark", "bpm"):
-            return ConfigKey(self.instrument, self.layout, self.read_mode)
-        if kind == "fringe":
-            return ConfigKey(self.instrument, self.layout, self.read_mode, self.filter)
-        return ConfigKey(self.instrument, self.layout, self.read_mode, self.filter, flat_type or self.flat_type)
-
-    def prefix(self) -> str:
-        parts = [self.instrument, self.read_mode, self.layout]
-        if self.filter is not None:
-            parts.append(self.filter)
-        if self.flat_type is not None:
-            parts.append(self.flat_type)
-        return "/".join(parts)
-
-    def unit_key(self, night: str) -> str:
-        return f"{self.prefix()}/{night}"
-
-    def matches(self, context: dict[str, Any]) -> bool:
-        """Whether a product's context has this configuration."""
-        return (context.get("instrument") == self.instrument and context.get("layout") == self.layout
-                and context.get("read_mode") == self.read_mode
-                and (self.filter is None or context.get("filter") == self.filter)
-                and (self.flat_type is None or context.get("flat_type") == self.flat_type))
-
-    def describe(self) -> str:
-        return self.prefix()
-
-
-def frame_key(fi: FrameInfo) -> ConfigKey:
-    """The configuration of a frame (its read mode defaults to the instrument's)."""
-    read_mode = fi.read_mode
-    if not read_mode:
-        from upad.instruments import get_instrument
-
-        try:
-            read_mode = get_instrument(fi.instrument).default_read_mode
-        except KeyError:
-            read_mode = "-"
-    return ConfigKey(fi.instrument, fi.layout, read_mode, fi.filter)
 
 
 # ------------------------------------------------------------------------------------------------------ series
@@ -309,29 +184,12 @@ def series_complete(session: Session, s: Series, *, rule: str) -> tuple[bool, st
 
     ``rule``: ``'next_frame'`` (calibrations) or ``'next_night'`` (science series).
     """
-    now = now_utc(session)
-    end = night_end(s.night, instrument_site(s.key.instrument))
-    if now >= end:
-        return True, ""
-    last_time, last_night = _instrument_extent(session, s.key.instrument)
-    if rule == "next_frame" and last_time is not None and last_time > s.last:
-        return True, ""
-    if last_night is not None and last_night > s.night:
-        return True, ""
-    what = ("no later frame of this instrument has been ingested" if rule == "next_frame"
-            else "no frame of a later night has been ingested")
-    return False, (f"the {s.kind} series of night {s.night} may still grow: {what} and the night ends "
-                   f"{end.isoformat(timespec='minutes')} UTC")
-
-
-# ------------------------------------------------------------------------------------------------------ jobs
-def latest_job(session: Session, step: str, unit_key: str) -> Job | None:
-    """The most recent job of a unit (cached per session for all units of ``step``)."""
-    cache = _cache(session).setdefault(("jobs", step), {})
-    if unit_key not in cache:
-        cache[unit_key] = session.scalar(select(Job).where(Job.step == step, Job.unit_key == unit_key)
-                                         .order_by(Job.id.desc()).limit(1))
-    return cache[unit_key]
+    last_time, last_night = instrument_extent(session, s.key.instrument)
+    complete, why = rules.series_completion(now=now_utc(session),
+                                            night_end=night_end(s.night, instrument_site(s.key.instrument)),
+                                            series_last=s.last, series_night=s.night, instrument_last=last_time,
+                                            instrument_last_night=last_night, rule=rule)
+    return complete, "" if complete else f"the {s.kind} series of night {s.night} may still grow: {why}"
 
 
 # ------------------------------------------------------------------------------------------------------ units
@@ -406,15 +264,9 @@ def _frames_refs(frames: Iterable[FrameInfo], role: str = "raw") -> list[InputRe
 def _series_state(session: Session, s: Series, *, min_frames: int, rule: str, label: str,
                   min_pointings: int = 1) -> tuple[str, str]:
     complete, why = series_complete(session, s, rule=rule)
-    n = len(s.frames)
-    if not complete:
-        return "incomplete", why + f" ({n} {label} so far)"
-    if n < min_frames:
-        return "insufficient", f"only {n} valid {label} on night {s.night} (min_frames = {min_frames})"
-    if min_pointings > 1 and s.pointings() < min_pointings:
-        return "insufficient", (f"the {n} {label} of night {s.night} have {s.pointings()} distinct pointing(s); "
-                                f"at least {min_pointings} dithered pointings are needed")
-    return "ready", ""
+    return rules.series_state(complete=complete, why=why, n_frames=len(s.frames), min_frames=min_frames,
+                              night=s.night, label=label,
+                              pointings=s.pointings() if min_pointings > 1 else 1, min_pointings=min_pointings)
 
 
 def _unit(s: Series, key: ConfigKey, inputs: list[InputRef], state: str, reason: str, kind: str,
@@ -432,8 +284,6 @@ def _need(session: Session, kind: str, key: ConfigKey, s: Series, config: StepCo
           inputs: list[InputRef], reasons: list[str], state: list[str], flat_type: str | None = None,
           any_flat: bool = False) -> Any:
     """Look up an input master for series ``s``; update ``inputs``, ``reasons`` and the state."""
-    from upad.calib.lookup import Choice, find_master, select_flat
-
     if any_flat:
         res = select_flat(session, key, when=s.first, night=s.night, config=config, required=required)
     else:
@@ -541,8 +391,6 @@ def _illum_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
 def _bpm_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
     """One bad-pixel mask per configuration and night with darks or flats: the night's master dark (or the nearest
     valid one) and every master flat of the night."""
-    from upad.calib.lookup import Choice, candidates, find_master
-
     nights: dict[tuple[ConfigKey, str], list[Series]] = defaultdict(list)
     for what in ("dark", "flat"):
         for s in series(session, what):
@@ -577,3 +425,13 @@ def _bpm_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
         out.append(_unit(s0, key, inputs, state, "; ".join(reasons), "bpm",
                          {"n_flats": len(flats), "has_dark": isinstance(dark, Choice)}))
     return out
+
+
+def expected_master(session: Session, kind: str, key: ConfigKey, night: str) -> str | None:
+    """Why the master of ``kind``, configuration ``key`` and ``night`` is still to come, or ``None`` (the answer
+    the lookup needs before it falls back to another night's master)."""
+    pm = planned_masters(session, kind).get(key.unit_key(night))
+    return None if pm is None else expected_reason(session, pm)
+
+
+lookup.set_expected_source(expected_master)

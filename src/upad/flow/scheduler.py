@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -289,8 +289,11 @@ class Scheduler:
         # changes since the cursor, and those of the last minutes again: a transaction that committed after a later
         # one (PostgreSQL sequences are not commit-ordered) is not missed
         horizon = utcnow() - dt.timedelta(seconds=self.options.journal_overlap_seconds)
-        changed = {n for (n,) in s.execute(select(FlowChange.night).distinct().where(FlowChange.id > cursor.change_id))}
-        changed |= {n for (n,) in s.execute(select(FlowChange.night).distinct().where(FlowChange.time >= horizon))}
+        relevant = self._relevant_changes(step)
+        changed = {n for (n,) in s.execute(select(FlowChange.night).distinct().where(
+            FlowChange.id > cursor.change_id, relevant))}
+        changed |= {n for (n,) in s.execute(select(FlowChange.night).distinct().where(
+            FlowChange.time >= horizon, relevant))}
         if None in changed:
             return Scope(full=True, reason="a change without a night"), upto
         # waiting units are looked at again when a change happened within reach of their night (a new master can
@@ -303,6 +306,21 @@ class Scheduler:
         near = {c for n in changed for c in _nights_around(n, reach)}
         nights = changed | {w for w in waiting if w in near or _as_date(w) >= recent}
         return Scope(full=False, nights=frozenset(nights)), upto
+
+    def _relevant_changes(self, step: Step) -> Any:
+        """The journal entries that can change a step's units, from its declarations: frames (if it reads raw
+        frames), products of the steps whose kinds it reads, and its own products made stale or (un)marked bad. A
+        step without declarations sees every change."""
+        if not step.inputs:
+            return true()
+        kinds = {c.kind for c in step.inputs}
+        makers = sorted({st.name for st in all_steps() if st.product_kind in kinds})
+        conds = [and_(FlowChange.subject == "product", FlowChange.step.in_(makers))] if makers else []
+        if FRAME in kinds:
+            conds.append(FlowChange.subject == "frame")
+        conds.append(and_(FlowChange.subject == "product", FlowChange.step == step.name,
+                          FlowChange.event.in_(("stale", "bad", "good"))))
+        return or_(*conds)
 
     def _reach(self) -> int:
         """How many nights a lookup may reach from a unit's night (the widest fallback window configured)."""
