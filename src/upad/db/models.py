@@ -345,11 +345,11 @@ class FlowChange(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
-    subject: Mapped[str] = mapped_column(String(16), doc="frame | product")
+    subject: Mapped[str] = mapped_column(String(16), doc="frame | product | job (failed for good)")
     subject_id: Mapped[int] = mapped_column(Integer)
     step: Mapped[str | None] = mapped_column(String(64), doc="the product's step (None for frames)")
     night: Mapped[str | None] = mapped_column(String(10), doc="the frame's or the product's night")
-    event: Mapped[str] = mapped_column(String(16), doc="new | valid | invalid | current | stale | bad | good")
+    event: Mapped[str] = mapped_column(String(16), doc="new | valid | invalid | current | stale | bad | good | failed")
 
 
 class PlanCursor(Base):

@@ -52,6 +52,7 @@ from upad.db.models import (
 )
 from upad.db.session import Database
 from upad.execution import Executor
+from upad.flow.changes import record as record_changes
 from upad.flow.invalidate import cascade_stale
 from upad.flow.provenance import code_version, provenance_id, short
 from upad.flow.queries import PlanContext, Scope
@@ -315,7 +316,7 @@ class Scheduler:
             return true()
         kinds = {c.kind for c in step.inputs}
         makers = sorted({st.name for st in all_steps() if st.product_kind in kinds})
-        conds = [and_(FlowChange.subject == "product", FlowChange.step.in_(makers))] if makers else []
+        conds = [and_(FlowChange.subject.in_(("product", "job")), FlowChange.step.in_(makers))] if makers else []
         if FRAME in kinds:
             conds.append(FlowChange.subject == "frame")
         conds.append(and_(FlowChange.subject == "product", FlowChange.step == step.name,
@@ -674,7 +675,7 @@ class Scheduler:
                 if out.get("ok"):
                     self._register(s, job, att, out, now)
                 else:
-                    self._fail(job, att, out, now)
+                    self._fail(s, job, att, out, now)
         # events go out after the commit: a listener may query the database
         events, self._events = self._events, []
         for kind, info in events:
@@ -741,7 +742,7 @@ class Scheduler:
                 Product.id.in_(product_ids), or_(Product.state != "complete", Product.is_bad.is_(True))))]
         return bad
 
-    def _fail(self, job: Job, att: Attempt, out: dict[str, Any], now: dt.datetime) -> None:
+    def _fail(self, s: Session, job: Job, att: Attempt, out: dict[str, Any], now: dt.datetime) -> None:
         transient = bool(out.get("transient"))
         att.state = "lost" if out.get("lost") else "failed"
         att.transient, att.error = transient, out.get("error")
@@ -760,6 +761,10 @@ class Scheduler:
         else:
             job.state = "failed"
             self.counts["failed"] += 1
+            # a unit that failed for good is journalled: a step grouping its step's products stops waiting for it
+            night = (s.get(Provenance, job.provenance_id).context or {}).get("night")
+            record_changes(s, "job", [job.id], event="failed", night=str(night)[:10] if night else None,
+                           step=job.step)
             log.error("job %d (%s %s) failed: %s", job.id, job.step, job.unit_key, job.error)
         self._events.append(("failed", {"step": job.step, "unit": job.unit_key, "error": job.error,
                                         "retry": job.state == "queued"}))
