@@ -8,9 +8,7 @@ class as the reduction step's: science frames are processed as the masters are.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from upad.config import StepConfig, param
 from upad.isr.config import IsrConfig

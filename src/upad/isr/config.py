@@ -13,9 +13,7 @@ What the steps decide themselves (ADU or electrons, whether a bias frame is line
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from upad.config import StepConfig, param
 from upad.isr.core import ENGINES, OVERSCAN_METHODS, IsrOptions

@@ -20,7 +20,7 @@ failed QC with the reason code of :class:`~upad.reduce.errors.ReductionError`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
