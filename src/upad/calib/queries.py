@@ -77,6 +77,9 @@ def candidates(session: Session, kind: str) -> list[Candidate]:
                 .where(Product.step == STEP_OF[kind], Product.is_current.is_(True), Product.is_bad.is_(False),
                        Product.state == "complete"))
         scope, reach = session_scope(session)
+        if not scope.full and not scope.nights:
+            memo[key] = []  # a pass with nothing in scope looks nothing up
+            return memo[key]
         if not scope.full and scope.nights:
             # a planning pass of a few nights: only masters within reach of them (the widest fallback window)
             lo = dt.date.fromisoformat(min(scope.nights)) - dt.timedelta(days=reach + 1)

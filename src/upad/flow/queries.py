@@ -41,15 +41,21 @@ class Scope:
         return f"{len(self.nights)} night(s)" + (f": {', '.join(sorted(self.nights)[:5])}" if self.nights else "")
 
 
-def _in_scope(stmt: Select, column: Any, scope: Scope | None, nights: Iterable[str] | None) -> Select:
+def _nights_wanted(scope: Scope | None, nights: Iterable[str] | None) -> set[str] | None:
+    """The nights a query is restricted to (``None``: no restriction)."""
     if nights is not None:
         wanted = set(nights)
         if scope is not None and not scope.full:
             wanted &= scope.nights
-        return stmt.where(column.in_(sorted(wanted)))
+        return wanted
     if scope is not None and not scope.full:
-        return stmt.where(column.in_(sorted(scope.nights)))
-    return stmt
+        return set(scope.nights)
+    return None
+
+
+def _in_scope(stmt: Select, column: Any, scope: Scope | None, nights: Iterable[str] | None) -> Select:
+    wanted = _nights_wanted(scope, nights)
+    return stmt if wanted is None else stmt.where(column.in_(sorted(wanted)))
 
 
 #: The frame columns planning sees (the full header and the per-amplifier QC stay in the database).
@@ -64,6 +70,8 @@ def frames(session: Session, *, obs_types: Sequence[str] | None = None, valid: b
     Rows with the frame's attributes (``f.id``, ``f.night``, ``f.filename``, ``f.obs_type``, ``f.filter``,
     ``f.date_obs`` …; not its header), read-only: planning a night of a million-frame archive builds no ORM objects.
     """
+    if _nights_wanted(scope, nights) == set():
+        return []  # nothing in scope (an empty IN can make a database scan the whole table)
     stmt = select(*FRAME_COLUMNS)
     if valid is not None:
         stmt = stmt.where(Frame.valid.is_(valid))
@@ -82,6 +90,8 @@ def current_products(session: Session, kind: str | None = None, *, step: str | N
     """Current products of a kind (or a step): complete and not marked bad when ``usable``; with ``qc``, only those
     whose QC status is one of them; with ``context``, only those whose unit context has these values (e.g.
     ``{"tile_id": 12, "filter": "rSDSS"}``). Ordered by id."""
+    if _nights_wanted(scope, nights) == set():
+        return []
     stmt = select(Product).where(Product.is_current.is_(True))
     if kind is not None:
         stmt = stmt.where(Product.kind == kind)
@@ -107,8 +117,7 @@ def session_scope(session: Session) -> tuple[Scope, int]:
 def failed_units(session: Session, step: str) -> set[str]:
     """Unit keys of ``step`` whose latest job failed for good (a recorded error, no retry left): a grouping step
     does not wait for them. Failed jobs are few; the query starts from them (an index on the job state)."""
-    failed = {k for (k,) in session.execute(select(Job.unit_key).distinct().where(Job.step == step,
-                                                                                 Job.state == "failed"))}
+    failed = {k for (k,) in session.execute(select(Job.unit_key).where(Job.step == step, Job.state == "failed"))}
     if not failed:
         return set()
     latest: dict[str, str] = {}
