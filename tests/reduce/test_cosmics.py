@@ -1,7 +1,6 @@
 """Cosmic rays against the truth and against astroscrappy (L.A.Cosmic in C)."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -48,7 +47,7 @@ def test_cleaned_pixels_are_replaced_and_flagged(night):
     assert np.median(cr.original) > 20 * r.stats["sky_rms_e"]
 
 
-def test_matches_astroscrappy_on_a_cutout_and_is_much_faster(night):
+def test_matches_astroscrappy_on_a_cutout(night):
     c = night.frames[1]
     sl = np.s_[256:768, 256:768]
     from upad.reduce.background import estimate_background
@@ -62,15 +61,9 @@ def test_matches_astroscrappy_on_a_cutout_and_is_much_faster(night):
     nr = subtract_and_variance(img, bkg, read_noise=float(np.mean(c.read_noise)), flat=c.flat[sl],
                                dark_e=c.dark_e[sl])
     data = img.copy()
-    mask0 = mask.copy()
-    t_ours = np.inf
-    for _ in range(3):  # best of 3 (the machine is shared); the first call also loads the compiled code
-        img, mask = data.copy(), mask0.copy()
-        t0 = time.perf_counter()
-        res = detect_cosmics(img, nr.variance, mask, config=CosmicConfig())
-        t_ours = min(t_ours, time.perf_counter() - t0)
+    res = detect_cosmics(img, nr.variance, mask, config=CosmicConfig())
     ours = (mask & mb.COSMIC) != 0
-    theirs, t_theirs = run_astroscrappy(data, mask=(c.bpm[sl] > 0), read_noise=float(np.mean(c.read_noise)),
+    theirs, _ = run_astroscrappy(data, mask=(c.bpm[sl] > 0), read_noise=float(np.mean(c.read_noise)),
                                         background=sky)
     cx, cy, ce = (np.asarray(c.cosmics[k]) for k in "xye")
     inside = (cx >= 256) & (cx < 768) & (cy >= 256) & (cy < 768)
@@ -91,9 +84,7 @@ def test_matches_astroscrappy_on_a_cutout_and_is_much_faster(night):
     assert (theirs & real & ours).sum() >= 0.98 * (theirs & real).sum()
     assert (ours & (deposit == 0)).sum() <= (theirs & (deposit == 0)).sum()
     assert res.n_pixels > 0
-    # on this small cutout with 50x the natural cosmic-ray rate the fixed costs weigh; on a full T80Cam frame the
-    # ratio is ~100-250x (bench/bench_reduce.py)
-    assert t_theirs / max(t_ours, 1e-3) > 5, (t_ours, t_theirs)
+    # speed is measured by bench/bench_reduce.py (astroscrappy vs upad on a full T80Cam frame), never by a test
 
 
 def test_no_cosmic_ray_no_flag():

@@ -84,7 +84,10 @@ def candidates(session: Session, kind: str) -> list[Candidate]:
             # a planning pass of a few nights: only masters within reach of them (the widest fallback window)
             lo = dt.date.fromisoformat(min(scope.nights)) - dt.timedelta(days=reach + 1)
             hi = dt.date.fromisoformat(max(scope.nights)) + dt.timedelta(days=reach + 1)
-            stmt = stmt.where(Product.night >= lo.isoformat(), Product.night <= hi.isoformat())
+            stmt = (stmt.where(Product.kind == STEP_OF[kind], Product.night >= lo.isoformat(),
+                               Product.night <= hi.isoformat())
+                    # the (kind, night) index: SQLite, without statistics, would walk every current master
+                    .with_hint(Product, "INDEXED BY ix_products_kind_night", "sqlite"))
         rows = session.execute(stmt.order_by(Product.id))
         out = []
         for pid, prov, ukey, ctx, ga, gu, qc in rows:
