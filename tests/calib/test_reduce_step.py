@@ -172,7 +172,9 @@ def test_characterisation_outputs_and_zero_point(pipeline, reduced, corrupted):
             continue
         roles = {f["role"]: f["path"] for f in files}
         assert {"reduced", "catalog", "psf", "preview", "qc_plot"} <= set(roles), roles
-        assert qc_status in ("ok", "warn", "fail") and isinstance(meta["qc_reasons"], list)
+        # a good frame of the night is characterised: QC ok, or warn with its reasons — never a failure
+        assert qc_status in ("ok", "warn"), (filename, qc_status, meta["qc_reasons"])
+        assert qc_status == "ok" or meta["qc_reasons"], (filename, meta["qc_reasons"])
         with fits.open(root / roles["catalog"]) as hdul:
             cat = hdul[1].data
             for col in ("NUMBER", "X_IMAGE", "ALPHA_J2000", "DELTA_J2000", "FLUX_AUTO", "MAG_AUTO", "MAG_APER",
@@ -199,7 +201,7 @@ def test_qc_night_summary(pipeline, reduced, corrupted, capsys):
         if r["frame"] in corrupted:
             assert r["status"] == "fail" and r["reasons"][0].startswith(corrupted[r["frame"]]), r
             continue
-        assert r["status"] in ("ok", "warn", "fail")
+        assert r["status"] in ("ok", "warn"), r  # the good frames are never failures
         assert r["fwhm_arcsec"] == pytest.approx(truth[r["frame"]]["fwhm_arcsec"], rel=0.1)
         assert r["astrometric_rms_arcsec"] < 0.1 and r["n_matched"] > 5
 
