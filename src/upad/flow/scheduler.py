@@ -484,11 +484,12 @@ class Scheduler:
 
     def _create_jobs(self, s: Session, step: Step, cfg: StepConfig, items: list[tuple[Unit, str]]) -> int:
         version = code_version(step.version)
+        cfg_hash, critical = cfg.hash(), cfg.critical()  # once, not per unit
         now = utcnow()
         prov_rows, input_rows, job_rows = [], [], []
         for unit, prov in items:
             prov_rows.append({"id": prov, "step": step.name, "unit_key": unit.key, "code_version": version,
-                              "config_hash": cfg.hash(), "config": cfg.critical(), "context": unit.context,
+                              "config_hash": cfg_hash, "config": critical, "context": unit.context,
                               "created_at": now})
             for ref in set(unit.inputs):
                 input_rows.append({"provenance_id": prov, "input_kind": ref.kind, "input_id": ref.id,
@@ -573,8 +574,10 @@ class Scheduler:
             recorded = dict(s.execute(select(Provenance.id, Provenance.config_hash).where(
                 Provenance.id.in_([j.provenance_id for j in jobs]))).all()) if jobs else {}
             kept = []
+            hashes: dict[str, str] = {}
             for job in jobs:
-                current_hash = self.config_for(_step(job.step)).hash()
+                current_hash = hashes.get(job.step) or hashes.setdefault(
+                    job.step, self.config_for(_step(job.step)).hash())
                 if recorded.get(job.provenance_id) != current_hash:
                     self._cancel_for_config(job, recorded.get(job.provenance_id) or "?", current_hash)
                 else:
