@@ -24,7 +24,8 @@ import numpy as np
 from upad import maskbits as mb
 
 __all__ = ["astrometry_vs_truth", "photometry_vs_truth", "psf_vs_truth", "cosmics_vs_truth", "satellites_vs_truth",
-           "sextractor_binary", "run_sextractor", "compare_with_sextractor", "run_astroscrappy", "robust_std"]
+           "sextractor_binary", "run_sextractor", "compare_with_sextractor", "run_astroscrappy", "robust_std",
+           "GOALS", "frame_truth", "frame_vs_truth"]
 
 SEXTRACTOR_PARAMS = ("NUMBER", "X_IMAGE", "Y_IMAGE", "XWIN_IMAGE", "YWIN_IMAGE", "FLUX_AUTO", "FLUXERR_AUTO",
                      "FLUX_APER(3)", "FLUXERR_APER(3)", "FLUX_RADIUS", "FWHM_IMAGE", "FLAGS", "CLASS_STAR",
@@ -243,3 +244,179 @@ def run_astroscrappy(image_e: np.ndarray, *, mask: np.ndarray | None = None, rea
     crmask, _ = astroscrappy.detect_cosmics(data, inmask=mask, gain=1.0, readnoise=float(read_noise),
                                             satlevel=math.inf, sepmed=sepmed, cleantype="meanmask")
     return np.asarray(crmask, bool), time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------- a written product vs the truth
+#: the accuracy goals of the daily pipeline (BENCHMARKS.md, issue "the real sky")
+GOALS: dict[str, float] = {"astrometry_rms_px": 0.05, "zp_mag": 0.01, "zp_mag_gaia": 0.02, "flux_median": 0.005,
+                           "flux_scatter": 0.01, "fwhm": 0.03, "cr_completeness": 0.95, "cr_false_core": 1e-4,
+                           "sat_completeness": 0.95}
+
+
+def frame_truth(sim_out: Path, record: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the simulator knows of one science frame: true WCS, objects (with ``is_star`` and ``in_ref``), cosmic
+    rays, trail pixels, and the manifest record (true zero point ``zp_e``, sky …)."""
+    from astropy.io import fits
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    with fits.open(Path(sim_out) / record["truth"]) as hd:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tw = WCS(hd[0].header, naxis=2)
+        obj = Table(hd["OBJECTS"].data)
+        cr = Table(hd["COSMICS"].data)
+        sat = Table(hd["SATELLITE"].data) if "SATELLITE" in hd else None
+    sky = Table.read(Path(sim_out) / manifest["sky_catalog"], hdu=1)
+    ref = Table.read(Path(sim_out) / manifest["reference_catalog"], hdu=1)
+    stars = np.asarray(sky["id"])[np.char.strip(np.asarray(sky["type"]).astype(str)) == "star"]
+    ids = np.asarray(obj["id"])
+    ref_ids = np.asarray(ref["truth_id"]) if "truth_id" in ref.colnames else np.zeros(0, ids.dtype)
+    return {"record": record, "wcs": tw, "objects": obj, "cosmics": cr, "trail": sat,
+            "is_star": np.isin(ids, stars), "in_ref": np.isin(ids, ref_ids)}
+
+
+def _pixel_sigma(weight: np.ndarray | None, shape: tuple[int, int], fallback: float) -> np.ndarray:
+    if weight is None:
+        return np.full(shape, fallback, np.float32)
+    with np.errstate(divide="ignore"):
+        s = np.where(weight > 0, 1.0 / np.sqrt(np.where(weight > 0, weight, 1.0)), 0.0)
+    return np.where(s > 0, s, fallback).astype(np.float32)
+
+
+def frame_vs_truth(frame: Any, truth: dict[str, Any], *, goals: dict[str, float] | None = None,
+                   zp_goal: float | None = None) -> dict[str, Any]:
+    """Every accuracy figure of one reduced frame read back (:func:`upad.io.products.read_reduced_frame`) against
+    its truth (:func:`frame_truth`).
+
+    Returns a dict of sections — ``astrometry``, ``zero_point``, ``flux``, ``psf``, ``cosmics``, ``trails`` —
+    each with its figures, its ``goal`` and ``pass``; sections that cannot be measured say why (``error``).
+    ``zp_goal`` overrides the zero-point goal (0.02 mag with a Gaia G/BP/RP-only reference).
+    """
+    g = {**GOALS, **(goals or {})}
+    zp_goal = g["zp_mag"] if zp_goal is None else zp_goal
+    h, cat, obj, rec = frame.header, frame.catalog, truth["objects"], truth["record"]
+    shape = frame.mask.shape
+    ox, oy = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
+    usable = np.asarray(obj["in_image"], bool) & ~np.asarray(obj["saturated"], bool)
+    star_ok = usable & truth["is_star"]
+    out: dict[str, Any] = {}
+    if cat is None or len(cat) == 0:
+        return {"error": "no catalog", "qc": frame.qc.status if frame.qc else None}
+    xw, yw = np.asarray(cat["XWIN_IMAGE"], float) - 1, np.asarray(cat["YWIN_IMAGE"], float) - 1
+    snr = np.asarray(cat["FLUX_AUTO"], float) / np.maximum(np.asarray(cat["FLUXERR_AUTO"], float), 1e-30)
+    sel = np.flatnonzero(star_ok)
+    m, idx = _match(ox[sel], oy[sel], xw, yw, 1.0)
+    sel, idx = sel[m], idx[m]
+    clean = np.asarray(cat["FLAGS"])[idx] == 0
+    if frame.wcs is not None and frame.wcs_solved:
+        a_sel = truth["in_ref"][sel] & clean
+        at = astrometry_vs_truth(frame.wcs, truth["wcs"], shape, x=ox[sel][a_sel], y=oy[sel][a_sel])
+        out["astrometry"] = {**at, "n_stars": int(a_sel.sum()), "goal": g["astrometry_rms_px"],
+                             "pass": at["rms_at_px"] <= g["astrometry_rms_px"]}
+    else:
+        out["astrometry"] = {"pass": False, "error": "no astrometric solution"}
+    if frame.zero_point_e_s is not None and rec.get("zp_e") is not None:
+        d = float(frame.zero_point_e_s) - float(rec["zp_e"])
+        out["zero_point"] = {"diff_mag": d, "error": frame.zero_point_error, "goal": zp_goal,
+                             "pass": abs(d) <= zp_goal}
+    else:
+        out["zero_point"] = {"pass": False, "error": "no zero point"}
+    ph = photometry_vs_truth(cat, ox, oy, obj["flux_e"], usable=star_ok)
+    ph.pop("ratios")
+    out["flux"] = {**ph, "goal": f"|median-1| <= {g['flux_median']}, scatter <= {g['flux_scatter']}",
+                   "pass": ph["n"] > 0 and abs(ph["median"] - 1) <= g["flux_median"]
+                   and ph["scatter"] <= g["flux_scatter"]}
+    if frame.psf is not None and "fwhm_arcsec" in obj.colnames:
+        scale = float(abs(h.get("CD2_2", 0.0)) * 3600) or float(h.get("PIXSCALE", 0.55))
+        b = clean & (snr[idx] > 50)
+        tf = np.asarray(obj["fwhm_arcsec"], float)[sel][b] / scale
+        r = np.asarray(frame.psf.fwhm_at(ox[sel][b], oy[sel][b]), float) / tf
+        med = float(np.median(r)) if r.size else float("nan")
+        out["psf"] = {"n_stars": int(b.sum()), "model_over_truth": med,
+                      "truth_fwhm_arcsec": float(np.median(tf * scale)) if tf.size else float("nan"),
+                      "goal": g["fwhm"], "pass": bool(r.size) and abs(med - 1) <= g["fwhm"]}
+    else:
+        out["psf"] = {"pass": False, "error": "no PSF model"}
+    mask = frame.mask
+    sigma = _pixel_sigma(frame.weight, shape, float(h.get("SKYRMS", 1.0) or 1.0))
+    excl = (mask & np.int16(mb.SATELLITE | mb.SATURATED | mb.BLEED)) != 0
+    cr = truth["cosmics"]
+    if len(cr):
+        c = cosmics_vs_truth(mask, cr["x"], cr["y"], cr["e"], sigma, star_x=ox[usable], star_y=oy[usable],
+                             exclude=excl)
+        out["cosmics"] = {**c, "goal": f">= {g['cr_completeness']}, false core < {g['cr_false_core']}",
+                          "pass": c["completeness"] >= g["cr_completeness"]
+                          and c["false_core_rate"] < g["cr_false_core"]}
+    if truth["trail"] is not None and len(truth["trail"]):
+        st = truth["trail"]
+        s = satellites_vs_truth(mask, st["x"], st["y"], st["e"], sigma)
+        out["trails"] = {**s, "goal": g["sat_completeness"], "pass": s["completeness"] >= g["sat_completeness"]}
+    return out
+
+
+def night_vs_truth(sim_out: Path, root: Path, *, executor: Any = None, steps: tuple[str, ...] | None = None,
+                   zp_goal: float | None = None) -> dict[str, Any]:
+    """Run a simulated night through upad as a user would, and judge every reduced frame against the truth.
+
+    The raw frames under ``sim_out/raw`` are ingested into a new data root ``root`` (SQLite), the simulation's
+    reference catalog becomes the root's ``reference/refcat.fits``, and every step (or ``steps``) runs through the
+    scheduler until idle — the masters and the instrument signature are the pipeline's own. Each science frame's
+    current reduced product is read back (:func:`upad.io.products.read_reduced_frame`) and compared with its truth
+    (:func:`frame_vs_truth`).
+
+    Returns
+    -------
+    dict
+        ``frames``: one entry per science frame (file name, true seeing, QC status and reasons, figures);
+        ``jobs``: job counts by state; ``failed``: the failed jobs with their errors.
+    """
+    import shutil
+
+    from sqlalchemy import select
+
+    from upad.db import Database
+    from upad.db.models import Frame, Job, Product
+    from upad.execution import InlineExecutor
+    from upad.flow.scheduler import Scheduler, SchedulerOptions
+    from upad.ingest.service import ingest_paths
+    from upad.io.products import read_reduced_frame
+    from upad.settings import Settings
+    from upad.sim.truth import load_manifest
+
+    sim_out, root = Path(sim_out), Path(root)
+    man = load_manifest(sim_out)
+    url = f"sqlite:///{root / 'upad.sqlite'}"
+    settings = Settings(root=root, db_url=url)
+    settings.create_layout()
+    db = Database(url)
+    try:
+        db.upgrade()
+        ingest_paths(db, settings, [sim_out / "raw"], mode="copy")
+        shutil.copy2(sim_out / man["reference_catalog"], settings.path("reference", "refcat.fits"))
+        ex = executor or InlineExecutor()
+        opts = SchedulerOptions(poll_seconds=0.05, min_replan_seconds=0.0, **({"steps": steps} if steps else {}))
+        counts = Scheduler(db, settings, ex, options=opts).run(until_idle=True)
+        by_name = {Path(r["file"]).name: r for r in man["frames"] if r["kind"] == "science"}
+        frames, failed = [], []
+        with db.session() as s:
+            for job in s.scalars(select(Job).where(Job.state == "failed")):
+                failed.append({"step": job.step, "unit": job.unit_key,
+                               "error": job.attempts[-1].error if job.attempts else None})
+            rows = s.execute(select(Frame.id, Frame.filename).where(Frame.obs_type == "science")).all()
+            for fid, name in rows:
+                rec = by_name.get(name)
+                prod = s.scalars(select(Product).where(Product.kind == "reduced_frame", Product.is_current.is_(True),
+                                                       Product.context["frame_id"].as_integer() == fid)).first()
+                entry: dict[str, Any] = {"file": name, "fwhm_arcsec": rec.get("fwhm_arcsec") if rec else None}
+                if prod is None:
+                    entry.update(qc="missing", reasons=["no reduced product"])
+                else:
+                    entry.update(qc=prod.qc_status, reasons=list((prod.meta or {}).get("qc_reasons", [])))
+                    if rec is not None and any(f.get("role") == "catalog" for f in prod.files):
+                        frame = read_reduced_frame(prod.files, root=root)
+                        entry["figures"] = frame_vs_truth(frame, frame_truth(sim_out, rec, man), zp_goal=zp_goal)
+                frames.append(entry)
+        return {"frames": frames, "jobs": counts, "failed": failed}
+    finally:
+        db.dispose()
