@@ -308,28 +308,16 @@ def psf_fwhm_at(model: Any, header: Any, x: np.ndarray, y: np.ndarray) -> np.nda
 
 
 def load_truth(sim: Path) -> dict[str, Any]:
-    from astropy.io import fits
     from astropy.table import Table
-    from astropy.wcs import WCS
 
+    from upad.reduce.validation import frame_truth
     from upad.sim.truth import load_manifest
 
     man = load_manifest(sim)
     rec = next(f for f in man["frames"] if f["kind"] == "science")
-    with fits.open(sim / rec["truth"]) as hd:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tw = WCS(hd[0].header, naxis=2)
-        obj = Table(hd["OBJECTS"].data)
-        cr = Table(hd["COSMICS"].data)
-        sat = Table(hd["SATELLITE"].data) if "SATELLITE" in hd else None
-    sky = Table.read(sim / man["sky_catalog"], hdu=1)
-    ref = Table.read(sim / man["reference_catalog"], hdu=1)
-    stars = np.asarray(sky["id"])[np.char.strip(np.asarray(sky["type"]).astype(str)) == "star"]
-    is_star = np.isin(np.asarray(obj["id"]), stars)
-    in_ref = np.isin(np.asarray(obj["id"]), np.asarray(ref["truth_id"]))
-    return {"man": man, "rec": rec, "wcs": tw, "obj": obj, "cr": cr, "sat": sat, "is_star": is_star,
-            "in_ref": in_ref, "ref": ref}
+    t = frame_truth(sim, rec, man)
+    return {"man": man, "rec": rec, "wcs": t["wcs"], "obj": t["objects"], "cr": t["cosmics"], "sat": t["trail"],
+            "is_star": t["is_star"], "in_ref": t["in_ref"], "ref": Table.read(sim / man["reference_catalog"], hdu=1)}
 
 
 def noise_sigma(prod: dict[str, Any], stats: dict[str, Any]) -> np.ndarray:
