@@ -322,11 +322,14 @@ def frame_vs_truth(frame: Any, truth: dict[str, Any], *, goals: dict[str, float]
                              "pass": abs(d) <= zp_goal}
     else:
         out["zero_point"] = {"pass": False, "error": "no zero point"}
-    ph = photometry_vs_truth(cat, ox, oy, obj["flux_e"], usable=star_ok)
-    ph.pop("ratios")
-    out["flux"] = {**ph, "goal": f"|median-1| <= {g['flux_median']}, scatter <= {g['flux_scatter']}",
-                   "pass": ph["n"] > 0 and abs(ph["median"] - 1) <= g["flux_median"]
-                   and ph["scatter"] <= g["flux_scatter"]}
+    if "FLUX_APCOR" in cat.colnames:
+        ph = photometry_vs_truth(cat, ox, oy, obj["flux_e"], usable=star_ok)
+        ph["ratios"] = [float(v) for v in ph["ratios"]]  # for pooling over frames
+        out["flux"] = {**ph, "goal": f"|median-1| <= {g['flux_median']}, scatter <= {g['flux_scatter']}",
+                       "pass": ph["n"] > 0 and abs(ph["median"] - 1) <= g["flux_median"]
+                       and ph["scatter"] <= g["flux_scatter"]}
+    else:
+        out["flux"] = {"pass": False, "error": "no FLUX_APCOR column (no aperture correction)"}
     if frame.psf is not None and "fwhm_arcsec" in obj.colnames:
         scale = float(abs(h.get("CD2_2", 0.0)) * 3600) or float(h.get("PIXSCALE", 0.55))
         b = clean & (snr[idx] > 50)
