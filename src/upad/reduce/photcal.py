@@ -192,7 +192,7 @@ def calibrate_zero_point(flux: np.ndarray, fluxerr: np.ndarray, x: np.ndarray, y
             if n_gaia < config.zp_min_stars:
                 tr = load_transformations(config.zp_transform_system)["filters"][filter_name]
                 n_col = int((det_ok & np.isfinite(cols["g"][rj]) & np.isfinite(colour)).sum())
-                why_gaia = (f"{n_gaia} matched stars with BP-RP within the transformation's validity range "
+                why_gaia = (f"no colour overlap: {n_gaia} matched stars with BP-RP within the transformation's validity range "
                             f"[{tr['colour_min']:.2f}, {tr['colour_max']:.2f}] ({n_col} matched with G/BP/RP)")
     mode = config.zp_reference
     if mode == "auto":
@@ -207,7 +207,7 @@ def calibrate_zero_point(flux: np.ndarray, fluxerr: np.ndarray, x: np.ndarray, y
         if n_gaia < config.zp_min_stars:
             extra = "" if cols["mag"] is None else f"; {n_survey} with mag_{filter_name}"
             return unusable((why_gaia or "too few reference stars") + extra,
-                            "no_reference" if cols["g"] is None or colour is None else "photcal_colour_range")
+                            "no_reference")
         gerr = 0.003  # G and BP-RP errors are mmag for the stars used; the transformation's rms dominates
         m, me, ok, sys_err = m_g, np.full(len(rj), math.hypot(rms_g, gerr)), ok_g, rms_g
     # ---- design: zero point, colour term, residual map
