@@ -206,3 +206,18 @@ def test_packaged_transformations_are_documented():
         assert 0 <= t["rms"] < 0.2
     _, valid, _ = gaia_to_survey(np.array([15.0, 15.0]), np.array([0.8, 3.5]), "rSDSS")
     assert valid.tolist() == [True, False]
+
+
+def test_previews_of_gaia_and_nominal_calibrations(photcal_night, tmp_path):
+    """The QC figure plots the reference of whichever route calibrated the frame (and none for a nominal one)."""
+    from upad.reduce.preview import write_previews
+
+    fr = photcal_night["frames"][0]
+    ref = propagate_to_epoch(photcal_night["gaia_only"], fr["epoch"])
+    written = write_previews(fr["gaia"], tmp_path / "g.png", tmp_path / "g_qc.png", refcat=ref)
+    assert (tmp_path / "g_qc.png") in written or (tmp_path / "g_qc.png").exists()
+    bare = ref.copy()
+    bare.remove_columns(["g", "bp", "rp"])
+    r = reduce_calibrated(fr["cal"], bare, nominal_zp_e=fr["rec"]["zp_e"])
+    write_previews(r, tmp_path / "n.png", tmp_path / "n_qc.png", refcat=bare)
+    assert (tmp_path / "n_qc.png").exists()

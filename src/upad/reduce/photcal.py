@@ -38,7 +38,7 @@ from upad.reduce.errors import ReductionError
 from upad.reduce.photometry import PhotometryConfig, ZeroPoint
 
 __all__ = ["load_transformations", "gaia_to_survey", "reference_columns", "calibrate_zero_point", "nominal_zero_point",
-           "photcal_meta", "photcal_cards"]
+           "photcal_meta", "photcal_cards", "reference_magnitudes"]
 
 
 @lru_cache(maxsize=4)
@@ -291,3 +291,14 @@ def photcal_cards(zp: ZeroPoint) -> list[tuple[str, Any, str]]:
         if math.isfinite(zp.map_rms):
             cards.append(("ZPMAPRMS", round(zp.map_rms, 5), "[mag] rms of the ZP map over the field"))
     return cards
+
+
+def reference_magnitudes(refcat: Any, zp: ZeroPoint, *, system: str = "jplus") -> np.ndarray:
+    """The reference magnitudes of the stars a zero point used (``zp.ref_index``), by its ``source``."""
+    rj = np.asarray(zp.ref_index, int)
+    cols = reference_columns(refcat, zp.filter)
+    if zp.source == "survey" and cols["mag"] is not None:
+        return cols["mag"][rj]
+    if zp.source == "gaia" and cols["g"] is not None and cols["bp"] is not None and cols["rp"] is not None:
+        return gaia_to_survey(cols["g"][rj], (cols["bp"] - cols["rp"])[rj], zp.filter, system=system)[0]
+    return np.full(len(rj), np.nan)
