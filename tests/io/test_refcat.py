@@ -97,3 +97,16 @@ def test_exact_epoch_and_gaia_photometry_columns(tmp_path):
     assert np.all(cat["pmra_error"] == 0.1) and np.all(cat["magerr_rSDSS"] == 0.02)
     moved = propagate_to_epoch(cat, 2026.0)
     assert np.allclose((moved["dec"] - cat["dec"]) * 3.6e6, 10.0 * cat["pmdec"])
+
+
+def test_gaiaxpy_jplus_synthetic_photometry(tmp_path):
+    """GaiaXPy's J-PLUS system columns become mag_<filter> with errors from the flux errors."""
+    t = _gaia_like(5)
+    t["Jplus_gJPLUS_mag"] = np.full(5, 16.0)
+    t["Jplus_gJPLUS_flux"] = np.full(5, 1.0e-16)
+    t["Jplus_gJPLUS_flux_error"] = np.full(5, 2.0e-18)
+    t["Jplus_J0660_mag"] = np.full(5, 15.5)
+    t.write(tmp_path / "xp.fits")
+    cat = read_reference_catalog(tmp_path / "xp.fits", filters=["gSDSS", "J0660"])
+    assert np.all(cat["mag_gSDSS"] == 16.0) and np.allclose(cat["magerr_gSDSS"], 1.0857 * 0.02)
+    assert np.all(cat["mag_J0660"] == 15.5) and "magerr_J0660" not in cat.colnames

@@ -15,7 +15,9 @@ column             unit       meaning
 ``bp``, ``rp``     mag        Gaia BP, RP (Vega; NaN if absent): with ``g``, the photometric calibration's
                               route through the packaged Gaia transformations (:mod:`upad.reduce.photcal`)
 ``parallax``       mas        parallax (0 if unknown; ``pmra_error``, ``pmdec_error``, ``parallax_error`` too)
-``mag_<filter>``   mag (AB)   synthetic or measured magnitudes in survey filters (``magerr_<filter>`` errors)
+``mag_<filter>``   mag (AB)   synthetic or measured magnitudes in survey filters (``magerr_<filter>`` errors);
+                              GaiaXPy's J-PLUS synthetic photometry (``Jplus_gJPLUS_mag``, ``…_flux``,
+                              ``…_flux_error``…) is recognised and renamed (``gJPLUS`` → ``gSDSS`` …)
 =================  =========  =====================================================
 """
 from __future__ import annotations
@@ -72,6 +74,31 @@ def _read_any(path: Path) -> Table:
                     hint="use .fits, .parquet, .csv or .ecsv")
 
 
+#: GaiaXPy's J-PLUS photometric system band names -> the survey's filter names
+_GAIAXPY_JPLUS = {"ujava": "uJAVA", "j0378": "J0378", "j0395": "J0395", "j0410": "J0410", "j0430": "J0430",
+                  "gjplus": "gSDSS", "j0515": "J0515", "rjplus": "rSDSS", "j0660": "J0660", "ijplus": "iSDSS",
+                  "j0861": "J0861", "zjplus": "zSDSS"}
+
+
+def _filled(col) -> np.ndarray:
+    return np.asarray(col.filled(np.nan) if hasattr(col, "filled") else col, dtype=float)
+
+
+def _gaiaxpy_jplus(raw: Table, out: Table) -> None:
+    """``Jplus_<band>_mag`` (+ ``_flux``, ``_flux_error``) of GaiaXPy's synthetic photometry → ``mag_<filter>``."""
+    lower = {c.lower(): c for c in raw.colnames}
+    for band, name in _GAIAXPY_JPLUS.items():
+        mcol = lower.get(f"jplus_{band}_mag")
+        if mcol is None or f"mag_{name}" in out.colnames:
+            continue
+        mag = _filled(raw[mcol])
+        out[f"mag_{name}"] = mag
+        f, fe = lower.get(f"jplus_{band}_flux"), lower.get(f"jplus_{band}_flux_error")
+        if f is not None and fe is not None and f"magerr_{name}" not in out.colnames:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"magerr_{name}"] = 1.0857 * _filled(raw[fe]) / _filled(raw[f])
+
+
 def read_reference_catalog(path: str | Path, *, filters: list[str] | None = None) -> Table:
     """Read a reference catalog and return it with the standard columns (see the module documentation).
 
@@ -109,6 +136,7 @@ def read_reference_catalog(path: str | Path, *, filters: list[str] | None = None
                 col = raw[name]
                 out[f"{prefix}{name[len(prefix):]}"] = np.asarray(col.filled(np.nan) if hasattr(col, "filled")
                                                                   else col, dtype=float)
+    _gaiaxpy_jplus(raw, out)
     for extra in ("source_id", "truth_id", "id"):
         if extra in lower:
             out[extra] = raw[lower[extra]]
