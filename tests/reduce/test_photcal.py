@@ -221,3 +221,14 @@ def test_previews_of_gaia_and_nominal_calibrations(photcal_night, tmp_path):
     r = reduce_calibrated(fr["cal"], bare, nominal_zp_e=fr["rec"]["zp_e"])
     write_previews(r, tmp_path / "n.png", tmp_path / "n_qc.png", refcat=bare)
     assert (tmp_path / "n_qc.png").exists()
+
+
+def test_packaged_transformations_reproduce_from_the_library():
+    """The packaged file is what upad.reduce.photcal_derive derives (no hand edits, no drift)."""
+    from upad.reduce.photcal_derive import derive_transformations
+
+    new = derive_transformations("jplus")
+    old = load_transformations("jplus")
+    for f, t in old["filters"].items():
+        assert np.allclose(new["filters"][f]["coef"], t["coef"], atol=2e-6), f
+        assert new["filters"][f]["rms"] == pytest.approx(t["rms"], abs=1e-5)
