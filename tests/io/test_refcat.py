@@ -72,3 +72,41 @@ def test_proper_motion_and_cone():
     assert moved["ra"][0] == pytest.approx(10.0 + 0.02)
     cat = Table({"ra": [10.0, 10.5, 12.0], "dec": [0.0, 0.0, 0.0]})
     assert len(in_cone(cat, 10.0, 0.0, 0.6)) == 2
+
+
+def test_exact_epoch_and_gaia_photometry_columns(tmp_path):
+    """Mid-exposure Julian epoch (not the year) and the Gaia archive's G/BP/RP, parallax and error columns."""
+    from upad.io.refcat import epoch_of
+
+    ep = epoch_of("2025-09-01T22:00:00", 600.0)
+    # JD 2451545.0 is J2000.0; the middle of the exposure, 2025-09-01T22:05 UTC, is 9375.4201 days later
+    assert ep == pytest.approx(2000.0 + 9375.4201 / 365.25, abs=1e-5)
+    assert epoch_of("2025-09-01T22:00:00") < ep
+    with pytest.raises(UpadError, match="observation date"):
+        epoch_of("not a date")
+    t = _gaia_like()
+    t["phot_bp_mean_mag"] = t["phot_g_mean_mag"] + 0.4
+    t["phot_rp_mean_mag"] = t["phot_g_mean_mag"] - 0.5
+    t["parallax"] = np.full(len(t), 1.5)
+    t["pmra_error"] = np.full(len(t), 0.1)
+    t["mag_rSDSS"] = t["phot_g_mean_mag"] + 0.1
+    t["magerr_rSDSS"] = np.full(len(t), 0.02)
+    t.write(tmp_path / "g.fits")
+    cat = read_reference_catalog(tmp_path / "g.fits", filters=["rSDSS"])
+    assert np.allclose(cat["bp"] - cat["rp"], 0.9) and np.all(cat["parallax"] == 1.5)
+    assert np.all(cat["pmra_error"] == 0.1) and np.all(cat["magerr_rSDSS"] == 0.02)
+    moved = propagate_to_epoch(cat, 2026.0)
+    assert np.allclose((moved["dec"] - cat["dec"]) * 3.6e6, 10.0 * cat["pmdec"])
+
+
+def test_gaiaxpy_jplus_synthetic_photometry(tmp_path):
+    """GaiaXPy's J-PLUS system columns become mag_<filter> with errors from the flux errors."""
+    t = _gaia_like(5)
+    t["Jplus_gJPLUS_mag"] = np.full(5, 16.0)
+    t["Jplus_gJPLUS_flux"] = np.full(5, 1.0e-16)
+    t["Jplus_gJPLUS_flux_error"] = np.full(5, 2.0e-18)
+    t["Jplus_J0660_mag"] = np.full(5, 15.5)
+    t.write(tmp_path / "xp.fits")
+    cat = read_reference_catalog(tmp_path / "xp.fits", filters=["gSDSS", "J0660"])
+    assert np.all(cat["mag_gSDSS"] == 16.0) and np.allclose(cat["magerr_gSDSS"], 1.0857 * 0.02)
+    assert np.all(cat["mag_J0660"] == 15.5) and "magerr_J0660" not in cat.colnames

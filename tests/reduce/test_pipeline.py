@@ -147,8 +147,16 @@ def test_missing_reference_magnitudes(night):
     c = night.frames[0]
     ref = night.refcat.copy()
     ref.remove_column("mag_rSDSS")
+    # a plain Gaia extract: calibrated through the G/BP/RP transformation (upad.reduce.photcal)
+    r = reduce_calibrated(c, ref)
+    assert r.failure is None and r.zeropoint.source == "gaia"
+    assert abs(r.zeropoint.zp_e - c.record["zp_e"]) < 0.03
+    # no photometry at all: a failure without a nominal zero point, a warning with one
+    ref.remove_columns(["g", "bp", "rp"])
     r = reduce_calibrated(c, ref)
     assert r.failure.reason == "no_reference" and r.astrometry is not None and r.psf is not None
+    r = reduce_calibrated(c, ref, nominal_zp_e=c.record["zp_e"])
+    assert r.failure is None and r.zeropoint.source == "nominal" and r.qc.status == "bad"
 
 
 def test_qc_thresholds():

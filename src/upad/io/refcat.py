@@ -11,8 +11,13 @@ column             unit       meaning
 ``ra_error``       mas        position error (``dec_error`` likewise); 0 if unknown
 ``pmra``,``pmdec`` mas/yr     proper motion (``pmra`` includes cos δ); 0 if unknown
 ``ref_epoch``      yr         epoch of the positions (Gaia DR3: 2016.0)
-``g``              mag        Gaia G (NaN if absent)
-``mag_<filter>``   mag (AB)   synthetic or measured magnitudes in survey filters
+``g``              mag        Gaia G (Vega; NaN if absent)
+``bp``, ``rp``     mag        Gaia BP, RP (Vega; NaN if absent): with ``g``, the photometric calibration's
+                              route through the packaged Gaia transformations (:mod:`upad.reduce.photcal`)
+``parallax``       mas        parallax (0 if unknown; ``pmra_error``, ``pmdec_error``, ``parallax_error`` too)
+``mag_<filter>``   mag (AB)   synthetic or measured magnitudes in survey filters (``magerr_<filter>`` errors);
+                              GaiaXPy's J-PLUS synthetic photometry (``Jplus_gJPLUS_mag``, ``…_flux``,
+                              ``…_flux_error``…) is recognised and renamed (``gJPLUS`` → ``gSDSS`` …)
 =================  =========  =====================================================
 """
 from __future__ import annotations
@@ -24,7 +29,7 @@ from astropy.table import Table
 
 from upad.errors import UpadError
 
-__all__ = ["read_reference_catalog", "propagate_to_epoch", "in_cone"]
+__all__ = ["read_reference_catalog", "propagate_to_epoch", "in_cone", "epoch_of"]
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "ra": ("ra", "ra_icrs", "raj2000", "ra_deg", "alpha_j2000"),
@@ -35,6 +40,12 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "pmdec": ("pmdec", "pmde", "pmdec_masyr"),
     "ref_epoch": ("ref_epoch", "epoch"),
     "g": ("phot_g_mean_mag", "gmag", "g"),
+    "bp": ("phot_bp_mean_mag", "bpmag", "bp"),
+    "rp": ("phot_rp_mean_mag", "rpmag", "rp"),
+    "parallax": ("parallax", "plx"),
+    "pmra_error": ("pmra_error", "e_pmra"),
+    "pmdec_error": ("pmdec_error", "e_pmde", "e_pmdec"),
+    "parallax_error": ("parallax_error", "e_plx"),
 }
 
 _DEFAULT_EPOCH = 2016.0
@@ -61,6 +72,31 @@ def _read_any(path: Path) -> Table:
                         hint="give a FITS, Parquet, CSV or ECSV table") from None
     raise UpadError(f"unknown reference catalog format for {path.name}",
                     hint="use .fits, .parquet, .csv or .ecsv")
+
+
+#: GaiaXPy's J-PLUS photometric system band names -> the survey's filter names
+_GAIAXPY_JPLUS = {"ujava": "uJAVA", "j0378": "J0378", "j0395": "J0395", "j0410": "J0410", "j0430": "J0430",
+                  "gjplus": "gSDSS", "j0515": "J0515", "rjplus": "rSDSS", "j0660": "J0660", "ijplus": "iSDSS",
+                  "j0861": "J0861", "zjplus": "zSDSS"}
+
+
+def _filled(col) -> np.ndarray:
+    return np.asarray(col.filled(np.nan) if hasattr(col, "filled") else col, dtype=float)
+
+
+def _gaiaxpy_jplus(raw: Table, out: Table) -> None:
+    """``Jplus_<band>_mag`` (+ ``_flux``, ``_flux_error``) of GaiaXPy's synthetic photometry → ``mag_<filter>``."""
+    lower = {c.lower(): c for c in raw.colnames}
+    for band, name in _GAIAXPY_JPLUS.items():
+        mcol = lower.get(f"jplus_{band}_mag")
+        if mcol is None or f"mag_{name}" in out.colnames:
+            continue
+        mag = _filled(raw[mcol])
+        out[f"mag_{name}"] = mag
+        f, fe = lower.get(f"jplus_{band}_flux"), lower.get(f"jplus_{band}_flux_error")
+        if f is not None and fe is not None and f"magerr_{name}" not in out.colnames:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"magerr_{name}"] = 1.0857 * _filled(raw[fe]) / _filled(raw[f])
 
 
 def read_reference_catalog(path: str | Path, *, filters: list[str] | None = None) -> Table:
@@ -90,14 +126,17 @@ def read_reference_catalog(path: str | Path, *, filters: list[str] | None = None
                             hint="rename the position columns to ra/dec in degrees")
         elif std == "ref_epoch":
             out[std] = np.full(len(raw), _DEFAULT_EPOCH)
-        elif std == "g":
+        elif std in ("g", "bp", "rp"):
             out[std] = np.full(len(raw), np.nan)
         else:
             out[std] = np.zeros(len(raw))
     for name in raw.colnames:
-        if name.lower().startswith("mag_"):
-            col = raw[name]
-            out[f"mag_{name[4:]}"] = np.asarray(col.filled(np.nan) if hasattr(col, "filled") else col, dtype=float)
+        for prefix in ("mag_", "magerr_"):
+            if name.lower().startswith(prefix):
+                col = raw[name]
+                out[f"{prefix}{name[len(prefix):]}"] = np.asarray(col.filled(np.nan) if hasattr(col, "filled")
+                                                                  else col, dtype=float)
+    _gaiaxpy_jplus(raw, out)
     for extra in ("source_id", "truth_id", "id"):
         if extra in lower:
             out[extra] = raw[lower[extra]]
@@ -112,8 +151,37 @@ def read_reference_catalog(path: str | Path, *, filters: list[str] | None = None
     return out
 
 
+def epoch_of(date_obs: str, exptime: float = 0.0) -> float:
+    """Julian epoch (years, TDB ~ UTC here: the difference is 2e-6 yr) of the middle of an exposure.
+
+    Parameters
+    ----------
+    date_obs : str
+        ISO start time (``DATE-OBS``, e.g. ``2025-03-01T22:14:05.123``).
+    exptime : float
+        Exposure time (s): the epoch is the exposure's middle.
+
+    Raises
+    ------
+    UpadError
+        An unreadable date.
+    """
+    from astropy.time import Time
+
+    try:
+        t = Time(str(date_obs).strip(), format="isot" if "T" in str(date_obs) else None, scale="utc")
+    except ValueError:
+        raise UpadError(f"cannot read the observation date {date_obs!r}",
+                        hint="DATE-OBS must be an ISO date-time, e.g. 2025-03-01T22:14:05") from None
+    return float(t.jyear + 0.5 * float(exptime) / (365.25 * 86400.0))
+
+
 def propagate_to_epoch(cat: Table, epoch: float) -> Table:
-    """Positions moved from ``ref_epoch`` to ``epoch`` (Julian years) with the proper motions (small-angle)."""
+    """Positions moved from ``ref_epoch`` to ``epoch`` (Julian years) with the proper motions (small-angle).
+
+    Use :func:`epoch_of` for a frame's exact epoch (mid-exposure), not its year: a star of 50 mas/yr moves 25 mas
+    in half a year.
+    """
     dt = epoch - np.asarray(cat["ref_epoch"], dtype=float)
     pmra = np.nan_to_num(np.asarray(cat["pmra"], dtype=float))
     pmdec = np.nan_to_num(np.asarray(cat["pmdec"], dtype=float))

@@ -50,6 +50,21 @@ class PhotometryConfig(StepConfig):
                                     unit="mag")
     class_star_sys: float = param(0.03, doc="systematic uncertainty of the PSF size in CLASS_STAR",
                                   bounds=(0.0, 1.0))
+    zp_reference: str = param("auto", doc="reference magnitudes of the zero point: 'survey' (mag_<filter> "
+                                          "columns), 'gaia' (G, BP, RP through the packaged transformation), "
+                                          "'auto' (survey where at least zp_min_stars have them, else gaia)",
+                              choices=("auto", "survey", "gaia"))
+    zp_colour_term: str = param("fit", doc="colour term in BP-RP: 'fit' (when the colours span enough), 'none'",
+                                choices=("fit", "none"))
+    zp_colour_ref: float = param(1.0, doc="BP-RP at which the zero point is quoted", bounds=(-1.0, 5.0), unit="mag")
+    zp_colour_min_spread: float = param(0.15, doc="smallest rms of the stars' BP-RP for a fitted colour term",
+                                        bounds=(0.0, None), unit="mag")
+    zp_colour_min_stars: int = param(10, doc="fewest stars for a fitted colour term", bounds=(3, None))
+    zp_map_order: int = param(1, doc="order of the residual zero-point map over the field (0: none)",
+                              bounds=(0, 3))
+    zp_nominal_fallback: bool = param(True, doc="without a usable photometric reference use the nominal zero "
+                                                "point (instrument file) with a QC warning instead of failing")
+    zp_transform_system: str = param("jplus", doc="packaged Gaia transformation (data/gaia_transforms_<name>.json)")
 
 
 @dataclass
@@ -121,6 +136,25 @@ class ZeroPoint:
     filter: str
     det_index: np.ndarray = field(repr=False)
     ref_index: np.ndarray = field(repr=False)
+    #: where the reference magnitudes came from: ``'survey'`` (mag_<filter> columns), ``'gaia'`` (G, BP-RP through
+    #: the packaged transformation, :mod:`upad.reduce.photcal`) or ``'nominal'`` (no usable reference: the
+    #: instrument file's zero point, ``error`` NaN)
+    source: str = "survey"
+    #: natural minus reference magnitude per magnitude of BP-RP (``instrumental = reference + colour_term x
+    #: (BP-RP - colour_ref)``); ``zp_e`` is the zero point at ``colour_ref``
+    colour_term: float = 0.0
+    colour_term_error: float = float("nan")
+    colour_term_fitted: bool = False
+    colour_ref: float = float("nan")
+    #: residual zero-point pattern over the field: ``sum coef_k u^p v^q`` (mag, added to ``zp_e``) in the
+    #: coordinates ``u = (x - cx) / cx``, ``v = (y - cy) / cy`` of :func:`upad.reduce.psf._poly_design`
+    map_order: int = 0
+    map_coef: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    map_rms: float = float("nan")
+    #: systematic error of the reference in this filter (the transformation's rms), included in ``error``
+    systematic: float = 0.0
+    #: why the frame has a nominal zero point, or notes on the calibration
+    note: str = ""
 
 
 def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, fluxerr_aper: np.ndarray,

@@ -56,8 +56,9 @@ from upad.reduce.photometry import (
     class_star,
     zero_point,
 )
+from upad.reduce.photcal import calibrate_zero_point, photcal_cards, photcal_meta
 from upad.reduce.psf import PsfConfig, PsfResult, measure_psf
-from upad.reduce.qc import QcConfig, QcResult, evaluate_qc
+from upad.reduce.qc import QC_BITS, QcConfig, QcResult, evaluate_qc
 from upad.reduce.satellites import SatelliteConfig, SatelliteResult, detect_satellites
 from upad.reduce.saturation import SaturationConfig, SaturationResult, mask_saturation
 
@@ -335,7 +336,8 @@ def reduce_frame(image: np.ndarray, *, wcs_guess: Any, refcat: Any, filter_name:
                           qc=QcResult("failed", 0), background=bkg, saturation=sat, cosmetics=cosm,
                           satellites=sats, cosmics=crs, stats=stats, timings=timings)
     try:
-        _characterise(result, wcs_g, refcat, filter_name, exptime, pixel_scale, config, tick)
+        _characterise(result, wcs_g, refcat, filter_name, exptime, pixel_scale, config, tick,
+                      nominal_zp_e=nominal_zp_e)
     except ReductionError as exc:
         if strict:
             raise
@@ -346,6 +348,8 @@ def reduce_frame(image: np.ndarray, *, wcs_guess: Any, refcat: Any, filter_name:
     stats.update(masked_fraction=unusable / npix, mask_counts=summ)
     zp = result.zeropoint
     zp_for_sky = zp.zp_e if zp is not None else nominal_zp_e
+    if zp is not None and zp.source == "nominal":
+        zp = None  # not a measurement: no transparency check (the QC warns below)
     if zp_for_sky is not None and bkg.level > 0:
         stats["sky_mag_arcsec2"] = zp_for_sky - 2.5 * math.log10(bkg.level / exptime / pixel_scale ** 2)
     psf = result.psf
@@ -356,6 +360,12 @@ def reduce_frame(image: np.ndarray, *, wcs_guess: Any, refcat: Any, filter_name:
         astrometric_rms_arcsec=ast.rms_arcsec if ast else None, n_matched=ast.n_matched if ast else None,
         masked_fraction=stats["masked_fraction"],
         failure=(result.failure.reason, result.failure.message) if result.failure else None, config=config.qc)
+    if result.zeropoint is not None and result.zeropoint.source == "nominal":
+        # no usable photometric reference: nominal zero point, a warning (not a failure)
+        result.qc.flag |= QC_BITS["PHOTCAL"]
+        result.qc.reasons.append(f"nominal zero point ({result.zeropoint.note})")
+        if result.qc.status == "good":
+            result.qc.status = "bad"
     result.header = _header(result, filter_name, exptime, pixel_scale)
     weight_map(var, mask, out=var)
     result.weight = var
@@ -368,7 +378,7 @@ def reduce_frame(image: np.ndarray, *, wcs_guess: Any, refcat: Any, filter_name:
 
 
 def _characterise(res: ReducedFrame, wcs_g, refcat, filter_name: str, exptime: float, pixel_scale: float,
-                  config: ReductionConfig, tick) -> None:
+                  config: ReductionConfig, tick, nominal_zp_e: float | None = None) -> None:
     """Detection, astrometry, PSF and photometric calibration (fills ``res``; raises ReductionError)."""
     img, var, mask = res.image, res.weight, res.mask
     det = detect_sources(img, var, mask, pixel_scale=pixel_scale, config=config.detect)
@@ -439,15 +449,13 @@ def _characterise(res: ReducedFrame, wcs_g, refcat, filter_name: str, exptime: f
     cat["FLUX_APCOR"] = np.asarray(cat["FLUX_APER"])[:, k_mid] * corr
     cat["FLUXERR_APCOR"] = np.asarray(cat["FLUXERR_APER"])[:, k_mid] * corr
     cat["FLUX_APCOR"].unit = cat["FLUXERR_APCOR"].unit = "electron"
-    mag_ref = _refcol(refcat, f"mag_{filter_name}")
-    if mag_ref is None:
-        raise ReductionError("no_reference", f"the reference catalog has no mag_{filter_name} column",
-                             stage="photometry")
-    zp = zero_point(np.asarray(cat["FLUX_APCOR"]), np.asarray(cat["FLUXERR_APCOR"]), mag_ref,
-                    _refcol(refcat, f"magerr_{filter_name}"), det_index=ast.det_index, ref_index=ast.ref_index,
-                    exptime=exptime, filter_name=filter_name, good=clean & ((flags & 2) == 0),
-                    config=config.photometry)
+    zp = calibrate_zero_point(np.asarray(cat["FLUX_APCOR"]), np.asarray(cat["FLUXERR_APCOR"]), xw, yw, refcat,
+                              det_index=ast.det_index, ref_index=ast.ref_index, exptime=exptime,
+                              filter_name=filter_name, shape=img.shape, good=clean & ((flags & 2) == 0),
+                              nominal_zp_e=nominal_zp_e, config=config.photometry)
     res.zeropoint = zp
+    res.stats["photcal"] = photcal_meta(zp)
+    cat.meta["ZPSOURCE"] = zp.source
     add_magnitudes(cat, zp.magzp)
     cat.meta["MAGZP"] = zp.magzp
     tick("photometry")
@@ -492,8 +500,10 @@ def _header(res: ReducedFrame, filter_name: str, exptime: float, pixel_scale: fl
         z = res.zeropoint
         h["ZP_E"] = (round(z.zp_e, 5), "[mag] AB zero point for 1 e-/s")
         h["MAGZP"] = (round(z.magzp, 5), "[mag] AB zero point for 1 e- in EXPTIME")
-        h["ZPERR"] = (round(z.error, 5), "[mag] zero-point uncertainty")
+        if math.isfinite(z.error):
+            h["ZPERR"] = (round(z.error, 5), "[mag] zero-point uncertainty")
         h["NZPSTAR"] = (z.n_stars, "stars in the zero point")
+        h.extend(photcal_cards(z), update=True)
     if res.cosmics is not None:
         h["NCOSMIC"] = (res.cosmics.n_pixels, "cosmic-ray pixels")
     if res.satellites is not None:

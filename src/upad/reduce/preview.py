@@ -103,9 +103,10 @@ def qc_plot(frame: Any, *, wcs_ref: Any = None, refcat: Any = None, dpi: int = 8
         ax.set_title(f"astrometric residuals (arrow = 0.05 px / box), rms {ast.rms_arcsec:.3f}\"", fontsize=9)
     ax = axs[1, 1]
     zp = frame.zeropoint
-    if zp is not None and refcat is not None and cat is not None:
-        col = f"mag_{zp.filter}"
-        mref = np.asarray(refcat[col])[zp.ref_index]
+    if zp is not None and refcat is not None and cat is not None and zp.n_stars > 0:
+        from upad.reduce.photcal import reference_magnitudes
+
+        mref = reference_magnitudes(refcat, zp)
         mcat = np.asarray(cat["MAG_APCOR"])[zp.det_index]
         ax.plot(mref, mref - mcat, ".", ms=3)
         ax.axhline(0.0, color="k", lw=0.5)

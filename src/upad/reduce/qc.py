@@ -17,6 +17,7 @@ bit    check               value (threshold parameter)
 32     ``NSTARS``          stars matched to the reference catalog (``min_matched_stars``)
 64     ``MASKED``          fraction of unusable pixels (``max_masked_fraction``)
 128    ``FAILED``          a reduction stage failed
+256    ``PHOTCAL``         no usable photometric reference: nominal zero point (a warning, :mod:`~upad.reduce.photcal`)
 =====  ==================  =================================================================================
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from upad.config import StepConfig, param
 __all__ = ["QcConfig", "QcResult", "QC_BITS", "evaluate_qc"]
 
 QC_BITS = {"FWHM": 1, "ELLIPTICITY": 2, "SKY": 4, "TRANSPARENCY": 8, "ASTROMETRY": 16, "NSTARS": 32, "MASKED": 64,
-           "FAILED": 128}
+           "FAILED": 128, "PHOTCAL": 256}
 
 
 @dataclass(frozen=True)

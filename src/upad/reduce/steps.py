@@ -33,7 +33,7 @@ from upad.calib.config import LookupConfig
 from upad.calib.lookup import select_masters
 from upad.config import StepConfig, param
 from upad.db.models import Frame
-from upad.errors import DataError
+from upad.errors import DataError, UpadError
 from upad.flow.queries import PlanContext
 from upad.flow.step import (
     FRAME,
@@ -53,7 +53,7 @@ from upad.instruments import get_instrument
 from upad.io.image import read_image
 from upad.io.products import file_of, provenance_cards, write_catalog, write_isr_only, write_psf, write_reduced
 from upad.io.raw import read_raw
-from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
+from upad.io.refcat import epoch_of, in_cone, propagate_to_epoch, read_reference_catalog
 from upad.isr import fit_fringe, raw_shape_problem, run_isr
 from upad.isr.config import IsrConfig
 from upad.reduce.errors import ReductionError
@@ -298,9 +298,12 @@ def _reference_catalog(task: Task, cfg: ReduceConfig, header: fits.Header, inst:
     if not path.is_absolute():
         path = Path(task.root) / path
     cat = read_reference_catalog(path)
-    date = meta.get("date_obs", "")
-    year = 2000.0 + (float(date[:4]) - 2000.0 if date[:4].isdigit() else 16.0)
-    cat = propagate_to_epoch(cat, year)
+    date = str(meta.get("date_obs") or header.get("DATE-OBS") or "")
+    try:  # the exact epoch of the frame (mid-exposure), not its year
+        epoch = epoch_of(date, float(meta.get("exptime") or 0.0))
+    except UpadError:
+        epoch = 2000.0 + (float(date[:4]) - 2000.0 if date[:4].isdigit() else 16.0)
+    cat = propagate_to_epoch(cat, epoch)
     ny, nx = inst.layout.active_shape
     radius = 0.75 * np.hypot(nx, ny) * inst.pixel_scale / 3600.0 + 0.1
     ra, dec = meta.get("ra"), meta.get("dec")

@@ -184,7 +184,9 @@ def simulate(instrument: str = "mini", seed: int = 1, out: Path | str = Path("si
     cam_paths = write_camera_truth(out, camera, used_filters, compress=compress)
     sky_rel = write_sky_catalog(out, sky)
     ref = make_reference_catalog(R.rng_for(seed, R.REFCAT), sky, fs, mag_limit=cfg.refcat_mag_limit,
-                                 synphot_limit=cfg.refcat_synphot_limit, mag_error=cfg.refcat_mag_error)
+                                 synphot_limit=cfg.refcat_synphot_limit, mag_error=cfg.refcat_mag_error,
+                                 survey_mags=cfg.refcat_survey_mags,
+                                 synphot_error_faint=cfg.refcat_synphot_error_faint)
     ref_rel = write_reference_catalog(out, ref)
 
     names = _file_names(plans, inst.file_prefix, compress)
@@ -229,6 +231,7 @@ def simulate(instrument: str = "mini", seed: int = 1, out: Path | str = Path("si
         "tiles": [{"tile_id": survey.tile_id(i), "ra": r, "dec": d} for i, (r, d) in enumerate(survey.tile_radec)],
         "field_centre": list(survey.field_centre),
         "sky_catalog": sky_rel, "reference_catalog": ref_rel,
+        "passband_shift_aa": {k: round(v, 4) for k, v in (sky.passband_shift or {}).items()},
         "frames": frames,
     }
     write_json(out / MANIFEST, manifest)

@@ -210,6 +210,18 @@ class SimConfig:
     refcat_mag_error: float = 0.015
     #: margin around the tiles covered by the reference catalog (deg)
     refcat_margin_deg: float = 0.05
+    #: the reference catalog carries survey-filter magnitudes (mag_<filter>, as Gaia XP synthetic photometry) for
+    #: stars brighter than refcat_synphot_limit; False: a plain Gaia extract (G, BP, RP, astrometry) only
+    refcat_survey_mags: bool = True
+    #: error of the survey-filter reference magnitudes at G = refcat_synphot_limit, in addition to refcat_mag_error
+    #: (grows as the flux falls; doubled for filters bluer than 4000 A, as XP synthetic photometry)
+    refcat_synphot_error_faint: float = 0.02
+    #: proper-motion dispersion of the stars at r = 15 (mas/yr; smaller for fainter stars), plus a mean reflex
+    #: motion of (-2, -3) mas/yr; the stars move from the catalog epoch 2016.0 to each frame's. 0: static stars
+    star_pm_sigma_masyr: float = 0.0
+    #: each filter's real passband is shifted from the nominal one by a drawn N(0, fraction x FWHM) (a colour term
+    #: between the camera's natural system and the survey's); 0: the camera has the nominal passbands
+    passband_shift_fraction: float = 0.0
 
     # ---- execution ----------------------------------------------------------------------------
     #: processes generating frames in parallel; None: min(2, CPUs)

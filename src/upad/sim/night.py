@@ -252,12 +252,13 @@ def frame_wcs(survey: Survey, spec: ExposureSpec, rng: np.random.Generator):
 
 
 def _select(sky: SkyCatalog, w, ra0: float, dec0: float, shape: tuple[int, int], pixel_scale: float,
-            margin_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            margin_px: float, epoch: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ny, nx = shape
     xi, eta = radec_to_tangent(ra0, dec0, sky.ra, sky.dec)
     half = (max(nx, ny) / 2 + margin_px) * pixel_scale / 3600.0 * 1.05
     pre = np.flatnonzero((np.abs(xi) < half) & (np.abs(eta) < half))
-    x, y = w.all_world2pix(sky.ra[pre], sky.dec[pre], 0)
+    ra_e, dec_e = sky.radec_at(epoch, pre)  # the stars moved from the catalog epoch (2016.0) to the frame's
+    x, y = w.all_world2pix(ra_e, dec_e, 0)
     ok = (x > -margin_px) & (x < nx - 1 + margin_px) & (y > -margin_px) & (y < ny - 1 + margin_px)
     return pre[ok], x[ok], y[ok]
 
@@ -330,7 +331,8 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
             sky_mag += (-2.5 * math.log10(X) + filt.extinction * (X - 1)) if cfg.enabled("extinction") else 0.0
             sky_e = sky_rate_e(sky_mag, zp_e0, inst.pixel_scale) * spec.exptime
             margin = 64.0
-            idx, x, y = _select(sky, w, tra, tdec, shape, inst.pixel_scale, margin)
+            idx, x, y = _select(sky, w, tra, tdec, shape, inst.pixel_scale, margin,
+                                epoch=2000.0 + (spec.mid_jd - 2451545.0) / 365.25)
             mag = sky.mags[filt.name][idx]
             flux = 10 ** (-0.4 * (mag - zp_e)) * spec.exptime
             src = _sources(sky, idx, x, y, flux, w, inst.pixel_scale)

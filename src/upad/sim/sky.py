@@ -16,7 +16,7 @@ import numpy as np
 from upad.instruments import FilterSystem
 from upad.sim.config import SimConfig
 from upad.sim.schedule import tangent_to_radec
-from upad.sim.seds import galaxy_colours, gaia_g, star_colours
+from upad.sim.seds import galaxy_colours, gaia_g, interp_table, star_mag_table
 
 #: Sersic indices used for galaxies (the renderer keeps one transform table per index)
 SERSIC_INDICES = (1.0, 1.5, 2.5, 4.0)
@@ -39,14 +39,40 @@ class SkyCatalog:
     pa_deg: np.ndarray  # position angle of the major axis, east of north
     teff: np.ndarray  # stars: temperature (K); galaxies 0
     gmag: np.ndarray  # Gaia-like G
+    #: Gaia BP, RP (Vega; NaN for galaxies), proper motions (mas/yr, pmra with cos dec) and parallax (mas); ra/dec
+    #: are the positions at ``epoch`` (Julian year)
+    bp: np.ndarray | None = None
+    rp: np.ndarray | None = None
+    pmra: np.ndarray | None = None
+    pmdec: np.ndarray | None = None
+    parallax: np.ndarray | None = None
+    #: magnitudes through the survey's nominal passbands (differ from ``mags`` when the camera's are shifted)
+    mags_nominal: dict[str, np.ndarray] | None = None
+    #: drawn shift of each filter's real passband from the nominal one (Angstrom)
+    passband_shift: dict[str, float] | None = None
+    epoch: float = 2016.0
+
+    def radec_at(self, epoch: float | None, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (deg) at ``epoch`` (Julian year) moved with the proper motions (small-angle)."""
+        sl = slice(None) if idx is None else idx
+        ra, dec = self.ra[sl], self.dec[sl]
+        if epoch is None or self.pmra is None:
+            return ra, dec
+        dt = epoch - self.epoch
+        cosd = np.maximum(np.cos(np.radians(dec)), 1e-6)
+        return ra + dt * self.pmra[sl] / 3.6e6 / cosd, dec + dt * self.pmdec[sl] / 3.6e6
 
     def __len__(self) -> int:
         return len(self.id)
 
     def subset(self, idx: np.ndarray) -> "SkyCatalog":
+        opt = {k: (None if getattr(self, k) is None else getattr(self, k)[idx])
+               for k in ("bp", "rp", "pmra", "pmdec", "parallax")}
+        nom = None if self.mags_nominal is None else {k: v[idx] for k, v in self.mags_nominal.items()}
         return SkyCatalog(self.id[idx], self.ra[idx], self.dec[idx], self.kind[idx],
                           {k: v[idx] for k, v in self.mags.items()}, self.sersic_n[idx], self.hlr_arcsec[idx],
-                          self.q[idx], self.pa_deg[idx], self.teff[idx], self.gmag[idx])
+                          self.q[idx], self.pa_deg[idx], self.teff[idx], self.gmag[idx], **opt,
+                          mags_nominal=nom, passband_shift=self.passband_shift, epoch=self.epoch)
 
 
 def _powerlaw_mags(rng: np.random.Generator, n: int, m_lo: float, m_hi: float, slope: float) -> np.ndarray:
@@ -133,19 +159,43 @@ def make_sky_catalog(rng: np.random.Generator, *, centre: tuple[float, float], h
     q = np.where(early, rng.uniform(0.5, 1.0, n_gal), rng.uniform(0.2, 1.0, n_gal))
     pa = rng.uniform(0, 180, n_gal)
 
+    # the camera's real passbands (shifted from the nominal ones), proper motions and parallaxes: drawn from a
+    # generator of their own so that the draws above are unchanged
+    xrng = np.random.default_rng(int(rng.integers(2 ** 62)))
+    shifts = {f.name: float(xrng.normal(0.0, cfg.passband_shift_fraction * f.fwhm)) if cfg.passband_shift_fraction
+              else 0.0 for f in filters.filters}
+    grid, table = star_mag_table({f.name: (f.cwl, f.fwhm) for f in filters.filters}, shifts)
+    ref_star = interp_table(teff, grid, table[ref.name])
     mags: dict[str, np.ndarray] = {}
+    nominal: dict[str, np.ndarray] = {}
     for f in filters.filters:
-        ms = r_star + star_colours(teff, f.cwl, ref.cwl)
+        ms = r_star + interp_table(teff, grid, table[f.name]) - ref_star
+        mn = r_star + interp_table(teff, grid, table[f"nominal:{f.name}"]) - ref_star
         mg = r_gal + galaxy_colours(slope, brk, halpha, f.cwl, ref.cwl, halpha_filter=f.name == "J0660")
         mags[f.name] = np.concatenate([ms, mg]).astype(np.float64)
+        nominal[f.name] = np.concatenate([mn, mg]).astype(np.float64)
     n = ns + n_gal
     kind = np.concatenate([np.full(ns, STAR, np.int16), np.full(n_gal, GALAXY, np.int16)])
-    gmag = gaia_g(mags) if all(k in mags for k in ("gSDSS", "rSDSS", "iSDSS")) else mags[ref.name]
+    gaia = {b: r_star + interp_table(teff, grid, table[f"gaia:{b}"]) - ref_star for b in ("G", "BP", "RP")}
+    g_gal = gaia_g(mags)[ns:] if all(k in mags for k in ("gSDSS", "rSDSS", "iSDSS")) else mags[ref.name][ns:]
+    gmag = np.concatenate([gaia["G"], g_gal])
+    nan_gal = np.full(n_gal, np.nan)
+    # proper motions: a disc-like field population (mean reflex motion plus a dispersion that shrinks for the
+    # fainter, more distant stars); parallaxes from a distance that grows with the magnitude
+    scale = 10 ** (-0.1 * (r_star - 15.0))
+    sig = cfg.star_pm_sigma_masyr
+    pmra = (xrng.normal(-2.0, 1.0, ns) * (sig > 0) + xrng.normal(0.0, 1.0, ns) * sig * scale)
+    pmdec = (xrng.normal(-3.0, 1.0, ns) * (sig > 0) + xrng.normal(0.0, 1.0, ns) * sig * scale)
+    plx = np.clip(xrng.lognormal(np.log(1.0), 0.6, ns) * scale, 0.02, 200.0)
     return SkyCatalog(
         id=np.arange(1, n + 1, dtype=np.int64), ra=ra.astype(np.float64), dec=dec.astype(np.float64), kind=kind,
         mags=mags, sersic_n=np.concatenate([np.zeros(ns), n_choice]),
         hlr_arcsec=np.concatenate([np.zeros(ns), hlr]), q=np.concatenate([np.ones(ns), q]),
         pa_deg=np.concatenate([np.zeros(ns), pa]), teff=np.concatenate([teff, np.zeros(n_gal)]), gmag=gmag,
+        bp=np.concatenate([gaia["BP"], nan_gal]), rp=np.concatenate([gaia["RP"], nan_gal]),
+        pmra=np.concatenate([pmra, np.zeros(n_gal)]), pmdec=np.concatenate([pmdec, np.zeros(n_gal)]),
+        parallax=np.concatenate([plx, np.zeros(n_gal)]), mags_nominal=nominal, passband_shift=shifts,
+        epoch=2016.0,
     )
 
 

@@ -84,20 +84,32 @@ def write_sky_catalog(out: Path, sky: SkyCatalog) -> str:
                  "q": sky.q.astype(np.float32), "ellipticity": (1 - sky.q).astype(np.float32),
                  "pa_deg": sky.pa_deg.astype(np.float32), "teff": sky.teff.astype(np.float32),
                  "phot_g_mean_mag": sky.gmag.astype(np.float32)})
+    if sky.bp is not None:
+        cols.update({"phot_bp_mean_mag": sky.bp.astype(np.float32), "phot_rp_mean_mag": sky.rp.astype(np.float32),
+                     "pmra": sky.pmra.astype(np.float32), "pmdec": sky.pmdec.astype(np.float32),
+                     "parallax": sky.parallax.astype(np.float32)})
+    for name, m in (sky.mags_nominal or {}).items():
+        cols[f"magnom_{name}"] = m.astype(np.float32)
     rel = "truth/sky_catalog.fits"
-    hdr = {"COMMENT": "mag_*: AB above the atmosphere; hlr: circularised half-light radius (arcsec); "
+    hdr = {"COMMENT": "mag_*: AB above the atmosphere (the camera's passbands); magnom_*: through the survey's nominal "
+                      "passbands; ra/dec at epoch 2016.0 (pmra/pmdec mas/yr); hlr: circularised half-light radius (arcsec); "
                       "q=b/a; ellipticity=1-q; pa_deg: major axis, east of north"}
     write_hdulist(out / rel, fits.HDUList([fits.PrimaryHDU(), _table_hdu(cols, "SKY", hdr)]))
     return rel
 
 
 def make_reference_catalog(rng: np.random.Generator, sky: SkyCatalog, filters: FilterSystem, *, mag_limit: float,
-                           synphot_limit: float, mag_error: float, box: tuple[float, float, float, float] | None = None
-                           ) -> dict[str, np.ndarray]:
-    """Gaia-like catalog of the truth stars brighter than ``mag_limit`` (G), with realistic errors.
+                           synphot_limit: float, mag_error: float, box: tuple[float, float, float, float] | None = None,
+                           survey_mags: bool = True, synphot_error_faint: float = 0.02) -> dict[str, np.ndarray]:
+    """Gaia-DR3-like catalog of the truth stars brighter than ``mag_limit`` (G), with realistic errors.
 
-    Positions are perturbed by their errors (``ra_error``/``dec_error`` in mas, 1-4 mas); survey-filter
-    magnitudes (``mag_<filter>``) are given only for stars brighter than ``synphot_limit`` (NaN otherwise).
+    Astrometry at epoch 2016.0: positions perturbed by their errors (``ra_error``/``dec_error`` in mas, 0.02-1 mas
+    growing with G roughly as Gaia DR3), parallaxes and proper motions (mas, mas/yr) with their errors;
+    ``phot_g/bp/rp_mean_mag`` (Vega) from each star's spectrum through the Gaia DR3 passbands, with photometric
+    errors (mmag at the bright end, BP/RP worse at the faint end). With ``survey_mags``, survey-filter magnitudes
+    ``mag_<filter>`` / ``magerr_<filter>`` through the survey's *nominal* passbands, as Gaia XP synthetic photometry,
+    for stars brighter than ``synphot_limit`` (NaN otherwise): the error is ``mag_error`` plus
+    ``synphot_error_faint`` scaled by the flux (at ``G = synphot_limit``), doubled below 4000 A.
     """
     sel = (sky.kind == STAR) & (sky.gmag <= mag_limit)
     if box is not None:
@@ -106,24 +118,41 @@ def make_reference_catalog(rng: np.random.Generator, sky: SkyCatalog, filters: F
     idx = np.flatnonzero(sel)
     g = sky.gmag[idx]
     n = len(idx)
-    err = 1.0 + 3.0 * 10 ** (0.4 * (g - 20.5))  # mas
+    err = 0.02 + 1.0 * 10 ** (0.4 * (g - 21.0)) * 2.5  # mas: 0.02 bright, ~0.5 at G = 20.5
     dra = rng.normal(0, 1, n) * err
     ddec = rng.normal(0, 1, n) * err
     cosd = np.cos(np.radians(sky.dec[idx]))
+    pm_err = 1.2 * err  # mas/yr (DR3: 0.02-0.03 bright, ~0.5 at G = 20)
+    plx_err = 1.3 * err
+    pmra = sky.pmra[idx] if sky.pmra is not None else np.zeros(n)
+    pmdec = sky.pmdec[idx] if sky.pmdec is not None else np.zeros(n)
+    plx = sky.parallax[idx] if sky.parallax is not None else np.zeros(n)
+    g_err = 0.0003 + 0.002 * 10 ** (0.4 * (g - 19.0))
+    bprp_err = 0.001 + 0.01 * 10 ** (0.4 * (g - 18.0))
     cols: dict[str, np.ndarray] = {
         "source_id": (4_000_000_000_000 + sky.id[idx]).astype(np.int64),
         "ra": sky.ra[idx] + dra / 3.6e6 / cosd, "dec": sky.dec[idx] + ddec / 3.6e6,
         "ra_error": err.astype(np.float32), "dec_error": err.astype(np.float32),
-        "pmra": np.zeros(n, np.float32), "pmdec": np.zeros(n, np.float32),
-        "pmra_error": (0.1 * err).astype(np.float32), "pmdec_error": (0.1 * err).astype(np.float32),
-        "parallax": np.zeros(n, np.float32), "ref_epoch": np.full(n, 2016.0),
-        "phot_g_mean_mag": (g + rng.normal(0, 0.003, n)).astype(np.float32),
+        "pmra": (pmra + rng.normal(0, 1, n) * pm_err).astype(np.float32),
+        "pmdec": (pmdec + rng.normal(0, 1, n) * pm_err).astype(np.float32),
+        "pmra_error": pm_err.astype(np.float32), "pmdec_error": pm_err.astype(np.float32),
+        "parallax": (plx + rng.normal(0, 1, n) * plx_err).astype(np.float32),
+        "parallax_error": plx_err.astype(np.float32), "ref_epoch": np.full(n, 2016.0),
+        "phot_g_mean_mag": (g + rng.normal(0, 1, n) * g_err).astype(np.float32),
     }
-    has = g <= synphot_limit
-    for f in filters.filters:
-        m = sky.mags[f.name][idx] + rng.normal(0, mag_error, n)
-        cols[f"mag_{f.name}"] = np.where(has, m, np.nan).astype(np.float32)
-        cols[f"magerr_{f.name}"] = np.where(has, mag_error, np.nan).astype(np.float32)
+    if sky.bp is not None:
+        cols["phot_bp_mean_mag"] = (sky.bp[idx] + rng.normal(0, 1, n) * bprp_err).astype(np.float32)
+        cols["phot_rp_mean_mag"] = (sky.rp[idx] + rng.normal(0, 1, n) * bprp_err).astype(np.float32)
+        cols["bp_rp"] = cols["phot_bp_mean_mag"] - cols["phot_rp_mean_mag"]
+    if survey_mags:
+        has = g <= synphot_limit
+        nominal = sky.mags_nominal or sky.mags
+        for f in filters.filters:
+            e = np.hypot(mag_error, synphot_error_faint * (2.0 if f.cwl < 4000 else 1.0)
+                         * 10 ** (0.4 * (g - synphot_limit)))
+            m = nominal[f.name][idx] + rng.normal(0, 1, n) * e
+            cols[f"mag_{f.name}"] = np.where(has, m, np.nan).astype(np.float32)
+            cols[f"magerr_{f.name}"] = np.where(has, e, np.nan).astype(np.float32)
     cols["truth_id"] = sky.id[idx]
     return cols
 
@@ -131,7 +160,8 @@ def make_reference_catalog(rng: np.random.Generator, sky: SkyCatalog, filters: F
 def write_reference_catalog(out: Path, cols: dict[str, np.ndarray]) -> str:
     rel = "reference/refcat.fits"
     hdr = {"COMMENT": "Gaia-like reference catalog simulated by upad; ra/dec errors in mas; epoch 2016.0; "
-                      "mag_<filter>: survey AB magnitudes (synthetic photometry) for bright stars, NaN otherwise"}
+                      "mag_<filter>: survey AB magnitudes (synthetic photometry) for bright stars, NaN otherwise; "
+                      "phot_*_mean_mag: Gaia DR3 Vega magnitudes"}
     write_hdulist(out / rel, fits.HDUList([fits.PrimaryHDU(), _table_hdu(cols, "REFCAT", hdr)]))
     return rel
 
