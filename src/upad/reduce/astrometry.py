@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from upad.config import StepConfig, param
+from upad.reduce._jit import njit
 from upad.reduce.errors import ReductionError
 
 __all__ = ["AstrometryConfig", "AstrometryResult", "solve_astrometry", "tan_project", "tan_deproject",
@@ -163,21 +164,29 @@ def _design(u: np.ndarray, v: np.ndarray, terms: list[tuple[int, int]], scale: f
 
 
 def _lstsq(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Least-squares solution of ``A x = B`` (``B``: one or more columns) by the normal equations of the
-    column-normalised design (``einsum``, no multithreaded BLAS: these systems are small, and a threaded BLAS on a
-    busy machine makes them 50x slower); falls back to ``numpy.linalg.lstsq`` when singular."""
-    norm = np.sqrt(np.einsum("ij,ij->j", A, A))
-    norm = np.where(norm > 0, norm, 1.0)
-    An = A / norm
-    N = np.einsum("ij,ik->jk", An, An)
-    r = np.einsum("ij,i...->j...", An, B)
-    try:
-        x = np.linalg.solve(N, r)
-        if not np.all(np.isfinite(x)) or np.linalg.cond(N) > 1e12:
-            raise np.linalg.LinAlgError
-    except np.linalg.LinAlgError:
-        x = np.linalg.lstsq(An, B, rcond=None)[0]
-    return (x.T / norm).T
+    """Least-squares solution of ``A x = B`` (``B``: one or more columns) by a QR decomposition from modified
+    Gram-Schmidt with re-orthogonalisation (numerically as stable as LAPACK's for these well-scaled polynomial
+    designs, and with no multithreaded BLAS: these systems are small, and a threaded BLAS on a busy machine makes
+    them 50x slower); falls back to ``numpy.linalg.lstsq`` when the design is rank-deficient."""
+    n, p = A.shape
+    Q = np.array(A, dtype=np.float64, copy=True)
+    R = np.zeros((p, p))
+    for k in range(p):
+        for _ in range(2):  # twice is enough (Giraud et al. 2005)
+            if k:
+                c = np.einsum("ij,i->j", Q[:, :k], Q[:, k])
+                Q[:, k] -= np.einsum("ij,j->i", Q[:, :k], c)
+                R[:k, k] += c
+        nk = math.sqrt(float(np.einsum("i,i->", Q[:, k], Q[:, k])))
+        if not nk > 1e-12 * max(1.0, math.sqrt(float(np.einsum("i,i->", A[:, k], A[:, k])))):
+            return np.linalg.lstsq(A, B, rcond=None)[0]
+        R[k, k] = nk
+        Q[:, k] /= nk
+    qb = np.einsum("ij,i...->j...", Q, B)
+    x = np.zeros_like(qb)
+    for k in range(p - 1, -1, -1):  # back substitution
+        x[k] = (qb[k] - np.einsum("j,j...->...", R[k, k + 1:], x[k + 1:])) / R[k, k]
+    return x
 
 
 def _fit_poly(u, v, xi, eta, w, order, scale):
@@ -292,30 +301,62 @@ def _select_order(u, v, xi, eta, w, scale, scale_deg, cfg: AstrometryConfig) -> 
 
 
 # ------------------------------------------------------------------------------------------------ matching
+@njit(nogil=True, cache=True)
+def _vote_kernel(xd, yd, xr, yr, m00, m01, m10, m11, cx, cy, c0x, c0y, bin_px, nbins):  # pragma: no cover
+    """Histogram of the pair offsets ``ref - (c + M (det - c)) - c0`` in ``nbins`` x ``nbins`` bins of ``bin_px``
+    centred on 0 (one pass, no temporaries)."""
+    h = np.zeros((nbins, nbins), np.int64)
+    h0 = nbins * bin_px / 2.0
+    for k in range(len(xd)):
+        ux = xd[k] - cx
+        uy = yd[k] - cy
+        dx = xr[k] - (cx + m00 * ux + m01 * uy) - c0x + h0
+        dy = yr[k] - (cy + m10 * ux + m11 * uy) - c0y + h0
+        if dx >= 0 and dy >= 0:
+            ix = int(dx / bin_px)
+            iy = int(dy / bin_px)
+            if ix < nbins and iy < nbins:
+                h[iy, ix] += 1
+    return h
+
+
+@njit(nogil=True, cache=True)
+def _box_mean_kernel(xd, yd, xr, yr, m00, m01, m10, m11, cx, cy, x0, y0, w):  # pragma: no cover
+    """Mean offset of the pairs whose offset falls in the box [x0, x0 + w) x [y0, y0 + w)."""
+    sx = 0.0
+    sy = 0.0
+    n = 0
+    for k in range(len(xd)):
+        ux = xd[k] - cx
+        uy = yd[k] - cy
+        dx = xr[k] - (cx + m00 * ux + m01 * uy)
+        dy = yr[k] - (cy + m10 * ux + m11 * uy)
+        if x0 <= dx < x0 + w and y0 <= dy < y0 + w:
+            sx += dx
+            sy += dy
+            n += 1
+    return sx, sy, n
+
+
 def _vote(xd, yd, xr, yr, m, cx, cy, bin_px, centre, half):
     """Offset histogram of one linear transform ``m`` (2x2, about ``(cx, cy)``) of the detections ``xd, yd``
     paired with the references ``xr, yr`` (pair arrays of equal length): offsets within ``+-half`` of ``centre`` in
-    bins of ``bin_px``. Returns (peak, mean, dx, dy): the highest 2x2 box sum, the mean box sum, and the median
+    bins of ``bin_px``. Returns (peak, mean, dx, dy): the highest 2x2 box sum, the mean box sum, and the mean
     offset of the pairs in the best box."""
-    dx = xr - (cx + m[0, 0] * (xd - cx) + m[0, 1] * (yd - cy)) - centre[0]
-    dy = yr - (cy + m[1, 0] * (xd - cx) + m[1, 1] * (yd - cy)) - centre[1]
     nbins = max(2, int(math.ceil(2 * half / bin_px)))
     h0 = nbins * bin_px / 2
-    ok = (np.abs(dx) < h0) & (np.abs(dy) < h0)
-    dx, dy = dx[ok], dy[ok]
-    ix = ((dx + h0) / bin_px).astype(np.int64)
-    iy = ((dy + h0) / bin_px).astype(np.int64)
-    h = np.bincount(iy * nbins + ix, minlength=nbins * nbins).reshape(nbins, nbins).astype(float)
+    args = (float(m[0, 0]), float(m[0, 1]), float(m[1, 0]), float(m[1, 1]), float(cx), float(cy))
+    h = _vote_kernel(xd, yd, xr, yr, *args, float(centre[0]), float(centre[1]), float(bin_px), nbins)
     # 2x2 box sums: a true peak split between bins still counts fully
     h2 = h[:-1, :-1] + h[1:, :-1] + h[:-1, 1:] + h[1:, 1:]
     k = int(np.argmax(h2))
     j, i = divmod(k, h2.shape[1])
     peak = float(h2[j, i])
     mean = float(h2.mean())
-    x0, y0 = i * bin_px - h0, j * bin_px - h0
-    sel = (dx >= x0) & (dx < x0 + 2 * bin_px) & (dy >= y0) & (dy < y0 + 2 * bin_px)
-    mx = float(np.median(dx[sel])) + centre[0] if sel.any() else centre[0]
-    my = float(np.median(dy[sel])) + centre[1] if sel.any() else centre[1]
+    x0, y0 = i * bin_px - h0 + centre[0], j * bin_px - h0 + centre[1]
+    sx, sy, n = _box_mean_kernel(xd, yd, xr, yr, *args, float(x0), float(y0), float(2 * bin_px))
+    mx = sx / n if n else float(centre[0])
+    my = sy / n if n else float(centre[1])
     return peak, mean, mx, my
 
 

@@ -137,9 +137,14 @@ def _fit_inverse_sip(hdr: fits.Header, nx: int, ny: int, order: int = 4) -> None
     u, v = u.ravel(), v.ravel()
     U, V = _sip_forward(hdr, u, v)
     terms = [(p, q) for p in range(order + 1) for q in range(order + 1 - p)]
-    A = np.stack([U ** p * V ** q for p, q in terms], axis=1)
+    # orders above 4 (the high-order world) on scaled offsets: raw pixel powers up to 6 are too ill-conditioned
+    sc = float(max(nx, ny)) / 2.0 if order > 4 else 1.0
+    A = np.stack([(U / sc) ** p * (V / sc) ** q for p, q in terms], axis=1)
     cu = np.linalg.lstsq(A, u - U, rcond=None)[0]
     cv = np.linalg.lstsq(A, v - V, rcond=None)[0]
+    if sc != 1.0:
+        cu = np.array([c / sc ** (p + q) for (p, q), c in zip(terms, cu)])
+        cv = np.array([c / sc ** (p + q) for (p, q), c in zip(terms, cv)])
     hdr["AP_ORDER"] = order
     hdr["BP_ORDER"] = order
     for (p, q), a, b in zip(terms, cu, cv):
