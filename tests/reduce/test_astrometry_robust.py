@@ -72,11 +72,11 @@ def test_full_size_scale_parity_and_high_order_distortion(scale_error, parity_fl
 
 def test_what_the_search_and_the_order_selection_are_needed_for():
     """The same star lists defeat a fixed cubic SIP (residuals beyond the goal) and a matching without the scale
-    search (1 % at full size moves the corner stars by 60 pixels)."""
+    search (3 % at full size moves the corner stars by 190 pixels; the coarse pass alone copes with 1 %)."""
     args, kw, tw = _star_list(0.0, False)
     a3 = solve_astrometry(*args, **kw, config=AstrometryConfig(sip_order=3))
     assert a3.sip_order == 3 and astrometry_vs_truth(a3.wcs, tw, T80)["rms_grid_px"] > 0.1
-    args, kw, tw = _star_list(0.01, False)
+    args, kw, tw = _star_list(0.03, False)
     try:
         a = solve_astrometry(*args, **kw, config=AstrometryConfig(max_scale_error=0.0, search_parity=False))
         assert astrometry_vs_truth(a.wcs, tw, T80)["rms_grid_px"] > 0.05
@@ -146,7 +146,9 @@ def test_mini_frame_with_a_cubic_sip_misses_the_goal(frames):
 
 def test_reference_catalog_of_another_field_is_a_recorded_failure(frames):
     c, ref, _ = frames["scale+1%"]
-    for dra, ddec in ((0.3, 0.2), (20.0, -10.0)):  # overlapping the search area but not the field; far away
+    # shifted beyond the +-600" search (the same star pattern shifted by less would rightly be found): chance peaks
+    # that the fit must reject; and far away
+    for dra, ddec in ((0.3, 0.2), (0.1, 0.3), (-0.3, 0.25), (20.0, -10.0)):
         other = ref.copy()
         other["ra"] = np.asarray(ref["ra"]) + dra
         other["dec"] = np.asarray(ref["dec"]) + ddec

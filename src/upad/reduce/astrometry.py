@@ -55,7 +55,9 @@ class AstrometryConfig(StepConfig):
     offset_bin_px: float = param(6.0, doc="bin of the offset histogram", bounds=(0.5, 100.0), unit="pixel")
     n_bright: int = param(400, doc="brightest detections (and references) used for the initial match",
                           bounds=(10, 100000))
-    min_peak_snr: float = param(5.0, doc="required significance of the offset-histogram peak", bounds=(1.0, None))
+    min_peak_snr: float = param(8.0, doc="required significance of the offset-histogram peak (over the local floor "
+                                          "of chance pairs; the search tries hundreds of transforms)",
+                                  bounds=(1.0, None))
     sip_order: int = param(0, doc="order of the SIP distortion polynomials (1: plain TAN; 0: chosen by the data "
                                   "between 2 and sip_order_max by cross-validation)", bounds=(0, 7))
     sip_order_max: int = param(5, doc="highest SIP order tried when sip_order = 0", bounds=(2, 7))
@@ -341,8 +343,8 @@ def _box_mean_kernel(xd, yd, xr, yr, m00, m01, m10, m11, cx, cy, x0, y0, w):  # 
 def _vote(xd, yd, xr, yr, m, cx, cy, bin_px, centre, half):
     """Offset histogram of one linear transform ``m`` (2x2, about ``(cx, cy)``) of the detections ``xd, yd``
     paired with the references ``xr, yr`` (pair arrays of equal length): offsets within ``+-half`` of ``centre`` in
-    bins of ``bin_px``. Returns (peak, mean, dx, dy): the highest 2x2 box sum, the mean box sum, and the mean
-    offset of the pairs in the best box."""
+    bins of ``bin_px``. Returns (peak, floor, dx, dy): the highest 2x2 box sum, the mean box sum around it (or
+    of the window, the larger), and the mean offset of the pairs in the best box."""
     nbins = max(2, int(math.ceil(2 * half / bin_px)))
     h0 = nbins * bin_px / 2
     args = (float(m[0, 0]), float(m[0, 1]), float(m[1, 0]), float(m[1, 1]), float(cx), float(cy))
@@ -352,7 +354,14 @@ def _vote(xd, yd, xr, yr, m, cx, cy, bin_px, centre, half):
     k = int(np.argmax(h2))
     j, i = divmod(k, h2.shape[1])
     peak = float(h2[j, i])
+    # the floor at the peak: the mean box sum around it (9 x 9 boxes but the 3 x 3 of the peak), as the density of
+    # chance pairs is not flat over the offsets (the field's autocorrelation) — at least the mean of the window
+    sub = h2[max(0, j - 4):j + 5, max(0, i - 4):i + 5]
+    core = h2[max(0, j - 1):j + 2, max(0, i - 1):i + 2]
+    n_out = sub.size - core.size
     mean = float(h2.mean())
+    if n_out > 0:
+        mean = max(mean, float(sub.sum() - core.sum()) / n_out)
     x0, y0 = i * bin_px - h0 + centre[0], j * bin_px - h0 + centre[1]
     sx, sy, n = _box_mean_kernel(xd, yd, xr, yr, *args, float(x0), float(y0), float(2 * bin_px))
     mx = sx / n if n else float(centre[0])
@@ -657,6 +666,13 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     if k.sum() < config.min_matches or rms_as > config.max_rms_arcsec:
         raise ReductionError("astrometry_failed", f"{int(k.sum())} stars fitted with an rms of {rms_as:.3f} arcsec",
                              stage="astrometry")
+    # a chance match (a reference catalog of another field) can leave a few bright stars that fit: every fitted star
+    # must fit too (faint ones have larger centroid errors: 3x the limit)
+    rms_all_as = math.sqrt(rms_x ** 2 + rms_y ** 2) * pix_scale
+    if rms_all_as > 3.0 * config.max_rms_arcsec:
+        raise ReductionError("astrometry_failed", f"{int(k.sum())} stars fitted with an rms of {rms_all_as:.3f} "
+                                                  f"arcsec (all fitted stars): no true match with the reference "
+                                                  "catalog (another field?)", stage="astrometry")
     # pointing offset and rotation relative to the header WCS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -668,8 +684,13 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     cdp = cd @ np.diag([-1.0, 1.0]) if flipped else cd  # rotation after undoing the parity flip (on the x axis)
     rot = math.degrees(math.atan2(cdp[1, 0], cdp[0, 0]) - math.atan2(gcd[1, 0], gcd[0, 0]))
     rot = (rot + 180.0) % 360.0 - 180.0
+    ratio = pix_scale / scale_as
+    if abs(ratio - 1.0) > config.max_scale_error + 0.01 or abs(rot) > config.max_rotation_deg + 0.5:
+        raise ReductionError("astrometry_failed", f"the solution (scale {ratio:.4f} x, rotation {rot:.2f} deg "
+                                                  "relative to the header) is outside the searched range: a chance "
+                                                  "match (reference catalog of another field?)", stage="astrometry")
     return AstrometryResult(wcs=wcs, header=hdr, n_matched=int(k.sum()), rms_px=(rms_x, rms_y), rms_arcsec=rms_as,
                             rms_bright_px=rms_bright, offset_arcsec=off, rotation_deg=rot, pixel_scale=pix_scale,
                             det_index=di[k], ref_index=rj[k], peak_snr=peak_snr,
-                            scale_ratio=pix_scale / scale_as, parity_flipped=flipped, sip_order=int(order),
+                            scale_ratio=ratio, parity_flipped=flipped, sip_order=int(order),
                             cv_rms_px=cv)
