@@ -7,8 +7,6 @@ and mini frames simulated with those conditions and reduced end to end.
 """
 from __future__ import annotations
 
-import dataclasses
-import warnings
 
 import numpy as np
 import pytest
