@@ -1,16 +1,27 @@
 """Astrometric calibration: a TAN-SIP WCS from the detections and a reference catalog.
 
-1. **Initial match, robust to pointing errors of several arcminutes.** The reference stars are projected with the
-   header WCS (the commanded pointing). For a grid of rotations (``+-max_rotation_deg``), the positions of the
-   ``n_bright`` brightest clean detections are rotated about the image centre and every detection-reference pair
-   votes for its offset in a 2-D histogram (``offset_bin_px`` bins, ``+-max_offset_arcsec``); the rotation with the
-   highest, significant peak wins (a pattern-free "offset histogram": it needs no triangle to be complete, so it
-   works in sparse and crowded fields alike, and a crowded field only raises the flat floor of the histogram).
+1. **Initial match, robust to pointing errors of several arcminutes, to plate-scale errors and to a parity
+   error of the header.** The reference stars are projected with the header WCS (the commanded pointing). For a
+   grid of linear transforms — both parities (``search_parity``), plate scales within ``+-max_scale_error`` and
+   rotations within ``+-max_rotation_deg`` —, the positions of the ``n_bright`` brightest clean detections are
+   transformed about the image centre and every detection-reference pair votes for its offset in a 2-D histogram
+   (``offset_bin_px`` bins, ``+-max_offset_arcsec``); the transform with the highest, significant peak wins (a
+   pattern-free "offset histogram": it needs no triangle to be complete, so it works in sparse and crowded fields
+   alike, and a crowded field only raises the flat floor of the histogram). The search is coarse to fine: first
+   with bins ``coarse_factor`` times larger and scale and rotation steps to match (a step moves the stars at the
+   typical radius of the bright detections by about one bin), then, around the best coarse transforms of each
+   parity, with the fine bins and steps; so a full-size frame searches ``+-3 %`` of scale in a fraction of a
+   second.
 2. **Iterative fit.** Matched pairs (nearest neighbour within a shrinking radius) are fitted by weighted linear
    least squares in the gnomonic (TAN) plane of the current tangent point: a polynomial of order ``sip_order``
    in the pixel offsets from ``CRPIX`` (the image centre); its linear part is the CD matrix, its higher orders the
    SIP ``A``/``B`` coefficients, its constant part moves ``CRVAL``. Outliers beyond ``clip_sigma`` are rejected;
-   positions are weighted by their centroid error (FWHM / (2.35 S/N)) and the reference error.
+   positions are weighted by their centroid error (FWHM / (2.35 S/N)) and the reference error. With
+   ``sip_order = 0`` (default) the order is chosen by the data: the lowest order between 2 and ``sip_order_max``
+   whose ``cv_folds``-fold cross-validated residual is within ``cv_tolerance`` of the best (orders with fewer than
+   ``min_stars_per_term`` stars per coefficient are not tried); so a distortion beyond SIP order 3 is followed
+   where the stars allow it, and a sparse frame keeps a low order. A fixed ``sip_order`` is validated the same way
+   (its cross-validated rms is reported).
 3. The inverse SIP polynomials (``AP``/``BP``, order ``sip_order + 1``) are fitted on a grid so that every tool can
    go from the sky to the pixels.
 
@@ -26,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from upad.config import StepConfig, param
+from upad.reduce._jit import njit
 from upad.reduce.errors import ReductionError
 
 __all__ = ["AstrometryConfig", "AstrometryResult", "solve_astrometry", "tan_project", "tan_deproject",
@@ -43,8 +55,22 @@ class AstrometryConfig(StepConfig):
     offset_bin_px: float = param(6.0, doc="bin of the offset histogram", bounds=(0.5, 100.0), unit="pixel")
     n_bright: int = param(400, doc="brightest detections (and references) used for the initial match",
                           bounds=(10, 100000))
-    min_peak_snr: float = param(5.0, doc="required significance of the offset-histogram peak", bounds=(1.0, None))
-    sip_order: int = param(3, doc="order of the SIP distortion polynomials (1: plain TAN)", bounds=(1, 5))
+    min_peak_snr: float = param(8.0, doc="required significance of the offset-histogram peak (over the local floor "
+                                          "of chance pairs; the search tries hundreds of transforms)",
+                                  bounds=(1.0, None))
+    sip_order: int = param(0, doc="order of the SIP distortion polynomials (1: plain TAN; 0: chosen by the data "
+                                  "between 2 and sip_order_max by cross-validation)", bounds=(0, 7))
+    sip_order_max: int = param(5, doc="highest SIP order tried when sip_order = 0", bounds=(2, 7))
+    cv_folds: int = param(5, doc="folds of the cross-validation of the distortion order", bounds=(2, 20))
+    cv_tolerance: float = param(0.03, doc="the lowest order whose cross-validated rms is within this fraction of "
+                                          "the best one is chosen", bounds=(0.0, 1.0))
+    min_stars_per_term: float = param(3.0, doc="fewest fitted stars per polynomial coefficient (per axis) for an "
+                                               "order to be tried", bounds=(1.0, 100.0))
+    max_scale_error: float = param(0.03, doc="largest plate-scale error of the header WCS searched for (fraction)",
+                                   bounds=(0.0, 0.5))
+    search_parity: bool = param(True, doc="also try the header WCS with its x axis mirrored (a parity error)")
+    coarse_factor: float = param(4.0, doc="bins of the coarse pass of the initial match, in units of offset_bin_px",
+                                 bounds=(1.0, 20.0))
     match_radius_px: float = param(1.5, doc="final matching radius (the radius also stays above 5x the rms)",
                                    bounds=(0.1, 50.0), unit="pixel")
     clip_sigma: float = param(3.0, doc="outlier rejection of the fit", bounds=(1.0, 100.0))
@@ -96,6 +122,13 @@ class AstrometryResult:
     det_index: np.ndarray = field(repr=False)
     ref_index: np.ndarray = field(repr=False)
     peak_snr: float = 0.0
+    #: plate scale of the solution over the header's (from the initial match and the fit)
+    scale_ratio: float = 1.0
+    #: the solution has the opposite parity of the header WCS
+    parity_flipped: bool = False
+    #: SIP order of the solution and the cross-validated rms (pixels) of every order tried
+    sip_order: int = 0
+    cv_rms_px: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ projections
@@ -132,13 +165,38 @@ def _design(u: np.ndarray, v: np.ndarray, terms: list[tuple[int, int]], scale: f
     return np.stack([us ** p * vs ** q for p, q in terms], axis=1)
 
 
+def _lstsq(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Least-squares solution of ``A x = B`` (``B``: one or more columns) by a QR decomposition from modified
+    Gram-Schmidt with re-orthogonalisation (numerically as stable as LAPACK's for these well-scaled polynomial
+    designs, and with no multithreaded BLAS: these systems are small, and a threaded BLAS on a busy machine makes
+    them 50x slower); falls back to ``numpy.linalg.lstsq`` when the design is rank-deficient."""
+    n, p = A.shape
+    Q = np.array(A, dtype=np.float64, copy=True)
+    R = np.zeros((p, p))
+    for k in range(p):
+        for _ in range(2):  # twice is enough (Giraud et al. 2005)
+            if k:
+                c = np.einsum("ij,i->j", Q[:, :k], Q[:, k])
+                Q[:, k] -= np.einsum("ij,j->i", Q[:, :k], c)
+                R[:k, k] += c
+        nk = math.sqrt(float(np.einsum("i,i->", Q[:, k], Q[:, k])))
+        if not nk > 1e-12 * max(1.0, math.sqrt(float(np.einsum("i,i->", A[:, k], A[:, k])))):
+            return np.linalg.lstsq(A, B, rcond=None)[0]
+        R[k, k] = nk
+        Q[:, k] /= nk
+    qb = np.einsum("ij,i...->j...", Q, B)
+    x = np.zeros_like(qb)
+    for k in range(p - 1, -1, -1):  # back substitution
+        x[k] = (qb[k] - np.einsum("j,j...->...", R[k, k + 1:], x[k + 1:])) / R[k, k]
+    return x
+
+
 def _fit_poly(u, v, xi, eta, w, order, scale):
     terms = _terms(order)
     A = _design(u, v, terms, scale)
-    sw = np.sqrt(w)[:, None]
-    cx = np.linalg.lstsq(A * sw, xi * sw[:, 0], rcond=None)[0]
-    cy = np.linalg.lstsq(A * sw, eta * sw[:, 0], rcond=None)[0]
-    return terms, cx, cy
+    sw = np.sqrt(w)
+    c = _lstsq(A * sw[:, None], np.column_stack([xi * sw, eta * sw]))
+    return terms, c[:, 0], c[:, 1]
 
 
 def _eval_poly(u, v, terms, cx, cy, scale):
@@ -197,10 +255,10 @@ def sip_wcs_header(crval: tuple[float, float], crpix: tuple[float, float], terms
         fv += f[1] * u ** p * v ** q
     U, V = u + fu, v + fv
     iterms = [(p, q) for p in range(iorder + 1) for q in range(iorder + 1 - p)]
-    sc = float(max(nx, ny))
+    sc = float(max(nx, ny)) / 2.0
     A = np.stack([(U / sc) ** p * (V / sc) ** q for p, q in iterms], axis=1)
-    ca = np.linalg.lstsq(A, u - U, rcond=None)[0]
-    cb = np.linalg.lstsq(A, v - V, rcond=None)[0]
+    c = _lstsq(A, np.column_stack([u - U, v - V]))
+    ca, cb = c[:, 0], c[:, 1]
     h["AP_ORDER"] = iorder
     h["BP_ORDER"] = iorder
     for (p, q), a, b in zip(iterms, ca, cb):
@@ -209,36 +267,170 @@ def sip_wcs_header(crval: tuple[float, float], crpix: tuple[float, float], terms
     return h
 
 
+def _cv_rms(u, v, xi, eta, w, scale, scale_deg, orders, cfg: AstrometryConfig) -> dict[int, float]:
+    """K-fold cross-validated weighted rms residual (pixels, both axes together) of each polynomial order."""
+    n = len(u)
+    folds = np.random.default_rng(12345).permutation(n) % cfg.cv_folds
+    out: dict[int, float] = {}
+    wn = w / np.mean(w) if n else w
+    for order in orders:
+        sq = np.empty(n)
+        for k in range(cfg.cv_folds):
+            test = folds == k
+            train = ~test
+            if not test.any():
+                continue
+            terms, cx, cy = _fit_poly(u[train], v[train], xi[train], eta[train], w[train], order, scale)
+            px, py = _eval_poly(u[test], v[test], terms, cx, cy, scale)
+            sq[test] = ((xi[test] - px) ** 2 + (eta[test] - py) ** 2) / scale_deg ** 2
+        # a robust weighted mean: the worst 2 % (outliers the clipping has not removed yet) left out
+        lim = np.quantile(sq * wn, 0.98) if n > 20 else np.inf
+        ok = sq * wn <= lim
+        out[int(order)] = float(math.sqrt(np.sum(wn[ok] * sq[ok]) / np.sum(wn[ok])))
+    return out
+
+
+def _select_order(u, v, xi, eta, w, scale, scale_deg, cfg: AstrometryConfig) -> tuple[int, dict[int, float]]:
+    """The lowest SIP order whose cross-validated rms is within ``cv_tolerance`` of the best (module docs)."""
+    n = len(u)
+    orders = [o for o in range(2, cfg.sip_order_max + 1) if n >= cfg.min_stars_per_term * len(_terms(o))]
+    if not orders:
+        return (2 if n >= 4 * len(_terms(2)) else 1), {}
+    cv = _cv_rms(u, v, xi, eta, w, scale, scale_deg, orders, cfg)
+    best = min(cv.values())
+    order = next(o for o in orders if cv[o] <= best * (1.0 + cfg.cv_tolerance))
+    return order, cv
+
+
 # ------------------------------------------------------------------------------------------------ matching
+@njit(nogil=True, cache=True)
+def _vote_kernel(xd, yd, xr, yr, m00, m01, m10, m11, cx, cy, c0x, c0y, bin_px, nbins):  # pragma: no cover
+    """Histogram of the pair offsets ``ref - (c + M (det - c)) - c0`` in ``nbins`` x ``nbins`` bins of ``bin_px``
+    centred on 0 (one pass, no temporaries)."""
+    h = np.zeros((nbins, nbins), np.int64)
+    h0 = nbins * bin_px / 2.0
+    for k in range(len(xd)):
+        ux = xd[k] - cx
+        uy = yd[k] - cy
+        dx = xr[k] - (cx + m00 * ux + m01 * uy) - c0x + h0
+        dy = yr[k] - (cy + m10 * ux + m11 * uy) - c0y + h0
+        if dx >= 0 and dy >= 0:
+            ix = int(dx / bin_px)
+            iy = int(dy / bin_px)
+            if ix < nbins and iy < nbins:
+                h[iy, ix] += 1
+    return h
+
+
+@njit(nogil=True, cache=True)
+def _box_mean_kernel(xd, yd, xr, yr, m00, m01, m10, m11, cx, cy, x0, y0, w):  # pragma: no cover
+    """Mean offset of the pairs whose offset falls in the box [x0, x0 + w) x [y0, y0 + w)."""
+    sx = 0.0
+    sy = 0.0
+    n = 0
+    for k in range(len(xd)):
+        ux = xd[k] - cx
+        uy = yd[k] - cy
+        dx = xr[k] - (cx + m00 * ux + m01 * uy)
+        dy = yr[k] - (cy + m10 * ux + m11 * uy)
+        if x0 <= dx < x0 + w and y0 <= dy < y0 + w:
+            sx += dx
+            sy += dy
+            n += 1
+    return sx, sy, n
+
+
+def _vote(xd, yd, xr, yr, m, cx, cy, bin_px, centre, half):
+    """Offset histogram of one linear transform ``m`` (2x2, about ``(cx, cy)``) of the detections ``xd, yd``
+    paired with the references ``xr, yr`` (pair arrays of equal length): offsets within ``+-half`` of ``centre`` in
+    bins of ``bin_px``. Returns (peak, floor, dx, dy): the highest 2x2 box sum, the mean box sum around it (or
+    of the window, the larger), and the mean offset of the pairs in the best box."""
+    nbins = max(2, int(math.ceil(2 * half / bin_px)))
+    h0 = nbins * bin_px / 2
+    args = (float(m[0, 0]), float(m[0, 1]), float(m[1, 0]), float(m[1, 1]), float(cx), float(cy))
+    h = _vote_kernel(xd, yd, xr, yr, *args, float(centre[0]), float(centre[1]), float(bin_px), nbins)
+    # 2x2 box sums: a true peak split between bins still counts fully
+    h2 = h[:-1, :-1] + h[1:, :-1] + h[:-1, 1:] + h[1:, 1:]
+    k = int(np.argmax(h2))
+    j, i = divmod(k, h2.shape[1])
+    peak = float(h2[j, i])
+    # the floor at the peak: the mean box sum around it (9 x 9 boxes but the 3 x 3 of the peak), as the density of
+    # chance pairs is not flat over the offsets (the field's autocorrelation) — at least the mean of the window
+    sub = h2[max(0, j - 4):j + 5, max(0, i - 4):i + 5]
+    core = h2[max(0, j - 1):j + 2, max(0, i - 1):i + 2]
+    n_out = sub.size - core.size
+    mean = float(h2.mean())
+    if n_out > 0:
+        mean = max(mean, float(sub.sum() - core.sum()) / n_out)
+    x0, y0 = i * bin_px - h0 + centre[0], j * bin_px - h0 + centre[1]
+    sx, sy, n = _box_mean_kernel(xd, yd, xr, yr, *args, float(x0), float(y0), float(2 * bin_px))
+    mx = sx / n if n else float(centre[0])
+    my = sy / n if n else float(centre[1])
+    return peak, mean, mx, my
+
+
+def _linear(scale: float, ang_deg: float, flip: bool) -> np.ndarray:
+    c, s = math.cos(math.radians(ang_deg)), math.sin(math.radians(ang_deg))
+    return scale * np.array([[c, -s], [s, c]]) @ np.diag([-1.0 if flip else 1.0, 1.0])
+
+
+def _steps(limit: float, step: float) -> np.ndarray:
+    n = int(math.ceil(limit / step - 1e-9)) if limit > 0 and step > 0 else 0
+    return np.arange(-n, n + 1) * (limit / n if n else 0.0)
+
+
 def _offset_histogram(xd, yd, xr, yr, cx, cy, cfg: AstrometryConfig, max_off_px: float):
-    """Best rotation and offset (pixels) from the offset histogram; returns (angle_deg, dx, dy, peak, snr)."""
-    nbins = int(math.ceil(2 * max_off_px / cfg.offset_bin_px))
-    half = nbins * cfg.offset_bin_px / 2
-    best = (0.0, 0.0, 0.0, 0.0, 0.0)
-    nrot = int(round(cfg.max_rotation_deg / cfg.rotation_step_deg)) if cfg.max_rotation_deg > 0 else 0
-    angles = np.arange(-nrot, nrot + 1) * cfg.rotation_step_deg
-    for ang in angles:
-        c, s = math.cos(math.radians(ang)), math.sin(math.radians(ang))
-        xdr = cx + c * (xd - cx) - s * (yd - cy)
-        ydr = cy + s * (xd - cx) + c * (yd - cy)
-        dx = (xr[None, :] - xdr[:, None]).ravel()
-        dy = (yr[None, :] - ydr[:, None]).ravel()
-        ok = (np.abs(dx) < half) & (np.abs(dy) < half)
-        ix = ((dx[ok] + half) / cfg.offset_bin_px).astype(np.int64)
-        iy = ((dy[ok] + half) / cfg.offset_bin_px).astype(np.int64)
-        h = np.bincount(iy * nbins + ix, minlength=nbins * nbins).reshape(nbins, nbins).astype(float)
-        # 2x2 box sums: a true peak split between bins still counts fully
-        h2 = h[:-1, :-1] + h[1:, :-1] + h[:-1, 1:] + h[1:, 1:]
-        k = int(np.argmax(h2))
-        j, i = divmod(k, h2.shape[1])
-        peak = h2[j, i]
-        mean = h2.mean()
-        snr = (peak - mean) / math.sqrt(max(mean, 1.0))
-        if snr > best[4]:
-            # refine: mean offset of the pairs inside the peak's 2x2 bins
-            x0, y0 = i * cfg.offset_bin_px - half, j * cfg.offset_bin_px - half
-            sel = (dx >= x0) & (dx < x0 + 2 * cfg.offset_bin_px) & (dy >= y0) & (dy < y0 + 2 * cfg.offset_bin_px)
-            best = (float(ang), float(np.median(dx[sel])), float(np.median(dy[sel])), float(peak), float(snr))
+    """Best linear transform and offset (pixels) from the offset histogram, coarse to fine (module documentation).
+
+    Returns ``(m, dx, dy, peak, snr)``: the 2x2 transform of the detections about ``(cx, cy)`` and the offset
+    that bring them onto the references' pixel positions in the header WCS."""
+    r = np.hypot(xd - cx, yd - cy)
+    r_char = max(float(np.quantile(r, 0.7)) if len(r) else 1.0, 10.0)
+    parities = (False, True) if cfg.search_parity else (False,)
+    # fine steps: half a bin at the typical radius (rotation: not finer than rotation_step_deg); coarse: one
+    # coarse bin
+    b = cfg.offset_bin_px
+    bc = b * cfg.coarse_factor
+    s_fine = 0.5 * b / r_char
+    a_fine = max(cfg.rotation_step_deg, math.degrees(0.5 * b / r_char))
+    s_coarse = bc / r_char
+    a_coarse = max(a_fine, math.degrees(bc / r_char))
+    scales = 1.0 + _steps(cfg.max_scale_error, s_coarse)
+    angles = _steps(cfg.max_rotation_deg, a_coarse)
+    ii, jj = (a.ravel() for a in np.meshgrid(np.arange(len(xd)), np.arange(len(xr)), indexing="ij"))
+    pxd, pyd, pxr, pyr = (a.astype(np.float32) for a in (xd[ii], yd[ii], xr[jj], yr[jj]))
+    coarse = []
+    for flip in parities:
+        for sc in scales:
+            for ang in angles:
+                peak, mean, mx, my = _vote(pxd, pyd, pxr, pyr, _linear(sc, ang, flip), cx, cy, bc, (0.0, 0.0),
+                                           max_off_px)
+                coarse.append(((peak - mean) / math.sqrt(max(mean, 1.0)), mean, flip, sc, ang, mx, my))
+    ds_max = min(s_coarse, cfg.max_scale_error)
+    da_max = min(a_coarse, cfg.max_rotation_deg)
+    ds = _steps(ds_max, s_fine)
+    da = _steps(da_max, a_fine)
+    best = (np.eye(2), 0.0, 0.0, 0.0, 0.0)
+    for flip in parities:
+        cand = sorted((c for c in coarse if c[2] == flip), key=lambda c: -c[0])[:2]
+        for _snr, mean_c, _flip, sc0, ang0, mx0, my0 in cand:
+            # random coincidences per fine 2x2 box, from the coarse histogram over the whole search area (a small
+            # window around a coarse peak is mostly peak: its own mean would hide the peak)
+            floor = mean_c * (b / bc) ** 2
+            # only the pairs that any fine transform can bring within the window around the coarse peak
+            m0 = _linear(sc0, ang0, flip)
+            ox = pxr - (cx + m0[0, 0] * (pxd - cx) + m0[0, 1] * (pyd - cy)) - mx0
+            oy = pyr - (cy + m0[1, 0] * (pxd - cx) + m0[1, 1] * (pyd - cy)) - my0
+            reach = 2 * bc + r[ii] * (ds_max + math.radians(da_max)) * 1.5
+            near = (np.abs(ox) < reach) & (np.abs(oy) < reach)
+            qxd, qyd, qxr, qyr = pxd[near], pyd[near], pxr[near], pyr[near]
+            for dsc in ds:
+                for dang in da:
+                    m = _linear(sc0 + dsc, ang0 + dang, flip)
+                    peak, _mean, mx, my = _vote(qxd, qyd, qxr, qyr, m, cx, cy, b, (mx0, my0), 2 * bc)
+                    snr = (peak - floor) / math.sqrt(max(floor, 1.0))
+                    if snr > best[4]:
+                        best = (m, mx, my, peak, snr)
     return best
 
 
@@ -343,16 +535,16 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     # as many references as there are detections in the same area (expanded by the margin)
     area_ratio = (nx + 2 * margin) * (ny + 2 * margin) / (nx * ny)
     ri_b = ri[: int(config.n_bright * area_ratio) + 10]
-    ang, dx, dy, peak, peak_snr = _offset_histogram(x[bright], y[bright], xr[ri_b], yr[ri_b], cx, cy, config,
-                                                    max_off_px)
+    mlin, dx, dy, peak, peak_snr = _offset_histogram(x[bright], y[bright], xr[ri_b], yr[ri_b], cx, cy, config,
+                                                     max_off_px)
     if peak_snr < config.min_peak_snr or peak < config.min_matches:
         raise ReductionError("astrometry_failed", f"no significant match with the reference catalog (peak of {peak:.0f}"
                                                   f" pairs at {peak_snr:.1f} sigma)", stage="astrometry")
-    # first-guess transform: detection pixel -> guess pixel frame of the references
-    c, s = math.cos(math.radians(ang)), math.sin(math.radians(ang))
 
+    # first-guess transform: detection pixel -> guess pixel frame of the references
     def to_guess(xx, yy):
-        return cx + c * (xx - cx) - s * (yy - cy) + dx, cy + s * (xx - cx) + c * (yy - cy) + dy
+        return (cx + mlin[0, 0] * (xx - cx) + mlin[0, 1] * (yy - cy) + dx,
+                cy + mlin[1, 0] * (xx - cx) + mlin[1, 1] * (yy - cy) + dy)
 
     xg, yg = to_guess(x, y)
     di, rj = _match(xg[gi], yg[gi], xr[ri], yr[ri], 3.0 * config.offset_bin_px)
@@ -371,6 +563,7 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     scale = float(max(nx, ny)) / 2.0
     radius = 3.0 * config.offset_bin_px
     order = 1
+    loop_order = config.sip_order if config.sip_order > 0 else min(3, config.sip_order_max)
     terms = cxp = cyp = None
     keep = np.ones(len(di), bool)
     for it in range(7):
@@ -401,8 +594,14 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
         di, rj = gi[ia], ri[ib]
         keep = np.ones(len(di), bool)
         if it >= 1:
-            order = config.sip_order if len(di) >= 4 * len(_terms(config.sip_order)) else min(
-                config.sip_order, 2 if len(di) >= 4 * len(_terms(2)) else 1)
+            order = loop_order if len(di) >= 4 * len(_terms(loop_order)) else min(
+                loop_order, 2 if len(di) >= 4 * len(_terms(2)) else 1)
+        if it >= 3 and config.sip_order == 0:
+            # the distortion order chosen by the data (cross-validation), so that the matching follows it
+            xi_m, eta_m = tan_project(ref_ra[rj], ref_dec[rj], ra0, dec0)
+            w_m = 1.0 / ((perr[di] * scale_deg) ** 2 + (rerr_mas[rj] / 3.6e6) ** 2)
+            order, _cv = _select_order(x[di] - (crpix[0] - 1), y[di] - (crpix[1] - 1), xi_m, eta_m, w_m, scale,
+                                       scale_deg, config)
         if len(di) < config.min_matches:
             raise ReductionError("astrometry_failed", f"only {len(di)} stars matched during the fit",
                                  stage="astrometry")
@@ -412,14 +611,21 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     v = y[di] - (crpix[1] - 1)
     w = 1.0 / ((perr[di] * scale_deg) ** 2 + (rerr_mas[rj] / 3.6e6) ** 2)
     keep = np.ones(len(di), bool)
-    for _ in range(5):
+    cv: dict[int, float] = {}
+    for rnd in range(6):
+        if rnd == 1:
+            # the order is chosen (or the configured one validated) on the stars kept by the first clipping
+            if config.sip_order == 0:
+                order, cv = _select_order(u[keep], v[keep], xi[keep], eta[keep], w[keep], scale, scale_deg, config)
+            else:
+                cv = _cv_rms(u[keep], v[keep], xi[keep], eta[keep], w[keep], scale, scale_deg, [order], config)
         terms, cxp, cyp = _fit_poly(u[keep], v[keep], xi[keep], eta[keep], w[keep], order, scale)
         px, py = _eval_poly(u, v, terms, cxp, cyp, scale)
         rx, ry = (xi - px) / scale_deg, (eta - py) / scale_deg
         z = np.hypot(rx, ry) / np.hypot(perr[di], rerr_mas[rj] / 3.6e6 / scale_deg)
         zs = float(np.median(z[keep])) / 1.1774
         new = z < config.clip_sigma * max(zs, 1e-6)
-        if new.sum() < config.min_matches or np.array_equal(new, keep):
+        if new.sum() < config.min_matches or (rnd >= 1 and np.array_equal(new, keep)):
             break
         keep = new
     # absorb the constant term into CRVAL (exact: refit about the new tangent point)
@@ -460,6 +666,13 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     if k.sum() < config.min_matches or rms_as > config.max_rms_arcsec:
         raise ReductionError("astrometry_failed", f"{int(k.sum())} stars fitted with an rms of {rms_as:.3f} arcsec",
                              stage="astrometry")
+    # a chance match (a reference catalog of another field) can leave a few bright stars that fit: every fitted star
+    # must fit too (faint ones have larger centroid errors: 3x the limit)
+    rms_all_as = math.sqrt(rms_x ** 2 + rms_y ** 2) * pix_scale
+    if rms_all_as > 3.0 * config.max_rms_arcsec:
+        raise ReductionError("astrometry_failed", f"{int(k.sum())} stars fitted with an rms of {rms_all_as:.3f} "
+                                                  f"arcsec (all fitted stars): no true match with the reference "
+                                                  "catalog (another field?)", stage="astrometry")
     # pointing offset and rotation relative to the header WCS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -467,8 +680,17 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
         ra_g, dec_g = (float(v) for v in wcs_guess.all_pix2world([[cx, cy]], 0)[0])
     off = ((ra_c - ra_g) * math.cos(math.radians(dec_g)) * 3600.0, (dec_c - dec_g) * 3600.0)
     gcd = wcs_guess.pixel_scale_matrix
-    rot = math.degrees(math.atan2(cd[1, 0], cd[0, 0]) - math.atan2(gcd[1, 0], gcd[0, 0]))
+    flipped = bool(np.linalg.det(cd) * np.linalg.det(gcd) < 0)
+    cdp = cd @ np.diag([-1.0, 1.0]) if flipped else cd  # rotation after undoing the parity flip (on the x axis)
+    rot = math.degrees(math.atan2(cdp[1, 0], cdp[0, 0]) - math.atan2(gcd[1, 0], gcd[0, 0]))
     rot = (rot + 180.0) % 360.0 - 180.0
+    ratio = pix_scale / scale_as
+    if abs(ratio - 1.0) > config.max_scale_error + 0.01 or abs(rot) > config.max_rotation_deg + 0.5:
+        raise ReductionError("astrometry_failed", f"the solution (scale {ratio:.4f} x, rotation {rot:.2f} deg "
+                                                  "relative to the header) is outside the searched range: a chance "
+                                                  "match (reference catalog of another field?)", stage="astrometry")
     return AstrometryResult(wcs=wcs, header=hdr, n_matched=int(k.sum()), rms_px=(rms_x, rms_y), rms_arcsec=rms_as,
                             rms_bright_px=rms_bright, offset_arcsec=off, rotation_deg=rot, pixel_scale=pix_scale,
-                            det_index=di[k], ref_index=rj[k], peak_snr=peak_snr)
+                            det_index=di[k], ref_index=rj[k], peak_snr=peak_snr,
+                            scale_ratio=ratio, parity_flipped=flipped, sip_order=int(order),
+                            cv_rms_px=cv)

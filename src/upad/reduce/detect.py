@@ -25,6 +25,13 @@ Measurements (positions 1-based as in SExtractor; fluxes in the image unit, e-):
   object's footprint and ``NIMAFLAGS_ISO`` the number of flagged footprint pixels.
 
 Errors include the noise map (background-only variance) and the Poisson noise of the source (``gain = 1`` e-/e-).
+
+**Neighbours masked** (``mask_neighbours``, default on; SExtractor's ``MASK_TYPE CORRECT``): in ``FLUX_AUTO``,
+``FLUX_APER`` and the Kron radius, the pixels of the object's aperture that belong to another object's
+segmentation footprint are replaced by the pixel symmetric about the object's centre (or left out when that one
+belongs to another object too; the Kron radius simply leaves them out). This is done per strip, with the strip's own
+segmentation map, so no full-frame segmentation map is ever held; an aperture that reaches beyond its strip's
+overlap (an object larger than ``strip_overlap_px``) is measured on the full image without the correction.
 """
 from __future__ import annotations
 
@@ -80,6 +87,9 @@ class DetectConfig(StepConfig):
     threads: int = param(0, doc="threads for the extraction (0: one per CPU core)", bounds=(0, 256),
                          critical=False)
     max_sources: int = param(2_000_000, doc="refuse frames with more detections than this", bounds=(1, None))
+    mask_neighbours: bool = param(True, doc="FLUX_AUTO, FLUX_APER and the Kron radius with the pixels of "
+                                            "overlapping neighbours replaced by the pixel symmetric about the "
+                                            "object's centre (SExtractor's MASK_TYPE CORRECT)")
 
     def validate(self) -> None:
         super().validate()
@@ -139,7 +149,128 @@ def _footprint_flags(seg, mask, y0, nobj):  # pragma: no cover - compiled
     return flags[1:], n[1:]
 
 
-def _extract_strip(image, var, detmask, mask, y0, y1, core0, core1, kernel, cfg):
+def _shape_params(objs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``a, b, theta`` of extracted objects, made safe for the apertures (as :func:`measure` uses them)."""
+    a, b, theta = objs["a"].astype(np.float64), objs["b"].astype(np.float64), objs["theta"].astype(np.float64)
+    a = np.maximum(np.nan_to_num(a, nan=0.3), 0.3)
+    b = np.minimum(np.maximum(np.nan_to_num(b, nan=0.3), 0.3), a)
+    theta = np.clip(np.nan_to_num(theta, nan=0.0), -np.pi / 2, np.pi / 2)
+    return a, b, theta
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _phot_corrected(img, var, seg, xs, ys, ids, radii, cxx, cyy, cxy, kr, subpix, edge_lo, edge_hi,
+                    trunc_flag):  # pragma: no cover - compiled
+    """Circular apertures (``subpix`` x ``subpix`` sampling of the boundary pixels, as sep) and the Kron ellipse
+    (pixel centres inside, as sep with ``subpix=1``) of every object ``k`` (segmentation id ``ids[k]``), with the
+    pixels of other objects replaced by the pixel symmetric about the centre, or zero when that one belongs to
+    another object too. Returns the aperture sums and variances, the AUTO sum and variance, their flags
+    (``trunc_flag`` when cut by the image border) and whether the box leaves the array at an edge that is not the
+    image's (``edge_lo``/``edge_hi``: the array's first/last row is the image's)."""
+    ny, nx = img.shape
+    n = len(xs)
+    nap = len(radii)
+    fa = np.zeros((n, nap))
+    va = np.zeros((n, nap))
+    fla = np.zeros(n, np.int64)
+    fe = np.zeros(n)
+    ve = np.zeros(n)
+    fle = np.zeros(n, np.int64)
+    cut = np.zeros(n, np.bool_)
+    rmax = 0.0
+    for a in range(nap):
+        rmax = max(rmax, radii[a])
+    sc = 1.0 / subpix
+    for k in prange(n):
+        xc = xs[k]
+        yc = ys[k]
+        own = ids[k]
+        det = cxx[k] * cyy[k] - 0.25 * cxy[k] * cxy[k]
+        ex = kr[k] * math.sqrt(cyy[k] / det) if det > 0 else 0.0
+        ey = kr[k] * math.sqrt(cxx[k] / det) if det > 0 else 0.0
+        hx = max(rmax, ex) + 1.0
+        hy = max(rmax, ey) + 1.0
+        i0 = int(math.floor(xc - hx))
+        i1 = int(math.ceil(xc + hx))
+        j0 = int(math.floor(yc - hy))
+        j1 = int(math.ceil(yc + hy))
+        if (j0 < 0 and not edge_lo) or (j1 > ny - 1 and not edge_hi):
+            cut[k] = True
+            continue
+        for a in range(nap):
+            r = radii[a]
+            if xc - r < -0.5 or xc + r > nx - 0.5 or yc - r < -0.5 or yc + r > ny - 0.5:
+                fla[k] |= trunc_flag
+        if xc - ex < -0.5 or xc + ex > nx - 0.5 or yc - ey < -0.5 or yc + ey > ny - 0.5:
+            fle[k] |= trunc_flag
+        kr2 = kr[k] * kr[k]
+        for j in range(max(0, j0), min(ny - 1, j1) + 1):
+            dy = j - yc
+            for i in range(max(0, i0), min(nx - 1, i1) + 1):
+                dx = i - xc
+                val = img[j, i]
+                vv = var[j, i]
+                s = seg[j, i]
+                if s != 0 and s != own:
+                    si = int(math.floor(2.0 * xc - i + 0.5))
+                    sj = int(math.floor(2.0 * yc - j + 0.5))
+                    if 0 <= si < nx and 0 <= sj < ny and (seg[sj, si] == 0 or seg[sj, si] == own):
+                        val = img[sj, si]
+                        vv = var[sj, si]
+                    else:
+                        val = 0.0
+                        vv = 0.0
+                if cxx[k] * dx * dx + cyy[k] * dy * dy + cxy[k] * dx * dy < kr2:
+                    fe[k] += val
+                    ve[k] += vv
+                d2 = dx * dx + dy * dy
+                for a in range(nap):
+                    r = radii[a]
+                    rout = r + 0.7072
+                    if d2 >= rout * rout:
+                        continue
+                    rin = r - 0.7072
+                    if rin > 0 and d2 < rin * rin:
+                        w = 1.0
+                    else:
+                        cnt = 0
+                        r2 = r * r
+                        for sy in range(subpix):
+                            ddy = dy - 0.5 + sc * (sy + 0.5)
+                            for sx in range(subpix):
+                                ddx = dx - 0.5 + sc * (sx + 0.5)
+                                if ddx * ddx + ddy * ddy < r2:
+                                    cnt += 1
+                        w = cnt * sc * sc
+                    fa[k, a] += w * val
+                    va[k, a] += w * vv
+    return fa, va, fla, fe, ve, fle, cut
+
+
+def _corrected_photometry(sub, v, seg, objs, edge_lo, edge_hi, r_ap, cfg):
+    """Neighbour-masked FLUX_AUTO and FLUX_APER of strip objects (``objs`` in the strip's coordinates; their
+    segmentation ids are their positions in the strip's full extraction + 1, given as ``objs['_id']``)."""
+    import sep
+
+    x, y = objs["x"].astype(np.float64), objs["y"].astype(np.float64)
+    a, b, theta = _shape_params(objs)
+    ids = objs["_id"].astype(np.int32)
+    kr, kflag = sep.kron_radius(sub, x, y, a, b, theta, 6.0, segmap=seg, seg_id=ids)
+    kr = np.where(np.isfinite(kr) & (kr > 0), kr, 0.0)
+    kfac = np.maximum(cfg.kron_factor * kr, cfg.kron_min_radius)
+    cxx, cyy, cxy = sep.ellipse_coeffs(a, b, theta)
+    fa, va, fla, fe, ve, fle, cut = _phot_corrected(
+        np.ascontiguousarray(sub, np.float64) if sub.dtype != np.float32 else sub, v, seg, x, y, ids,
+        np.asarray(r_ap, np.float64), np.asarray(cxx, np.float64), np.asarray(cyy, np.float64),
+        np.asarray(cxy, np.float64), kfac, 5, bool(edge_lo), bool(edge_hi), int(sep.APER_TRUNC))
+    # errors as sep's: background variance over the aperture plus the source's Poisson noise (gain 1)
+    ea = np.sqrt(va + np.maximum(fa, 0.0))
+    ee = np.sqrt(ve + np.maximum(fe, 0.0))
+    return {"kron": kfac, "flux_auto": fe, "err_auto": ee, "flag_auto": fle | kflag, "flux_aper": fa,
+            "err_aper": ea, "flag_aper": fla, "cut": cut}
+
+
+def _extract_strip(image, var, detmask, mask, y0, y1, core0, core1, kernel, cfg, r_ap=None):
     import sep
 
     sub = image[y0:y1]
@@ -150,16 +281,22 @@ def _extract_strip(image, var, detmask, mask, y0, y1, core0, core1, kernel, cfg)
                             filter_type="conv", deblend_nthresh=cfg.deblend_nthresh, deblend_cont=cfg.deblend_cont,
                             clean=cfg.clean_param > 0, clean_param=cfg.clean_param, segmentation_map=True)
     if len(objs) == 0:
-        return objs, np.empty(0, np.int64), np.empty(0, np.int64), y0
+        return objs, np.empty(0, np.int64), np.empty(0, np.int64), y0, None
     imaflags, nimaflags = _footprint_flags(seg, mask, y0, len(objs))
-    del seg
     yc = objs["y"] + y0
     own = (yc >= core0 - 0.5) & (yc < core1 - 0.5)
+    phot = None
+    if cfg.mask_neighbours and r_ap is not None and own.any():
+        from numpy.lib import recfunctions as rfn
+
+        mine = rfn.append_fields(objs[own], "_id", np.flatnonzero(own) + 1, usemask=False)
+        phot = _corrected_photometry(sub, v, seg, mine, y0 == 0, y1 == image.shape[0], r_ap, cfg)
+    del seg
     objs = objs[own]
     objs["y"] += y0
     for k in ("ymin", "ymax", "ycpeak", "ypeak"):
         objs[k] += y0
-    return objs, imaflags[own], nimaflags[own], y0
+    return objs, imaflags[own], nimaflags[own], y0, phot
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -285,14 +422,20 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
     edges = np.linspace(0, ny, nstrip + 1).astype(int)
     ov = config.strip_overlap_px
     jobs = [(max(0, edges[i] - ov), min(ny, edges[i + 1] + ov), edges[i], edges[i + 1]) for i in range(nstrip)]
+    r_ap = np.asarray(config.aper_diameters_arcsec, np.float64) / pixel_scale / 2.0
     if nstrip == 1:
-        parts = [_extract_strip(image, var, detmask, mask, *jobs[0], kernel, config)]
+        parts = [_extract_strip(image, var, detmask, mask, *jobs[0], kernel, config, r_ap)]
     else:
         with ThreadPoolExecutor(nstrip) as ex:
-            parts = list(ex.map(lambda j: _extract_strip(image, var, detmask, mask, *j, kernel, config), jobs))
+            parts = list(ex.map(lambda j: _extract_strip(image, var, detmask, mask, *j, kernel, config, r_ap),
+                                jobs))
     objs = np.concatenate([p[0] for p in parts])
     imaflags = np.concatenate([p[1] for p in parts]).astype(np.int32)
     nimaflags = np.concatenate([p[2] for p in parts]).astype(np.int32)
+    phot = None
+    if config.mask_neighbours and len(objs):
+        keys = ("kron", "flux_auto", "err_auto", "flag_auto", "flux_aper", "err_aper", "flag_aper", "cut")
+        phot = {k: np.concatenate([p[4][k] for p in parts if p[4] is not None]) for k in keys}
     if len(objs) == 0:
         raise ReductionError("no_sources", "no source above the detection threshold", stage="detect")
     if len(objs) > config.max_sources:
@@ -300,17 +443,23 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
                                         f"probably not a sky image", stage="detect")
     order = np.lexsort((objs["x"], objs["y"]))
     objs, imaflags, nimaflags = objs[order], imaflags[order], nimaflags[order]
+    if phot is not None:
+        phot = {k: v[order] for k, v in phot.items()}
     cat = measure(image, var, mask, objs, imaflags, nimaflags, pixel_scale=pixel_scale, config=config,
-                  threads=threads)
+                  threads=threads, photometry=phot)
     n_deb = int(np.count_nonzero(objs["flag"] & sep.OBJ_MERGED))
     return Detections(catalog=cat, n_strips=nstrip, n_deblended=n_deb)
 
 
 def measure(image: np.ndarray, var: np.ndarray, mask: np.ndarray, objs: np.ndarray, imaflags: np.ndarray,
             nimaflags: np.ndarray, *, pixel_scale: float, config: DetectConfig = DetectConfig(),
-            threads: int = 1):
+            threads: int = 1, photometry: dict | None = None):
     """Photometry and shapes of extracted objects (``sep.extract`` records with full-image coordinates; ``var``:
     the per-pixel variance, e-^2).
+
+    ``photometry``: neighbour-masked ``kron, flux_auto, err_auto, flag_auto, flux_aper, err_aper, flag_aper`` per
+    object (from the strips), with ``cut`` marking the objects to measure here without the correction; ``None``:
+    every object is measured here with sep, without masking neighbours.
 
     Returns an astropy Table with SExtractor column names (see the module documentation).
     """
@@ -318,10 +467,7 @@ def measure(image: np.ndarray, var: np.ndarray, mask: np.ndarray, objs: np.ndarr
     from astropy.table import Table
 
     x, y = objs["x"].astype(np.float64), objs["y"].astype(np.float64)
-    a, b, theta = objs["a"].astype(np.float64), objs["b"].astype(np.float64), objs["theta"].astype(np.float64)
-    a = np.maximum(np.nan_to_num(a, nan=0.3), 0.3)
-    b = np.minimum(np.maximum(np.nan_to_num(b, nan=0.3), 0.3), a)
-    theta = np.clip(np.nan_to_num(theta, nan=0.0), -np.pi / 2, np.pi / 2)
+    a, b, theta = _shape_params(objs)
     n = len(objs)
     kf, rmin = config.kron_factor, config.kron_min_radius
 
@@ -335,7 +481,6 @@ def measure(image: np.ndarray, var: np.ndarray, mask: np.ndarray, objs: np.ndarr
                                     subpix=1)
         return kfac, f, fe, fl | kflag
 
-    kron, flux_auto, err_auto, flag_auto = auto(np.arange(n))  # sep holds the GIL here: no threads
     r_ap = np.asarray(config.aper_diameters_arcsec, np.float64) / pixel_scale / 2.0
 
     def aper(idx):
@@ -347,7 +492,19 @@ def measure(image: np.ndarray, var: np.ndarray, mask: np.ndarray, objs: np.ndarr
             fl |= g
         return np.stack(fs, 1), np.stack(es, 1), fl
 
-    flux_aper, err_aper, flag_aper = aper(np.arange(n))
+    if photometry is None:
+        kron, flux_auto, err_auto, flag_auto = auto(np.arange(n))  # sep holds the GIL here: no threads
+        flux_aper, err_aper, flag_aper = aper(np.arange(n))
+    else:
+        p = photometry
+        kron, flux_auto, err_auto = p["kron"].copy(), p["flux_auto"].copy(), p["err_auto"].copy()
+        flag_auto = p["flag_auto"].astype(np.int64)
+        flux_aper, err_aper = p["flux_aper"].copy(), p["err_aper"].copy()
+        flag_aper = p["flag_aper"].astype(np.int64)
+        cut = np.flatnonzero(p["cut"])
+        if len(cut):
+            kron[cut], flux_auto[cut], err_auto[cut], flag_auto[cut] = auto(cut)
+            flux_aper[cut], err_aper[cut], flag_aper[cut] = aper(cut)
     norm = np.where(flux_auto > 0, flux_auto, np.maximum(objs["flux"], 1.0))
 
     flux_radius = _flux_radius(image, x, y, np.clip(6.0 * a, 3.0, 60.0), norm)

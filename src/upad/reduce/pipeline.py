@@ -477,6 +477,9 @@ def _header(res: ReducedFrame, filter_name: str, exptime: float, pixel_scale: fl
         h["ASTROFFX"] = (round(a.offset_arcsec[0], 2), "[arcsec] pointing offset east")
         h["ASTROFFY"] = (round(a.offset_arcsec[1], 2), "[arcsec] pointing offset north")
         h["ASTRROT"] = (round(a.rotation_deg, 5), "[deg] rotation relative to the header WCS")
+        h["ASTRSCAL"] = (round(a.scale_ratio, 6), "plate scale / the header WCS's")
+        h["ASTRFLIP"] = (bool(a.parity_flipped), "parity opposite to the header WCS's")
+        h["ASTRORDR"] = (int(a.sip_order), "SIP order of the astrometric solution")
     s = res.stats
     h["SKYLEVEL"] = (round(float(s.get("sky_e", float("nan"))), 3), "[e-] median sky background")
     h["SKYRMS"] = (round(float(s.get("sky_rms_e", float("nan"))), 3), "[e-] sky noise")

@@ -298,18 +298,33 @@ def _reference_catalog(task: Task, cfg: ReduceConfig, header: fits.Header, inst:
     if not path.is_absolute():
         path = Path(task.root) / path
     cat = read_reference_catalog(path)
-    date = str(meta.get("date_obs") or header.get("DATE-OBS") or "")
-    try:  # the exact epoch of the frame (mid-exposure), not its year
-        epoch = epoch_of(date, float(meta.get("exptime") or 0.0))
-    except UpadError:
-        epoch = 2000.0 + (float(date[:4]) - 2000.0 if date[:4].isdigit() else 16.0)
-    cat = propagate_to_epoch(cat, epoch)
+    # proper motions to the exact epoch of the frame (its MJD), not to its year
+    cat = propagate_to_epoch(cat, frame_epoch(meta, header))
     ny, nx = inst.layout.active_shape
     radius = 0.75 * np.hypot(nx, ny) * inst.pixel_scale / 3600.0 + 0.1
     ra, dec = meta.get("ra"), meta.get("dec")
     if ra is None or dec is None:
         ra, dec = header.get("CRVAL1"), header.get("CRVAL2")
     return in_cone(cat, float(ra), float(dec), radius)
+
+
+def frame_epoch(meta: dict[str, Any], header: Any) -> float:
+    """Julian epoch (yr) of the middle of a frame's exposure: from its MJD (frame record, else ``MJD-OBS``), else
+    from ``DATE-OBS`` (:func:`upad.io.refcat.epoch_of`); plus half the exposure time. 2016.0 (the reference epoch:
+    no motion) when none is known or the date cannot be read."""
+    exptime = float(meta.get("exptime") or (header.get("EXPTIME") if header is not None else None) or 0.0)
+    mjd = meta.get("mjd")
+    if mjd is None and header is not None:
+        mjd = header.get("MJD-OBS")
+    if mjd is not None:
+        return 2000.0 + (float(mjd) + 0.5 * exptime / 86400.0 - 51544.5) / 365.25
+    date = meta.get("date_obs") or (header.get("DATE-OBS") if header is not None else None)
+    if not date:
+        return 2016.0
+    try:
+        return epoch_of(str(date).replace(" ", "T"), exptime)
+    except UpadError:
+        return 2016.0
 
 
 def _output_header(header: fits.Header, task: Task, step: Step, provenance: dict[str, str],

@@ -156,6 +156,15 @@ class SimConfig:
     rotation_sigma_deg: float = 0.03
     #: radial (cubic) distortion at the field corner (pixels); None: instrument default
     distortion_corner_px: float | None = None
+    #: 5th-order radial distortion ``k5 r^4 (u, v)`` at the field corner (pixels), beyond the cubic one; 0: none
+    distortion_radial5_corner_px: float = 0.0
+    #: tangential (decentering, Brown-Conrady) distortion at the field corner (pixels; direction drawn per camera,
+    #: modulated by 1 + r^2/rc^2); 0: none
+    distortion_tangential_corner_px: float = 0.0
+    #: true plate scale / nominal (header) plate scale - 1 (e.g. 0.01: the header's scale is 1 % wrong)
+    plate_scale_error: float = 0.0
+    #: the true x axis is mirrored relative to the header's nominal WCS (a parity error of the header)
+    parity_flip: bool = False
 
     # ---- detector -----------------------------------------------------------------------------
     #: true gains scatter around the nominal (header) values by this fraction (fixed per camera)

@@ -245,10 +245,29 @@ def frame_wcs(survey: Survey, spec: ExposureSpec, rng: np.random.Generator):
         ex = ey = 0.0
     ra, dec = offset_radec(spec.ra, spec.dec, ex, ey)
     dist = cfg.distortion_corner_px if cfg.enabled("distortion") else 0.0
+    r5, tang = _high_order_distortion(survey)
+    scale *= 1.0 + cfg.plate_scale_error
     w = true_wcs(ra, dec, survey.shape, pixel_scale=inst.pixel_scale, cd_sign_x=inst.cd_sign_x,
                  cd_sign_y=inst.cd_sign_y, rotation_deg=rot, scale_factor=scale, distortion_corner_px=dist or 0.0,
-                 quad_terms=quad if dist else (0.0, 0.0, 0.0, 0.0))
-    return w, (ra, dec), {"rotation_deg": rot, "scale_factor": scale, "pointing_error_arcsec": [float(ex), float(ey)]}
+                 quad_terms=quad if dist else (0.0, 0.0, 0.0, 0.0), radial5_corner_px=r5,
+                 tangential_corner_px=tang, parity_flip=bool(cfg.parity_flip))
+    geo = {"rotation_deg": rot, "scale_factor": scale, "pointing_error_arcsec": [float(ex), float(ey)]}
+    if r5 or any(tang) or cfg.parity_flip:
+        geo.update(radial5_corner_px=r5, tangential_corner_px=list(tang), parity_flip=bool(cfg.parity_flip))
+    return w, (ra, dec), geo
+
+
+def _high_order_distortion(survey: Survey) -> tuple[float, tuple[float, float]]:
+    """5th-order radial term and tangential (p1, p2) terms (pixels at the corner), fixed for the camera."""
+    cfg = survey.cfg
+    if not cfg.enabled("distortion"):
+        return 0.0, (0.0, 0.0)
+    r5 = float(cfg.distortion_radial5_corner_px)
+    t = float(cfg.distortion_tangential_corner_px)
+    if t == 0.0:
+        return r5, (0.0, 0.0)
+    phi = R.rng_for(survey.seed, R.CAMERA, 6).uniform(0.0, 2.0 * math.pi)  # own stream: nothing else changes
+    return r5, (t * math.cos(phi), t * math.sin(phi))
 
 
 def _select(sky: SkyCatalog, w, ra0: float, dec0: float, shape: tuple[int, int], pixel_scale: float,
