@@ -955,8 +955,14 @@ class MasterIllumination(_ScienceMaster):
         except ValueError as exc:
             _exclude(rec, str(exc))
             return None
-        rec.update(status="used", sky_e=round(float(np.nanmedian(bkg[::4, ::4])), 2),
-                   masked_fraction=round(float(mask.mean()), 4))
+        p2p, angle = illummod.sky_gradient(grid)
+        rec.update(sky_e=round(float(np.nanmedian(bkg[::4, ::4])), 2), masked_fraction=round(float(mask.mean()), 4),
+                   sky_gradient=round(p2p, 6), sky_gradient_angle_deg=round(angle, 2))
+        if not p2p <= s.cfg.max_sky_gradient:
+            _exclude(rec, f"sky gradient {p2p:.2%} peak to peak > max_sky_gradient {s.cfg.max_sky_gradient:.2%} "
+                          "(moonlight or twilight: not a reference of the response)")
+            return None
+        rec["status"] = "used"
         return rec, grid
 
     def combine(self, s: Series, used: list[Any]) -> Master:
