@@ -116,17 +116,27 @@ def test_fringe_map_correlates_with_injected_fringes(pipeline):
 @pytest.mark.parametrize("filt", ["rSDSS", "zSDSS"])
 def test_illumination_correction_recovers_injected_term(pipeline, filt):
     illum = truth(pipeline, "illum_dome")
+    effect = float(np.std(illum / illum.mean() - 1))  # the dome-only term: 1.5 % peak to peak, 0.23 % rms
+    assert effect > 0.002
     _, path = master(pipeline, "master_illumination", f"/{filt}/dome/")
     icor = fits.getdata(path).astype(np.float64)
-    # after a dome flat the sky keeps 1/illum_dome: the correction must be that term
+    # after a dome flat the sky keeps 1/illum_dome: the correction must be that term, well below its own size
     r = icor * illum
     r /= r.mean()
-    assert np.std(r - 1) <= 0.005 and np.abs(r - 1).max() < 0.01
-    assert np.std(icor) > 0.002  # there is a term to recover (1.5 % peak to peak)
-    # with a twilight flat there is none
+    assert np.std(r - 1) <= 0.5 * effect and np.abs(r - 1).max() <= 0.4 * np.ptp(illum), (np.std(r - 1), effect)
+    assert np.corrcoef(icor.ravel()[::7], 1 / illum.ravel()[::7])[0, 1] >= 0.9
+    # with a twilight flat there is no dome term: the map does not follow it, and is smaller than it
     _, path = master(pipeline, "master_illumination", f"/{filt}/sky/")
     sky = fits.getdata(path).astype(np.float64)
-    assert np.std(sky / sky.mean() - 1) <= 0.005
+    assert abs(np.corrcoef(sky.ravel()[::7], 1 / illum.ravel()[::7])[0, 1]) < 0.5
+    assert np.std(sky / sky.mean() - 1) <= 0.75 * effect
+    # what it holds is the response's own plane that the twilight gradient removal took out of the master flat:
+    # master x correction agrees with the true response on large scales
+    _, flat = master(pipeline, "master_flat", f"/{filt}/sky/")
+    good = good_pixels(pipeline)
+    ratio = fits.getdata(flat).astype(np.float64) * sky / (truth(pipeline, "flat_sky") * gain_ratio(pipeline))
+    ratio /= np.median(ratio[good])
+    assert rms_ratio(ratio, np.ones_like(ratio), good) <= 0.003
 
 
 def test_bad_pixel_mask_finds_injected_defects(pipeline):

@@ -195,6 +195,8 @@ def test_dome_flats_carry_the_illumination_term_sky_flats_do_not(night):
         ims = []
         for rec in frames(man, kind, "rSDSS"):
             img = electrons(res.out, man, rec, bias_from="overscan")
+            if kind == "flat-sky":  # the twilight sky's own gradient, as recorded (tested below)
+                img /= _twilight(rec["twilight_gradient"], img.shape)
             ims.append(img / np.median(img))
         return np.median(ims, axis=0)
 
@@ -207,6 +209,53 @@ def test_dome_flats_carry_the_illumination_term_sky_flats_do_not(night):
     ill = smooth(illum / illum.mean())
     assert np.corrcoef(dome.ravel(), ill.ravel())[0, 1] > 0.9
     assert np.std(sky / np.median(sky)) < 0.3 * np.std(ill)
+
+
+def _twilight(t: dict, shape) -> np.ndarray:
+    """The recorded twilight sky of a flat (manifest ``twilight_gradient``, its formula)."""
+    ny, nx = shape
+    u = np.linspace(-1, 1, nx)[None, :]
+    v = np.linspace(-1, 1, ny)[:, None]
+    lin = t["gx"] * u + t["gy"] * v
+    span = abs(t["gx"]) + abs(t["gy"])
+    return 1 + lin + t["curvature"] * 2 * span * ((lin / span) ** 2 - 1 / 3)
+
+
+def test_sky_flats_brighten_towards_the_sun(night):
+    """The twilight gradient is in the pixels as recorded, 1-6 % peak to peak, rising towards the Sun's position
+    angle (astropy's Sun, the frame's true WCS)."""
+    import astropy.units as au
+    from astropy.coordinates import SkyCoord, get_sun
+    from astropy.time import Time
+
+    res, man = night
+    flats = frames(man, "flat-sky")
+    assert flats
+    for rec in flats:
+        t = rec["twilight_gradient"]
+        assert 0.009 <= t["peak_to_peak"] <= 0.066
+        img = electrons(res.out, man, rec, bias_from="overscan")
+        ny, nx = img.shape
+        b = 32
+        cells = np.median(img.reshape(ny // b, b, nx // b, b).transpose(0, 2, 1, 3).reshape(ny // b, nx // b, -1),
+                          axis=2)
+        cells /= cells.mean()
+        v, u = np.meshgrid(np.linspace(-1, 1, ny // b), np.linspace(-1, 1, nx // b), indexing="ij")
+        A = np.stack([np.ones(u.size), u.ravel(), v.ravel()], axis=1)
+        _, gx, gy = np.linalg.lstsq(A, cells.ravel(), rcond=None)[0]
+        assert gx == pytest.approx(t["gx"], abs=0.001) and gy == pytest.approx(t["gy"], abs=0.001)
+        # direction: towards the Sun, seen from the pointing, through the true WCS
+        with fits.open(res.out / rec["truth"]) as hd:
+            w = WCS(hd[0].header)
+        mid = Time(rec["date_obs"], scale="utc") + rec["exptime"] / 2 * au.s
+        centre = w.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+        sun = get_sun(mid)  # geocentric direction (GCRS; not ICRS: the Sun seen from the barycentre)
+        pa = centre.position_angle(SkyCoord(sun.ra, sun.dec)).to_value("deg")
+        step = centre.directional_offset_by(pa * au.deg, 30 * au.arcsec)
+        x1, y1 = w.world_to_pixel(step)
+        want = np.degrees(np.arctan2(y1 - (ny - 1) / 2, x1 - (nx - 1) / 2))
+        got = np.degrees(np.arctan2(gy / (ny - 1), gx / (nx - 1)))
+        assert abs((got - want + 180) % 360 - 180) < 3.0, (got, want)
 
 
 def test_gain_and_nonlinearity_in_dome_flats(night):
@@ -271,3 +320,51 @@ def test_reference_catalog_covers_tiles_and_agrees_with_truth(night):
     dm = mag_r[has] - np.asarray(sky["mag_rSDSS"][k][has], float)
     assert 0.008 < np.std(dm) < 0.022 and abs(np.mean(dm)) < 0.01
     assert ref["phot_g_mean_mag"].max() <= 20.55
+
+
+@pytest.fixture(scope="module")
+def moonlit_scattered(tmp_path_factory):
+    """zSDSS science frames under the Moon, with scattered light and fringes that do not follow the sky."""
+    from upad.sim import SimConfig, simulate
+    from upad.sim.truth import load_manifest
+
+    out = tmp_path_factory.mktemp("moon-night")
+    cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=3, moon_gradient=0.06,
+                    moon_brightening_mag=1.0, scattered_light_fraction=0.2, fringe_frame_sigma=0.3,
+                    disabled=("cosmics", "satellites"))
+    res = simulate("mini", seed=13, out=out, nights=1, tiles=1, filters=["zSDSS"], config=cfg)
+    return res, load_manifest(out)
+
+
+def test_moonlight_scattered_light_and_fringe_variation_in_science_frames(moonlit_scattered):
+    res, man = moonlit_scattered
+    scat = read_map(res.out / man["camera"]["maps"]["scattered_light"]).astype(np.float64)
+    fringe = read_map(res.out / man["camera"]["maps"]["fringe_zSDSS"]).astype(np.float64)
+    assert scat.max() == pytest.approx(1.0) and np.ptp(scat) > 0.5
+    scales = []
+    for rec in frames(man, "science", "zSDSS"):
+        img = electrons(res.out, man, rec)
+        ny, nx = img.shape
+        g = rec["sky_gradient"]
+        assert g["peak_to_peak"] == pytest.approx(0.06, rel=0.11)
+        u = np.linspace(-1, 1, nx)[None, :]
+        v = np.linspace(-1, 1, ny)[:, None]
+        sky = rec["sky_e"] * (1 + g["gx"] * u + g["gy"] * v)
+        extra = img - sky
+        b = 32
+        cells = np.median(extra.reshape(ny // b, b, nx // b, b).transpose(0, 2, 1, 3).reshape(ny // b, nx // b, -1),
+                          axis=2)
+        smap = scat.reshape(ny // b, b, nx // b, b).mean(axis=(1, 3))
+        # what is left of the sky beyond the moonlit gradient is the scattered glow, at its recorded level
+        slope = np.polyfit(smap.ravel(), cells.ravel(), 1)[0]
+        assert slope == pytest.approx(rec["scattered_light_peak_e"], rel=0.03)
+        # the fringes: their amplitude is the recorded frame scale, not the sky's
+        from scipy import ndimage
+
+        resid = extra - rec["scattered_light_peak_e"] * scat
+        objects = ndimage.maximum_filter(resid > 4 * np.sqrt(rec["sky_e"]), size=11)  # stars and galaxies out
+        ok = ~objects
+        scale = float(np.sum(resid[ok] * fringe[ok]) / np.sum(fringe[ok] ** 2)) / rec["sky_e"]
+        assert scale == pytest.approx(rec["fringe_scale"], abs=0.03)
+        scales.append(rec["fringe_scale"])
+    assert np.ptp(scales) > 0.05  # the fringes did vary from frame to frame relative to the sky

@@ -136,9 +136,24 @@ class MasterFlatConfig(MasterConfigBase):
     qc_cells: int = param(32, doc="Cells along the long axis of the binned residual maps", bounds=(4, 512),
                           critical=False)
     qc_plots: bool = param(True, doc="Write the residual map and histogram PNG of every flat", critical=False)
+    gradient_flat_types: tuple = param(("sky",), doc="Flat types whose large-scale gradient (the twilight sky's, "
+                                                     "towards the Sun) is fitted and divided out of every flat "
+                                                     "before the flats are combined and judged")
+    gradient_order: int = param(1, doc="Total degree of the 2-D Legendre polynomial of the per-flat gradient (1: a "
+                                       "plane; higher degrees also remove the vignetting, which the illumination "
+                                       "correction must then restore)", bounds=(0, 3))
+    gradient_model_order: int = param(4, doc="Total degree of the smooth model fitted with the gradient (the "
+                                             "vignetting: only real outliers are rejected); only its terms up to "
+                                             "gradient_order are removed", bounds=(0, 8))
+    gradient_max: float = param(0.15, doc="A flat whose fitted gradient (peak to peak over the field) exceeds this "
+                                          "is excluded: its sky was not smooth (clouds, the Moon)",
+                                bounds=(0, None))
 
     def validate(self) -> None:
         super().validate()
+        bad = [t for t in self.gradient_flat_types if t not in FLAT_TYPES]
+        self.require(not bad, "gradient_flat_types", f"= {list(self.gradient_flat_types)!r} is not a list of "
+                                                     f"{list(FLAT_TYPES)}", hint="e.g. gradient_flat_types = [\"sky\"]")
         self.require(self.min_level < self.max_level, "min_level",
                      f"= {self.min_level:g} ADU is not below max_level = {self.max_level:g} ADU",
                      hint="flats between min_level and max_level are used: lower min_level or raise max_level")
@@ -170,6 +185,10 @@ class MasterIllumConfig(MasterConfigBase):
     cells: int = param(32, doc="Cells along the long axis of the binned background maps", bounds=(4, 1024))
     order: int = param(3, doc="Total degree of the 2-D Legendre polynomial fitted to the background",
                        bounds=(0, 8))
+    max_sky_gradient: float = param(0.05, doc="A frame whose sky has a larger plane (peak to peak over the field) "
+                                              "is excluded: moonlight or twilight, not a reference of the response "
+                                              "(the airmass alone gives ~3.5 % over a T80Cam field at airmass 1.5)",
+                                    bounds=(0, None))
     source_nsigma: float = param(3.0, doc="Sources are masked above this many sigma of the background noise",
                                  bounds=(0.5, None), unit="sigma")
     source_grow: int = param(3, doc="Source masks are grown by this many pixels", bounds=(0, 100), unit="pixel")

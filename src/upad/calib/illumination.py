@@ -4,7 +4,8 @@ A dome flat (or, to a smaller extent, a twilight flat) is not lit like the night
 background of science frames keeps a smooth large-scale pattern. From dithered science frames of one filter, reduced
 and flat-fielded with the master flat, the per-frame sky background is measured with sources masked
 (:func:`upad.calib.fringe.sky_background`) and binned into cells (:func:`background_grid`); each grid is divided by
-its median, the grids are median-combined across frames, and a low-order 2-D Legendre polynomial is fitted with
+its median, frames whose sky has a plane steeper than a limit (:func:`sky_gradient`: moonlight, twilight — a
+sky that is not a reference of the response) are left out, the grids are median-combined across frames, and a low-order 2-D Legendre polynomial is fitted with
 outlier rejection (:func:`fit_surface`). The map is normalised to a mean of 1.
 
 Convention: the map is the sky as seen after flat-fielding; a flat-fielded science frame is corrected by *dividing*
@@ -18,7 +19,7 @@ import numpy as np
 
 from upad.calib.qc import bin_image
 
-__all__ = ["background_grid", "cell_size", "combine_grids", "evaluate_surface", "fit_surface"]
+__all__ = ["background_grid", "cell_size", "combine_grids", "evaluate_surface", "fit_surface", "sky_gradient"]
 
 
 def cell_size(shape: tuple[int, int], cells: int) -> int:
@@ -125,3 +126,13 @@ def evaluate_surface(coef: np.ndarray, shape: tuple[int, int], order: int) -> np
         out += (coef[k] * L.legval(v, cj)).astype(np.float32)[:, None] * L.legval(u, ci).astype(np.float32)[None, :]
     out /= np.float32(out.mean(dtype=np.float64))
     return out
+
+
+def sky_gradient(grid: np.ndarray) -> tuple[float, float]:
+    """Peak to peak (fraction, over the field) and direction (deg, pixel axes, counter-clockwise from +x) of the
+    plane fitted to a normalised background grid (:func:`background_grid`)."""
+    from upad.calib.qc import plane_gradient
+
+    p2p, b, c = plane_gradient(grid)
+    ny, nx = grid.shape
+    return p2p, float(np.degrees(np.arctan2(c / max(ny - 1, 1), b / max(nx - 1, 1))))

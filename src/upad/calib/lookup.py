@@ -306,9 +306,33 @@ def select_flat(session: Session, key: ConfigKey, *, when: dt.datetime, night: s
         return min(fallbacks, key=lambda x: x[:3])[3]
     types = "/".join(config.flat_types)
     note = "".join(epoch_notes)
+    failed = _failed_flats(session, key, night, config.flat_types)
     return Missing("flat", f"no {types} master flat for {key.for_kind('fringe').describe()} within "
-                           f"±{config.fallback_nights} nights of {night}{note} (take flats in {key.filter}, or widen "
-                           "fallback_nights)", expected=False, required=required, epoch_note=note)
+                           f"±{config.fallback_nights} nights of {night}{note}{failed} (take flats in {key.filter}, "
+                           "or widen fallback_nights)", expected=False, required=required, epoch_note=note)
+
+
+def _failed_flats(session: Session, key: ConfigKey, night: str, flat_types: tuple[str, ...] | list[str]) -> str:
+    """``'; the sky master flat of night N failed: <why>'`` for every flat type whose master of the night was tried
+    and failed (all flats excluded by the flat-field QC …), ``'; the sky flats of night N cannot make a master:
+    <why>'`` where the night's flats are too few: what ``upad run --dry-run`` shows."""
+    from upad.calib.planning import planned_masters
+
+    out = []
+    planned = None
+    for t in flat_types:
+        unit_key = key.for_kind("flat", flat_type=t).unit_key(night)
+        job = queries.latest_job(session, "master_flat", unit_key)
+        if job is not None and job.state == "failed":
+            why = " ".join(str(job.error or "no reason recorded").split())
+            out.append(f"; the {t} master flat of night {night} failed: {why[:400]}")
+            continue
+        if job is None:
+            planned = planned_masters(session, "flat") if planned is None else planned
+            pm = planned.get(unit_key)
+            if pm is not None and pm.state in ("insufficient", "missing") and pm.unit.reason:
+                out.append(f"; the {t} flats of night {night} cannot make a master: {pm.unit.reason}")
+    return "".join(out)
 
 
 def _frame(session: Session, frame: Any) -> FrameInfo:

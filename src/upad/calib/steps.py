@@ -664,6 +664,21 @@ class MasterFlat(MasterStep):
             return None
         img /= np.float32(level)
         img[res.saturated] = np.nan
+        if self._flat_type(s) in cfg.gradient_flat_types:
+            # the twilight sky's own gradient, different in every flat: fitted and divided out before anything
+            # compares the flats (star masks, combination, flat-field QC)
+            try:
+                grad = flatmod.fit_gradient(img, cells=cfg.qc_cells, order=cfg.gradient_order,
+                                             model_order=cfg.gradient_model_order, amps=s.amps)
+            except ValueError as exc:
+                _exclude(rec, f"gradient fit failed: {exc}")
+                return None
+            rec["gradient_removed"] = grad.to_dict()
+            if not grad.peak_to_peak <= cfg.gradient_max:
+                _exclude(rec, f"sky not smooth: fitted gradient {grad.peak_to_peak:.2%} peak to peak > "
+                              f"gradient_max {cfg.gradient_max:.2%}")
+                return None
+            flatmod.divide_surface(img, grad)
         return rec, _save(s.scratch, f"flat-{f.id}", img), level
 
     def _stack(self, s: Series, items: Sequence[tuple[dict[str, Any], Path, float]], *,
@@ -714,8 +729,10 @@ class MasterFlat(MasterStep):
                 pname = f"qc/{stem}_residual.png"
                 staged_png = task.stage(pname)
                 status = "used" if rec["status"] == "used" else f"excluded: {rec.get('reason', '')[:60]}"
-                qc.plot_flat_residual(staged_png, row["map"], row["counts"], row["edges"],
-                                      title=f"{rec['filename']} vs master {task.unit_key}",
+                removed = rec.get("gradient_removed")
+                title = f"{rec['filename']} vs master {task.unit_key}" + (
+                    f" (gradient {removed['peak_to_peak']:.2%} removed)" if removed else "")
+                qc.plot_flat_residual(staged_png, row["map"], row["counts"], row["edges"], title=title,
                                       rms=row["stats"]["rms"], gradient=row["stats"]["gradient"], status=status)
                 s.files.append(OutputFile("qc_plot", str(staged_png), self.final_path(task, pname)))
         m = Master(comb.image, len(used), comb)
@@ -734,6 +751,13 @@ class MasterFlat(MasterStep):
                    "rms_max": float(np.max([q["rms"] for q in used_qc])) if used_qc else None,
                    "gradient_max": float(np.max([q["gradient"] for q in used_qc])) if used_qc else None,
                    "rms_limit": cfg.qc_rms_max, "gradient_limit": cfg.qc_gradient_max}
+        removed = [r["gradient_removed"]["peak_to_peak"] for r in s.records
+                   if r.get("status") == "used" and "gradient_removed" in r]
+        if removed:
+            summary.update({"gradient_removed": True, "gradient_order": cfg.gradient_order,
+                            "removed_gradient_min": float(np.min(removed)),
+                            "removed_gradient_max": float(np.max(removed))})
+            m.cards["GRADORD"] = (cfg.gradient_order, "per-flat gradient removed (Legendre degree)")
         m.meta.update({"flat_type": self._flat_type(s), "amp_response": flatmod.amp_means(master, s.amps),
                        "normalisation": med, "qc": summary, "stats": qc.robust_stats(master),
                        "combine": m.comb.stats})
@@ -931,8 +955,14 @@ class MasterIllumination(_ScienceMaster):
         except ValueError as exc:
             _exclude(rec, str(exc))
             return None
-        rec.update(status="used", sky_e=round(float(np.nanmedian(bkg[::4, ::4])), 2),
-                   masked_fraction=round(float(mask.mean()), 4))
+        p2p, angle = illummod.sky_gradient(grid)
+        rec.update(sky_e=round(float(np.nanmedian(bkg[::4, ::4])), 2), masked_fraction=round(float(mask.mean()), 4),
+                   sky_gradient=round(p2p, 6), sky_gradient_angle_deg=round(angle, 2))
+        if not p2p <= s.cfg.max_sky_gradient:
+            _exclude(rec, f"sky gradient {p2p:.2%} peak to peak > max_sky_gradient {s.cfg.max_sky_gradient:.2%} "
+                          "(moonlight or twilight: not a reference of the response)")
+            return None
+        rec["status"] = "used"
         return rec, grid
 
     def combine(self, s: Series, used: list[Any]) -> Master:

@@ -105,6 +105,12 @@ class SimConfig:
     sky_flat_sun_start: float = -3.0
     #: faint stars per deg^2 in sky flats (random, different in every flat)
     sky_flat_star_density: float = 400.0
+    #: twilight-flat large-scale gradient, peak to peak over the field (fraction): the first value at a Sun
+    #: altitude of -9 deg or lower, the second at -3 deg or higher (linear in between, +-10 % per flat); the
+    #: sky brightens towards the Sun's azimuth. (0, 0): uniform twilight flats
+    sky_flat_gradient_range: tuple[float, float] = (0.01, 0.06)
+    #: curvature of the twilight gradient along the Sun's direction, as a fraction of its peak to peak
+    sky_flat_gradient_curvature: float = 0.05
 
     # ---- sky truth ----------------------------------------------------------------------------
     #: faint limit of the truth catalog (AB mag in rSDSS)
@@ -148,6 +154,14 @@ class SimConfig:
     #: nightly transparency range (uniform), and per-exposure scatter
     transparency_night_range: tuple[float, float] = (0.93, 1.0)
     transparency_sigma: float = 0.015
+    #: moonlit science frames: sky brighter by this many magnitudes (0: dark time)
+    moon_brightening_mag: float = 0.0
+    #: moonlit science frames: sky gradient peak to peak over the field (fraction), towards the Moon's position
+    #: angle (drawn per night), +-10 % per frame; 0: none
+    moon_gradient: float = 0.0
+    #: scattered light: a fixed smooth glow added to every sky-lit frame (twilight flats and science), as a
+    #: fraction of the sky level at its peak (it is light, not pixel response: a flat keeps it); 0: none
+    scattered_light_fraction: float = 0.0
 
     # ---- astrometry ---------------------------------------------------------------------------
     #: pointing error sigma per axis (arcsec); None: instrument default (T80Cam 120", mini 45")
@@ -192,6 +206,9 @@ class SimConfig:
     fringe_amplitude: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_FRINGE))
     #: typical fringe spatial period (pixels)
     fringe_period_px: float = 40.0
+    #: frame-to-frame variation of the fringe amplitude relative to the sky (sigma, fraction of the fringe):
+    #: an additive fringe component (sky lines vary independently of the continuum); 0: exactly proportional
+    fringe_frame_sigma: float = 0.0
 
     # ---- transients ---------------------------------------------------------------------------
     #: cosmic-ray rate (events per cm^2 per minute); ~ a few at 2000 m altitude

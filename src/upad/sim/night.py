@@ -21,9 +21,10 @@ from upad.sim.detector import (BiasState, Camera, PixelList, bleed, cosmic_rays,
 from upad.sim.psf import draw_psf_model, exposure_fwhm, moffat_alpha
 from upad.sim.render import RenderInfo, Sources, render
 from upad.sim.schedule import (SITE_LAT, ExposureSpec, dither_offsets, lst_deg, night_times, offset_radec,
-                               radec_from_altaz, radec_to_tangent, sun_alt, tile_centres, twilight_brightening,
-                               with_pointing)
-from upad.sim.sky import SkyCatalog, sky_rate_e
+                               radec_from_altaz, radec_to_tangent, sun_alt, sun_radec, tile_centres,
+                               twilight_brightening, with_pointing)
+from upad.sim.sky import (SkyCatalog, gradient_coefficients, image_direction, position_angle, scattered_light_pattern,
+                          sky_gradient_map, sky_rate_e)
 from upad.sim.wcs import true_wcs
 from upad.errors import UpadError
 
@@ -346,7 +347,7 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
         rec.update(zp_block(zp_e))
         img = np.zeros(shape, np.float32)
         if spec.kind == "science":
-            sky_mag = filt.sky + plan.sky_offset + rng.normal(0, cfg.sky_sigma_mag)
+            sky_mag = filt.sky + plan.sky_offset + rng.normal(0, cfg.sky_sigma_mag) - cfg.moon_brightening_mag
             sky_mag += (-2.5 * math.log10(X) + filt.extinction * (X - 1)) if cfg.enabled("extinction") else 0.0
             sky_e = sky_rate_e(sky_mag, zp_e0, inst.pixel_scale) * spec.exptime
             margin = 64.0
@@ -365,6 +366,7 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
                 sat_pl.add_to(img)
                 rec["satellite"] = sat_par
             fringe = camera.fringe(filt)
+            rec.update(_science_sky_structure(img, survey, plan, spec, w, key, sky_e=sky_e, fringe=fringe))
             rec.update({"sky_mag_arcsec2": round(sky_mag, 5), "sky_e": round(sky_e, 5),
                         "sky_adu": [round(sky_e / g, 5) for g in camera.gains],
                         "fringe_amplitude_rms": camera.fringe_amplitude(filt),
@@ -388,6 +390,7 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
                                         zp_e - 2.5 * np.log10(np.maximum(flux, 1e-9) / max(spec.exptime, 1e-3)),
                                         info, amp, camera, bias, shape)
             rec.update({"level_e": round(level_e, 4), "level_adu": [round(level_e / g, 4) for g in camera.gains]})
+            rec.update(_twilight_structure(img, survey, spec, w, (tra, tdec), key, level_e=level_e))
             photon_stage(img, camera=camera, seed_key=key, seed=seed, signal_scale=1.0, additive_sky=level_e,
                          fringe=None, dark_time=t_dark, illum=False, threads=threads)
     elif spec.kind == "flat-dome":
@@ -430,6 +433,96 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
                  saturation={"x": sx_a.astype(np.int32), "y": sy_a.astype(np.int32), "bled_x": bl.x, "bled_y": bl.y,
                              "bled_e": bl.e},
                  bias=bias, wcs_header=wcs_hdr)
+
+
+def scattered_light(survey: Survey) -> np.ndarray | None:
+    """The camera's fixed scattered-light glow (peak 1), or None when ``scattered_light_fraction`` is 0."""
+    if not survey.cfg.scattered_light_fraction:
+        return None
+    return _scattered_cached(survey.seed, survey.shape)
+
+
+_SCATTER_CACHE: dict = {}
+
+
+def _scattered_cached(seed: int, shape: tuple[int, int]) -> np.ndarray:
+    k = (seed, tuple(shape))
+    if k not in _SCATTER_CACHE:
+        _SCATTER_CACHE.clear()
+        _SCATTER_CACHE[k] = scattered_light_pattern(R.rng_for(seed, R.CAMERA, 30), shape)
+    return _SCATTER_CACHE[k]
+
+
+def _add_scattered(img: np.ndarray, survey: Survey, sky_level_e: float) -> dict:
+    pat = scattered_light(survey)
+    if pat is None:
+        return {}
+    peak = survey.cfg.scattered_light_fraction * sky_level_e
+    img += np.float32(peak) * pat
+    return {"scattered_light_peak_e": round(float(peak), 4)}
+
+
+def _twilight_structure(img: np.ndarray, survey: Survey, spec: ExposureSpec, w, pointing: tuple[float, float],
+                        key: tuple[int, ...], *, level_e: float) -> dict:
+    """Add the twilight sky's large-scale gradient (towards the Sun) and the scattered light to a sky flat's
+    expected electrons (before the pixel response); return the truth record entries."""
+    cfg = survey.cfg
+    lo, hi = cfg.sky_flat_gradient_range
+    out: dict = {}
+    if hi > 0 or lo > 0:
+        rng = R.rng_for(survey.seed, *key, 5)
+        jd = spec.mid_jd
+        h = float(sun_alt(jd))
+        frac = float(np.clip((h + 9.0) / 6.0, 0.0, 1.0))
+        p2p = (lo + (hi - lo) * frac) * (1 + rng.uniform(-0.1, 0.1))
+        sra, sdec = sun_radec(jd)
+        pa = position_angle(pointing[0], pointing[1], float(sra), float(sdec))
+        nvec, evec = _image_angle(w)
+        d = image_direction(pa, nvec, evec)
+        gx, gy = gradient_coefficients(d, survey.shape, p2p)
+        grad = sky_gradient_map(survey.shape, gx, gy, curvature=cfg.sky_flat_gradient_curvature)
+        grad -= np.float32(1.0)
+        grad *= np.float32(level_e)
+        img += grad
+        del grad
+        out["twilight_gradient"] = {
+            "peak_to_peak": round(p2p, 6), "gx": round(gx, 7), "gy": round(gy, 7),
+            "curvature": cfg.sky_flat_gradient_curvature, "sun_alt_deg": round(h, 4),
+            "sun_position_angle_deg": round(pa, 4),
+            "image_angle_deg": round(math.degrees(math.atan2(d[1], d[0])), 4),
+            "formula": "sky = level * (1 + gx*u + gy*v + k*(s^2-1/3)), u,v in [-1,1] along x,y (0-based pixels "
+                       "0..n-1), s = (gx*u+gy*v)/(|gx|+|gy|), k = curvature*2*(|gx|+|gy|)"}
+    out.update(_add_scattered(img, survey, level_e))
+    return out
+
+
+def _science_sky_structure(img: np.ndarray, survey: Survey, plan: NightPlan, spec: ExposureSpec, w,
+                           key: tuple[int, ...], *, sky_e: float, fringe: np.ndarray | None) -> dict:
+    """Moonlight gradient, scattered light and the fringe component that does not follow the sky, added to a
+    science frame's expected electrons (before the pixel response); the truth record entries."""
+    cfg = survey.cfg
+    out: dict = {}
+    rng = R.rng_for(survey.seed, *key, 6)
+    if cfg.moon_gradient:
+        pa = float(R.rng_for(survey.seed, R.NIGHT, plan.index, 77).uniform(0, 360))
+        p2p = cfg.moon_gradient * (1 + rng.uniform(-0.1, 0.1))
+        nvec, evec = _image_angle(w)
+        d = image_direction(pa, nvec, evec)
+        gx, gy = gradient_coefficients(d, survey.shape, p2p)
+        grad = sky_gradient_map(survey.shape, gx, gy)
+        grad -= np.float32(1.0)
+        grad *= np.float32(sky_e)
+        img += grad
+        del grad
+        out["sky_gradient"] = {"peak_to_peak": round(p2p, 6), "gx": round(gx, 7), "gy": round(gy, 7),
+                               "moon_position_angle_deg": round(pa, 4),
+                               "formula": "sky = sky_e * (1 + gx*u + gy*v), u,v in [-1,1] along x,y"}
+    out.update(_add_scattered(img, survey, sky_e))
+    if fringe is not None and cfg.fringe_frame_sigma:
+        extra = float(rng.normal(0, cfg.fringe_frame_sigma))
+        img += np.float32(extra * sky_e) * fringe
+        out["fringe_scale"] = round(1 + extra, 6)
+    return out
 
 
 def _object_table(ids, x, y, flux_e, mag, info: RenderInfo, amp, camera: Camera, bias: BiasState,

@@ -202,3 +202,72 @@ def make_sky_catalog(rng: np.random.Generator, *, centre: tuple[float, float], h
 def sky_rate_e(sky_mag: float, zp_e: float, pixel_scale: float) -> float:
     """Sky count rate (e-/s/pixel) for a surface brightness (AB mag/arcsec^2) and a zero point for 1 e-/s."""
     return 10 ** (-0.4 * (sky_mag - zp_e)) * pixel_scale ** 2
+
+
+# ----------------------------------------------------------------------------- sky background structure
+def position_angle(ra0: float, dec0: float, ra1: float, dec1: float) -> float:
+    """Position angle (deg, east of north) at (ra0, dec0) of the great circle towards (ra1, dec1)."""
+    a0, d0, a1, d1 = map(math.radians, (ra0, dec0, ra1, dec1))
+    da = a1 - a0
+    return math.degrees(math.atan2(math.sin(da) * math.cos(d1),
+                                   math.cos(d0) * math.sin(d1) - math.sin(d0) * math.cos(d1) * math.cos(da)))
+
+
+def image_direction(pa_deg: float, north: np.ndarray, east: np.ndarray) -> np.ndarray:
+    """Unit pixel-space vector (x, y) of the sky direction at position angle ``pa_deg`` (east of north), from the
+    unit pixel vectors pointing north and east."""
+    pa = math.radians(pa_deg)
+    d = math.cos(pa) * np.asarray(north, float) + math.sin(pa) * np.asarray(east, float)
+    return d / np.linalg.norm(d)
+
+
+def gradient_coefficients(direction: np.ndarray, shape: tuple[int, int], peak_to_peak: float) -> tuple[float, float]:
+    """Plane ``1 + gx u + gy v`` (``u, v`` in [-1, 1] along x and y) rising along the pixel-space ``direction`` with
+    the given peak to peak over the image: ``2 (|gx| + |gy|) = peak_to_peak``."""
+    ny, nx = shape
+    gx, gy = float(direction[0]) * (nx - 1) / 2, float(direction[1]) * (ny - 1) / 2
+    s = 2 * (abs(gx) + abs(gy))
+    if s == 0 or peak_to_peak == 0:
+        return 0.0, 0.0
+    return gx * peak_to_peak / s, gy * peak_to_peak / s
+
+
+def sky_gradient_map(shape: tuple[int, int], gx: float, gy: float, *, curvature: float = 0.0) -> np.ndarray:
+    """Relative sky brightness over the image (float32, mean ~1): ``1 + gx u + gy v + k (s² - 1/3)``.
+
+    ``s = (gx u + gy v) / (|gx| + |gy|)`` is the position along the gradient (in [-1, 1]) and
+    ``k = curvature * 2 (|gx| + |gy|)``: the brightening is slightly faster than linear towards the source."""
+    ny, nx = shape
+    u = np.linspace(-1, 1, nx, dtype=np.float32)[None, :]
+    v = np.linspace(-1, 1, ny, dtype=np.float32)[:, None]
+    lin = np.float32(gx) * u + np.float32(gy) * v
+    out = np.float32(1.0) + lin
+    span = abs(gx) + abs(gy)
+    if curvature and span > 0:
+        s = lin / np.float32(span)
+        out += np.float32(curvature * 2 * span) * (s * s - np.float32(1 / 3))
+    return out.astype(np.float32)
+
+
+def scattered_light_pattern(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A fixed scattered-light glow (float32, peak 1, >= 0): a broad off-centre lobe and a faint ring (a ghost of
+    the pupil), the kind of pattern baffling and filter reflections leave on a wide-field camera."""
+    from upad.sim.detector import _upsample_bilinear
+
+    ny, nx = shape
+    factor = max(1, max(ny, nx) // 256)  # smooth: drawn on a coarse grid and upsampled
+    gy, gx = ny // factor + 2, nx // factor + 2
+    y, x = np.mgrid[0:gy, 0:gx].astype(np.float32) * np.float32(factor)
+    x = (x - (nx - 1) / 2) / np.float32(nx / 2)
+    y = (y - (ny - 1) / 2) / np.float32(ny / 2)
+    cx, cy = rng.uniform(-0.9, 0.9, 2)
+    w = rng.uniform(0.4, 0.8)
+    lobe = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / np.float32(2 * w * w))
+    rx, ry = rng.uniform(-0.3, 0.3, 2)
+    r0, rw = rng.uniform(0.3, 0.6), rng.uniform(0.05, 0.12)
+    r = np.sqrt((x - rx) ** 2 + (y - ry) ** 2)
+    ring = np.float32(rng.uniform(0.2, 0.4)) * np.exp(-((r - r0) ** 2) / np.float32(2 * rw * rw))
+    out = lobe + ring
+    out = _upsample_bilinear(out, shape, factor) if factor > 1 else out[:ny, :nx]
+    out /= np.float32(out.max())
+    return out.astype(np.float32)

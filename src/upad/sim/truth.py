@@ -70,6 +70,11 @@ def write_camera_truth(out: Path, camera: Camera, filters: list, *, compress: bo
         fr = camera.fringe(f)
         if fr is not None:
             put(f"fringe_{f.name}", fr, "", "fringe pattern as fraction of sky: science sky = sky*(1+fringe)")
+    if camera.cfg.scattered_light_fraction:
+        from upad.sim.night import _scattered_cached
+        put("scattered_light", _scattered_cached(camera.seed, camera.shape), "",
+            "scattered-light glow, peak 1: added light = scattered_light_fraction * sky level * this (before the "
+            "pixel response)")
     return paths
 
 
