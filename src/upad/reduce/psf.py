@@ -543,8 +543,7 @@ class PsfModel:
     #: the frame's radial profile (Gaussian mixture): widths in units of the FWHM, amplitudes (sum 1); None: Moffat
     profile_sig: np.ndarray | None = None
     profile_amp: np.ndarray | None = None
-    #: adaptive-moment size ``T`` (pixels^2, over FWHM^2) of the pixelated profile vs FWHM (pixels, over the FWHM
-    #: of the profile) — valid around the frame's FWHM
+    #: adaptive-moment size ``T`` (pixels^2) of the pixelated profile vs its FWHM (pixels), around the frame's FWHM
     calib_fwhm: np.ndarray | None = None
     calib_T: np.ndarray | None = None
 
@@ -587,10 +586,7 @@ class PsfModel:
         stellarity: the same measure as the detections')."""
         fw = np.maximum(self.fwhm_at(x, y), 1e-3)
         if self.calib_T is not None and self.profile_sig is not None:
-            # T(fw) for the profile of FWHM fw: the calibration is in units of the profile's FWHM at fit time
-            f0 = float(np.median(fw))
-            tt, ff = np.asarray(self.calib_T) * f0 * f0, np.asarray(self.calib_fwhm) * f0
-            return np.exp(np.interp(np.log(fw), np.log(ff), np.log(tt)))
+            return np.exp(np.interp(np.log(fw), np.log(self.calib_fwhm), np.log(self.calib_T)))
         table = calibration_table()
         return np.exp(np.interp(np.log(fw), np.log(table["fwhm"]), np.log(_interp_beta(table, self.beta, "T"))))
 
@@ -841,7 +837,7 @@ def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarra
     if prof is not None:
         model.profile_sig = prof["sig"] / prof["fwhm"]
         model.profile_amp = prof["amp"]
-        model.calib_fwhm, model.calib_T = cal["fwhm"] / prof["fwhm"], cal["T"] / prof["fwhm"] ** 2
+        model.calib_fwhm, model.calib_T = cal["fwhm"], cal["T"]
     zx = np.clip((sx * zones / nx).astype(int), 0, zones - 1)
     zy = np.clip((sy * zones / ny).astype(int), 0, zones - 1)
     zone_of = np.where(used, zy * zones + zx, -1)
