@@ -889,6 +889,7 @@ def _epsf_hybrid(image, model: "PsfModel", sx, sy, zone_of, half, prof, sub):
             bx = np.rint((xx - sx[k]) * os_).astype(int) + half * os_
             by = np.rint((yy - sy[k]) * os_).astype(int) + half * os_
             good = (bx >= 0) & (bx < n) & (by >= 0) & (by < n)
+            good &= (xx - sx[k]) ** 2 + (yy - sy[k]) ** 2 <= float(prof["radius"]) ** 2
             vals.append(res[good])
             bins.append(by[good] * n + bx[good])
         if vals:
@@ -899,6 +900,9 @@ def _epsf_hybrid(image, model: "PsfModel", sx, sy, zone_of, half, prof, sub):
             keep = np.abs(v - mean[b]) <= 3.0 * sd[b] + 1e-12
             cnt = np.bincount(b[keep], None, n * n)
             mean = np.bincount(b[keep], v[keep], n * n) / np.maximum(cnt, 1)
-            grid = grid + np.where(cnt >= 3, mean, 0.0).reshape(n, n)
+            corrected = grid + np.where(cnt >= 3, mean, 0.0).reshape(n, n)
+            # the correction redistributes, it does not change the flux inside the grid
+            if corrected.sum() > 0:
+                grid = corrected * (grid.sum() / corrected.sum())
         out[zy, zx] = grid
     return out.astype(np.float32), nst
