@@ -58,7 +58,7 @@ class PsfConfig(StepConfig):
                        bounds=(0, 32))
     oversampling: int = param(2, doc="oversampling of the empirical PSF grids", bounds=(1, 8))
     stamp_radius_fwhm: float = param(4.0, doc="half-size of the empirical PSF grids, in FWHM", bounds=(1.0, 20.0))
-    profile_stars: int = param(150, doc="brightest PSF stars to which the frame's radial profile is fitted (0: a "
+    profile_stars: int = param(80, doc="brightest PSF stars to which the frame's radial profile is fitted (0: a "
                                         "Moffat profile of the measured beta instead)", bounds=(0, None))
 
     def validate(self) -> None:
@@ -294,6 +294,23 @@ def mixture_stamp(size: int, x0: float, y0: float, sig: np.ndarray, amp: np.ndar
     return out
 
 
+def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares of a tall system through its normal equations: with ``A^T A = L L^T``,
+    ``|A a - b|^2 = |L^T a - L^-1 A^T b|^2 + const``, a K x K problem."""
+    from scipy.linalg import cho_factor, solve_triangular
+    from scipy.optimize import nnls
+
+    ata = A.T @ A
+    atb = A.T @ b
+    k = len(atb)
+    ata += np.eye(k) * (1e-12 * np.trace(ata) / max(k, 1))
+    try:
+        L = np.linalg.cholesky(ata)
+    except np.linalg.LinAlgError:
+        return nnls(A, b, maxiter=50 * k)[0]
+    return nnls(L.T, solve_triangular(L, atb, lower=True), maxiter=50 * k)[0]
+
+
 def _pixel_var(data: np.ndarray, noise_var: float, core_weight: bool) -> np.ndarray:
     """Variance of each star pixel for the fit: Poisson + sky, or (``core_weight``) that of the star's peak for every
     pixel of the star (all pixels weighted alike: the core, which sets the FWHM, dominates)."""
@@ -361,7 +378,7 @@ def fit_profile(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, scale: np.nda
         # amplitudes (fluxes fixed)
         A = (basis[sel] * (flux[sel, None, None, None] * np.sqrt(w[sel])[..., None])).reshape(-1, n_basis)
         b = (data[sel] * np.sqrt(w[sel])).ravel()
-        amp = nnls(A, b, maxiter=50 * n_basis)[0]
+        amp = _nnls(A, b)
         if amp.sum() <= 0:
             break
         amp /= amp.sum()
@@ -431,7 +448,7 @@ def fit_profile(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, scale: np.nda
 
         def fun(p: np.ndarray) -> np.ndarray:
             A = design(p)
-            return A @ nnls(A, b, maxiter=50 * nl)[0] - b
+            return A @ _nnls(A, b) - b
 
         # the strongest component first: its offset is the star's centre
         live = live[np.argsort(-amp[live])]
@@ -838,8 +855,8 @@ def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarra
         model.profile_sig = prof["sig"] / prof["fwhm"]
         model.profile_amp = prof["amp"]
         model.calib_fwhm, model.calib_T = cal["fwhm"], cal["T"]
-    zx = np.clip((sx * zones / nx).astype(int), 0, zones - 1)
-    zy = np.clip((sy * zones / ny).astype(int), 0, zones - 1)
+    zx = np.clip(np.nan_to_num(sx * zones / nx).astype(int), 0, zones - 1)
+    zy = np.clip(np.nan_to_num(sy * zones / ny).astype(int), 0, zones - 1)
     zone_of = np.where(used, zy * zones + zx, -1)
     if prof is not None:
         model.epsf, model.epsf_nstars = _epsf_hybrid(image, model, sx, sy, zone_of, half, prof, sub)
