@@ -564,7 +564,9 @@ def read_catalog(src: Any, *, root: str | PathLike | None = None) -> Table:
 # ------------------------------------------------------------------------------------------------------ PSF model
 def write_psf(path: str | Path, psf: Any, *, provenance: Mapping[str, str] | None = None) -> Path:
     """Write a PSF model (:class:`~upad.reduce.psf.PsfResult`): ``EPSF`` cube (zones x zones x n x n, unit-flux
-    grids sampled every 1/OVERSAMP pixel) and ``MODEL`` (polynomial coefficients of FWHM, g1, g2)."""
+    grids sampled every 1/OVERSAMP pixel), ``MODEL`` (polynomial coefficients of FWHM, g1, g2) and, when the model
+    has one, ``PROFILE`` (the frame's radial profile: Gaussian widths in units of the FWHM and amplitudes) and
+    ``MOMCAL`` (adaptive-moment size vs FWHM of that profile). Readers of older files get a Moffat model."""
     from astropy.table import Table
 
     from upad.reduce.psf import _poly_terms
@@ -588,8 +590,17 @@ def write_psf(path: str | Path, psf: Any, *, provenance: Mapping[str, str] | Non
                  "FWHM_PX": m.fwhm_coef, "G1": m.g1_coef, "G2": m.g2_coef})
     ht = fits.BinTableHDU(tab, name="MODEL")
     ht.header["COMMENT"] = "value(x, y) = sum c * u**P * v**Q, u = (x - cx)/cx, v = (y - cy)/cy, 0-based x, y"
-    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(m.epsf, header=he, name="EPSF"), ht]).writeto(path,
-                                                                                              overwrite=True)
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(m.epsf, header=he, name="EPSF"), ht]
+    if getattr(m, "profile_sig", None) is not None:
+        # the frame's radial profile: PSF(r) = sum AMP * N(0, (SIG * FWHM(x, y))^2), before the pixel response
+        hp = fits.BinTableHDU(Table({"SIG": np.asarray(m.profile_sig, np.float64),
+                                     "AMP": np.asarray(m.profile_amp, np.float64)}), name="PROFILE")
+        hp.header["COMMENT"] = "PSF = sum AMP * round Gaussian of sigma SIG * FWHM(x, y), sheared by (G1, G2)"
+        hdus.append(hp)
+        if getattr(m, "calib_T", None) is not None:
+            hdus.append(fits.BinTableHDU(Table({"FWHM_PX": np.asarray(m.calib_fwhm, np.float64),
+                                                "T_PX2": np.asarray(m.calib_T, np.float64)}), name="MOMCAL"))
+    fits.HDUList(hdus).writeto(path, overwrite=True)
     return path
 
 
@@ -612,6 +623,13 @@ def read_psf(src: Any, *, root: str | PathLike | None = None) -> PsfModel:
             zones, oversampling = int(he["ZONES"]), int(he["OVERSAMP"])
             shape = (int(he["IMNAXIS2"]), int(he["IMNAXIS1"]))
             beta = float(he["PSFBETA"])
+            prof = {}
+            if "PROFILE" in hdul:
+                prof["profile_sig"] = np.asarray(hdul["PROFILE"].data["SIG"], np.float64)
+                prof["profile_amp"] = np.asarray(hdul["PROFILE"].data["AMP"], np.float64)
+            if "MOMCAL" in hdul:
+                prof["calib_fwhm"] = np.asarray(hdul["MOMCAL"].data["FWHM_PX"], np.float64)
+                prof["calib_T"] = np.asarray(hdul["MOMCAL"].data["T_PX2"], np.float64)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise io_error(exc, path) from exc
     order = int((p + q).max()) if len(p) else 0
@@ -619,7 +637,7 @@ def read_psf(src: Any, *, root: str | PathLike | None = None) -> PsfModel:
         raise DataError(f"{path}: MODEL terms {list(zip(p, q))} are not those of a polynomial of order {order}")
     return PsfModel(beta=beta, shape=shape, order=order, fwhm_coef=coef["FWHM_PX"], g1_coef=coef["G1"],
                     g2_coef=coef["G2"], epsf=epsf, oversampling=oversampling, zones=zones,
-                    epsf_nstars=np.zeros((zones, zones), int))
+                    epsf_nstars=np.zeros((zones, zones), int), **prof)
 
 
 # ------------------------------------------------------------------------------------------------------ masters

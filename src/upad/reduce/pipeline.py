@@ -426,12 +426,7 @@ def _characterise(res: ReducedFrame, wcs_g, refcat, filter_name: str, exptime: f
                       np.asarray(cat["ELLIPTICITY"]), np.asarray(cat["FLUX_MAX"]), pixel_scale=pixel_scale,
                       config=config.psf)
     res.psf = psf
-    from upad.reduce.psf import _interp_beta, calibration_table
-
-    table = calibration_table()
-    tt = _interp_beta(table, psf.beta, "T")
-    fw_model = psf.model.fwhm_at(xw, yw)
-    t_psf = np.exp(np.interp(np.log(np.maximum(fw_model, 1e-3)), np.log(table["fwhm"]), np.log(tt)))
+    t_psf = psf.model.moment_size_at(xw, yw)  # the PSF's moment size from the frame's own profile
     t_obj = 2.0 * (fwhm_img / 2.3548) ** 2
     cat["CLASS_STAR"] = class_star(t_obj, t_psf, snr, sys=config.photometry.class_star_sys)
     cat["FWHM_WORLD"] = (fwhm_img * pixel_scale / 3600.0).astype(np.float32)

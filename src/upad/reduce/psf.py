@@ -58,6 +58,8 @@ class PsfConfig(StepConfig):
                        bounds=(0, 32))
     oversampling: int = param(2, doc="oversampling of the empirical PSF grids", bounds=(1, 8))
     stamp_radius_fwhm: float = param(4.0, doc="half-size of the empirical PSF grids, in FWHM", bounds=(1.0, 20.0))
+    profile_stars: int = param(80, doc="brightest PSF stars to which the frame's radial profile is fitted (0: a "
+                                        "Moffat profile of the measured beta instead)", bounds=(0, None))
 
     def validate(self) -> None:
         super().validate()
@@ -208,6 +210,292 @@ def _fit_beta(table: dict, T: np.ndarray, C: np.ndarray) -> float:
     return float(grid[int(np.argmin(cost))])
 
 
+# ------------------------------------------------------------------------------------------------ profile
+def _pix_gauss_1d(d: np.ndarray, sig: np.ndarray) -> np.ndarray:
+    """Integral over a pixel of a unit 1-D Gaussian of sigma ``sig`` centred ``d`` from the pixel's centre
+    (``d``: (..., 1), ``sig``: (K,))."""
+    from scipy.special import erf
+
+    a = 1.0 / (math.sqrt(2.0) * sig)
+    return 0.5 * (erf((d + 0.5) * a) - erf((d - 0.5) * a))
+
+
+def _dpix_gauss_1d(d: np.ndarray, sig: np.ndarray) -> np.ndarray:
+    """Derivative of :func:`_pix_gauss_1d` with respect to ``d``."""
+    c = 1.0 / (math.sqrt(2.0 * math.pi) * sig)
+    return c * (np.exp(-0.5 * ((d + 0.5) / sig) ** 2) - np.exp(-0.5 * ((d - 0.5) / sig) ** 2))
+
+
+def mixture_fwhm(sig: np.ndarray, amp: np.ndarray, dx: np.ndarray | None = None,
+                 dy: np.ndarray | None = None) -> float:
+    """Effective FWHM ``2 sqrt(A / pi)`` (``A``: area where the profile is at least half its peak) of a mixture of
+    round Gaussians (offset by ``dx, dy`` from each other when given; concentric: ``2 r`` with ``r`` where the
+    profile is half its peak)."""
+    from scipy.optimize import brentq
+
+    sig, amp = np.asarray(sig, float), np.asarray(amp, float)
+    if dx is not None and (np.any(np.asarray(dx) != 0) or np.any(np.asarray(dy) != 0)):
+        f0 = mixture_fwhm(sig, amp)
+        h = f0 / 32.0
+        g = (np.arange(-192, 193) * h)
+        xx, yy = g[None, :], g[:, None]
+        img = np.zeros((len(g), len(g)))
+        for a, s_, ox, oy in zip(amp, sig, dx, dy):
+            img += a / (2 * math.pi * s_ * s_) * np.exp(-0.5 * ((xx - ox) ** 2 + (yy - oy) ** 2) / (s_ * s_))
+        half = 0.5 * img.max()
+        gy, gx = np.gradient(img, h)
+        grad = np.hypot(gx, gy) * h
+        frac = np.clip(0.5 + (img - half) / np.maximum(grad, 1e-300), 0.0, 1.0)
+        return float(2 * math.sqrt(frac.sum() * h * h / math.pi))
+    peak = float(np.sum(amp / (2 * math.pi * sig ** 2)))
+
+    def f(r: float) -> float:
+        return float(np.sum(amp / (2 * math.pi * sig ** 2) * np.exp(-0.5 * (r / sig) ** 2))) - 0.5 * peak
+
+    return 2.0 * brentq(f, 0.0, 10.0 * float(sig.max()))
+
+
+def mixture_stamp(size: int, x0: float, y0: float, sig: np.ndarray, amp: np.ndarray, *, g1: float = 0.0,
+                  g2: float = 0.0, oversampling: int = 1, sub: int = 3, dx: np.ndarray | None = None,
+                  dy: np.ndarray | None = None) -> np.ndarray:
+    """Pixel-integrated, sheared Gaussian mixture (unit total flux when ``sum(amp) = 1``) on a ``size x size``
+    grid (conventions of :func:`moffat_stamp`).
+
+    Components narrower than 0.6 pixel are integrated exactly (erf) with their shear reduced to axis-aligned
+    ``g1`` (the ``g2`` of a sub-pixel component is invisible after the pixel); wider ones with ``sub x sub``
+    points per pixel (exact to better than 1e-20 for such widths)."""
+    sig = np.asarray(sig, float)
+    amp = np.asarray(amp, float)
+    ox = np.zeros_like(sig) if dx is None else np.asarray(dx, float)
+    oy = np.zeros_like(sig) if dy is None else np.asarray(dy, float)
+    c = np.arange(size) / oversampling
+    out = np.zeros((size, size))
+    live = amp > 1e-6 * amp.sum()
+    narrow = live & (sig < 0.6)
+    wide = live & ~narrow
+    if narrow.any():
+        f = 1.0 / math.sqrt(max(1.0 - g1 * g1 - g2 * g2, 1e-6))
+        sx, sy = sig[narrow] * (1 + g1) * f, sig[narrow] * (1 - g1) * f
+        ex = _pix_gauss_1d((c[:, None] - x0 - ox[narrow]), sx)
+        ey = _pix_gauss_1d((c[:, None] - y0 - oy[narrow]), sy)
+        out += np.einsum("jk,ik,k->ji", ey, ex, amp[narrow])
+    if wide.any():
+        off = (np.arange(sub) + 0.5) / sub - 0.5
+        acc = np.zeros((size, size))
+        for k in np.flatnonzero(wide):
+            norm = amp[k] / (2 * math.pi * sig[k] ** 2)
+            inv = -0.5 / sig[k] ** 2
+            for py in off:
+                ddy = c[:, None] + py - y0 - oy[k]
+                for px in off:
+                    ddx = c[None, :] + px - x0 - ox[k]
+                    acc += norm * np.exp(_sheared_r2(ddx, ddy, g1, g2) * inv)
+        out += acc / (sub * sub)
+    return out
+
+
+def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares of a tall system through its normal equations: with ``A^T A = L L^T``,
+    ``|A a - b|^2 = |L^T a - L^-1 A^T b|^2 + const``, a K x K problem."""
+    from scipy.linalg import cho_factor, solve_triangular
+    from scipy.optimize import nnls
+
+    ata = A.T @ A
+    atb = A.T @ b
+    k = len(atb)
+    ata += np.eye(k) * (1e-12 * np.trace(ata) / max(k, 1))
+    try:
+        L = np.linalg.cholesky(ata)
+    except np.linalg.LinAlgError:
+        return nnls(A, b, maxiter=50 * k)[0]
+    return nnls(L.T, solve_triangular(L, atb, lower=True), maxiter=50 * k)[0]
+
+
+def _pixel_var(data: np.ndarray, noise_var: float, core_weight: bool) -> np.ndarray:
+    """Variance of each star pixel for the fit: Poisson + sky, or (``core_weight``) that of the star's peak for every
+    pixel of the star (all pixels weighted alike: the core, which sets the FWHM, dominates)."""
+    if core_weight:
+        pk = np.maximum(data.reshape(len(data), -1).max(axis=1), 0.0)
+        return np.broadcast_to((noise_var + pk)[:, None, None], data.shape)
+    return noise_var + np.maximum(data, 0.0)
+
+
+def fit_profile(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, scale: np.ndarray, *, fwhm_guess: float,
+                noise_var: float, n_basis: int = 14, radius: int | None = None, iterations: int = 4,
+                clip: float = 5.0, fit_scale: bool = True, sig: np.ndarray | None = None,
+                refine: bool = True, max_components: int = 5, offx: np.ndarray | None = None,
+                offy: np.ndarray | None = None, offsets: bool = False, refine_stars: int = 40,
+                core_weight: bool = False) -> dict:
+    """Fit one round profile, a non-negative combination of ``n_basis`` Gaussians of fixed, log-spaced widths (a
+    radial basis), to the pixels of the stars, each star with its own flux and sub-pixel centre (recentred by
+    Gauss-Newton steps) and its size scaled by ``scale`` (star size over the frame's). The pixel response is
+    integrated exactly. Pixels beyond ``clip`` sigma of the model (cosmic rays, neighbours) and stars whose
+    residuals are more than 3 times the median's are rejected.
+
+    With ``fit_scale`` each star's ``scale`` is fitted too (Gauss-Newton, with its flux and centre), the profile's
+    scale being fixed by the median star. With ``refine`` the widths of the (at most ``max_components``) strongest
+    Gaussians are then fitted freely (variable projection: amplitudes by non-negative least squares for each set
+    of widths) and the stars refitted with them: a fixed basis alone biases the FWHM by a few per cent.
+
+    Returns ``sig``, ``amp`` (widths in pixels at scale 1, amplitudes summing to 1), ``fwhm`` (effective FWHM at
+    scale 1, before the pixel), refined ``x, y``, ``flux``, ``scale``, ``chi2`` (per pixel) and ``used`` per
+    star.
+    """
+    from scipy.optimize import nnls
+
+    ny, nx = image.shape
+    n = len(xs)
+    R = int(radius or max(3, math.ceil(2.5 * fwhm_guess)))
+    sig0 = fwhm_guess * np.geomspace(0.25, 2.0, n_basis) if sig is None else np.asarray(sig, float)
+    n_basis = len(sig0)
+    ox = np.zeros(n_basis) if offx is None else np.asarray(offx, float)
+    oy = np.zeros(n_basis) if offy is None else np.asarray(offy, float)
+    off = np.arange(-R, R + 1)
+    xs, ys = np.asarray(xs, float).copy(), np.asarray(ys, float).copy()
+    # stamps (stars too close to the edge are dropped)
+    ic, jc = np.rint(xs).astype(int), np.rint(ys).astype(int)
+    inside = (ic - R >= 0) & (ic + R < nx) & (jc - R >= 0) & (jc + R < ny)
+    data = np.zeros((n, 2 * R + 1, 2 * R + 1))
+    for k in np.flatnonzero(inside):
+        data[k] = image[jc[k] - R:jc[k] + R + 1, ic[k] - R:ic[k] + R + 1]
+    flux = np.where(inside, data.sum(axis=(1, 2)), 0.0)
+    used = inside & (flux > 0)
+    wpix = np.ones_like(data)
+    amp = np.zeros(n_basis)
+    scale = np.asarray(scale, float).copy()
+    for it in range(iterations + 1):
+        dx = (ic[:, None] + off[None, :]) - xs[:, None]  # (n, 2R+1)
+        dy = (jc[:, None] + off[None, :]) - ys[:, None]
+        sk = sig0[None, :] * scale[:, None]  # (n, K)
+        dxk = dx[:, :, None] - ox[None, None, :] * scale[:, None, None]  # (n, 2R+1, K)
+        dyk = dy[:, :, None] - oy[None, None, :] * scale[:, None, None]
+        ex = _pix_gauss_1d(dxk, sk[:, None, :])
+        ey = _pix_gauss_1d(dyk, sk[:, None, :])
+        basis = ey[:, :, None, :] * ex[:, None, :, :]  # (n, 2R+1, 2R+1, K)
+        var = _pixel_var(data, noise_var, core_weight)
+        w = wpix / var
+        sel = np.flatnonzero(used)
+        # amplitudes (fluxes fixed)
+        A = (basis[sel] * (flux[sel, None, None, None] * np.sqrt(w[sel])[..., None])).reshape(-1, n_basis)
+        b = (data[sel] * np.sqrt(w[sel])).ravel()
+        amp = _nnls(A, b)
+        if amp.sum() <= 0:
+            break
+        amp /= amp.sum()
+        model = np.tensordot(basis, amp, axes=(-1, 0))  # unit-flux model per star
+        if it == iterations:
+            break
+        # per star: flux and sub-pixel shift (Gauss-Newton on f * model(x - dx, y - dy))
+        dex = _dpix_gauss_1d(dxk, sk[:, None, :])
+        dey = _dpix_gauss_1d(dyk, sk[:, None, :])
+        mx = np.tensordot(ey[:, :, None, :] * dex[:, None, :, :], amp, axes=(-1, 0))
+        my = np.tensordot(dey[:, :, None, :] * ex[:, None, :, :], amp, axes=(-1, 0))
+        eps = 0.01
+        ex2 = _pix_gauss_1d(dx[:, :, None] - ox[None, None, :] * scale[:, None, None] * (1 + eps),
+                            sk[:, None, :] * (1 + eps))
+        ey2 = _pix_gauss_1d(dy[:, :, None] - oy[None, None, :] * scale[:, None, None] * (1 + eps),
+                            sk[:, None, :] * (1 + eps))
+        ms = (np.tensordot(ey2[:, :, None, :] * ex2[:, None, :, :], amp, axes=(-1, 0)) - model) / eps
+        for k in sel:
+            J = np.stack([model[k].ravel(), -flux[k] * mx[k].ravel(), -flux[k] * my[k].ravel()]
+                         + ([flux[k] * ms[k].ravel()] if fit_scale else []), axis=1)
+            ww = w[k].ravel()
+            r = data[k].ravel() - flux[k] * model[k].ravel()
+            JW = J * ww[:, None]
+            try:
+                step = np.linalg.solve(J.T @ JW, JW.T @ r)
+            except np.linalg.LinAlgError:
+                used[k] = False
+                continue
+            flux[k] += step[0]
+            xs[k] += float(np.clip(step[1], -0.5, 0.5))
+            ys[k] += float(np.clip(step[2], -0.5, 0.5))
+            if fit_scale:
+                scale[k] *= math.exp(float(np.clip(step[3], -0.2, 0.2)))
+        if fit_scale and used.any():
+            scale /= float(np.median(scale[used]))
+        # outliers: pixels, then stars
+        resid = (data - flux[:, None, None] * model) * np.sqrt(1.0 / (noise_var + np.maximum(data, 0.0)))
+        wpix = (np.abs(resid) < clip).astype(float)
+        chi2 = (resid ** 2 * wpix).sum(axis=(1, 2)) / np.maximum(wpix.sum(axis=(1, 2)), 1)
+        if used.sum() > 5:
+            used &= chi2 < 3.0 * np.median(chi2[used]) + 1.0
+        used &= flux > 0
+    if refine and amp.sum() > 0 and used.sum() >= 2:
+        from scipy.optimize import least_squares
+
+        live = np.argsort(-amp)[:max_components]
+        live = np.sort(live[amp[live] > 1e-3])
+        sel = np.flatnonzero(used)
+        sel = sel[np.argsort(-flux[sel])][:refine_stars]
+        dx = (ic[sel, None] + off[None, :]) - xs[sel, None]
+        dy = (jc[sel, None] + off[None, :]) - ys[sel, None]
+        sw = np.sqrt(wpix[sel] / _pixel_var(data[sel], noise_var, core_weight))
+        b = (data[sel] * sw).ravel()
+
+        nl = len(live)
+        sc = scale[sel, None, None]
+
+        def design(p: np.ndarray) -> np.ndarray:
+            sgm = np.exp(p[:nl])
+            px = np.concatenate([[0.0], p[nl:2 * nl - 1]]) if offsets else np.zeros(nl)
+            py = np.concatenate([[0.0], p[2 * nl - 1:]]) if offsets else np.zeros(nl)
+            sk = sgm[None, None, :] * sc
+            ex = _pix_gauss_1d(dx[:, :, None] - px[None, None, :] * sc, sk)
+            ey = _pix_gauss_1d(dy[:, :, None] - py[None, None, :] * sc, sk)
+            bs = ey[:, :, None, :] * ex[:, None, :, :]
+            return (bs * (flux[sel, None, None, None] * sw[..., None])).reshape(-1, nl)
+
+        def fun(p: np.ndarray) -> np.ndarray:
+            A = design(p)
+            return A @ _nnls(A, b) - b
+
+        # the strongest component first: its offset is the star's centre
+        live = live[np.argsort(-amp[live])]
+        ls0 = np.log(sig0[live])
+        lim = 0.5 * fwhm_guess
+        x0 = np.concatenate([ls0, np.zeros(2 * (nl - 1))]) if offsets else ls0
+        smin = math.log(0.25 * fwhm_guess)  # no component much narrower than a seeing core
+        ls0 = np.maximum(ls0, smin + 1e-3)
+        x0 = np.concatenate([ls0, np.zeros(2 * (nl - 1))]) if offsets else ls0
+        lo = np.concatenate([np.full(nl, smin), np.full(2 * (nl - 1), -lim)]) if offsets else np.full(nl, smin)
+        hi = np.concatenate([ls0 + 1.5, np.full(2 * (nl - 1), lim)]) if offsets else ls0 + 1.5
+        sol = least_squares(fun, x0, diff_step=1e-3, max_nfev=8 * len(x0), bounds=(lo, hi), ftol=1e-5, xtol=1e-5)
+        p = sol.x
+        return fit_profile(image, xs, ys, scale, fwhm_guess=fwhm_guess, noise_var=noise_var, radius=R,
+                           iterations=2, clip=clip, fit_scale=fit_scale, sig=np.exp(p[:nl]), refine=False,
+                           offx=np.concatenate([[0.0], p[nl:2 * nl - 1]]) if offsets else None,
+                           offy=np.concatenate([[0.0], p[2 * nl - 1:]]) if offsets else None)
+    resid = (data - flux[:, None, None] * model) * np.sqrt(1.0 / (noise_var + np.maximum(data, 0.0)))
+    chi2 = (resid ** 2).mean(axis=(1, 2))
+    return {"sig": sig0, "amp": amp, "dx": ox, "dy": oy,
+            "fwhm": mixture_fwhm(sig0, amp, ox, oy) if amp.sum() > 0 else float("nan"),
+            "x": xs, "y": ys, "flux": flux, "chi2": chi2, "used": used, "radius": R, "scale": scale}
+
+
+def _profile_calibration(sig: np.ndarray, amp: np.ndarray, fwhm: float, *, shear: float = 0.05) -> dict:
+    """Adaptive-moment size ``T``, concentration ``C`` and distortion response ``R`` of the frame's own profile
+    (pixel-integrated, two sub-pixel phases) scaled to a grid of FWHMs around ``fwhm``."""
+    fws = fwhm * np.geomspace(0.55, 1.8, 13)
+    T, C, Rr = np.zeros(len(fws)), np.zeros(len(fws)), np.zeros(len(fws))
+    for j, fw in enumerate(fws):
+        s = sig * fw / fwhm
+        size = int(2 * math.ceil(3.5 * max(fw, float(s[amp > 1e-3].max()) if np.any(amp > 1e-3) else fw) + 6) + 1)
+        c0 = (size - 1) / 2
+        st = [mixture_stamp(size, c0, c0, s, amp), mixture_stamp(size, c0 + 0.5, c0 + 0.25, s, amp),
+              mixture_stamp(size, c0, c0, s, amp, g1=shear), mixture_stamp(size, c0 + 0.5, c0 + 0.25, s, amp, g1=shear)]
+        big = np.concatenate(st, axis=1).astype(np.float32)
+        xs = np.array([c0 + k * size + (0.0 if k % 2 == 0 else 0.5) for k in range(4)])
+        ys = np.array([c0, c0 + 0.25, c0, c0 + 0.25])
+        m = adaptive_moments(big, xs, ys, sigma0=max(fw / 2.355, 1.0))
+        tr = m[:, 0] + m[:, 1]
+        T[j] = 0.5 * (tr[0] + tr[1])
+        C[j] = 0.5 * (m[0, 5] / m[0, 6] + m[1, 5] / m[1, 6])
+        d_true = 2 * shear / (1 + shear * shear)
+        Rr[j] = 0.5 * ((m[2, 0] - m[2, 1]) / tr[2] + (m[3, 0] - m[3, 1]) / tr[3]) / d_true
+    return {"fwhm": fws, "T": T, "C": C, "R": Rr}
+
+
 # ------------------------------------------------------------------------------------------------ model
 def _poly_terms(order: int) -> list[tuple[int, int]]:
     return [(p, q) for n in range(order + 1) for p in range(n + 1) for q in [n - p]]
@@ -269,6 +557,12 @@ class PsfModel:
     oversampling: int
     zones: int
     epsf_nstars: np.ndarray
+    #: the frame's radial profile (Gaussian mixture): widths in units of the FWHM, amplitudes (sum 1); None: Moffat
+    profile_sig: np.ndarray | None = None
+    profile_amp: np.ndarray | None = None
+    #: adaptive-moment size ``T`` (pixels^2) of the pixelated profile vs its FWHM (pixels), around the frame's FWHM
+    calib_fwhm: np.ndarray | None = None
+    calib_T: np.ndarray | None = None
 
     def _uv(self, x, y):
         ny, nx = self.shape
@@ -299,7 +593,30 @@ class PsfModel:
         g1, g2 = (float(v[0]) for v in self.shear_at(x, y))
         c = (size - 1) / 2.0 / oversampling
         fx, fy = x - round(x), y - round(y)
+        if self.profile_sig is not None:
+            return mixture_stamp(size, c + fx, c + fy, np.asarray(self.profile_sig) * fw, self.profile_amp, g1=g1,
+                                 g2=g2, oversampling=oversampling)
         return moffat_stamp(size, c + fx, c + fy, fw, self.beta, g1=g1, g2=g2, oversampling=oversampling)
+
+    def moment_size_at(self, x, y) -> np.ndarray:
+        """Adaptive-moment size ``T = Sxx + Syy`` (pixels^2) of a pixelated star at 0-based positions (for
+        stellarity: the same measure as the detections')."""
+        fw = np.maximum(self.fwhm_at(x, y), 1e-3)
+        if self.calib_T is not None and self.profile_sig is not None:
+            return np.exp(np.interp(np.log(fw), np.log(self.calib_fwhm), np.log(self.calib_T)))
+        table = calibration_table()
+        return np.exp(np.interp(np.log(fw), np.log(table["fwhm"]), np.log(_interp_beta(table, self.beta, "T"))))
+
+    def enclosed_fraction(self, radius: float, x: float | None = None, y: float | None = None) -> float:
+        """Fraction of the PSF's flux (before the pixel) within ``radius`` pixels, at ``(x, y)`` (default: centre)."""
+        ny, nx = self.shape
+        x = (nx - 1) / 2.0 if x is None else x
+        y = (ny - 1) / 2.0 if y is None else y
+        fw = float(self.fwhm_at(x, y)[0])
+        if self.profile_sig is not None:
+            sg = np.asarray(self.profile_sig) * fw
+            return float(np.sum(np.asarray(self.profile_amp) * (1.0 - np.exp(-0.5 * (radius / sg) ** 2))))
+        return float(moffat_enclosed(radius, fw, self.beta))
 
     def epsf_at(self, x: float, y: float) -> np.ndarray:
         """Empirical PSF grid of the zone containing ``(x, y)``."""
@@ -443,8 +760,9 @@ def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarra
         outside the calibrated range.
     """
     ny, nx = image.shape
-    fw_guess = float(np.nanmedian(np.asarray(size, float)[np.asarray(snr) > config.min_snr])) if np.any(
-        np.asarray(snr) > config.min_snr) else 2.5
+    snr = np.asarray(snr, float)
+    fw_guess = float(np.nanmedian(np.asarray(size, float)[snr > config.min_snr])) if np.any(
+        snr > config.min_snr) else 2.5
     if not np.isfinite(fw_guess):
         fw_guess = 2.5
     idx = select_psf_stars(x, y, snr, flags, imaflags, size, ellipticity, peak, config=config,
@@ -461,11 +779,48 @@ def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarra
                              stage="psf")
     table = calibration_table()
     C = np.where(ok, m[:, 5] / np.where(m[:, 6] > 0, m[:, 6], 1.0), np.nan)
+    # the Moffat beta that best matches the stars' concentration (an equivalent beta for any PSF shape)
     beta = float(config.beta) if config.beta > 0 else _fit_beta(table, T[ok], C[ok])
-    fwhm = _fwhm_from_T(table, beta, T)
+    fw_moffat = _fwhm_from_T(table, beta, T)
+    t_pix = 1.0 / 6.0  # a pixel's contribution to T (two axes)
+    fw0 = float(np.nanmedian(fw_moffat[ok])) if np.any(np.isfinite(fw_moffat[ok])) else \
+        2.3548 * math.sqrt(max(float(np.median(T[ok])) / 2.0 - 1.0 / 12.0, 0.05))
     delta1 = (m[:, 0] - m[:, 1]) / T
     delta2 = 2 * m[:, 2] / T
-    resp = np.interp(np.log(np.maximum(fwhm, 1e-3)), np.log(table["fwhm"]), _interp_beta(table, beta, "R"))
+    prof = None
+    cal = None
+    if config.profile_stars > 0:
+        # the frame's own radial profile (Gaussian-mixture basis, pixel integrated), fitted to the brightest stars
+        sub = np.flatnonzero(ok)[: config.profile_stars]
+        sample = image[:: max(1, ny // 256), :: max(1, nx // 256)]
+        sample = sample[np.isfinite(sample)]
+        noise_var = float((1.4826 * np.median(np.abs(sample - np.median(sample)))) ** 2) if sample.size else 1.0
+        scale = np.sqrt(np.maximum(T[sub] - t_pix, 1e-3) / max(float(np.median(T[sub])) - t_pix, 1e-3))
+        for _ in range(1):
+            prof = fit_profile(image, m[sub, 3], m[sub, 4], scale, fwhm_guess=fw0, noise_var=max(noise_var, 1e-6))
+            if not (np.isfinite(prof["fwhm"]) and prof["used"].sum() >= min(config.min_stars, len(sub))):
+                prof = None
+                break
+            scale = prof["scale"]
+        if prof is not None:
+            cal = _profile_calibration(prof["sig"], prof["amp"], prof["fwhm"])
+            if not np.all(np.diff(cal["T"]) > 0):
+                prof = cal = None
+    if cal is not None:
+        fwhm = np.exp(np.interp(np.log(np.maximum(T, 1e-6)), np.log(cal["T"]), np.log(cal["fwhm"]), left=np.nan,
+                                right=np.nan))
+        # the stars of the profile fit: their fitted sizes; the others: moments, put on the same scale
+        good = prof["used"]
+        fw_fit = prof["scale"][good] * prof["fwhm"]
+        if good.sum() >= 3:
+            fwhm *= float(np.median(fw_fit / np.where(np.isfinite(fwhm[sub[good]]), fwhm[sub[good]], np.nan)
+                                    [np.isfinite(fwhm[sub[good]])])) if np.any(np.isfinite(fwhm[sub[good]])) else 1.0
+        fwhm[sub[good]] = fw_fit
+        fwhm[sub[~good]] = np.nan
+        resp = np.interp(np.log(np.maximum(fwhm, 1e-3)), np.log(cal["fwhm"]), cal["R"])
+    else:
+        fwhm = fw_moffat
+        resp = np.interp(np.log(np.maximum(fwhm, 1e-3)), np.log(table["fwhm"]), _interp_beta(table, beta, "R"))
     d1, d2 = delta1 / resp, delta2 / resp
     dd = np.hypot(d1, d2)
     # distortion delta = 2g / (1 + g^2)  =>  g = delta / (1 + sqrt(1 - delta^2))
@@ -473,37 +828,98 @@ def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarra
     g1, g2 = d1 * gfac, d2 * gfac
     ok &= np.isfinite(fwhm)
     if ok.sum() < config.min_stars:
-        raise ReductionError("psf_failed", "the PSF stars' sizes are outside the calibrated range (0.7-16 pixels)",
+        raise ReductionError("psf_failed", "the PSF stars' sizes are outside the calibrated range",
                              stage="psf")
     cxn, cyn = (nx - 1) / 2.0, (ny - 1) / 2.0
-    u, v = (m[:, 3] - cxn) / cxn, (m[:, 4] - cyn) / cyn
+    # sub-pixel centres: the profile fit's where it has them
+    sx, sy = m[:, 3].copy(), m[:, 4].copy()
+    if prof is not None:
+        good = prof["used"]
+        sx[sub[good]], sy[sub[good]] = prof["x"][good], prof["y"][good]
+    u, v = (sx - cxn) / cxn, (sy - cyn) / cyn
     order, cf, keep = _clipped_polyfit(u[ok], v[ok], fwhm[ok], config.variation_order)
     _, c1, k1 = _clipped_polyfit(u[ok], v[ok], g1[ok], order)
     _, c2, k2 = _clipped_polyfit(u[ok], v[ok], g2[ok], order)
     used = np.zeros(len(idx), bool)
     used[np.flatnonzero(ok)[keep]] = True
-    # empirical PSF per zone
     nused = int(used.sum())
     zones = config.zones or int(np.clip(round(math.sqrt(nused / 25.0)), 1, 8))
-    half = int(math.ceil(config.stamp_radius_fwhm * float(np.median(fwhm[used]))))
+    fmed_star = float(np.median(fwhm[used]))
+    half = int(math.ceil(config.stamp_radius_fwhm * fmed_star))
     os_ = int(config.oversampling)
-    zx = np.clip((m[:, 3] * zones / nx).astype(int), 0, zones - 1)
-    zy = np.clip((m[:, 4] * zones / ny).astype(int), 0, zones - 1)
-    zone_of = np.where(used, zy * zones + zx, -1)
-    # per star: the fraction of the total flux inside the grid's radius (Moffat model), to normalise the grids
-    ee_half = np.clip(moffat_enclosed(float(half), fwhm, beta), 0.5, 1.0)
     ngrid = 2 * half * os_ + 1
     model = PsfModel(beta=beta, shape=(ny, nx), order=order, fwhm_coef=cf, g1_coef=c1, g2_coef=c2,
                      epsf=np.zeros((zones, zones, ngrid, ngrid), np.float32), oversampling=os_, zones=zones,
                      epsf_nstars=np.zeros((zones, zones), int))
-    mstamp = moffat_stamp(ngrid, half, half, float(np.median(fwhm[used])), beta, oversampling=os_)
-    model.epsf, model.epsf_nstars = _epsf_grids(image, m[:, 3], m[:, 4], ee_half, zone_of, zones, half, os_,
-                                                mstamp)
+    if prof is not None:
+        model.profile_sig = prof["sig"] / prof["fwhm"]
+        model.profile_amp = prof["amp"]
+        model.calib_fwhm, model.calib_T = cal["fwhm"], cal["T"]
+    zx = np.clip(np.nan_to_num(sx * zones / nx).astype(int), 0, zones - 1)
+    zy = np.clip(np.nan_to_num(sy * zones / ny).astype(int), 0, zones - 1)
+    zone_of = np.where(used, zy * zones + zx, -1)
+    if prof is not None:
+        model.epsf, model.epsf_nstars = _epsf_hybrid(image, model, sx, sy, zone_of, half, prof, sub)
+    else:
+        ee_half = np.clip(moffat_enclosed(float(half), fwhm, beta), 0.5, 1.0)
+        mstamp = moffat_stamp(ngrid, half, half, fmed_star, beta, oversampling=os_)
+        model.epsf, model.epsf_nstars = _epsf_grids(image, sx, sy, ee_half, zone_of, zones, half, os_, mstamp)
     gy, gx = np.mgrid[0:ny:17j, 0:nx:17j]
     fgrid = model.fwhm_at(gx.ravel(), gy.ravel())
     egrid = model.ellipticity_at(gx.ravel(), gy.ravel())
     fmed = float(np.median(fgrid))
-    stars = {"index": idx, "x": m[:, 3], "y": m[:, 4], "fwhm": fwhm, "g1": g1, "g2": g2, "used": used}
+    stars = {"index": idx, "x": sx, "y": sy, "fwhm": fwhm, "g1": g1, "g2": g2, "used": used}
     return PsfResult(model=model, n_stars=nused, fwhm_px=fmed, fwhm_arcsec=fmed * pixel_scale,
                      fwhm_min_px=float(fgrid.min()), fwhm_max_px=float(fgrid.max()),
                      ellipticity=float(np.median(egrid)), ellipticity_max=float(egrid.max()), beta=beta, stars=stars)
+
+
+def _epsf_hybrid(image, model: "PsfModel", sx, sy, zone_of, half, prof, sub):
+    """Empirical PSF per zone: the frame's profile (scaled to the zone's FWHM, sheared by its shear,
+    pixel-integrated, unit flux) plus the clipped mean of the fitted stars' residuals binned on the oversampled grid
+    (a pixel-basis correction of what the radial profile misses, e.g. coma)."""
+    ny, nx = image.shape
+    zones, os_ = model.zones, model.oversampling
+    n = 2 * half * os_ + 1
+    out = np.zeros((zones, zones, n, n))
+    nst = np.zeros((zones, zones), int)
+    pos = {int(k): j for j, k in enumerate(sub)}
+    r = half + 1
+    for z in range(zones * zones):
+        zy, zx = divmod(z, zones)
+        xc, yc = (zx + 0.5) * nx / zones - 0.5, (zy + 0.5) * ny / zones - 0.5
+        grid = model.render(float(round(xc)), float(round(yc)), n, oversampling=os_)
+        sel = np.flatnonzero(zone_of == z)
+        nst[zy, zx] = len(sel)
+        vals: list[np.ndarray] = []
+        bins: list[np.ndarray] = []
+        for k in sel:
+            j = pos.get(int(k))
+            if j is None or not prof["used"][j]:
+                continue
+            ic, jc = int(round(sx[k])), int(round(sy[k]))
+            j0, j1, i0, i1 = max(0, jc - r), min(ny, jc + r + 1), max(0, ic - r), min(nx, ic + r + 1)
+            yy, xx = np.mgrid[j0:j1, i0:i1]
+            mod = model.render(sx[k], sy[k], 2 * r + 1)
+            mod = mod[j0 - (jc - r):j1 - (jc - r), i0 - (ic - r):i1 - (ic - r)]
+            res = image[j0:j1, i0:i1] / prof["flux"][j] - mod
+            bx = np.rint((xx - sx[k]) * os_).astype(int) + half * os_
+            by = np.rint((yy - sy[k]) * os_).astype(int) + half * os_
+            good = (bx >= 0) & (bx < n) & (by >= 0) & (by < n)
+            good &= (xx - sx[k]) ** 2 + (yy - sy[k]) ** 2 <= float(prof["radius"]) ** 2
+            vals.append(res[good])
+            bins.append(by[good] * n + bx[good])
+        if vals:
+            v, b = np.concatenate(vals), np.concatenate(bins)
+            cnt = np.bincount(b, None, n * n)
+            mean = np.bincount(b, v, n * n) / np.maximum(cnt, 1)
+            sd = np.sqrt(np.maximum(np.bincount(b, v * v, n * n) / np.maximum(cnt, 1) - mean ** 2, 0.0))
+            keep = np.abs(v - mean[b]) <= 3.0 * sd[b] + 1e-12
+            cnt = np.bincount(b[keep], None, n * n)
+            mean = np.bincount(b[keep], v[keep], n * n) / np.maximum(cnt, 1)
+            corrected = grid + np.where(cnt >= 3, mean, 0.0).reshape(n, n)
+            # the correction redistributes, it does not change the flux inside the grid
+            if corrected.sum() > 0:
+                grid = corrected * (grid.sum() / corrected.sum())
+        out[zy, zx] = grid
+    return out.astype(np.float32), nst

@@ -147,6 +147,19 @@ class SimConfig:
     psf_ellipticity: float = 0.03
     #: PSF zones per axis: the PSF is constant within a zone (sampled at its centre)
     psf_zones: int = 8
+    #: PSF family: "moffat" (beta ``psf_beta`` or drawn from ``psf_beta_range``), "double_gaussian" (core + wing),
+    #: "kolmogorov_optics" (GalSim Kolmogorov atmosphere x OpticalPSF with field-dependent aberrations), or
+    #: "mixed" (one of the three drawn per exposure)
+    psf_family: str = "moffat"
+    #: Moffat beta drawn per exposure uniformly in this range (None: ``psf_beta``)
+    psf_beta_range: tuple[float, float] | None = None
+    #: central FWHM (arcsec) of every exposure, replacing the seeing model (None: seeing model)
+    psf_seeing_arcsec: float | None = None
+    #: central FWHM drawn per exposure log-uniformly in this range (arcsec), replacing the seeing model (None: off)
+    psf_seeing_draw_range: tuple[float, float] | None = None
+    #: amplitude (fraction of the FWHM) of a Gaussian bump of the FWHM over the field, a variation that no low-order
+    #: polynomial follows (0: off)
+    psf_field_bump: float = 0.0
     #: sky brightness scatter from exposure to exposure (mag)
     sky_sigma_mag: float = 0.03
     #: night-to-night sky brightness scatter (mag)
@@ -265,6 +278,9 @@ class SimConfig:
                 raise UpadError(f"{name} must be >= 0, got {getattr(self, name)}", hint="use 0 to skip that kind")
         if self.n_dithers < 1:
             raise UpadError("n_dithers must be >= 1", hint="a tile needs at least one exposure per filter")
+        if self.psf_family not in ("moffat", "double_gaussian", "kolmogorov_optics", "mixed"):
+            raise UpadError(f"unknown PSF family {self.psf_family!r}",
+                            hint="psf_family is one of moffat, double_gaussian, kolmogorov_optics, mixed")
 
     def enabled(self, effect: str) -> bool:
         """Whether ``effect`` (a key of :data:`EFFECTS`) is on."""

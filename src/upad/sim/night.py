@@ -18,7 +18,7 @@ from upad.sim import rng as R
 from upad.sim.config import SimConfig
 from upad.sim.detector import (BiasState, Camera, PixelList, bleed, cosmic_rays, draw_bias, photon_stage, readout,
                                satellite_trail)
-from upad.sim.psf import draw_psf_model, exposure_fwhm, moffat_alpha
+from upad.sim.psf import draw_psf_model, exposure_fwhm, moffat_alpha, override_fwhm
 from upad.sim.render import RenderInfo, Sources, render
 from upad.sim.schedule import (SITE_LAT, ExposureSpec, dither_offsets, lst_deg, night_times, offset_radec,
                                radec_from_altaz, radec_to_tangent, sun_alt, sun_radec, tile_centres,
@@ -339,7 +339,9 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
         zp_e = zp_e0 - ext + 2.5 * math.log10(transp)
         X_psf = X if spec.kind == "science" else 1.0
         fwhm = exposure_fwhm(rng, night_seeing=plan.seeing, wavelength=filt.cwl, airmass=X_psf, cfg=cfg)
-        psf = draw_psf_model(rng, fwhm_centre=fwhm, shape=shape, cfg=cfg)
+        prng = R.rng_for(seed, *key, 61)  # PSF family, its parameters, seeing overrides (separate stream)
+        fwhm = override_fwhm(prng, fwhm, cfg)
+        psf = draw_psf_model(rng, fwhm_centre=fwhm, shape=shape, cfg=cfg, rng_family=prng, wavelength=filt.cwl)
         w, (tra, tdec), geo = frame_wcs(survey, spec, rng)
         wcs_hdr = w.to_header(relax=True)
         rec.update({"true_radec": [tra, tdec], "wcs": geo, "transparency": round(transp, 6),

@@ -12,6 +12,13 @@ GalSim ``drawImage`` call per object; :func:`draw_with_galsim` is the reference 
 Flux is exactly conserved (wings beyond the stamp wrap around inside it; stamps are chosen large
 enough for that to be below ~0.5 e- per pixel). The PSF is evaluated at the centre of each of
 ``zones x zones`` zones of the frame and is constant within a zone.
+
+Other PSF families (:mod:`upad.sim.psf`): the double Gaussian's transform is analytic; the Kolmogorov atmosphere's
+comes from a table of GalSim's ``Kolmogorov`` transform (sheared like the Moffat), multiplied by the optical transfer
+function of GalSim's ``OpticalPSF`` of the zone (drawn once per zone on a coarse k grid and interpolated). The true
+(effective) FWHM of each zone's profile is measured on its real-space image (inverse FFT of the transform, no
+pixel), see :func:`effective_fwhm`. Stamps of the heavy-winged Kolmogorov profile are sized as a Moffat of beta 2.5:
+the wing beyond wraps around inside the stamp (flux is still conserved).
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy.special import gamma, gammainc, kv
 
-from upad.sim.psf import PSFModel, moffat_alpha
+from upad.sim.psf import PSFModel, double_gaussian_sigma, moffat_alpha
 
 _DU = 0.01  # table step in u = |k| * scale
 _UMAX = 400.0
@@ -39,6 +46,116 @@ def moffat_ktable(beta: float) -> np.ndarray:
     uu = u[1:]
     out[1:] = 2 ** (2 - beta) / gamma(beta - 1) * uu ** (beta - 1) * kv(beta - 1, uu)
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+@lru_cache(maxsize=None)
+def kolmogorov_ktable() -> np.ndarray:
+    """Fourier transform (from GalSim) of a unit-flux round Kolmogorov profile of FWHM 1, vs ``u = |k| * fwhm``."""
+    import galsim
+
+    nk = int(80.0 / _DU) + 2
+    im = galsim.Kolmogorov(fwhm=1.0).drawKImage(nx=2 * nk + 2, ny=1, scale=_DU)
+    i0 = -im.bounds.xmin
+    return np.ascontiguousarray(im.array[0].real[i0:i0 + nk]).astype(np.float32)
+
+
+class _OpticsOTF:
+    """Optical transfer function of a GalSim ``OpticalPSF`` (pixel units), interpolated from a coarse k grid."""
+
+    def __init__(self, lam_over_diam_px: float, aberrations: list[float], obscuration: float):
+        import galsim
+        from scipy.interpolate import RegularGridInterpolator
+
+        # oversampling = pad_factor = 1: the transfer function within 2e-4 of GalSim's defaults, 8 times faster
+        o = galsim.OpticalPSF(lam_over_diam=lam_over_diam_px, aberrations=aberrations, obscuration=obscuration,
+                              oversampling=1.0, pad_factor=1.0)
+        n = 128
+        dk = 1.05 * o.maxk / (n // 2 - 1)
+        im = o.drawKImage(nx=n, ny=n, scale=dk).array
+        k = (np.arange(n) - n // 2) * dk
+        self._re = RegularGridInterpolator((k, k), im.real, bounds_error=False, fill_value=0.0)
+        self._im = RegularGridInterpolator((k, k), im.imag, bounds_error=False, fill_value=0.0)
+
+    def __call__(self, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
+        kx, ky = np.broadcast_arrays(kx, ky)
+        pts = np.stack([ky.ravel(), kx.ravel()], axis=1)
+        return (self._re(pts) + 1j * self._im(pts)).reshape(kx.shape)
+
+
+@dataclass
+class ZonePSF:
+    """The PSF of one zone: family, FWHM parameter (pixels), shear, family parameters and the true FWHM."""
+
+    family: str
+    fwhm_px: float
+    g1: float
+    g2: float
+    beta: float = 3.0
+    dg_wing_fraction: float = 0.0
+    dg_width_ratio: float = 1.0
+    otf: _OpticsOTF | None = None
+    true_fwhm_px: float = 0.0
+
+    def profile_k(self, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
+        """Transform of the PSF (no pixel) at wave vectors ``kx, ky`` (rad/pixel, broadcast)."""
+        a, b, c = _shear_quad(self.g1, self.g2)
+        q = np.sqrt(a * kx ** 2 + 2 * b * kx * ky + c * ky ** 2)
+        if self.family == "moffat":
+            return _lookup(moffat_ktable(self.beta), (q * (float(moffat_alpha(self.fwhm_px, self.beta)) / _DU)
+                                                      ).astype(np.float32))
+        if self.family == "double_gaussian":
+            f, r = self.dg_wing_fraction, self.dg_width_ratio
+            s1 = float(double_gaussian_sigma(self.fwhm_px, f, r))
+            return ((1 - f) * np.exp(-0.5 * (q * s1) ** 2) + f * np.exp(-0.5 * (q * s1 * r) ** 2)).astype(np.float32)
+        if self.family == "kolmogorov_optics":
+            out = _lookup(kolmogorov_ktable(), (q * (self.fwhm_px / _DU)).astype(np.float32))
+            return out * self.otf(kx, ky).astype(np.complex64) if self.otf is not None else out
+        raise ValueError(f"unknown PSF family {self.family!r}")
+
+    def kimage(self, N: int) -> np.ndarray:
+        """Transform of (PSF x pixel) on the k grid of a stamp of size ``N`` (shape (2N, N+1))."""
+        kx, ky, pix = _kgrid(N)
+        if self.family == "moffat":
+            return psf_kimage(N, float(moffat_alpha(self.fwhm_px, self.beta)), self.g1, self.g2, self.beta)
+        return self.profile_k(kx[None, :], ky[:, None]) * pix
+
+    def stamp_shape(self) -> tuple[float, float]:
+        """(FWHM, beta) of the Moffat used to size this profile's stamps."""
+        if self.family == "moffat":
+            return self.fwhm_px, self.beta
+        if self.family == "double_gaussian":
+            return self.fwhm_px * self.dg_width_ratio, 4.0
+        return max(self.true_fwhm_px, self.fwhm_px), 2.5
+
+
+def effective_fwhm(profile_k, fwhm_guess_px: float, *, samples_per_fwhm: int = 24, n: int = 384) -> float:
+    """Effective FWHM ``2 sqrt(A / pi)`` (``A``: area where the profile is at least half its peak) of a profile
+    given by its transform ``profile_k(kx, ky)`` (pixels; measured on its real-space image, no pixel response)."""
+    h = fwhm_guess_px / samples_per_fwhm
+    k = 2 * np.pi * np.fft.fftfreq(n, d=h)
+    img = np.fft.ifft2(profile_k(k[None, :], k[:, None])).real
+    half = 0.5 * img.max()
+    gy, gx = np.gradient(img, h)
+    g = np.hypot(gx, gy) * h
+    # fraction of each sample's cell above half the peak, to first order in the distance to the contour
+    frac = np.clip(0.5 + (img - half) / np.maximum(g, 1e-30), 0.0, 1.0)
+    return float(2 * math.sqrt(frac.sum() * h * h / math.pi))
+
+
+def zone_psfs(psf: PSFModel, x: np.ndarray, y: np.ndarray, pixel_scale: float) -> list[ZonePSF]:
+    """The PSF at positions ``x, y`` (zone centres) with its true FWHM (pixels)."""
+    fw, g1, g2 = psf.at(x, y)
+    out = []
+    for i in range(len(fw)):
+        z = ZonePSF(psf.family, float(fw[i] / pixel_scale), float(g1[i]), float(g2[i]), beta=psf.beta,
+                    dg_wing_fraction=psf.dg_wing_fraction, dg_width_ratio=psf.dg_width_ratio)
+        z.true_fwhm_px = z.fwhm_px
+        if psf.family == "kolmogorov_optics":
+            z.otf = _OpticsOTF(psf.lam_over_diam / pixel_scale, psf.aberrations_at(float(x[i]), float(y[i])),
+                               psf.obscuration)
+            z.true_fwhm_px = effective_fwhm(z.profile_k, z.fwhm_px)
+        out.append(z)
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -125,7 +242,10 @@ def render_batch(N: int, pk: np.ndarray, flux: np.ndarray, cx: np.ndarray, cy: n
         q += b[:, None, None] * kxy[None]
         np.sqrt(q, out=q)
         prof = _lookup(sersic_ktable(n, trunc), q)
-        prof *= pk[None]
+        if np.iscomplexobj(pk):
+            prof = prof * pk[None]
+        else:
+            prof *= pk[None]
     else:
         prof = np.broadcast_to(pk, (B,) + pk.shape)
     phx = np.exp(-1j * np.outer(cx, kx)).astype(np.complex64)
@@ -204,13 +324,22 @@ def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float
     zc = (np.arange(zones) + 0.5) * (nx / zones) - 0.5
     zr = (np.arange(zones) + 0.5) * (ny / zones) - 0.5
     zfwhm, zg1, zg2 = psf.at(np.tile(zc, zones), np.repeat(zr, zones))
-    fwhm_px = zfwhm[zone] / pixel_scale
-    alpha = moffat_alpha(fwhm_px, psf.beta)
+    zp: list[ZonePSF] | None = None
+    if psf.family != "moffat":
+        zp = zone_psfs(psf, np.tile(zc, zones), np.repeat(zr, zones), pixel_scale)
+        ztrue = np.array([z.true_fwhm_px for z in zp]) * pixel_scale
+        zst = np.array([z.stamp_shape() for z in zp])
+        fwhm_px, beta_st = zst[zone, 0], zst[zone, 1]
+        alpha = fwhm_px / (2 * np.sqrt(2 ** (1 / beta_st) - 1))
+    else:
+        ztrue = zfwhm
+        fwhm_px, beta_st = zfwhm[zone] / pixel_scale, psf.beta
+        alpha = moffat_alpha(fwhm_px, psf.beta)
     rgal = np.zeros(n_obj)
     for n in np.unique(src.sersic_n[src.sersic_n > 0]):
         m = src.sersic_n == n
         rgal[m] = src.hlr_px[m] * sersic_radius(float(n), trunc)
-    size = _stamp_size(src.flux, alpha, fwhm_px, psf.beta, rgal, wing_threshold)
+    size = _stamp_size(src.flux, alpha, fwhm_px, beta_st, rgal, wing_threshold)
     peak = np.zeros(n_obj, np.float32)
     ix = np.floor(src.x + 0.5).astype(np.int64)
     iy = np.floor(src.y + 0.5).astype(np.int64)
@@ -229,6 +358,8 @@ def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float
         N = int(size[grp[0]])
         z = int(zone[grp[0]])
         n = float(src.sersic_n[grp[0]])
+        if (N, z) not in pk_cache and zp is not None:
+            pk_cache[(N, z)] = zp[z].kimage(N)
         if (N, z) not in pk_cache:
             pk_cache[(N, z)] = psf_kimage(N, float(zfwhm[z] / pixel_scale / (2 * math.sqrt(2 ** (1 / psf.beta) - 1))),
                                           float(zg1[z]), float(zg2[z]), psf.beta)
@@ -253,7 +384,7 @@ def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float
                 if xs1 <= xs0 or ys1 <= ys0:
                     continue
                 image[ya + ys0:ya + ys1, xa + xs0:xa + xs1] += stamps[j, ys0:ys1, xs0:xs1]
-    return RenderInfo(zfwhm[zone], zg1[zone], zg2[zone], peak, zone)
+    return RenderInfo(ztrue[zone], zg1[zone], zg2[zone], peak, zone)
 
 
 def draw_with_galsim(N: int, flux: float, cx: float, cy: float, *, fwhm_px: float, beta: float, psf_g1: float = 0.0,
