@@ -43,6 +43,9 @@ class SatelliteConfig(StepConfig):
                                bounds=(0.1, 10.0))
     pad_px: float = param(1.0, doc="extra half-width of the mask", bounds=(0.0, 50.0), unit="pixel")
     max_trails: int = param(5, doc="most trails searched for in one frame", bounds=(1, 50))
+    max_sigma_px: float = param(20.0, doc="widest trail searched for (Gaussian sigma of the cross profile: "
+                                          "aircraft and defocused satellites reach ~15 pixels)", bounds=(1.0, 100.0),
+                                unit="pixel")
 
 
 @dataclass(frozen=True)
@@ -228,17 +231,89 @@ def _profile(image, var, mask, theta, rho, p0, p1, halfwidth, bits, step_along):
         np.float64), length
 
 
-def _fit_profile(d: np.ndarray, v: np.ndarray, sig_pix: float) -> tuple[float, float, float, float] | None:
-    """Gaussian fit of the median cross profile → (centre, sigma, amplitude, snr)."""
+def _offsets_along(d: np.ndarray, along: np.ndarray, v: np.ndarray, mu: float, sg: float,
+                   length: float) -> tuple[float, float] | None:
+    """Offset of the trail's centre from the line as a function of the position along it, ``mu + a + b t``: the
+    centroid of the positive median cross profile in segments along the trail, fitted by a straight line
+    (robust to a few bad segments) → ``(a + mu, b)``."""
+    nseg = int(np.clip(length / 64.0, 4, 24))
+    seg = length / nseg
+    binw = max(0.25, sg / 4.0)
+    half = 2.5 * sg
+    t_c, off, wts = [], [], []
+    sel_all = np.abs(d - mu) <= half
+    dd, aa, vv = d[sel_all] - mu, along[sel_all], v[sel_all]
+    k_seg = np.minimum((aa / seg).astype(int), nseg - 1)
+    nb = int(math.ceil(2 * half / binw))
+    k_bin = np.clip(((dd + half) / binw).astype(int), 0, nb - 1)
+    centres = -half + (np.arange(nb) + 0.5) * binw
+    for k in range(nseg):
+        m = k_seg == k
+        if m.sum() < 4 * nb:
+            continue
+        kb, vk = k_bin[m], vv[m]
+        prof = np.array([np.median(vk[kb == j]) if (kb == j).sum() >= 3 else np.nan for j in range(nb)])
+        ok = np.isfinite(prof)
+        if ok.sum() < 0.7 * nb:
+            continue
+        pp = np.clip(prof[ok] - np.nanmin(prof), 0, None)
+        if pp.sum() <= 0:
+            continue
+        t_c.append((k + 0.5) * seg)
+        off.append(float((pp * centres[ok]).sum() / pp.sum()))
+        wts.append(float(pp.sum()))
+    if len(t_c) < 3:
+        return None
+    t_a, o_a = np.array(t_c), np.array(off)
+    keep = np.ones(len(t_a), bool)
+    for _ in range(3):
+        A = np.column_stack([np.ones(keep.sum()), t_a[keep]])
+        coef, *_ = np.linalg.lstsq(A, o_a[keep], rcond=None)
+        res = o_a - (coef[0] + coef[1] * t_a)
+        scale = max(1.4826 * float(np.median(np.abs(res[keep]))), 0.05 * sg)
+        new = np.abs(res) < 4 * scale
+        if new.sum() < 3 or (new == keep).all():
+            break
+        keep = new
+    return float(coef[0] + mu), float(coef[1])
+
+
+def _tilt(theta: float, rho: float, p0: np.ndarray, p1: np.ndarray, a: float, b: float) -> tuple[float, float]:
+    """The line whose distance from ``(theta, rho)`` is ``a + b t`` at ``t`` pixels from ``p0`` towards ``p1``."""
+    n = np.array([math.cos(theta), math.sin(theta)])
+    length = float(np.hypot(*(p1 - p0)))
+    u = (p1 - p0) / max(length, 1e-9)
+    q = p0 + (float(np.dot(p0, n)) - rho) * (-n) + a * n  # a point of the new line (at t = 0)
+    n2 = n - b * u
+    n2 /= np.hypot(*n2)
+    th = math.atan2(n2[1], n2[0])
+    if th < 0:
+        th += math.pi
+        n2 = -n2
+    if th >= math.pi:
+        th -= math.pi
+        n2 = -n2
+    return th, float(np.dot(q, n2))
+
+
+def _fit_profile(d: np.ndarray, v: np.ndarray, sig_pix: float, *, half: float = 8.0, binw: float = 0.25,
+                 smax: float = 6.0) -> tuple[float, float, float, float] | None:
+    """Gaussian (+ constant) fit of the median cross profile within ``half`` pixels of the line, in distance bins
+    of ``binw`` pixels → (centre, sigma, amplitude, snr)."""
     from scipy.optimize import curve_fit
 
-    edges = np.arange(-8.0, 8.0 + 1e-9, 0.25)
+    edges = np.arange(-half, half + 1e-9, binw)
     idx = np.digitize(d, edges) - 1
     centres = 0.5 * (edges[1:] + edges[:-1])
-    med = np.full(len(centres), np.nan)
-    err = np.full(len(centres), np.nan)
-    for k in range(len(centres)):
-        sel = v[idx == k]
+    nb = len(centres)
+    ok_i = (idx >= 0) & (idx < nb)
+    order = np.argsort(idx[ok_i], kind="stable")
+    vs = v[ok_i][order]
+    bounds = np.searchsorted(idx[ok_i][order], np.arange(nb + 1))
+    med = np.full(nb, np.nan)
+    err = np.full(nb, np.nan)
+    for k in range(nb):
+        sel = vs[bounds[k]:bounds[k + 1]]
         if len(sel) >= 5:
             med[k] = np.median(sel)
             err[k] = 1.2533 * sig_pix / math.sqrt(len(sel))
@@ -247,14 +322,19 @@ def _fit_profile(d: np.ndarray, v: np.ndarray, sig_pix: float) -> tuple[float, f
         return None
     x, y, e = centres[ok], med[ok], err[ok]
     k0 = int(np.argmax(y))
-    p0 = [float(y[k0]), float(x[k0]), 1.0, 0.0]
+    base = float(np.median(y))
+    peak = float(y[k0]) - base
+    above = x[y - base > 0.5 * peak]
+    s0 = float(np.clip((above.max() - above.min() + binw) / 2.3548, 2 * binw, 0.8 * smax)) if len(above) else 1.0
+    p0 = [max(peak, 1e-3), float(x[k0]), s0, base]
 
     def g(xx, a, mu, sg, c):
         return a * np.exp(-0.5 * ((xx - mu) / sg) ** 2) + c
 
+    lim = max(4.0, half / 2)
     try:
         p, cov = curve_fit(g, x, y, p0=p0, sigma=e, absolute_sigma=True,
-                           bounds=([0, -4, 0.3, -np.inf], [np.inf, 4, 6, np.inf]), maxfev=2000)
+                           bounds=([0, -lim, min(0.3, binw), -np.inf], [np.inf, lim, smax, np.inf]), maxfev=4000)
     except (RuntimeError, ValueError):
         return None
     a, mu, sg, _ = p
@@ -325,11 +405,39 @@ def detect_satellites(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
         if len(d) < 50 or length < config.min_length_px:
             continue
         fit = _fit_profile(d, vals, sig_pix)
+        if fit is None or fit[1] > 2.5:
+            # a wide trail (aircraft, defocused satellite): the profile over +-4 max_sigma_px, sampled every 2
+            # pixels along the line, in 1-pixel distance bins (the narrow fit above cannot see its wings)
+            hw_c = int(math.ceil(4.0 * config.max_sigma_px))
+            dc, alc, vc, _v, length = _profile(image, variance, mask, theta, rho, p0, p1, hw_c, full_bits, 2.0)
+            fit_c = _fit_profile(dc, vc, sig_pix, half=float(hw_c), binw=1.0, smax=float(config.max_sigma_px))
+            if fit_c is not None and (fit is None or fit_c[1] > 2.5):
+                fit = fit_c
+                d, along, vals = dc, alc, vc
         if fit is None:
             continue
         mu, sg, amp, snr_fit = fit
-        if snr_fit < config.min_snr or sg > 5.0:
+        if snr_fit < config.min_snr or sg > config.max_sigma_px * 0.999:
             continue
+        if sg > 2.5:
+            # a wide trail's line from the binned image is only good to a fraction of its width: measure the
+            # centre along the trail and tilt the line onto it, then measure the profile again
+            ab = _offsets_along(d, along, vals, mu, sg, length)
+            if ab is not None:
+                theta_n, rho_n = _tilt(theta, rho, p0, p1, *ab)
+                seg_n = _segment_in_image(theta_n, rho_n, nx, ny)
+                if seg_n is not None:
+                    hw_c = int(math.ceil(max(8.0, 4.0 * sg + 4.0)))
+                    dn, aln, vn, _v, ln = _profile(image, variance, mask, theta_n, rho_n, seg_n[0], seg_n[1], hw_c,
+                                                   full_bits, 2.0)
+                    fit_n = _fit_profile(dn, vn, sig_pix, half=float(hw_c), binw=max(0.25, min(1.0, sg / 8)),
+                                         smax=float(config.max_sigma_px))
+                    if fit_n is not None and fit_n[3] >= config.min_snr:
+                        theta, rho, (p0, p1) = theta_n, rho_n, seg_n
+                        d, along, vals, length = dn, aln, vn, ln
+                        mu, sg, amp, snr_fit = fit_n
+        if _flagged_fraction(mask, theta, rho + mu, p0, p1) > 0.5:
+            continue  # a trail already masked (a second Hough peak of a wide trail)
         rho += mu
         # extent along the line: 8-pixel bins whose on-line median is significant; the longest run of such bins
         # (gaps of up to 4 bins allowed: stars, masked pixels) is the trail
@@ -362,11 +470,30 @@ def detect_satellites(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
         hw = sg * math.sqrt(2 * math.log(ratio)) if ratio > 1 else sg
         hw = hw + config.pad_px
         n_new = _mask_band(mask, theta, rho, a0, a1, hw)
+        # the whole band of this trail is used up (a wide trail must not come back as parallel lines)
+        used |= np.abs(xb * math.cos(theta) + yb * math.sin(theta) - (rho + 0.5 * (c + s)) / b) < max(2.0, hw / b + 1)
         result.trails.append(Trail(theta_deg=math.degrees(theta), rho=rho, x0=float(a0[0]), y0=float(a0[1]),
                                    x1=float(a1[0]), y1=float(a1[1]), sigma_px=sg, amplitude=amp,
                                    flux_per_px=amp * sg * math.sqrt(2 * math.pi), snr=snr_fit, half_width_px=hw))
         result.n_pixels += n_new
     return result
+
+
+def _flagged_fraction(mask: np.ndarray, theta: float, rho: float, p0: np.ndarray, p1: np.ndarray) -> float:
+    """Fraction of the points of the line (every 4 pixels between ``p0`` and ``p1``) already flagged
+    ``SATELLITE``."""
+    ny, nx = mask.shape
+    length = float(np.hypot(*(p1 - p0)))
+    u = (p1 - p0) / max(length, 1e-9)
+    n = np.array([math.cos(theta), math.sin(theta)])
+    t = np.arange(0.0, length, 4.0)
+    q = p0[None, :] + t[:, None] * u[None, :]
+    q += (rho - q @ n)[:, None] * n[None, :]
+    xs, ys = np.rint(q[:, 0]).astype(int), np.rint(q[:, 1]).astype(int)
+    ok = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+    if not ok.any():
+        return 0.0
+    return float(((mask[ys[ok], xs[ok]] & np.int16(mb.SATELLITE)) != 0).mean())
 
 
 def _longest_run(present: np.ndarray, *, max_gap: int) -> tuple[int, int] | None:

@@ -340,7 +340,8 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
             if spec.extra.get("satellite"):
                 sigma = fwhm / inst.pixel_scale / 2.3548
                 sat_pl, sat_par = satellite_trail(R.rng_for(seed, *key, 3), shape, sigma_px=sigma,
-                                                  flux_range=cfg.satellite_flux_range)
+                                                  flux_range=cfg.satellite_flux_range,
+                                                  sigma_range=cfg.satellite_sigma_range_px)
                 sat_pl.add_to(img)
                 rec["satellite"] = sat_par
             fringe = camera.fringe(filt)
