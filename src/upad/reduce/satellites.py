@@ -256,12 +256,27 @@ def _offsets_along(d: np.ndarray, along: np.ndarray, v: np.ndarray, mu: float, s
         ok = np.isfinite(prof)
         if ok.sum() < 0.7 * nb:
             continue
-        pp = np.clip(prof[ok] - np.nanmin(prof), 0, None)
-        if pp.sum() <= 0:
+        # the centre: a Gaussian of the trail's width (+ a constant) slid across the profile, the best position
+        # refined by a parabola (unbiased where the image edge cuts one side of the band)
+        xc, yc = centres[ok], prof[ok]
+        trial = np.arange(-1.5 * sg, 1.5 * sg + 1e-9, max(0.1, sg / 10))
+        chi = np.empty(len(trial))
+        amp_t = np.empty(len(trial))
+        for i, m0 in enumerate(trial):
+            g = np.exp(-0.5 * ((xc - m0) / sg) ** 2)
+            A = np.column_stack([g, np.ones_like(g)])
+            coef, *_ = np.linalg.lstsq(A, yc, rcond=None)
+            chi[i] = float(((yc - A @ coef) ** 2).sum())
+            amp_t[i] = coef[0]
+        i = int(np.argmin(chi))
+        if amp_t[i] <= 0 or i == 0 or i == len(trial) - 1:
             continue
+        den = chi[i - 1] - 2 * chi[i] + chi[i + 1]
+        step = trial[1] - trial[0]
+        shift = 0.5 * (chi[i - 1] - chi[i + 1]) / den * step if den > 0 else 0.0
         t_c.append((k + 0.5) * seg)
-        off.append(float((pp * centres[ok]).sum() / pp.sum()))
-        wts.append(float(pp.sum()))
+        off.append(float(trial[i] + np.clip(shift, -step, step)))
+        wts.append(float(amp_t[i]))
     if len(t_c) < 3:
         return None
     t_a, o_a = np.array(t_c), np.array(off)
@@ -462,13 +477,16 @@ def detect_satellites(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
             continue
         c, s = math.cos(theta), math.sin(theta)
         u = (p1 - p0) / max(length, 1e-9)
-        t0 = first * seg_len - 4.0 if first > 0 else -8.0
-        t1 = (last + 1) * seg_len + 4.0 if last < nseg - 1 else length + 8.0
-        a0 = p0 + (t0 * u) + mu * np.array([c, s])
-        a1 = p0 + (t1 * u) + mu * np.array([c, s])
         ratio = amp / (config.mask_nsigma * sig_pix)
         hw = sg * math.sqrt(2 * math.log(ratio)) if ratio > 1 else sg
         hw = hw + config.pad_px
+        # a trail that leaves the image: its wings stay inside beyond the point where its centre leaves (far
+        # beyond when it leaves at a grazing angle); the band is clipped to the image
+        ext = min(hw / max(min(abs(u[0]), abs(u[1])), 0.02), math.hypot(nx, ny)) + 8.0
+        t0 = first * seg_len - 4.0 if first > 0 else -ext
+        t1 = (last + 1) * seg_len + 4.0 if last < nseg - 1 else length + ext
+        a0 = p0 + (t0 * u) + mu * np.array([c, s])
+        a1 = p0 + (t1 * u) + mu * np.array([c, s])
         n_new = _mask_band(mask, theta, rho, a0, a1, hw)
         # the whole band of this trail is used up (a wide trail must not come back as parallel lines)
         used |= np.abs(xb * math.cos(theta) + yb * math.sin(theta) - (rho + 0.5 * (c + s)) / b) < max(2.0, hw / b + 1)

@@ -1,38 +1,64 @@
 """Saturated pixels and bleed trails.
 
-Saturated pixels come from the raw frame (at the ADC maximum, :func:`upad.isr.saturation_mask`) and/or from
-a level in electrons (full well). They are grouped into connected regions (8-connectivity). In each region the
-*core* is the round part around the star: its width ``W`` is the widest row and its centre the flux-weighted row of
-the widest rows; saturated pixels farther than ``W / 2`` (+ half a pixel) from the centre along the column are the
-*bleed trail*. The trail is extended along its columns by ``bleed_extend_px`` and while the pixels stay above
-``bleed_extend_level_e`` (the last, partly filled pixel of a trail is not saturated), then grown sideways by
-``bleed_grow_px``. Every saturated pixel and its ``grow_px`` neighbours get ``SATURATED``; trail pixels also get
-``BLEED``.
+A pixel is saturated when its charge reached what its amplifier can record — the full well, or the charge whose
+reading reaches the ADC maximum, whichever comes first. Three sources, combined:
+
+* the raw-frame mask of the ISR (pixels at the ADC maximum, :func:`upad.isr.saturation_mask`);
+* a level per amplifier in electrons of detected charge (``levels_e``: the saturation level measured by the
+  calibration, or the instrument file's full well as a first guess), compared with ``image * flat`` (the charge
+  before flat-fielding);
+* the level measured in the frame itself (``measure_level``): saturated pixels of an amplifier pile up on a plateau
+  (their charge is the same to a fraction of a per cent, whatever the star), so the brightest usable pixels of an
+  amplifier, when at least ``plateau_min_px`` of them lie within ``plateau_tolerance`` of the maximum, set its level.
+
+The lowest of the amplifier's levels applies (minus ``level_margin``). Saturated pixels are grouped into connected
+regions (8-connectivity). In each region the *core* is the round part around the star: its width ``W`` is the widest
+row and its centre the mean of the widest rows; saturated pixels farther than ``W / 2`` (+ half a pixel) from the
+centre along the column are the *bleed trail*. The trail is extended along its columns by ``bleed_extend_px`` and
+then while the pixels stay ``bleed_nsigma`` above the *local* sky — the median of the columns 3 to 8 pixels beside
+the trail on the same rows, which follows the star's halo and any sky level (the last, partly filled pixel of a trail
+is not saturated) —, then grown sideways by ``bleed_grow_px``. Every saturated pixel and its ``grow_px`` neighbours
+get ``SATURATED``; trail pixels also get ``BLEED``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from upad import maskbits as mb
 from upad.config import StepConfig, param
+from upad.reduce._jit import njit, prange
 
-__all__ = ["SaturatedRegion", "SaturationConfig", "SaturationResult", "mask_saturation"]
+__all__ = ["SaturatedRegion", "SaturationConfig", "SaturationResult", "instrument_levels", "mask_saturation",
+           "measure_plateau"]
+
+Region = tuple[slice, slice]
 
 
 @dataclass(frozen=True)
 class SaturationConfig(StepConfig):
     """Parameters of the saturation and bleed-trail masks."""
 
-    level_e: float = param(0.0, doc="saturation level in the calibrated image; 0: use only the raw-frame mask "
-                                    "from the ISR", bounds=(0.0, None), unit="e-")
+    level_e: float = param(0.0, doc="saturation level in the calibrated (flat-fielded) image; 0: none (the levels "
+                                    "per amplifier, the measured plateau and the raw-frame mask of the ISR apply)",
+                           bounds=(0.0, None), unit="e-")
+    measure_level: bool = param(True, doc="measure each amplifier's saturation level in the frame (the plateau of "
+                                          "its brightest pixels)")
+    plateau_tolerance: float = param(0.002, doc="relative spread of the pixels of a saturation plateau",
+                                     bounds=(1e-5, 0.05))
+    plateau_min_px: int = param(4, doc="fewest pixels on a plateau for a measured saturation level",
+                                bounds=(2, None))
+    level_margin: float = param(0.002, doc="pixels within this fraction below the saturation level are saturated",
+                                bounds=(0.0, 0.2))
     grow_px: int = param(1, doc="growth of the SATURATED mask around saturated pixels", bounds=(0, 10),
                          unit="pixel")
     bleed_extend_px: int = param(2, doc="extension of a bleed trail beyond its last saturated pixel, along the "
                                         "column", bounds=(0, 50), unit="pixel")
-    bleed_extend_level_e: float = param(2000.0, doc="a bleed trail is extended further along its column while the "
-                                                    "pixels stay above this level", bounds=(0.0, None), unit="e-")
+    bleed_nsigma: float = param(5.0, doc="a bleed trail is extended further along its column while the pixels "
+                                         "stay this many sigma above the local sky (neighbouring columns)",
+                                bounds=(1.0, 1000.0))
     bleed_grow_px: int = param(1, doc="sideways growth of bleed trails", bounds=(0, 10), unit="pixel")
 
 
@@ -59,11 +85,94 @@ class SaturationResult:
         Pixels flagged ``BLEED``.
     regions : list of SaturatedRegion
         The saturated regions (saturated stars).
+    levels_e : list of float
+        Saturation level applied per amplifier (e- of detected charge; ``inf``: none).
+    measured_e : list of float
+        Plateau measured per amplifier (e-; ``nan`` where none was found).
     """
 
     n_saturated: int
     n_bleed: int
     regions: list[SaturatedRegion] = field(default_factory=list)
+    levels_e: list[float] = field(default_factory=list)
+    measured_e: list[float] = field(default_factory=list)
+
+
+def instrument_levels(instrument, sections) -> list[float]:
+    """First guess of the saturation level (e-) of each amplifier of ``sections`` from the instrument file: its
+    full well (the ADC limit is seen directly in the raw frame)."""
+    amps = instrument.detector(1).amplifiers
+    return [float(amps[sec.index].full_well) for sec in sections]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _row_max(image, flat, mask, bits, y0, y1, x0, x1, use_flat):  # pragma: no cover - compiled
+    out = np.full(y1 - y0, -np.inf)
+    for j in prange(y1 - y0):
+        y = y0 + j
+        m = -np.inf
+        for x in range(x0, x1):
+            if (mask[y, x] & bits) != 0:
+                continue
+            v = image[y, x] * flat[y, x] if use_flat else image[y, x]
+            if v > m:
+                m = v
+        out[j] = m
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _row_count(image, flat, mask, bits, y0, y1, x0, x1, use_flat, level):  # pragma: no cover - compiled
+    out = np.zeros(y1 - y0, np.int64)
+    for j in prange(y1 - y0):
+        y = y0 + j
+        n = 0
+        for x in range(x0, x1):
+            if (mask[y, x] & bits) != 0:
+                continue
+            v = image[y, x] * flat[y, x] if use_flat else image[y, x]
+            if v >= level:
+                n += 1
+        out[j] = n
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _gather_above(image, flat, y0, y1, x0, x1, use_flat, level, counts):  # pragma: no cover - compiled
+    n = counts.sum()
+    ys = np.empty(n, np.int64)
+    xs = np.empty(n, np.int64)
+    k = 0
+    for j in range(y1 - y0):
+        if counts[j] == 0:
+            continue
+        y = y0 + j
+        for x in range(x0, x1):
+            v = image[y, x] * flat[y, x] if use_flat else image[y, x]
+            if v >= level:
+                ys[k] = y
+                xs[k] = x
+                k += 1
+    return ys[:k], xs[:k]
+
+
+def measure_plateau(image: np.ndarray, *, flat: np.ndarray | None = None, mask: np.ndarray | None = None,
+                    region: Region | None = None, tolerance: float = 0.002, min_px: int = 4) -> float:
+    """The saturation plateau of one amplifier: the highest charge (``image * flat``, e-) when at least ``min_px``
+    usable pixels of ``region`` lie within ``tolerance`` (relative) of it, else ``nan``."""
+    ny, nx = image.shape
+    ys, xs = region if region is not None else (slice(0, ny), slice(0, nx))
+    y0, y1, _ = ys.indices(ny)
+    x0, x1, _ = xs.indices(nx)
+    use_flat = flat is not None
+    fl = np.asarray(flat, np.float32) if use_flat else image
+    m = mask if mask is not None else np.zeros(image.shape, mb.MASK_DTYPE)
+    bits = np.int16(mb.BAD | mb.NODATA)
+    vmax = float(_row_max(image, fl, m, bits, y0, y1, x0, x1, use_flat).max())
+    if not np.isfinite(vmax) or vmax <= 0:
+        return float("nan")
+    n = int(_row_count(image, fl, m, bits, y0, y1, x0, x1, use_flat, vmax * (1.0 - tolerance)).sum())
+    return vmax if n >= min_px else float("nan")
 
 
 def _components(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, int]:
@@ -83,17 +192,26 @@ def _components(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def mask_saturation(image: np.ndarray, mask: np.ndarray, *, saturated: np.ndarray | None = None,
+                    levels_e: float | Sequence[float] | None = None, amp_regions: Sequence[Region] | None = None,
+                    flat: np.ndarray | None = None,
                     config: SaturationConfig = SaturationConfig()) -> SaturationResult:
     """Flag saturated pixels and bleed trails in ``mask`` (modified in place).
 
     Parameters
     ----------
     image : ndarray
-        Calibrated image (e-), used for the saturation level and to extend trails.
+        Calibrated image (e-, sky included), used for the saturation levels and to extend trails.
     mask : ndarray
         Bit-coded mask (:data:`upad.maskbits.MASK_DTYPE`), updated in place with ``SATURATED`` and ``BLEED``.
     saturated : ndarray, optional
         Boolean mask of pixels saturated in the raw frame (from the ISR).
+    levels_e : float or sequence of float, optional
+        Saturation level (e- of detected charge, i.e. before flat-fielding) of each amplifier of ``amp_regions``
+        (or of the whole image): the calibration's measured level, or :func:`instrument_levels` as a first guess.
+    amp_regions : sequence of (slice, slice), optional
+        Region of each amplifier in the image (``AmpSection.active``); default: the image is one amplifier.
+    flat : ndarray, optional
+        The flat the image was divided by (``image * flat`` is the detected charge).
     config : SaturationConfig
 
     Returns
@@ -107,13 +225,47 @@ def mask_saturation(image: np.ndarray, mask: np.ndarray, *, saturated: np.ndarra
         ys, xs = np.nonzero(saturated)
     else:
         ys = xs = np.empty(0, np.intp)
+    if flat is not None and flat.shape != image.shape:
+        raise ValueError(f"flat {flat.shape} does not match the image {image.shape}")
+    regions_amp = list(amp_regions) if amp_regions is not None else [(slice(0, ny), slice(0, nx))]
+    if levels_e is None:
+        given = [np.inf] * len(regions_amp)
+    elif np.ndim(levels_e) == 0:
+        given = [float(levels_e)] * len(regions_amp)
+    else:
+        given = [float(v) for v in levels_e]
+        if len(given) != len(regions_amp):
+            raise ValueError(f"{len(given)} saturation levels for {len(regions_amp)} amplifier regions")
+    use_flat = flat is not None
+    fl = np.asarray(flat, np.float32) if use_flat else image
+    levels: list[float] = []
+    measured: list[float] = []
+    extra_y: list[np.ndarray] = []
+    extra_x: list[np.ndarray] = []
+    for reg, lev in zip(regions_amp, given):
+        meas = (measure_plateau(image, flat=flat, mask=mask, region=reg, tolerance=config.plateau_tolerance,
+                                min_px=config.plateau_min_px) if config.measure_level else float("nan"))
+        measured.append(meas)
+        level = min(lev, meas) if np.isfinite(meas) else lev
+        levels.append(level)
+        if np.isfinite(level) and level > 0:
+            y0, y1, _ = reg[0].indices(ny)
+            x0, x1, _ = reg[1].indices(nx)
+            thr = level * (1.0 - config.level_margin)
+            cnt = _row_count(image, fl, mask, np.int16(0), y0, y1, x0, x1, use_flat, thr)
+            if cnt.any():
+                gy, gx = _gather_above(image, fl, y0, y1, x0, x1, use_flat, thr, cnt)
+                extra_y.append(gy)
+                extra_x.append(gx)
     if config.level_e > 0:
         y2, x2 = np.nonzero(image >= np.float32(config.level_e))
-        if len(y2):
-            lin = np.unique(np.concatenate([ys * nx + xs, y2 * nx + x2]))
-            ys, xs = lin // nx, lin % nx
+        extra_y.append(y2)
+        extra_x.append(x2)
+    if extra_y:
+        lin = np.unique(np.concatenate([ys * nx + xs] + [a * nx + b for a, b in zip(extra_y, extra_x)]))
+        ys, xs = lin // nx, lin % nx
     if len(ys) == 0:
-        return SaturationResult(0, 0, [])
+        return SaturationResult(0, 0, [], levels, measured)
     labels, ncomp = _components(ys, xs)
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(ncomp + 1))
@@ -136,19 +288,16 @@ def mask_saturation(image: np.ndarray, mask: np.ndarray, *, saturated: np.ndarra
             by, bx = cy[isb], cx[isb]
             blen = int(np.ptp(by)) + 1 if by.size else 0
             ext_y, ext_x = [by], [bx]
+            c_lo, c_hi = int(bx.min()), int(bx.max())
             for col in np.unique(bx):
                 colrows = cy[cx == col]
                 top, bot = int(colrows.max()), int(colrows.min())
                 for start, step in ((top + 1, 1), (bot - 1, -1)):
-                    j = start
-                    n = 0
-                    while 0 <= j < ny and (n < config.bleed_extend_px or image[j, col] > config.bleed_extend_level_e):
-                        ext_y.append(np.array([j]))
-                        ext_x.append(np.array([col]))
-                        j += step
-                        n += 1
-                        if n > ny:
-                            break
+                    n = _extend(image, col, start, step, c_lo, c_hi, config.bleed_extend_px, config.bleed_nsigma)
+                    if n:
+                        rows_e = start + step * np.arange(n)
+                        ext_y.append(rows_e)
+                        ext_x.append(np.full(n, col))
             by = np.concatenate(ext_y)
             bx = np.concatenate(ext_x)
             g = config.bleed_grow_px
@@ -171,11 +320,47 @@ def mask_saturation(image: np.ndarray, mask: np.ndarray, *, saturated: np.ndarra
     else:
         gy, gx = ys, xs
     lin = np.unique(gy * nx + gx)
-    flat = mask.reshape(-1)
-    flat[lin] |= sat_v
+    mflat = mask.reshape(-1)
+    mflat[lin] |= sat_v
     n_bleed = 0
     if bleed_y:
         blin = np.unique(np.concatenate(bleed_y) * nx + np.concatenate(bleed_x))
-        flat[blin] |= bleed_v
+        mflat[blin] |= bleed_v
         n_bleed = len(blin)
-    return SaturationResult(n_saturated=len(lin), n_bleed=n_bleed, regions=regions)
+    return SaturationResult(n_saturated=len(lin), n_bleed=n_bleed, regions=regions, levels_e=levels,
+                            measured_e=measured)
+
+
+def _extend(image: np.ndarray, col: int, start: int, step: int, c_lo: int, c_hi: int, min_px: int,
+            nsigma: float, chunk: int = 32) -> int:
+    """Number of pixels of column ``col`` from row ``start`` (moving by ``step``) that continue a bleed trail: at
+    least ``min_px``, then while the pixel stays ``nsigma`` above the local sky of its row (median of the columns 3
+    to 8 pixels beside the trail's columns ``c_lo..c_hi``; noise from their scatter and the Poisson noise)."""
+    ny, nx = image.shape
+    left = np.arange(c_lo - 8, c_lo - 2)
+    right = np.arange(c_hi + 3, c_hi + 9)
+    nb = np.concatenate([left[left >= 0], right[right < nx]])
+    n = 0
+    j = start
+    while 0 <= j < ny:
+        rows = j + step * np.arange(chunk)
+        rows = rows[(rows >= 0) & (rows < ny)]
+        v = image[rows, col].astype(np.float64)
+        if len(nb):
+            nbv = image[rows[:, None], nb[None, :]].astype(np.float64)
+            local = np.median(nbv, axis=1)
+            resid = nbv - local[:, None]
+            scatter = 1.4826 * float(np.median(np.abs(resid)))
+        else:
+            local = np.zeros(len(rows))
+            scatter = 0.0
+        noise = np.sqrt(scatter ** 2 + np.maximum(local, 0.0))
+        above = v - local > nsigma * np.maximum(noise, 1e-3)
+        k = 0
+        while k < len(rows) and (n + k < min_px or above[k]):
+            k += 1
+        n += k
+        if k < len(rows):
+            break
+        j = int(rows[-1]) + step
+    return n
