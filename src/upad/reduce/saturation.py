@@ -15,9 +15,9 @@ The lowest of the amplifier's levels applies (minus ``level_margin``). Saturated
 regions (8-connectivity). In each region the *core* is the round part around the star: its width ``W`` is the widest
 row and its centre the mean of the widest rows; saturated pixels farther than ``W / 2`` (+ half a pixel) from the
 centre along the column are the *bleed trail*. The trail is extended along its columns by ``bleed_extend_px`` and
-then while the pixels stay ``bleed_nsigma`` above the *local* sky — the median of the columns 3 to 8 pixels beside
-the trail on the same rows, which follows the star's halo and any sky level (the last, partly filled pixel of a trail
-is not saturated) —, then grown sideways by ``bleed_grow_px``. Every saturated pixel and its ``grow_px`` neighbours
+then while the pixels stay ``bleed_nsigma`` above the *local* sky — the median of the star's annulus through the
+pixel, away from the trail's columns: the star's halo at that distance, or the sky level far from it, whatever it is
+(the last, partly filled pixel of a trail is not saturated) —, then grown sideways by ``bleed_grow_px``. Every saturated pixel and its ``grow_px`` neighbours
 get ``SATURATED``; trail pixels also get ``BLEED``.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class SaturationConfig(StepConfig):
                                 bounds=(0.0, 0.2))
     grow_px: int = param(1, doc="growth of the SATURATED mask around saturated pixels", bounds=(0, 10),
                          unit="pixel")
-    bleed_extend_px: int = param(2, doc="extension of a bleed trail beyond its last saturated pixel, along the "
+    bleed_extend_px: int = param(1, doc="extension of a bleed trail beyond its last saturated pixel, along the "
                                         "column", bounds=(0, 50), unit="pixel")
     bleed_nsigma: float = param(5.0, doc="a bleed trail is extended further along its column while the pixels "
                                          "stay this many sigma above the local sky (neighbouring columns)",
@@ -281,6 +281,7 @@ def mask_saturation(image: np.ndarray, mask: np.ndarray, *, saturated: np.ndarra
         width = int(counts.max())
         wide = rows[counts >= max(1, int(np.ceil(0.7 * width)))]
         yc = float(np.mean(wide))
+        xc = float(np.mean(cx[np.isin(cy, wide)]))
         half = width / 2.0 + 0.5
         isb = np.abs(cy - yc) > half
         blen = 0
@@ -293,7 +294,8 @@ def mask_saturation(image: np.ndarray, mask: np.ndarray, *, saturated: np.ndarra
                 colrows = cy[cx == col]
                 top, bot = int(colrows.max()), int(colrows.min())
                 for start, step in ((top + 1, 1), (bot - 1, -1)):
-                    n = _extend(image, col, start, step, c_lo, c_hi, config.bleed_extend_px, config.bleed_nsigma)
+                    n = _extend(image, col, start, step, c_lo, c_hi, config.bleed_extend_px, config.bleed_nsigma,
+                                yc, xc)
                     if n:
                         rows_e = start + step * np.arange(n)
                         ext_y.append(rows_e)
@@ -332,35 +334,32 @@ def mask_saturation(image: np.ndarray, mask: np.ndarray, *, saturated: np.ndarra
 
 
 def _extend(image: np.ndarray, col: int, start: int, step: int, c_lo: int, c_hi: int, min_px: int,
-            nsigma: float, chunk: int = 32) -> int:
+            nsigma: float, yc: float, xc: float) -> int:
     """Number of pixels of column ``col`` from row ``start`` (moving by ``step``) that continue a bleed trail: at
-    least ``min_px``, then while the pixel stays ``nsigma`` above the local sky of its row (median of the columns 3
-    to 8 pixels beside the trail's columns ``c_lo..c_hi``; noise from their scatter and the Poisson noise)."""
+    least ``min_px``, then while the pixel stays ``nsigma`` above the local sky. The local sky of a pixel at radius
+    ``R`` from the star's centre ``(yc, xc)`` is the median of the star's annulus at that radius away from the trail's
+    columns ``c_lo..c_hi`` (the star's halo at that distance, or the sky far from it); the noise is its scatter
+    (1.4826 MAD) and the Poisson noise."""
     ny, nx = image.shape
-    left = np.arange(c_lo - 8, c_lo - 2)
-    right = np.arange(c_hi + 3, c_hi + 9)
-    nb = np.concatenate([left[left >= 0], right[right < nx]])
     n = 0
     j = start
     while 0 <= j < ny:
-        rows = j + step * np.arange(chunk)
-        rows = rows[(rows >= 0) & (rows < ny)]
-        v = image[rows, col].astype(np.float64)
-        if len(nb):
-            nbv = image[rows[:, None], nb[None, :]].astype(np.float64)
-            local = np.median(nbv, axis=1)
-            resid = nbv - local[:, None]
-            scatter = 1.4826 * float(np.median(np.abs(resid)))
-        else:
-            local = np.zeros(len(rows))
-            scatter = 0.0
-        noise = np.sqrt(scatter ** 2 + np.maximum(local, 0.0))
-        above = v - local > nsigma * np.maximum(noise, 1e-3)
-        k = 0
-        while k < len(rows) and (n + k < min_px or above[k]):
-            k += 1
-        n += k
-        if k < len(rows):
-            break
-        j = int(rows[-1]) + step
+        v = float(image[j, col])
+        if n >= min_px:
+            r = float(np.hypot(j - yc, col - xc))
+            m = max(16, int(2 * np.pi * r))
+            ang = np.arange(m) * (2 * np.pi / m)
+            ax = np.rint(xc + r * np.cos(ang)).astype(np.int64)
+            ay = np.rint(yc + r * np.sin(ang)).astype(np.int64)
+            ok = (ax >= 0) & (ax < nx) & (ay >= 0) & (ay < ny) & ((ax < c_lo - 3) | (ax > c_hi + 3))
+            if ok.sum() < 8:
+                break
+            a = image[ay[ok], ax[ok]].astype(np.float64)
+            local = float(np.median(a))
+            scatter = 1.4826 * float(np.median(np.abs(a - local)))
+            noise = max(float(np.sqrt(scatter ** 2 + max(local, 0.0))), 1e-3)
+            if v - local <= nsigma * noise:
+                break
+        n += 1
+        j += step
     return n
