@@ -107,6 +107,7 @@ def instrument_levels(instrument, sections) -> list[float]:
 
 @njit(parallel=True, nogil=True, cache=True)
 def _row_max(image, flat, mask, bits, y0, y1, x0, x1, use_flat):  # pragma: no cover - compiled
+    """Largest charge (``image * flat``) of each row of the rectangle, over the pixels without ``bits``."""
     out = np.full(y1 - y0, -np.inf)
     for j in prange(y1 - y0):
         y = y0 + j
@@ -121,39 +122,53 @@ def _row_max(image, flat, mask, bits, y0, y1, x0, x1, use_flat):  # pragma: no c
     return out
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _row_count(image, flat, mask, bits, y0, y1, x0, x1, use_flat, level):  # pragma: no cover - compiled
-    out = np.zeros(y1 - y0, np.int64)
-    for j in prange(y1 - y0):
-        y = y0 + j
-        n = 0
-        for x in range(x0, x1):
-            if (mask[y, x] & bits) != 0:
-                continue
-            v = image[y, x] * flat[y, x] if use_flat else image[y, x]
-            if v >= level:
-                n += 1
-        out[j] = n
-    return out
-
-
 @njit(cache=True, nogil=True)
-def _gather_above(image, flat, y0, y1, x0, x1, use_flat, level, counts):  # pragma: no cover - compiled
-    n = counts.sum()
+def _gather_above(image, flat, mask, bits, rows, x0, x1, use_flat, level):  # pragma: no cover - compiled
+    """Pixels of the given rows (between columns x0 and x1, without ``bits``) whose charge is at least ``level``."""
+    n = 0
+    for y in rows:
+        for x in range(x0, x1):
+            if (mask[y, x] & bits) == 0 and (image[y, x] * flat[y, x] if use_flat else image[y, x]) >= level:
+                n += 1
     ys = np.empty(n, np.int64)
     xs = np.empty(n, np.int64)
     k = 0
-    for j in range(y1 - y0):
-        if counts[j] == 0:
-            continue
-        y = y0 + j
+    for y in rows:
         for x in range(x0, x1):
-            v = image[y, x] * flat[y, x] if use_flat else image[y, x]
-            if v >= level:
+            if (mask[y, x] & bits) == 0 and (image[y, x] * flat[y, x] if use_flat else image[y, x]) >= level:
                 ys[k] = y
                 xs[k] = x
                 k += 1
-    return ys[:k], xs[:k]
+    return ys, xs
+
+
+def _amp_levels(image: np.ndarray, fl: np.ndarray, mask: np.ndarray, use_flat: bool, region: Region,
+                given: float, cfg: SaturationConfig) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """One amplifier: the plateau measured (``nan``: none), the level applied, and the pixels at or above it (one
+    pass over the amplifier for the row maxima; the rest looks only at the rows that reach the levels)."""
+    ny, nx = image.shape
+    y0, y1, _ = region[0].indices(ny)
+    x0, x1, _ = region[1].indices(nx)
+    bits = np.int16(mb.BAD | mb.NODATA)
+    rmax = _row_max(image, fl, mask, bits, y0, y1, x0, x1, use_flat)
+    vmax = float(rmax.max()) if len(rmax) else -np.inf
+    meas = float("nan")
+    if cfg.measure_level and np.isfinite(vmax) and vmax > 0:
+        top = vmax * (1.0 - cfg.plateau_tolerance)
+        rows = (np.flatnonzero(rmax >= top) + y0).astype(np.int64)
+        ys, _ = _gather_above(image, fl, mask, bits, rows, x0, x1, use_flat, top)
+        if len(ys) >= cfg.plateau_min_px:
+            meas = vmax
+    level = min(given, meas) if np.isfinite(meas) else given
+    e = np.empty(0, np.int64)
+    if not (np.isfinite(level) and level > 0):
+        return meas, level, e, e
+    thr = level * (1.0 - cfg.level_margin)
+    rows = (np.flatnonzero(rmax >= thr) + y0).astype(np.int64)
+    if len(rows) == 0:
+        return meas, level, e, e
+    ys, xs = _gather_above(image, fl, mask, bits, rows, x0, x1, use_flat, thr)
+    return meas, level, ys, xs
 
 
 def measure_plateau(image: np.ndarray, *, flat: np.ndarray | None = None, mask: np.ndarray | None = None,
@@ -161,18 +176,12 @@ def measure_plateau(image: np.ndarray, *, flat: np.ndarray | None = None, mask: 
     """The saturation plateau of one amplifier: the highest charge (``image * flat``, e-) when at least ``min_px``
     usable pixels of ``region`` lie within ``tolerance`` (relative) of it, else ``nan``."""
     ny, nx = image.shape
-    ys, xs = region if region is not None else (slice(0, ny), slice(0, nx))
-    y0, y1, _ = ys.indices(ny)
-    x0, x1, _ = xs.indices(nx)
+    reg = region if region is not None else (slice(0, ny), slice(0, nx))
     use_flat = flat is not None
     fl = np.asarray(flat, np.float32) if use_flat else image
     m = mask if mask is not None else np.zeros(image.shape, mb.MASK_DTYPE)
-    bits = np.int16(mb.BAD | mb.NODATA)
-    vmax = float(_row_max(image, fl, m, bits, y0, y1, x0, x1, use_flat).max())
-    if not np.isfinite(vmax) or vmax <= 0:
-        return float("nan")
-    n = int(_row_count(image, fl, m, bits, y0, y1, x0, x1, use_flat, vmax * (1.0 - tolerance)).sum())
-    return vmax if n >= min_px else float("nan")
+    cfg = SaturationConfig(plateau_tolerance=tolerance, plateau_min_px=min_px)
+    return _amp_levels(image, fl, m, use_flat, reg, np.inf, cfg)[0]
 
 
 def _components(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, int]:
@@ -243,20 +252,12 @@ def mask_saturation(image: np.ndarray, mask: np.ndarray, *, saturated: np.ndarra
     extra_y: list[np.ndarray] = []
     extra_x: list[np.ndarray] = []
     for reg, lev in zip(regions_amp, given):
-        meas = (measure_plateau(image, flat=flat, mask=mask, region=reg, tolerance=config.plateau_tolerance,
-                                min_px=config.plateau_min_px) if config.measure_level else float("nan"))
+        meas, level, gy, gx = _amp_levels(image, fl, mask, use_flat, reg, lev, config)
         measured.append(meas)
-        level = min(lev, meas) if np.isfinite(meas) else lev
         levels.append(level)
-        if np.isfinite(level) and level > 0:
-            y0, y1, _ = reg[0].indices(ny)
-            x0, x1, _ = reg[1].indices(nx)
-            thr = level * (1.0 - config.level_margin)
-            cnt = _row_count(image, fl, mask, np.int16(0), y0, y1, x0, x1, use_flat, thr)
-            if cnt.any():
-                gy, gx = _gather_above(image, fl, y0, y1, x0, x1, use_flat, thr, cnt)
-                extra_y.append(gy)
-                extra_x.append(gx)
+        if len(gy):
+            extra_y.append(gy)
+            extra_x.append(gx)
     if config.level_e > 0:
         y2, x2 = np.nonzero(image >= np.float32(config.level_e))
         extra_y.append(y2)
