@@ -268,14 +268,14 @@ def _excluded(mask, y, x, ny, nx, excl, satb):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _star_chi2(img, var, y, x, ny, nx, templates, eps, floor):  # pragma: no cover - compiled
+def _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, stop):  # pragma: no cover - compiled
     """Smallest chi2 per degree of freedom of a PSF (+ constant) fitted to the 5x5 box, over the templates
     (sub-pixel phases, and widths when several are given).
 
     The model error allowed in a pixel is ``eps`` times the template there plus ``floor`` times the fitted peak (the
     wings of a PSF that is not exactly Gaussian). Pixels of the outer ring more than 5 sigma above the fit (a
     cosmic ray or a neighbour next to a star) are left out and the fit repeated (twice at most); the central 3x3
-    pixels always count."""
+    pixels always count. The search stops at the first template whose chi2 is at most ``stop``."""
     best = np.inf
     d = np.empty(25, np.float64)
     v = np.empty(25, np.float64)
@@ -302,7 +302,7 @@ def _star_chi2(img, var, y, x, ny, nx, templates, eps, floor):  # pragma: no cov
         for _rej in range(3):
             a = 0.0
             b = 0.0
-            for _it in range(3):
+            for _it in range(2):
                 stt = 0.0
                 st = 0.0
                 s1 = 0.0
@@ -340,6 +340,8 @@ def _star_chi2(img, var, y, x, ny, nx, templates, eps, floor):  # pragma: no cov
             if nrej == 0:
                 break
         best = min(best, c / (nuse - 2))
+        if best <= stop:
+            break  # a star: the exact minimum does not matter
     return best
 
 
@@ -364,26 +366,40 @@ def _seed_test(img, var, mask, y, x, ny, nx, sigclip, objlim, sepf, templates, c
     if sp / f <= objlim:
         return False
     if chi2min > 0 and templates.shape[0] > 0:
-        return _star_chi2(img, var, y, x, ny, nx, templates, eps, floor) > chi2min
+        return _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, chi2min) > chi2min
     return True
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _scan(img, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncand):  # pragma: no cover
-    """Full-image pass: bound test everywhere, L.A.Cosmic criteria on the survivors; seeds get ``crbit``."""
+def _scan(img, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncand, psf_nsig, sizes,
+          pos):  # pragma: no cover
+    """Full-image pass: bound test everywhere, L.A.Cosmic criteria on the survivors; seeds get ``crbit``.
+
+    The same pass measures the bright point sources for the PSF width (:func:`_peak_size` on the pixels above
+    ``psf_nsig`` sigma; ``sizes[y, k]``, ``pos[y, k]``): it reads neither the seeds nor a cleaned image.
+    """
     ny, nx = img.shape
     nseed = np.zeros(ny, np.int64)
     thr = 2.0 * sigclip
+    kmax = sizes.shape[1]
     notemp = np.empty((0, 25), np.float64)
     for y in prange(ny):
         buf = np.empty(96, np.float64)
         buf2 = np.empty(96, np.float64)
         c = 0
         k = 0
+        kp = 0
         for x in range(nx):
             v = var[y, x]
             v = max(v, 1e-5)
-            if _lplus(img, y, x, ny, nx) <= thr * np.sqrt(v):
+            sv = np.sqrt(v)
+            if img[y, x] > psf_nsig * sv and kp < kmax:
+                sz = _peak_size(img, var, mask, excl, satb, y, x, ny, nx, buf)
+                if sz > 0:
+                    sizes[y, kp] = sz
+                    pos[y, kp] = x
+                    kp += 1
+            if _lplus(img, y, x, ny, nx) <= thr * sv:
                 continue
             if _excluded(mask, y, x, ny, nx, excl, satb):
                 continue
@@ -400,77 +416,62 @@ def _scan(img, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncan
 _MAXPEAKS = 8  # star-like peaks kept per image row by the first pass
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _star_peaks(img, var, mask, excl, satb, nsig, sizes, pos):  # pragma: no cover - compiled
-    """First pass, before any pixel is flagged: the bright point sources of the frame and their sizes.
+@njit(cache=True, nogil=True)
+def _peak_size(img, var, mask, excl, satb, y, x, ny, nx, buf):  # pragma: no cover - compiled
+    """Size of a bright point source at (y, x), or 0 when the pixel is not one.
 
-    A local maximum above ``nsig`` sigma, at least 3 pixels from the edges and from excluded pixels, is kept when it
-    is not a lone spike (the median of its 3x3 box is at least 8 % of the peak: a cosmic-ray hit covers fewer than
-    half of the box), round (7x7 second moments of the positive pixels, ``e^2 < 0.04``: not a track, a trail or a
-    blend) and has wings (flux in the 7x7 box outside the 3x3 box above 4 % of the 3x3 flux and above 3 times its
-    noise: a cosmic ray has none). ``sizes[y, k]`` gets ``sqrt(flux_7x7 / (2 pi peak))`` (the Gaussian sigma of a
-    sampled PSF with that peak-to-flux ratio) and ``pos[y, k]`` the column of the peak; unused slots stay 0.
+    A local maximum at least 3 pixels from the edges and from excluded pixels counts when it is not a lone spike
+    (the median of its 3x3 box is at least 8 % of the peak: a cosmic-ray hit covers fewer than half of the box),
+    round (7x7 second moments of the positive pixels, ``e^2 < 0.04``: not a track, a trail or a blend) and has wings
+    (flux in the 7x7 box outside the 3x3 box above 4 % of the 3x3 flux and above 3 times its noise: a cosmic ray
+    has none). The size is ``sqrt(flux_7x7 / (2 pi peak))``, the Gaussian sigma of a sampled PSF with that
+    peak-to-flux ratio.
     """
-    ny, nx = img.shape
-    nsig2 = nsig * nsig
-    for y in prange(3, ny - 3):
-        buf = np.empty(9, np.float64)
-        k = 0
-        for x in range(3, nx - 3):
-            p = img[y, x]
-            if p <= 0 or p * p <= nsig2 * max(var[y, x], 1e-5):
-                continue
-            ismax = True
-            for dy in range(-1, 2):
-                for dx in range(-1, 2):
-                    if (dy != 0 or dx != 0) and img[y + dy, x + dx] >= p:
-                        ismax = False
-            if not ismax:
-                continue
-            bad = False
-            for dy in range(-3, 4):
-                for dx in range(-3, 4):
-                    m = mask[y + dy, x + dx]
-                    if (m & excl) != 0 or (m & satb) != 0:
-                        bad = True
-            if bad:
-                continue
-            n = 0
-            for dy in range(-1, 2):
-                for dx in range(-1, 2):
-                    buf[n] = img[y + dy, x + dx]
-                    n += 1
-            if _median(buf, 9) < 0.08 * p:
-                continue
-            f7 = 0.0
-            f3 = 0.0
-            v7 = 0.0
-            mxx = 0.0
-            myy = 0.0
-            mxy = 0.0
-            for dy in range(-3, 4):
-                for dx in range(-3, 4):
-                    q = img[y + dy, x + dx]
-                    f7 += q
-                    if abs(dy) <= 1 and abs(dx) <= 1:
-                        f3 += q
-                    else:
-                        v7 += var[y + dy, x + dx] + max(q, 0.0)
-                    if q > 0:
-                        mxx += q * dx * dx
-                        myy += q * dy * dy
-                        mxy += q * dx * dy
-            tr = mxx + myy
-            if f3 <= 0 or tr <= 0:
-                continue
-            e2 = ((mxx - myy) ** 2 + 4 * mxy * mxy) / (tr * tr)
-            wing = f7 - f3
-            if e2 >= 0.04 or wing < 0.04 * f3 or wing < 3.0 * np.sqrt(v7):
-                continue
-            if k < sizes.shape[1]:
-                sizes[y, k] = np.sqrt(f7 / (2.0 * np.pi * p))
-                pos[y, k] = x
-                k += 1
+    if y < 3 or y >= ny - 3 or x < 3 or x >= nx - 3:
+        return 0.0
+    p = img[y, x]
+    for dy in range(-1, 2):
+        for dx in range(-1, 2):
+            if (dy != 0 or dx != 0) and img[y + dy, x + dx] >= p:
+                return 0.0
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            m = mask[y + dy, x + dx]
+            if (m & excl) != 0 or (m & satb) != 0:
+                return 0.0
+    n = 0
+    for dy in range(-1, 2):
+        for dx in range(-1, 2):
+            buf[n] = img[y + dy, x + dx]
+            n += 1
+    if _median(buf, 9) < 0.08 * p:
+        return 0.0
+    f7 = 0.0
+    f3 = 0.0
+    v7 = 0.0
+    mxx = 0.0
+    myy = 0.0
+    mxy = 0.0
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            q = img[y + dy, x + dx]
+            f7 += q
+            if abs(dy) <= 1 and abs(dx) <= 1:
+                f3 += q
+            else:
+                v7 += var[y + dy, x + dx] + max(q, 0.0)
+            if q > 0:
+                mxx += q * dx * dx
+                myy += q * dy * dy
+                mxy += q * dx * dy
+    tr = mxx + myy
+    if f3 <= 0 or tr <= 0:
+        return 0.0
+    e2 = ((mxx - myy) ** 2 + 4 * mxy * mxy) / (tr * tr)
+    wing = f7 - f3
+    if e2 >= 0.04 or wing < 0.04 * f3 or wing < 3.0 * np.sqrt(v7):
+        return 0.0
+    return np.sqrt(f7 / (2.0 * np.pi * p))
 
 
 @njit(cache=True, nogil=True)
@@ -604,7 +605,7 @@ def _star_filter(img, var, mask, ys, xs, templates, chi2min, eps, floor, crbit,
                         near = True
             if near:
                 continue
-        out[k] = _star_chi2(img, var, y, x, ny, nx, templates, eps, floor) > chi2min
+        out[k] = _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, chi2min) > chi2min
     return out, py, px
 
 
@@ -712,22 +713,22 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
     chi2min, eps = float(config.star_chi2), float(config.star_model_error)
     floor = float(config.star_model_floor)
     minsnr = float(config.min_seed_snr)
-    # first pass, before any pixel is flagged: the PSF width from the frame's bright point sources (round peaks
-    # with wings; cosmic rays have none), whatever the seeing
-    psf_sigma = float(config.psf_sigma_px)
-    n_psf = 0
-    star_y = star_x = np.empty(0, np.int64)
-    if chi2min > 0:
-        sizes = np.zeros((ny, _MAXPEAKS), np.float64)
-        spos = np.zeros((ny, _MAXPEAKS), np.int64)
-        _star_peaks(image, var, mask, excl, satb, float(config.psf_peak_snr), sizes, spos)
-        sel = sizes > 0
-        star_y, k_ = np.nonzero(sel)
-        star_x = spos[star_y, k_]
-        sz = sizes[sel]
-        n_psf = len(sz)
-        if psf_sigma <= 0:
-            psf_sigma = _psf_sigma(sz, int(config.psf_min_stars))
+    # one full-image pass: L.A.Cosmic's seeds (tentative) and, on the same unflagged image, the PSF width from the
+    # frame's bright point sources (round peaks with wings; cosmic rays have none), whatever the seeing
+    sizes = np.zeros((ny, _MAXPEAKS), np.float64)
+    spos = np.zeros((ny, _MAXPEAKS), np.int64)
+    ncand_rows = np.zeros(ny, np.int64)
+    psf_nsig = float(config.psf_peak_snr) if chi2min > 0 else np.inf
+    nseed = _scan(image, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncand_rows, psf_nsig, sizes,
+                  spos)
+    n_cand = int(ncand_rows.sum())
+    sel = sizes > 0
+    star_y, k_ = np.nonzero(sel)
+    star_x = spos[star_y, k_]
+    star_y = star_y.astype(np.int64)
+    sz = sizes[sel]
+    n_psf = len(sz)
+    psf_sigma = float(config.psf_sigma_px) or _psf_sigma(sz, int(config.psf_min_stars))
     if chi2min <= 0:
         templates = np.empty((0, 25))
     elif psf_sigma > 0:
@@ -736,9 +737,6 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
         # too few stars to measure the PSF: any Gaussian from 0.5 to 3 pixels is a star (only what is sharper
         # than every PSF is a cosmic ray)
         templates = psf_templates_multi(FALLBACK_SIGMAS)
-    ncand_rows = np.zeros(ny, np.int64)
-    nseed = _scan(image, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncand_rows)
-    n_cand = int(ncand_rows.sum())
     rows = np.flatnonzero(nseed).astype(np.int64)
     ys, xs = _gather(mask, rows, crbit)
     if len(ys) and len(templates):
