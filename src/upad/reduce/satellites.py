@@ -207,76 +207,132 @@ def _segment_in_image(theta: float, rho: float, nx: int, ny: int) -> tuple[np.nd
     return pts_a[i], pts_a[j]
 
 
+@njit(cache=True, nogil=True)
+def _band_pixels(ny, nx, c, s, rho, hw, ux, uy, ta, tb, stride):  # pragma: no cover - compiled
+    """Pixels whose centres lie within ``hw`` of the line ``x c + y s = rho`` and whose position along it,
+    ``x ux + y uy``, is in ``[ta, tb]``; every ``stride``-th row (a line closer to the y axis) or column (closer to
+    the x axis) only."""
+    by_rows = abs(c) >= abs(s)
+    n_outer = ny if by_rows else nx
+    n_inner = nx if by_rows else ny
+    # the band and the segment as intervals of the inner coordinate, for each outer coordinate
+    a_b = c if by_rows else s  # coefficient of the inner coordinate in the distance
+    b_b = s if by_rows else c
+    a_t = ux if by_rows else uy
+    b_t = uy if by_rows else ux
+    cnt = 0
+    for pas in range(2):
+        if pas == 1:
+            ys = np.empty(cnt, np.int64)
+            xs = np.empty(cnt, np.int64)
+            cnt = 0
+        for o in range(0, n_outer, stride):
+            lo = 0.0
+            hi = n_inner - 1.0
+            r1 = (rho - hw - o * b_b) / a_b
+            r2 = (rho + hw - o * b_b) / a_b
+            lo = max(lo, min(r1, r2))
+            hi = min(hi, max(r1, r2))
+            if abs(a_t) > 1e-12:
+                q1 = (ta - o * b_t) / a_t
+                q2 = (tb - o * b_t) / a_t
+                lo = max(lo, min(q1, q2))
+                hi = min(hi, max(q1, q2))
+            elif not (ta <= o * b_t <= tb):
+                continue
+            i0 = int(math.ceil(lo))
+            i1 = int(math.floor(hi))
+            for i in range(i0, i1 + 1):
+                if pas == 1:
+                    if by_rows:
+                        ys[cnt] = o
+                        xs[cnt] = i
+                    else:
+                        ys[cnt] = i
+                        xs[cnt] = o
+                cnt += 1
+    return ys, xs
+
+
+def _binned_medians(keys: np.ndarray, values: np.ndarray, nkeys: int, min_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median of ``values`` for each integer key in ``[0, nkeys)`` (``nan`` with fewer than ``min_n`` values) and
+    the counts."""
+    ok = (keys >= 0) & (keys < nkeys) & np.isfinite(values)
+    k, v = keys[ok], values[ok].astype(np.float64)
+    if len(v):
+        # one sort on a combined key: the bin, then the value scaled into [0, 0.5)
+        lo, span = float(v.min()), float(np.ptp(v)) or 1.0
+        order = np.argsort(k + 0.5 * (v - lo) / span * (1 - 1e-9))
+        k, v = k[order], v[order]
+    cnt = np.bincount(k, minlength=nkeys)
+    start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+    med = np.full(nkeys, np.nan)
+    has = cnt >= max(min_n, 1)
+    lo = start[has] + (cnt[has] - 1) // 2
+    hi = start[has] + cnt[has] // 2
+    med[has] = 0.5 * (v[lo] + v[hi])
+    return med, cnt
+
+
 def _profile(image, var, mask, theta, rho, p0, p1, halfwidth, bits, step_along):
-    """Samples of the band around the line: distance, position along the line, value, variance."""
+    """Samples of the band around the line: distance, position along the line, value, variance (every
+    ``step_along``-th row or column)."""
     c, s = math.cos(theta), math.sin(theta)
     length = float(np.hypot(*(p1 - p0)))
     u = (p1 - p0) / max(length, 1e-9)  # along the line, from p0 to p1
     ny, nx = image.shape
-    t = np.arange(0.0, length + 1e-9, step_along)
-    base = p0[None, :] + t[:, None] * u[None, :]
-    offs = np.arange(-halfwidth, halfwidth + 1)
-    # pixels near the line: round the sample points across the line
-    xs = np.rint(base[:, 0][:, None] + offs[None, :] * c).astype(np.int64).ravel()
-    ys = np.rint(base[:, 1][:, None] + offs[None, :] * s).astype(np.int64).ravel()
-    ok = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
-    lin = np.unique(ys[ok] * nx + xs[ok])
-    ys, xs = lin // nx, lin % nx
+    ta = float(p0 @ u)
+    ys, xs = _band_pixels(ny, nx, c, s, rho, float(halfwidth), float(u[0]), float(u[1]), ta, ta + length,
+                          max(1, int(round(step_along))))
     good = (mask[ys, xs] & bits) == 0
     ys, xs = ys[good], xs[good]
     d = xs * c + ys * s - rho
-    along = (xs - p0[0]) * u[0] + (ys - p0[1]) * u[1]
-    keep = np.abs(d) <= halfwidth
-    return d[keep], along[keep], image[ys[keep], xs[keep]].astype(np.float64), var[ys[keep], xs[keep]].astype(
-        np.float64), length
+    along = xs * u[0] + ys * u[1] - ta
+    return d, along, image[ys, xs].astype(np.float64), var[ys, xs].astype(np.float64), length
 
 
 def _offsets_along(d: np.ndarray, along: np.ndarray, v: np.ndarray, mu: float, sg: float,
                    length: float) -> tuple[float, float] | None:
     """Offset of the trail's centre from the line as a function of the position along it, ``mu + a + b t``: the
-    centroid of the positive median cross profile in segments along the trail, fitted by a straight line
-    (robust to a few bad segments) → ``(a + mu, b)``."""
+    centre of the median cross profile in segments along the trail, fitted by a straight line (robust to a few bad
+    segments) → ``(a + mu, b)``."""
     nseg = int(np.clip(length / 64.0, 4, 24))
     seg = length / nseg
     binw = max(0.25, sg / 4.0)
     half = 2.5 * sg
-    t_c, off, wts = [], [], []
     sel_all = np.abs(d - mu) <= half
     dd, aa, vv = d[sel_all] - mu, along[sel_all], v[sel_all]
-    k_seg = np.minimum((aa / seg).astype(int), nseg - 1)
+    k_seg = np.clip((aa / seg).astype(int), 0, nseg - 1)
     nb = int(math.ceil(2 * half / binw))
     k_bin = np.clip(((dd + half) / binw).astype(int), 0, nb - 1)
     centres = -half + (np.arange(nb) + 0.5) * binw
+    med, _ = _binned_medians(k_seg * nb + k_bin, vv, nseg * nb, 3)
+    prof_all = med.reshape(nseg, nb)
+    # the centre: a Gaussian of the trail's width (+ a constant) slid across the profile, the best position refined
+    # by a parabola (unbiased where the image edge cuts one side of the band); linear least squares in closed form
+    trial = np.arange(-1.5 * sg, 1.5 * sg + 1e-9, max(0.1, sg / 10))
+    step = float(trial[1] - trial[0])
+    G = np.exp(-0.5 * ((centres[None, :] - trial[:, None]) / sg) ** 2)  # (trial, bin)
+    t_c, off = [], []
     for k in range(nseg):
-        m = k_seg == k
-        if m.sum() < 4 * nb:
-            continue
-        kb, vk = k_bin[m], vv[m]
-        prof = np.array([np.median(vk[kb == j]) if (kb == j).sum() >= 3 else np.nan for j in range(nb)])
+        prof = prof_all[k]
         ok = np.isfinite(prof)
         if ok.sum() < 0.7 * nb:
             continue
-        # the centre: a Gaussian of the trail's width (+ a constant) slid across the profile, the best position
-        # refined by a parabola (unbiased where the image edge cuts one side of the band)
-        xc, yc = centres[ok], prof[ok]
-        trial = np.arange(-1.5 * sg, 1.5 * sg + 1e-9, max(0.1, sg / 10))
-        chi = np.empty(len(trial))
-        amp_t = np.empty(len(trial))
-        for i, m0 in enumerate(trial):
-            g = np.exp(-0.5 * ((xc - m0) / sg) ** 2)
-            A = np.column_stack([g, np.ones_like(g)])
-            coef, *_ = np.linalg.lstsq(A, yc, rcond=None)
-            chi[i] = float(((yc - A @ coef) ** 2).sum())
-            amp_t[i] = coef[0]
+        g, y = G[:, ok], prof[ok]
+        n = float(ok.sum())
+        sg_, sgg, sy, sgy, syy = g.sum(1), (g * g).sum(1), y.sum(), g @ y, float(y @ y)
+        det = n * sgg - sg_ * sg_
+        amp_t = np.where(det > 0, (n * sgy - sg_ * sy) / np.where(det > 0, det, 1.0), 0.0)
+        cst = (sy - amp_t * sg_) / n
+        chi = syy - amp_t * sgy - cst * sy
         i = int(np.argmin(chi))
         if amp_t[i] <= 0 or i == 0 or i == len(trial) - 1:
             continue
         den = chi[i - 1] - 2 * chi[i] + chi[i + 1]
-        step = trial[1] - trial[0]
         shift = 0.5 * (chi[i - 1] - chi[i + 1]) / den * step if den > 0 else 0.0
         t_c.append((k + 0.5) * seg)
         off.append(float(trial[i] + np.clip(shift, -step, step)))
-        wts.append(float(amp_t[i]))
     if len(t_c) < 3:
         return None
     t_a, o_a = np.array(t_c), np.array(off)
@@ -312,26 +368,17 @@ def _tilt(theta: float, rho: float, p0: np.ndarray, p1: np.ndarray, a: float, b:
 
 
 def _fit_profile(d: np.ndarray, v: np.ndarray, sig_pix: float, *, half: float = 8.0, binw: float = 0.25,
-                 smax: float = 6.0) -> tuple[float, float, float, float] | None:
+                 smax: float = 6.0) -> tuple[float, float, float, float, float] | None:
     """Gaussian (+ constant) fit of the median cross profile within ``half`` pixels of the line, in distance bins
-    of ``binw`` pixels → (centre, sigma, amplitude, snr)."""
+    of ``binw`` pixels → (centre, sigma, amplitude, snr, constant)."""
     from scipy.optimize import curve_fit
 
     edges = np.arange(-half, half + 1e-9, binw)
     idx = np.digitize(d, edges) - 1
     centres = 0.5 * (edges[1:] + edges[:-1])
     nb = len(centres)
-    ok_i = (idx >= 0) & (idx < nb)
-    order = np.argsort(idx[ok_i], kind="stable")
-    vs = v[ok_i][order]
-    bounds = np.searchsorted(idx[ok_i][order], np.arange(nb + 1))
-    med = np.full(nb, np.nan)
-    err = np.full(nb, np.nan)
-    for k in range(nb):
-        sel = vs[bounds[k]:bounds[k + 1]]
-        if len(sel) >= 5:
-            med[k] = np.median(sel)
-            err[k] = 1.2533 * sig_pix / math.sqrt(len(sel))
+    med, cnt = _binned_medians(idx, v, nb, 5)
+    err = 1.2533 * sig_pix / np.sqrt(np.maximum(cnt, 1))
     ok = np.isfinite(med)
     if ok.sum() < 10:
         return None
@@ -352,9 +399,9 @@ def _fit_profile(d: np.ndarray, v: np.ndarray, sig_pix: float, *, half: float = 
                            bounds=([0, -lim, min(0.3, binw), -np.inf], [np.inf, lim, smax, np.inf]), maxfev=4000)
     except (RuntimeError, ValueError):
         return None
-    a, mu, sg, _ = p
+    a, mu, sg, cst = p
     ea = math.sqrt(max(cov[0, 0], 1e-30))
-    return float(mu), float(sg), float(a), float(a / ea)
+    return float(mu), float(sg), float(a), float(a / ea), float(cst)
 
 
 def detect_satellites(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
@@ -420,18 +467,19 @@ def detect_satellites(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
         if len(d) < 50 or length < config.min_length_px:
             continue
         fit = _fit_profile(d, vals, sig_pix)
-        if fit is None or fit[1] > 2.5:
+        # a wide profile, or a narrow bump on a raised floor (the top of a wide trail), or none
+        if fit is None or fit[1] > 2.5 or fit[4] > 0.2 * fit[2]:
             # a wide trail (aircraft, defocused satellite): the profile over +-4 max_sigma_px, sampled every 2
             # pixels along the line, in 1-pixel distance bins (the narrow fit above cannot see its wings)
             hw_c = int(math.ceil(4.0 * config.max_sigma_px))
             dc, alc, vc, _v, length = _profile(image, variance, mask, theta, rho, p0, p1, hw_c, full_bits, 2.0)
             fit_c = _fit_profile(dc, vc, sig_pix, half=float(hw_c), binw=1.0, smax=float(config.max_sigma_px))
-            if fit_c is not None and (fit is None or fit_c[1] > 2.5):
+            if fit_c is not None and (fit is None or fit_c[1] > 2.5 or fit_c[2] > 2.0 * fit[2]):
                 fit = fit_c
                 d, along, vals = dc, alc, vc
         if fit is None:
             continue
-        mu, sg, amp, snr_fit = fit
+        mu, sg, amp, snr_fit, _c = fit
         if snr_fit < config.min_snr or sg > config.max_sigma_px * 0.999:
             continue
         if sg > 2.5:
@@ -450,7 +498,7 @@ def detect_satellites(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
                     if fit_n is not None and fit_n[3] >= config.min_snr:
                         theta, rho, (p0, p1) = theta_n, rho_n, seg_n
                         d, along, vals, length = dn, aln, vn, ln
-                        mu, sg, amp, snr_fit = fit_n
+                        mu, sg, amp, snr_fit, _c = fit_n
         if _flagged_fraction(mask, theta, rho + mu, p0, p1) > 0.5:
             continue  # a trail already masked (a second Hough peak of a wide trail)
         rho += mu
@@ -460,14 +508,8 @@ def detect_satellites(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
         seg_len = 8.0
         nseg = max(1, int(math.ceil(length / seg_len)))
         sidx = np.minimum((along[core] / seg_len).astype(int), nseg - 1)
-        vcore = vals[core]
-        order = np.argsort(sidx, kind="stable")
-        bounds = np.searchsorted(sidx[order], np.arange(nseg + 1))
-        present = np.zeros(nseg, bool)
-        for k in range(nseg):
-            sel = vcore[order[bounds[k]:bounds[k + 1]]]
-            if len(sel) >= 4:
-                present[k] = np.median(sel) > 3.0 * 1.2533 * sig_pix / math.sqrt(len(sel))
+        med_s, cnt_s = _binned_medians(sidx, vals[core], nseg, 4)
+        present = np.isfinite(med_s) & (med_s > 3.0 * 1.2533 * sig_pix / np.sqrt(np.maximum(cnt_s, 1)))
         run = _longest_run(present, max_gap=4)
         if run is None:
             continue
@@ -532,15 +574,7 @@ def _mask_band(mask: np.ndarray, theta: float, rho: float, a0: np.ndarray, a1: n
     c, s = math.cos(theta), math.sin(theta)
     length = float(np.hypot(*(a1 - a0)))
     u = (a1 - a0) / max(length, 1e-9)
-    t = np.arange(0.0, length + 1.0, 0.5)
-    base = a0[None, :] + t[:, None] * u[None, :]
-    offs = np.arange(-math.ceil(hw) - 1, math.ceil(hw) + 2, 0.5)
-    xs = np.rint(base[:, 0][:, None] + offs[None, :] * c).astype(np.int64).ravel()
-    ys = np.rint(base[:, 1][:, None] + offs[None, :] * s).astype(np.int64).ravel()
-    ok = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
-    lin = np.unique(ys[ok] * nx + xs[ok])
-    ys, xs = lin // nx, lin % nx
-    d = np.abs(xs * c + ys * s - rho)
-    sel = d <= hw
-    mask[ys[sel], xs[sel]] |= np.int16(mb.SATELLITE)
-    return int(sel.sum())
+    ta = float(a0 @ u)
+    ys, xs = _band_pixels(ny, nx, c, s, rho, float(hw), float(u[0]), float(u[1]), ta, ta + length, 1)
+    mask[ys, xs] |= np.int16(mb.SATELLITE)
+    return int(len(ys))
