@@ -100,6 +100,8 @@ def test_trails_of_every_width_are_masked(runs, seeing):
         assert res["completeness"] >= 0.95, (res, truth)
         assert len(r.satellites.trails) == 1, r.satellites.trails
         t = r.satellites.trails[0]
+        if GRID[seeing] is not None:  # the simulator drew the width in the range asked
+            assert GRID[seeing][0] <= truth["sigma_px"] <= GRID[seeing][1]
         assert abs(t.sigma_px / truth["sigma_px"] - 1) < 0.1, (t.sigma_px, truth["sigma_px"])
         # the fitted centre line lies on the true one wherever it crosses the image (to a tenth of the trail's
         # width, half a pixel for the narrow ones)

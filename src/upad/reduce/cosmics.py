@@ -22,6 +22,19 @@ running in parallel. Later iterations only revisit the pixels within 4 pixels of
 ones whose criteria changed. The result is the same set of flags as a full-image L.A.Cosmic with these medians
 (exact 5x5/3x3/7x7 medians, i.e. astroscrappy with ``sepmed=False``).
 
+**Stars are never interpolated, at any seeing.** Below ~0.8" (FWHM < 1.5 pixels) a star's core is as sharp as a
+cosmic ray for the L.A.Cosmic criteria, so every seed also passes a star test: a Gaussian PSF (+ constant), over 25
+sub-pixel phases, fitted to the 5x5 box around the local maximum the seed belongs to; the seed stays a cosmic ray
+only if that fit is bad (``chi2/dof > star_chi2``; model error ``star_model_error`` of the template plus
+``star_model_floor`` of the peak in every pixel; outer pixels 5 sigma above the fit — a cosmic ray beside a star —
+left out). The PSF width comes from the frame's stars, measured in the same full-image pass before any seed is kept
+(:func:`_peak_size`: local maxima above ``psf_peak_snr`` sigma that are not lone spikes, round, and with wings beyond
+the 3x3 box, which cosmic rays lack; the width is their most common size), so it is known at every seeing; with
+fewer than ``psf_min_stars`` such peaks the test accepts any width of :data:`FALLBACK_SIGMAS`. The stars found
+(those peaks and the seeds the test rejected) are protected: the growth and the later iterations never enter a box
+of 2 PSF sigmas around them, and the later iterations spare the star-like local maxima that do not touch a flagged
+pixel.
+
 Pixels flagged ``BAD``, ``NODATA``, ``SATURATED``, ``BLEED`` or ``SATELLITE`` (and pixels within 2 pixels of
 saturated ones) are never flagged nor used to clean: run the satellite-trail detection first (a trail is as sharp as
 the PSF and L.A.Cosmic would eat it).
