@@ -90,7 +90,8 @@ def _full_well_frame(sky_e: float, full_well: float, seed: int = 4):
     ny, nx = 400, 400
     yy, xx = np.mgrid[0:ny, 0:nx].astype(float)
     img = np.full((ny, nx), sky_e)
-    for (x0, y0, peak) in ((100.3, 200.6, 8 * full_well), (300.7, 120.2, 3 * full_well), (250.1, 300.4, 0.3 * full_well)):
+    stars = ((100.3, 200.6, 8 * full_well), (300.7, 120.2, 3 * full_well), (250.1, 300.4, 0.3 * full_well))
+    for (x0, y0, peak) in stars:
         img += peak * (1 + ((xx - x0) ** 2 + (yy - y0) ** 2) / 2.5 ** 2) ** -3
     img = img.astype(np.float32)
     fw = np.array([[full_well, full_well * 1.02]])  # (n_amp_y, n_amp_x): amplifiers of 200 columns

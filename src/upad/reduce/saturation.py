@@ -17,8 +17,8 @@ row and its centre the mean of the widest rows; saturated pixels farther than ``
 centre along the column are the *bleed trail*. The trail is extended along its columns by ``bleed_extend_px`` and
 then while the pixels stay ``bleed_nsigma`` above the *local* sky — the median of the star's annulus through the
 pixel, away from the trail's columns: the star's halo at that distance, or the sky level far from it, whatever it is
-(the last, partly filled pixel of a trail is not saturated) —, then grown sideways by ``bleed_grow_px``. Every saturated pixel and its ``grow_px`` neighbours
-get ``SATURATED``; trail pixels also get ``BLEED``.
+(the last, partly filled pixel of a trail is not saturated) —, then grown sideways by ``bleed_grow_px``. Every
+saturated pixel and its ``grow_px`` neighbours get ``SATURATED``; trail pixels also get ``BLEED``.
 """
 from __future__ import annotations
 
