@@ -22,12 +22,26 @@ running in parallel. Later iterations only revisit the pixels within 4 pixels of
 ones whose criteria changed. The result is the same set of flags as a full-image L.A.Cosmic with these medians
 (exact 5x5/3x3/7x7 medians, i.e. astroscrappy with ``sepmed=False``).
 
+**Stars are never interpolated, at any seeing.** Below ~0.8" (FWHM < 1.5 pixels) a star's core is as sharp as a
+cosmic ray for the L.A.Cosmic criteria, so every seed also passes a star test: a Gaussian PSF (+ constant), over 25
+sub-pixel phases, fitted to the 5x5 box around the local maximum the seed belongs to; the seed stays a cosmic ray
+only if that fit is bad (``chi2/dof > star_chi2``; model error ``star_model_error`` of the template plus
+``star_model_floor`` of the peak in every pixel; outer pixels 5 sigma above the fit — a cosmic ray beside a star —
+left out). The PSF width comes from the frame's stars, measured in the same full-image pass before any seed is kept
+(:func:`_peak_size`: local maxima above ``psf_peak_snr`` sigma that are not lone spikes, round, and with wings beyond
+the 3x3 box, which cosmic rays lack; the width is their most common size), so it is known at every seeing; with
+fewer than ``psf_min_stars`` such peaks the test accepts any width of :data:`FALLBACK_SIGMAS`. The stars found
+(those peaks and the seeds the test rejected) are protected: the growth and the later iterations never enter a box
+of 2 PSF sigmas around them, and the later iterations spare the star-like local maxima that do not touch a flagged
+pixel.
+
 Pixels flagged ``BAD``, ``NODATA``, ``SATURATED``, ``BLEED`` or ``SATELLITE`` (and pixels within 2 pixels of
 saturated ones) are never flagged nor used to clean: run the satellite-trail detection first (a trail is as sharp as
 the PSF and L.A.Cosmic would eat it).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +77,16 @@ class CosmicConfig(StepConfig):
                                                      "first, full-image pass only)")
     star_model_error: float = param(0.1, doc="fractional PSF model error allowed in the star test",
                                     bounds=(0.0, 1.0))
+    star_model_floor: float = param(0.01, doc="PSF model error allowed in every pixel of the star test, as a "
+                                              "fraction of the fitted peak (the wings of a non-Gaussian PSF)",
+                                    bounds=(0.0, 1.0))
+    psf_peak_snr: float = param(30.0, doc="first pass: local maxima this many sigma above the background are "
+                                          "measured for the PSF width of the star test", bounds=(3.0, None))
+    protect_stars: bool = param(True, doc="the stars found by the first pass and the star test (a box of "
+                                          "2 PSF sigmas, at least 2 pixels, around each peak) are never grown into "
+                                          "nor searched again after cleaning")
+    psf_min_stars: int = param(5, doc="fewest star-like peaks for a measured PSF width; with fewer, the star "
+                                      "test accepts any Gaussian width from 0.5 to 3 pixels", bounds=(1, None))
     psf_sigma_px: float = param(0.0, doc="Gaussian sigma of the sampled PSF for the star test; 0: measured from "
                                          "the bright stars of the frame", bounds=(0.0, 20.0), unit="pixel")
     replace: bool = param(True, doc="replace cosmic-ray pixels by the mean of their unflagged 5x5 neighbours "
@@ -84,7 +108,10 @@ class CosmicResult:
     iterations : int
         Iterations run.
     psf_sigma_px : float
-        Gaussian sigma of the sampled PSF used by the star test (0 when none was used).
+        Gaussian sigma of the sampled PSF used by the star test (0 when none was measured: then the test accepted
+        every width of :data:`FALLBACK_SIGMAS`, or there was no star test).
+    n_psf_stars : int
+        Star-like peaks of the first pass (the PSF width is their most common size).
     """
 
     x: np.ndarray
@@ -93,6 +120,7 @@ class CosmicResult:
     n_candidates: int
     iterations: int
     psf_sigma_px: float = 0.0
+    n_psf_stars: int = 0
 
     @property
     def n_pixels(self) -> int:
@@ -253,11 +281,19 @@ def _excluded(mask, y, x, ny, nx, excl, satb):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _star_chi2(img, var, y, x, ny, nx, templates, eps):  # pragma: no cover - compiled
-    """Smallest chi2 per degree of freedom of a PSF (+ constant) fitted to the 5x5 box, over sub-pixel phases."""
+def _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, stop):  # pragma: no cover - compiled
+    """Smallest chi2 per degree of freedom of a PSF (+ constant) fitted to the 5x5 box, over the templates
+    (sub-pixel phases, and widths when several are given).
+
+    The model error allowed in a pixel is ``eps`` times the template there plus ``floor`` times the fitted peak (the
+    wings of a PSF that is not exactly Gaussian). Pixels of the outer ring more than 5 sigma above the fit (a
+    cosmic ray or a neighbour next to a star) are left out and the fit repeated (twice at most); the central 3x3
+    pixels always count. The search stops at the first template whose chi2 is at most ``stop``."""
     best = np.inf
     d = np.empty(25, np.float64)
     v = np.empty(25, np.float64)
+    inner = np.zeros(25, np.bool_)
+    use = np.empty(25, np.bool_)
     n = 0
     for dy in range(-2, 3):
         yy = _cl(y + dy, ny)
@@ -266,41 +302,64 @@ def _star_chi2(img, var, y, x, ny, nx, templates, eps):  # pragma: no cover - co
             d[n] = img[yy, xx]
             v[n] = var[yy, xx] + max(img[yy, xx], 0.0)
             v[n] = max(v[n], 1e-5)
+            inner[n] = abs(dy) <= 1 and abs(dx) <= 1
             n += 1
     for p in range(templates.shape[0]):
         t = templates[p]
-        a = 0.0
-        b = 0.0
-        for _it in range(2):
-            stt = 0.0
-            st = 0.0
-            s1 = 0.0
-            std = 0.0
-            sd = 0.0
-            for k in range(25):
-                w = 1.0 / (v[k] + (eps * a * t[k]) ** 2)
-                stt += w * t[k] * t[k]
-                st += w * t[k]
-                s1 += w
-                std += w * t[k] * d[k]
-                sd += w * d[k]
-            det = stt * s1 - st * st
-            if det <= 0:
-                break
-            a = (std * s1 - st * sd) / det
-            b = (stt * sd - st * std) / det
-            if a < 0:
-                a = 0.0
-        c = 0.0
+        tmax = 0.0
         for k in range(25):
-            r = d[k] - a * t[k] - b
-            c += r * r / (v[k] + (eps * a * t[k]) ** 2)
-        best = min(best, c)
-    return best / 23.0
+            tmax = max(tmax, t[k])
+            use[k] = True
+        nuse = 25
+        c = 0.0
+        for _rej in range(3):
+            a = 0.0
+            b = 0.0
+            for _it in range(2):
+                stt = 0.0
+                st = 0.0
+                s1 = 0.0
+                std = 0.0
+                sd = 0.0
+                for k in range(25):
+                    if not use[k]:
+                        continue
+                    w = 1.0 / (v[k] + (eps * a * t[k]) ** 2 + (floor * a * tmax) ** 2)
+                    stt += w * t[k] * t[k]
+                    st += w * t[k]
+                    s1 += w
+                    std += w * t[k] * d[k]
+                    sd += w * d[k]
+                det = stt * s1 - st * st
+                if det <= 0:
+                    break
+                a = (std * s1 - st * sd) / det
+                b = (stt * sd - st * std) / det
+                if a < 0:
+                    a = 0.0
+            c = 0.0
+            nrej = 0
+            for k in range(25):
+                if not use[k]:
+                    continue
+                r = d[k] - a * t[k] - b
+                e2 = v[k] + (eps * a * t[k]) ** 2 + (floor * a * tmax) ** 2
+                if not inner[k] and r > 0 and r * r > 25.0 * e2 and nuse > 15:
+                    use[k] = False
+                    nuse -= 1
+                    nrej += 1
+                else:
+                    c += r * r / e2
+            if nrej == 0:
+                break
+        best = min(best, c / (nuse - 2))
+        if best <= stop:
+            break  # a star: the exact minimum does not matter
+    return best
 
 
 @njit(cache=True, nogil=True)
-def _seed_test(img, var, mask, y, x, ny, nx, sigclip, objlim, sepf, templates, chi2min, eps, minsnr, buf,
+def _seed_test(img, var, mask, y, x, ny, nx, sigclip, objlim, sepf, templates, chi2min, eps, floor, minsnr, buf,
                buf2):  # pragma: no cover - compiled
     if img[y, x] <= minsnr * np.sqrt(max(var[y, x], 1e-5)):
         return False
@@ -320,71 +379,112 @@ def _seed_test(img, var, mask, y, x, ny, nx, sigclip, objlim, sepf, templates, c
     if sp / f <= objlim:
         return False
     if chi2min > 0 and templates.shape[0] > 0:
-        return _star_chi2(img, var, y, x, ny, nx, templates, eps) > chi2min
+        return _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, chi2min) > chi2min
     return True
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _scan(img, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncand, peak_size):  # pragma: no cover
+def _scan(img, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncand, psf_nsig, sizes,
+          pos):  # pragma: no cover
     """Full-image pass: bound test everywhere, L.A.Cosmic criteria on the survivors; seeds get ``crbit``.
 
-    Also records, per row, the size ``sqrt(flux_7x7 / (2 pi peak))`` of the brightest local maximum above 30 sigma
-    that is not a seed (a star, mostly), for the PSF estimate of the star test.
+    The same pass measures the bright point sources for the PSF width (:func:`_peak_size` on the pixels above
+    ``psf_nsig`` sigma; ``sizes[y, k]``, ``pos[y, k]``): it reads neither the seeds nor a cleaned image.
     """
     ny, nx = img.shape
     nseed = np.zeros(ny, np.int64)
     thr = 2.0 * sigclip
+    kmax = sizes.shape[1]
     notemp = np.empty((0, 25), np.float64)
     for y in prange(ny):
         buf = np.empty(96, np.float64)
         buf2 = np.empty(96, np.float64)
         c = 0
         k = 0
-        best = 0.0
-        peak_size[y] = 0.0
+        kp = 0
         for x in range(nx):
             v = var[y, x]
             v = max(v, 1e-5)
-            if _lplus(img, y, x, ny, nx) <= thr * np.sqrt(v):
+            sv = np.sqrt(v)
+            if img[y, x] > psf_nsig * sv and kp < kmax:
+                sz = _peak_size(img, var, mask, excl, satb, y, x, ny, nx, buf)
+                if sz > 0:
+                    sizes[y, kp] = sz
+                    pos[y, kp] = x
+                    kp += 1
+            if _lplus(img, y, x, ny, nx) <= thr * sv:
                 continue
             if _excluded(mask, y, x, ny, nx, excl, satb):
                 continue
             c += 1
-            if _seed_test(img, var, mask, y, x, ny, nx, sigclip, objlim, sepf, notemp, 0.0, 0.0, minsnr, buf,
+            if _seed_test(img, var, mask, y, x, ny, nx, sigclip, objlim, sepf, notemp, 0.0, 0.0, 0.0, minsnr, buf,
                           buf2):
                 mask[y, x] |= crbit
                 k += 1
-                continue
-            p = img[y, x]
-            if p > 30.0 * np.sqrt(v) and p > best and 3 <= y < ny - 3 and 3 <= x < nx - 3:
-                ismax = True
-                for dy in range(-1, 2):
-                    for dx in range(-1, 2):
-                        if img[y + dy, x + dx] > p:
-                            ismax = False
-                if ismax:
-                    # flux and second moments over 7x7: round peaks only (not trails, not blends)
-                    f = 0.0
-                    mxx = 0.0
-                    myy = 0.0
-                    mxy = 0.0
-                    for dy in range(-3, 4):
-                        for dx in range(-3, 4):
-                            q = img[y + dy, x + dx]
-                            f += q
-                            if q > 0:
-                                mxx += q * dx * dx
-                                myy += q * dy * dy
-                                mxy += q * dx * dy
-                    tr = mxx + myy
-                    if f > 0 and tr > 0:
-                        e2 = ((mxx - myy) ** 2 + 4 * mxy * mxy) / (tr * tr)
-                        if e2 < 0.04:
-                            best = p
-                            peak_size[y] = np.sqrt(f / (2.0 * np.pi * p))
         ncand[y] = c
         nseed[y] = k
     return nseed
+
+
+_MAXPEAKS = 8  # star-like peaks kept per image row by the first pass
+
+
+@njit(cache=True, nogil=True)
+def _peak_size(img, var, mask, excl, satb, y, x, ny, nx, buf):  # pragma: no cover - compiled
+    """Size of a bright point source at (y, x), or 0 when the pixel is not one.
+
+    A local maximum at least 3 pixels from the edges and from excluded pixels counts when it is not a lone spike
+    (the median of its 3x3 box is at least 8 % of the peak: a cosmic-ray hit covers fewer than half of the box),
+    round (7x7 second moments of the positive pixels, ``e^2 < 0.04``: not a track, a trail or a blend) and has wings
+    (flux in the 7x7 box outside the 3x3 box above 4 % of the 3x3 flux and above 3 times its noise: a cosmic ray
+    has none). The size is ``sqrt(flux_7x7 / (2 pi peak))``, the Gaussian sigma of a sampled PSF with that
+    peak-to-flux ratio.
+    """
+    if y < 3 or y >= ny - 3 or x < 3 or x >= nx - 3:
+        return 0.0
+    p = img[y, x]
+    for dy in range(-1, 2):
+        for dx in range(-1, 2):
+            if (dy != 0 or dx != 0) and img[y + dy, x + dx] >= p:
+                return 0.0
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            m = mask[y + dy, x + dx]
+            if (m & excl) != 0 or (m & satb) != 0:
+                return 0.0
+    n = 0
+    for dy in range(-1, 2):
+        for dx in range(-1, 2):
+            buf[n] = img[y + dy, x + dx]
+            n += 1
+    if _median(buf, 9) < 0.08 * p:
+        return 0.0
+    f7 = 0.0
+    f3 = 0.0
+    v7 = 0.0
+    mxx = 0.0
+    myy = 0.0
+    mxy = 0.0
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            q = img[y + dy, x + dx]
+            f7 += q
+            if abs(dy) <= 1 and abs(dx) <= 1:
+                f3 += q
+            else:
+                v7 += var[y + dy, x + dx] + max(q, 0.0)
+            if q > 0:
+                mxx += q * dx * dx
+                myy += q * dy * dy
+                mxy += q * dx * dy
+    tr = mxx + myy
+    if f3 <= 0 or tr <= 0:
+        return 0.0
+    e2 = ((mxx - myy) ** 2 + 4 * mxy * mxy) / (tr * tr)
+    wing = f7 - f3
+    if e2 >= 0.04 or wing < 0.04 * f3 or wing < 3.0 * np.sqrt(v7):
+        return 0.0
+    return np.sqrt(f7 / (2.0 * np.pi * p))
 
 
 @njit(cache=True, nogil=True)
@@ -408,8 +508,9 @@ def _gather(mask, rows, crbit):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _neighbours(ys, xs, r, ny, nx, mask, excl, satb, crbit):  # pragma: no cover - compiled
-    """Unflagged, usable pixels within a (2r+1)^2 box of the given pixels (unique)."""
+def _neighbours(ys, xs, r, ny, nx, mask, excl, satb, crbit, prot):  # pragma: no cover - compiled
+    """Unflagged, usable, unprotected pixels within a (2r+1)^2 box of the given pixels (unique); ``prot`` is the
+    sorted array of the linear indices of the protected (star) pixels."""
     side = 2 * r + 1
     out_y = np.empty(len(ys) * side * side, np.int32)
     out_x = np.empty(len(ys) * side * side, np.int32)
@@ -434,12 +535,17 @@ def _neighbours(ys, xs, r, ny, nx, mask, excl, satb, crbit):  # pragma: no cover
         y = lin[k] // nx
         x = lin[k] % nx
         keep[k] = not _excluded(mask, y, x, ny, nx, excl, satb)
+    if len(prot):
+        pos = np.searchsorted(prot, lin)
+        for k in range(len(lin)):
+            if pos[k] < len(prot) and prot[pos[k]] == lin[k]:
+                keep[k] = False
     lin = lin[keep]
     return (lin // nx).astype(np.int32), (lin % nx).astype(np.int32)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _test_list(img, var, mask, ys, xs, sigclip, objlim, sepf, templates, chi2min, eps, minsnr,
+def _test_list(img, var, mask, ys, xs, sigclip, objlim, sepf, templates, chi2min, eps, floor, minsnr,
                full):  # pragma: no cover - compiled
     """Evaluate pixels of a list: the full seed test (``full``) or only ``S' > sigclip``."""
     ny, nx = img.shape
@@ -454,7 +560,7 @@ def _test_list(img, var, mask, ys, xs, sigclip, objlim, sepf, templates, chi2min
             x = xs[k]
             if full:
                 out[k] = _seed_test(img, var, mask, y, x, ny, nx, sigclip, objlim, sepf, templates, chi2min, eps,
-                                    minsnr, buf, buf2)
+                                    floor, minsnr, buf, buf2)
             else:
                 s0 = _s(img, var, y, x, ny, nx, buf)
                 if s0 > sigclip:
@@ -462,13 +568,70 @@ def _test_list(img, var, mask, ys, xs, sigclip, objlim, sepf, templates, chi2min
     return out
 
 
+@njit(cache=True, nogil=True)
+def _climb(img, y, x, ny, nx, steps):  # pragma: no cover - compiled
+    """The local maximum reached from (y, x) by moving to the brightest pixel of the 3x3 box, at most ``steps``
+    times."""
+    for _s in range(steps):
+        by, bx = y, x
+        best = img[y, x]
+        for dy in range(-1, 2):
+            yy = y + dy
+            if yy < 0 or yy >= ny:
+                continue
+            for dx in range(-1, 2):
+                xx = x + dx
+                if xx < 0 or xx >= nx:
+                    continue
+                if img[yy, xx] > best:
+                    best = img[yy, xx]
+                    by, bx = yy, xx
+        if by == y and bx == x:
+            break
+        y, x = by, bx
+    return y, x
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def _star_filter(img, var, ys, xs, templates, chi2min, eps):  # pragma: no cover - compiled
+def _star_filter(img, var, mask, ys, xs, templates, chi2min, eps, floor, crbit,
+                 next_to_cr):  # pragma: no cover - compiled
+    """Seeds that are cosmic rays (``True``): the star test is made at the local maximum the seed belongs to
+    (a star's seed need not be its central pixel); ``py, px`` get that maximum. With ``next_to_cr`` (the searches
+    after cleaning) a maximum next to a pixel already flagged ``crbit`` is the remains of a track, not a star."""
     ny, nx = img.shape
     out = np.ones(len(ys), np.bool_)
+    py = np.empty(len(ys), np.int64)
+    px = np.empty(len(ys), np.int64)
     for k in prange(len(ys)):
-        out[k] = _star_chi2(img, var, ys[k], xs[k], ny, nx, templates, eps) > chi2min
-    return out
+        y, x = _climb(img, ys[k], xs[k], ny, nx, 3)
+        py[k] = y
+        px[k] = x
+        if next_to_cr:
+            near = False
+            for dy in range(-1, 2):
+                yy = y + dy
+                if yy < 0 or yy >= ny:
+                    continue
+                for dx in range(-1, 2):
+                    xx = x + dx
+                    if 0 <= xx < nx and (dy != 0 or dx != 0) and (mask[yy, xx] & crbit) != 0:
+                        near = True
+            if near:
+                continue
+        out[k] = _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, chi2min) > chi2min
+    return out, py, px
+
+
+def _protected(py: np.ndarray, px: np.ndarray, r: int, shape: tuple[int, int]) -> np.ndarray:
+    """Sorted linear indices of the pixels within a (2r+1)^2 box of the given star peaks."""
+    ny, nx = shape
+    if len(py) == 0:
+        return np.empty(0, np.int64)
+    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
+    yy = (np.asarray(py, np.int64)[:, None] + oy.ravel()[None, :]).ravel()
+    xx = (np.asarray(px, np.int64)[:, None] + ox.ravel()[None, :]).ravel()
+    ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    return np.unique(yy[ok] * nx + xx[ok])
 
 
 def psf_templates(sigma: float, *, phases: int = 5) -> np.ndarray:
@@ -481,10 +644,19 @@ def psf_templates(sigma: float, *, phases: int = 5) -> np.ndarray:
     return np.array(out)
 
 
-def _psf_sigma(sizes: np.ndarray) -> float:
+#: Gaussian widths (pixels) the star test accepts when the frame has too few stars to measure the PSF
+FALLBACK_SIGMAS = (0.5, 0.65, 0.85, 1.1, 1.45, 1.9, 2.5, 3.2)
+
+
+def psf_templates_multi(sigmas, *, phases: int = 5) -> np.ndarray:
+    """:func:`psf_templates` for several widths, stacked."""
+    return np.concatenate([psf_templates(float(sg), phases=phases) for sg in sigmas])
+
+
+def _psf_sigma(sizes: np.ndarray, min_n: int = 5) -> float:
     """Mode of the stars' sizes (the densest 0.1-pixel window), robust to galaxies, blends and trails."""
     s = np.sort(sizes[(sizes > 0.45) & (sizes < 10)])
-    if len(s) < 5:
+    if len(s) < max(min_n, 1):
         return 0.0
     w = 0.1
     j = np.searchsorted(s, s + w)
@@ -552,23 +724,50 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
     sepf = config.fine_structure == "separable"
     sigclip, objlim = float(config.sigclip), float(config.objlim)
     chi2min, eps = float(config.star_chi2), float(config.star_model_error)
-    ncand_rows = np.zeros(ny, np.int64)
-    peak_size = np.zeros(ny, np.float64)
+    floor = float(config.star_model_floor)
     minsnr = float(config.min_seed_snr)
-    nseed = _scan(image, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncand_rows, peak_size)
+    # one full-image pass: L.A.Cosmic's seeds (tentative) and, on the same unflagged image, the PSF width from the
+    # frame's bright point sources (round peaks with wings; cosmic rays have none), whatever the seeing
+    sizes = np.zeros((ny, _MAXPEAKS), np.float64)
+    spos = np.zeros((ny, _MAXPEAKS), np.int64)
+    ncand_rows = np.zeros(ny, np.int64)
+    psf_nsig = float(config.psf_peak_snr) if chi2min > 0 else np.inf
+    nseed = _scan(image, var, mask, sigclip, objlim, sepf, minsnr, excl, satb, crbit, ncand_rows, psf_nsig, sizes,
+                  spos)
     n_cand = int(ncand_rows.sum())
+    sel = sizes > 0
+    star_y, k_ = np.nonzero(sel)
+    star_x = spos[star_y, k_]
+    star_y = star_y.astype(np.int64)
+    sz = sizes[sel]
+    n_psf = len(sz)
+    psf_sigma = float(config.psf_sigma_px) or _psf_sigma(sz, int(config.psf_min_stars))
+    if chi2min <= 0:
+        templates = np.empty((0, 25))
+    elif psf_sigma > 0:
+        templates = psf_templates(psf_sigma)
+    else:
+        # too few stars to measure the PSF: any Gaussian from 0.5 to 3 pixels is a star (only what is sharper
+        # than every PSF is a cosmic ray)
+        templates = psf_templates_multi(FALLBACK_SIGMAS)
     rows = np.flatnonzero(nseed).astype(np.int64)
     ys, xs = _gather(mask, rows, crbit)
-    psf_sigma = float(config.psf_sigma_px) or _psf_sigma(peak_size[peak_size > 0])
-    templates = psf_templates(psf_sigma) if (chi2min > 0 and psf_sigma > 0) else np.empty((0, 25))
     if len(ys) and len(templates):
-        keep = _star_filter(image, var, ys, xs, templates, chi2min, eps)
+        keep, py, px = _star_filter(image, var, mask, ys, xs, templates, chi2min, eps, floor, crbit, False)
         if not keep.all():
             mask[ys[~keep], xs[~keep]] &= np.int16(~mb.COSMIC)
             ys, xs = ys[keep], xs[keep]
+            star_y = np.concatenate([star_y, py[~keep]])
+            star_x = np.concatenate([star_x, px[~keep]])
+    # the stars found before any pixel was flagged (bright point sources, and the seeds that passed the star test)
+    # are protected: neither grown into nor searched again after cleaning
+    r_prot = int(max(2, math.ceil(2.0 * (psf_sigma or 1.0))))
+    prot = _protected(star_y, star_x, r_prot, image.shape) if config.protect_stars else np.empty(0, np.int64)
     # later iterations only look next to detected cosmic rays, where the remains of a track after cleaning can
-    # look like a faint star: the star test guards the first pass only (unless asked for everywhere)
+    # look like a faint star: there the star test spares only the local maxima that do not touch a flagged pixel
+    # (unless asked for everywhere)
     chi2min_next = chi2min if config.star_test_all_iterations else 0.0
+    guard_next = chi2min > 0 and len(templates) > 0 and not config.star_test_all_iterations
     all_y: list[np.ndarray] = []
     all_x: list[np.ndarray] = []
     all_v: list[np.ndarray] = []
@@ -579,10 +778,10 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
         # grow this iteration's detections: neighbours with S' > sigclip, then neighbours of those with
         # S' > sigfrac * sigclip (astroscrappy's two dilations)
         for level in (sigclip, config.sigfrac * sigclip):
-            ny_, nx_ = _neighbours(new_y, new_x, 1, ny, nx, mask, excl, satb, crbit)
+            ny_, nx_ = _neighbours(new_y, new_x, 1, ny, nx, mask, excl, satb, crbit, prot)
             if len(ny_):
                 ok = _test_list(image, var, mask, ny_, nx_, float(level), objlim, sepf, templates, chi2min, eps,
-                                minsnr, False)
+                                floor, minsnr, False)
                 if ok.any():
                     gy, gx = ny_[ok], nx_[ok]
                     mask[gy, gx] |= crbit
@@ -595,11 +794,15 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
         if it >= config.niter:
             break
         # next iteration: only pixels near the cleaned ones can change
-        cy, cx = _neighbours(new_y, new_x, 4, ny, nx, mask, excl, satb, crbit)
+        cy, cx = _neighbours(new_y, new_x, 4, ny, nx, mask, excl, satb, crbit, prot)
         n_cand += len(cy)
-        ok = _test_list(image, var, mask, cy, cx, sigclip, objlim, sepf, templates, chi2min_next, eps, minsnr,
-                        True)
+        ok = _test_list(image, var, mask, cy, cx, sigclip, objlim, sepf, templates, chi2min_next, eps, floor,
+                        minsnr, True)
         new_y, new_x = cy[ok], cx[ok]
+        if len(new_y) and guard_next:
+            keep, _py, _px = _star_filter(image, var, mask, new_y, new_x, templates, chi2min, eps, floor, crbit,
+                                          True)
+            new_y, new_x = new_y[keep], new_x[keep]
         if len(new_y):
             mask[new_y, new_x] |= crbit
     if all_y:
@@ -615,4 +818,4 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
         else:
             image[ys, xs] = orig
     return CosmicResult(x=xs.astype(np.int32), y=ys.astype(np.int32), original=orig.astype(np.float32),
-                        n_candidates=n_cand, iterations=it, psf_sigma_px=psf_sigma)
+                        n_candidates=n_cand, iterations=it, psf_sigma_px=psf_sigma, n_psf_stars=n_psf)

@@ -213,7 +213,8 @@ def reduce_frame(image: np.ndarray, *, wcs_guess: Any, refcat: Any, filter_name:
                  saturated: np.ndarray | None = None, bpm: np.ndarray | None = None, flat: np.ndarray | None = None,
                  dark_e: np.ndarray | float | None = None, mask: np.ndarray | None = None,
                  pixel_scale: float | None = None, nominal_zp_e: float | None = None,
-                 config: ReductionConfig = ReductionConfig(), copy: bool = False, strict: bool = False) -> ReducedFrame:
+                 config: ReductionConfig = ReductionConfig(), copy: bool = False, strict: bool = False,
+                 saturation_e: float | Sequence[float] | None = None) -> ReducedFrame:
     """Reduce one calibrated science frame (see the module documentation for the stages).
 
     Parameters
@@ -253,6 +254,10 @@ def reduce_frame(image: np.ndarray, *, wcs_guess: Any, refcat: Any, filter_name:
         Work on a copy of ``image``.
     strict : bool
         Raise the first :class:`ReductionError` instead of returning a frame with failed QC.
+    saturation_e : float or sequence of float, optional
+        Saturation level (e- of detected charge) per amplifier of ``amp_regions``: the measured level of the
+        calibration, else the instrument file's full well (:func:`upad.reduce.saturation.instrument_levels`);
+        the plateau measured in the frame and the raw-frame mask ``saturated`` apply in any case.
 
     Returns
     -------
@@ -307,7 +312,8 @@ def reduce_frame(image: np.ndarray, *, wcs_guess: Any, refcat: Any, filter_name:
                       flat=flat, vignetted_below=config.vignetted_below, edge_px=config.edge_px)
     tick("mask")
     # ---- saturation
-    sat = mask_saturation(img, mask, saturated=saturated, config=config.saturation)
+    sat = mask_saturation(img, mask, saturated=saturated, levels_e=saturation_e, amp_regions=amp_regions,
+                          flat=flat, config=config.saturation)
     tick("saturation")
     # ---- background and noise
     bkg = estimate_background(img, mask=mask, config=config.background)

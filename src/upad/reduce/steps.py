@@ -59,6 +59,7 @@ from upad.isr.config import IsrConfig
 from upad.reduce.errors import ReductionError
 from upad.reduce.pipeline import ReductionConfig, reduce_frame, validate_image
 from upad.reduce.preview import write_previews
+from upad.reduce.saturation import instrument_levels
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,8 @@ class Reduce(Step):
             frame = reduce_frame(image, wcs_guess=header, refcat=refcat, filter_name=meta.get("filter") or "",
                                  exptime=exptime, read_noise=read_noise, amp_regions=[s.active for s in sections],
                                  saturated=isr.saturated, bpm=bpm, flat=response, dark_e=dark,
-                                 pixel_scale=inst.pixel_scale, nominal_zp_e=nominal, config=reduction_cfg)
+                                 pixel_scale=inst.pixel_scale, nominal_zp_e=nominal, config=reduction_cfg,
+                                 saturation_e=instrument_levels(inst, sections))
             del dark
             lap("reduce_frame")
         except ReductionError as exc:

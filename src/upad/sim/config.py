@@ -235,6 +235,9 @@ class SimConfig:
     ensure_satellite: bool = True
     #: satellite trail brightness range (e- per pixel of trail length, log-uniform)
     satellite_flux_range: tuple[float, float] = (300.0, 30000.0)
+    #: Gaussian sigma range of a trail's cross profile (pixels, log-uniform): wide trails are aircraft or defocused
+    #: satellites (up to ~15 pixels); None: the exposure's PSF sigma (a focused satellite)
+    satellite_sigma_range_px: tuple[float, float] | None = None
 
     # ---- noise --------------------------------------------------------------------------------
     #: above this expectation (e-) Poisson noise is drawn from its Gaussian approximation (much faster)

@@ -448,13 +448,21 @@ def cosmic_rays(rng: np.random.Generator, shape: tuple[int, int], *, exposure_s:
 
 
 def satellite_trail(rng: np.random.Generator, shape: tuple[int, int], *, sigma_px: float,
-                    flux_range: tuple[float, float]) -> tuple[PixelList, dict]:
-    """A straight trail across the frame (Gaussian cross-section); returns its pixels (e-) and parameters."""
+                    flux_range: tuple[float, float],
+                    sigma_range: tuple[float, float] | None = None) -> tuple[PixelList, dict]:
+    """A straight trail across the frame (Gaussian cross-section); returns its pixels (e-) and parameters.
+
+    ``sigma_px`` is the Gaussian sigma of the cross profile (a focused satellite: the PSF's); with ``sigma_range``
+    (pixels) the sigma is drawn log-uniformly in that range instead (aircraft, defocused satellites).
+    """
     ny, nx = shape
     x0, y0 = rng.uniform(0, nx - 1), rng.uniform(0, ny - 1)
     phi = rng.uniform(0, np.pi)
     lo, hi = flux_range
     line_flux = float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+    if sigma_range is not None:
+        slo, shi = (float(v) for v in sigma_range)
+        sigma_px = float(np.exp(rng.uniform(math.log(slo), math.log(shi)))) if shi > slo else slo
     c, s = math.cos(phi), math.sin(phi)
     half = int(math.ceil(5 * sigma_px / max(abs(c), abs(s)))) + 1
     if abs(c) >= abs(s):  # mostly along x: one column at a time

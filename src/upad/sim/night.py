@@ -364,7 +364,8 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
             if spec.extra.get("satellite"):
                 sigma = fwhm / inst.pixel_scale / 2.3548
                 sat_pl, sat_par = satellite_trail(R.rng_for(seed, *key, 3), shape, sigma_px=sigma,
-                                                  flux_range=cfg.satellite_flux_range)
+                                                  flux_range=cfg.satellite_flux_range,
+                                                  sigma_range=cfg.satellite_sigma_range_px)
                 sat_pl.add_to(img)
                 rec["satellite"] = sat_par
             fringe = camera.fringe(filt)
@@ -420,6 +421,7 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
         lay = inst.layout
         fw = camera.full_well_e.reshape(lay.n_amp_y, lay.n_amp_x)
         bl = bleed(img, fw, lay.amp_nx)
+    cap_x, cap_y, cap_e = _at_capacity(img, camera, bias)
     raw = readout(img, camera=camera, bias=bias, layout=survey.layout, seed=seed, seed_key=key, threads=threads)
     # pixels at the ADC maximum (trimmed coordinates)
     sx, sy = [], []
@@ -433,7 +435,7 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
                 "satellite": rec.get("satellite")})
     return Frame(spec=spec, raw=raw, record=rec, objects=objects, cosmics=cr, satellite=sat_pl,
                  saturation={"x": sx_a.astype(np.int32), "y": sy_a.astype(np.int32), "bled_x": bl.x, "bled_y": bl.y,
-                             "bled_e": bl.e},
+                             "bled_e": bl.e, "cap_x": cap_x, "cap_y": cap_y, "cap_e": cap_e},
                  bias=bias, wcs_header=wcs_hdr)
 
 
@@ -525,6 +527,35 @@ def _science_sky_structure(img: np.ndarray, survey: Survey, plan: NightPlan, spe
         img += np.float32(extra * sky_e) * fringe
         out["fringe_scale"] = round(1 + extra, 6)
     return out
+
+
+def _at_capacity(img: np.ndarray | None, camera: Camera, bias: BiasState) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
+    """Pixels whose charge (e-, before readout) reached what the amplifier can record: its full well (with charge
+    bleeding on) or the charge whose reading reaches the ADC maximum at the amplifier's mean bias (the simulator's
+    own readout model, inverted). Returns their x, y (0-based) and charge."""
+    e0 = np.empty(0, np.int32)
+    if img is None:
+        return e0, e0, np.empty(0, np.float32)
+    lay = camera.instrument.layout
+    xs, ys, es = [], [], []
+    for k in range(lay.n_amp_x * lay.n_amp_y):
+        iy, ix = divmod(k, lay.n_amp_x)
+        room = float(camera.instrument.adc_max) - bias.mean_data(k, lay.amp_ny)
+        c2, c3 = camera.nonlinearity[k]
+        lin = room
+        for _ in range(30):  # Newton: lin + c2 lin^2 + c3 lin^3 = room
+            f = lin + c2 * lin * lin + c3 * lin ** 3 - room
+            lin -= f / (1 + 2 * c2 * lin + 3 * c3 * lin * lin)
+        cap = lin * float(camera.gains[k])
+        if camera.cfg.enabled("saturation"):
+            cap = min(cap, float(camera.full_well_e[k]))
+        y0, x0 = iy * lay.amp_ny, ix * lay.amp_nx
+        yy, xx = np.nonzero(img[y0:y0 + lay.amp_ny, x0:x0 + lay.amp_nx] >= np.float32(cap * (1 - 1e-6)))
+        xs.append((xx + x0).astype(np.int32))
+        ys.append((yy + y0).astype(np.int32))
+        es.append(img[yy + y0, xx + x0].astype(np.float32))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(es)
 
 
 def _object_table(ids, x, y, flux_e, mag, info: RenderInfo, amp, camera: Camera, bias: BiasState,

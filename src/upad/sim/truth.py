@@ -201,11 +201,16 @@ def write_frame_truth(out: Path, rel: str, frame: Frame, *, raw_rel: str) -> Non
                                 "LINEFLUX": sp.get("line_flux_e_per_px"), "SIGMA": sp.get("sigma_px")}))
     s = frame.saturation or {}
     if s:
-        kind = np.concatenate([np.full(len(s["x"]), 1, np.int16), np.full(len(s["bled_x"]), 2, np.int16)])
-        hdus.append(_table_hdu({"x": np.concatenate([s["x"], s["bled_x"]]).astype(np.int32),
-                                "y": np.concatenate([s["y"], s["bled_y"]]).astype(np.int32), "kind": kind,
-                                "e": np.concatenate([np.zeros(len(s["x"]), np.float32), s["bled_e"]])},
-                               "SATURATION", {"COMMENT": "kind 1: raw at the ADC maximum; 2: received bled charge (e)"}))
+        cx, cy, ce = (s.get(k, np.empty(0, np.float32)) for k in ("cap_x", "cap_y", "cap_e"))
+        kind = np.concatenate([np.full(len(s["x"]), 1, np.int16), np.full(len(s["bled_x"]), 2, np.int16),
+                               np.full(len(cx), 3, np.int16)])
+        hdus.append(_table_hdu({"x": np.concatenate([s["x"], s["bled_x"], cx]).astype(np.int32),
+                                "y": np.concatenate([s["y"], s["bled_y"], cy]).astype(np.int32), "kind": kind,
+                                "e": np.concatenate([np.zeros(len(s["x"]), np.float32), s["bled_e"],
+                                                     np.asarray(ce, np.float32)])},
+                               "SATURATION", {"COMMENT": "kind 1: raw at the ADC maximum; 2: received bled charge (e); "
+                                                         "3: charge at the amplifier's capacity, full well or ADC "
+                                                         "(e, before readout)"}))
     if frame.bias is not None:
         b = frame.bias
         rows = np.arange(b.n_read_rows)
