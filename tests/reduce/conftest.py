@@ -1,5 +1,6 @@
 """Fixtures of the reduction tests: a simulated mini night (4 science frames, boosted cosmic-ray rate, satellite
-trails), calibrated with the truth and reduced once per session."""
+trails), calibrated with the pipeline's own masters (built by the calibration steps from the night's biases, darks
+and twilight flats) and reduced once per session."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,11 +13,11 @@ from upad.io.refcat import read_reference_catalog
 from upad.sim import SimConfig, simulate
 from upad.sim.truth import load_manifest
 
-from .helpers import CalibratedFrame, calibrate, reduce_calibrated, star_ids
+from .helpers import CalibratedFrame, PipelineCalibration, calibrate, pipeline_calibration, reduce_calibrated, star_ids
 
 #: 2 tiles x rSDSS x 2 dithers; cosmic rays 50x the natural rate so that every frame has ~1000 hit pixels;
 #: trails in about half of the frames.
-SIM = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=2, cosmic_rate=150.0,
+SIM = dict(n_bias=5, n_dark=3, n_dome_flats=0, n_sky_flats=8, n_dithers=2, cosmic_rate=150.0,
            satellite_probability=0.5, workers=2)
 
 
@@ -27,6 +28,7 @@ class MiniNight:
     refcat: Any
     frames: list[CalibratedFrame]
     reduced: list[Any]
+    calibration: PipelineCalibration
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,8 @@ def night(tmp_path_factory) -> MiniNight:
     man = load_manifest(out)
     ref = read_reference_catalog(out / man["reference_catalog"])
     stars = star_ids(out, man)
-    frames = [calibrate(out, man, rec, stars=stars) for rec in man["frames"] if rec["kind"] == "science"]
+    cal = pipeline_calibration(out, tmp_path_factory.mktemp("reduce-root"))
+    frames = [calibrate(out, man, rec, cal=cal, stars=stars) for rec in man["frames"] if rec["kind"] == "science"]
     reduced = [reduce_calibrated(c, ref) for c in frames]
-    return MiniNight(out=out, manifest=man, refcat=ref, frames=frames, reduced=reduced)
+    yield MiniNight(out=out, manifest=man, refcat=ref, frames=frames, reduced=reduced, calibration=cal)
+    cal.db.dispose()
