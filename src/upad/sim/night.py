@@ -325,7 +325,6 @@ def generate_frame(survey: Survey, camera: Camera, sky: SkyCatalog, plan: NightP
     sat_pl = None
     wcs_hdr = None
     t_dark = spec.exptime
-    n_amp = inst.n_amplifiers
 
     def zp_block(zp_e: float) -> dict:
         return {"zp_e": round(zp_e, 6), "zp_adu": [round(zp_e - 2.5 * math.log10(g), 6) for g in camera.gains],
