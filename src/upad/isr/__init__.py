@@ -24,6 +24,7 @@ from upad.isr.core import (
     assemble,
     divide_flat,
     linearize,
+    linearize_poly,
     overscan_profile,
     raw_shape_problem,
     run_isr,
@@ -31,6 +32,7 @@ from upad.isr.core import (
     serial_overscan,
     subtract_dark,
 )
+from upad.isr.crosstalk import correct_crosstalk
 from upad.isr.fringe import fit_fringe, fit_fringe_scale
 
 __all__ = [
@@ -45,10 +47,12 @@ __all__ = [
     "amp_index_map",
     "apply_gain",
     "assemble",
+    "correct_crosstalk",
     "divide_flat",
     "fit_fringe",
     "fit_fringe_scale",
     "linearize",
+    "linearize_poly",
     "overscan_profile",
     "raw_shape_problem",
     "run_isr",

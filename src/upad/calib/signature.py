@@ -1,0 +1,319 @@
+"""The instrument signature measured from the data: gain and read noise (photon-transfer curve), non-linearity,
+crosstalk and saturation level per amplifier. Pure functions (arrays in, results out; no I/O, no database).
+
+Inputs are assembled images in **ADU** after the overscan (and master-bias) subtraction, as
+``run_isr(..., options=IsrOptions(to_electrons=False, linearize=False))`` gives them; ``amps`` are the amplifiers'
+``(slice_y, slice_x)`` in the assembled image (:func:`upad.calib.bias.amp_slices`).
+
+* **read noise** (:func:`read_noise_from_bias_pairs`): ``var(b1 - b2) / 2`` per amplifier with outliers (cosmic
+  rays) clipped, less the ADC quantisation ``1/12 ADU²`` (Sheppard): the analogue noise in ADU;
+* **non-linearity** (:func:`fit_linearity`): the per-amplifier median signal ``m`` of a flat series of rising
+  exposure time ``t`` fitted by ``m (1 + a1 m + a2 m² + a3 m³) = k t + c`` (linear least squares in
+  ``k, c, a1..a3``); the correction ``lin = m (1 + a1 m + a2 m² + a3 m³)`` has unit slope at zero signal;
+* **gain** (:func:`ptc_gain`): photon-transfer curve of flat pairs (linearised): per pair the variance of the
+  difference (the second flat scaled to the first's level, outliers clipped) against the mean level, fitted by
+  ``var = mean / g + n²``;
+* **crosstalk** (:func:`crosstalk_from_frame`): bright (saturated) source pixels of one amplifier against the same
+  readout positions of every other amplifier, background removed, ``C = Σ s (t - b) / Σ s²`` with outlier
+  clipping; combined over frames with :func:`combine_crosstalk`;
+* **saturation** (:func:`saturation_level`): the level where the raw values of an amplifier pile up (the ADC
+  maximum or the full well, whichever comes first).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from upad.instruments import AmpSection
+from upad.isr.crosstalk import reorient
+
+__all__ = ["LinearityFit", "PtcFit", "combine_crosstalk", "crosstalk_from_frame", "fit_linearity", "ptc_gain",
+           "read_noise_from_bias_pairs", "robust_var", "saturation_level"]
+
+Slice2D = tuple[slice, slice]
+
+
+def robust_var(values: np.ndarray, *, nsigma: float = 5.0, iters: int = 3) -> tuple[float, float, int]:
+    """Mean, variance and count of ``values`` with outliers beyond ``nsigma`` robust sigmas removed."""
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    keep = v
+    for _ in range(iters):
+        med = np.median(keep)
+        mad = 1.4826 * np.median(np.abs(keep - med))
+        if not mad > 0:
+            break
+        new = v[np.abs(v - med) < nsigma * mad]
+        if new.size == keep.size:
+            break
+        keep = new
+    return float(keep.mean()), float(keep.var(ddof=1)), int(keep.size)
+
+
+# ------------------------------------------------------------------------------------------------------ read noise
+def read_noise_from_bias_pairs(biases: Sequence[np.ndarray], amps: Sequence[Slice2D], *,
+                               nsigma: float = 5.0) -> tuple[np.ndarray, int]:
+    """Read noise per amplifier (ADU, analogue: quantisation removed) from consecutive pairs of bias frames.
+
+    Returns ``(read_noise_adu, n_pairs)``; ``n_pairs = 0`` (and NaN noise) with fewer than two frames.
+    """
+    n_pairs = len(biases) // 2
+    out = np.full(len(amps), np.nan)
+    if n_pairs == 0:
+        return out, 0
+    for k, sl in enumerate(amps):
+        vs = []
+        for i in range(n_pairs):
+            d = np.asarray(biases[2 * i][sl], np.float64) - np.asarray(biases[2 * i + 1][sl], np.float64)
+            vs.append(robust_var(d, nsigma=nsigma)[1] / 2.0)
+        out[k] = np.sqrt(max(float(np.mean(vs)) - 1.0 / 12.0, 0.0))
+    return out, n_pairs
+
+
+# ------------------------------------------------------------------------------------------------------ linearity
+@dataclass
+class LinearityFit:
+    """The non-linearity of every amplifier: ``coefficients[k] = (a1, a2, a3)`` of ``lin = m (1 + a1 m + …)``."""
+
+    coefficients: np.ndarray
+    rate: np.ndarray  # k (ADU/s, linear) per amplifier
+    offset: np.ndarray  # c (ADU) per amplifier
+    residual_max: np.ndarray  # max |corrected / (k t + c) - 1| over the used frames, per amplifier
+    max_level: np.ndarray  # highest measured level used (ADU), per amplifier
+    n_used: np.ndarray
+    points: list[dict] = field(default_factory=list)
+
+    def correct(self, amp: int, m: np.ndarray | float) -> np.ndarray:
+        a = self.coefficients[amp]
+        m = np.asarray(m, np.float64)
+        return m * (1 + m * (a[0] + m * (a[1] + m * a[2])))
+
+
+def fit_linearity(levels: np.ndarray, exptimes: np.ndarray, *, saturated_fraction: np.ndarray | None = None,
+                  order: int = 3, max_saturated: float = 0.02, min_frames: int = 5) -> LinearityFit:
+    """Fit the correction polynomial of every amplifier to a flat series of rising exposure time.
+
+    Parameters
+    ----------
+    levels : ndarray
+        ``(n_frames, n_amps)`` median bias-subtracted signal (ADU) of each amplifier in each flat.
+    exptimes : ndarray
+        ``(n_frames,)`` exposure times (s).
+    saturated_fraction : ndarray, optional
+        ``(n_frames, n_amps)``: frames with more than ``max_saturated`` saturated pixels in an amplifier are not used
+        for it.
+    order : int
+        Order of the correction ``lin = m (1 + a1 m + … + a_order m^order)``.
+    min_frames : int
+        Fewer usable frames for an amplifier raise ``ValueError`` (the caller records the QC outcome).
+    """
+    levels = np.asarray(levels, np.float64)
+    t = np.asarray(exptimes, np.float64)
+    nf, na = levels.shape
+    coefs = np.zeros((na, max(order, 3)))
+    rate, off, resid, top, nused = (np.zeros(na) for _ in range(5))
+    points = []
+    for k in range(na):
+        ok = np.isfinite(levels[:, k]) & (t > 0) & (levels[:, k] > 0)
+        if saturated_fraction is not None:
+            ok &= np.asarray(saturated_fraction)[:, k] <= max_saturated
+        if ok.sum() < max(min_frames, order + 2):
+            raise ValueError(f"amplifier {k + 1}: only {int(ok.sum())} usable flats of the linearity series "
+                             f"(at least {max(min_frames, order + 2)} needed)")
+        m, tt = levels[ok, k], t[ok]
+        # m = k t + c - a1 m^2 - ... - a_order m^(order+1), weights 1/sqrt(m) (shot noise of the medians)
+        A = np.column_stack([tt, np.ones_like(tt)] + [-m ** (j + 2) for j in range(order)])
+        w = 1.0 / np.sqrt(np.maximum(m, 1.0))
+        scale = np.abs(A).max(axis=0)
+        sol, *_ = np.linalg.lstsq(A * w[:, None] / scale, m * w, rcond=None)
+        sol /= scale
+        rate[k], off[k] = sol[0], sol[1]
+        coefs[k, :order] = sol[2:]
+        corr = m * (1 + sum(coefs[k, j] * m ** (j + 1) for j in range(order)))
+        model = rate[k] * tt + off[k]
+        r = corr / model - 1
+        resid[k] = float(np.max(np.abs(r)))
+        top[k] = float(m.max())
+        nused[k] = int(ok.sum())
+        points.append({"amp": k + 1, "exptime": tt.tolist(), "level_adu": m.tolist(), "residual": r.tolist()})
+    return LinearityFit(coefs[:, :3] if order <= 3 else coefs, rate, off, resid, top, nused, points)
+
+
+# ------------------------------------------------------------------------------------------------------ PTC
+@dataclass
+class PtcFit:
+    """Gain (e-/ADU) and the noise intercept (ADU) of every amplifier from the photon-transfer curve."""
+
+    gain: np.ndarray
+    gain_err: np.ndarray
+    noise_adu: np.ndarray  # sqrt of the intercept (read noise + quantisation), ADU
+    n_pairs: int
+    points: list[dict] = field(default_factory=list)
+
+
+def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slice2D], *,
+             saturated: Sequence[np.ndarray | None] | None = None, read_noise_adu: np.ndarray | None = None,
+             max_level: np.ndarray | float | None = None, nsigma: float = 5.0, min_pairs: int = 3) -> PtcFit:
+    """Gain per amplifier from flat pairs (linearised, bias-subtracted ADU).
+
+    For every pair and amplifier the second flat is scaled to the first's median, ``d = a - r b``; the variance of
+    one flat is ``var(d) / (1 + r²)`` (outliers beyond ``nsigma`` clipped) and the level the mean of ``(a + r b) /
+    2`` over the same pixels. ``var = level / g + n²`` is fitted (weights ``1 / var²``); with ``read_noise_adu``
+    the intercept is fixed to ``read_noise_adu² + 1/12``. Pairs above ``max_level`` (ADU) are not used.
+    Fewer than ``min_pairs`` usable pairs raise ``ValueError``.
+    """
+    na = len(amps)
+    lv = np.full((len(pairs), na), np.nan)
+    var = np.full((len(pairs), na), np.nan)
+    for i, (a, b) in enumerate(pairs):
+        sat = None if saturated is None else saturated[i]
+        for k, sl in enumerate(amps):
+            aa = np.asarray(a[sl], np.float64)
+            bb = np.asarray(b[sl], np.float64)
+            good = np.isfinite(aa) & np.isfinite(bb)
+            if sat is not None:
+                good &= ~sat[sl]
+            if good.mean() < 0.5:
+                continue
+            aa, bb = aa[good], bb[good]
+            r = float(np.median(aa) / np.median(bb))
+            d = aa - r * bb
+            mu_d, v_d, _ = robust_var(d, nsigma=nsigma)
+            keep = np.abs(d - np.median(d)) < nsigma * np.sqrt(v_d)
+            lv[i, k] = 0.5 * (aa[keep].mean() + r * bb[keep].mean())
+            var[i, k] = v_d / (1 + r * r)
+    gain, gerr, noise = (np.full(na, np.nan) for _ in range(3))
+    points = []
+    if max_level is not None:
+        ml = np.broadcast_to(np.asarray(max_level, np.float64), (na,))
+    for k in range(na):
+        ok = np.isfinite(lv[:, k]) & np.isfinite(var[:, k]) & (lv[:, k] > 0)
+        if max_level is not None:
+            ok &= lv[:, k] <= ml[k]
+        if ok.sum() < min_pairs:
+            raise ValueError(f"amplifier {k + 1}: only {int(ok.sum())} usable flat pairs for the photon-transfer "
+                             f"curve (at least {min_pairs} needed)")
+        x, y = lv[ok, k], var[ok, k]
+        w = 1.0 / y  # sigma(var) ~ var * sqrt(2 / N): relative weights 1 / var
+        if read_noise_adu is not None and np.isfinite(read_noise_adu[k]):
+            n2 = float(read_noise_adu[k]) ** 2 + 1.0 / 12.0
+            yy = y - n2
+            inv_g = float(np.sum(w * w * x * yy) / np.sum(w * w * x * x))
+            noise[k] = np.sqrt(n2)
+            res = yy - inv_g * x
+            dof = max(len(x) - 1, 1)
+            err = np.sqrt(np.sum((w * res) ** 2) / dof / np.sum(w * w * x * x))
+        else:
+            A = np.column_stack([x, np.ones_like(x)])
+            sol, *_ = np.linalg.lstsq(A * w[:, None], y * w, rcond=None)
+            inv_g = float(sol[0])
+            noise[k] = np.sqrt(max(float(sol[1]), 0.0))
+            res = y - A @ sol
+            dof = max(len(x) - 2, 1)
+            cov = np.linalg.inv((A * w[:, None]).T @ (A * w[:, None])) * np.sum((w * res) ** 2) / dof
+            err = np.sqrt(cov[0, 0])
+        gain[k] = 1.0 / inv_g
+        gerr[k] = float(err) / inv_g ** 2
+        points.append({"amp": k + 1, "level_adu": x.tolist(), "variance_adu2": y.tolist()})
+    return PtcFit(gain, gerr, noise, int(len(pairs)), points)
+
+
+# ------------------------------------------------------------------------------------------------------ crosstalk
+def _block_background(img: np.ndarray, mask: np.ndarray, box: int) -> np.ndarray:
+    """Median of the unmasked pixels in boxes of ``box`` pixels, expanded to the image (nearest)."""
+    ny, nx = img.shape
+    by, bx = max(1, ny // box), max(1, nx // box)
+    out = np.empty_like(img, dtype=np.float32)
+    ys = np.linspace(0, ny, by + 1).astype(int)
+    xs = np.linspace(0, nx, bx + 1).astype(int)
+    glob = float(np.median(img[~mask])) if (~mask).any() else float(np.median(img))
+    for i in range(by):
+        for j in range(bx):
+            blk = img[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+            m = mask[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+            v = blk[~m]
+            out[ys[i]:ys[i + 1], xs[j]:xs[j + 1]] = np.median(v) if v.size > 0.2 * blk.size else glob
+    return out
+
+
+def crosstalk_from_frame(image: np.ndarray, sections: Sequence[AmpSection], *, min_source_adu: float = 20000.0,
+                         box: int = 64, grow: int = 3, nsigma: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Crosstalk sums of one frame: ``(Σ s (t - b), Σ s²)`` for every (target, source) pair.
+
+    ``image`` is the assembled frame in ADU (overscan-subtracted, *not* linearised, crosstalk not corrected).
+    Source pixels are those at or above ``min_source_adu`` (saturated star cores and their bright wings); the
+    target values at the same readout positions, less the target's background (box medians with the ghosts of
+    every source and the target's own bright pixels masked), are regressed on them through the origin with
+    ``nsigma`` clipping of the residuals. Divide the two sums (after :func:`combine_crosstalk`) for ``C``.
+    """
+    n = len(sections)
+    num = np.zeros((n, n))
+    den = np.zeros((n, n))
+    blocks = [np.asarray(image[sec.active], np.float32) for sec in sections]
+    srcmask = [b >= min_source_adu for b in blocks]
+    from scipy.ndimage import binary_dilation
+
+    if grow > 0:
+        grown = [binary_dilation(m, iterations=grow) if m.any() else m for m in srcmask]
+    else:
+        grown = srcmask
+    for t, tsec in enumerate(sections):
+        tb = blocks[t]
+        mask = np.zeros(tb.shape, bool)
+        for s, ssec in enumerate(sections):
+            if s != t:
+                mask |= reorient(grown[s], ssec, tsec)
+        med = float(np.median(tb))
+        mad = 1.4826 * float(np.median(np.abs(tb - med)))
+        own = tb > med + 5 * mad  # the target's own sources (never regressed on)
+        if grow > 0 and own.any():
+            own = binary_dilation(own, iterations=2 * grow)
+        mask |= own
+        bkg = _block_background(tb, mask, box)
+        for s, ssec in enumerate(sections):
+            if s == t or not srcmask[s].any():
+                continue
+            sel = reorient(srcmask[s], ssec, tsec) & ~own
+            sv = reorient(blocks[s], ssec, tsec)[sel].astype(np.float64)
+            tv = (tb - bkg)[sel].astype(np.float64)
+            keep = np.ones(sv.size, bool)
+            for _ in range(5):
+                c = np.sum(sv[keep] * tv[keep]) / np.sum(sv[keep] ** 2)
+                r = tv - c * sv
+                sig = 1.4826 * np.median(np.abs(r[keep] - np.median(r[keep])))
+                new = np.abs(r) < nsigma * max(sig, 1e-6)
+                if (new == keep).all():
+                    break
+                keep = new
+            num[t, s] += np.sum(sv[keep] * tv[keep])
+            den[t, s] += np.sum(sv[keep] ** 2)
+    return num, den
+
+
+def combine_crosstalk(sums: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, sigma_weight)``: the crosstalk matrix from the per-frame sums (NaN where no source pixel was seen) and
+    ``Σ s²`` (the weight of each coefficient)."""
+    num = sum(n for n, _ in sums)
+    den = sum(d for _, d in sums)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.where(den > 0, num / den, np.nan)
+    np.fill_diagonal(c, 0.0)
+    return c, den
+
+
+# ------------------------------------------------------------------------------------------------------ saturation
+def saturation_level(raw_data: Sequence[np.ndarray], offsets: Sequence[float], *, min_pixels: int = 20,
+                     tolerance_adu: float = 2.0) -> float | None:
+    """The saturation level (bias-subtracted ADU) of one amplifier: the highest raw value reached by at least
+    ``min_pixels`` pixels (the pile-up at the ADC maximum or at the full well), less the frame's bias ``offsets``;
+    ``None`` when no frame shows a pile-up."""
+    best = []
+    for d, off in zip(raw_data, offsets):
+        v = np.asarray(d).ravel()
+        top = float(v.max())
+        n_top = int(np.count_nonzero(v >= top - tolerance_adu))
+        if n_top >= min_pixels:
+            best.append(top - tolerance_adu - float(off))
+    return float(np.median(best)) if best else None
