@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from upad.instruments import AmpSection
+from upad.isr.core import linearize_poly
 from upad.isr.crosstalk import reorient
 
-__all__ = ["LinearityFit", "PtcFit", "combine_crosstalk", "crosstalk_from_frame", "fit_linearity", "ptc_gain",
+__all__ = ["LinearityFit", "PtcFit", "Signature", "combine_crosstalk", "measure_signature", "crosstalk_from_frame", "fit_linearity", "ptc_gain",
            "read_noise_from_bias_pairs", "robust_var", "saturation_level"]
 
 Slice2D = tuple[slice, slice]
@@ -279,12 +280,14 @@ def crosstalk_from_frame(image: np.ndarray, sections: Sequence[AmpSection], *, m
             sv = reorient(blocks[s], ssec, tsec)[sel].astype(np.float64)
             tv = (tb - bkg)[sel].astype(np.float64)
             keep = np.ones(sv.size, bool)
+            if sv.size < 10:
+                continue
             for _ in range(5):
                 c = np.sum(sv[keep] * tv[keep]) / np.sum(sv[keep] ** 2)
                 r = tv - c * sv
                 sig = 1.4826 * np.median(np.abs(r[keep] - np.median(r[keep])))
                 new = np.abs(r) < nsigma * max(sig, 1e-6)
-                if (new == keep).all():
+                if new.sum() < 10 or (new == keep).all():
                     break
                 keep = new
             num[t, s] += np.sum(sv[keep] * tv[keep])
@@ -317,3 +320,173 @@ def saturation_level(raw_data: Sequence[np.ndarray], offsets: Sequence[float], *
         if n_top >= min_pixels:
             best.append(top - tolerance_adu - float(off))
     return float(np.median(best)) if best else None
+
+
+# ------------------------------------------------------------------------------------------------------ the product
+@dataclass
+class Signature:
+    """The instrument signature of one camera configuration, measured or (per quantity) the instrument file's first
+    guess, with the QC outcome of every quantity.
+
+    Attributes
+    ----------
+    gain : ndarray
+        e-/ADU per amplifier.
+    read_noise_adu, read_noise_e : ndarray
+        Read noise per amplifier.
+    linearity : ndarray or None
+        ``(n_amp, 3)`` coefficients ``a1..a3`` of ``lin = m (1 + a1 m + a2 m² + a3 m³)`` (measured), or ``None``
+        (the ISR then uses the instrument file's cubic).
+    crosstalk : ndarray or None
+        ``C[target, source]``, or ``None`` (no correction).
+    saturation_adu : ndarray or None
+        Bias-subtracted raw level per amplifier at which pixels saturate, or ``None`` (the ADC maximum).
+    qc : dict
+        Per quantity (``gain``, ``read_noise``, ``linearity``, ``crosstalk``, ``saturation``): ``{"status":
+        "measured" | "fallback", "reason": …, figures}``.
+    """
+
+    gain: np.ndarray
+    read_noise_adu: np.ndarray
+    read_noise_e: np.ndarray
+    linearity: np.ndarray | None
+    crosstalk: np.ndarray | None
+    saturation_adu: np.ndarray | None
+    qc: dict = field(default_factory=dict)
+
+    @property
+    def qc_status(self) -> str:
+        """``ok`` when every quantity was measured, ``warn`` when any fell back to the first guess."""
+        return "ok" if all(q.get("status") == "measured" for q in self.qc.values()) else "warn"
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{k}: {q['reason']}" for k, q in self.qc.items() if q.get("status") != "measured"]
+
+    def isr_kwargs(self) -> dict:
+        """The :func:`upad.isr.run_isr` keywords of the measured quantities (``gains``, ``linearity``, ``crosstalk``,
+        ``saturation``); quantities that fell back are left to the ISR's defaults (the instrument file)."""
+        out: dict = {}
+        if self.qc.get("gain", {}).get("status") == "measured":
+            out["gains"] = [float(g) for g in self.gain]
+        if self.linearity is not None:
+            out["linearity"] = [tuple(float(v) for v in row) for row in self.linearity]
+        if self.crosstalk is not None:
+            out["crosstalk"] = np.asarray(self.crosstalk, np.float64)
+        if self.saturation_adu is not None:
+            out["saturation"] = [float(v) for v in self.saturation_adu]
+        return out
+
+
+def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection], first_gain: Sequence[float],
+                      first_read_noise_e: Sequence[float], bias_frames: Sequence[np.ndarray] = (),
+                      linearity_frames: Sequence[tuple[np.ndarray, float, np.ndarray]] = (),
+                      ptc_pairs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
+                      crosstalk_frames: Sequence[np.ndarray] = (),
+                      saturation_frames: Sequence[tuple[Sequence[np.ndarray], Sequence[float]]] = (),
+                      min_pairs: int = 3, min_linearity: int = 6, min_source_adu: float = 20000.0,
+                      min_crosstalk_weight: float = 1e11) -> Signature:
+    """Measure every quantity of the signature that the inputs allow; each one that cannot be measured falls back to
+    the instrument file's first guess with its reason recorded (never an exception for bad input).
+
+    Parameters
+    ----------
+    bias_frames : overscan-subtracted bias frames (ADU), read noise from consecutive pairs.
+    linearity_frames : ``(image ADU bias-subtracted, exposure time s, saturated mask)`` of the rising series.
+    ptc_pairs : ``(image a, image b, saturated)`` flat pairs, bias-subtracted ADU, *not* linearised: the measured
+        linearity (:func:`upad.isr.linearize_poly`, in place) is applied first when available.
+    crosstalk_frames : science frames (ADU, overscan-subtracted, not linearised).
+    saturation_frames : per frame, the raw data of every amplifier and the frame's bias offset per amplifier.
+    min_crosstalk_weight : minimum ``Σ s²`` (ADU²) of source pixels behind a coefficient.
+    """
+    na = len(amps)
+    qc: dict = {}
+    # read noise (ADU)
+    rn_adu, n_pairs = read_noise_from_bias_pairs(bias_frames, amps)
+    fg_gain = np.asarray(first_gain, np.float64)
+    fg_rn = np.asarray(first_read_noise_e, np.float64)
+    if n_pairs >= 1 and np.all(np.isfinite(rn_adu)):
+        qc["read_noise"] = {"status": "measured", "reason": "", "n_pairs": n_pairs,
+                            "read_noise_adu": [round(float(v), 4) for v in rn_adu]}
+        rn_ok = True
+    else:
+        rn_adu = fg_rn / fg_gain
+        qc["read_noise"] = {"status": "fallback", "reason": f"{len(bias_frames)} bias frame(s): at least 2 needed "
+                                                            "for a pair; the instrument file's read noise is used"}
+        rn_ok = False
+    # linearity
+    lin = None
+    if len(linearity_frames) >= min_linearity:
+        levels = np.array([[float(np.median(img[sl])) for sl in amps] for img, _, _ in linearity_frames])
+        satf = np.array([[float(np.mean(sat[sl])) for sl in amps] for _, _, sat in linearity_frames])
+        try:
+            fit = fit_linearity(levels, np.array([t for _, t, _ in linearity_frames]), saturated_fraction=satf,
+                                min_frames=min_linearity)
+            lin = fit.coefficients
+            qc["linearity"] = {"status": "measured", "reason": "", "n_frames": len(linearity_frames),
+                               "residual_max": [float(v) for v in fit.residual_max],
+                               "max_level_adu": [float(v) for v in fit.max_level], "points": fit.points}
+        except ValueError as exc:
+            qc["linearity"] = {"status": "fallback", "reason": f"{exc}; the instrument file's non-linearity is used"}
+    else:
+        qc["linearity"] = {"status": "fallback",
+                           "reason": f"{len(linearity_frames)} flat(s) of rising exposure time (at least "
+                                     f"{min_linearity}); the instrument file's non-linearity is used"}
+    # gain
+    gain = fg_gain.copy()
+    if len(ptc_pairs) >= min_pairs:
+        pairs, sats = [], []
+        for a, b, sat in ptc_pairs:
+            if lin is not None:
+                linearize_poly(a, sections, lin)
+                linearize_poly(b, sections, lin)
+            pairs.append((a, b))
+            sats.append(sat)
+        try:
+            fit = ptc_gain(pairs, amps, saturated=sats, read_noise_adu=rn_adu if rn_ok else None, min_pairs=min_pairs)
+            gain = fit.gain
+            qc["gain"] = {"status": "measured", "reason": "", "n_pairs": len(pairs),
+                          "gain_err": [float(v) for v in fit.gain_err], "points": fit.points}
+        except ValueError as exc:
+            qc["gain"] = {"status": "fallback", "reason": f"{exc}; the instrument file's gain is used"}
+    else:
+        qc["gain"] = {"status": "fallback", "reason": f"{len(ptc_pairs)} flat pair(s) (at least {min_pairs}); the "
+                                                      "instrument file's gain is used"}
+    # crosstalk
+    xt = None
+    if na < 2:
+        qc["crosstalk"] = {"status": "measured", "reason": "", "note": "one amplifier: no crosstalk"}
+    elif crosstalk_frames:
+        C, w = combine_crosstalk([crosstalk_from_frame(f, sections, min_source_adu=min_source_adu)
+                                  for f in crosstalk_frames])
+        off = ~np.eye(na, dtype=bool)
+        weak = off & ~(w >= min_crosstalk_weight)
+        if weak.all() or not np.isfinite(C[off & ~weak]).all():
+            qc["crosstalk"] = {"status": "fallback", "reason": "no saturated or bright stars in the frames: crosstalk "
+                                                               "not measured, not corrected"}
+        else:
+            C = np.where(weak, 0.0, C)
+            xt = C
+            st = "measured" if not weak.any() else "fallback"
+            qc["crosstalk"] = {"status": st, "reason": "" if st == "measured" else
+                               f"{int(weak.sum())} amplifier pair(s) without bright sources: set to 0",
+                               "weight_adu2": w.tolist()}
+    else:
+        qc["crosstalk"] = {"status": "fallback", "reason": "no science frames with saturated stars: crosstalk not "
+                                                           "measured, not corrected"}
+    # saturation
+    sat_lv = None
+    if saturation_frames:
+        lv = [saturation_level([fr[0][k] for fr in saturation_frames], [fr[1][k] for fr in saturation_frames])
+              for k in range(na)]
+        if all(v is not None for v in lv):
+            sat_lv = np.array(lv, np.float64)
+            qc["saturation"] = {"status": "measured", "reason": "", "saturation_adu": sat_lv.tolist()}
+        else:
+            qc["saturation"] = {"status": "fallback", "reason": "no pile-up of saturated pixels in some amplifier; "
+                                                                "the ADC maximum is used"}
+    else:
+        qc["saturation"] = {"status": "fallback", "reason": "no frames with saturated pixels; the ADC maximum is used"}
+    return Signature(gain=np.asarray(gain, np.float64), read_noise_adu=np.asarray(rn_adu, np.float64),
+                     read_noise_e=np.asarray(rn_adu, np.float64) * np.asarray(gain, np.float64), linearity=lin,
+                     crosstalk=xt, saturation_adu=sat_lv, qc=qc)
