@@ -13,9 +13,9 @@ Inputs are assembled images in **ADU** after the overscan (and master-bias) subt
 * **gain** (:func:`ptc_gain`): photon-transfer curve of flat pairs (linearised): per pair the variance of the
   difference (the second flat scaled to the first's level, outliers clipped) against the mean level, fitted by
   ``var = mean / g + n²``;
-* **crosstalk** (:func:`crosstalk_from_frame`): bright (saturated) source pixels of one amplifier against the same
-  readout positions of every other amplifier, background removed, ``C = Σ s (t - b) / Σ s²`` with outlier
-  clipping; combined over frames with :func:`combine_crosstalk`;
+* **crosstalk** (:func:`crosstalk_from_frame`): every bright (saturated) source region of one amplifier against the
+  same readout positions of every other amplifier, fitted locally by ``C s + quadratic background`` with outlier
+  clipping; combined (inverse-variance weights) over sources and frames with :func:`combine_crosstalk`;
 * **saturation** (:func:`saturation_level`): the level where the raw values of an amplifier pile up (the ADC
   maximum or the full well, whichever comes first).
 """
@@ -30,7 +30,7 @@ from upad.instruments import AmpSection
 from upad.isr.core import linearize_poly
 from upad.isr.crosstalk import reorient
 
-__all__ = ["LinearityFit", "PtcFit", "Signature", "combine_crosstalk", "measure_signature", "crosstalk_from_frame", "fit_linearity", "ptc_gain",
+__all__ = ["LinearityFit", "PtcFit", "Signature", "combine_crosstalk", "measure_signature", "signature_from_raw", "crosstalk_from_frame", "fit_linearity", "ptc_gain",
            "read_noise_from_bias_pairs", "robust_var", "saturation_level"]
 
 Slice2D = tuple[slice, slice]
@@ -222,78 +222,125 @@ def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slic
 
 
 # ------------------------------------------------------------------------------------------------------ crosstalk
-def _block_background(img: np.ndarray, mask: np.ndarray, box: int) -> np.ndarray:
-    """Median of the unmasked pixels in boxes of ``box`` pixels, expanded to the image (nearest)."""
-    ny, nx = img.shape
-    by, bx = max(1, ny // box), max(1, nx // box)
-    out = np.empty_like(img, dtype=np.float32)
-    ys = np.linspace(0, ny, by + 1).astype(int)
-    xs = np.linspace(0, nx, bx + 1).astype(int)
-    glob = float(np.median(img[~mask])) if (~mask).any() else float(np.median(img))
-    for i in range(by):
-        for j in range(bx):
-            blk = img[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
-            m = mask[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
-            v = blk[~m]
-            out[ys[i]:ys[i + 1], xs[j]:xs[j + 1]] = np.median(v) if v.size > 0.2 * blk.size else glob
-    return out
+def _local_fit(tv: np.ndarray, sv: np.ndarray, yy: np.ndarray, xx: np.ndarray, use: np.ndarray, *,
+               nsigma: float) -> tuple[float, float] | None:
+    """Fit ``t = c s + quadratic(x, y)`` over the pixels ``use`` of a window with ``nsigma`` clipping (normal
+    equations, the source column scaled); ``(c, var(c))`` or ``None`` when it cannot be fitted."""
+    keep = use.copy()
+    if keep.sum() < 30:
+        return None
+    u = (xx - xx.mean()) / max(np.ptp(xx), 1.0)
+    v = (yy - yy.mean()) / max(np.ptp(yy), 1.0)
+    scale = max(float(sv.max()), 1.0)
+    A = np.column_stack([sv / scale, np.ones_like(u), u, v, u * u, u * v, v * v])
+
+    def solve(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        Ak = A[k]
+        try:
+            inv = np.linalg.inv(Ak.T @ Ak)
+        except np.linalg.LinAlgError:
+            return None
+        return inv @ (Ak.T @ tv[k]), inv
+
+    for _ in range(6):
+        got = solve(keep)
+        if got is None:
+            return None
+        r = tv - A @ got[0]
+        sig = 1.4826 * np.median(np.abs(r[keep] - np.median(r[keep])))
+        new = use & (np.abs(r) < nsigma * max(sig, 1e-6))
+        if new.sum() < 30 or (new == keep).all():
+            break
+        keep = new
+    got = solve(keep)
+    if got is None:
+        return None
+    sol, inv = got
+    r = tv[keep] - A[keep] @ sol
+    s2 = float(np.sum(r * r) / max(keep.sum() - A.shape[1], 1))
+    var = inv[0, 0] * s2 / scale ** 2
+    c = sol[0] / scale
+    if not (var > 0 and np.isfinite(c)):
+        return None
+    return float(c), float(var)
 
 
 def crosstalk_from_frame(image: np.ndarray, sections: Sequence[AmpSection], *, min_source_adu: float = 20000.0,
-                         box: int = 64, grow: int = 3, nsigma: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-    """Crosstalk sums of one frame: ``(Σ s (t - b), Σ s²)`` for every (target, source) pair.
+                         margin_px: int = 24, nsigma: float = 4.0, own_nsigma: float = 5.0, own_grow: int = 3,
+                         exclusion_px: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+    """Crosstalk sums of one frame: ``(Σ c_k w_k, Σ w_k)`` for every (target, source) pair.
 
     ``image`` is the assembled frame in ADU (overscan-subtracted, *not* linearised, crosstalk not corrected).
-    Source pixels are those at or above ``min_source_adu`` (saturated star cores and their bright wings); the
-    target values at the same readout positions, less the target's background (box medians with the ghosts of
-    every source and the target's own bright pixels masked), are regressed on them through the origin with
-    ``nsigma`` clipping of the residuals. Divide the two sums (after :func:`combine_crosstalk`) for ``C``.
+    Every bright source of a source amplifier (a connected region at or above ``min_source_adu``: a saturated star
+    core with its bleed trail) is looked at in every other amplifier, at the same readout positions: in a window
+    ``margin_px`` wider than the region, the target is fitted by ``c s + quadratic(x, y)`` (``s``: the source
+    amplifier's values there, clipped at 0; the quadratic absorbs the sky and the smooth wings of stars nearby,
+    e.g. of the source star itself when its ghost lands close to it across an amplifier boundary), with
+    ``nsigma`` clipping; target pixels above ``own_nsigma`` robust sigmas (its own sources, grown by
+    ``own_grow`` pixels) and pixels closer than ``exclusion_px`` to any source region are left out.
+    ``w_k = Σ s² / var_pixel`` scaled back to ADU² (the weight of a pure ghost regression, ``1 / var(c_k)`` times the
+    pixel variance), so that ``C = Σ c w / Σ w``; combine frames with :func:`combine_crosstalk`.
     """
+    from scipy.ndimage import binary_dilation, distance_transform_edt, find_objects, label
+
     n = len(sections)
     num = np.zeros((n, n))
     den = np.zeros((n, n))
     blocks = [np.asarray(image[sec.active], np.float32) for sec in sections]
     srcmask = [b >= min_source_adu for b in blocks]
-    from scipy.ndimage import binary_dilation
-
-    if grow > 0:
-        grown = [binary_dilation(m, iterations=grow) if m.any() else m for m in srcmask]
-    else:
-        grown = srcmask
+    if not any(m.any() for m in srcmask):
+        return num, den
+    allsrc = np.zeros(image.shape, bool)
+    for sec, m in zip(sections, srcmask):
+        allsrc[sec.active] = m
+    near = distance_transform_edt(~allsrc) < exclusion_px if exclusion_px > 0 else np.zeros(image.shape, bool)
+    own, noise = [], []
     for t, tsec in enumerate(sections):
         tb = blocks[t]
-        mask = np.zeros(tb.shape, bool)
-        for s, ssec in enumerate(sections):
-            if s != t:
-                mask |= reorient(grown[s], ssec, tsec)
         med = float(np.median(tb))
         mad = 1.4826 * float(np.median(np.abs(tb - med)))
-        own = tb > med + 5 * mad  # the target's own sources (never regressed on)
-        if grow > 0 and own.any():
-            own = binary_dilation(own, iterations=2 * grow)
-        mask |= own
-        bkg = _block_background(tb, mask, box)
-        for s, ssec in enumerate(sections):
-            if s == t or not srcmask[s].any():
+        o = tb > med + own_nsigma * mad
+        if own_grow > 0 and o.any():
+            o = binary_dilation(o, iterations=own_grow)
+        own.append(o | near[tsec.active])
+        noise.append(mad)
+    for s, ssec in enumerate(sections):
+        if not srcmask[s].any():
+            continue
+        lab, nlab = label(srcmask[s])
+        for sl in find_objects(lab):
+            if sl is None:
                 continue
-            sel = reorient(srcmask[s], ssec, tsec) & ~own
-            sv = reorient(blocks[s], ssec, tsec)[sel].astype(np.float64)
-            tv = (tb - bkg)[sel].astype(np.float64)
-            keep = np.ones(sv.size, bool)
-            if sv.size < 10:
-                continue
-            for _ in range(5):
-                c = np.sum(sv[keep] * tv[keep]) / np.sum(sv[keep] ** 2)
-                r = tv - c * sv
-                sig = 1.4826 * np.median(np.abs(r[keep] - np.median(r[keep])))
-                new = np.abs(r) < nsigma * max(sig, 1e-6)
-                if new.sum() < 10 or (new == keep).all():
-                    break
-                keep = new
-            num[t, s] += np.sum(sv[keep] * tv[keep])
-            den[t, s] += np.sum(sv[keep] ** 2)
+            ny, nx = srcmask[s].shape
+            y0, y1 = max(sl[0].start - margin_px, 0), min(sl[0].stop + margin_px, ny)
+            x0, x1 = max(sl[1].start - margin_px, 0), min(sl[1].stop + margin_px, nx)
+            for t, tsec in enumerate(sections):
+                if t == s:
+                    continue
+                # the window in the source block seen at the target's readout positions
+                sv2 = blocks[s][y0:y1, x0:x1]
+                sm2 = srcmask[s][y0:y1, x0:x1]
+                ty0, ty1, tx0, tx1 = y0, y1, x0, x1
+                if ssec.read_flip_x != tsec.read_flip_x:
+                    sv2, sm2, tx0, tx1 = sv2[:, ::-1], sm2[:, ::-1], nx - x1, nx - x0
+                if ssec.read_flip_y != tsec.read_flip_y:
+                    sv2, sm2, ty0, ty1 = sv2[::-1, :], sm2[::-1, :], ny - y1, ny - y0
+                yy, xx = np.mgrid[ty0:ty1, tx0:tx1]
+                yy, xx = yy.ravel(), xx.ravel()
+                sv = np.maximum(sv2.ravel().astype(np.float64), 0.0)
+                tv = blocks[t][ty0:ty1, tx0:tx1].ravel().astype(np.float64)
+                use = ~own[t][ty0:ty1, tx0:tx1].ravel()
+                bright = sm2.ravel() & use
+                if bright.sum() < 5:
+                    continue
+                fit = _local_fit(tv, sv, yy.astype(np.float64), xx.astype(np.float64), use, nsigma=nsigma)
+                if fit is None:
+                    continue
+                c, var_c = fit
+                w = noise[t] ** 2 / var_c
+                num[t, s] += c * w
+                den[t, s] += w
     return num, den
-
 
 def combine_crosstalk(sums: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """``(C, sigma_weight)``: the crosstalk matrix from the per-frame sums (NaN where no source pixel was seen) and
@@ -385,7 +432,8 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
                       crosstalk_frames: Sequence[np.ndarray] = (),
                       saturation_frames: Sequence[tuple[Sequence[np.ndarray], Sequence[float]]] = (),
                       min_pairs: int = 3, min_linearity: int = 6, min_source_adu: float = 20000.0,
-                      min_crosstalk_weight: float = 1e11) -> Signature:
+                      min_crosstalk_weight: float = 1e11,
+                      crosstalk_sums: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> Signature:
     """Measure every quantity of the signature that the inputs allow; each one that cannot be measured falls back to
     the instrument file's first guess with its reason recorded (never an exception for bad input).
 
@@ -398,6 +446,8 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
     crosstalk_frames : science frames (ADU, overscan-subtracted, not linearised).
     saturation_frames : per frame, the raw data of every amplifier and the frame's bias offset per amplifier.
     min_crosstalk_weight : minimum ``Σ s²`` (ADU²) of source pixels behind a coefficient.
+    crosstalk_sums : the per-frame sums of :func:`crosstalk_from_frame` when already computed (instead of
+        ``crosstalk_frames``).
     """
     na = len(amps)
     qc: dict = {}
@@ -456,12 +506,13 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
     xt = None
     if na < 2:
         qc["crosstalk"] = {"status": "measured", "reason": "", "note": "one amplifier: no crosstalk"}
-    elif crosstalk_frames:
-        C, w = combine_crosstalk([crosstalk_from_frame(f, sections, min_source_adu=min_source_adu)
-                                  for f in crosstalk_frames])
+    elif crosstalk_frames or crosstalk_sums:
+        sums = list(crosstalk_sums or []) + [crosstalk_from_frame(f, sections, min_source_adu=min_source_adu)
+                                             for f in crosstalk_frames]
+        C, w = combine_crosstalk(sums)
         off = ~np.eye(na, dtype=bool)
         weak = off & ~(w >= min_crosstalk_weight)
-        if weak.all() or not np.isfinite(C[off & ~weak]).all():
+        if weak[off].all() or not np.isfinite(C[off & ~weak]).all():
             qc["crosstalk"] = {"status": "fallback", "reason": "no saturated or bright stars in the frames: crosstalk "
                                                                "not measured, not corrected"}
         else:
@@ -490,3 +541,69 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
     return Signature(gain=np.asarray(gain, np.float64), read_noise_adu=np.asarray(rn_adu, np.float64),
                      read_noise_e=np.asarray(rn_adu, np.float64) * np.asarray(gain, np.float64), linearity=lin,
                      crosstalk=xt, saturation_adu=sat_lv, qc=qc)
+
+
+def signature_from_raw(inst, layout: str, *, biases: Sequence[np.ndarray] = (),
+                       linearity: Sequence[tuple[np.ndarray, float]] = (),
+                       ptc: Sequence[tuple[np.ndarray, np.ndarray]] = (), science: Sequence[np.ndarray] = (),
+                       master_bias: np.ndarray | None = None, options=None, detector: int = 1,
+                       **kwargs) -> Signature:
+    """The instrument signature from raw frames (the adapter of :func:`measure_signature`: every frame through the
+    ISR in ADU, without non-linearity or gain, then measured).
+
+    Parameters
+    ----------
+    inst : Instrument
+    layout : raw layout of the frames.
+    biases : raw bias frames (read noise from consecutive pairs; their mean is the master bias when
+        ``master_bias`` is not given).
+    linearity : ``(raw, exposure time s)`` of the rising flat series.
+    ptc : ``(raw a, raw b)`` flat pairs.
+    science : raw science frames (crosstalk from their bright stars, saturation level from their pile-ups).
+    master_bias : master bias (ADU), optional.
+    options : :class:`upad.isr.IsrOptions` of the overscan (``to_electrons`` and ``linearize`` are switched off).
+    kwargs : passed to :func:`measure_signature` (``min_pairs``, ``min_linearity`` …).
+    """
+    import dataclasses
+
+    from upad.isr.core import IsrOptions, run_isr
+
+    opt = dataclasses.replace(options or IsrOptions(), to_electrons=False, linearize=False)
+    sections = inst.amp_sections(layout, detector)
+    amps = [sec.active for sec in sections]
+    amp_list = inst.detector(detector).amplifiers
+    bias_imgs = [run_isr(r, inst, layout=layout, options=opt).image for r in biases]
+    if master_bias is None and bias_imgs:
+        master_bias = np.mean(bias_imgs, axis=0).astype(np.float32)
+
+    # crosstalk first (from the science frames, uncorrected): the flats are then corrected for it
+    xt_sums, sat_frames = [], []
+    for raw in science:
+        res = run_isr(raw, inst, layout=layout, options=opt, bias=master_bias)
+        xt_sums.append(crosstalk_from_frame(res.image, sections,
+                                            min_source_adu=kwargs.get("min_source_adu", 20000.0)))
+        offs = res.overscan_level or [float(np.median(master_bias[s.active])) if master_bias is not None else 0.0
+                                      for s in sections]
+        sat_frames.append(([raw[s.data] for s in sections], offs))
+    xt = None
+    if xt_sums and len(sections) > 1:
+        C, w = combine_crosstalk(xt_sums)
+        good = ~np.eye(len(sections), dtype=bool) & (w >= kwargs.get("min_crosstalk_weight", 1e11))
+        if good.any() and np.isfinite(C[good]).all():
+            xt = np.where(good, np.nan_to_num(C), 0.0)
+
+    def isr(raw):
+        return run_isr(raw, inst, layout=layout, options=opt, bias=master_bias, crosstalk=xt)
+
+    lin_frames = []
+    for raw, t in linearity:
+        res = isr(raw)
+        lin_frames.append((res.image, float(t), res.saturated))
+    pairs = []
+    for a, b in ptc:
+        ra, rb = isr(a), isr(b)
+        pairs.append((ra.image, rb.image, ra.saturated | rb.saturated))
+    return measure_signature(amps=amps, sections=sections, first_gain=[a.gain for a in amp_list],
+                             first_read_noise_e=[a.read_noise for a in amp_list], bias_frames=bias_imgs,
+                             linearity_frames=lin_frames, ptc_pairs=pairs, crosstalk_sums=xt_sums,
+                             saturation_frames=sat_frames, **kwargs)

@@ -752,7 +752,7 @@ def write_signature(path: str | Path, signature: Any, header: fits.Header | None
     from astropy.table import Table
 
     hdr = fits.Header() if header is None else header.copy()
-    hdr["SIGQC"] = (signature.qc_status, "ok: every quantity measured; warn: some fell back")
+    hdr["SIGQC"] = (signature.qc_status, "ok: all measured; warn: some first guesses")
     n = len(signature.gain)
     lin = np.zeros((n, 3)) if signature.linearity is None else np.asarray(signature.linearity, np.float64)[:, :3]
     sat = np.full(n, np.nan) if signature.saturation_adu is None else np.asarray(signature.saturation_adu)
