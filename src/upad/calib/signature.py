@@ -159,15 +159,16 @@ def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slic
              max_level: np.ndarray | float | None = None, nsigma: float = 5.0, min_pairs: int = 3) -> PtcFit:
     """Gain per amplifier from flat pairs (linearised, bias-subtracted ADU).
 
-    For every pair and amplifier the second flat is scaled to the first's median, ``d = a - r b``; the variance of
-    one flat is ``var(d) / (1 + r²)`` (outliers beyond ``nsigma`` clipped) and the level the mean of ``(a + r b) /
-    2`` over the same pixels. ``var = level / g + n²`` is fitted (weights ``1 / var²``); with ``read_noise_adu``
-    the intercept is fixed to ``read_noise_adu² + 1/12``. Pairs above ``max_level`` (ADU) are not used.
+    For every pair and amplifier the second flat is scaled to the first's median, ``d = a - r b`` (outliers beyond
+    ``nsigma`` clipped), the level is the mean of ``(a + r b) / 2`` over the same pixels, and
+    ``var(d) = level (1 + r) / g + n² (1 + r²)`` is fitted (relative weights ``1 / var``; pairs of unequal level
+    are fine); with ``read_noise_adu`` the noise ``n²`` is fixed to ``read_noise_adu² + 1/12``. Pairs above ``max_level`` (ADU) are not used.
     Fewer than ``min_pairs`` usable pairs raise ``ValueError``.
     """
     na = len(amps)
     lv = np.full((len(pairs), na), np.nan)
     var = np.full((len(pairs), na), np.nan)
+    rr = np.ones((len(pairs), na))
     for i, (a, b) in enumerate(pairs):
         sat = None if saturated is None else saturated[i]
         for k, sl in enumerate(amps):
@@ -184,7 +185,8 @@ def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slic
             mu_d, v_d, _ = robust_var(d, nsigma=nsigma)
             keep = np.abs(d - np.median(d)) < nsigma * np.sqrt(v_d)
             lv[i, k] = 0.5 * (aa[keep].mean() + r * bb[keep].mean())
-            var[i, k] = v_d / (1 + r * r)
+            var[i, k] = v_d
+            rr[i, k] = r
     gain, gerr, noise = (np.full(na, np.nan) for _ in range(3))
     points = []
     if max_level is not None:
@@ -196,18 +198,21 @@ def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slic
         if ok.sum() < min_pairs:
             raise ValueError(f"amplifier {k + 1}: only {int(ok.sum())} usable flat pairs for the photon-transfer "
                              f"curve (at least {min_pairs} needed)")
-        x, y = lv[ok, k], var[ok, k]
+        # var(a - r b) = level (1 + r) / g + n² (1 + r²): the shot noise of b (level / r) scaled by r²
+        r = rr[ok, k]
+        x, y = lv[ok, k] * (1 + r), var[ok, k]
+        q = 1 + r * r
         w = 1.0 / y  # sigma(var) ~ var * sqrt(2 / N): relative weights 1 / var
         if read_noise_adu is not None and np.isfinite(read_noise_adu[k]):
             n2 = float(read_noise_adu[k]) ** 2 + 1.0 / 12.0
-            yy = y - n2
+            yy = y - n2 * q
             inv_g = float(np.sum(w * w * x * yy) / np.sum(w * w * x * x))
             noise[k] = np.sqrt(n2)
             res = yy - inv_g * x
             dof = max(len(x) - 1, 1)
             err = np.sqrt(np.sum((w * res) ** 2) / dof / np.sum(w * w * x * x))
         else:
-            A = np.column_stack([x, np.ones_like(x)])
+            A = np.column_stack([x, q])
             sol, *_ = np.linalg.lstsq(A * w[:, None], y * w, rcond=None)
             inv_g = float(sol[0])
             noise[k] = np.sqrt(max(float(sol[1]), 0.0))
@@ -217,7 +222,7 @@ def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slic
             err = np.sqrt(cov[0, 0])
         gain[k] = 1.0 / inv_g
         gerr[k] = float(err) / inv_g ** 2
-        points.append({"amp": k + 1, "level_adu": x.tolist(), "variance_adu2": y.tolist()})
+        points.append({"amp": k + 1, "level_adu": lv[ok, k].tolist(), "variance_adu2": (y / (1 + r)).tolist()})
     return PtcFit(gain, gerr, noise, int(len(pairs)), points)
 
 
