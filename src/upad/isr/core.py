@@ -109,6 +109,8 @@ class IsrOptions:
     engine : str
         One of :data:`ENGINES`: ``'numba'`` runs assembly and pixel arithmetic as one compiled pass, ``'numpy'``
         the reference primitives; ``'auto'`` picks numba when it is installed.
+    crosstalk_flag_adu : float
+        Pixels whose crosstalk correction is at least this (ADU) are reported (``IsrResult.crosstalk``).
     """
 
     overscan: str = "poly"
@@ -119,6 +121,7 @@ class IsrOptions:
     to_electrons: bool = True
     saturation_adu: float | None = None
     engine: str = "auto"
+    crosstalk_flag_adu: float = 2.0
 
     def __post_init__(self) -> None:
         if self.overscan not in OVERSCAN_METHODS:
@@ -602,7 +605,7 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
             nonlinearity: Sequence[Sequence[float]] | None = None, detector: int = 1,
             illumination: np.ndarray | None = None, linearity: Sequence[Sequence[float]] | None = None,
             crosstalk: np.ndarray | None = None, saturation: Sequence[float] | None = None,
-            crosstalk_flag_adu: float = 2.0) -> IsrResult:
+            crosstalk_flag_adu: float | None = None) -> IsrResult:
     """Apply the whole ISR chain to one raw frame (see the module documentation for the order).
 
     Parameters
@@ -644,8 +647,9 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
         Measured saturation level per amplifier (bias-subtracted raw ADU); a pixel is saturated at or above
         its amplifier's level plus the overscan level of the frame (or the ADC maximum, whichever is lower).
         Default: ``options.saturation_adu`` or the ADC maximum for every amplifier.
-    crosstalk_flag_adu : float
-        Corrections of at least this many ADU are flagged in ``IsrResult.crosstalk``.
+    crosstalk_flag_adu : float, optional
+        Corrections of at least this many ADU are flagged in ``IsrResult.crosstalk``; default
+        ``options.crosstalk_flag_adu``.
 
     Returns
     -------
@@ -682,7 +686,8 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
         from upad.isr.crosstalk import correct_crosstalk
 
         raw, xt_mask = correct_crosstalk(raw_in, sections, crosstalk, bias=bias, overscan_skip=options.overscan_skip,
-                                         flag_adu=crosstalk_flag_adu)
+                                         flag_adu=options.crosstalk_flag_adu if crosstalk_flag_adu is None
+                                         else crosstalk_flag_adu)
         notes.append("crosstalk corrected with the measured matrix")
     coeffs = None
     lin_direct = False
