@@ -195,3 +195,23 @@ def test_bad_input_falls_back_with_reasons(night, tmp_path):
                               sections=inst.amp_sections("readout"), first_gain=[a.gain for a in amps],
                               first_read_noise_e=[a.read_noise for a in amps])
     assert empty.qc_status == "warn" and empty.linearity is None and empty.crosstalk is None
+
+
+def test_archived_layout_read_noise_and_gain(tmp_path):
+    """Without overscan (archived layout) the bias drifts along the readout stay in the frames: the read noise from
+    bias pairs removes their row trend, and the gain still comes out within 1 %."""
+    cfg = SimConfig(draw_signature=True, n_bias=4, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=5,
+                    n_linearity_flats=8, n_dithers=1, filters=("rSDSS",))
+    simulate("mini", seed=12, out=tmp_path, nights=1, tiles=0, config=cfg, compress=False, layout="archived")
+    manifest = json.loads((tmp_path / "truth" / "manifest.json").read_text())
+    truth = manifest["camera"]["signature"]
+    raws = {f["file"]: read_raw(str(tmp_path / f["file"]))[1] for f in manifest["frames"]}
+    ptc = [r for _, r in _frames(manifest, raws, lambda f: "-PTC-" in f["obs_id"])]
+    sig = signature_from_raw(
+        get_instrument("mini"), "archived",
+        biases=[r for _, r in _frames(manifest, raws, lambda f: f["kind"] == "bias")],
+        linearity=[(r, f["exptime"]) for f, r in _frames(manifest, raws, lambda f: "-LIN-" in f["obs_id"])],
+        ptc=list(zip(ptc[0::2], ptc[1::2])))
+    assert np.all(np.abs(sig.gain / np.array(truth["gain_e_per_adu"]) - 1) < 0.01)
+    assert np.all(np.abs(sig.read_noise_e / np.array(truth["read_noise_e"]) - 1) < 0.01)
+    assert sig.qc["crosstalk"]["status"] == "fallback"  # no science frames: recorded, not corrected

@@ -6,7 +6,8 @@ Inputs are assembled images in **ADU** after the overscan (and master-bias) subt
 ``(slice_y, slice_x)`` in the assembled image (:func:`upad.calib.bias.amp_slices`).
 
 * **read noise** (:func:`read_noise_from_bias_pairs`): ``var(b1 - b2) / 2`` per amplifier with outliers (cosmic
-  rays) clipped, less the ADC quantisation ``1/12 ADU²`` (Sheppard): the analogue noise in ADU;
+  rays) clipped and a smooth row trend removed, less the ADC quantisation ``1/12 ADU²`` (Sheppard): the analogue
+  noise in ADU;
 * **non-linearity** (:func:`fit_linearity`): the per-amplifier median signal ``m`` of a flat series of rising
   exposure time ``t`` fitted by ``m (1 + a1 m + a2 m² + a3 m³) = k t + c`` (linear least squares in
   ``k, c, a1..a3``); the correction ``lin = m (1 + a1 m + a2 m² + a3 m³)`` has unit slope at zero signal;
@@ -54,6 +55,13 @@ def robust_var(values: np.ndarray, *, nsigma: float = 5.0, iters: int = 3) -> tu
 
 
 # ------------------------------------------------------------------------------------------------------ read noise
+def _row_trend(d: np.ndarray, order: int = 3) -> np.ndarray:
+    """A Legendre polynomial of ``order`` fitted to the row medians of ``d`` (one value per row)."""
+    med = np.median(d, axis=1)
+    x = np.linspace(-1, 1, med.size)
+    return np.polynomial.legendre.legval(x, np.polynomial.legendre.legfit(x, med, order))
+
+
 def read_noise_from_bias_pairs(biases: Sequence[np.ndarray], amps: Sequence[Slice2D], *,
                                nsigma: float = 5.0) -> tuple[np.ndarray, int]:
     """Read noise per amplifier (ADU, analogue: quantisation removed) from consecutive pairs of bias frames.
@@ -68,6 +76,7 @@ def read_noise_from_bias_pairs(biases: Sequence[np.ndarray], amps: Sequence[Slic
         vs = []
         for i in range(n_pairs):
             d = np.asarray(biases[2 * i][sl], np.float64) - np.asarray(biases[2 * i + 1][sl], np.float64)
+            d -= _row_trend(d)[:, None]  # bias drifts along the readout that no overscan removed (archived layout)
             vs.append(robust_var(d, nsigma=nsigma)[1] / 2.0)
         out[k] = np.sqrt(max(float(np.mean(vs)) - 1.0 / 12.0, 0.0))
     return out, n_pairs
