@@ -215,3 +215,24 @@ def test_archived_layout_read_noise_and_gain(tmp_path):
     assert np.all(np.abs(sig.gain / np.array(truth["gain_e_per_adu"]) - 1) < 0.01)
     assert np.all(np.abs(sig.read_noise_e / np.array(truth["read_noise_e"]) - 1) < 0.01)
     assert sig.qc["crosstalk"]["status"] == "fallback"  # no science frames: recorded, not corrected
+
+
+def test_parallel_overscan_removes_the_column_offsets_of_each_frame(tmp_path):
+    """Per-frame column offsets of the bias (in the data and the parallel-overscan rows alike) are removed when the
+    parallel overscan is used, and left when it is not."""
+    cfg = SimConfig(draw_signature=True, bias_column_jitter_adu=5.0, n_bias=2, n_dark=0, n_dome_flats=0,
+                    n_sky_flats=0, n_dithers=1, filters=("rSDSS",))
+    simulate("mini", seed=13, out=tmp_path, nights=1, tiles=0, config=cfg, compress=False)
+    manifest = json.loads((tmp_path / "truth" / "manifest.json").read_text())
+    inst = get_instrument("mini")
+    raws = [read_raw(str(tmp_path / f["file"]))[1] for f in manifest["frames"] if f["kind"] == "bias"]
+    rms = {}
+    for par in (False, True):
+        imgs = [run_isr(r, inst, layout="readout", options=IsrOptions(to_electrons=False, linearize=False,
+                                                                     overscan_parallel=par)).image for r in raws]
+        d = imgs[0] - imgs[1]  # the fixed bias structure cancels; the frames' column offsets do not
+        rms[par] = float(np.sqrt(np.mean([np.var(np.median(d[s.active], axis=0))
+                                          for s in inst.amp_sections("readout")])))
+    # without: sqrt(2) x 5 ADU; with: the noise of two 16-row medians (~1.3 x 4.4 / 4 x sqrt(2) ~ 2 ADU)
+    print("column rms", rms)
+    assert rms[False] > 6.0 and rms[True] < 0.45 * rms[False], rms

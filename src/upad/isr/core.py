@@ -66,6 +66,7 @@ __all__ = [
     "linearize",
     "linearize_poly",
     "overscan_profile",
+    "parallel_overscan_correct",
     "raw_shape_problem",
     "run_isr",
     "saturation_mask",
@@ -111,6 +112,9 @@ class IsrOptions:
         the reference primitives; ``'auto'`` picks numba when it is installed.
     crosstalk_flag_adu : float
         Pixels whose crosstalk correction is at least this (ADU) are reported (``IsrResult.crosstalk``).
+    overscan_parallel : bool
+        Also subtract the column profile of the parallel overscan (where the raw layout has one):
+        :func:`parallel_overscan_correct`.
     """
 
     overscan: str = "poly"
@@ -122,6 +126,7 @@ class IsrOptions:
     saturation_adu: float | None = None
     engine: str = "auto"
     crosstalk_flag_adu: float = 2.0
+    overscan_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.overscan not in OVERSCAN_METHODS:
@@ -317,6 +322,25 @@ def assemble(raw: np.ndarray, sections: Sequence[AmpSection], *, options: IsrOpt
         if prof is not None:
             dst -= prof.astype(np.float32)[:, None]
     return out, levels
+
+
+def parallel_overscan_correct(raw: np.ndarray, sections: Sequence[AmpSection]) -> np.ndarray:
+    """A float32 copy of ``raw`` with the column profile of each amplifier's parallel overscan removed from its data.
+
+    The parallel-overscan rows (read after the data rows) hold the bias of every column; the row-wise median is
+    removed first (the serial overscan gives the level of every row), then the column-wise median over the rows is
+    subtracted from the data columns. Amplifiers without a parallel overscan are copied as they are.
+    """
+    out = np.asarray(raw, np.float32).copy()
+    for sec in sections:
+        if sec.overscan_y is None:
+            continue
+        strip = np.asarray(raw[sec.overscan_y], np.float64)
+        strip = strip - np.median(strip, axis=1, keepdims=True)
+        prof = np.median(strip, axis=0)
+        prof -= np.median(prof)
+        out[sec.data] -= prof.astype(np.float32)[None, :]
+    return out
 
 
 def saturation_mask(raw: np.ndarray, sections: Sequence[AmpSection], *, level: float) -> np.ndarray:
@@ -682,10 +706,16 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
     amps = inst.detector(detector).amplifiers
     xt_mask = None
     raw_in = raw
+    if options.overscan_parallel and options.overscan != "none":
+        if any(sec.overscan_y is not None for sec in sections):
+            raw = parallel_overscan_correct(raw, sections)
+            notes.append("parallel-overscan column profile subtracted")
+        else:
+            notes.append(f"no parallel overscan in the {layout} layout")
     if crosstalk is not None and len(sections) > 1:
         from upad.isr.crosstalk import correct_crosstalk
 
-        raw, xt_mask = correct_crosstalk(raw_in, sections, crosstalk, bias=bias, overscan_skip=options.overscan_skip,
+        raw, xt_mask = correct_crosstalk(raw, sections, crosstalk, bias=bias, overscan_skip=options.overscan_skip,
                                          flag_adu=options.crosstalk_flag_adu if crosstalk_flag_adu is None
                                          else crosstalk_flag_adu)
         notes.append("crosstalk corrected with the measured matrix")

@@ -241,6 +241,9 @@ class SimConfig:
     linearity_max_adu: float = 62000.0
     #: dome-lamp rate (ADU/s at the nominal gain) of the signature sequences (level = rate x exposure time)
     signature_lamp_adu_s: float = 2500.0
+    #: per-frame column offsets of the bias (rms, ADU, per amplifier), the same in the data and the parallel
+    #: overscan rows of a column (0: none)
+    bias_column_jitter_adu: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.disabled if e not in EFFECTS]

@@ -678,6 +678,9 @@ def readout(img: np.ndarray | None, *, camera: Camera, bias: BiasState, layout: 
                         block[dsl] += np.float32(c) * _reorient(xt_src[i][1], other, sec)
         if camera.bias_structure is not None:
             block[dsl] += camera.bias_structure[sec.active]
+        if cfg.bias_column_jitter_adu > 0:  # column offsets of this frame: data and parallel overscan rows alike
+            crng = rngmod.rng_for(seed, *seed_key, 300 + k)
+            block += crng.normal(0, cfg.bias_column_jitter_adu, bx).astype(np.float32)[None, :]
         np.rint(block, out=block)
         np.clip(block, 0, adc_max, out=block)
         raw[y0:y0 + by, x0:x0 + bx] = block
