@@ -21,8 +21,9 @@ from upad.sim.detector import (BiasState, Camera, PixelList, bleed, cosmic_rays,
 from upad.sim.psf import draw_psf_model, exposure_fwhm, moffat_alpha
 from upad.sim.render import RenderInfo, Sources, render
 from upad.sim.schedule import (SITE_LAT, ExposureSpec, dither_offsets, lst_deg, night_times, offset_radec,
-                               radec_from_altaz, radec_to_tangent, signature_sequence, sun_alt, tile_centres,
-                               twilight_brightening, with_pointing)
+                               radec_from_altaz, radec_to_tangent, sun_alt, tile_centres, twilight_brightening,
+                               with_pointing)
+from upad.sim.schedule import signature_sequence
 from upad.sim.sky import SkyCatalog, sky_rate_e
 from upad.sim.wcs import true_wcs
 from upad.errors import UpadError
