@@ -18,7 +18,7 @@ bit value   name              meaning
 7   128     ``VIGNETTED``     strongly vignetted: the flat-field response is below a threshold
 8   256     ``NODATA``        no valid data (not finite in the calibrated frame, no flat response)
 9   512     ``SUSPECT``       low-response pixel or non-linear regime: usable but less reliable
-10  1024    ``CROSSTALK``     reserved: electronic crosstalk ghost
+10  1024    ``CROSSTALK``     electronic crosstalk ghost removed by the ISR
 11  2048    ``BRIGHT_STAR``   reserved: halo or ghost of a bright star
 12  4096    ``DETECTED``      reserved: pixel of a detected source (segmentation)
 ==  ======  ================  ======================================================================================
@@ -99,8 +99,8 @@ BITS: tuple[MaskBit, ...] = (
             "no valid data"),
     MaskBit("SUSPECT", 9, "low-response pixel or non-linear regime: usable but less reliable",
             "suspect (low response, non-linear)"),
-    MaskBit("CROSSTALK", 10, "reserved: electronic crosstalk ghost",
-            "crosstalk (reserved)"),
+    MaskBit("CROSSTALK", 10, "electronic crosstalk ghost removed by the ISR (measured crosstalk matrix)",
+            "crosstalk corrected"),
     MaskBit("BRIGHT_STAR", 11, "reserved: halo or ghost of a bright star",
             "bright-star halo (reserved)"),
     MaskBit("DETECTED", 12, "reserved: pixel of a detected source (segmentation)",

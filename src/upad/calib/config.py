@@ -25,10 +25,11 @@ __all__ = [
     "MasterFlatConfig",
     "MasterFringeConfig",
     "MasterIllumConfig",
+    "SignatureConfig",
 ]
 
 #: Kinds of masters, in the order they are looked up.
-KINDS = ("bias", "dark", "flat", "fringe", "illumination", "bpm")
+KINDS = ("bias", "dark", "flat", "fringe", "illumination", "bpm", "signature")
 
 #: Flat types: dome (screen) and sky (twilight) flats.
 FLAT_TYPES = ("dome", "sky")
@@ -217,3 +218,22 @@ class BadPixelConfig(CalibLookupBase):
                      f"= {self.dead_below:g} is above low_below = {self.low_below:g}",
                      hint="a dead pixel responds less than a low-response one: dead_below must not exceed "
                           "low_below")
+
+
+@dataclass(frozen=True)
+class SignatureConfig(MasterConfigBase):
+    """The instrument signature (:mod:`upad.calib.signature`): gain, read noise, non-linearity, crosstalk and
+    saturation level per amplifier, from the night's bias frames, dome flats and science frames."""
+
+    min_exptimes: int = param(6, doc="Fewest distinct exposure times among one filter's dome flats of a night for "
+                                     "a signature to be planned (a photon-transfer / linearity sequence)",
+                              bounds=(2, 1000), critical=False)
+    min_pairs: int = param(3, doc="Fewest flat pairs (two flats of one exposure time) for the photon-transfer gain",
+                           bounds=(2, 1000))
+    min_linearity: int = param(6, doc="Fewest flats of distinct exposure time for the non-linearity fit",
+                               bounds=(5, 1000))
+    min_source_adu: float = param(20000.0, doc="Crosstalk sources: pixels at or above this level (bias-subtracted)",
+                                  bounds=(100, None), unit="ADU")
+    min_crosstalk_weight: float = param(1e11, doc="Least weight (sum of squared source levels over the pixel "
+                                                  "variance) behind a crosstalk coefficient", bounds=(0, None),
+                                        unit="ADU2")

@@ -14,7 +14,7 @@ __all__ = ["KIND_OF", "STEP_OF", "Candidate", "ConfigKey", "FrameInfo", "frame_i
 
 #: Step name of each kind of master.
 STEP_OF = {"bias": "master_bias", "dark": "master_dark", "flat": "master_flat", "fringe": "master_fringe",
-           "illumination": "master_illumination", "bpm": "bad_pixel_mask"}
+           "illumination": "master_illumination", "bpm": "bad_pixel_mask", "signature": "instrument_signature"}
 KIND_OF = {v: k for k, v in STEP_OF.items()}
 
 def instrument_site(instrument: str | None) -> Site:
@@ -71,7 +71,7 @@ class ConfigKey:
 
     def for_kind(self, kind: str, *, flat_type: str | None = None) -> ConfigKey:
         """The part of the configuration that matters for a master of ``kind``."""
-        if kind in ("bias", "dark", "bpm"):
+        if kind in ("bias", "dark", "bpm", "signature"):
             return ConfigKey(self.instrument, self.layout, self.read_mode)
         if kind == "fringe":
             return ConfigKey(self.instrument, self.layout, self.read_mode, self.filter)

@@ -37,6 +37,7 @@ from upad.calib.config import (
     MasterFlatConfig,
     MasterFringeConfig,
     MasterIllumConfig,
+    SignatureConfig,
 )
 from upad.calib.lookup import Choice, find_master, select_flat
 from upad.calib.model import (
@@ -85,7 +86,7 @@ FLAT_TYPE_OF_OBS = {"flat-dome": "dome", "flat-sky": "sky"}
 
 _DEFAULT_CONFIGS: dict[str, type[StepConfig]] = {
     "bias": MasterBiasConfig, "dark": MasterDarkConfig, "flat": MasterFlatConfig, "fringe": MasterFringeConfig,
-    "illumination": MasterIllumConfig, "bpm": BadPixelConfig}
+    "illumination": MasterIllumConfig, "bpm": BadPixelConfig, "signature": SignatureConfig}
 
 
 @functools.cache
@@ -251,7 +252,7 @@ def planned_masters(session: Session, kind: str, config: StepConfig | None = Non
         return cache[ck]
     cache[ck] = {}  # guards against re-entry
     builder = {"bias": _bias_units, "dark": _dark_units, "flat": _flat_units, "fringe": _fringe_units,
-               "illumination": _illum_units, "bpm": _bpm_units}[kind]
+               "illumination": _illum_units, "bpm": _bpm_units, "signature": _signature_units}[kind]
     out = {pm.unit.key: pm for pm in builder(session, config)}
     cache[ck] = out
     return out
@@ -330,11 +331,11 @@ def _bias_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
 
 
 def _dark_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
-    return _calib_units(session, config, "dark", "dark", (("bias", True),))
+    return _calib_units(session, config, "dark", "dark", (("bias", True), ("signature", False)))
 
 
 def _flat_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
-    return _calib_units(session, config, "flat", "flat", (("bias", True), ("dark", False)))
+    return _calib_units(session, config, "flat", "flat", (("bias", True), ("dark", False), ("signature", False)))
 
 
 def _fringing_filters(instrument: str) -> set[str]:
@@ -368,6 +369,8 @@ def _science_units(session: Session, config: StepConfig, kind: str) -> list[Plan
             if st in ("ready", "incomplete"):
                 _need(session, "bias", key, s, config, required=True, inputs=inputs, reasons=reasons, state=state)
                 _need(session, "dark", key, s, config, required=False, inputs=inputs, reasons=reasons, state=state)
+                _need(session, "signature", key, s, config, required=False, inputs=inputs, reasons=reasons,
+                      state=state)
                 if flat_type is None:
                     _need(session, "flat", key, s, config, required=True, inputs=inputs, reasons=reasons,
                           state=state, any_flat=True)
@@ -424,6 +427,42 @@ def _bpm_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
         s0 = Series("bpm", key, night, sorted((f for s in group for f in s.frames), key=lambda f: f.date_obs))
         out.append(_unit(s0, key, inputs, state, "; ".join(reasons), "bpm",
                          {"n_flats": len(flats), "has_dark": isinstance(dark, Choice)}))
+    return out
+
+
+def _signature_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
+    """One instrument signature per configuration and night whose dome flats of one filter have at least
+    ``min_exptimes`` distinct exposure times (a photon-transfer / linearity sequence): those flats, the night's bias
+    frames (``bias_raw``) and science frames (``science``, for the crosstalk). Complete when the night is over (or
+    a later night has been ingested): the crosstalk needs the night's science frames."""
+    bias = {(s.key.for_kind("signature"), s.night): s for s in series(session, "bias")}
+    sci: dict[tuple[ConfigKey, str], list[FrameInfo]] = defaultdict(list)
+    for s in series(session, "science"):
+        sci[(s.key.for_kind("signature"), s.night)].extend(s.frames)
+    best: dict[tuple[ConfigKey, str], Series] = {}
+    for s in series(session, "flat"):
+        if s.key.flat_type != "dome":
+            continue
+        n_t = len({round(f.exptime, 3) for f in s.frames})
+        if n_t < config.min_exptimes:
+            continue
+        k = (s.key.for_kind("signature"), s.night)
+        if k not in best or n_t > len({round(f.exptime, 3) for f in best[k].frames}):
+            best[k] = s
+    out = []
+    for (key, night), s in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0].prefix())):
+        complete, why = series_complete(session, s, rule="next_night")
+        st, reason = rules.series_state(complete=complete, why=why, n_frames=len(s.frames),
+                                        min_frames=config.min_frames, night=night, label="signature flats")
+        inputs = _frames_refs(s.frames)
+        b = bias.get((key, night))
+        if b is not None:
+            inputs += _frames_refs(b.frames, "bias_raw")
+        inputs += _frames_refs(sorted(sci.get((key, night), []), key=lambda f: f.date_obs), "science")
+        s0 = Series("signature", key, night, s.frames)
+        out.append(_unit(s0, key, inputs, st, reason, "signature",
+                         {"sequence_filter": s.key.filter, "n_bias": len(b.frames) if b else 0,
+                          "n_science": len(sci.get((key, night), []))}))
     return out
 
 

@@ -195,6 +195,17 @@ def _read_noise_e(bias_in: ResolvedInput | None, inst: Instrument, read_mode: st
     return np.array([a.read_noise * factor for a in inst.detectors[0].amplifiers], np.float64)
 
 
+def _signature_kwargs(task: Task) -> dict[str, Any]:
+    """The measured instrument signature of the task's ``signature`` input as ``run_isr`` keywords (gains,
+    linearity, crosstalk, saturation levels); empty without one (the instrument file's first guesses)."""
+    found = task.inputs_by_role("signature")
+    if not found:
+        return {}
+    from upad.io.products import read_signature
+
+    return read_signature(found[0]).isr_kwargs()
+
+
 def _zones(inst: Instrument) -> tuple[int, int, int]:
     return amp_grid(inst)
 
@@ -435,7 +446,10 @@ class MasterStep(Step):
         series, with the frame's exposure time."""
         t = float(f.meta.get("exptime") or 0.0)
         m = s.masters
-        return s.cfg.isr.options(), {"bias": m["bias"], "dark": m["dark"], "exptime": t, "flat": m.get("flat")}
+        if "signature" not in s.work:
+            s.work["signature"] = _signature_kwargs(s.task)
+        return s.cfg.isr.options(), {"bias": m["bias"], "dark": m["dark"], "exptime": t, "flat": m.get("flat"),
+                                     **s.work["signature"]}
 
     def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
         """One reduced frame → the item to combine, or ``None`` (then ``rec`` says why it is excluded)."""
@@ -565,7 +579,9 @@ class MasterDark(MasterStep):
     version = "1.0"
     description = "dark current (e-/s) with its hot-pixel map"
     inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None, doc="the night's dark frames"),
-              PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"))
+              PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"),
+              PrerequisiteInput("signature", "instrument_signature", minimum=0,
+                                doc="measured instrument signature, when one applies"))
     bunit = unit = "electron/s"
     what = "dark"
 
@@ -581,7 +597,9 @@ class MasterDark(MasterStep):
         return f"exposure time {t} s: not a dark" if t <= 0 else None
 
     def isr(self, s: Series, f: ResolvedInput) -> tuple[IsrOptions, dict[str, Any]]:
-        return s.cfg.isr.options(), {"bias": s.masters["bias"]}
+        if "signature" not in s.work:
+            s.work["signature"] = _signature_kwargs(s.task)
+        return s.cfg.isr.options(), {"bias": s.masters["bias"], **s.work["signature"]}
 
     def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
         t = float(f.meta.get("exptime") or 0)
@@ -629,7 +647,9 @@ class MasterFlat(MasterStep):
                     doc="the night's flats of one filter and type"),
               PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"),
               PrerequisiteInput("dark", "master_dark", minimum=0, enabled_by="use_dark",
-                                doc="master dark, when one applies"))
+                                doc="master dark, when one applies"),
+              PrerequisiteInput("signature", "instrument_signature", minimum=0,
+                                doc="measured instrument signature, when one applies"))
     record_masters = True
 
     def read_inputs(self, s: Series) -> None:
@@ -886,7 +906,9 @@ class MasterFringe(_ScienceMaster):
     inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None,
                     doc="the night's science frames in the filter"),
               PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"), PrerequisiteInput("dark", "master_dark", minimum=0, doc="master dark, when one applies"),
-              PrerequisiteInput("flat", "master_flat", doc="master flat of the filter"))
+              PrerequisiteInput("flat", "master_flat", doc="master flat of the filter"),
+              PrerequisiteInput("signature", "instrument_signature", minimum=0,
+                                doc="measured instrument signature, when one applies"))
     unit = "fraction of sky"
 
     def read_inputs(self, s: Series) -> None:
@@ -941,7 +963,9 @@ class MasterIllumination(_ScienceMaster):
     inputs = (Input("raw", FRAME, minimum="min_frames", maximum=None,
                     doc="the night's science frames in the filter"),
               PrerequisiteInput("bias", "master_bias", doc="master bias valid at the series"), PrerequisiteInput("dark", "master_dark", minimum=0, doc="master dark, when one applies"),
-              PrerequisiteInput("flat", "master_flat", doc="master flat of the filter and flat type"))
+              PrerequisiteInput("flat", "master_flat", doc="master flat of the filter and flat type"),
+              PrerequisiteInput("signature", "instrument_signature", minimum=0,
+                                doc="measured instrument signature, when one applies"))
 
     def read_inputs(self, s: Series) -> None:
         super().read_inputs(s)

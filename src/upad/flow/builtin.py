@@ -7,6 +7,7 @@ import importlib
 STEP_MODULES = (
     "upad.ingest.preview",
     "upad.calib.steps",
+    "upad.calib.signature_step",
     "upad.reduce.steps",
     "upad.reduce.night_step",
 )

@@ -91,6 +91,7 @@ __all__ = [
     "read_psf",
     "read_night_summary",
     "read_reduced_frame",
+    "read_signature",
     "to_big_endian",
     "write_catalog",
     "write_isr_only",
@@ -98,6 +99,7 @@ __all__ = [
     "write_night_summary",
     "write_psf",
     "write_reduced",
+    "write_signature",
 ]
 
 
@@ -756,3 +758,58 @@ def read_master_product(src: Any, *, root: str | PathLike | None = None) -> Mast
     return MasterProduct(path=path, image=read_image(path, 0), header=header, extensions=names,
                          kind=header.get("UPADKIND"), unit=header.get("BUNIT"), good_after=_when(header.get("GOODAFT")),
                          good_until=_when(header.get("GOODUNT")))
+
+
+# ------------------------------------------------------------------------------------------------------ signature
+def write_signature(path: str | Path, signature: Any, header: fits.Header | None = None) -> Path:
+    """Write an instrument signature (:class:`upad.calib.signature.Signature`): primary header (``header``, e.g.
+    :func:`master_header`, plus ``SIGQC``), table ``AMPS`` (one row per amplifier: ``amp``, ``gain`` e-/ADU,
+    ``read_noise_adu``, ``read_noise_e``, ``lin_a1..a3`` (ADU⁻¹…ADU⁻³, 0 when not measured), ``saturation_adu``
+    (NaN when not measured)), image ``CROSSTALK`` (``C[target, source]``, when measured) and table ``QC`` (one row
+    per quantity: ``quantity``, ``status``, ``reason``)."""
+    from astropy.table import Table
+
+    hdr = fits.Header() if header is None else header.copy()
+    hdr["SIGQC"] = (signature.qc_status, "ok: all measured; warn: some first guesses")
+    n = len(signature.gain)
+    lin = np.zeros((n, 3)) if signature.linearity is None else np.asarray(signature.linearity, np.float64)[:, :3]
+    sat = np.full(n, np.nan) if signature.saturation_adu is None else np.asarray(signature.saturation_adu)
+    amps = Table({"amp": np.arange(1, n + 1, dtype=np.int16), "gain": np.asarray(signature.gain, np.float64),
+                  "read_noise_adu": np.asarray(signature.read_noise_adu, np.float64),
+                  "read_noise_e": np.asarray(signature.read_noise_e, np.float64),
+                  "lin_a1": lin[:, 0], "lin_a2": lin[:, 1], "lin_a3": lin[:, 2], "saturation_adu": sat})
+    h_amps = fits.BinTableHDU(amps, name="AMPS")
+    h_amps.header["LINMEAS"] = (signature.linearity is not None, "linearity measured (else the instrument file's)")
+    hdus: list[Any] = [fits.PrimaryHDU(header=hdr), h_amps]
+    if signature.crosstalk is not None:
+        hdus.append(fits.ImageHDU(np.asarray(signature.crosstalk, np.float64), name="CROSSTALK"))
+    names = sorted(signature.qc)
+    qc = Table({"quantity": names, "status": [signature.qc[k].get("status", "") for k in names],
+                "reason": [str(signature.qc[k].get("reason", "")) or "-" for k in names]})
+    hdus.append(fits.BinTableHDU(qc, name="QC"))
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return Path(path)
+
+
+def read_signature(src: Any, *, root: str | PathLike | None = None) -> Any:
+    """Read what :func:`write_signature` wrote (a product, or the file's path) as a
+    :class:`upad.calib.signature.Signature`."""
+    from astropy.table import Table
+
+    from upad.calib.signature import Signature
+
+    path = src if isinstance(src, (str, Path)) else file_of(src, "master", root=root)
+    with fits.open(path) as hd:
+        amps = Table(hd["AMPS"].data)
+        lin_measured = bool(hd["AMPS"].header.get("LINMEAS", False))
+        xt = np.array(hd["CROSSTALK"].data, np.float64) if "CROSSTALK" in hd else None
+        qc_t = Table(hd["QC"].data)
+    qc = {str(r["quantity"]): {"status": str(r["status"]), "reason": "" if str(r["reason"]) == "-" else str(r["reason"])}
+          for r in qc_t}
+    sat = np.asarray(amps["saturation_adu"], np.float64)
+    lin = np.column_stack([np.asarray(amps[c], np.float64) for c in ("lin_a1", "lin_a2", "lin_a3")])
+    return Signature(gain=np.asarray(amps["gain"], np.float64),
+                     read_noise_adu=np.asarray(amps["read_noise_adu"], np.float64),
+                     read_noise_e=np.asarray(amps["read_noise_e"], np.float64),
+                     linearity=lin if lin_measured else None, crosstalk=xt,
+                     saturation_adu=None if np.isnan(sat).all() else sat, qc=qc)

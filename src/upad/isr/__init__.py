@@ -24,13 +24,16 @@ from upad.isr.core import (
     assemble,
     divide_flat,
     linearize,
+    linearize_poly,
     overscan_profile,
+    parallel_overscan_correct,
     raw_shape_problem,
     run_isr,
     saturation_mask,
     serial_overscan,
     subtract_dark,
 )
+from upad.isr.crosstalk import correct_crosstalk
 from upad.isr.fringe import fit_fringe, fit_fringe_scale
 
 __all__ = [
@@ -45,11 +48,14 @@ __all__ = [
     "amp_index_map",
     "apply_gain",
     "assemble",
+    "correct_crosstalk",
     "divide_flat",
     "fit_fringe",
     "fit_fringe_scale",
     "linearize",
+    "linearize_poly",
     "overscan_profile",
+    "parallel_overscan_correct",
     "raw_shape_problem",
     "run_isr",
     "saturation_mask",

@@ -38,6 +38,10 @@ class IsrConfig(StepConfig):
     engine: str = param("auto", doc="Pixel arithmetic: 'numba' (one compiled pass), 'numpy' (the reference "
                                     "primitives) or 'auto' (numba when installed); the results agree to float32 "
                                     "rounding", choices=ENGINES, critical=False)
+    overscan_parallel: bool = param(False, doc="Also subtract the column profile of the parallel overscan, where "
+                                               "the raw layout has one (per-frame column offsets of the bias)")
+    crosstalk_flag_adu: float = param(2.0, doc="Pixels whose crosstalk correction (measured instrument signature) "
+                                               "is at least this are flagged CROSSTALK", bounds=(0, None), unit="ADU")
 
     def options(self, *, to_electrons: bool = True, linearize: bool | None = None) -> IsrOptions:
         """The :class:`~upad.isr.core.IsrOptions` of this configuration.
@@ -52,4 +56,5 @@ class IsrConfig(StepConfig):
         return IsrOptions(overscan=self.overscan, overscan_order=self.overscan_order,
                           overscan_smooth=self.overscan_smooth, overscan_skip=self.overscan_skip,
                           linearize=self.linearize if linearize is None else linearize, to_electrons=to_electrons,
-                          saturation_adu=self.saturation_adu, engine=self.engine)
+                          saturation_adu=self.saturation_adu, engine=self.engine,
+                          crosstalk_flag_adu=self.crosstalk_flag_adu, overscan_parallel=self.overscan_parallel)

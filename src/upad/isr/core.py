@@ -64,7 +64,9 @@ __all__ = [
     "assemble",
     "divide_flat",
     "linearize",
+    "linearize_poly",
     "overscan_profile",
+    "parallel_overscan_correct",
     "raw_shape_problem",
     "run_isr",
     "saturation_mask",
@@ -108,6 +110,11 @@ class IsrOptions:
     engine : str
         One of :data:`ENGINES`: ``'numba'`` runs assembly and pixel arithmetic as one compiled pass, ``'numpy'``
         the reference primitives; ``'auto'`` picks numba when it is installed.
+    crosstalk_flag_adu : float
+        Pixels whose crosstalk correction is at least this (ADU) are reported (``IsrResult.crosstalk``).
+    overscan_parallel : bool
+        Also subtract the column profile of the parallel overscan (where the raw layout has one):
+        :func:`parallel_overscan_correct`.
     """
 
     overscan: str = "poly"
@@ -118,6 +125,8 @@ class IsrOptions:
     to_electrons: bool = True
     saturation_adu: float | None = None
     engine: str = "auto"
+    crosstalk_flag_adu: float = 2.0
+    overscan_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.overscan not in OVERSCAN_METHODS:
@@ -151,6 +160,8 @@ class IsrResult:
     overscan_level: list[float] | None
     unit: str
     notes: list[str] = field(default_factory=list)
+    #: pixels whose crosstalk correction was significant (``CROSSTALK`` mask bit); ``None`` without correction
+    crosstalk: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------------------------ geometry
@@ -313,6 +324,25 @@ def assemble(raw: np.ndarray, sections: Sequence[AmpSection], *, options: IsrOpt
     return out, levels
 
 
+def parallel_overscan_correct(raw: np.ndarray, sections: Sequence[AmpSection]) -> np.ndarray:
+    """A float32 copy of ``raw`` with the column profile of each amplifier's parallel overscan removed from its data.
+
+    The parallel-overscan rows (read after the data rows) hold the bias of every column; the row-wise median is
+    removed first (the serial overscan gives the level of every row), then the column-wise median over the rows is
+    subtracted from the data columns. Amplifiers without a parallel overscan are copied as they are.
+    """
+    out = np.asarray(raw, np.float32).copy()
+    for sec in sections:
+        if sec.overscan_y is None:
+            continue
+        strip = np.asarray(raw[sec.overscan_y], np.float64)
+        strip = strip - np.median(strip, axis=1, keepdims=True)
+        prof = np.median(strip, axis=0)
+        prof -= np.median(prof)
+        out[sec.data] -= prof.astype(np.float32)[None, :]
+    return out
+
+
 def saturation_mask(raw: np.ndarray, sections: Sequence[AmpSection], *, level: float) -> np.ndarray:
     """Boolean mask (assembled shape) of the pixels whose raw value is at or above ``level`` ADU."""
     mask = np.zeros(_active_shape(sections), bool)
@@ -347,6 +377,29 @@ def linearize(image: np.ndarray, sections: Sequence[AmpSection], coefficients: S
         m[...] = lin
 
 
+def linearize_poly(image: np.ndarray, sections: Sequence[AmpSection], coefficients: Sequence[Sequence[float]]) -> None:
+    """Apply a measured per-amplifier linearity correction in place (no inversion needed).
+
+    ``image`` holds *bias-subtracted* ADU; for amplifier ``k`` with ``(a1, a2, a3[, a4]) = coefficients[k]`` the
+    linear value is ``l = m (1 + a1 m + a2 m² + a3 m³ + a4 m⁴)`` of the measured one ``m`` (the form fitted by
+    :func:`upad.calib.signature.fit_linearity`).
+    """
+    for sec in sections:
+        a = [np.float32(float(v)) for v in (tuple(coefficients[sec.index]) + (0.0,) * 4)[:4]]
+        if not any(a):
+            continue
+        m = image[sec.active]
+        f = m * a[3]
+        f += a[2]
+        f *= m
+        f += a[1]
+        f *= m
+        f += a[0]
+        f *= m
+        f += np.float32(1.0)
+        m *= f
+
+
 def apply_gain(image: np.ndarray, sections: Sequence[AmpSection], gains: Sequence[float]) -> None:
     """Multiply every amplifier's pixels by its gain (e-/ADU), in place: ADU → electrons."""
     for sec in sections:
@@ -378,7 +431,7 @@ if HAVE_NUMBA:
     @njit(parallel=True, nogil=True, cache=True, error_model="numpy")
     def _fused_kernel(src, image, rects, prof, saturated, do_sat, sat_level, bias, dark, flat, illum, coef,
                       lin_on, do_bias, do_lin, do_gain, do_dark, dark_t, do_flat, do_illum,
-                      iterations):  # pragma: no cover - compiled
+                      iterations, lin_direct):  # pragma: no cover - compiled
         """Steps 1-8 of the module documentation for every pixel, one image row per parallel task.
 
         ``rects[k] = (src_y0, src_x0, dst_y0, dst_x0, ny, nx)`` places amplifier ``k`` (``src`` may be ``image``
@@ -418,7 +471,23 @@ if HAVE_NUMBA:
                     brow = bias[y, x0:x0 + nx]
                     for j in range(nx):
                         row[j] = row[j] - np.float32(brow[j])
-                if do_lin and lin_on[k]:
+                if do_lin and lin_on[k] and lin_direct:
+                    a1 = coef[k, 0]
+                    a2 = coef[k, 1]
+                    a3 = coef[k, 2]
+                    a4 = coef[k, 3]
+                    for j in range(nx):
+                        mv = row[j]
+                        f = mv * a4
+                        f = f + a3
+                        f = f * mv
+                        f = f + a2
+                        f = f * mv
+                        f = f + a1
+                        f = f * mv
+                        f = f + one
+                        row[j] = mv * f
+                elif do_lin and lin_on[k]:
                     c2 = coef[k, 0]
                     c3 = coef[k, 1]
                     c2x2 = coef[k, 2]
@@ -496,7 +565,8 @@ def _raw_readable(raw: np.ndarray, sections: Sequence[AmpSection]) -> bool:
 def _run_fused(raw: np.ndarray, sections: Sequence[AmpSection], options: IsrOptions, *, sat_level: float,
                bias: np.ndarray | None, dark: np.ndarray | None, exptime: float, flat: np.ndarray | None,
                illumination: np.ndarray | None, gains: Sequence[float] | None,
-               coefficients: Sequence[Sequence[float]] | None) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+               coefficients: Sequence[Sequence[float]] | None,
+               lin_direct: bool = False) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
     """Assemble and correct ``raw`` in one compiled pass (see :func:`run_isr`; inputs already validated).
 
     ``gains`` / ``coefficients`` ``None`` switch the gain / the linearisation off. Returns the image, the
@@ -533,7 +603,11 @@ def _run_fused(raw: np.ndarray, sections: Sequence[AmpSection], options: IsrOpti
     coef = np.zeros((n, 5), np.float32)
     lin_on = np.zeros(n, np.bool_)
     for k, sec in enumerate(sections):
-        if coefficients is not None:
+        if coefficients is not None and lin_direct:
+            aa = [float(v) for v in (tuple(coefficients[sec.index]) + (0.0,) * 4)[:4]]
+            lin_on[k] = any(aa)
+            coef[k, :4] = [np.float32(v) for v in aa]
+        elif coefficients is not None:
             cc = tuple(coefficients[sec.index]) + (0.0, 0.0)
             c2f, c3f = np.float32(float(cc[0])), np.float32(float(cc[1]))
             lin_on[k] = not (float(cc[0]) == 0.0 and float(cc[1]) == 0.0)
@@ -545,7 +619,7 @@ def _run_fused(raw: np.ndarray, sections: Sequence[AmpSection], options: IsrOpti
     _fused_kernel(src, image, rects, prof, saturated if do_sat else _NO_MASK, do_sat, sat_cmp, _kernel_map(bias),
                   _kernel_map(dark if do_dark else None), _kernel_map(flat), _kernel_map(illumination), coef, lin_on,
                   bias is not None, coefficients is not None, gains is not None, do_dark, np.float32(exptime),
-                  flat is not None, illumination is not None, LINEARIZE_ITERATIONS)
+                  flat is not None, illumination is not None, LINEARIZE_ITERATIONS, lin_direct)
     return image, saturated, levels
 
 
@@ -553,7 +627,9 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
             bias: np.ndarray | None = None, dark: np.ndarray | None = None, exptime: float = 0.0,
             flat: np.ndarray | None = None, gains: Sequence[float] | None = None,
             nonlinearity: Sequence[Sequence[float]] | None = None, detector: int = 1,
-            illumination: np.ndarray | None = None) -> IsrResult:
+            illumination: np.ndarray | None = None, linearity: Sequence[Sequence[float]] | None = None,
+            crosstalk: np.ndarray | None = None, saturation: Sequence[float] | None = None,
+            crosstalk_flag_adu: float | None = None) -> IsrResult:
     """Apply the whole ISR chain to one raw frame (see the module documentation for the order).
 
     Parameters
@@ -584,6 +660,20 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
     illumination : ndarray, optional
         Illumination-correction map (assembled shape, near 1), divided out right after the flat; pixels where it
         is not positive and finite become NaN, as for the flat.
+    linearity : sequence of (a1, a2, a3[, a4]), optional
+        A *measured* per-amplifier linearity correction (:func:`linearize_poly`, from the instrument-signature
+        product); replaces ``nonlinearity`` and the instrument file's coefficients.
+    crosstalk : ndarray, optional
+        Measured crosstalk matrix ``C[target, source]``, removed from the raw values first
+        (:func:`upad.isr.crosstalk.correct_crosstalk`); the corrected pixels are returned in
+        ``IsrResult.crosstalk``.
+    saturation : sequence of float, optional
+        Measured saturation level per amplifier (bias-subtracted raw ADU); a pixel is saturated at or above
+        its amplifier's level plus the overscan level of the frame (or the ADC maximum, whichever is lower).
+        Default: ``options.saturation_adu`` or the ADC maximum for every amplifier.
+    crosstalk_flag_adu : float, optional
+        Corrections of at least this many ADU are flagged in ``IsrResult.crosstalk``; default
+        ``options.crosstalk_flag_adu``.
 
     Returns
     -------
@@ -614,9 +704,28 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
     if illumination is not None and illumination.shape != active:
         raise ValueError(f"illumination map of shape {illumination.shape} does not match the image {active}")
     amps = inst.detector(detector).amplifiers
+    xt_mask = None
+    raw_in = raw
+    if options.overscan_parallel and options.overscan != "none":
+        if any(sec.overscan_y is not None for sec in sections):
+            raw = parallel_overscan_correct(raw, sections)
+            notes.append("parallel-overscan column profile subtracted")
+        else:
+            notes.append(f"no parallel overscan in the {layout} layout")
+    if crosstalk is not None and len(sections) > 1:
+        from upad.isr.crosstalk import correct_crosstalk
+
+        raw, xt_mask = correct_crosstalk(raw, sections, crosstalk, bias=bias, overscan_skip=options.overscan_skip,
+                                         flag_adu=options.crosstalk_flag_adu if crosstalk_flag_adu is None
+                                         else crosstalk_flag_adu)
+        notes.append("crosstalk corrected with the measured matrix")
     coeffs = None
+    lin_direct = False
     if options.linearize:
-        coeffs = nonlinearity if nonlinearity is not None else [a.nonlinearity for a in amps]
+        if linearity is not None:
+            coeffs, lin_direct = linearity, True
+        else:
+            coeffs = nonlinearity if nonlinearity is not None else [a.nonlinearity for a in amps]
     gain_list = None
     if options.to_electrons:
         gain_list = gains if gains is not None else [a.gain for a in amps]
@@ -624,13 +733,15 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
     if _use_numba(options.engine):
         image, saturated, levels = _run_fused(raw, sections, options, sat_level=sat_level, bias=bias, dark=dark,
                                               exptime=exptime, flat=flat, illumination=illumination,
-                                              gains=gain_list, coefficients=coeffs)
+                                              gains=gain_list, coefficients=coeffs, lin_direct=lin_direct)
     else:
         saturated = saturation_mask(raw, sections, level=sat_level)
         image, levels = assemble(raw, sections, options=options)
         if bias is not None:
             image -= np.asarray(bias, np.float32)
-        if coeffs is not None:
+        if coeffs is not None and lin_direct:
+            linearize_poly(image, sections, coeffs)
+        elif coeffs is not None:
             linearize(image, sections, coeffs)
         if gain_list is not None:
             apply_gain(image, sections, gain_list)
@@ -640,8 +751,27 @@ def run_isr(raw: np.ndarray, inst: Instrument, *, layout: str, options: IsrOptio
             divide_flat(image, flat)
         if illumination is not None:
             divide_flat(image, illumination)
+    if raw is not raw_in or saturation is not None:
+        saturated = _saturation_per_amp(raw_in, sections, sat_level, saturation, levels, bias)
     if options.overscan != "none" and levels is None:
         notes.append(f"no overscan in the {layout} layout: the bias level comes from the master bias only")
     if bias is None and levels is None:
         notes.append("no bias subtracted: values include the electronic offset")
-    return IsrResult(image=image, saturated=saturated, overscan_level=levels, unit=unit, notes=notes)
+    return IsrResult(image=image, saturated=saturated, overscan_level=levels, unit=unit, notes=notes,
+                     crosstalk=xt_mask)
+
+
+def _saturation_per_amp(raw: np.ndarray, sections: Sequence[AmpSection], adc_level: float,
+                        saturation: Sequence[float] | None, levels: list[float] | None,
+                        bias: np.ndarray | None) -> np.ndarray:
+    """The saturation mask of the original raw values: each amplifier at its measured level (bias-subtracted ADU
+    plus the frame's overscan level, else the master bias median) or ``adc_level``, whichever is lower."""
+    mask = np.zeros(_active_shape(sections), bool)
+    for i, sec in enumerate(sections):
+        lv = adc_level
+        if saturation is not None:
+            off = levels[i] if levels is not None else (float(np.median(bias[sec.active])) if bias is not None
+                                                        else 0.0)
+            lv = min(adc_level, float(saturation[sec.index]) + off)
+        np.greater_equal(raw[sec.data], lv, out=mask[sec.active])
+    return mask

@@ -111,7 +111,10 @@ class Reduce(Step):
                                 doc="illumination correction made against the chosen flat's type"),
               PrerequisiteInput("fringe", "master_fringe", minimum=0, enabled_by="fringe_correct",
                                 doc="fringe map (filters that fringe)"),
-              PrerequisiteInput("bpm", "bad_pixel_mask", minimum=0, doc="bad-pixel mask"))
+              PrerequisiteInput("bpm", "bad_pixel_mask", minimum=0, doc="bad-pixel mask"),
+              PrerequisiteInput("signature", "instrument_signature", minimum=0,
+                                doc="measured instrument signature (gains, read noise, non-linearity, crosstalk, "
+                                    "saturation); the instrument file's first guesses without one"))
     outputs = tuple(Output(role, optional=True) for role in OUTPUT_ROLES)
 
     def cfg(self, task: Task) -> ReduceConfig:
@@ -166,11 +169,17 @@ class Reduce(Step):
             return pending.pop(kind).result() if kind in pending else None
 
         bias, dark, flat, illum = load("bias"), load("dark"), load("flat"), load("illumination")
+        signature = None
+        if "signature" in masters:  # the measured instrument signature (instrument file's first guesses without)
+            from upad.io.products import read_signature
+
+            signature = read_signature(masters["signature"])
+        sig_kw = signature.isr_kwargs() if signature is not None else {}
         lap("read_masters")
         # every ISR option of the shared configuration, as the masters were made (overscan method, order, smoothing,
         # skipped columns, non-linearity, saturation level, engine)
         isr = run_isr(raw, inst, layout=meta["layout"], options=cfg.isr.options(to_electrons=True), bias=bias,
-                      dark=dark, exptime=float(meta["exptime"]), flat=flat, illumination=illum)
+                      dark=dark, exptime=float(meta["exptime"]), flat=flat, illumination=illum, **sig_kw)
         del raw, bias
         lap("isr")
         image = isr.image
@@ -192,6 +201,12 @@ class Reduce(Step):
         factor = inst.read_mode(meta.get("read_mode")).read_noise_factor if meta.get("read_mode") else 1.0
         amps = inst.detector(1).amplifiers
         read_noise = [amps[sec.index].read_noise * factor for sec in sections]
+        if signature is not None and signature.qc.get("read_noise", {}).get("status") == "measured":
+            read_noise = [float(signature.read_noise_e[sec.index]) for sec in sections]
+        xt_mask = None
+        if isr.crosstalk is not None and isr.crosstalk.any():
+            xt_mask = np.zeros(image.shape, maskbits.MASK_DTYPE)
+            xt_mask[isr.crosstalk] = maskbits.CROSSTALK
         bpm = load("bpm")  # integer bit codes of the bad-pixel mask
         if dark is not None:
             dark *= np.float32(meta["exptime"])  # the dark charge (e-), in place: the rate is not needed any more
@@ -207,14 +222,14 @@ class Reduce(Step):
         try:
             refcat = _reference_catalog(task, cfg, header, inst, meta)
             exptime = float(meta["exptime"])
-            gain = float(np.mean([a.gain for a in amps]))
+            gain = float(np.mean(sig_kw["gains"])) if "gains" in sig_kw else float(np.mean([a.gain for a in amps]))
             from upad.instruments import get_filter_system
 
             filt = get_filter_system(inst.filter_system).lookup(meta.get("filter") or "")
             nominal = filt.zp + 2.5 * np.log10(gain) if filt is not None else None
             frame = reduce_frame(image, wcs_guess=header, refcat=refcat, filter_name=meta.get("filter") or "",
                                  exptime=exptime, read_noise=read_noise, amp_regions=[s.active for s in sections],
-                                 saturated=isr.saturated, bpm=bpm, flat=response, dark_e=dark,
+                                 saturated=isr.saturated, bpm=bpm, flat=response, dark_e=dark, mask=xt_mask,
                                  pixel_scale=inst.pixel_scale, nominal_zp_e=nominal, config=reduction_cfg,
                                  saturation_e=instrument_levels(inst, sections))
             del dark

@@ -271,6 +271,34 @@ class SimConfig:
     #: effects switched off (names from EFFECTS)
     disabled: tuple[str, ...] = ()
 
+    # ---- instrument signature drawn around the instrument file (issue 10; opt-in) -------------
+    #: draw every detector property around the instrument file per camera (seeded): read noise, full well,
+    #: a non-linearity curve of another form than the pipeline's (``lin * (1 - a (lin/L)^p)``), crosstalk between
+    #: amplifiers, a fixed bias structure and dead pixels; False: the instrument file's values (as before)
+    draw_signature: bool = False
+    #: fractional scatter of the drawn read noise and full well around the instrument file
+    read_noise_scatter: float = 0.05
+    full_well_scatter: float = 0.05
+    #: fractional scatter of the drawn non-linearity (deviation at 50000 ADU) around the instrument file's
+    nonlinearity_scatter: float = 0.3
+    #: typical |crosstalk coefficient| amplifier to amplifier (raw layouts with several amplifiers)
+    crosstalk_scale: float = 3e-4
+    #: rms of the fixed bias structure (columns and a smooth pattern), ADU
+    bias_structure_adu: float = 0.8
+    #: fraction of dead pixels (response 0-5 %)
+    dead_pixel_fraction: float = 2e-5
+    #: photon-transfer-curve dome-flat pairs per night (0: none), at log-spaced levels in ``ptc_level_range_adu``
+    n_ptc_pairs: int = 0
+    ptc_level_range_adu: tuple[float, float] = (300.0, 45000.0)
+    #: linearity series: dome flats of rising exposure time per night (0: none), up to ``linearity_max_adu``
+    n_linearity_flats: int = 0
+    linearity_max_adu: float = 62000.0
+    #: dome-lamp rate (ADU/s at the nominal gain) of the signature sequences (level = rate x exposure time)
+    signature_lamp_adu_s: float = 2500.0
+    #: per-frame column offsets of the bias (rms, ADU, per amplifier), the same in the data and the parallel
+    #: overscan rows of a column (0: none)
+    bias_column_jitter_adu: float = 0.0
+
     def __post_init__(self) -> None:
         unknown = [e for e in self.disabled if e not in EFFECTS]
         if unknown:

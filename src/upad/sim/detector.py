@@ -19,6 +19,15 @@ bleeding above full well along columns, and the readout of each amplifier::
     meas = lin + c2 * lin**2 + c3 * lin**3           (non-linearity)
     raw  = rint(bias(read row) + meas + read noise)  clipped to [0, adc_max]
 
+With ``SimConfig.draw_signature`` the camera's signature is drawn around the instrument file instead (per camera
+and seed): read noise and full well scattered, the non-linearity of another form than the pipeline's,
+``meas = lin * (1 - a * (lin / L)**p)`` with ``L`` = :data:`NL_REFERENCE_ADU` and ``a, p`` drawn per amplifier,
+a fixed bias structure added to the data section, dead pixels, and crosstalk in the readout::
+
+    meas_j += sum_i C[j, i] * min(meas_i, adc_max - bias_i)     (same readout position, i != j)
+
+(the source as the video chain passes it: saturated sources give a flat-topped ghost).
+
 with ``bias(r) = level + d1 * t + d2 * t**2``, ``t = r / (amp_ny + overscan_y - 1)`` and ``r`` the
 readout row index (0 for the first row read: rows are read away from the serial register, the data
 rows first then the parallel overscan), identical in prescan, serial overscan and data of that row.
@@ -39,6 +48,10 @@ from upad.sim.config import SimConfig
 BPM_HOT_PIXEL = 1
 BPM_DEAD_COLUMN = 2
 BPM_HOT_COLUMN = 4
+BPM_DEAD_PIXEL = 8
+
+#: Reference level (bias-subtracted ADU) of the drawn non-linearity ``meas = lin * (1 - a (lin/L)^p)``.
+NL_REFERENCE_ADU = 50000.0
 
 
 # ----------------------------------------------------------------------------- smooth fields
@@ -124,6 +137,12 @@ class Camera:
     n_hot_pixels: int
     _illum: np.ndarray | None = None
     illum_coeffs: list = field(default_factory=list)
+    #: drawn signature (``SimConfig.draw_signature``): power-law non-linearity (n_amp, 2: a, p) or None,
+    #: crosstalk matrix C[target, source] or None, fixed bias structure (ADU, active shape) or None
+    nl_power: np.ndarray | None = None
+    crosstalk: np.ndarray | None = None
+    bias_structure: np.ndarray | None = None
+    n_dead_pixels: int = 0
     _fringes: dict = field(default_factory=dict)
 
     @property
@@ -187,7 +206,50 @@ class Camera:
             "dark_current_e_per_s": float(self.cfg.dark_current or 0.0) if self.cfg.enabled("dark_current") else 0.0,
             "bpm_bits": {"hot_pixel": BPM_HOT_PIXEL, "dead_column": BPM_DEAD_COLUMN, "hot_column": BPM_HOT_COLUMN},
             "fringe_amplitude_rms": {k: self.cfg.fringe_amplitude.get(k, 0.015) for k in self._fringes},
+            "signature": self.signature(),
         }
+
+    def saturation_adu(self) -> list[float]:
+        """Bias-subtracted raw level (ADU) per amplifier where the full well or the ADC comes first (nominal bias)."""
+        out = []
+        for k in range(len(self.gains)):
+            fw_adu = self.measured_adu(k, self.full_well_e[k] / self.gains[k])
+            out.append(float(min(fw_adu, float(self.instrument.adc_max) - self.bias_nominal[k])))
+        return out
+
+    def measured_adu(self, amp: int, lin_adu: np.ndarray | float) -> np.ndarray | float:
+        """The true non-linearity: measured (bias-subtracted) ADU of a linear signal ``lin_adu`` in amplifier ``amp``."""
+        lin = np.asarray(lin_adu, np.float64)
+        if self.nl_power is not None:
+            a, p = self.nl_power[amp]
+            out = lin * (1.0 - a * np.power(np.maximum(lin, 0.0) / NL_REFERENCE_ADU, p))
+        else:
+            c2, c3 = self.nonlinearity[amp]
+            out = lin + c2 * lin ** 2 + c3 * lin ** 3
+        return out if out.ndim else float(out)
+
+    def signature(self) -> dict:
+        """What was drawn of the instrument signature (the truth of gain, noise, non-linearity, crosstalk)."""
+        d: dict = {"drawn": self.nl_power is not None,
+                   "gain_e_per_adu": [float(g) for g in self.gains],
+                   "read_noise_e": [float(r) for r in self.read_noise_e],
+                   "read_noise_adu": [float(r / g) for r, g in zip(self.read_noise_e, self.gains)],
+                   "full_well_e": [float(f) for f in self.full_well_e],
+                   "saturation_adu": self.saturation_adu(),
+                   "saturation_convention": "bias-subtracted raw ADU where the full well (after the non-linearity) "
+                                            "or the ADC maximum (at the nominal bias) comes first"}
+        if self.nl_power is not None:
+            d.update({"nonlinearity_form": "measured_adu = lin * (1 - a * (lin / L)**p), lin = e-/gain",
+                      "nonlinearity_L_adu": NL_REFERENCE_ADU,
+                      "nonlinearity_a_p": [[float(a), float(p)] for a, p in self.nl_power]})
+        if self.crosstalk is not None:
+            d.update({"crosstalk": [[float(v) for v in row] for row in self.crosstalk],
+                      "crosstalk_convention": "C[target][source] (0-based amplifiers): meas_target += C * "
+                                              "min(meas_source, adc_max - bias_source) at the same readout position"})
+        if self.bias_structure is not None:
+            d["bias_structure_rms_adu"] = float(np.std(self.bias_structure))
+        d["n_dead_pixels"] = self.n_dead_pixels
+        return d
 
 
 def make_camera(instrument: Instrument, cfg: SimConfig, seed: int) -> Camera:
@@ -270,10 +332,61 @@ def make_camera(instrument: Instrument, cfg: SimConfig, seed: int) -> Camera:
         lo, hi = cfg.hot_pixel_rate
         dark[hy, hx] += np.exp(rng.uniform(math.log(lo), math.log(hi), n_hot)).astype(np.float32)
         bpm[hy, hx] |= BPM_HOT_PIXEL
+    sig: dict = {}
+    if cfg.draw_signature:
+        sig = _draw_signature(instrument, cfg, seed, ron=ron, fw=fw, flat=flat, bpm=bpm)
+        ron, fw = sig.pop("ron"), sig.pop("fw")
+        nl = np.zeros_like(nl)
     flat /= np.float32(flat.mean(dtype=np.float64))
     return Camera(instrument=instrument, cfg=cfg, seed=seed, gains=gains, read_noise_e=ron, full_well_e=fw,
                   nonlinearity=nl, bias_nominal=bias, flat_sky=flat, dark_rate=dark, bpm=bpm,
-                  vignetting_params=vig, bad_columns=bad_columns, n_hot_pixels=n_hot)
+                  vignetting_params=vig, bad_columns=bad_columns, n_hot_pixels=n_hot, **sig)
+
+
+def _draw_signature(instrument: Instrument, cfg: SimConfig, seed: int, *, ron: np.ndarray, fw: np.ndarray,
+                    flat: np.ndarray, bpm: np.ndarray) -> dict:
+    """Draw the camera's signature around the instrument file (``SimConfig.draw_signature``).
+
+    Read noise and full well scattered; a power-law non-linearity whose deviation at :data:`NL_REFERENCE_ADU` is
+    the instrument file's cubic's, scattered, with its exponent drawn in [1.2, 2.4]; crosstalk coefficients
+    (lognormal around ``crosstalk_scale``, 80 % positive); a fixed bias structure (column offsets plus a smooth
+    ramp); dead pixels (``flat`` and ``bpm`` updated in place).
+    """
+    rng = rngmod.rng_for(seed, rngmod.CAMERA, 30)
+    amps = instrument.detectors[0].amplifiers
+    n = len(amps)
+    ron = ron * (1 + rng.normal(0, cfg.read_noise_scatter, n))
+    ron = np.maximum(ron, 0.3 * ron.mean())
+    fw = fw * (1 + rng.normal(0, cfg.full_well_scatter, n))
+    L = NL_REFERENCE_ADU
+    nl = np.zeros((n, 2))
+    for k, a in enumerate(amps):
+        c = list(a.nonlinearity) + [0.0, 0.0]
+        dev = -(c[0] * L + c[1] * L * L)  # the file's fractional loss at L
+        if not dev > 0:
+            dev = 0.005
+        nl[k] = (dev * max(0.2, 1 + rng.normal(0, cfg.nonlinearity_scatter)), rng.uniform(1.2, 2.4))
+    if not cfg.enabled("nonlinearity"):
+        nl[:, 0] = 0.0
+    xt = None
+    if n > 1 and cfg.crosstalk_scale > 0:
+        xt = cfg.crosstalk_scale * np.exp(rng.normal(0, 0.5, (n, n))) * np.where(rng.random((n, n)) < 0.8, 1, -1)
+        np.fill_diagonal(xt, 0.0)
+    ny, nx = flat.shape
+    bstruct = None
+    if cfg.bias_structure_adu > 0:
+        cols = rng.normal(0, 0.6 * cfg.bias_structure_adu, nx)
+        v = np.linspace(-1, 1, ny)[:, None]
+        u = np.linspace(-1, 1, nx)[None, :]
+        ramp = 0.8 * cfg.bias_structure_adu * (rng.normal() * v + rng.normal() * u * v)
+        bstruct = (cols[None, :] + ramp).astype(np.float32)
+    n_dead = int(rng.poisson(cfg.dead_pixel_fraction * nx * ny))
+    if n_dead:
+        dy, dx = rng.integers(0, ny, n_dead), rng.integers(0, nx, n_dead)
+        flat[dy, dx] *= rng.uniform(0.0, 0.05, n_dead).astype(np.float32)
+        bpm[dy, dx] |= BPM_DEAD_PIXEL
+    return {"ron": ron, "fw": fw, "nl_power": nl, "crosstalk": xt, "bias_structure": bstruct,
+            "n_dead_pixels": n_dead}
 
 
 # ----------------------------------------------------------------------------- bias
@@ -548,6 +661,7 @@ def readout(img: np.ndarray | None, *, camera: Camera, bias: BiasState, layout: 
     raw = np.empty(inst.raw_shape(layout), np.uint16)
     adc_max = float(inst.adc_max)
     by, bx = lay.block_shape if layout == "readout" else (lay.amp_ny, lay.amp_nx)
+    xt_src = _crosstalk_sources(img, camera, secs, adc_max) if img is not None else None
 
     def work(sec: AmpSection) -> None:
         k = sec.index
@@ -562,13 +676,19 @@ def readout(img: np.ndarray | None, *, camera: Camera, bias: BiasState, layout: 
         else:
             block[:] = 0
         block += bias.rows(k, read_rows_of(sec, lay, rows, layout)).astype(np.float32)[:, None]
+        dsl = (slice(sec.data[0].start - y0, sec.data[0].stop - y0), slice(sec.data[1].start - x0, sec.data[1].stop - x0))
         if img is not None:
-            lin = img[sec.active] / np.float32(camera.gains[k])
-            c2, c3 = camera.nonlinearity[k]
-            if c2 or c3:
-                lin = lin + lin * lin * (np.float32(c2) + np.float32(c3) * lin)
-            dsl = (slice(sec.data[0].start - y0, sec.data[0].stop - y0), slice(sec.data[1].start - x0, sec.data[1].stop - x0))
-            block[dsl] += lin
+            block[dsl] += _measured(img, camera, sec) if xt_src is None else xt_src[k][0]
+            if xt_src is not None:
+                for i, other in enumerate(secs):
+                    c = camera.crosstalk[k, other.index]
+                    if other.index != k and c != 0.0:
+                        block[dsl] += np.float32(c) * _reorient(xt_src[i][1], other, sec)
+        if camera.bias_structure is not None:
+            block[dsl] += camera.bias_structure[sec.active]
+        if cfg.bias_column_jitter_adu > 0:  # column offsets of this frame: data and parallel overscan rows alike
+            crng = rngmod.rng_for(seed, *seed_key, 300 + k)
+            block += crng.normal(0, cfg.bias_column_jitter_adu, bx).astype(np.float32)[None, :]
         np.rint(block, out=block)
         np.clip(block, 0, adc_max, out=block)
         raw[y0:y0 + by, x0:x0 + bx] = block
@@ -580,3 +700,42 @@ def readout(img: np.ndarray | None, *, camera: Camera, bias: BiasState, layout: 
         for s in secs:
             work(s)
     return raw
+
+
+def _measured(img: np.ndarray, camera: Camera, sec: AmpSection) -> np.ndarray:
+    """The measured (non-linear) signal in ADU of amplifier ``sec`` of the electron image (float32)."""
+    k = sec.index
+    lin = img[sec.active] / np.float32(camera.gains[k])
+    if camera.nl_power is not None:
+        a, p = camera.nl_power[k]
+        if a:
+            return lin * (np.float32(1.0) - np.float32(a) * np.power(np.maximum(lin, 0) / np.float32(NL_REFERENCE_ADU),
+                                                                     np.float32(p)))
+        return lin
+    c2, c3 = camera.nonlinearity[k]
+    if c2 or c3:
+        lin = lin + lin * lin * (np.float32(c2) + np.float32(c3) * lin)
+    return lin
+
+
+def _reorient(block: np.ndarray, src: AmpSection, dst: AmpSection) -> np.ndarray:
+    """Amplifier ``src``'s block (assembled orientation) at the same readout positions of amplifier ``dst``."""
+    out = block
+    if src.read_flip_x != dst.read_flip_x:
+        out = out[:, ::-1]
+    if src.read_flip_y != dst.read_flip_y:
+        out = out[::-1, :]
+    return out
+
+
+def _crosstalk_sources(img: np.ndarray, camera: Camera, secs: list[AmpSection], adc_max: float) -> list | None:
+    """Per amplifier ``(measured ADU, crosstalk source)``: the source is the measured signal clipped where the
+    video chain saturates (``adc_max - bias``); ``None`` without crosstalk."""
+    if camera.crosstalk is None or len(secs) < 2:
+        return None
+    out = []
+    for sec in secs:
+        meas = _measured(img, camera, sec)
+        cap = np.float32(adc_max - camera.bias_nominal[sec.index])
+        out.append((meas, np.minimum(meas, cap)))
+    return out

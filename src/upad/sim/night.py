@@ -25,6 +25,7 @@ from upad.sim.schedule import (SITE_LAT, ExposureSpec, dither_offsets, lst_deg, 
                                twilight_brightening, with_pointing)
 from upad.sim.sky import (SkyCatalog, gradient_coefficients, image_direction, position_angle, scattered_light_pattern,
                           sky_gradient_map, sky_rate_e)
+from upad.sim.schedule import signature_sequence
 from upad.sim.wcs import true_wcs
 from upad.errors import UpadError
 
@@ -168,6 +169,14 @@ def plan_night(survey: Survey, index: int, tiles: list[int]) -> NightPlan:
             level = cfg.dome_flat_level_adu * (1 + rng.normal(0, 0.05))
             t = add("flat-dome", f, exptime, t, ra, dec, level_adu=float(level), obs_id=f"{night}-DFLAT-{f}") \
                 + 5 / 86400.0
+    # instrument-signature sequences (photon-transfer pairs, linearity series) at the dome screen
+    for tag, exptime, level in signature_sequence(
+            n_ptc_pairs=cfg.n_ptc_pairs, ptc_level_range_adu=cfg.ptc_level_range_adu,
+            n_linearity_flats=cfg.n_linearity_flats, linearity_max_adu=cfg.linearity_max_adu,
+            lamp_adu_s=cfg.signature_lamp_adu_s):
+        ra, dec = radec_from_altaz(35.0, 90.0, t)
+        t = add("flat-dome", first_filter, exptime, t, ra, dec, level_adu=float(level),
+                obs_id=f"{night}-{tag}-{first_filter}") + 5 / 86400.0
     # dusk: sky flats at the zenith, exposure scaled to the target level, faint filters first
     t = max(t, _find_time(times.sunset, times.dusk_18, cfg.sky_flat_sun_start))
     scale2 = inst.pixel_scale ** 2

@@ -228,3 +228,25 @@ def with_pointing(spec: ExposureSpec, jd: float, exptime: float) -> ExposureSpec
     alt_end = altaz(spec.ra, spec.dec, jd + exptime / 86400.0)[0]
     return replace(spec, jd=jd, exptime=exptime, alt=float(alt), az=float(az), parang=float(par),
                    airmass=float(airmass(alt)), airmass_end=float(airmass(alt_end)), sun_alt=float(sun_alt(jd)))
+
+
+def signature_sequence(*, n_ptc_pairs: int, ptc_level_range_adu: tuple[float, float], n_linearity_flats: int,
+                       linearity_max_adu: float, lamp_adu_s: float) -> list[tuple[str, float, float]]:
+    """The instrument-signature calibration sequence of a night: ``(tag, exposure time s, level ADU)`` per frame.
+
+    ``tag`` is ``'PTC'`` for the photon-transfer-curve flat pairs (two equal exposures per level, levels
+    log-spaced over ``ptc_level_range_adu``) and ``'LIN'`` for the linearity series (exposure time rising
+    linearly up to ``linearity_max_adu``). Exposure times are rounded to 1 ms and the level is the lamp rate
+    (ADU/s at the nominal gain) times the rounded exposure time, so the signal is strictly proportional to it.
+    """
+    out: list[tuple[str, float, float]] = []
+    if n_ptc_pairs > 0:
+        lo, hi = ptc_level_range_adu
+        for lv in np.geomspace(lo, hi, n_ptc_pairs):
+            t = round(float(lv) / lamp_adu_s, 3)
+            out += [("PTC", t, t * lamp_adu_s)] * 2
+    if n_linearity_flats > 0:
+        for lv in np.linspace(linearity_max_adu / n_linearity_flats, linearity_max_adu, n_linearity_flats):
+            t = round(float(lv) / lamp_adu_s, 3)
+            out.append(("LIN", t, t * lamp_adu_s))
+    return out
