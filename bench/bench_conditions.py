@@ -31,21 +31,34 @@ from typing import Any
 import numpy as np
 
 #: the calibration plan of every night: biases, darks and twilight flats (no dome flats: the hard case)
-BASE = dict(n_bias=5, n_dark=3, n_dome_flats=0, n_sky_flats=8, n_dithers=3, workers=2,
-            seeing_night_sigma_dex=0.0, seeing_exposure_sigma=0.0, satellite_probability=0.5)
+BASE = dict(n_bias=5, n_dark=3, n_dome_flats=0, n_sky_flats=8, n_dithers=3, workers=2, satellite_probability=0.5)
 
 
-def seeing(arcsec: float) -> dict[str, Any]:
-    """SimConfig fields that fix the night's seeing at ``arcsec`` (at the zenith, in r)."""
-    return dict(seeing_median_arcsec=arcsec, seeing_range_arcsec=(min(0.5, arcsec), max(2.5, arcsec)))
-
+#: the world every condition shares: an instrument signature drawn around the instrument file (read noise, full well,
+#: a non-linearity of another form than the pipeline's, crosstalk, bias structure, dead pixels) with the calibration
+#: sequences that measure it (photon-transfer pairs, a linearity series), moving stars, passbands shifted from the
+#: nominal ones (a colour term), distortion beyond SIP 3 and a 1 % plate-scale error in the header, twilight-flat
+#: gradients (the simulator's default, 1-6 %), trails from satellites to aircraft (sigma 1-15 px), a PSF whose width
+#: varies over the field in a way no low-order polynomial follows, and a reference catalog that is a plain Gaia
+#: extract (G, BP, RP, astrometry: no survey-filter magnitudes)
+WORLD = dict(draw_signature=True, n_ptc_pairs=6, n_linearity_flats=10, star_pm_sigma_masyr=5.0,
+             passband_shift_fraction=0.01, distortion_radial5_corner_px=1.0, distortion_tangential_corner_px=0.3,
+             plate_scale_error=0.01, satellite_sigma_range_px=(1.0, 15.0), psf_field_bump=0.05,
+             refcat_survey_mags=False)
+FAMILIES = {"Kolmogorov+optics": dict(psf_family="kolmogorov_optics"),
+            "double Gaussian": dict(psf_family="double_gaussian"),
+            "Moffat beta 2-5": dict(psf_family="moffat", psf_beta_range=(2.0, 5.0))}
+SEEINGS = (0.6, 0.8, 1.2, 2.0)
 
 #: name -> (SimConfig overrides, zero-point goal in mag)
 CONDITIONS: dict[str, tuple[dict[str, Any], float]] = {
-    "moffat beta=3, 0.6 arcsec": ({**seeing(0.6), "psf_beta": 3.0}, 0.01),
-    "moffat beta=3, 0.8 arcsec": ({**seeing(0.8), "psf_beta": 3.0}, 0.01),
-    "moffat beta=3, 1.2 arcsec": ({**seeing(1.2), "psf_beta": 3.0}, 0.01),
-    "moffat beta=3, 2.0 arcsec": ({**seeing(2.0), "psf_beta": 3.0}, 0.01),
+    **{f"{fam}, {s}\u2033": ({**WORLD, **kw, "psf_seeing_arcsec": s}, 0.02)
+       for fam, kw in FAMILIES.items() for s in SEEINGS},
+    "moonlit (sky +1.5 mag, 6 % gradient), Moffat 1.0\u2033": (
+        {**WORLD, **FAMILIES["Moffat beta 2-5"], "psf_seeing_arcsec": 1.0, "moon_brightening_mag": 1.5,
+         "moon_gradient": 0.06}, 0.02),
+    "survey-filter reference magnitudes, Moffat 1.0\u2033": (
+        {**WORLD, **FAMILIES["Moffat beta 2-5"], "psf_seeing_arcsec": 1.0, "refcat_survey_mags": True}, 0.01),
 }
 
 
