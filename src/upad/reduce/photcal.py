@@ -75,7 +75,8 @@ def gaia_to_survey(g: np.ndarray, bp_rp: np.ndarray, filter_name: str, *, system
     return mag, valid, float(tr["rms"])
 
 
-def _col(refcat: Any, *names: str) -> np.ndarray | None:
+def reference_column(refcat: Any, *names: str) -> np.ndarray | None:
+    """The first of ``names`` that the reference catalog has (case-insensitive), as floats; None if none."""
     cols = refcat.colnames if hasattr(refcat, "colnames") else list(refcat.keys())
     lower = {c.lower(): c for c in cols}
     for n in names:
@@ -86,9 +87,9 @@ def _col(refcat: Any, *names: str) -> np.ndarray | None:
 
 def reference_columns(refcat: Any, filter_name: str) -> dict[str, np.ndarray | None]:
     """The photometric columns of a reference catalog (standard or Gaia archive names), None where absent."""
-    return {"mag": _col(refcat, f"mag_{filter_name}"), "magerr": _col(refcat, f"magerr_{filter_name}"),
-            "g": _col(refcat, "g", "phot_g_mean_mag"), "bp": _col(refcat, "bp", "phot_bp_mean_mag"),
-            "rp": _col(refcat, "rp", "phot_rp_mean_mag")}
+    return {"mag": reference_column(refcat, f"mag_{filter_name}"), "magerr": reference_column(refcat, f"magerr_{filter_name}"),
+            "g": reference_column(refcat, "g", "phot_g_mean_mag"), "bp": reference_column(refcat, "bp", "phot_bp_mean_mag"),
+            "rp": reference_column(refcat, "rp", "phot_rp_mean_mag")}
 
 
 def nominal_zero_point(nominal_zp_e: float, *, exptime: float, filter_name: str, note: str) -> ZeroPoint:

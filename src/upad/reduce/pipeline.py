@@ -54,9 +54,8 @@ from upad.reduce.photometry import (
     add_magnitudes,
     aperture_correction,
     class_star,
-    zero_point,
 )
-from upad.reduce.photcal import calibrate_zero_point, photcal_cards, photcal_meta
+from upad.reduce.photcal import calibrate_zero_point, photcal_cards, photcal_meta, reference_column
 from upad.reduce.psf import PsfConfig, PsfResult, measure_psf
 from upad.reduce.qc import QC_BITS, QcConfig, QcResult, evaluate_qc
 from upad.reduce.satellites import SatelliteConfig, SatelliteResult, detect_satellites
@@ -183,15 +182,6 @@ def validate_image(image: np.ndarray, *, min_valid_fraction: float = 0.5) -> np.
     if float(np.std(vals)) == 0.0:
         raise ReductionError("no_data", f"the frame is constant ({float(vals[0]):g})", stage="validate")
     return a
-
-
-def _refcol(refcat: Any, *names: str) -> np.ndarray | None:
-    cols = refcat.colnames if hasattr(refcat, "colnames") else list(refcat.keys())
-    lower = {c.lower(): c for c in cols}
-    for n in names:
-        if n.lower() in lower:
-            return np.asarray(refcat[lower[n.lower()]], dtype=float)
-    return None
 
 
 def _wcs_of(guess: Any):
@@ -406,15 +396,15 @@ def _characterise(res: ReducedFrame, wcs_g, refcat, filter_name: str, exptime: f
     if wcs_g is None or not wcs_g.has_celestial:
         raise ReductionError("astrometry_failed", "the frame's header has no celestial WCS to start from",
                              stage="astrometry")
-    ra_ref = _refcol(refcat, "ra")
-    dec_ref = _refcol(refcat, "dec")
+    ra_ref = reference_column(refcat, "ra")
+    dec_ref = reference_column(refcat, "dec")
     if ra_ref is None or dec_ref is None or len(ra_ref) == 0:
         raise ReductionError("no_reference", "the reference catalog is empty or has no ra/dec", stage="astrometry")
     fwhm_img = np.asarray(cat["FWHM_IMAGE"], float)
     pos_err = np.clip(np.where(np.isfinite(fwhm_img), fwhm_img, 3.0), 1.0, 20.0) / (2.35 * np.maximum(snr, 1.0))
     ast = solve_astrometry(xw, yw, np.asarray(cat["FLUX_AUTO"]), ra_ref, dec_ref, wcs_guess=wcs_g,
-                           shape=img.shape, ref_mag=_refcol(refcat, "g", "phot_g_mean_mag"), good=clean,
-                           pos_err=pos_err, ref_err_mas=_refcol(refcat, "ra_error"), snr=snr,
+                           shape=img.shape, ref_mag=reference_column(refcat, "g", "phot_g_mean_mag"), good=clean,
+                           pos_err=pos_err, ref_err_mas=reference_column(refcat, "ra_error"), snr=snr,
                            config=config.astrometry)
     res.astrometry = ast
     res.wcs = ast.wcs

@@ -297,7 +297,7 @@ def mixture_stamp(size: int, x0: float, y0: float, sig: np.ndarray, amp: np.ndar
 def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Non-negative least squares of a tall system through its normal equations: with ``A^T A = L L^T``,
     ``|A a - b|^2 = |L^T a - L^-1 A^T b|^2 + const``, a K x K problem."""
-    from scipy.linalg import cho_factor, solve_triangular
+    from scipy.linalg import solve_triangular
     from scipy.optimize import nnls
 
     ata = A.T @ A
@@ -341,7 +341,6 @@ def fit_profile(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, scale: np.nda
     scale 1, before the pixel), refined ``x, y``, ``flux``, ``scale``, ``chi2`` (per pixel) and ``used`` per
     star.
     """
-    from scipy.optimize import nnls
 
     ny, nx = image.shape
     n = len(xs)
