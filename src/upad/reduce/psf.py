@@ -506,16 +506,19 @@ def _poly_design(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
 
 def _clipped_polyfit(u, v, z, order, nsig=3.0, iters=5):
     keep = np.isfinite(z)
-    if keep.sum() >= 3:
-        # start from the median, not from a least-squares fit that one wild value can drag (an aperture ratio of a
-        # star with a trail or a bright halo in its large aperture): values beyond 5 robust sigma are out from the
-        # start (the field variation a polynomial follows is well within that)
-        med = np.median(z[keep])
-        mad = 1.4826 * np.median(np.abs(z[keep] - med))
-        keep &= np.abs(z - med) <= 5.0 * max(mad, 1e-6 * max(abs(med), 1e-30))
     order = int(order)
     while order > 0 and keep.sum() < 3 * len(_poly_terms(order)):
         order -= 1
+    if keep.sum() >= 3:
+        # start from the median, not from a least-squares fit that one wild value can drag (an aperture ratio of a
+        # star with a trail or a bright halo in its large aperture): values beyond 5 robust sigma are out from the
+        # start (the field variation a polynomial follows is well within that); the order is chosen before, from
+        # the finite values, so that fits of several quantities over the same stars share it
+        med = np.median(z[keep])
+        mad = 1.4826 * np.median(np.abs(z[keep] - med))
+        start = keep & (np.abs(z - med) <= 5.0 * max(mad, 1e-6 * max(abs(med), 1e-30)))
+        if start.sum() > len(_poly_terms(order)):
+            keep = start
     coef = np.zeros(len(_poly_terms(order)))
     for _ in range(iters):
         A = _poly_design(u[keep], v[keep], order)
