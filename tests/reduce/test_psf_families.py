@@ -30,7 +30,7 @@ SEEING = (0.6, 0.8, 1.2, 2.0)
 NOT_YET = {("kolmogorov_optics", 0.6), ("moffat_beta5", 0.6)}
 
 
-def _frame(tmp: Path, family: str, seeing: float, *, config: ReductionConfig | None = None):
+def _frame(tmp: Path, family: str, seeing: float, cals, *, config: ReductionConfig | None = None):
     out = tmp / f"{family}-{seeing}"
     cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, workers=1,
                     psf_seeing_arcsec=seeing, psf_field_bump=0.05, satellite_probability=0.0, ensure_satellite=False,
@@ -39,15 +39,16 @@ def _frame(tmp: Path, family: str, seeing: float, *, config: ReductionConfig | N
     man = load_manifest(out)
     ref = read_reference_catalog(out / man["reference_catalog"])
     rec = [r for r in man["frames"] if r["kind"] == "science"][0]
-    c = calibrate(out, man, rec, stars=star_ids(out, man))
+    # the pipeline's own masters of the same simulated camera (seed 11)
+    c = calibrate(out, man, rec, cal=cals.get(11, ["rSDSS"], cfg), stars=star_ids(out, man))
     r = reduce_calibrated(c, ref, config=config or ReductionConfig(cosmics_enabled=False))
     return c, r
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, own_calibration):
     tmp = tmp_path_factory.mktemp("psf-families")
-    return {(f, s): _frame(tmp, f, s) for f in FAMILIES for s in SEEING}
+    return {(f, s): _frame(tmp, f, s, own_calibration) for f in FAMILIES for s in SEEING}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -97,9 +98,9 @@ def test_psf_file_round_trip_keeps_the_profile(grid, tmp_path):
     assert 0.95 < e.sum() / back.oversampling ** 2 < 1.02
 
 
-def test_frame_whose_psf_cannot_be_modelled_is_a_recorded_qc_outcome(tmp_path):
+def test_frame_whose_psf_cannot_be_modelled_is_a_recorded_qc_outcome(tmp_path, own_calibration):
     cfg = ReductionConfig(cosmics_enabled=False, psf=PsfConfig(min_stars=400, max_stars=3000))
-    c, r = _frame(tmp_path, "double_gaussian", 1.2, config=cfg)
+    c, r = _frame(tmp_path, "double_gaussian", 1.2, own_calibration, config=cfg)
     assert r.failure is not None and r.failure.reason == "too_few_stars"
     assert r.astrometry is not None and r.psf is None
     assert r.qc.status == "failed" and r.qc.failure == "too_few_stars"
