@@ -8,8 +8,10 @@ tests run on frames calibrated as upad calibrates real ones; the truth is read o
 
 The simulated camera (its flat, bias, dark, bad pixels, gains, non-linearity) depends only on the simulation seed and
 the camera's :class:`~upad.sim.SimConfig` fields (:data:`CAMERA_FIELDS`), so one calibration night serves every night
-of the same camera: :class:`CalibrationCache` simulates a calibration-only night (biases, darks, twilight flats) per
-camera, builds its masters with :func:`pipeline_calibration`, and :func:`calibrate` then looks up the masters of a
+of the same camera: :class:`CalibrationCache` simulates a calibration-only night (biases, darks, twilight flats, and a
+photon-transfer / linearity sequence of dome flats for the instrument signature) per camera, builds its masters and
+its measured signature (gains, read noise, non-linearity; the ISR and the noise model use them as the reduction step
+does) with :func:`pipeline_calibration`, and :func:`calibrate` then looks up the masters of a
 science frame of *another* simulated night of that camera in that calibration's database (the frame's configuration
 from its own header). That the two nights share the camera is checked on the truth's camera maps
 (:func:`camera_checksum`): a mismatch is an error, never a silent mis-calibration.
@@ -66,7 +68,8 @@ def star_ids(out: Path, manifest: dict) -> np.ndarray:
 
 
 #: the calibration steps whose masters the reduction tests use
-CALIB_STEPS = ("master_bias", "master_dark", "master_flat", "bad_pixel_mask", "master_illumination")
+CALIB_STEPS = ("instrument_signature", "master_bias", "master_dark", "master_flat", "bad_pixel_mask",
+               "master_illumination")
 
 
 #: the simulator effects (:data:`upad.sim.config.EFFECTS`) that shape the camera or its calibration frames
@@ -167,12 +170,19 @@ def _masters(cal: PipelineCalibration, filename: str, info: Any = None) -> tuple
 
     with cal.db.session() as s:
         frame = info if info is not None else s.scalars(select(Frame).where(Frame.filename == filename)).one()
-        sel = select_masters(s, frame, ReduceConfig())
+        # twilight flats: the dome flats of the calibration nights are the signature's photon-transfer and
+        # linearity sequence (levels 300-62000 ADU), not a flat-field series
+        sel = select_masters(s, frame, ReduceConfig(flat_types=("sky",)))
         assert sel.ready, f"{filename}: {sel.reason}"
         images = {}
         for kind, choice in sel.chosen.items():
             prod = s.get(Product, choice.product_id)
             path = file_of(prod.files, "master", root=cal.root)
+            if kind == "signature":  # the measured gains, read noise, non-linearity, crosstalk, saturation
+                from upad.io.products import read_signature
+
+                images[kind] = read_signature(path)
+                continue
             images[kind] = read_image(path, first_image=True, dtype=None if kind == "bpm" else np.float32)
         meta = {"layout": frame.layout, "read_mode": frame.read_mode, "exptime": frame.exptime}
     return images, meta
@@ -202,12 +212,17 @@ def calibrate(out: Path, manifest: dict, rec: dict, *, cal: PipelineCalibration,
     if info is not None:  # a calibration night of the cache has every kind (no silent skip of a missing one)
         assert {"bias", "dark", "flat", "bpm"} <= set(masters), (path.name, sorted(masters))
     exptime = float(meta["exptime"])
+    signature = masters.pop("signature", None)
+    sig_kw = signature.isr_kwargs() if signature is not None else {}
     res = run_isr(raw, inst, layout=meta["layout"], options=ReduceConfig().isr.options(to_electrons=True),
                   bias=masters.get("bias"), dark=masters.get("dark"), exptime=exptime, flat=masters.get("flat"),
-                  illumination=masters.get("illumination"))
+                  illumination=masters.get("illumination"), **sig_kw)
     sections = inst.amp_sections(meta["layout"])
     factor = inst.read_mode(meta["read_mode"]).read_noise_factor if meta.get("read_mode") else 1.0
     amps = inst.detector(1).amplifiers
+    read_noise = [amps[sec.index].read_noise * factor for sec in sections]
+    if signature is not None and signature.qc.get("read_noise", {}).get("status") == "measured":
+        read_noise = [float(signature.read_noise_e[sec.index]) for sec in sections]  # as the reduction step
     flat = masters["flat"].copy()
     if "illumination" in masters:
         flat *= masters["illumination"]
@@ -226,7 +241,7 @@ def calibrate(out: Path, manifest: dict, rec: dict, *, cal: PipelineCalibration,
     is_star = np.isin(np.asarray(objects["id"]), stars) if stars is not None else None
     return CalibratedFrame(image=res.image, saturated=res.saturated, flat=flat, dark_e=dark_e,
                            bpm=(np.asarray(bpm) if bpm is not None else np.zeros(res.image.shape, np.uint8)),
-                           read_noise=[amps[sec.index].read_noise * factor for sec in sections],
+                           read_noise=read_noise,
                            amp_regions=[s.active for s in sections], header=header, true_wcs=tw, record=rec,
                            objects=objects, cosmics=cosmics, satellite=satellite, saturation=saturation,
                            star=is_star)
@@ -257,7 +272,7 @@ def camera_key(instrument: str, seed: int, config: Any) -> tuple:
 
 
 #: the calibration-only night of a camera: enough biases, darks and twilight flats for every master kind
-CALIBRATION_NIGHT = dict(n_bias=5, n_dark=3, n_dome_flats=0, n_sky_flats=8, n_ptc_pairs=0, n_linearity_flats=0,
+CALIBRATION_NIGHT = dict(n_bias=5, n_dark=3, n_dome_flats=0, n_sky_flats=8, n_ptc_pairs=5, n_linearity_flats=8,
                          workers=2)
 
 
