@@ -281,8 +281,9 @@ class CalibrationCache:
 
     :meth:`get` returns the :class:`PipelineCalibration` of a calibration-only night (:data:`CALIBRATION_NIGHT`:
     biases, darks and twilight flats in the filters asked) simulated with the seed and the camera fields of a test's
-    configuration; a calibration of the same camera with more filters serves fewer. :func:`calibrate` checks, per
-    frame, that the night calibrated shares the camera."""
+    configuration. The filters are part of the key (a night with other filters has other twilight flats, so other
+    masters): a test gets the same masters whichever tests ran before it. :func:`calibrate` checks, per frame, that
+    the night calibrated shares the camera."""
 
     def __init__(self, tmp_path_factory: Any) -> None:
         self._tmp = tmp_path_factory
@@ -292,11 +293,10 @@ class CalibrationCache:
             instrument: str = "mini") -> PipelineCalibration:
         from upad.sim import simulate
 
-        key = camera_key(instrument, seed, config)
         want = set(filters)
+        key = (*camera_key(instrument, seed, config), tuple(sorted(want)))
         for cal in self._cals.get(key, []):
-            if want <= set(cal.filters):
-                return cal
+            return cal
         n = sum(len(v) for v in self._cals.values())
         out = self._tmp.mktemp(f"owncal{n}-seed{seed}")
         cfg = dataclasses.replace(config, **CALIBRATION_NIGHT)
