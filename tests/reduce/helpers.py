@@ -18,7 +18,6 @@ from its own header). That the two nights share the camera is checked on the tru
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import warnings
@@ -299,7 +298,12 @@ class CalibrationCache:
             return cal
         n = sum(len(v) for v in self._cals.values())
         out = self._tmp.mktemp(f"owncal{n}-seed{seed}")
-        cfg = dataclasses.replace(config, **CALIBRATION_NIGHT)
+        # the night's own conditions are the simulator's defaults: only the camera comes from the test's
+        # configuration, so that the masters do not depend on which test asked first
+        from upad.sim import SimConfig
+
+        cfg = SimConfig(**{f: getattr(config, f) for f in CAMERA_FIELDS},
+                        disabled=tuple(e for e in config.disabled if e in CAMERA_EFFECTS), **CALIBRATION_NIGHT)
         simulate(instrument, seed=seed, out=out / "sim", nights=1, tiles=0, filters=sorted(want), config=cfg)
         (out / "root").mkdir()
         cal = pipeline_calibration(out / "sim", out / "root")
