@@ -13,7 +13,8 @@ from upad.io.refcat import read_reference_catalog
 from upad.sim import SimConfig, simulate
 from upad.sim.truth import load_manifest
 
-from .helpers import CalibratedFrame, PipelineCalibration, calibrate, pipeline_calibration, reduce_calibrated, star_ids
+from .helpers import (CalibratedFrame, CalibrationCache, PipelineCalibration, calibrate, pipeline_calibration,
+                      reduce_calibrated, star_ids)
 
 #: 2 tiles x rSDSS x 2 dithers; cosmic rays 50x the natural rate so that every frame has ~1000 hit pixels;
 #: trails in about half of the frames.
@@ -43,3 +44,11 @@ def night(tmp_path_factory) -> MiniNight:
     reduced = [reduce_calibrated(c, ref) for c in frames]
     yield MiniNight(out=out, manifest=man, refcat=ref, frames=frames, reduced=reduced, calibration=cal)
     cal.db.dispose()
+
+
+@pytest.fixture(scope="session")
+def own_calibration(tmp_path_factory) -> CalibrationCache:
+    """The pipeline's own masters per simulated camera (seed and camera fields), built once per session."""
+    cache = CalibrationCache(tmp_path_factory)
+    yield cache
+    cache.close()

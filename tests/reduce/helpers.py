@@ -5,9 +5,21 @@ The simulated night (with its biases, darks and twilight flats) is ingested and 
 step's ISR (:func:`upad.isr.run_isr`, the reduction step's ISR options) with the masters the lookup selects for it. The
 gains, read noise and non-linearity are what the pipeline uses (never the simulator's drawn values), so the reduction
 tests run on frames calibrated as upad calibrates real ones; the truth is read only to judge the results.
+
+The simulated camera (its flat, bias, dark, bad pixels, gains, non-linearity) depends only on the simulation seed and
+the camera's :class:`~upad.sim.SimConfig` fields (:data:`CAMERA_FIELDS`), so one calibration night serves every night
+of the same camera: :class:`CalibrationCache` simulates a calibration-only night (biases, darks, twilight flats, and a
+photon-transfer / linearity sequence of dome flats for the instrument signature) per camera, builds its masters and
+its measured signature (gains, read noise, non-linearity; the ISR and the noise model use them as the reduction step
+does) with :func:`pipeline_calibration`, and :func:`calibrate` then looks up the masters of a
+science frame of *another* simulated night of that camera in that calibration's database (the frame's configuration
+from its own header). That the two nights share the camera is checked on the truth's camera maps
+(:func:`camera_checksum`): a mismatch is an error, never a silent mis-calibration.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +31,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from upad.instruments import get_instrument
+from upad.sim.truth import load_manifest
 
 
 @dataclass
@@ -54,16 +67,50 @@ def star_ids(out: Path, manifest: dict) -> np.ndarray:
 
 
 #: the calibration steps whose masters the reduction tests use
-CALIB_STEPS = ("master_bias", "master_dark", "master_flat", "bad_pixel_mask", "master_illumination")
+CALIB_STEPS = ("instrument_signature", "master_bias", "master_dark", "master_flat", "bad_pixel_mask",
+               "master_illumination")
+
+
+#: the simulator effects (:data:`upad.sim.config.EFFECTS`) that shape the camera or its calibration frames
+CAMERA_EFFECTS = ("bias_drift", "read_noise", "gain_variation", "nonlinearity", "dark_current", "hot_pixels",
+                  "bad_columns", "prnu", "vignetting", "illumination", "fringing")
+#: the SimConfig fields that shape the simulated camera (:func:`upad.sim.detector.make_camera`), its bias and its
+#: calibration frames; with the seed and the instrument they key :class:`CalibrationCache`
+CAMERA_FIELDS = ("start_date", "gain_scatter", "bias_night_sigma_adu", "bias_frame_sigma_adu", "bias_drift_adu",
+                 "dark_current", "hot_pixel_fraction", "hot_pixel_rate", "n_bad_columns", "prnu_sigma", "prnu_smooth",
+                 "vignetting_corner", "illumination_amplitude", "fringe_amplitude", "fringe_period_px",
+                 "draw_signature", "read_noise_scatter", "full_well_scatter", "nonlinearity_scatter",
+                 "crosstalk_scale", "bias_structure_adu", "dead_pixel_fraction", "bias_column_jitter_adu",
+                 "sky_flat_level_adu", "sky_flat_gradient_range", "sky_flat_gradient_curvature",
+                 "sky_flat_star_density")
+
+
+def camera_checksum(out: Path, manifest: dict) -> str:
+    """SHA-256 of a simulated night's camera truth: its pixel maps (flat, dark rate, bad pixels, dome illumination)
+    and drawn gains, noise, non-linearity, bias levels and bad columns."""
+    h = hashlib.sha256()
+    cam = manifest["camera"]
+    for name in ("flat_sky", "dark_rate", "bpm", "illum_dome"):
+        with fits.open(out / cam["maps"][name]) as hd:
+            data = next(x.data for x in hd if x.data is not None)
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(data).tobytes())
+    core = {k: v for k, v in cam.items() if k not in ("maps", "fringe_amplitude_rms")}
+    h.update(json.dumps([manifest["instrument"], manifest["layout"], core], sort_keys=True).encode())
+    return h.hexdigest()
 
 
 @dataclass
 class PipelineCalibration:
-    """A simulated night ingested and calibrated by upad (SQLite under ``root``)."""
+    """A simulated night ingested and calibrated by upad (SQLite under ``root``); ``out`` is the simulated night and
+    ``camera`` its :func:`camera_checksum`."""
 
     root: Path
     db: Any
     counts: dict
+    out: Path | None = None
+    camera: str | None = None
+    filters: tuple = ()
 
 
 def pipeline_calibration(out: Path, root: Path) -> PipelineCalibration:
@@ -83,11 +130,35 @@ def pipeline_calibration(out: Path, root: Path) -> PipelineCalibration:
     sched = Scheduler(db, settings, InlineExecutor(), options=SchedulerOptions(steps=CALIB_STEPS, poll_seconds=0.05,
                                                                    min_replan_seconds=0.0))
     counts = sched.run(until_idle=True)
-    return PipelineCalibration(root=root, db=db, counts=counts)
+    from sqlalchemy import select
+
+    from upad.db.models import Product
+
+    with db.session() as s:  # the filters with a master flat
+        filters = tuple(sorted({p.context.get("filter") for p in s.scalars(select(Product).where(
+            Product.kind == "master_flat", Product.is_current)) if p.context.get("filter")}))
+    man = load_manifest(out)
+    return PipelineCalibration(root=root, db=db, counts=counts, out=Path(out), camera=camera_checksum(out, man),
+                               filters=filters)
 
 
-def _masters(cal: PipelineCalibration, filename: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The masters the lookup selects for the archived frame ``filename`` (kind -> image), and the frame's row."""
+def foreign_frame_info(path: Path, layout: str) -> Any:
+    """The lookup's view (:class:`upad.calib.model.FrameInfo`) of a raw frame that is not in the calibration's
+    database (a science frame of another simulated night), from its own header as ingestion reads it."""
+    from upad.calib.model import FrameInfo
+    from upad.ingest.translate import translate_header
+    from upad.io.raw import read_raw
+
+    header, _ = read_raw(str(path), merged_header=True)
+    m = translate_header(header, path.name)
+    return FrameInfo(-1, path.name, m.instrument, m.telescope, m.detector, layout, m.read_mode, m.obs_type, m.filter,
+                     float(m.exptime), m.date_obs, m.night, m.ra, m.dec)
+
+
+def _masters(cal: PipelineCalibration, filename: str, info: Any = None) -> tuple[dict[str, np.ndarray],
+                                                                                   dict[str, Any]]:
+    """The masters the lookup selects for the archived frame ``filename`` (or for the frame described by ``info``,
+    a :class:`~upad.calib.model.FrameInfo`) (kind -> image), and the frame's layout, read mode and exposure time."""
     from sqlalchemy import select
 
     from upad.calib.lookup import select_masters
@@ -97,13 +168,20 @@ def _masters(cal: PipelineCalibration, filename: str) -> tuple[dict[str, np.ndar
     from upad.reduce.steps import ReduceConfig
 
     with cal.db.session() as s:
-        frame = s.scalars(select(Frame).where(Frame.filename == filename)).one()
-        sel = select_masters(s, frame, ReduceConfig())
+        frame = info if info is not None else s.scalars(select(Frame).where(Frame.filename == filename)).one()
+        # twilight flats: the dome flats of the calibration nights are the signature's photon-transfer and
+        # linearity sequence (levels 300-62000 ADU), not a flat-field series
+        sel = select_masters(s, frame, ReduceConfig(flat_types=("sky",)))
         assert sel.ready, f"{filename}: {sel.reason}"
         images = {}
         for kind, choice in sel.chosen.items():
             prod = s.get(Product, choice.product_id)
             path = file_of(prod.files, "master", root=cal.root)
+            if kind == "signature":  # the measured gains, read noise, non-linearity, crosstalk, saturation
+                from upad.io.products import read_signature
+
+                images[kind] = read_signature(path)
+                continue
             images[kind] = read_image(path, first_image=True, dtype=None if kind == "bpm" else np.float32)
         meta = {"layout": frame.layout, "read_mode": frame.read_mode, "exptime": frame.exptime}
     return images, meta
@@ -111,22 +189,39 @@ def _masters(cal: PipelineCalibration, filename: str) -> tuple[dict[str, np.ndar
 
 def calibrate(out: Path, manifest: dict, rec: dict, *, cal: PipelineCalibration,
               stars: np.ndarray | None = None) -> CalibratedFrame:
-    """Calibrate one simulated frame with the pipeline's masters (see the module documentation)."""
+    """Calibrate one simulated frame with the pipeline's masters (see the module documentation).
+
+    ``cal`` is the calibration of the frame's own night, or of another simulated night of the same camera (then the
+    masters are those the lookup selects for the frame's header; the cameras are compared first)."""
     from upad.io.raw import read_raw
     from upad.isr import run_isr
     from upad.reduce.steps import ReduceConfig
 
     inst = get_instrument(manifest["instrument"])
     path = out / rec["file"]
+    info = None
+    if cal.out is not None and Path(cal.out).resolve() != Path(out).resolve():
+        mine = camera_checksum(out, manifest)
+        if mine != cal.camera:
+            raise AssertionError(f"{out} was simulated with another camera than the calibration night {cal.out} "
+                                 "(seed or camera SimConfig fields differ): its masters do not apply")
+        info = foreign_frame_info(path, manifest["layout"])
     header, raw = read_raw(str(path), merged_header=True)
-    masters, meta = _masters(cal, path.name)
+    masters, meta = _masters(cal, path.name, info)
+    if info is not None:  # a calibration night of the cache has every kind (no silent skip of a missing one)
+        assert {"bias", "dark", "flat", "bpm"} <= set(masters), (path.name, sorted(masters))
     exptime = float(meta["exptime"])
+    signature = masters.pop("signature", None)
+    sig_kw = signature.isr_kwargs() if signature is not None else {}
     res = run_isr(raw, inst, layout=meta["layout"], options=ReduceConfig().isr.options(to_electrons=True),
                   bias=masters.get("bias"), dark=masters.get("dark"), exptime=exptime, flat=masters.get("flat"),
-                  illumination=masters.get("illumination"))
+                  illumination=masters.get("illumination"), **sig_kw)
     sections = inst.amp_sections(meta["layout"])
     factor = inst.read_mode(meta["read_mode"]).read_noise_factor if meta.get("read_mode") else 1.0
     amps = inst.detector(1).amplifiers
+    read_noise = [amps[sec.index].read_noise * factor for sec in sections]
+    if signature is not None and signature.qc.get("read_noise", {}).get("status") == "measured":
+        read_noise = [float(signature.read_noise_e[sec.index]) for sec in sections]  # as the reduction step
     flat = masters["flat"].copy()
     if "illumination" in masters:
         flat *= masters["illumination"]
@@ -145,7 +240,7 @@ def calibrate(out: Path, manifest: dict, rec: dict, *, cal: PipelineCalibration,
     is_star = np.isin(np.asarray(objects["id"]), stars) if stars is not None else None
     return CalibratedFrame(image=res.image, saturated=res.saturated, flat=flat, dark_e=dark_e,
                            bpm=(np.asarray(bpm) if bpm is not None else np.zeros(res.image.shape, np.uint8)),
-                           read_noise=[amps[sec.index].read_noise * factor for sec in sections],
+                           read_noise=read_noise,
                            amp_regions=[s.active for s in sections], header=header, true_wcs=tw, record=rec,
                            objects=objects, cosmics=cosmics, satellite=satellite, saturation=saturation,
                            star=is_star)
@@ -166,3 +261,57 @@ def pixel_sigma(frame) -> np.ndarray:
     with np.errstate(divide="ignore"):
         s = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), frame.stats["noise_model_sigma_e"])
     return s.astype(np.float32)
+
+
+def camera_key(instrument: str, seed: int, config: Any) -> tuple:
+    """What makes two simulated nights share a camera: instrument, seed and the camera's SimConfig fields."""
+    fields = tuple((f, repr(getattr(config, f))) for f in CAMERA_FIELDS)
+    off = tuple(sorted(e for e in config.disabled if e in CAMERA_EFFECTS))
+    return (instrument, int(seed), fields, off)
+
+
+#: the calibration-only night of a camera: enough biases, darks and twilight flats for every master kind
+CALIBRATION_NIGHT = dict(n_bias=5, n_dark=3, n_dome_flats=0, n_sky_flats=8, n_ptc_pairs=5, n_linearity_flats=8,
+                         workers=2)
+
+
+class CalibrationCache:
+    """The pipeline's own masters per simulated camera, built once per test session.
+
+    :meth:`get` returns the :class:`PipelineCalibration` of a calibration-only night (:data:`CALIBRATION_NIGHT`:
+    biases, darks and twilight flats in the filters asked) simulated with the seed and the camera fields of a test's
+    configuration. The filters are part of the key (a night with other filters has other twilight flats, so other
+    masters): a test gets the same masters whichever tests ran before it. :func:`calibrate` checks, per frame, that
+    the night calibrated shares the camera."""
+
+    def __init__(self, tmp_path_factory: Any) -> None:
+        self._tmp = tmp_path_factory
+        self._cals: dict[tuple, list[PipelineCalibration]] = {}
+
+    def get(self, seed: int, filters: list[str] | tuple[str, ...], config: Any, *,
+            instrument: str = "mini") -> PipelineCalibration:
+        from upad.sim import simulate
+
+        want = set(filters)
+        key = (*camera_key(instrument, seed, config), tuple(sorted(want)))
+        for cal in self._cals.get(key, []):
+            return cal
+        n = sum(len(v) for v in self._cals.values())
+        out = self._tmp.mktemp(f"owncal{n}-seed{seed}")
+        # the night's own conditions are the simulator's defaults: only the camera comes from the test's
+        # configuration, so that the masters do not depend on which test asked first
+        from upad.sim import SimConfig
+
+        cfg = SimConfig(**{f: getattr(config, f) for f in CAMERA_FIELDS},
+                        disabled=tuple(e for e in config.disabled if e in CAMERA_EFFECTS), **CALIBRATION_NIGHT)
+        simulate(instrument, seed=seed, out=out / "sim", nights=1, tiles=0, filters=sorted(want), config=cfg)
+        (out / "root").mkdir()
+        cal = pipeline_calibration(out / "sim", out / "root")
+        assert set(cal.filters) == want, (cal.filters, want)
+        self._cals.setdefault(key, []).append(cal)
+        return cal
+
+    def close(self) -> None:
+        for cals in self._cals.values():
+            for cal in cals:
+                cal.db.dispose()

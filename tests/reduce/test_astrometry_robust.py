@@ -103,15 +103,17 @@ CASES = {"scale+1%": dict(plate_scale_error=0.01), "scale-3%+parity": dict(plate
 
 
 @pytest.fixture(scope="module")
-def frames(tmp_path_factory):
+def frames(tmp_path_factory, own_calibration):
+    # the frames are calibrated with the pipeline's own masters of the same simulated camera (seed 11)
     out = {}
     for name, extra in CASES.items():
         d = tmp_path_factory.mktemp("astrom-" + name.replace("%", "").replace("+", "p").replace("-", "m"))
-        simulate("mini", seed=11, out=d, nights=1, tiles=1, filters=["rSDSS"], config=SimConfig(**BASE, **extra))
+        cfg = SimConfig(**BASE, **extra)
+        simulate("mini", seed=11, out=d, nights=1, tiles=1, filters=["rSDSS"], config=cfg)
         man = load_manifest(d)
         ref = read_reference_catalog(d / man["reference_catalog"])
         rec = next(r for r in man["frames"] if r["kind"] == "science")
-        c = calibrate(d, man, rec, stars=star_ids(d, man))
+        c = calibrate(d, man, rec, cal=own_calibration.get(11, ["rSDSS"], cfg), stars=star_ids(d, man))
         out[name] = (c, ref, reduce_calibrated(c, ref))
     return out
 

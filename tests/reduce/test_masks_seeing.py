@@ -4,7 +4,8 @@ seeing, against the simulator's truth.
 Each seeing gets its own simulated night (2 tiles, 1 exposure each, 50x the natural cosmic-ray rate, a trail in
 every frame). The trails span focused satellites (the PSF's width, 0.6") to aircraft (sigma 10-15 pixels): their
 Gaussian sigma is drawn by the simulator from ``satellite_sigma_range_px``. The frames are calibrated with the
-truth patterns (``helpers.calibrate``: the masks, not the ISR, are under test) and reduced by the whole pipeline.
+pipeline's own masters of the same simulated camera (``helpers.calibrate``, the ``own_calibration`` cache) and reduced
+by the whole pipeline.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[float, Run]:
+def runs(tmp_path_factory, own_calibration) -> dict[float, Run]:
     out_all: dict[float, Run] = {}
     for k, (seeing, trail) in enumerate(GRID.items()):
         out = tmp_path_factory.mktemp(f"seeing{seeing}")
@@ -47,7 +48,8 @@ def runs(tmp_path_factory) -> dict[float, Run]:
         man = load_manifest(out)
         ref = read_reference_catalog(out / man["reference_catalog"])
         stars = star_ids(out, man)
-        frames = [calibrate(out, man, rec, stars=stars) for rec in man["frames"] if rec["kind"] == "science"]
+        cal = own_calibration.get(31 + k, ["rSDSS"], cfg)
+        frames = [calibrate(out, man, rec, cal=cal, stars=stars) for rec in man["frames"] if rec["kind"] == "science"]
         out_all[seeing] = Run(seeing, frames, [reduce_calibrated(c, ref) for c in frames])
     return out_all
 

@@ -19,9 +19,11 @@ SIM = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=2, worke
 
 
 @pytest.fixture(scope="module")
-def crowded(tmp_path_factory):
+def crowded(tmp_path_factory, own_calibration):
     out = tmp_path_factory.mktemp("crowded")
-    simulate("mini", seed=5, out=out, nights=1, tiles=1, filters=["rSDSS"], config=SimConfig(**SIM))
+    cfg = SimConfig(**SIM)
+    simulate("mini", seed=5, out=out, nights=1, tiles=1, filters=["rSDSS"], config=cfg)
+    cal = own_calibration.get(5, ["rSDSS"], cfg)  # the pipeline's own masters of the same simulated camera
     man = load_manifest(out)
     ref = read_reference_catalog(out / man["reference_catalog"])
     stars = star_ids(out, man)
@@ -29,7 +31,7 @@ def crowded(tmp_path_factory):
     for rec in man["frames"]:
         if rec["kind"] != "science":
             continue
-        c = calibrate(out, man, rec, stars=stars)
+        c = calibrate(out, man, rec, cal=cal, stars=stars)
         both = {m: reduce_calibrated(c, ref, config=ReductionConfig(detect=DetectConfig(mask_neighbours=m)))
                 for m in (True, False)}
         res.append((c, both))

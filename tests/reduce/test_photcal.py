@@ -32,9 +32,11 @@ SIM = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=3, worke
 
 
 @pytest.fixture(scope="module")
-def photcal_night(tmp_path_factory):
+def photcal_night(tmp_path_factory, own_calibration):
     out = Path(tmp_path_factory.mktemp("photcal"))
-    simulate("mini", seed=11, out=out, nights=1, tiles=1, filters=FILTERS, config=SimConfig(**SIM))
+    cfg = SimConfig(**SIM)
+    simulate("mini", seed=11, out=out, nights=1, tiles=1, filters=FILTERS, config=cfg)
+    cal = own_calibration.get(11, FILTERS, cfg)  # the pipeline's own masters of the same simulated camera
     man = load_manifest(out)
     sky = Table.read(out / man["sky_catalog"], hdu="SKY")
     ref = read_reference_catalog(out / man["reference_catalog"])
@@ -45,7 +47,7 @@ def photcal_night(tmp_path_factory):
     for rec in man["frames"]:
         if rec["kind"] != "science":
             continue
-        c = calibrate(out, man, rec, stars=stars)
+        c = calibrate(out, man, rec, cal=cal, stars=stars)
         ep = epoch_of(rec["date_obs"], rec["exptime"])
         frames.append({"rec": rec, "cal": c, "epoch": ep,
                        "survey": reduce_calibrated(c, propagate_to_epoch(ref, ep)),

@@ -1,7 +1,8 @@
 """The PSF model against the truth for every PSF family of the simulator (Kolmogorov x optics, double Gaussian,
 Moffat beta 2 and 5) at seeing 0.6", 0.8", 1.2" and 2.0" (mini frames, the pipeline's own detection and PSF model;
-the truth FWHM is the effective FWHM of the profile drawn, per object), the PSF file round trip, and a frame whose
-PSF cannot be modelled."""
+the truth FWHM is the effective FWHM of the profile drawn, per object), the PSF file round trip, and frames whose
+PSF cannot be modelled (more PSF stars asked for than the frame has; 2.5 mag of cloud). Every frame is calibrated with
+the pipeline's own masters of its simulated camera (``own_calibration``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,24 +31,25 @@ SEEING = (0.6, 0.8, 1.2, 2.0)
 NOT_YET = {("kolmogorov_optics", 0.6), ("moffat_beta5", 0.6)}
 
 
-def _frame(tmp: Path, family: str, seeing: float, *, config: ReductionConfig | None = None):
+def _frame(tmp: Path, family: str, seeing: float, cals, *, config: ReductionConfig | None = None, **sim):
     out = tmp / f"{family}-{seeing}"
     cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, workers=1,
                     psf_seeing_arcsec=seeing, psf_field_bump=0.05, satellite_probability=0.0, ensure_satellite=False,
-                    disabled=("cosmics",), **FAMILIES[family])
+                    disabled=("cosmics",), **FAMILIES[family], **sim)
     simulate("mini", seed=11, out=out, nights=1, tiles=1, filters=["rSDSS"], config=cfg)
     man = load_manifest(out)
     ref = read_reference_catalog(out / man["reference_catalog"])
     rec = [r for r in man["frames"] if r["kind"] == "science"][0]
-    c = calibrate(out, man, rec, stars=star_ids(out, man))
+    # the pipeline's own masters of the same simulated camera (seed 11)
+    c = calibrate(out, man, rec, cal=cals.get(11, ["rSDSS"], cfg), stars=star_ids(out, man))
     r = reduce_calibrated(c, ref, config=config or ReductionConfig(cosmics_enabled=False))
     return c, r
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, own_calibration):
     tmp = tmp_path_factory.mktemp("psf-families")
-    return {(f, s): _frame(tmp, f, s) for f in FAMILIES for s in SEEING}
+    return {(f, s): _frame(tmp, f, s, own_calibration) for f in FAMILIES for s in SEEING}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -97,10 +99,26 @@ def test_psf_file_round_trip_keeps_the_profile(grid, tmp_path):
     assert 0.95 < e.sum() / back.oversampling ** 2 < 1.02
 
 
-def test_frame_whose_psf_cannot_be_modelled_is_a_recorded_qc_outcome(tmp_path):
+def test_frame_whose_psf_cannot_be_modelled_is_a_recorded_qc_outcome(tmp_path, own_calibration):
     cfg = ReductionConfig(cosmics_enabled=False, psf=PsfConfig(min_stars=400, max_stars=3000))
-    c, r = _frame(tmp_path, "double_gaussian", 1.2, config=cfg)
+    c, r = _frame(tmp_path, "double_gaussian", 1.2, own_calibration, config=cfg)
     assert r.failure is not None and r.failure.reason == "too_few_stars"
     assert r.astrometry is not None and r.psf is None
+    assert r.qc.status == "failed" and r.qc.failure == "too_few_stars"
+    assert any("PSF stars" in s for s in r.qc.reasons), r.qc.reasons
+
+
+def test_frame_under_thick_cloud_is_a_recorded_qc_outcome(tmp_path, own_calibration):
+    """2.5 mag of cloud (transparency 0.1) and no bright stars: the astrometry is still solved from the faint
+    reference stars, but fewer than ``min_stars`` stars reach the PSF stars' S/N; the PSF is not modelled, the frame
+    fails its QC with that reason and keeps its astrometry and catalog."""
+    cfg = ReductionConfig(cosmics_enabled=False)
+    c, r = _frame(tmp_path, "double_gaussian", 1.2, own_calibration, config=cfg,
+                  transparency_night_range=(0.1, 0.1), transparency_sigma=0.0, bright_stars_per_tile=0)
+    assert c.record["transparency"] == pytest.approx(0.1, abs=1e-3)
+    assert r.failure is not None and r.failure.reason == "too_few_stars", r.failure
+    assert r.failure.stage == "psf"
+    assert r.astrometry is not None and r.astrometry.n_matched >= 10 and r.psf is None
+    assert r.catalog is not None and len(r.catalog) > 10
     assert r.qc.status == "failed" and r.qc.failure == "too_few_stars"
     assert any("PSF stars" in s for s in r.qc.reasons), r.qc.reasons

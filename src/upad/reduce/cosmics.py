@@ -10,8 +10,10 @@ L.A.Cosmic flags a pixel when three quantities, all local, pass thresholds:
 * the fine-structure contrast ``S' / F > objlim`` with ``F = (med3(I) - med7(med3(I))) / N`` (>= 0.01): star cores
   have fine structure, cosmic rays are sharper.
 
-Neighbours of the detections are added when ``S' > sigclip`` and then, once more, when ``S' > sigfrac sigclip``;
-the flagged pixels are replaced by the mean of their unflagged 5x5 neighbours and the search is repeated near them
+Neighbours of the detections are added when ``S' > sigclip`` and then, once more, when ``S' > sigfrac sigclip``,
+provided they stand above the light around them (``grow_excess_nsigma``: a PSF fitted to the unflagged neighbourhood,
+the cosmic ray and the pixel itself left out, must not explain them — the core of a star that a cosmic ray hits
+beside it has a Laplacian as large as a cosmic ray's, but the rest of the star predicts it); the flagged pixels are replaced by the mean of their unflagged 5x5 neighbours and the search is repeated near them
 (``niter`` times), as astroscrappy does.
 
 **Where the speed comes from.** ``S' <= S <= L+ / (2 sqrt(var_sky))`` because both medians are of non-negative
@@ -89,6 +91,11 @@ class CosmicConfig(StepConfig):
                                       "test accepts any Gaussian width from 0.5 to 3 pixels", bounds=(1, None))
     psf_sigma_px: float = param(0.0, doc="Gaussian sigma of the sampled PSF for the star test; 0: measured from "
                                          "the bright stars of the frame", bounds=(0.0, 20.0), unit="pixel")
+    grow_excess_nsigma: float = param(3.0, doc="a neighbour of a cosmic ray is grown into only if it exceeds by "
+                                               "this many sigma what a PSF fitted to its unflagged neighbourhood "
+                                               "(the cosmic ray and the pixel itself left out) predicts there: the "
+                                               "core of a star beside a cosmic ray is not (0: L.A.Cosmic's growth)",
+                                      bounds=(0.0, 100.0), unit="sigma")
     replace: bool = param(True, doc="replace cosmic-ray pixels by the mean of their unflagged 5x5 neighbours "
                                     "and flag them INTERPOLATED")
 
@@ -622,6 +629,107 @@ def _star_filter(img, var, mask, ys, xs, templates, chi2min, eps, floor, crbit,
     return out, py, px
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _grow_excess(img, var, mask, ys, xs, templates, eps, floor, crbit, nsig):  # pragma: no cover - compiled
+    """Growth candidates (``ys, xs``, next to flagged pixels) that exceed by more than ``nsig`` sigma what the light
+    around them predicts (``True``), or are not explained by it.
+
+    A PSF (+ constant) is fitted, over the templates' sub-pixel phases, to the 5x5 box centred on the local maximum
+    of the unflagged pixels next to the candidate (the candidate itself included in the climb), leaving out the
+    flagged pixels and the candidate; the best template predicts the candidate's value. A star's core beside a
+    cosmic ray is predicted by the rest of the star and is not grown into; a cosmic ray's own fainter pixels stand
+    above the sky (or a star) around them. With fewer than 10 pixels left, or no positive PSF amplitude, the
+    prediction is the fitted constant alone."""
+    ny, nx = img.shape
+    n = len(ys)
+    out = np.ones(n, np.bool_)
+    nt = templates.shape[0]
+    for k in prange(n):
+        y0 = ys[k]
+        x0 = xs[k]
+        # climb over unflagged pixels to the local maximum the candidate belongs to (at most 2 steps: the box
+        # around it must still hold the candidate)
+        cy, cx = y0, x0
+        for _s in range(2):
+            by, bx = cy, cx
+            best = img[cy, cx]
+            for dy in range(-1, 2):
+                yy = cy + dy
+                if yy < 0 or yy >= ny:
+                    continue
+                for dx in range(-1, 2):
+                    xx = cx + dx
+                    if xx < 0 or xx >= nx or (mask[yy, xx] & crbit) != 0:
+                        continue
+                    if img[yy, xx] > best:
+                        best = img[yy, xx]
+                        by, bx = yy, xx
+            if by == cy and bx == cx:
+                break
+            cy, cx = by, bx
+        d = np.empty(25, np.float64)
+        v = np.empty(25, np.float64)
+        use = np.zeros(25, np.bool_)
+        kc = (y0 - cy + 2) * 5 + (x0 - cx + 2)
+        m = 0
+        nuse = 0
+        for dy in range(-2, 3):
+            yy = _cl(cy + dy, ny)
+            for dx in range(-2, 3):
+                xx = _cl(cx + dx, nx)
+                d[m] = img[yy, xx]
+                v[m] = max(var[yy, xx] + max(img[yy, xx], 0.0), 1e-5)
+                use[m] = (mask[yy, xx] & crbit) == 0 and m != kc and yy == cy + dy and xx == cx + dx
+                if use[m]:
+                    nuse += 1
+                m += 1
+        bestc = np.inf
+        pred = 0.0
+        perr = v[kc]
+        for p in range(nt if nuse >= 10 else 0):
+            t = templates[p]
+            tmax = 0.0
+            for q in range(25):
+                tmax = max(tmax, t[q])
+            a = 0.0
+            b = 0.0
+            for _it in range(2):
+                stt = 0.0
+                st = 0.0
+                s1 = 0.0
+                std = 0.0
+                sd = 0.0
+                for q in range(25):
+                    if not use[q]:
+                        continue
+                    w = 1.0 / (v[q] + (eps * a * t[q]) ** 2 + (floor * a * tmax) ** 2)
+                    stt += w * t[q] * t[q]
+                    st += w * t[q]
+                    s1 += w
+                    std += w * t[q] * d[q]
+                    sd += w * d[q]
+                det = stt * s1 - st * st
+                if det <= 0:
+                    break
+                a = (std * s1 - st * sd) / det
+                b = (stt * sd - st * std) / det
+                if a < 0:
+                    a = 0.0
+                    b = sd / s1
+            c = 0.0
+            for q in range(25):
+                if use[q]:
+                    r = d[q] - a * t[q] - b
+                    c += r * r / (v[q] + (eps * a * t[q]) ** 2 + (floor * a * tmax) ** 2)
+            if c < bestc:
+                bestc = c
+                pred = a * templates[p][kc] + b
+                perr = v[kc] + (eps * a * templates[p][kc]) ** 2 + (floor * a * tmax) ** 2
+        if bestc < np.inf:
+            out[k] = d[kc] - pred > nsig * np.sqrt(perr)
+    return out
+
+
 def _protected(py: np.ndarray, px: np.ndarray, r: int, shape: tuple[int, int]) -> np.ndarray:
     """Sorted linear indices of the pixels within a (2r+1)^2 box of the given star peaks."""
     ny, nx = shape
@@ -768,6 +876,8 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
     # (unless asked for everywhere)
     chi2min_next = chi2min if config.star_test_all_iterations else 0.0
     guard_next = chi2min > 0 and len(templates) > 0 and not config.star_test_all_iterations
+    grow_star = config.grow_excess_nsigma > 0
+    grow_templates = templates if len(templates) else psf_templates_multi(FALLBACK_SIGMAS)
     all_y: list[np.ndarray] = []
     all_x: list[np.ndarray] = []
     all_v: list[np.ndarray] = []
@@ -782,6 +892,12 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
             if len(ny_):
                 ok = _test_list(image, var, mask, ny_, nx_, float(level), objlim, sepf, templates, chi2min, eps,
                                 floor, minsnr, False)
+                if ok.any() and grow_star:
+                    # not into the core of a star beside the cosmic ray: only pixels above what the light around
+                    # them predicts
+                    sub = np.flatnonzero(ok)
+                    ok[sub] = _grow_excess(image, var, mask, ny_[sub], nx_[sub], grow_templates, eps, floor, crbit,
+                                           float(config.grow_excess_nsigma))
                 if ok.any():
                     gy, gx = ny_[ok], nx_[ok]
                     mask[gy, gx] |= crbit
