@@ -77,10 +77,9 @@ class DetectConfig(StepConfig):
                                bounds=(0.0, 10.0))
     mask_bits: int = param(mb.SATELLITE | mb.NODATA, doc="pixels with these mask bits are not detected",
                            bounds=(0, 32767))
-    aper_diameters_arcsec: tuple[float, ...] = param((1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0),
+    aper_diameters_arcsec: tuple[float, ...] = param((1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
                                                      doc="diameters of the FLUX_APER apertures (the largest is the "
-                                                         "aperture correction's reference: it must hold the PSF's "
-                                                         "wings at the worst seeing)", unit="arcsec")
+                                                         "aperture correction's reference)", unit="arcsec")
     kron_factor: float = param(2.5, doc="Kron factor of FLUX_AUTO (PHOT_AUTOPARAMS)", bounds=(0.5, 10.0))
     kron_min_radius: float = param(3.5, doc="minimum Kron radius of FLUX_AUTO (PHOT_AUTOPARAMS)",
                                    bounds=(0.0, 20.0), unit="pixel")
