@@ -320,30 +320,7 @@ def _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, stop):  # pragma: 
         nuse = 25
         c = 0.0
         for _rej in range(3):
-            a = 0.0
-            b = 0.0
-            for _it in range(2):
-                stt = 0.0
-                st = 0.0
-                s1 = 0.0
-                std = 0.0
-                sd = 0.0
-                for k in range(25):
-                    if not use[k]:
-                        continue
-                    w = 1.0 / (v[k] + (eps * a * t[k]) ** 2 + (floor * a * tmax) ** 2)
-                    stt += w * t[k] * t[k]
-                    st += w * t[k]
-                    s1 += w
-                    std += w * t[k] * d[k]
-                    sd += w * d[k]
-                det = stt * s1 - st * st
-                if det <= 0:
-                    break
-                a = (std * s1 - st * sd) / det
-                b = (stt * sd - st * std) / det
-                if a < 0:
-                    a = 0.0
+            a, b = _fit_template(t, tmax, d, v, use, eps, floor, False)
             c = 0.0
             nrej = 0
             for k in range(25):
@@ -576,6 +553,40 @@ def _test_list(img, var, mask, ys, xs, sigclip, objlim, sepf, templates, chi2min
 
 
 @njit(cache=True, nogil=True)
+def _fit_template(t, tmax, d, v, use, eps, floor, refit_level):  # pragma: no cover - compiled
+    """Amplitude ``a`` (>= 0) and level ``b`` of ``d ~ a t + b`` over the 25 pixels with ``use``, weighted by the
+    variance ``v`` plus a model error ``eps * a * t`` and a floor ``floor * a * tmax`` (two passes: the weights need
+    ``a``). A negative amplitude is set to 0 (and, with ``refit_level``, ``b`` becomes the weighted mean)."""
+    a = 0.0
+    b = 0.0
+    for _it in range(2):
+        stt = 0.0
+        st = 0.0
+        s1 = 0.0
+        std = 0.0
+        sd = 0.0
+        for k in range(25):
+            if not use[k]:
+                continue
+            w = 1.0 / (v[k] + (eps * a * t[k]) ** 2 + (floor * a * tmax) ** 2)
+            stt += w * t[k] * t[k]
+            st += w * t[k]
+            s1 += w
+            std += w * t[k] * d[k]
+            sd += w * d[k]
+        det = stt * s1 - st * st
+        if det <= 0:
+            break
+        a = (std * s1 - st * sd) / det
+        b = (stt * sd - st * std) / det
+        if a < 0:
+            a = 0.0
+            if refit_level:
+                b = sd / s1
+    return a, b
+
+
+@njit(cache=True, nogil=True)
 def _climb(img, y, x, ny, nx, steps):  # pragma: no cover - compiled
     """The local maximum reached from (y, x) by moving to the brightest pixel of the 3x3 box, at most ``steps``
     times."""
@@ -691,31 +702,7 @@ def _grow_excess(img, var, mask, ys, xs, templates, eps, floor, crbit, nsig):  #
             tmax = 0.0
             for q in range(25):
                 tmax = max(tmax, t[q])
-            a = 0.0
-            b = 0.0
-            for _it in range(2):
-                stt = 0.0
-                st = 0.0
-                s1 = 0.0
-                std = 0.0
-                sd = 0.0
-                for q in range(25):
-                    if not use[q]:
-                        continue
-                    w = 1.0 / (v[q] + (eps * a * t[q]) ** 2 + (floor * a * tmax) ** 2)
-                    stt += w * t[q] * t[q]
-                    st += w * t[q]
-                    s1 += w
-                    std += w * t[q] * d[q]
-                    sd += w * d[q]
-                det = stt * s1 - st * st
-                if det <= 0:
-                    break
-                a = (std * s1 - st * sd) / det
-                b = (stt * sd - st * std) / det
-                if a < 0:
-                    a = 0.0
-                    b = sd / s1
+            a, b = _fit_template(t, tmax, d, v, use, eps, floor, True)
             c = 0.0
             for q in range(25):
                 if use[q]:
