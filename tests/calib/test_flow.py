@@ -211,3 +211,26 @@ def test_dark_is_optional_but_waited_for_when_expected(pipeline):
         s.info["upad_now"] = t0 + dt.timedelta(minutes=10)
         sel = select_masters(s, sel.frame_id, LookupConfig(wait_for_expected=False))
         assert sel.ready and sel.chosen["dark"].rule == "fallback"
+
+
+def test_lookup_follows_the_configured_master_steps(pipeline):
+    """The lookup sees what the master steps of the data root will build (upad.toml), not their defaults: with no
+    illumination correction configured (``build_flat_types = []``) a science frame does not wait for one."""
+    from upad.calib.config import MasterIllumConfig
+
+    from .helpers import add_frame
+
+    z = science_frame(pipeline, "zSDSS")
+    night = (dt.date.fromisoformat(z.night) + dt.timedelta(days=3)).isoformat()
+    t0 = night_start(night) + dt.timedelta(hours=4)
+    with scratch_session(pipeline.db) as s:
+        s.info["upad_now"] = night_end(night) + dt.timedelta(hours=2)
+        ids = [add_frame(s, night=night, obs_type="science", date_obs=t0 + dt.timedelta(minutes=2 * k),
+                         filter_name="zSDSS", ra=150.0 + 0.01 * k) for k in range(3)]
+        sel = select_masters(s, ids[0], LookupConfig())
+        assert "illumination" in sel.missing and sel.missing["illumination"].expected, sel.reason
+        s.info.clear()
+        s.info["upad_now"] = night_end(night) + dt.timedelta(hours=2)
+        s.info["upad_step_configs"] = {"master_illumination": MasterIllumConfig(build_flat_types=())}
+        sel = select_masters(s, ids[0], LookupConfig())
+        assert "illumination" not in sel.missing or not sel.missing["illumination"].expected, sel.reason

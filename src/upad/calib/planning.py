@@ -243,9 +243,18 @@ def _config_key(config: StepConfig) -> Any:
         return type(config).__name__ + json.dumps(config.as_dict(), sort_keys=True, default=str)
 
 
+def session_config(session: Session, kind: str) -> StepConfig:
+    """The configuration of the step making masters of ``kind`` in this planning pass: the data root's (the
+    scheduler puts every step's configuration in ``session.info['upad_step_configs']``), else the default. A lookup
+    must see what the step will really build (e.g. no illumination correction when ``build_flat_types`` is empty)."""
+    configs = session.info.get("upad_step_configs") or {}
+    return configs.get(STEP_OF[kind]) or default_config(kind)
+
+
 def planned_masters(session: Session, kind: str, config: StepConfig | None = None) -> dict[str, PlannedMaster]:
-    """Every unit of the step that makes masters of ``kind``, by unit key (cached per session and config)."""
-    config = config or default_config(kind)
+    """Every unit of the step that makes masters of ``kind``, by unit key (cached per session and config; the
+    configuration defaults to the pass's, :func:`session_config`)."""
+    config = config or session_config(session, kind)
     cache = _cache(session)
     ck = ("planned", kind, _config_key(config))
     if ck in cache:

@@ -96,12 +96,16 @@ def calib_lookup(settings: Settings, as_json: bool, frame: str, step_name: str |
                  fallback_nights: int | None) -> None:
     """Which masters apply to FRAME (id or file name), and why — exactly what the reduction uses."""
     from upad.calib.lookup import select_masters
+    from upad.config import load_config_document
     from upad.flow.invalidate import find_frame
+    from upad.flow.step import step_configs
 
     overrides = {} if fallback_nights is None else {"fallback_nights": fallback_nights}
     cfg, source = lookup_config(settings, step_name, overrides)
     db = open_database(settings.db_url)
     with db.session() as s:
+        # what the master steps of this data root will build (their upad.toml configuration)
+        s.info["upad_step_configs"] = step_configs(load_config_document(settings.root))
         f = find_frame(s, frame)
         sel = select_masters(s, f, cfg)
         out = sel.to_dict()

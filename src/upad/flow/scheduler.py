@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from upad._proc import pid_alive
-from upad.config import StepConfig, load_config_document, step_values
+from upad.config import StepConfig, load_config_document
 from upad.db.models import (
     Attempt,
     FlowChange,
@@ -56,7 +56,7 @@ from upad.flow.changes import record as record_changes
 from upad.flow.invalidate import cascade_stale
 from upad.flow.provenance import code_version, provenance_id, short
 from upad.flow.queries import PlanContext, Scope
-from upad.flow.step import FRAME, MEMORY_CLASSES, InputRef, Step, Unit, all_steps
+from upad.flow.step import FRAME, MEMORY_CLASSES, InputRef, Step, Unit, all_steps, step_configs
 from upad.settings import Settings
 
 log = logging.getLogger("upad.scheduler")
@@ -189,8 +189,7 @@ class Scheduler:
     def _load_configs(self) -> None:
         """Read ``<root>/upad.toml`` and build every step's typed configuration (an error names the parameter)."""
         self.user_config = load_config_document(self.settings.root)
-        self._configs = {s.name: s.make_config(step_values(self.user_config, s.name, s.config_class))
-                         for s in all_steps()}
+        self._configs = step_configs(self.user_config)
         self._config_mtime = _mtime(self.settings.root / "upad.toml")
 
     def reload_config(self) -> bool:
@@ -369,6 +368,7 @@ class Scheduler:
             cfg = self.config_for(step)
             version, cfg_hash = code_version(step.version), cfg.hash()
             with self.db.session() as s:
+                s.info["upad_step_configs"] = self._configs  # what the other steps will build, for lookups
                 scope, upto = self._scope(s, step, cfg_hash, version,
                                           full=full or dry_run or step.name in force)
                 report.scopes[step.name] = scope

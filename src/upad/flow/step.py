@@ -329,6 +329,14 @@ def all_steps() -> list[Step]:
     return step_order(_REGISTRY.values())
 
 
+def step_configs(document: dict[str, Any]) -> dict[str, StepConfig]:
+    """Every registered step's typed configuration from a configuration document (``upad.toml`` as read by
+    :func:`upad.config.load_config_document`); an error names the parameter."""
+    from upad.config import step_values
+
+    return {s.name: s.make_config(step_values(document, s.name, s.config_class)) for s in all_steps()}
+
+
 def get_step(name: str) -> Step:
     load_plugins()
     try:
