@@ -10,6 +10,7 @@ STEP_MODULES = (
     "upad.calib.signature_step",
     "upad.reduce.steps",
     "upad.reduce.night_step",
+    "upad.reduce.starflat_step",
 )
 
 for _mod in STEP_MODULES:

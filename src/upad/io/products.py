@@ -506,6 +506,77 @@ def read_night_summary(src: Any, *, root: str | PathLike | None = None) -> Any:
         raise DataError(f"{path} is not a night summary: {exc}") from exc
 
 
+# ------------------------------------------------------------------------------------------------------ star flat
+def write_star_flat(path: str | Path, star_flat: Any, *, exposures: list[str], cells: int = 32,
+                    provenance: str | None = None) -> Path:
+    """Write a :class:`~upad.reduce.starflat.StarFlat`: primary ``STARFLAT`` (the map ``S`` in mag on ``cells`` x
+    ``cells`` cells, the coefficients and QC figures in the header), image ``RESPONSE`` (mean 1: divide a frame by
+    it) and table ``EXPOSURES`` (``exposure``, ``zero_point``; ``exposures`` names them in the fit's order)."""
+    from astropy.table import Table
+
+    sf = star_flat
+    h = fits.Header()
+    h["EXTNAME"] = "STARFLAT"
+    h["BUNIT"] = "mag"
+    h["SFORDER"] = (sf.order, "Legendre total degree of the star flat")
+    for k, c in enumerate(sf.coef):
+        h[f"SFCOEF{k}"] = (float(c), "[mag] coefficient (upad.reduce.starflat basis)")
+    for k in range(len(sf.coef)):
+        for j in range(k, len(sf.coef)):
+            h[f"HIERARCH SFCOV {k} {j}"] = float(sf.cov[k, j])
+    h["SFNAXIS1"], h["SFNAXIS2"] = (int(sf.shape[1]), "detector x size"), (int(sf.shape[0]), "detector y size")
+    h["SFRMS"] = (round(float(sf.rms_mag), 6), "[mag] rms of the star flat")
+    h["SFERR"] = (round(float(sf.error_mag), 6), "[mag] rms uncertainty of the map")
+    h["SFPTP"] = (round(float(sf.ptp_mag), 6), "[mag] peak to valley")
+    h["SFNSTAR"] = (int(sf.n_stars), "stars seen in two exposures or more")
+    h["SFNOBS"] = (int(sf.n_obs), "their observations used")
+    h["SFNREJ"] = (int(sf.n_rejected), "observations rejected")
+    h["SFRMSOBS"] = (round(float(sf.rms_obs), 6), "[mag] rms of the kept observations")
+    h["SFNREF"] = (int(sf.n_reference), "reference mags used (0: no gradient)")
+    h["SFCONSTR"] = (bool(sf.constrained), "map constrained by the dithers")
+    h["CELLX"] = (float(sf.shape[1] / cells), "[pixel] cell size along x")
+    h["CELLY"] = (float(sf.shape[0] / cells), "[pixel] cell size along y")
+    for k, note in enumerate(sf.notes):
+        h[f"SFNOTE{k}"] = note.encode("ascii", "replace").decode()  # long strings: CONTINUE cards
+    if provenance:
+        h["UPADPROV"] = (provenance, "short provenance id")
+    prim = fits.PrimaryHDU(sf.grid(cells)[2].astype(np.float32), header=h)
+    resp = fits.ImageHDU(sf.response(cells).astype(np.float32), name="RESPONSE")
+    t = Table({"exposure": np.array(list(exposures), dtype=str), "zero_point": np.asarray(sf.zero_points, float)})
+    t["zero_point"].unit = "mag"
+    fits.HDUList([prim, resp, fits.BinTableHDU(t, name="EXPOSURES")]).writeto(path, overwrite=True, checksum=True)
+    return Path(path)
+
+
+def read_star_flat(src: Any, *, root: str | PathLike | None = None) -> Any:
+    """Read what :func:`write_star_flat` wrote: a :class:`~upad.reduce.starflat.StarFlat` (``mag_at``, ``grid``,
+    ``response``, ``exposures``)."""
+    from upad.reduce.starflat import StarFlat
+
+    path = file_of(src, "star_flat", root=root)
+    try:
+        with fits.open(path) as hdul:
+            h = hdul[0].header
+            n = sum(1 for k in h if k.startswith("SFCOEF"))
+            coef = np.array([h[f"SFCOEF{k}"] for k in range(n)], float)
+            cov = np.zeros((n, n))
+            for k in range(n):
+                for j in range(k, n):
+                    cov[k, j] = cov[j, k] = float(h.get(f"HIERARCH SFCOV {k} {j}", 0.0))
+            tab = hdul["EXPOSURES"].data
+            sf = StarFlat(coef=coef, cov=cov, order=int(h["SFORDER"]), shape=(int(h["SFNAXIS2"]), int(h["SFNAXIS1"])),
+                          zero_points=np.asarray(tab["zero_point"], float), n_stars=int(h["SFNSTAR"]),
+                          n_obs=int(h.get("SFNOBS", 0)), n_rejected=int(h.get("SFNREJ", 0)),
+                          rms_obs=float(h.get("SFRMSOBS", np.nan)), rms_mag=float(h["SFRMS"]),
+                          error_mag=float(h["SFERR"]), ptp_mag=float(h["SFPTP"]), constrained=bool(h["SFCONSTR"]),
+                          significance=float(h["SFRMS"]) / float(h["SFERR"]) if float(h["SFERR"]) > 0 else np.inf,
+                          notes=[str(h[k]) for k in h if k.startswith("SFNOTE")], n_reference=int(h.get("SFNREF", 0)),
+                          exposures=[str(e) for e in tab["exposure"]])
+            return sf
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path} is not a star flat: {exc}") from exc
+
+
 # ------------------------------------------------------------------------------------------------------ catalog
 def write_catalog(path: str | Path, catalog: Any, *, header: Any = None,
                   provenance: Mapping[str, str] | None = None) -> Path:
