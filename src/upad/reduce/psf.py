@@ -821,9 +821,10 @@ def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarra
         # the stars of the profile fit: their fitted sizes; the others: moments, put on the same scale
         good = prof["used"]
         fw_fit = prof["scale"][good] * prof["fwhm"]
-        if good.sum() >= 3:
-            fwhm *= float(np.median(fw_fit / np.where(np.isfinite(fwhm[sub[good]]), fwhm[sub[good]], np.nan)
-                                    [np.isfinite(fwhm[sub[good]])])) if np.any(np.isfinite(fwhm[sub[good]])) else 1.0
+        den = fwhm[sub[good]]
+        fin = np.isfinite(den)
+        if good.sum() >= 3 and fin.any():  # (a star whose moment size is off the calibration has no moment FWHM)
+            fwhm *= float(np.median(fw_fit[fin] / den[fin]))
         fwhm[sub[good]] = fw_fit
         fwhm[sub[~good]] = np.nan
         resp = np.interp(np.log(np.maximum(fwhm, 1e-3)), np.log(cal["fwhm"]), cal["R"])
