@@ -14,7 +14,11 @@ reference stars matched to the truth, once per variant, all on the same stars:
 * ``tflux_real``: true fluxes, the exact magnitudes through the camera's real (shifted) passband (must give the true
   zero point: a check of the decomposition).
 
-``metric`` is ``pipe`` against the validation's truth (:func:`upad.reduce.validation.true_zero_point_at_colour`:
+* ``pipe_fluxfixed``: the measured fluxes divided by their median bias over the S/N > 100 stars used (what a fix
+  of the flux bias would leave: the flux noise).
+
+``zp_header``, ``pipe``, ``rest`` are against the AB ``zp_e`` of the camera's passband; ``header_metric``,
+``metric``, ``metric_fluxfixed`` against the validation's truth (:func:`upad.reduce.validation.true_zero_point_at_colour`:
 the zero point at the reference colour in the nominal system) and ``rest_metric`` the rest against it.
 Components (mag): ``flux = pipe - tflux`` (also ``2.5 log10 median(measured / true)`` over the stars used),
 ``rest = tflux - truth``, split into ``reference = tflux - tflux_nom`` (transformation or survey-magnitude errors,
@@ -24,6 +28,7 @@ one, the slope of ``real - nominal`` magnitudes in BP-RP over the stars used.
 
     python bench/zp_decompose.py --only "Kolmogorov+optics, 1.2" --keep /tmp/zpwork   # simulate, reduce, decompose
     python bench/zp_decompose.py --only "Kolmogorov+optics, 1.2" --reuse /tmp/zpwork  # decompose again (photcal only)
+    python bench/zp_decompose.py --only moonlit --reuse /tmp/zpwork --set zp_colour_prior=0  # another configuration
 """
 from __future__ import annotations
 
@@ -210,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    keys = ("zp_header", "header_metric", "pipe", "metric", "metric_fluxfixed", "flux", "flux_median_ratio_mag", "rest", "reference",
-            "passband", "rest_metric", "tflux_real")
-    print("| condition | frame | n | BP-RP min/med/max | " + " | ".join(keys) + " | k pipe / tflux / tflux_nom / true |")
+    keys = ("zp_header", "header_metric", "pipe", "metric", "metric_fluxfixed", "flux", "flux_median_ratio_mag",
+            "rest", "reference", "passband", "rest_metric", "tflux_real")
+    print("| condition | frame | n | BP-RP min/med/max | " + " | ".join(keys)
+          + " | k pipe / tflux / tflux_nom / true |")
     print("|---" * (len(keys) + 5) + "|")
     for r in rows:
         cu = "/".join(f"{v:.2f}" for v in r["colour_used"]) if r["colour_used"] else "–"
