@@ -20,6 +20,18 @@ else 0) and the residual zero-point map (order ``zp_map_order``, no constant ter
 frame) that the tile calibration will use. The catalog's ``MAG_*`` are in the natural system of the camera at
 ``ZP_E`` (no colour correction).
 
+``ZP_E`` is the zero point for a star of colour ``c0`` in the reference (nominal) system. The **AB zero point** of
+the camera's natural system is the one at the BP-RP of a flat-f_nu source (0.34, from the Gaia AB - Vega offsets):
+``ZP_E + k (c0 - 0.34)``; the two differ when the camera's passband differs from the nominal one. ``c0 = 1`` is
+near the median calibration star, so ``ZP_E`` needs no extrapolation in colour (at 0.34 it would carry the colour
+term's noise, and the G/BP/RP transformation's error at the hot end, times 0.66 mag of colour).
+
+The colour term is fitted with a Gaussian prior ``k = 0 +- zp_colour_prior`` (0.03: a camera's colour term
+against its nominal system is a few hundredths per magnitude of colour; the data's errors are first scaled by the
+fit's reduced chi-square): a frame's 10-20 stars with a few per cent flux errors measure ``k`` to +-0.02-0.05 only,
+and without the prior a handful of faint blue or red stars can make it 0.1. A frame with many stars measures its own
+``k``; one with few keeps it near 0.
+
 Without a usable reference (no magnitudes in the filter and no G/BP/RP, no star within the transformation's colour
 range, too few matched stars) the frame gets the **nominal** zero point of the instrument file (``source =
 'nominal'``, with the reason in ``note``): the pipeline records a QC warning (``PHOTCAL``), not a failure.
@@ -100,21 +112,38 @@ def nominal_zero_point(nominal_zp_e: float, *, exptime: float, filter_name: str,
                      source="nominal", note=note)
 
 
-def _fit(z: np.ndarray, sig: np.ndarray, design: np.ndarray, clip: float, min_keep: int
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fit(z: np.ndarray, sig: np.ndarray, design: np.ndarray, clip: float, min_keep: int,
+         prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares with sigma clipping; ``prior``: per-coefficient Gaussian prior widths around 0
+    (inf: none), added as pseudo-observations that are never clipped."""
     keep = np.ones(len(z), bool)
     coef = np.zeros(design.shape[1])
+    pa = np.zeros((0, design.shape[1]))
+    if prior is not None:
+        fin = np.isfinite(prior)
+        pa = np.diag(np.where(fin, 1.0 / np.where(fin, prior, 1.0), 0.0))[fin]
+
+    def solve(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = 1.0 / sig[k]
+        a = design[k] * w[:, None]
+        coef = np.linalg.lstsq(a, z[k] * w, rcond=None)[0]
+        if len(pa):  # the prior against the data's actual scatter (errors scaled by the reduced chi2 when > 1)
+            nk = int(k.sum())
+            chi2 = float(np.sum(((z[k] - design[k] @ coef) * w) ** 2) / max(nk - design.shape[1], 1))
+            a = np.vstack([a / math.sqrt(max(chi2, 1.0)), pa])
+            b = np.concatenate([z[k] * w / math.sqrt(max(chi2, 1.0)), np.zeros(len(pa))])
+            coef = np.linalg.lstsq(a, b, rcond=None)[0]
+        return coef, a
+
     for _ in range(10):
-        w = 1.0 / sig[keep]
-        coef = np.linalg.lstsq(design[keep] * w[:, None], z[keep] * w, rcond=None)[0]
+        coef, _a = solve(keep)
         r = z - design @ coef
         s = 1.4826 * np.median(np.abs(r[keep]))
         new = np.abs(r) <= clip * np.maximum(s, sig)
         if new.sum() < min_keep or np.array_equal(new, keep):
             break
         keep = new
-    w = 1.0 / sig[keep]
-    a = design[keep] * w[:, None]
+    coef, a = solve(keep)
     cov = np.linalg.pinv(a.T @ a)
     return coef, cov, keep
 
@@ -230,11 +259,15 @@ def calibrate_zero_point(flux: np.ndarray, fluxerr: np.ndarray, x: np.ndarray, y
     if order > 0:
         cols_d.extend(_poly_design(u, v, order)[:, 1:].T)
     design = np.column_stack(cols_d)
-    coef, cov, keep = _fit(z, sig, design, config.zp_clip_sigma, max(config.zp_min_stars, design.shape[1] + 1))
+    prior = np.full(design.shape[1], np.inf)
+    if fit_colour and config.zp_colour_prior > 0:
+        prior[1] = config.zp_colour_prior
+    coef, cov, keep = _fit(z, sig, design, config.zp_clip_sigma, max(config.zp_min_stars, design.shape[1] + 1),
+                           prior)
     resid = z - design @ coef
     nk = int(keep.sum())
     chi2 = float(np.sum((resid[keep] / sig[keep]) ** 2) / max(nk - design.shape[1], 1))
-    scale = math.sqrt(max(chi2, 1.0))
+    scale = math.sqrt(max(chi2, 1.0)) if np.isinf(prior).all() else 1.0  # the prior fit's cov is already scaled
     zp = float(coef[0])
     # the transformation's spread at fixed colour averages down only as far as the stars differ: a floor of a fifth
     err = math.hypot(math.sqrt(cov[0, 0]) * scale, 0.2 * sys_err)

@@ -59,6 +59,10 @@ class PhotometryConfig(StepConfig):
     zp_colour_ref: float = param(1.0, doc="BP-RP at which the zero point is quoted", bounds=(-1.0, 5.0), unit="mag")
     zp_colour_min_spread: float = param(0.15, doc="smallest rms of the stars' BP-RP for a fitted colour term",
                                         bounds=(0.0, None), unit="mag")
+    zp_colour_prior: float = param(0.03, doc="width of a Gaussian prior around 0 on the fitted colour term: a "
+                                             "camera's colour term against its nominal system is a few hundredths "
+                                             "per mag; a frame's own stars determine it only when they are many "
+                                             "(0: no prior)", bounds=(0.0, None), unit="mag/mag")
     zp_colour_min_stars: int = param(10, doc="fewest stars for a fitted colour term", bounds=(3, None))
     zp_map_order: int = param(1, doc="order of the residual zero-point map over the field (0: none)",
                               bounds=(0, 3))

@@ -25,7 +25,7 @@ from upad import maskbits as mb
 
 __all__ = ["astrometry_vs_truth", "photometry_vs_truth", "psf_vs_truth", "cosmics_vs_truth", "satellites_vs_truth",
            "sextractor_binary", "run_sextractor", "compare_with_sextractor", "run_astroscrappy", "robust_std",
-           "GOALS", "frame_truth", "frame_vs_truth"]
+           "GOALS", "frame_truth", "frame_vs_truth", "true_zero_point_at_colour"]
 
 SEXTRACTOR_PARAMS = ("NUMBER", "X_IMAGE", "Y_IMAGE", "XWIN_IMAGE", "YWIN_IMAGE", "FLUX_AUTO", "FLUXERR_AUTO",
                      "FLUX_APER(3)", "FLUXERR_APER(3)", "FLUX_RADIUS", "FWHM_IMAGE", "FLAGS", "CLASS_STAR",
@@ -272,8 +272,42 @@ def frame_truth(sim_out: Path, record: dict[str, Any], manifest: dict[str, Any])
     stars = np.asarray(sky["id"])[np.char.strip(np.asarray(sky["type"]).astype(str)) == "star"]
     ids = np.asarray(obj["id"])
     ref_ids = np.asarray(ref["truth_id"]) if "truth_id" in ref.colnames else np.zeros(0, ids.dtype)
+    # the objects' true magnitudes through the camera's (mag) and the nominal (magnom) passband, and their colour
+    row = {int(i): k for k, i in enumerate(np.asarray(sky["id"]))}
+    rows = np.array([row.get(int(i), -1) for i in ids], int)
+    filt = record.get("filter")
+    mags: dict[str, np.ndarray] = {}
+    for key, col in (("mag", f"mag_{filt}"), ("magnom", f"magnom_{filt}"), ("bp", "phot_bp_mean_mag"),
+                     ("rp", "phot_rp_mean_mag")):
+        if col in sky.colnames:
+            v = np.asarray(sky[col], float)
+            mags[key] = np.where(rows >= 0, v[np.maximum(rows, 0)], np.nan)
     return {"record": record, "wcs": tw, "objects": obj, "cosmics": cr, "trail": sat,
-            "is_star": np.isin(ids, stars), "in_ref": np.isin(ids, ref_ids)}
+            "is_star": np.isin(ids, stars), "in_ref": np.isin(ids, ref_ids), "mags": mags}
+
+
+def true_zero_point_at_colour(truth: dict[str, Any], colour_ref: float | None) -> tuple[float, float]:
+    """The true zero point of a frame in the pipeline's convention, and the offset from the AB one (mag).
+
+    The simulator's ``zp_e`` is the AB zero point of the camera's real passband (the AB magnitude of 1 e-/s, exact
+    for a flat-f_nu source). A zero point calibrated against reference magnitudes through the *nominal* passband
+    and quoted at the reference colour ``colour_ref`` (BP-RP; ``ZPCOLREF``) predicts the counts of a star of that
+    colour: it is ``zp_e + (nominal - real)`` magnitude of such a star. The offset is read off the frame's reference
+    stars (a quadratic in BP-RP of their true nominal - real magnitudes, evaluated at ``colour_ref``); 0 without a
+    colour reference (nominal zero point) or without the truth's magnitudes.
+    """
+    zp = float(truth["record"]["zp_e"])
+    m = truth.get("mags", {})
+    if colour_ref is None or not math.isfinite(colour_ref) or not {"mag", "magnom", "bp", "rp"} <= set(m):
+        return zp, 0.0
+    c = m["bp"] - m["rp"]
+    d = m["magnom"] - m["mag"]
+    ok = truth["is_star"] & truth["in_ref"] & np.asarray(truth["objects"]["in_image"], bool) & np.isfinite(c) \
+        & np.isfinite(d)
+    if ok.sum() < 5:
+        return zp, 0.0
+    off = float(np.polynomial.polynomial.polyval(colour_ref, np.polynomial.polynomial.polyfit(c[ok], d[ok], 2)))
+    return zp + off, off
 
 
 def _pixel_sigma(weight: np.ndarray | None, shape: tuple[int, int], fallback: float) -> np.ndarray:
@@ -327,8 +361,13 @@ def frame_vs_truth(frame: Any, truth: dict[str, Any], *, goals: dict[str, float]
     else:
         out["astrometry"] = {"pass": False, "error": "no astrometric solution"}
     if frame.zero_point_e_s is not None and rec.get("zp_e") is not None:
-        d = float(frame.zero_point_e_s) - float(rec["zp_e"])
+        # the truth in the pipeline's convention: at the frame's reference colour (ZPCOLREF) in the nominal system
+        c0 = h.get("ZPCOLREF") if str(h.get("ZPSOURCE", "")).strip() in ("gaia", "survey") else None
+        zp_true, off = true_zero_point_at_colour(truth, None if c0 is None else float(c0))
+        d = float(frame.zero_point_e_s) - zp_true
         out["zero_point"] = {"diff_mag": d, "error": frame.zero_point_error, "goal": zp_goal,
+                             "colour_ref": c0, "truth_colour_offset": off,
+                             "diff_mag_ab": float(frame.zero_point_e_s) - float(rec["zp_e"]),
                              "pass": abs(d) <= zp_goal}
     else:
         out["zero_point"] = {"pass": False, "error": "no zero point"}
