@@ -162,7 +162,8 @@ def _field_with_cosmics(seed: int, sigma: float, *, size: int = 512, n_stars: in
 def test_faint_edges_of_tracks_at_wide_seeing(sigma):
     """The fainter pixels along a bright track (> 5 sigma, beside flagged ones) are grown into at 1.2-2" seeing: the
     PSF fitted to decide the growth leaves out the pixels that touch the cosmic ray (else the track's own faint edge
-    reads as a faint star and predicts the pixel). The growth refused them before: 94 % found here, now 96 %."""
+    reads as a faint star and predicts the pixel), and the second dilation's S' is evaluated with the first-level
+    pixels cleaned (beside a bright pixel a faint one's Laplacian is negative). 94 % found here before, now 96-97 %."""
     found = n = false_core = 0
     for seed in (0, 1):
         img, var, cr, xs, ys = _field_with_cosmics(seed, sigma)
@@ -173,5 +174,5 @@ def test_faint_edges_of_tracks_at_wide_seeing(sigma):
         n += c["n_injected"]
         false_core += c["false_core"]
     assert n > 1500
-    assert found / n >= 0.95, found / n
+    assert found / n >= 0.955, found / n
     assert false_core == 0

@@ -10,7 +10,9 @@ L.A.Cosmic flags a pixel when three quantities, all local, pass thresholds:
 * the fine-structure contrast ``S' / F > objlim`` with ``F = (med3(I) - med7(med3(I))) / N`` (>= 0.01): star cores
   have fine structure, cosmic rays are sharper.
 
-Neighbours of the detections are added when ``S' > sigclip`` and then, once more, when ``S' > sigfrac sigclip``,
+Neighbours of the detections are added when ``S' > sigclip`` and then, once more, when ``S' > sigfrac sigclip`` (this
+second ``S'`` on the image with the pixels flagged so far cleaned: a faint pixel beside a bright one of the same
+track has a Laplacian the bright one makes negative),
 provided they stand above the light around them (``grow_excess_nsigma``: a PSF fitted to the unflagged neighbourhood,
 the cosmic ray, the pixels that touch it and the pixel itself left out, must not explain them — the core of a star that a cosmic ray hits
 beside it has a Laplacian as large as a cosmic ray's, but the rest of the star predicts it); the flagged pixels are replaced by the mean of their unflagged 5x5 neighbours and the search is repeated near them
@@ -915,8 +917,17 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
         for level in (sigclip, config.sigfrac * sigclip):
             ny_, nx_ = _neighbours(new_y, new_x, 1, ny, nx, mask, excl, satb, crbit, noprot)
             if len(ny_):
-                ok = _test_list(image, var, mask, ny_, nx_, float(level), objlim, sepf, templates, chi2min, eps,
-                                floor, minsnr, False)
+                if level < sigclip:
+                    # the second dilation sees the first-level pixels cleaned: beside a bright pixel of the track a
+                    # faint one has a Laplacian that the bright one makes negative (as the later iterations see it)
+                    saved = image[new_y, new_x].copy()
+                    _clean(image, mask, new_y, new_x, excl, crbit)
+                    ok = _test_list(image, var, mask, ny_, nx_, float(level), objlim, sepf, templates, chi2min, eps,
+                                    floor, minsnr, False)
+                    image[new_y, new_x] = saved
+                else:
+                    ok = _test_list(image, var, mask, ny_, nx_, float(level), objlim, sepf, templates, chi2min, eps,
+                                    floor, minsnr, False)
                 if ok.any() and grow_star:
                     # not into the core of a star beside the cosmic ray: only pixels above what the light around
                     # them predicts
