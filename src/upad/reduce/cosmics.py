@@ -13,10 +13,11 @@ L.A.Cosmic flags a pixel when three quantities, all local, pass thresholds:
 Neighbours of the detections are added when ``S' > sigclip`` and then, once more, when ``S' > sigfrac sigclip`` (this
 second ``S'`` on the image with the pixels flagged so far cleaned: a faint pixel beside a bright one of the same
 track has a Laplacian the bright one makes negative),
-provided they stand above the light around them (``grow_excess_nsigma``: a PSF fitted to the unflagged neighbourhood,
-the cosmic ray, the pixels that touch it and the pixel itself left out, must not explain them — the core of a star that a cosmic ray hits
-beside it has a Laplacian as large as a cosmic ray's, but the rest of the star predicts it); the flagged pixels are replaced by the mean of their unflagged 5x5 neighbours and the search is repeated near them
-(``niter`` times), as astroscrappy does.
+provided they stand above the light around them (``grow_excess_nsigma``: a PSF fitted to the unflagged
+neighbourhood, the cosmic ray, the pixels that touch it and the pixel itself left out, must not explain them — the
+core of a star that a cosmic ray hits beside it has a Laplacian as large as a cosmic ray's, but the rest of the star
+predicts it); the flagged pixels are replaced by the mean of their unflagged 5x5 neighbours and the search is
+repeated near them (``niter`` times), as astroscrappy does.
 
 **Where the speed comes from.** ``S' <= S <= L+ / (2 sqrt(var_sky))`` because both medians are of non-negative
 numbers, so a pixel whose ``L+`` is below ``2 sigclip sqrt(var_sky)`` can never be a cosmic ray. One pass over the
