@@ -134,3 +134,45 @@ def test_growth_spares_the_core_of_a_star_beside_a_cosmic_ray():
             assert all(flags[nsig][y, x] for y, x, _ in cr), nsig
         assert not (flags[3.0] & core).any()
         assert (flags[0.0] & core).sum() >= 2  # what the rule is for
+
+
+def _field_with_cosmics(seed: int, sigma: float, *, size: int = 512, n_stars: int = 400):
+    """Stars (a double Gaussian: 80 % of sigma, 20 % of 2 sigma) on a flat sky, with the simulator's cosmic rays at
+    200x the natural rate (straight tracks, bilinear charge sharing: faint edges beside bright pixels)."""
+    from upad.sim import SimConfig
+    from upad.sim.detector import cosmic_rays
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    xs, ys = rng.uniform(3, size - 3, n_stars), rng.uniform(3, size - 3, n_stars)
+    fl = 10 ** rng.uniform(2.5, 4.7, n_stars)
+    model = np.zeros((size, size))
+    for x, y, f in zip(xs, ys, fl):
+        sl = np.s_[max(int(y) - 12, 0):int(y) + 13, max(int(x) - 12, 0):int(x) + 13]
+        r2 = (xx[sl] - x) ** 2 + (yy[sl] - y) ** 2
+        model[sl] += f * (0.8 * np.exp(-r2 / (2 * sigma ** 2)) / (2 * np.pi * sigma ** 2)
+                          + 0.2 * np.exp(-r2 / (8 * sigma ** 2)) / (8 * np.pi * sigma ** 2))
+    img = rng.poisson(model + 60.0) - 60.0 + rng.normal(0, 4, model.shape)
+    cr = cosmic_rays(rng, (size, size), exposure_s=40.0, cfg=SimConfig(cosmic_rate=600.0), pixel_um=10.0)
+    img[cr.y, cr.x] += cr.e
+    return img.astype(np.float32), np.full(img.shape, 76.0, np.float32), cr, xs, ys
+
+
+@pytest.mark.parametrize("sigma", [1.3, 2.1])
+def test_faint_edges_of_tracks_at_wide_seeing(sigma):
+    """The fainter pixels along a bright track (> 5 sigma, beside flagged ones) are grown into at 1.2-2" seeing: the
+    PSF fitted to decide the growth leaves out the pixels that touch the cosmic ray (else the track's own faint edge
+    reads as a faint star and predicts the pixel), and the second dilation's S' is evaluated with the first-level
+    pixels cleaned (beside a bright pixel a faint one's Laplacian is negative). 94 % found here before, now 96-97 %."""
+    found = n = false_core = 0
+    for seed in (0, 1):
+        img, var, cr, xs, ys = _field_with_cosmics(seed, sigma)
+        mask = mb.new_mask(img.shape)
+        detect_cosmics(img, var, mask)
+        c = cosmics_vs_truth(mask, cr.x, cr.y, cr.e, np.sqrt(var), star_x=xs, star_y=ys)
+        found += c["completeness"] * c["n_injected"]
+        n += c["n_injected"]
+        false_core += c["false_core"]
+    assert n > 1500
+    assert found / n >= 0.955, found / n
+    assert false_core == 0

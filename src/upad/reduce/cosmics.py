@@ -10,11 +10,14 @@ L.A.Cosmic flags a pixel when three quantities, all local, pass thresholds:
 * the fine-structure contrast ``S' / F > objlim`` with ``F = (med3(I) - med7(med3(I))) / N`` (>= 0.01): star cores
   have fine structure, cosmic rays are sharper.
 
-Neighbours of the detections are added when ``S' > sigclip`` and then, once more, when ``S' > sigfrac sigclip``,
-provided they stand above the light around them (``grow_excess_nsigma``: a PSF fitted to the unflagged neighbourhood,
-the cosmic ray and the pixel itself left out, must not explain them — the core of a star that a cosmic ray hits
-beside it has a Laplacian as large as a cosmic ray's, but the rest of the star predicts it); the flagged pixels are replaced by the mean of their unflagged 5x5 neighbours and the search is repeated near them
-(``niter`` times), as astroscrappy does.
+Neighbours of the detections are added when ``S' > sigclip`` and then, once more, when ``S' > sigfrac sigclip`` (this
+second ``S'`` on the image with the pixels flagged so far cleaned: a faint pixel beside a bright one of the same
+track has a Laplacian the bright one makes negative),
+provided they stand above the light around them (``grow_excess_nsigma``: a PSF fitted to the unflagged
+neighbourhood, the cosmic ray, the pixels that touch it and the pixel itself left out, must not explain them — the
+core of a star that a cosmic ray hits beside it has a Laplacian as large as a cosmic ray's, but the rest of the star
+predicts it); the flagged pixels are replaced by the mean of their unflagged 5x5 neighbours and the search is
+repeated near them (``niter`` times), as astroscrappy does.
 
 **Where the speed comes from.** ``S' <= S <= L+ / (2 sqrt(var_sky))`` because both medians are of non-negative
 numbers, so a pixel whose ``L+`` is below ``2 sigclip sqrt(var_sky)`` can never be a cosmic ray. One pass over the
@@ -26,16 +29,19 @@ ones whose criteria changed. The result is the same set of flags as a full-image
 
 **Stars are never interpolated, at any seeing.** Below ~0.8" (FWHM < 1.5 pixels) a star's core is as sharp as a
 cosmic ray for the L.A.Cosmic criteria, so every seed also passes a star test: a Gaussian PSF (+ constant), over 25
-sub-pixel phases, fitted to the 5x5 box around the local maximum the seed belongs to; the seed stays a cosmic ray
+sub-pixel phases, fitted to the 5x5 box around the local maximum the seed belongs to (its pixels inside the image:
+a star cut by the edge is fitted on what is left of it); the seed stays a cosmic ray
 only if that fit is bad (``chi2/dof > star_chi2``; model error ``star_model_error`` of the template plus
 ``star_model_floor`` of the peak in every pixel; outer pixels 5 sigma above the fit — a cosmic ray beside a star —
 left out). The PSF width comes from the frame's stars, measured in the same full-image pass before any seed is kept
 (:func:`_peak_size`: local maxima above ``psf_peak_snr`` sigma that are not lone spikes, round, and with wings beyond
 the 3x3 box, which cosmic rays lack; the width is their most common size), so it is known at every seeing; with
 fewer than ``psf_min_stars`` such peaks the test accepts any width of :data:`FALLBACK_SIGMAS`. The stars found
-(those peaks and the seeds the test rejected) are protected: the growth and the later iterations never enter a box
-of 2 PSF sigmas around them, and the later iterations spare the star-like local maxima that do not touch a flagged
-pixel.
+(those peaks and the seeds the test rejected) are protected: the later iterations never enter a box of 2 PSF sigmas
+around them, and spare the star-like local maxima that do not touch a flagged pixel. The growth is not refused by those
+boxes (a compact track or a track on a faint galaxy can pass for a star's peak there): it is decided by
+``grow_excess_nsigma``, whose PSF fit leaves out the flagged pixels and the pixels that touch them (the fainter edge of
+the same track, which a PSF would otherwise take for a faint star).
 
 Pixels flagged ``BAD``, ``NODATA``, ``SATURATED``, ``BLEED`` or ``SATELLITE`` (and pixels within 2 pixels of
 saturated ones) are never flagged nor used to clean: run the satellite-trail detection first (a trail is as sharp as
@@ -85,8 +91,9 @@ class CosmicConfig(StepConfig):
     psf_peak_snr: float = param(30.0, doc="first pass: local maxima this many sigma above the background are "
                                           "measured for the PSF width of the star test", bounds=(3.0, None))
     protect_stars: bool = param(True, doc="the stars found by the first pass and the star test (a box of "
-                                          "2 PSF sigmas, at least 2 pixels, around each peak) are never grown into "
-                                          "nor searched again after cleaning")
+                                          "2 PSF sigmas, at least 2 pixels, around each peak) are not "
+                                          "searched again after cleaning (the growth is decided by "
+                                          "grow_excess_nsigma)")
     psf_min_stars: int = param(5, doc="fewest star-like peaks for a measured PSF width; with fewer, the star "
                                       "test accepts any Gaussian width from 0.5 to 3 pixels", bounds=(1, None))
     psf_sigma_px: float = param(0.0, doc="Gaussian sigma of the sampled PSF for the star test; 0: measured from "
@@ -300,8 +307,10 @@ def _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, stop):  # pragma: 
     d = np.empty(25, np.float64)
     v = np.empty(25, np.float64)
     inner = np.zeros(25, np.bool_)
+    inside = np.zeros(25, np.bool_)
     use = np.empty(25, np.bool_)
     n = 0
+    nin = 0
     for dy in range(-2, 3):
         yy = _cl(y + dy, ny)
         for dx in range(-2, 3):
@@ -310,14 +319,19 @@ def _star_chi2(img, var, y, x, ny, nx, templates, eps, floor, stop):  # pragma: 
             v[n] = var[yy, xx] + max(img[yy, xx], 0.0)
             v[n] = max(v[n], 1e-5)
             inner[n] = abs(dy) <= 1 and abs(dx) <= 1
+            # a star cut by the image edge is fitted on its pixels inside the image (replicated edge pixels are
+            # no PSF)
+            inside[n] = yy == y + dy and xx == x + dx
+            if inside[n]:
+                nin += 1
             n += 1
     for p in range(templates.shape[0]):
         t = templates[p]
         tmax = 0.0
         for k in range(25):
             tmax = max(tmax, t[k])
-            use[k] = True
-        nuse = 25
+            use[k] = inside[k]
+        nuse = nin
         c = 0.0
         for _rej in range(3):
             a, b = _fit_template(t, tmax, d, v, use, eps, floor, False)
@@ -647,10 +661,12 @@ def _grow_excess(img, var, mask, ys, xs, templates, eps, floor, crbit, nsig):  #
 
     A PSF (+ constant) is fitted, over the templates' sub-pixel phases, to the 5x5 box centred on the local maximum
     of the unflagged pixels next to the candidate (the candidate itself included in the climb), leaving out the
-    flagged pixels and the candidate; the best template predicts the candidate's value. A star's core beside a
-    cosmic ray is predicted by the rest of the star and is not grown into; a cosmic ray's own fainter pixels stand
-    above the sky (or a star) around them. With fewer than 10 pixels left, or no positive PSF amplitude, the
-    prediction is the fitted constant alone."""
+    flagged pixels, the pixels that touch a flagged one (the fainter edge of the same track: a PSF fitted to it would
+    take it for a faint star and predict the candidate) when at least 10 others remain, and the candidate; the best
+    template predicts the candidate's value. A star's core beside a cosmic ray is predicted by the rest of the star
+    and is not grown into; a cosmic ray's own fainter pixels stand above the sky (or a star) around them. With no
+    positive PSF amplitude the prediction is the fitted constant alone; with fewer than 10 usable pixels the
+    candidate is grown into."""
     ny, nx = img.shape
     n = len(ys)
     out = np.ones(n, np.bool_)
@@ -694,6 +710,28 @@ def _grow_excess(img, var, mask, ys, xs, templates, eps, floor, crbit, nsig):  #
                 if use[m]:
                     nuse += 1
                 m += 1
+        # the light around: leave out the pixels that touch a flagged one too (the fainter edge of the same track,
+        # which a PSF would otherwise fit as a faint star), when enough pixels remain
+        far = np.zeros(25, np.bool_)
+        nfar = 0
+        for q in range(25):
+            if not use[q]:
+                continue
+            yy = cy + q // 5 - 2
+            xx = cx + q % 5 - 2
+            touch = False
+            for ey in range(-1, 2):
+                for ex in range(-1, 2):
+                    y2 = yy + ey
+                    x2 = xx + ex
+                    if 0 <= y2 < ny and 0 <= x2 < nx and (mask[y2, x2] & crbit) != 0:
+                        touch = True
+            if not touch:
+                far[q] = True
+                nfar += 1
+        if nfar >= 10:
+            use = far
+            nuse = nfar
         bestc = np.inf
         pred = 0.0
         perr = v[kc]
@@ -855,7 +893,7 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
             star_y = np.concatenate([star_y, py[~keep]])
             star_x = np.concatenate([star_x, px[~keep]])
     # the stars found before any pixel was flagged (bright point sources, and the seeds that passed the star test)
-    # are protected: neither grown into nor searched again after cleaning
+    # are protected: not searched again after cleaning
     r_prot = int(max(2, math.ceil(2.0 * (psf_sigma or 1.0))))
     prot = _protected(star_y, star_x, r_prot, image.shape) if config.protect_stars else np.empty(0, np.int64)
     # later iterations only look next to detected cosmic rays, where the remains of a track after cleaning can
@@ -865,6 +903,9 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
     guard_next = chi2min > 0 and len(templates) > 0 and not config.star_test_all_iterations
     grow_star = config.grow_excess_nsigma > 0
     grow_templates = templates if len(templates) else psf_templates_multi(FALLBACK_SIGMAS)
+    # the growth is not refused by the star boxes: the excess test decides there (a star's core beside a cosmic ray
+    # is predicted by the rest of the star; a track that the first pass took for a star's peak is not)
+    noprot = np.empty(0, np.int64)
     all_y: list[np.ndarray] = []
     all_x: list[np.ndarray] = []
     all_v: list[np.ndarray] = []
@@ -875,10 +916,19 @@ def detect_cosmics(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
         # grow this iteration's detections: neighbours with S' > sigclip, then neighbours of those with
         # S' > sigfrac * sigclip (astroscrappy's two dilations)
         for level in (sigclip, config.sigfrac * sigclip):
-            ny_, nx_ = _neighbours(new_y, new_x, 1, ny, nx, mask, excl, satb, crbit, prot)
+            ny_, nx_ = _neighbours(new_y, new_x, 1, ny, nx, mask, excl, satb, crbit, noprot)
             if len(ny_):
-                ok = _test_list(image, var, mask, ny_, nx_, float(level), objlim, sepf, templates, chi2min, eps,
-                                floor, minsnr, False)
+                if level < sigclip:
+                    # the second dilation sees the first-level pixels cleaned: beside a bright pixel of the track a
+                    # faint one has a Laplacian that the bright one makes negative (as the later iterations see it)
+                    saved = image[new_y, new_x].copy()
+                    _clean(image, mask, new_y, new_x, excl, crbit)
+                    ok = _test_list(image, var, mask, ny_, nx_, float(level), objlim, sepf, templates, chi2min, eps,
+                                    floor, minsnr, False)
+                    image[new_y, new_x] = saved
+                else:
+                    ok = _test_list(image, var, mask, ny_, nx_, float(level), objlim, sepf, templates, chi2min, eps,
+                                    floor, minsnr, False)
                 if ok.any() and grow_star:
                     # not into the core of a star beside the cosmic ray: only pixels above what the light around
                     # them predicts
