@@ -89,6 +89,11 @@ def summarise(frames: list[dict[str, Any]], zp_goal: float) -> dict[str, Any]:
     scat = float(1.4826 * np.median(np.abs(ratios - med))) if ratios.size else float("nan")
     zp = [abs(g["zero_point"]["diff_mag"]) for g in figs if "diff_mag" in g.get("zero_point", {})]
     psf = [g["psf"]["model_over_truth"] for g in figs if "model_over_truth" in g.get("psf", {})]
+    # cosmic rays pooled over the condition's frames, like the fluxes: a mini frame holds 7-50 cosmic-ray pixels
+    # above 5 sigma, so one missed pixel moves a frame's completeness by up to 14 % (the worst frame is kept too)
+    crs = [g["cosmics"] for g in figs if "n_injected" in g.get("cosmics", {})]
+    n_cr = sum(c["n_injected"] for c in crs)
+    cr_pooled = sum(c["completeness"] * c["n_injected"] for c in crs) / n_cr if n_cr else None
     return {
         "frames": len(frames), "reduced_ok": sum(f["qc"] in ("ok", "warn") for f in frames),
         "fwhm_arcsec": [f.get("fwhm_arcsec") for f in frames],
@@ -98,6 +103,7 @@ def summarise(frames: list[dict[str, Any]], zp_goal: float) -> dict[str, Any]:
         "flux_n": int(ratios.size), "flux_median": med, "flux_scatter": scat,
         "psf_ratio_range": [min(psf), max(psf)] if psf else None,
         "cr_completeness_min": worst("cosmics", "completeness", min),
+        "cr_completeness": cr_pooled, "cr_n": n_cr,
         "cr_false_core_max": worst("cosmics", "false_core_rate"),
         "trail_completeness_min": worst("trails", "completeness", min),
     }
@@ -116,7 +122,7 @@ def passes(s: dict[str, Any]) -> dict[str, bool]:
         "flux": s["flux_n"] > 0 and abs(s["flux_median"] - 1) <= G["flux_median"]
         and s["flux_scatter"] <= G["flux_scatter"],
         "psf": ok(s["psf_ratio_range"], lambda v: max(abs(v[0] - 1), abs(v[1] - 1)) <= G["fwhm"]),
-        "cosmics": ok(s["cr_completeness_min"], lambda v: v >= G["cr_completeness"])
+        "cosmics": ok(s.get("cr_completeness"), lambda v: v >= G["cr_completeness"])
         and ok(s["cr_false_core_max"], lambda v: v < G["cr_false_core"]),
         "trails": s["trail_completeness_min"] is None or s["trail_completeness_min"] >= G["sat_completeness"],
     }
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"\n# accuracy over the grid of conditions ({machine}); worst frame per figure, fluxes pooled")
     print("| condition | true FWHM (″) | frames ok | astrometry rms (px): WCS at stars / catalog S/N>100 | |ΔZP| (mag) | flux median / scatter (n) "
-          "| PSF FWHM / truth | CR found / false core | trails | all goals |")
+          "| PSF FWHM / truth | CR found, pooled (n; worst frame) / false core | trails | all goals |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         s, p = r["summary"], passes(r["summary"])
@@ -162,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
               f"| {fmt(s['flux_median'], '.4f')} / {fmt(s['flux_scatter'], '.4f')} ({s['flux_n']}) "
               f"| {fmt(s['psf_ratio_range'][0], '.3f') if s['psf_ratio_range'] else '–'}–"
               f"{fmt(s['psf_ratio_range'][1], '.3f') if s['psf_ratio_range'] else '–'} "
-              f"| {fmt(s['cr_completeness_min'], '.3f')} / {fmt(s['cr_false_core_max'], '.1e')} "
+              f"| {fmt(s['cr_completeness'], '.3f')} ({s['cr_n']}; worst frame {fmt(s['cr_completeness_min'], '.3f')})"
+              f" / {fmt(s['cr_false_core_max'], '.1e')} "
               f"| {fmt(s['trail_completeness_min'], '.3f')} | {'PASS' if not fails else 'FAIL: ' + ', '.join(fails)} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=1, default=str))
