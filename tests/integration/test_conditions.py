@@ -22,8 +22,8 @@ import bench_conditions as B  # noqa: E402
 
 from upad.reduce.validation import GOALS  # noqa: E402
 
-#: a condition where every goal of the issue is met but the flux median and the zero point, which follows it
-#: (BENCHMARKS.md lists the others)
+#: a condition where every goal of the issue is met but the flux median (1.005, goal 0.5 %: BENCHMARKS.md lists the
+#: others)
 CASES = ["Kolmogorov+optics, 0.8\u2033"]
 
 
@@ -61,10 +61,10 @@ def test_accuracy_against_the_truth(condition):
     # trails (satellites to aircraft): masked
     if s["trail_completeness_min"] is not None:
         assert s["trail_completeness_min"] >= GOALS["sat_completeness"]
-    # zero point from a plain Gaia G/BP/RP reference through the packaged transformations: NOT within the 0.02 goal
-    # here, because the fluxes it calibrates miss the PSF's wings (above); guarded against getting worse
+    # zero point from a plain Gaia G/BP/RP reference through the packaged transformations: within the 0.02 goal now
+    # that the fluxes it calibrates include the PSF's wings (0.034 with the Moffat tail, 0.009 with the measured one)
     zp = [abs(g["zero_point"]["diff_mag"]) for g in figs]
-    assert max(zp) <= 0.04, zp
+    assert max(zp) <= s["zp_goal"], zp
     # astrometry: the catalog's sky positions of the S/N > 100 reference stars against their true positions
     cat = [g["astrometry"]["catalog_rms_px"] for g in figs]
     assert max(cat) <= GOALS["astrometry_rms_px"], cat

@@ -29,7 +29,8 @@ import numpy as np
 from upad.config import StepConfig, param
 from upad.reduce.errors import ReductionError
 
-__all__ = ["PhotometryConfig", "ApertureCorrection", "ZeroPoint", "aperture_correction", "zero_point",
+__all__ = ["PhotometryConfig", "ApertureCorrection", "ZeroPoint", "WingTail", "wing_tail", "aperture_correction",
+           "zero_point",
            "add_magnitudes", "class_star"]
 
 
@@ -69,6 +70,27 @@ class PhotometryConfig(StepConfig):
     zp_nominal_fallback: bool = param(True, doc="without a usable photometric reference use the nominal zero "
                                                 "point (instrument file) with a QC warning instead of failing")
     zp_transform_system: str = param("jplus", doc="packaged Gaia transformation (data/gaia_transforms_<name>.json)")
+    tail_method: str = param("measured", doc="flux beyond the largest aperture: 'measured' (the stacked wing profile "
+                                             "of the stars, power law beyond), 'model' (the PSF's Moffat fit)",
+                             choices=("measured", "model"))
+    tail_outer_radius: float = param(3.0, doc="outer radius of the measured wing profile, in units of the largest "
+                                              "aperture's radius", bounds=(1.2, 10.0))
+    tail_bins: int = param(6, doc="radial bins of the measured wing profile (logarithmic)", bounds=(2, 30))
+    tail_max_stars: int = param(300, doc="brightest stars stacked for the wing profile", bounds=(5, None))
+    tail_min_stars: int = param(5, doc="fewest stars for a measured wing (else the PSF model's)", bounds=(3, None))
+    tail_neighbour_radii: float = param(2.0, doc="neighbours are masked within this many of their isophotal "
+                                                 "radii (sqrt(ISOAREA / pi)), at least 2 FWHM", bounds=(0.0, 20.0))
+    tail_extrapolate: bool = param(False, doc="add the power law of the wing's outer half integrated from the outer "
+                                              "radius to infinity (off: the total is the flux within the outer "
+                                              "radius)")
+    tail_model_nsigma: float = param(3.0, doc="the PSF's Moffat tail is kept where the measured wing agrees with it "
+                                              "within this many of its errors (0: always the measured one)",
+                                     bounds=(0.0, None))
+    tail_sky_samples: int = param(200, doc="blank-sky positions whose annulus medians correct the stars' for the "
+                                           "sky's median-to-background offset (0: none)", bounds=(0, None))
+    tail_min_slope: float = param(2.5, doc="shallowest power law I ~ r^-alpha of the wing extrapolated beyond the "
+                                           "measured profile (alpha)", bounds=(2.05, None))
+    tail_max_slope: float = param(12.0, doc="steepest power law of the wing (alpha)", bounds=(2.1, None))
 
 
 @dataclass
@@ -89,6 +111,14 @@ class ApertureCorrection:
     order : int
     shape : (ny, nx)
     diameter_arcsec, large_diameter_arcsec : float
+    tail_source : str
+        ``'measured'`` (the stars' stacked wings, :func:`wing_tail`), ``'model (confirmed)'`` (the PSF's Moffat fit,
+        its wing within the measured profile's radius agreeing with the measured one) or ``'model'`` (too few stars
+        for a measurement).
+    tail_error, tail_slope : float
+        Uncertainty of the measured tail (relative) and the power-law index of the wing (NaN for the model).
+    tail_n_stars : int
+        Stars whose wings were stacked (0 for the model).
     """
 
     median: float
@@ -100,6 +130,10 @@ class ApertureCorrection:
     shape: tuple[int, int]
     diameter_arcsec: float
     large_diameter_arcsec: float
+    tail_source: str = "model"
+    tail_error: float = float("nan")
+    tail_slope: float = float("nan")
+    tail_n_stars: int = 0
 
     def at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Correction factor at 0-based positions."""
@@ -161,9 +195,268 @@ class ZeroPoint:
     note: str = ""
 
 
+@dataclass
+class WingTail:
+    """The flux of a point source beyond the largest catalog aperture, measured on the stars' stacked wings.
+
+    Attributes
+    ----------
+    fraction : float
+        Flux beyond radius ``r_big_px`` over the flux within it (``F_total = F_big (1 + fraction)``).
+    error : float
+        Its statistical uncertainty.
+    slope : float
+        Power-law index ``alpha`` of the wing (``I ~ r^-alpha``) over the profile, used beyond it.
+    n_stars : int
+        Stars stacked.
+    radii : ndarray
+        Edges of the radial bins (pixels).
+    amplitude, amplitude_error : ndarray
+        Per bin, ``I(r) r^alpha / F_big`` of the stack (``r`` in pixels: the power law's amplitude, flat where the
+        wing is one).
+    """
+
+    fraction: float
+    error: float
+    slope: float
+    n_stars: int
+    radii: np.ndarray = field(repr=False)
+    amplitude: np.ndarray = field(repr=False)
+    amplitude_error: np.ndarray = field(repr=False)
+
+
+def _annulus_integral(r1: np.ndarray | float, r2: np.ndarray | float, alpha: float) -> np.ndarray:
+    """``int_r1^r2 2 pi r r^-alpha dr`` (``r2`` may be infinite; ``alpha > 2``)."""
+    r1 = np.asarray(r1, float)
+    r2 = np.asarray(r2, float)
+    with np.errstate(divide="ignore", over="ignore"):
+        return 2.0 * np.pi * (r1 ** (2.0 - alpha) - np.where(np.isfinite(r2), r2 ** (2.0 - alpha), 0.0)) / (alpha - 2.0)
+
+
+def _clipped_mean(v: np.ndarray, e: np.ndarray, nsig: float = 3.0, iters: int = 5) -> tuple[float, float, np.ndarray]:
+    """Inverse-variance weighted mean of ``v`` (errors ``e``) clipped at ``nsig`` about the median, the clipping
+    scale being the errors inflated by the normalised residuals' robust scatter (star-to-star differences).
+    Returns the mean, its error (inflated by the reduced chi of the values kept) and which values were kept."""
+    ok = np.isfinite(v) & np.isfinite(e) & (e > 0)
+    keep_all = np.zeros(np.shape(v), bool)
+    if ok.sum() == 0:
+        return float("nan"), float("nan"), keep_all
+    idx = np.flatnonzero(ok)
+    v, e = np.asarray(v)[ok], np.asarray(e)[ok]
+    c = float(np.median(v))
+    keep = np.ones(v.size, bool)
+    for _ in range(iters):
+        z = (v - c) / e
+        s = max(1.0, 1.4826 * float(np.median(np.abs(z[keep])))) if keep.any() else 1.0
+        new = np.abs(z) <= nsig * s
+        if not new.any():
+            break
+        w = 1.0 / e[new] ** 2
+        c = float(np.sum(w * v[new]) / np.sum(w))
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    vk, ek = v[keep], e[keep]
+    w = 1.0 / ek ** 2
+    z = (vk - c) / ek
+    chi = max(1.0, float(np.sqrt(np.sum(z ** 2) / max(vk.size - 1, 1))))
+    keep_all[idx[keep]] = True
+    return c, chi / float(np.sqrt(np.sum(w))), keep_all
+
+
+def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, x: np.ndarray, y: np.ndarray,
+              flux_big: np.ndarray, stars: np.ndarray, *, r_big_px: float, fwhm_px: float,
+              neighbour_radius: np.ndarray, bad_bits: int = 0,
+              config: PhotometryConfig = PhotometryConfig()) -> WingTail | None:
+    """Measure the flux of a point source beyond the largest catalog aperture from the stars' own pixels.
+
+    The wings of the ``stars`` (their radial profile between ``r_big_px`` and ``tail_outer_radius`` times it, in
+    ``tail_bins`` logarithmic annuli, neighbours' pixels masked) are stacked: in each annulus of each star the
+    median of ``I(r) r^alpha`` over its unmasked pixels, divided by the star's flux within ``r_big_px``, estimates
+    the amplitude of a power-law wing ``I ~ r^-alpha`` (the median makes it robust to faint neighbours and cosmic
+    rays, the ``r^alpha`` de-trending keeps it unbiased across the annulus); the stars are combined per annulus by
+    a clipped (first per star over its whole wing, then per annulus), inverse-variance weighted mean, and
+    ``alpha`` is refitted to the annuli' amplitudes until stable. The same annulus medians measured on a grid of
+    ``tail_sky_samples`` blank-sky positions are subtracted first: where faint undetected sources skew the sky, an
+    annulus median sits a few 0.1 e-/pixel above the background mesh's clipped mode. The tail is the stacked profile
+    integrated over the annuli (``F_total = F_big (1 + fraction)`` within ``tail_outer_radius``); with
+    ``tail_extrapolate`` the power law of the profile's outer half integrated analytically from the outer radius to
+    infinity is added. The image must be background-subtracted.
+
+    Parameters
+    ----------
+    image, variance : ndarray
+        Background-subtracted image and its variance (e-, e-^2).
+    mask : ndarray or None
+        Mask bits; pixels with any of ``bad_bits`` are ignored.
+    x, y : ndarray
+        0-based positions of every detection (the stars' neighbours too).
+    flux_big : ndarray
+        Every detection's flux within ``r_big_px``.
+    stars : ndarray
+        Indices of isolated, unsaturated point sources (e.g. the PSF stars).
+    r_big_px, fwhm_px : float
+        Radius of the largest aperture; PSF FWHM (neighbours are masked within at least 2 FWHM).
+    neighbour_radius : ndarray
+        Radius within which each detection's pixels are masked in its neighbours' wings.
+    bad_bits : int
+    config : PhotometryConfig
+
+    Returns
+    -------
+    WingTail or None
+        None when fewer than ``tail_min_stars`` stars have a usable wing.
+    """
+    from scipy.spatial import cKDTree
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    flux_big = np.asarray(flux_big, float)
+    stars = np.asarray(stars, int)
+    stars = stars[np.isfinite(flux_big[stars]) & (flux_big[stars] > 0)]
+    stars = stars[np.argsort(-flux_big[stars])][:config.tail_max_stars]
+    if stars.size < config.tail_min_stars:
+        return None
+    ny, nx = image.shape
+    r_out = config.tail_outer_radius * r_big_px
+    edges = np.geomspace(r_big_px, r_out, config.tail_bins + 1)
+    nb = len(edges) - 1
+    h = int(math.ceil(r_out)) + 1
+    rn = np.clip(np.nan_to_num(np.asarray(neighbour_radius, float)), 2.0 * fwhm_px, r_out)
+    tree = cKDTree(np.column_stack([x, y]))
+    near = tree.query_ball_point(np.column_stack([x[stars], y[stars]]), r_out + float(np.max(rn)))
+
+    def annuli(xc: float, yc: float, nbrs: list, own: int) -> list | None:
+        """Radii, values and variances of the usable pixels of each annulus about (xc, yc)."""
+        i0, i1 = max(int(round(xc)) - h, 0), min(int(round(xc)) + h + 1, nx)
+        j0, j1 = max(int(round(yc)) - h, 0), min(int(round(yc)) + h + 1, ny)
+        if i1 - i0 < 3 or j1 - j0 < 3:
+            return None
+        yy, xx = np.mgrid[j0:j1, i0:i1]
+        r = np.hypot(xx - xc, yy - yc)
+        good = (r >= r_big_px) & (r < r_out)
+        vs = variance[j0:j1, i0:i1]
+        good &= np.isfinite(vs) & (vs > 0)
+        if mask is not None and bad_bits:
+            good &= (mask[j0:j1, i0:i1] & bad_bits) == 0
+        for k in nbrs:
+            if k != own:
+                good &= np.hypot(xx - x[k], yy - y[k]) >= rn[k]
+        b = np.searchsorted(edges, r[good], side="right") - 1
+        rg, vg, sg = r[good], image[j0:j1, i0:i1][good].astype(float), vs[good].astype(float)
+        row = []
+        for kb in range(nb):
+            m = b == kb
+            area = np.pi * (edges[kb + 1] ** 2 - edges[kb] ** 2)
+            row.append((rg[m], vg[m], sg[m]) if m.sum() >= max(8, 0.3 * area) else None)
+        return row if sum(c is not None for c in row) >= max(2, nb // 2) else None
+
+    # the sky's own annulus median: on blank-sky positions (a grid, no detection over the central disc) the median
+    # of an annulus with the neighbours masked sits above the background mesh's clipped mode where faint undetected
+    # sources skew the sky (a few 0.1 e-/pixel, a few 0.1 % of a faint star's flux over the annuli): subtracted
+    sky = np.zeros(nb)
+    if config.tail_sky_samples > 0:
+        step = max(2 * h + 1, int(math.sqrt(nx * ny / config.tail_sky_samples)))
+        gy, gx = np.mgrid[h + step // 2:ny - h:step, h + step // 2:nx - h:step]
+        pos = np.column_stack([gx.ravel(), gy.ravel()]).astype(float)
+        if len(pos):
+            d_near = tree.query_ball_point(pos, r_big_px + float(np.max(rn)))
+            meds = []
+            for (px, py), nbrs in zip(pos, d_near):
+                if any(math.hypot(x[k] - px, y[k] - py) < r_big_px + rn[k] for k in nbrs):
+                    continue
+                row = annuli(px, py, tree.query_ball_point([px, py], r_out + float(np.max(rn))), -1)
+                if row is not None:
+                    meds.append([np.median(c[1]) if c is not None else np.nan for c in row])
+            if len(meds) >= 10:
+                sky = np.nan_to_num(np.nanmedian(np.asarray(meds), axis=0))
+    cells: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+    fluxes = []
+    for s, nbrs in zip(stars, near):
+        row = annuli(x[s], y[s], nbrs, s)
+        if row is not None:
+            cells.append([None if c is None else (c[0], c[1] - sky[kb], c[2]) for kb, c in enumerate(row)])
+            fluxes.append(flux_big[s])
+    if len(cells) < config.tail_min_stars:
+        return None
+    fl = np.asarray(fluxes)
+    rc = np.sqrt(edges[:-1] * edges[1:])
+    alpha = min(max(4.0, config.tail_min_slope), config.tail_max_slope)
+    amp = np.full(nb, np.nan)
+    amp_err = np.full(nb, np.nan)
+    n_used = len(cells)
+    for _ in range(6):
+        a_ib = np.full((len(cells), nb), np.nan)
+        e_ib = np.full((len(cells), nb), np.nan)
+        for i, row in enumerate(cells):
+            for kb, c in enumerate(row):
+                if c is None:
+                    continue
+                rr, vv, ss = c
+                w = rr ** alpha
+                a_ib[i, kb] = np.median(vv * w) / fl[i]
+                e_ib[i, kb] = 1.2533 * np.sqrt(np.mean(ss * w * w) / rr.size) / fl[i]
+        # a star whose whole wing is off (a neighbour's halo, an undetected galaxy) is left out as a whole, then
+        # the annuli are combined over the other stars
+        ann = _annulus_integral(edges[:-1], edges[1:], alpha)
+        for kb in range(nb):
+            amp[kb], amp_err[kb], _ = _clipped_mean(a_ib[:, kb], e_ib[:, kb])
+        t_i = np.nansum(np.where(np.isfinite(a_ib), a_ib, np.where(np.isfinite(amp), amp, 0.0)) * ann, axis=1)
+        e_i = np.sqrt(np.nansum(e_ib ** 2 * ann ** 2, axis=1))
+        _, _, keep = _clipped_mean(t_i, e_i)
+        n_used = len(cells)
+        if keep.sum() >= config.tail_min_stars:
+            n_used = int(keep.sum())
+            for kb in range(nb):
+                amp[kb], amp_err[kb], _ = _clipped_mean(a_ib[keep, kb], e_ib[keep, kb])
+        ok = np.isfinite(amp) & (amp > 0) & (amp > 2.0 * amp_err)
+        if ok.sum() < 2:
+            break
+        # with I ~ r^-alpha_true the amplitude goes as r^(alpha - alpha_true): its slope in log r corrects alpha
+        lw = (amp[ok] / amp_err[ok]) ** 2
+        slope = np.polyfit(np.log(rc[ok]), np.log(amp[ok]), 1, w=np.sqrt(lw))[0]
+        new = float(np.clip(alpha - slope, config.tail_min_slope, config.tail_max_slope))
+        if abs(new - alpha) < 0.01:
+            alpha = new
+            break
+        alpha = new
+    fin = np.isfinite(amp)
+    if not fin.any():
+        return None
+    # amplitude A = I(r) r^alpha / F_big: the profile integrates as A x int r^-alpha over each annulus
+    ann = _annulus_integral(edges[:-1], edges[1:], alpha)
+    w = np.where(fin, 1.0 / np.where(fin, amp_err, 1.0) ** 2, 0.0)
+    a_fill = float(np.sum(w[fin] * amp[fin]) / np.sum(w[fin]))
+    amp_used = np.where(fin, amp, a_fill)
+    # beyond the profile: the power law of its outer half (a wing that steepens outward, or a profile truncated
+    # within the stamps, is not extrapolated with the slope of the whole profile), never shallower than the
+    # whole profile's
+    outer = fin & (np.arange(nb) >= nb // 2)
+    if not outer.any():
+        outer = fin
+    a_out = float(np.sum(w[outer] * amp[outer]) / np.sum(w[outer]))
+    e_out = float(1.0 / np.sqrt(np.sum(w[outer])))
+    alpha_out = alpha
+    pos = outer & (amp > amp_err)
+    if pos.sum() >= 2:
+        lr = np.log(rc[pos])
+        sl, ic = np.polyfit(lr, np.log(amp[pos]), 1, w=amp[pos] / amp_err[pos])
+        alpha_out = float(np.clip(alpha - sl, alpha, config.tail_max_slope))
+        # the amplitude (for alpha) at the outer radius, converted to the outer slope's
+        a_out = float(np.exp(ic + sl * math.log(r_out))) * r_out ** (alpha_out - alpha)
+        e_out *= r_out ** (alpha_out - alpha) * float(np.exp(ic + sl * math.log(r_out))) / max(
+            float(np.sum(w[outer] * amp[outer]) / np.sum(w[outer])), 1e-300)
+    elif pos.sum() == 0 and outer.any():
+        a_out = max(a_out, 0.0)
+    beyond = float(_annulus_integral(r_out, np.inf, alpha_out)) if config.tail_extrapolate else 0.0
+    frac = float(np.sum(amp_used * ann)) + a_out * beyond
+    err = float(np.sqrt(np.sum(np.where(fin, amp_err, 0.0) ** 2 * ann ** 2) + (e_out * beyond) ** 2))
+    return WingTail(fraction=frac, error=err, slope=alpha, n_stars=n_used, radii=edges, amplitude=amp,
+                    amplitude_error=amp_err)
+
+
 def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, fluxerr_aper: np.ndarray,
                         diameters_arcsec: tuple[float, ...], stars: np.ndarray, *, shape: tuple[int, int],
-                        pixel_scale: float, psf_fwhm_px: float, psf_beta: float,
+                        pixel_scale: float, psf_fwhm_px: float, psf_beta: float, tail: WingTail | None = None,
                         config: PhotometryConfig = PhotometryConfig()) -> ApertureCorrection:
     """Measure the aperture correction on point sources.
 
@@ -181,7 +474,13 @@ def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, flu
     pixel_scale : float
         arcsec/pixel.
     psf_fwhm_px, psf_beta : float
-        PSF model (for the flux beyond the largest aperture).
+        PSF model (for the flux beyond the largest aperture when ``tail`` is None).
+    tail : WingTail, optional
+        The flux beyond the largest aperture measured on the stars (:func:`wing_tail`). The PSF's Moffat fit's tail
+        ``1 / EE`` (smooth, to infinity) is used where its wing out to the measured profile's outer radius agrees
+        with the measured one within ``tail_model_nsigma`` errors or without a measurement (None); the measured
+        tail otherwise (a non-Moffat or undersampled PSF: a Kolmogorov+optics wing, a beta fitted to a 1-pixel
+        core).
     config : PhotometryConfig
 
     Raises
@@ -216,12 +515,26 @@ def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, flu
     resid = ratio - _poly_design(u, v, order) @ coef
     rms = float(1.4826 * np.median(np.abs(resid[keep])) / np.median(ratio))
     r_big_px = diam[k_big] / 2.0 / pixel_scale
-    tail = float(1.0 / moffat_enclosed(r_big_px, psf_fwhm_px, psf_beta))
+    ee_big = float(moffat_enclosed(r_big_px, psf_fwhm_px, psf_beta))
+    t_fac, t_src = 1.0 / ee_big, "model"
+    if tail is not None:
+        # the Moffat fit's wing between the largest aperture and the measured profile's outer radius, against the
+        # measured one: where they agree the model's tail (smooth, to infinity) is kept, else the measured one
+        r_out = float(tail.radii[-1])
+        model_in = float(moffat_enclosed(r_out, psf_fwhm_px, psf_beta)) / ee_big - 1.0
+        if not (config.tail_model_nsigma > 0 and abs(tail.fraction - model_in) <= config.tail_model_nsigma
+                * max(float(tail.error), 1e-6)):
+            t_fac, t_src = 1.0 + float(tail.fraction), "measured"
+        else:
+            t_src = "model (confirmed)"
     gy, gx = np.mgrid[0:ny:9j, 0:nx:9j]
-    med = float(np.median(_poly_design((gx.ravel() - cx) / cx, (gy.ravel() - cy) / cy, order) @ coef)) * tail
-    return ApertureCorrection(median=med, tail=tail, rms=rms, n_stars=int(keep.sum()), coef=coef, order=order,
+    med = float(np.median(_poly_design((gx.ravel() - cx) / cx, (gy.ravel() - cy) / cy, order) @ coef)) * t_fac
+    return ApertureCorrection(median=med, tail=t_fac, rms=rms, n_stars=int(keep.sum()), coef=coef, order=order,
                               shape=shape, diameter_arcsec=float(diam[k_mid]),
-                              large_diameter_arcsec=float(diam[k_big]))
+                              large_diameter_arcsec=float(diam[k_big]), tail_source=t_src,
+                              tail_error=float(tail.error) if tail is not None else float("nan"),
+                              tail_slope=float(tail.slope) if tail is not None else float("nan"),
+                              tail_n_stars=int(tail.n_stars) if tail is not None else 0)
 
 
 def zero_point(flux: np.ndarray, fluxerr: np.ndarray, ref_mag: np.ndarray, ref_magerr: np.ndarray | None, *,

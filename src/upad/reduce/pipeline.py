@@ -54,6 +54,7 @@ from upad.reduce.photometry import (
     add_magnitudes,
     aperture_correction,
     class_star,
+    wing_tail,
 )
 from upad.reduce.photcal import calibrate_zero_point, photcal_cards, photcal_meta, reference_column
 from upad.reduce.psf import PsfConfig, PsfResult, measure_psf
@@ -431,9 +432,18 @@ def _characterise(res: ReducedFrame, wcs_g, refcat, filter_name: str, exptime: f
     # ---- photometric calibration
     diam = tuple(float(v) for v in config.detect.aper_diameters_arcsec)
     stars = psf.stars["index"][psf.stars["used"]]
+    tail = None
+    if config.photometry.tail_method == "measured":
+        # the flux beyond the largest aperture, from the PSF stars' stacked wings (image background-subtracted here)
+        k_big = int(np.argmax(diam))
+        r_iso = np.sqrt(np.maximum(np.asarray(cat["ISOAREA_IMAGE"], float), 0.0) / math.pi)
+        tail = wing_tail(img, var, mask, xw, yw, np.asarray(cat["FLUX_APER"])[:, k_big], stars,
+                         r_big_px=diam[k_big] / 2.0 / pixel_scale, fwhm_px=psf.fwhm_px,
+                         neighbour_radius=config.photometry.tail_neighbour_radii * r_iso, bad_bits=mb.UNUSABLE,
+                         config=config.photometry)
     apc = aperture_correction(xw, yw, np.asarray(cat["FLUX_APER"]), np.asarray(cat["FLUXERR_APER"]), diam, stars,
                               shape=img.shape, pixel_scale=pixel_scale, psf_fwhm_px=psf.fwhm_px,
-                              psf_beta=psf.beta, config=config.photometry)
+                              psf_beta=psf.beta, tail=tail, config=config.photometry)
     res.apcor = apc
     k_mid = int(np.argmin(np.abs(np.asarray(diam) - apc.diameter_arcsec)))
     corr = apc.at(xw, yw)
@@ -490,6 +500,8 @@ def _header(res: ReducedFrame, filter_name: str, exptime: float, pixel_scale: fl
     if res.apcor is not None:
         h["APCOR"] = (round(res.apcor.median, 5), "median aperture correction to total")
         h["APCORDIA"] = (res.apcor.diameter_arcsec, "[arcsec] aperture of FLUX_APCOR")
+        h["APCTAIL"] = (round(res.apcor.tail, 5), "flux beyond the largest aperture: 1 + tail")
+        h["APCTSRC"] = (res.apcor.tail_source, "tail: measured (star wings), model (confirmed)")
     if res.zeropoint is not None:
         z = res.zeropoint
         h["ZP_E"] = (round(z.zp_e, 5), "[mag] AB zero point for 1 e-/s")
