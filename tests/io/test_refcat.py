@@ -74,6 +74,21 @@ def test_proper_motion_and_cone():
     assert len(in_cone(cat, 10.0, 0.0, 0.6)) == 2
 
 
+def test_position_errors_grow_with_the_proper_motion_errors():
+    """Nine years after the catalog's epoch a 1 mas/yr proper-motion error is a 9 mas position error: the weights of
+    the astrometric fit must know it."""
+    t = Table({"ra": [10.0, 10.0], "dec": [0.0, 1.0], "pmra": [1.0, 0.0], "pmdec": [0.0, 1.0], "ref_epoch": [2016.0] * 2,
+               "ra_error": [0.4, 0.03], "dec_error": [0.3, 0.03], "pmra_error": [1.0, 0.05],
+               "pmdec_error": [0.8, 0.05]})
+    moved = propagate_to_epoch(t, 2025.0)
+    assert np.allclose(moved["ra_error"], np.hypot([0.4, 0.03], 9.0 * np.array([1.0, 0.05])))
+    assert np.allclose(moved["dec_error"], np.hypot([0.3, 0.03], 9.0 * np.array([0.8, 0.05])))
+    assert np.allclose(propagate_to_epoch(t, 2016.0)["ra_error"], t["ra_error"])  # at the catalog's epoch: as is
+    no_pm_err = propagate_to_epoch(Table({c: t[c] for c in ("ra", "dec", "pmra", "pmdec", "ref_epoch", "ra_error")}),
+                                   2025.0)
+    assert np.allclose(no_pm_err["ra_error"], t["ra_error"])
+
+
 def test_exact_epoch_and_gaia_photometry_columns(tmp_path):
     """Mid-exposure Julian epoch (not the year) and the Gaia archive's G/BP/RP, parallax and error columns."""
     from upad.io.refcat import epoch_of

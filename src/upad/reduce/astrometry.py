@@ -21,7 +21,14 @@
    whose ``cv_folds``-fold cross-validated residual is within ``cv_tolerance`` of the best (orders with fewer than
    ``min_stars_per_term`` stars per coefficient are not tried); so a distortion beyond SIP order 3 is followed
    where the stars allow it, and a sparse frame keeps a low order. A fixed ``sip_order`` is validated the same way
-   (its cross-validated rms is reported).
+   (its cross-validated rms is reported). With ``optical_terms`` (default) every order below 5 is also tried with
+   the Brown-Conrady terms beyond it — radial ``r^2 (u, v)`` and ``r^4 (u, v)``, decentering ``(r^2 + 2u^2, 2uv)``
+   and ``(2uv, r^2 + 2v^2)`` and the same times ``r^2`` —, each one coefficient shared by both axes (a displacement
+   in pixels, taken to the sky by the solution's linear part): a camera's distortion with few coefficients, so that
+   a sparse frame (a 9.4' field at high latitude has ~60 reference stars) follows a distortion beyond SIP 3 that a
+   general order 4 or 5 (15 or 21 coefficients per axis) would overfit. Candidates are ordered by their number of
+   coefficients and the simplest within ``cv_tolerance`` of the best wins; the optical terms are folded into the
+   SIP polynomials of the header (order 5).
 3. The inverse SIP polynomials (``AP``/``BP``, order ``sip_order + 1``) are fitted on a grid so that every tool can
    go from the sky to the pixels.
 
@@ -64,6 +71,10 @@ class AstrometryConfig(StepConfig):
     cv_folds: int = param(5, doc="folds of the cross-validation of the distortion order", bounds=(2, 20))
     cv_tolerance: float = param(0.03, doc="the lowest order whose cross-validated rms is within this fraction of "
                                           "the best one is chosen", bounds=(0.0, 1.0))
+    optical_terms: bool = param(True, doc="with sip_order = 0, also try every SIP order below 5 with the Brown-"
+                                          "Conrady terms beyond it (radial r^2, r^4 and r^2-modulated decentering, "
+                                          "one coefficient each shared by both axes): a camera's distortion with "
+                                          "few coefficients, for frames with too few stars for a general order 5")
     min_stars_per_term: float = param(3.0, doc="fewest fitted stars per polynomial coefficient (per axis) for an "
                                                "order to be tried", bounds=(1.0, 100.0))
     max_scale_error: float = param(0.03, doc="largest plate-scale error of the header WCS searched for (fraction)",
@@ -126,9 +137,14 @@ class AstrometryResult:
     scale_ratio: float = 1.0
     #: the solution has the opposite parity of the header WCS
     parity_flipped: bool = False
-    #: SIP order of the solution and the cross-validated rms (pixels) of every order tried
+    #: SIP order of the solution (of its header: 5 with the optical terms) and the cross-validated rms (pixels) of
+    #: every model tried (keys: the order, or ``"<order>+optical"``)
     sip_order: int = 0
     cv_rms_px: dict = field(default_factory=dict)
+    #: the solution is a polynomial of a lower order plus the Brown-Conrady terms beyond it (``optical_terms``)
+    optical_terms: bool = False
+    #: the model fitted, as in ``cv_rms_px``: ``"3"`` (SIP order 3) or ``"2+optical"``
+    model: str = ""
 
 
 # ------------------------------------------------------------------------------------------------ projections
@@ -199,6 +215,81 @@ def _fit_poly(u, v, xi, eta, w, order, scale):
     return terms, c[:, 0], c[:, 1]
 
 
+#: Brown-Conrady terms (radial r^2, r^4; decentering with its r^2 factor) as pixel displacements ``(du, dv)``, each a
+#: polynomial ``{(p, q): coefficient}`` of the scaled offsets, with the polynomial order it belongs to
+_OPTICAL: tuple[tuple[int, dict, dict], ...] = (
+    (2, {(2, 0): 3.0, (0, 2): 1.0}, {(1, 1): 2.0}),  # decentering p1 (r^2 + 2u^2, 2uv)
+    (2, {(1, 1): 2.0}, {(2, 0): 1.0, (0, 2): 3.0}),  # decentering p2 (2uv, r^2 + 2v^2)
+    (3, {(3, 0): 1.0, (1, 2): 1.0}, {(2, 1): 1.0, (0, 3): 1.0}),  # radial r^2 (u, v)
+    (4, {(4, 0): 3.0, (2, 2): 4.0, (0, 4): 1.0}, {(3, 1): 2.0, (1, 3): 2.0}),  # decentering p1 r^2
+    (4, {(3, 1): 2.0, (1, 3): 2.0}, {(4, 0): 1.0, (2, 2): 4.0, (0, 4): 3.0}),  # decentering p2 r^2
+    (5, {(5, 0): 1.0, (3, 2): 2.0, (1, 4): 1.0}, {(4, 1): 1.0, (2, 3): 2.0, (0, 5): 1.0}),  # radial r^4 (u, v)
+)
+
+
+def _n_optical(order: int) -> int:
+    """Number of Brown-Conrady terms beyond a polynomial of ``order`` (shared by both axes)."""
+    return sum(1 for o, _, _ in _OPTICAL if o > order)
+
+
+def _model_key(model: tuple[int, bool]):
+    """Key of a model in ``cv_rms_px``: the order (plain SIP) or ``"<order>+optical"``."""
+    return f"{model[0]}+optical" if model[1] else int(model[0])
+
+
+def _n_free(model: tuple[int, bool]) -> float:
+    """Free coefficients per axis of a model (the shared optical terms count half on each axis)."""
+    return len(_terms(model[0])) + (0.5 * _n_optical(model[0]) if model[1] else 0.0)
+
+
+def _fit_model(u, v, xi, eta, w, model: tuple[int, bool], scale):
+    """Weighted fit of ``xi, eta`` by a polynomial of order ``model[0]`` in the scaled pixel offsets, plus (when
+    ``model[1]``) the Brown-Conrady terms beyond that order (:data:`_OPTICAL`): displacements in pixels, one
+    coefficient each shared by both axes, taken to the sky by the linear part of the solution (from a first pass,
+    refined once). The optical terms are folded into the polynomial coefficients, so the result is a plain
+    polynomial (``terms, cx, cy``) of order 5 that :func:`_eval_poly` and :func:`sip_wcs_header` take as is."""
+    order, optical = model
+    opt = [t for t in _OPTICAL if t[0] > order] if optical else []
+    if not opt:
+        return _fit_poly(u, v, xi, eta, w, order, scale)
+    # one QR of the polynomial design for the sky positions and the optical displacements (Frisch-Waugh): the
+    # optical coefficients from the residuals of every column after the polynomial, then the polynomial's
+    terms = _terms(order)
+    us, vs = u / scale, v / scale
+    nk = len(opt)
+    pu = np.column_stack([sum(c * us ** p * vs ** q for (p, q), c in du.items()) for _o, du, _dv in opt])
+    pv = np.column_stack([sum(c * us ** p * vs ** q for (p, q), c in dv.items()) for _o, _du, dv in opt])
+    A = _design(u, v, terms, scale)
+    sw = np.sqrt(w)
+    B = np.column_stack([xi, eta, pu, pv])
+    C = _lstsq(A * sw[:, None], B * sw[:, None])
+    R = (B - A @ C) * sw[:, None]
+    iu, iv = slice(2, 2 + nk), slice(2 + nk, 2 + 2 * nk)
+    cx, cy = C[:, 0], C[:, 1]
+    full = _terms(max(order, max(o for o, _, _ in opt)))
+    for _pass in range(2):  # the linear part from the plain fit, then refined once
+        lin = np.array([[cx[1], cx[2]], [cy[1], cy[2]]])  # sky per scaled pixel (terms (1, 0) and (0, 1))
+        rx = lin[0, 0] * R[:, iu] + lin[0, 1] * R[:, iv]
+        ry = lin[1, 0] * R[:, iu] + lin[1, 1] * R[:, iv]
+        k = _lstsq(np.vstack([rx, ry]), np.r_[R[:, 0], R[:, 1]])
+        cx = C[:, 0] - (lin[0, 0] * C[:, iu] + lin[0, 1] * C[:, iv]) @ k
+        cy = C[:, 1] - (lin[1, 0] * C[:, iu] + lin[1, 1] * C[:, iv]) @ k
+    # fold the optical terms (with the linear part they were fitted with) into the polynomial
+    idx = {t: i for i, t in enumerate(full)}
+    fx, fy = np.zeros(len(full)), np.zeros(len(full))
+    for t, a, b in zip(terms, cx, cy):
+        fx[idx[t]] += a
+        fy[idx[t]] += b
+    for kj, (_o, du, dv) in zip(k, opt):
+        for t, c in du.items():
+            fx[idx[t]] += kj * c * lin[0, 0]
+            fy[idx[t]] += kj * c * lin[1, 0]
+        for t, c in dv.items():
+            fx[idx[t]] += kj * c * lin[0, 1]
+            fy[idx[t]] += kj * c * lin[1, 1]
+    return full, fx, fy
+
+
 def _eval_poly(u, v, terms, cx, cy, scale):
     A = _design(u, v, terms, scale)
     return A @ cx, A @ cy
@@ -267,39 +358,43 @@ def sip_wcs_header(crval: tuple[float, float], crpix: tuple[float, float], terms
     return h
 
 
-def _cv_rms(u, v, xi, eta, w, scale, scale_deg, orders, cfg: AstrometryConfig) -> dict[int, float]:
-    """K-fold cross-validated weighted rms residual (pixels, both axes together) of each polynomial order."""
+def _cv_rms(u, v, xi, eta, w, scale, scale_deg, models, cfg: AstrometryConfig) -> dict:
+    """K-fold cross-validated weighted rms residual (pixels, both axes together) of each model ``(order,
+    optical)`` (:func:`_fit_model`), keyed by :func:`_model_key`."""
     n = len(u)
     folds = np.random.default_rng(12345).permutation(n) % cfg.cv_folds
     out: dict[int, float] = {}
     wn = w / np.mean(w) if n else w
-    for order in orders:
+    for model in models:
         sq = np.empty(n)
         for k in range(cfg.cv_folds):
             test = folds == k
             train = ~test
             if not test.any():
                 continue
-            terms, cx, cy = _fit_poly(u[train], v[train], xi[train], eta[train], w[train], order, scale)
+            terms, cx, cy = _fit_model(u[train], v[train], xi[train], eta[train], w[train], model, scale)
             px, py = _eval_poly(u[test], v[test], terms, cx, cy, scale)
             sq[test] = ((xi[test] - px) ** 2 + (eta[test] - py) ** 2) / scale_deg ** 2
         # a robust weighted mean: the worst 2 % (outliers the clipping has not removed yet) left out
         lim = np.quantile(sq * wn, 0.98) if n > 20 else np.inf
         ok = sq * wn <= lim
-        out[int(order)] = float(math.sqrt(np.sum(wn[ok] * sq[ok]) / np.sum(wn[ok])))
+        out[_model_key(model)] = float(math.sqrt(np.sum(wn[ok] * sq[ok]) / np.sum(wn[ok])))
     return out
 
 
-def _select_order(u, v, xi, eta, w, scale, scale_deg, cfg: AstrometryConfig) -> tuple[int, dict[int, float]]:
-    """The lowest SIP order whose cross-validated rms is within ``cv_tolerance`` of the best (module docs)."""
+def _select_order(u, v, xi, eta, w, scale, scale_deg, cfg: AstrometryConfig) -> tuple[tuple[int, bool], dict]:
+    """The simplest model — SIP order, with or without the optical terms beyond it — whose cross-validated rms is
+    within ``cv_tolerance`` of the best (module docs)."""
     n = len(u)
-    orders = [o for o in range(2, cfg.sip_order_max + 1) if n >= cfg.min_stars_per_term * len(_terms(o))]
-    if not orders:
-        return (2 if n >= 4 * len(_terms(2)) else 1), {}
-    cv = _cv_rms(u, v, xi, eta, w, scale, scale_deg, orders, cfg)
+    models = [(o, opt) for o in range(2, cfg.sip_order_max + 1)
+              for opt in ((False, True) if cfg.optical_terms and _n_optical(o) else (False,))]
+    models = sorted((m for m in models if n >= cfg.min_stars_per_term * _n_free(m)), key=_n_free)
+    if not models:
+        return (2 if n >= 4 * len(_terms(2)) else 1, False), {}
+    cv = _cv_rms(u, v, xi, eta, w, scale, scale_deg, models, cfg)
     best = min(cv.values())
-    order = next(o for o in orders if cv[o] <= best * (1.0 + cfg.cv_tolerance))
-    return order, cv
+    model = next(m for m in models if cv[_model_key(m)] <= best * (1.0 + cfg.cv_tolerance))
+    return model, cv
 
 
 # ------------------------------------------------------------------------------------------------ matching
@@ -562,7 +657,7 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
                 else np.nan_to_num(np.asarray(ref_err_mas, float), nan=config.ref_error_mas))
     scale = float(max(nx, ny)) / 2.0
     radius = 3.0 * config.offset_bin_px
-    order = 1
+    model = (1, False)  # (polynomial order, optical terms)
     loop_order = config.sip_order if config.sip_order > 0 else min(3, config.sip_order_max)
     terms = cxp = cyp = None
     keep = np.ones(len(di), bool)
@@ -571,10 +666,9 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
         u = x[di] - (crpix[0] - 1)
         v = y[di] - (crpix[1] - 1)
         w = 1.0 / ((perr[di] * scale_deg) ** 2 + (rerr_mas[rj] / 3.6e6) ** 2)
-        nfree = len(_terms(order))
-        if keep.sum() < max(config.min_matches, 2 * nfree):
-            order = max(1, order - 1)
-        terms, cxp, cyp = _fit_poly(u[keep], v[keep], xi[keep], eta[keep], w[keep], order, scale)
+        if keep.sum() < max(config.min_matches, 2 * _n_free(model)):
+            model = (max(1, model[0] - 1), False)
+        terms, cxp, cyp = _fit_model(u[keep], v[keep], xi[keep], eta[keep], w[keep], model, scale)
         px, py = _eval_poly(u, v, terms, cxp, cyp, scale)
         rx, ry = (xi - px) / scale_deg, (eta - py) / scale_deg  # residuals in pixels
         r = np.hypot(rx, ry)
@@ -594,13 +688,14 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
         di, rj = gi[ia], ri[ib]
         keep = np.ones(len(di), bool)
         if it >= 1:
-            order = loop_order if len(di) >= 4 * len(_terms(loop_order)) else min(
-                loop_order, 2 if len(di) >= 4 * len(_terms(2)) else 1)
+            # the highest order up to loop_order with 4 stars per coefficient (a fixed order 4 or 5 on a sparse
+            # frame steps down to 3, not to 2)
+            model = (next(o for o in range(loop_order, 0, -1) if o == 1 or len(di) >= 4 * len(_terms(o))), False)
         if it >= 3 and config.sip_order == 0:
             # the distortion order chosen by the data (cross-validation), so that the matching follows it
             xi_m, eta_m = tan_project(ref_ra[rj], ref_dec[rj], ra0, dec0)
             w_m = 1.0 / ((perr[di] * scale_deg) ** 2 + (rerr_mas[rj] / 3.6e6) ** 2)
-            order, _cv = _select_order(x[di] - (crpix[0] - 1), y[di] - (crpix[1] - 1), xi_m, eta_m, w_m, scale,
+            model, _cv = _select_order(x[di] - (crpix[0] - 1), y[di] - (crpix[1] - 1), xi_m, eta_m, w_m, scale,
                                        scale_deg, config)
         if len(di) < config.min_matches:
             raise ReductionError("astrometry_failed", f"only {len(di)} stars matched during the fit",
@@ -616,10 +711,10 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
         if rnd == 1:
             # the order is chosen (or the configured one validated) on the stars kept by the first clipping
             if config.sip_order == 0:
-                order, cv = _select_order(u[keep], v[keep], xi[keep], eta[keep], w[keep], scale, scale_deg, config)
+                model, cv = _select_order(u[keep], v[keep], xi[keep], eta[keep], w[keep], scale, scale_deg, config)
             else:
-                cv = _cv_rms(u[keep], v[keep], xi[keep], eta[keep], w[keep], scale, scale_deg, [order], config)
-        terms, cxp, cyp = _fit_poly(u[keep], v[keep], xi[keep], eta[keep], w[keep], order, scale)
+                cv = _cv_rms(u[keep], v[keep], xi[keep], eta[keep], w[keep], scale, scale_deg, [model], config)
+        terms, cxp, cyp = _fit_model(u[keep], v[keep], xi[keep], eta[keep], w[keep], model, scale)
         px, py = _eval_poly(u, v, terms, cxp, cyp, scale)
         rx, ry = (xi - px) / scale_deg, (eta - py) / scale_deg
         z = np.hypot(rx, ry) / np.hypot(perr[di], rerr_mas[rj] / 3.6e6 / scale_deg)
@@ -632,7 +727,8 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
     ra0, dec0 = tan_deproject(np.array([cxp[0]]), np.array([cyp[0]]), ra0, dec0)
     ra0, dec0 = float(ra0[0]), float(dec0[0])
     xi, eta = tan_project(ref_ra[rj], ref_dec[rj], ra0, dec0)
-    terms, cxp, cyp = _fit_poly(u[keep], v[keep], xi[keep], eta[keep], w[keep], order, scale)
+    terms, cxp, cyp = _fit_model(u[keep], v[keep], xi[keep], eta[keep], w[keep], model, scale)
+    order = max(p + q for p, q in terms)  # the SIP order of the header (5 with the optical terms)
     cxp[0] = 0.0
     cyp[0] = 0.0
     px, py = _eval_poly(u, v, terms, cxp, cyp, scale)
@@ -693,4 +789,4 @@ def solve_astrometry(x: np.ndarray, y: np.ndarray, flux: np.ndarray, ref_ra: np.
                             rms_bright_px=rms_bright, offset_arcsec=off, rotation_deg=rot, pixel_scale=pix_scale,
                             det_index=di[k], ref_index=rj[k], peak_snr=peak_snr,
                             scale_ratio=ratio, parity_flipped=flipped, sip_order=int(order),
-                            cv_rms_px=cv)
+                            cv_rms_px=cv, optical_terms=bool(model[1]), model=str(_model_key(model)))
