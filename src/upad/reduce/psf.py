@@ -60,7 +60,7 @@ class PsfConfig(StepConfig):
     stamp_radius_fwhm: float = param(4.0, doc="half-size of the empirical PSF grids, in FWHM", bounds=(1.0, 20.0))
     profile_stars: int = param(80, doc="brightest PSF stars to which the frame's radial profile is fitted (0: a "
                                         "Moffat profile of the measured beta instead)", bounds=(0, None))
-    shear_fit_fwhm: float = param(2.5, doc="below this FWHM each profile star's shear is fitted (with its flux, "
+    shear_fit_fwhm: float = param(2.0, doc="below this FWHM each profile star's shear is fitted (with its flux, "
                                            "centre and size) and the profile to the sheared stars: a round profile "
                                            "fitted to elliptical, undersampled stars takes their ellipticity into "
                                            "its shape and its FWHM is off by several per cent (0: never)",
