@@ -282,8 +282,17 @@ def frame_truth(sim_out: Path, record: dict[str, Any], manifest: dict[str, Any])
         if col in sky.colnames:
             v = np.asarray(sky[col], float)
             mags[key] = np.where(rows >= 0, v[np.maximum(rows, 0)], np.nan)
+    # the scale with which the simulator turned every angular size (the PSF's FWHM, galaxy radii) into pixels: the
+    # instrument's nominal one, not the true WCS's (which carries the plate-scale error)
+    from upad.instruments import get_instrument
+
+    try:
+        render_scale = float(get_instrument(manifest["instrument"]).pixel_scale)
+    except (KeyError, OSError, ValueError):  # an unknown instrument: the reduced header's scale is used instead
+        render_scale = None
     return {"record": record, "wcs": tw, "objects": obj, "cosmics": cr, "trail": sat,
-            "is_star": np.isin(ids, stars), "in_ref": np.isin(ids, ref_ids), "mags": mags}
+            "is_star": np.isin(ids, stars), "in_ref": np.isin(ids, ref_ids), "mags": mags,
+            "pixel_scale": render_scale}
 
 
 def true_zero_point_at_colour(truth: dict[str, Any], colour_ref: float | None) -> tuple[float, float]:
@@ -380,7 +389,9 @@ def frame_vs_truth(frame: Any, truth: dict[str, Any], *, goals: dict[str, float]
     else:
         out["flux"] = {"pass": False, "error": "no FLUX_APCOR column (no aperture correction)"}
     if frame.psf is not None and "fwhm_arcsec" in obj.colnames:
-        scale = float(abs(h.get("CD2_2", 0.0)) * 3600) or float(h.get("PIXSCALE", 0.55))
+        # compared in pixels (the model's unit): the truth's FWHM over the scale the simulator drew it with; the
+        # fitted WCS's scale differs from it by the true plate-scale error (1 % in the grid of conditions)
+        scale = truth.get("pixel_scale") or float(abs(h.get("CD2_2", 0.0)) * 3600) or float(h.get("PIXSCALE", 0.55))
         b = clean & (snr[idx] > 50)
         tf = np.asarray(obj["fwhm_arcsec"], float)[sel][b] / scale
         r = np.asarray(frame.psf.fwhm_at(ox[sel][b], oy[sel][b]), float) / tf
