@@ -49,12 +49,12 @@ def test_accuracy_against_the_truth(condition):
     # PSF FWHM within 3 % on every frame, for a PSF family that is not the pipeline's Moffat
     lo, hi = s["psf_ratio_range"]
     assert max(abs(lo - 1), abs(hi - 1)) <= GOALS["fwhm"], s["psf_ratio_range"]
-    # S/N > 100 star fluxes (pooled over the frames): the scatter within 1 %. The median is NOT asserted: the 8"
-    # reference aperture of the aperture correction misses 1.4 % of this PSF's wings (an open item of the real-sky
-    # issue, BENCHMARKS.md); it is guarded here against getting worse
+    # S/N > 100 star fluxes (pooled over the frames): the scatter within 1 %. The median (1.0055 measured, goal 0.5 %:
+    # the wings beyond 8" are now measured, but a ~0.5 % flux-scale difference with the truth remains, an open item of
+    # the real-sky issue, BENCHMARKS.md) is guarded at 1 % against getting worse
     assert s["flux_n"] >= 15
     assert s["flux_scatter"] <= GOALS["flux_scatter"], (s["flux_median"], s["flux_scatter"])
-    assert abs(s["flux_median"] - 1) <= 0.02, (s["flux_median"], s["flux_scatter"])
+    assert abs(s["flux_median"] - 1) <= 0.01, (s["flux_median"], s["flux_scatter"])
     # cosmic rays: found, and star cores never flagged
     assert s["cr_completeness_min"] >= GOALS["cr_completeness"]
     assert s["cr_false_core_max"] < GOALS["cr_false_core"]
