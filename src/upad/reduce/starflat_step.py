@@ -11,8 +11,10 @@ illumination-correction convention: divide a frame by it) and the per-exposure z
 the coefficients and the QC figures in the header.
 
 QC: ``warn`` when the map is measured (``constrained``) and its rms over the field is above ``warn_rms_mmag`` at
-3 sigma or more — the flat field or the illumination correction of that night and filter is off by that much;
-``ok`` otherwise, including a map the dithers do not constrain (said in the notes). Nothing depends on the product
+3 sigma or more — the flat field or the illumination correction of that night and filter is off by that much — and,
+with no file, when too few stars are seen in two exposures for a fit (the reason says how many); ``fail`` when fewer
+than two of the night's catalogs can be read; ``ok`` otherwise, including a map the dithers do not constrain (said in
+the notes). Nothing depends on the product
 yet: the tile calibration reads it.
 """
 from __future__ import annotations
@@ -118,7 +120,9 @@ class StarFlatStep(Step):
                   "of the flat field and the illumination correction)"
     inputs = (Input("reduced", "reduced_frame", minimum="min_frames", maximum=None,
                     doc="every current reduced frame of the night in the filter"),)
-    outputs = (Output("star_flat", doc="FITS: STARFLAT (mag), RESPONSE (divide a frame by it), EXPOSURES table"),)
+    outputs = (Output("star_flat", optional=True,
+                      doc="FITS: STARFLAT (mag), RESPONSE (divide a frame by it), EXPOSURES table (none when too few "
+                          "stars are in common)"),)
 
     def plan(self, ctx: PlanContext, config: StarFlatStepConfig) -> Iterable[Unit]:
         groups: dict[tuple[str, str, str], dict[int, Any]] = defaultdict(dict)
@@ -192,9 +196,9 @@ class StarFlatStep(Step):
         try:
             sf = fit_star_flat(stars["x"], stars["y"], stars["mag"], stars["magerr"], stars["id"], shape=shape,
                                reference=reference, config=cfg)
-        except ValueError as exc:
+        except ValueError as exc:  # too few stars in common: nothing wrong with the night, nothing measured either
             meta["qc_reasons"] = [f"no star flat: {exc}"] + notes
-            return StepOutput(meta=meta, qc_status="fail")
+            return StepOutput(meta=meta, qc_status="warn")
         notes += sf.notes
         name = f"star_flat_{ctx['night']}_{ctx['filter']}.fits"
         staged = task.stage(name)
