@@ -601,9 +601,9 @@ def _fit_template(t, tmax, d, v, use, eps, floor, refit_level):  # pragma: no co
 
 
 @njit(cache=True, nogil=True)
-def _climb(img, y, x, ny, nx, steps):  # pragma: no cover - compiled
+def _climb(img, y, x, ny, nx, steps, mask, skip):  # pragma: no cover - compiled
     """The local maximum reached from (y, x) by moving to the brightest pixel of the 3x3 box, at most ``steps``
-    times."""
+    times, over pixels without a bit of ``skip`` in ``mask`` (``skip = 0``: every pixel)."""
     for _s in range(steps):
         by, bx = y, x
         best = img[y, x]
@@ -613,7 +613,7 @@ def _climb(img, y, x, ny, nx, steps):  # pragma: no cover - compiled
                 continue
             for dx in range(-1, 2):
                 xx = x + dx
-                if xx < 0 or xx >= nx:
+                if xx < 0 or xx >= nx or (mask[yy, xx] & skip) != 0:
                     continue
                 if img[yy, xx] > best:
                     best = img[yy, xx]
@@ -635,7 +635,7 @@ def _star_filter(img, var, mask, ys, xs, templates, chi2min, eps, floor, crbit,
     py = np.empty(len(ys), np.int64)
     px = np.empty(len(ys), np.int64)
     for k in prange(len(ys)):
-        y, x = _climb(img, ys[k], xs[k], ny, nx, 3)
+        y, x = _climb(img, ys[k], xs[k], ny, nx, 3, mask, 0)
         py[k] = y
         px[k] = x
         if next_to_cr:
@@ -676,24 +676,7 @@ def _grow_excess(img, var, mask, ys, xs, templates, eps, floor, crbit, nsig):  #
         x0 = xs[k]
         # climb over unflagged pixels to the local maximum the candidate belongs to (at most 2 steps: the box
         # around it must still hold the candidate)
-        cy, cx = y0, x0
-        for _s in range(2):
-            by, bx = cy, cx
-            best = img[cy, cx]
-            for dy in range(-1, 2):
-                yy = cy + dy
-                if yy < 0 or yy >= ny:
-                    continue
-                for dx in range(-1, 2):
-                    xx = cx + dx
-                    if xx < 0 or xx >= nx or (mask[yy, xx] & crbit) != 0:
-                        continue
-                    if img[yy, xx] > best:
-                        best = img[yy, xx]
-                        by, bx = yy, xx
-            if by == cy and bx == cx:
-                break
-            cy, cx = by, bx
+        cy, cx = _climb(img, y0, x0, ny, nx, 2, mask, crbit)
         d = np.empty(25, np.float64)
         v = np.empty(25, np.float64)
         use = np.zeros(25, np.bool_)
