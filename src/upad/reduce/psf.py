@@ -316,42 +316,30 @@ def mixture_fwhm(sig: np.ndarray, amp: np.ndarray, dx: np.ndarray | None = None,
 
 
 def mixture_stamp(size: int, x0: float, y0: float, sig: np.ndarray, amp: np.ndarray, *, g1: float = 0.0,
-                  g2: float = 0.0, oversampling: int = 1, sub: int = 3, dx: np.ndarray | None = None,
+                  g2: float = 0.0, oversampling: int = 1, dx: np.ndarray | None = None,
                   dy: np.ndarray | None = None) -> np.ndarray:
     """Pixel-integrated, sheared Gaussian mixture (unit total flux when ``sum(amp) = 1``) on a ``size x size``
     grid (conventions of :func:`moffat_stamp`).
 
-    Components narrower than 0.6 pixel are integrated exactly (erf) with their shear reduced to axis-aligned
-    ``g1`` (the ``g2`` of a sub-pixel component is invisible after the pixel); wider ones with ``sub x sub``
-    points per pixel (exact to better than 1e-20 for such widths)."""
+    Every component is integrated over the pixel by :func:`_pix_gauss_2d`, the integral the profile is *fitted*
+    with (exact erf along x, and along y too when ``g2 = 0``): the model drawn is the model fitted. (A ``3 x 3``
+    midpoint sum per pixel, used before for components wider than 0.6 pixel, convolves with three points instead of
+    the pixel: variance ``(1 - 1/9) / 12`` per axis instead of ``1 / 12``, the drawn star's ``T`` 0.0185 pixel^2
+    smaller than the fitted one's, -1 to -2 % at FWHM 1.5-2 pixels.)"""
     sig = np.asarray(sig, float)
     amp = np.asarray(amp, float)
     ox = np.zeros_like(sig) if dx is None else np.asarray(dx, float)
     oy = np.zeros_like(sig) if dy is None else np.asarray(dy, float)
     c = np.arange(size) / oversampling
-    out = np.zeros((size, size))
     live = amp > 1e-6 * amp.sum()
-    narrow = live & (sig < 0.6)
-    wide = live & ~narrow
-    if narrow.any():
-        f = 1.0 / math.sqrt(max(1.0 - g1 * g1 - g2 * g2, 1e-6))
-        sx, sy = sig[narrow] * (1 + g1) * f, sig[narrow] * (1 - g1) * f
-        ex = _pix_gauss_1d((c[:, None] - x0 - ox[narrow]), sx)
-        ey = _pix_gauss_1d((c[:, None] - y0 - oy[narrow]), sy)
-        out += np.einsum("jk,ik,k->ji", ey, ex, amp[narrow])
-    if wide.any():
-        off = (np.arange(sub) + 0.5) / sub - 0.5
-        acc = np.zeros((size, size))
-        for k in np.flatnonzero(wide):
-            norm = amp[k] / (2 * math.pi * sig[k] ** 2)
-            inv = -0.5 / sig[k] ** 2
-            for py in off:
-                ddy = c[:, None] + py - y0 - oy[k]
-                for px in off:
-                    ddx = c[None, :] + px - x0 - ox[k]
-                    acc += norm * np.exp(_sheared_r2(ddx, ddy, g1, g2) * inv)
-        out += acc / (sub * sub)
-    return out
+    if not live.any():
+        return np.zeros((size, size))
+    ddx = (c[:, None] - x0 - ox[None, live])[None]  # (1, size, K)
+    ddy = (c[:, None] - y0 - oy[None, live])[None]
+    sheared = bool(g1 or g2)
+    b = _pix_gauss_2d(ddx, ddy, sig[None, live], np.array([g1]) if sheared else None,
+                      np.array([g2]) if sheared else None)[0]
+    return b @ amp[live]
 
 
 def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -573,26 +561,52 @@ def fit_profile(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, scale: np.nda
             "g1": g1 if sheared else np.zeros(n), "g2": g2 if sheared else np.zeros(n)}
 
 
+#: sub-pixel phases (per axis) over which the moment calibration of the profile is averaged: midpoints of four
+#: quarters of [0, 1/2] (a pixel-integrated, mirror-symmetric profile's moments repeat with period 1 and are even
+#: about 0 and 1/2)
+_PHASES = (np.arange(4) + 0.5) / 8.0
+
+
+def _phase_stamps(size: int, c0: float, sig: np.ndarray, amp: np.ndarray, g1: float) -> tuple[np.ndarray, ...]:
+    """The mixture (axis-aligned shear ``g1``: separable, integrated exactly over the pixel as in
+    :func:`mixture_stamp`) centred at ``c0 + (px, py)`` for every pair of :data:`_PHASES`, side by side in one
+    image; returns the image and the centres."""
+    f = 1.0 / math.sqrt(1.0 - g1 * g1)
+    c = np.arange(size, dtype=float)
+    d = c[None, :, None] - c0 - _PHASES[:, None, None]  # (P, size, 1)
+    ex = _pix_gauss_1d(d, sig * (1 + g1) * f)  # (P, size, K)
+    ey = _pix_gauss_1d(d, sig * (1 - g1) * f)
+    st = np.einsum("qjk,pik,k->qpji", ey, ex, amp)  # (Py, Px, size, size)
+    n = len(_PHASES)
+    big = st.reshape(n * n, size, size).transpose(1, 0, 2).reshape(size, n * n * size)
+    py, px = np.meshgrid(_PHASES, _PHASES, indexing="ij")
+    xs = c0 + px.ravel() + np.arange(n * n) * size
+    ys = c0 + py.ravel()
+    return big.astype(np.float32), xs, ys
+
+
 def _profile_calibration(sig: np.ndarray, amp: np.ndarray, fwhm: float, *, shear: float = 0.05) -> dict:
     """Adaptive-moment size ``T``, concentration ``C`` and distortion response ``R`` of the frame's own profile
-    (pixel-integrated, two sub-pixel phases) scaled to a grid of FWHMs around ``fwhm``."""
+    (pixel-integrated) scaled to a grid of FWHMs around ``fwhm``, each the mean over a 4 x 4 grid of sub-pixel
+    phases (:data:`_PHASES`): the stars come at any phase, and an undersampled star's ``T`` varies by +-15 % with
+    it (FWHM 1.1 pixels). Two phases, (0, 0) and (1/2, 1/4), as before, gave a ``T`` 3-4 % below the mean at FWHM
+    1.1 pixels (:meth:`PsfModel.moment_size_at`, the stellarity's reference)."""
     fws = fwhm * np.geomspace(0.55, 1.8, 13)
     T, C, Rr = np.zeros(len(fws)), np.zeros(len(fws)), np.zeros(len(fws))
+    live = amp > 1e-6 * amp.sum()
+    sig, amp = np.asarray(sig, float)[live], np.asarray(amp, float)[live]
+    d_true = 2 * shear / (1 + shear * shear)
     for j, fw in enumerate(fws):
         s = sig * fw / fwhm
         size = int(2 * math.ceil(3.5 * max(fw, float(s[amp > 1e-3].max()) if np.any(amp > 1e-3) else fw) + 6) + 1)
         c0 = (size - 1) / 2
-        st = [mixture_stamp(size, c0, c0, s, amp), mixture_stamp(size, c0 + 0.5, c0 + 0.25, s, amp),
-              mixture_stamp(size, c0, c0, s, amp, g1=shear), mixture_stamp(size, c0 + 0.5, c0 + 0.25, s, amp, g1=shear)]
-        big = np.concatenate(st, axis=1).astype(np.float32)
-        xs = np.array([c0 + k * size + (0.0 if k % 2 == 0 else 0.5) for k in range(4)])
-        ys = np.array([c0, c0 + 0.25, c0, c0 + 0.25])
+        big, xs, ys = _phase_stamps(size, c0, s, amp, 0.0)
         m = adaptive_moments(big, xs, ys, sigma0=max(fw / 2.355, 1.0))
-        tr = m[:, 0] + m[:, 1]
-        T[j] = 0.5 * (tr[0] + tr[1])
-        C[j] = 0.5 * (m[0, 5] / m[0, 6] + m[1, 5] / m[1, 6])
-        d_true = 2 * shear / (1 + shear * shear)
-        Rr[j] = 0.5 * ((m[2, 0] - m[2, 1]) / tr[2] + (m[3, 0] - m[3, 1]) / tr[3]) / d_true
+        T[j] = float(np.mean(m[:, 0] + m[:, 1]))
+        C[j] = float(np.mean(m[:, 5] / m[:, 6]))
+        big, xs, ys = _phase_stamps(size, c0, s, amp, shear)
+        m = adaptive_moments(big, xs, ys, sigma0=max(fw / 2.355, 1.0))
+        Rr[j] = float(np.mean((m[:, 0] - m[:, 1]) / (m[:, 0] + m[:, 1]))) / d_true
     return {"fwhm": fws, "T": T, "C": C, "R": Rr}
 
 
