@@ -93,3 +93,43 @@ def test_sheared_basis_is_the_pixel_integral():
             acc += np.exp(-0.5 * r2 / s ** 2).sum(axis=-1) / (2 * np.pi * s * s)
         acc /= sub * sub
         assert np.abs(b - acc).max() < 1e-4 * acc.max() + 1e-6, s
+
+
+def _moment_T(stamps: list[np.ndarray]) -> np.ndarray:
+    from upad.reduce.psf import adaptive_moments
+
+    out = []
+    for s in stamps:
+        c = (s.shape[0] - 1) / 2.0
+        m = adaptive_moments(np.ascontiguousarray(s, np.float32), np.array([c]), np.array([c]), sigma0=1.0)[0]
+        out.append(m[0] + m[1])
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("fwhm_arcsec", [0.6, 0.8])
+def test_model_moment_size_against_the_true_psf(fwhm_arcsec):
+    """The model's second-moment size ``T`` (what PSF homogenisation and the stellarity see) against the true PSF's,
+    both pixelated and measured alike (adaptive moments), on 3 frames of 25 noisy undersampled Moffat stars: drawn
+    at 64 sub-pixel phases (an 8 x 8 grid) the model's ``T`` is within 0.6 % of the truth's (median over the frames;
+    it was 1-2 % small when the profile was drawn with a 3 x 3-point sum per pixel but fitted with the exact pixel
+    integral), and :meth:`PsfModel.moment_size_at` is the phase mean of the true ``T`` within 1 % (it was 2-4 %
+    small when calibrated on two phases; ``T`` varies by +-15 % with the phase at FWHM 1.1 pixels)."""
+    beta, g1, g2, size = 3.0, -0.02, 0.035, 768
+    ph = (np.arange(8) + 0.5) / 8
+    px, py = (a.ravel() for a in np.meshgrid(ph, ph))
+    xt, yt = 300.0 + 20 * np.arange(64) % 160 + px, 300.0 + 20 * (np.arange(64) // 8) + py
+    truth = np.zeros((size, size), np.float32)
+    psf = PSFModel(beta=beta, fwhm_centre=fwhm_arcsec, c_r2=0.0, c_x=0.0, c_y=0.0, g1_0=g1, g2_0=g2, g_r=0.0,
+                   nx=size, ny=size)
+    render(truth, Sources.points(xt, yt, np.ones(64)), psf, pixel_scale=SCALE, zones=1)
+    t_true = _moment_T([truth[int(round(b)) - 12:int(round(b)) + 13, int(round(a)) - 12:int(round(a)) + 13]
+                        for a, b in zip(xt, yt)])
+    d_render, d_size = [], []
+    for seed in (1, 2, 3):
+        img, x, y, flux, snr, _ = _frame(seed, fwhm_arcsec=fwhm_arcsec, beta=beta, g1=g1, g2=g2)
+        model = _measure(img, x, y, flux, snr).model
+        t_model = _moment_T([model.render(a, b, 25) for a, b in zip(xt, yt)])
+        d_render.append(np.median(t_model / t_true) - 1)
+        d_size.append(float(np.median(model.moment_size_at(xt, yt))) / np.mean(t_true) - 1)
+    assert abs(np.median(d_render)) < 0.006, d_render
+    assert abs(np.median(d_size)) < 0.01, d_size
