@@ -671,8 +671,10 @@ def write_psf(path: str | Path, psf: Any, *, provenance: Mapping[str, str] | Non
         hp.header["COMMENT"] = "PSF = sum AMP * round Gaussian of sigma SIG * FWHM(x, y), sheared by (G1, G2)"
         hdus.append(hp)
         if getattr(m, "calib_T", None) is not None:
-            hdus.append(fits.BinTableHDU(Table({"FWHM_PX": np.asarray(m.calib_fwhm, np.float64),
-                                                "T_PX2": np.asarray(m.calib_T, np.float64)}), name="MOMCAL"))
+            hm = fits.BinTableHDU(Table({"FWHM_PX": np.asarray(m.calib_fwhm, np.float64),
+                                         "T_PX2": np.asarray(m.calib_T, np.float64)}), name="MOMCAL")
+            hm.header["COMMENT"] = "T_PX2: adaptive-moment Sxx + Syy of the pixelated PSF, mean over sub-pixel phases"
+            hdus.append(hm)
     fits.HDUList(hdus).writeto(path, overwrite=True)
     return path
 
