@@ -354,7 +354,10 @@ def accuracy(prod: dict[str, Any], truth: dict[str, Any], stats: dict[str, Any])
         wcs = WCS(h, naxis=2) if "CTYPE1" in h else None
     if wcs is not None and "ASTRRMS" in h:
         a_sel = truth["in_ref"][sel] & clean
-        at = V.astrometry_vs_truth(wcs, truth["wcs"], shape, x=ox[sel][a_sel], y=oy[sel][a_sel])
+        cols = obj.colnames
+        pdx = np.asarray(obj["psf_dx"], float)[sel][a_sel] if "psf_dx" in cols else None  # the light's centroid
+        pdy = np.asarray(obj["psf_dy"], float)[sel][a_sel] if "psf_dy" in cols else None
+        at = V.astrometry_vs_truth(wcs, truth["wcs"], shape, x=ox[sel][a_sel], y=oy[sel][a_sel], dx=pdx, dy=pdy)
         # per-star total error (centroid noise included) of the bright ones: catalog sky position vs true position
         b = a_sel & (snr[idx] > 100)
         ra, dec = truth["wcs"].all_pix2world(ox[sel][b], oy[sel][b], 0)

@@ -104,3 +104,34 @@ def test_wrong_field_fails_with_a_reason(night):
         solve_astrometry(rng.uniform(0, 1024, 300), rng.uniform(0, 1024, 300), rng.uniform(1, 10, 300), ref["ra"],
                          ref["dec"], wcs_guess=_guess(c), shape=r.image.shape)
     assert exc.value.reason == "astrometry_failed"
+
+
+def _tan_wcs(crpix: tuple[float, float], scale_deg: float = 0.55 / 3600) -> WCS:
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = list(crpix)
+    w.wcs.cd = np.array([[-scale_deg, 0.0], [0.0, scale_deg]])
+    return w
+
+
+def test_astrometry_metric_judges_the_wcs_where_the_light_is_centred():
+    # a PSF whose light is centred 0.08 px left and 0.03 px up of the chief ray (coma): a WCS fitted to measured
+    # centroids puts each sky position there, and is exact by the metric; the chief-ray figure shows the shift
+    shape = (512, 512)
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(0, 511, 200), rng.uniform(0, 511, 200)
+    dx, dy = np.full(200, -0.08), np.full(200, 0.03)
+    true = _tan_wcs((256.5, 256.5))
+    fitted = _tan_wcs((256.5 - 0.08, 256.5 + 0.03))
+    res = astrometry_vs_truth(fitted, true, shape, x=x, y=y, dx=dx, dy=dy)
+    assert res["rms_at_px"] < 1e-6 and res["max_at_px"] < 1e-6
+    assert res["rms_at_chief_px"] == pytest.approx(np.hypot(0.08, 0.03), rel=1e-4)
+    assert res["rms_grid_px"] == pytest.approx(np.hypot(0.08, 0.03), rel=1e-4)  # the grid: chief rays
+    # the offset applied with the wrong sign: twice the shift; without offsets: the chief-ray figure
+    assert astrometry_vs_truth(fitted, true, shape, x=x, y=y, dx=-dx, dy=-dy)["rms_at_px"] == pytest.approx(
+        2 * np.hypot(0.08, 0.03), rel=1e-4)
+    assert astrometry_vs_truth(fitted, true, shape, x=x, y=y)["rms_at_px"] == pytest.approx(res["rms_at_chief_px"])
+    # the true WCS itself is off by the shift at the light centroids
+    assert astrometry_vs_truth(true, true, shape, x=x, y=y, dx=dx, dy=dy)["rms_at_px"] == pytest.approx(
+        np.hypot(0.08, 0.03), rel=1e-4)

@@ -217,3 +217,26 @@ def test_frame_epoch_and_proper_motions():
     # 9.83 yr at (1000, -500) mas/yr: the year alone (2025.0) would be 0.8 arcsec off in RA
     assert (moved["ra"][0] - 150.0) * 3600 == pytest.approx((want - 2016.0), abs=1e-6)
     assert (moved["dec"][0]) * 3600 == pytest.approx(-0.5 * (want - 2016.0), abs=1e-6)
+
+
+def test_a_more_complex_distortion_model_must_be_clearly_better():
+    """The one-standard-error rule of the model choice: a complex model that the cross-validation finds 5 % better in
+    rms, from per-star differences as noisy as a few dozen stars give, is not chosen; the same gain measured on many
+    stars is."""
+    from upad.reduce.astrometry import choose_model
+
+    def losses(n):
+        # squared residuals (px^2): the complex model predicts every other star much better, the rest much worse
+        alt = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+        return {"simple": np.full(n, 1.1e-3), "complex": 1e-3 * (1 + 0.9 * alt)}
+
+    sq = losses(40)
+    wn, ok = np.ones(40), np.ones(40, bool)
+    assert np.sqrt(sq["simple"].mean() / sq["complex"].mean()) > 1.03  # beyond the tolerance
+    assert choose_model(sq, wn, ok, tolerance=0.03, n_se=1.0) == "simple"  # 0.7 standard errors
+    assert choose_model(sq, wn, ok, tolerance=0.03, n_se=0.0) == "complex"
+    sq = losses(4000)
+    assert choose_model(sq, np.ones(4000), np.ones(4000, bool), tolerance=0.03, n_se=1.0) == "complex"  # 7 s.e.
+    # within the tolerance the simpler model is chosen whatever the number of stars
+    sq["simple"] = sq["complex"] * 1.05
+    assert choose_model(sq, np.ones(4000), np.ones(4000, bool), tolerance=0.03, n_se=1.0) == "simple"

@@ -96,3 +96,42 @@ def test_truth_records_the_effective_fwhm(tmp_path):
     fw = np.asarray(ob["fwhm_arcsec"])
     # optics broaden the atmosphere's FWHM, and the FWHM varies over the field
     assert np.median(fw) > atm and fw.std() > 0
+
+
+def _windowed_centroid(img: np.ndarray, x0: float, y0: float) -> tuple[float, float]:
+    """SExtractor's windowed centroid on a noiseless stamp (window sigma = 2 r50 / 2.3548, r50 about x0, y0)."""
+    yy, xx = np.indices(img.shape, dtype=float)
+    r = np.hypot(xx - x0, yy - y0).ravel()
+    o = np.argsort(r)
+    cum = np.cumsum(img.ravel()[o])
+    s2 = (2 * r[o][np.searchsorted(cum, 0.5 * cum[-1])] / 2.3548) ** 2
+    x, y = x0, y0
+    for _ in range(500):
+        w = img * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / s2)
+        ex, ey = (w * (xx - x)).sum() / w.sum(), (w * (yy - y)).sum() / w.sum()
+        x, y = x + 2 * ex, y + 2 * ey
+        if abs(ex) + abs(ey) < 1e-9:
+            break
+    return x, y
+
+
+def test_truth_centroid_offset_is_where_the_drawn_light_is_centred():
+    from upad.sim.render import centroid_offset, profile_grid
+
+    # coma (z7, z8) shifts the light of a star from its position; a well-sampled star (FWHM 4 px) drawn by the
+    # renderer has its windowed centroid where centroid_offset says, and a centrosymmetric family has none
+    lod = 0.62e-6 / 0.83 * 206264.806 / 0.55
+    z = ZonePSF("kolmogorov_optics", 3.5, 0.02, -0.01,
+                otf=_OpticsOTF(lod, [0, 0, 0, 0, 0.05, 0.03, 0.02, 0.07, -0.05, 0, 0, 0.02], 0.35))
+    grid = profile_grid(z.profile_k, z.fwhm_px)
+    dx, dy, mx, my = centroid_offset(*grid)
+    N, cx, cy = 96, 47.3, 48.6
+    st = render_batch(N, z.kimage(N), np.array([1.0]), np.array([cx], np.float32), np.array([cy], np.float32))[0]
+    wx, wy = _windowed_centroid(st.astype(float), cx, cy)
+    assert math.hypot(dx, dy) > 0.05 and math.hypot(mx, my) > 0.05
+    assert wx - cx == pytest.approx(dx, abs=0.004) and wy - cy == pytest.approx(dy, abs=0.004)
+    zm = ZonePSF("moffat", 2.5, 0.05, -0.03, beta=2.5)
+    assert centroid_offset(*profile_grid(zm.profile_k, 2.5)) == (0.0, 0.0, 0.0, 0.0)
+    st = render_batch(N, zm.kimage(N), np.array([1.0]), np.array([cx], np.float32), np.array([cy], np.float32))[0]
+    wx, wy = _windowed_centroid(st.astype(float), cx, cy)
+    assert abs(wx - cx) < 2e-3 and abs(wy - cy) < 2e-3

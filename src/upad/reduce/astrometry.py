@@ -18,7 +18,10 @@
    SIP ``A``/``B`` coefficients, its constant part moves ``CRVAL``. Outliers beyond ``clip_sigma`` are rejected;
    positions are weighted by their centroid error (FWHM / (2.35 S/N)) and the reference error. With
    ``sip_order = 0`` (default) the order is chosen by the data: the lowest order between 2 and ``sip_order_max``
-   whose ``cv_folds``-fold cross-validated residual is within ``cv_tolerance`` of the best (orders with fewer than
+   whose ``cv_folds``-fold cross-validated residual is within ``cv_tolerance`` of the best, or whose mean square
+   exceeds the best's by less than ``cv_n_se`` standard errors of the paired per-star differences (the
+   one-standard-error rule: with few well-measured stars the cross-validation is noisy, and a more complex model
+   must be clearly better), every model judged on the same stars (orders with fewer than
    ``min_stars_per_term`` stars per coefficient are not tried); so a distortion beyond SIP order 3 is followed
    where the stars allow it, and a sparse frame keeps a low order. A fixed ``sip_order`` is validated the same way
    (its cross-validated rms is reported). With ``optical_terms`` (default) every order below 5 is also tried with
@@ -27,7 +30,7 @@
    in pixels, taken to the sky by the solution's linear part): a camera's distortion with few coefficients, so that
    a sparse frame (a 9.4' field at high latitude has ~60 reference stars) follows a distortion beyond SIP 3 that a
    general order 4 or 5 (15 or 21 coefficients per axis) would overfit. Candidates are ordered by their number of
-   coefficients and the simplest within ``cv_tolerance`` of the best wins; the optical terms are folded into the
+   coefficients and the simplest not shown worse than the best wins; the optical terms are folded into the
    SIP polynomials of the header (order 5).
 3. The inverse SIP polynomials (``AP``/``BP``, order ``sip_order + 1``) are fitted on a grid so that every tool can
    go from the sky to the pixels.
@@ -71,6 +74,10 @@ class AstrometryConfig(StepConfig):
     cv_folds: int = param(5, doc="folds of the cross-validation of the distortion order", bounds=(2, 20))
     cv_tolerance: float = param(0.03, doc="the lowest order whose cross-validated rms is within this fraction of "
                                           "the best one is chosen", bounds=(0.0, 1.0))
+    cv_n_se: float = param(1.0, doc="a more complex distortion model is chosen only if its cross-validated mean "
+                                    "square is below the simpler one's by more than this many standard errors (the "
+                                    "one-standard-error rule; 0: by any amount beyond cv_tolerance)",
+                           bounds=(0.0, 10.0))
     optical_terms: bool = param(True, doc="with sip_order = 0, also try every SIP order below 5 with the Brown-"
                                           "Conrady terms beyond it (radial r^2, r^4 and r^2-modulated decentering, "
                                           "one coefficient each shared by both axes): a camera's distortion with "
@@ -358,15 +365,14 @@ def sip_wcs_header(crval: tuple[float, float], crpix: tuple[float, float], terms
     return h
 
 
-def _cv_rms(u, v, xi, eta, w, scale, scale_deg, models, cfg: AstrometryConfig) -> dict:
-    """K-fold cross-validated weighted rms residual (pixels, both axes together) of each model ``(order,
-    optical)`` (:func:`_fit_model`), keyed by :func:`_model_key`."""
+def _cv_sq(u, v, xi, eta, w, scale, scale_deg, models, cfg: AstrometryConfig) -> dict:
+    """K-fold cross-validated squared residual (pixels^2, both axes together) of every star under each model
+    ``(order, optical)`` (:func:`_fit_model`), keyed by the model; the same folds for every model."""
     n = len(u)
     folds = np.random.default_rng(12345).permutation(n) % cfg.cv_folds
-    out: dict[int, float] = {}
-    wn = w / np.mean(w) if n else w
+    out: dict = {}
     for model in models:
-        sq = np.empty(n)
+        sq = np.zeros(n)
         for k in range(cfg.cv_folds):
             test = folds == k
             train = ~test
@@ -375,26 +381,70 @@ def _cv_rms(u, v, xi, eta, w, scale, scale_deg, models, cfg: AstrometryConfig) -
             terms, cx, cy = _fit_model(u[train], v[train], xi[train], eta[train], w[train], model, scale)
             px, py = _eval_poly(u[test], v[test], terms, cx, cy, scale)
             sq[test] = ((xi[test] - px) ** 2 + (eta[test] - py) ** 2) / scale_deg ** 2
-        # a robust weighted mean: the worst 2 % (outliers the clipping has not removed yet) left out
-        lim = np.quantile(sq * wn, 0.98) if n > 20 else np.inf
-        ok = sq * wn <= lim
-        out[_model_key(model)] = float(math.sqrt(np.sum(wn[ok] * sq[ok]) / np.sum(wn[ok])))
+        out[model] = sq
     return out
 
 
+def _cv_scores(u, v, xi, eta, w, scale, scale_deg, models, cfg: AstrometryConfig
+               ) -> tuple[dict, np.ndarray, np.ndarray, dict]:
+    """Cross-validated residuals of each model on common stars: returns (``{model: rms}`` keyed by
+    :func:`_model_key`, the normalised weights, the stars compared, ``{model: squared residuals}``).
+
+    The stars compared are the same for every model: the worst 2 % are left out (outliers the clipping has not
+    removed yet), judged by the best any model does for them — a star that no model predicts is an outlier, one
+    that only a poor model misses is what tells the models apart."""
+    n = len(u)
+    sq = _cv_sq(u, v, xi, eta, w, scale, scale_deg, models, cfg)
+    wn = w / np.mean(w) if n else w
+    loss = np.min([sq[m] * wn for m in models], axis=0) if models else np.zeros(n)
+    ok = loss <= np.quantile(loss, 0.98) if n > 20 else np.ones(n, bool)
+    rms = {_model_key(m): float(math.sqrt(np.sum(wn[ok] * sq[m][ok]) / np.sum(wn[ok]))) for m in models}
+    return rms, wn, ok, sq
+
+
+def _cv_rms(u, v, xi, eta, w, scale, scale_deg, models, cfg: AstrometryConfig) -> dict:
+    """K-fold cross-validated weighted rms residual (pixels, both axes together) of each model ``(order,
+    optical)`` (:func:`_fit_model`), keyed by :func:`_model_key` (:func:`_cv_scores`)."""
+    return _cv_scores(u, v, xi, eta, w, scale, scale_deg, models, cfg)[0]
+
+
+def choose_model(cv_sq: dict, wn: np.ndarray, ok: np.ndarray, *, tolerance: float, n_se: float):
+    """The simplest model that the cross-validation does not show to be worse than the best one.
+
+    Parameters
+    ----------
+    cv_sq : ``{model: cross-validated squared residual of each star}``, models in order of complexity.
+    wn, ok : the stars' weights and the stars compared.
+    tolerance : a model whose weighted rms is within this fraction of the best's is not worse.
+    n_se : nor is one whose weighted mean square exceeds the best's by less than ``n_se`` standard errors of that
+        excess (the "one-standard-error rule" of Hastie, Tibshirani & Friedman, ESL 7.10, on the paired per-star
+        differences): with few stars the cross-validation is noisy and a more complex model must be clearly better.
+    """
+    models = list(cv_sq)
+    sw = float(np.sum(wn[ok]))
+    mse = {m: float(np.sum(wn[ok] * cv_sq[m][ok]) / sw) for m in models}
+    best = min(models, key=mse.get)
+    for m in models:
+        if math.sqrt(mse[m]) <= math.sqrt(mse[best]) * (1.0 + tolerance):
+            return m
+        d = wn[ok] * (cv_sq[m][ok] - cv_sq[best][ok])
+        se = math.sqrt(d.size) * float(np.std(d, ddof=1)) / sw if d.size > 1 else math.inf
+        if mse[m] - mse[best] <= n_se * se:
+            return m
+    return best
+
+
 def _select_order(u, v, xi, eta, w, scale, scale_deg, cfg: AstrometryConfig) -> tuple[tuple[int, bool], dict]:
-    """The simplest model — SIP order, with or without the optical terms beyond it — whose cross-validated rms is
-    within ``cv_tolerance`` of the best (module docs)."""
+    """The simplest model — SIP order, with or without the optical terms beyond it — that the cross-validation does
+    not show to be worse than the best (:func:`choose_model`; module docs)."""
     n = len(u)
     models = [(o, opt) for o in range(2, cfg.sip_order_max + 1)
               for opt in ((False, True) if cfg.optical_terms and _n_optical(o) else (False,))]
     models = sorted((m for m in models if n >= cfg.min_stars_per_term * _n_free(m)), key=_n_free)
     if not models:
         return (2 if n >= 4 * len(_terms(2)) else 1, False), {}
-    cv = _cv_rms(u, v, xi, eta, w, scale, scale_deg, models, cfg)
-    best = min(cv.values())
-    model = next(m for m in models if cv[_model_key(m)] <= best * (1.0 + cfg.cv_tolerance))
-    return model, cv
+    cv, wn, ok, sq = _cv_scores(u, v, xi, eta, w, scale, scale_deg, models, cfg)
+    return choose_model(sq, wn, ok, tolerance=cfg.cv_tolerance, n_se=cfg.cv_n_se), cv
 
 
 # ------------------------------------------------------------------------------------------------ matching

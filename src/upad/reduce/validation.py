@@ -49,20 +49,35 @@ def _match(xa, ya, xb, yb, radius):
 
 
 def astrometry_vs_truth(wcs: Any, true_wcs: Any, shape: tuple[int, int], *, x: np.ndarray | None = None,
-                        y: np.ndarray | None = None, margin: float = 0.0) -> dict[str, float]:
-    """Distance (pixels) between where the fitted and the true WCS put the same sky positions: on a 32 x 32 grid
-    over the image (``rms_grid_px``, ``max_grid_px``) and at given 0-based positions (``rms_at_px``)."""
+                        y: np.ndarray | None = None, dx: np.ndarray | None = None, dy: np.ndarray | None = None,
+                        margin: float = 0.0) -> dict[str, float]:
+    """Distance (pixels) between where the fitted WCS puts true sky positions and where their light lands.
+
+    On a 32 x 32 grid over the image (``rms_grid_px``, ``max_grid_px``) the fitted and the true WCS are compared
+    (the chief ray: no PSF). At given 0-based true positions ``x, y`` of point sources whose true PSF centres their
+    light at ``x + dx, y + dy`` (the truth's ``psf_dx, psf_dy``; 0 if not given), ``rms_at_px``/``max_at_px``
+    measure ``|WCS_fit^-1(sky_true) - (x + dx, y + dy)|`` — a WCS maps measured centroids to the sky, so it can only
+    be asked to map a star's sky position to where the star's light is centred — and ``rms_at_chief_px``/
+    ``max_at_chief_px`` the distance to the chief ray ``x, y`` itself (equal to the former when the PSF is
+    centrosymmetric)."""
     ny, nx = shape
     gy, gx = np.mgrid[margin:ny - 1 - margin:32j, margin:nx - 1 - margin:32j]
     out: dict[str, float] = {}
     for name, (px, py) in {"grid": (gx.ravel(), gy.ravel()), "at": (x, y)}.items():
         if px is None:
             continue
+        px, py = np.asarray(px, float), np.asarray(py, float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ra, dec = true_wcs.all_pix2world(np.asarray(px, float), np.asarray(py, float), 0)
+            ra, dec = true_wcs.all_pix2world(px, py, 0)
             qx, qy = wcs.all_world2pix(ra, dec, 0)
         d = np.hypot(qx - px, qy - py)
+        if name == "at":
+            out["rms_at_chief_px"] = float(np.sqrt(np.mean(d ** 2)))
+            out["max_at_chief_px"] = float(d.max())
+            ox = np.zeros_like(px) if dx is None else np.asarray(dx, float)
+            oy = np.zeros_like(py) if dy is None else np.asarray(dy, float)
+            d = np.hypot(qx - px - ox, qy - py - oy)
         out[f"rms_{name}_px"] = float(np.sqrt(np.mean(d ** 2)))
         out[f"max_{name}_px"] = float(d.max())
     return out
@@ -354,7 +369,12 @@ def frame_vs_truth(frame: Any, truth: dict[str, Any], *, goals: dict[str, float]
     clean = np.asarray(cat["FLAGS"])[idx] == 0
     if frame.wcs is not None and frame.wcs_solved:
         a_sel = truth["in_ref"][sel] & clean
-        at = astrometry_vs_truth(frame.wcs, truth["wcs"], shape, x=ox[sel][a_sel], y=oy[sel][a_sel])
+        # where the true PSF centres each star's light (coma shifts it from the chief ray; 0 for symmetric PSFs)
+        cols = obj.colnames
+        pdx = np.asarray(obj["psf_dx"], float) if "psf_dx" in cols else np.zeros(len(ox))
+        pdy = np.asarray(obj["psf_dy"], float) if "psf_dy" in cols else np.zeros(len(oy))
+        at = astrometry_vs_truth(frame.wcs, truth["wcs"], shape, x=ox[sel][a_sel], y=oy[sel][a_sel],
+                                 dx=pdx[sel][a_sel], dy=pdy[sel][a_sel])
         # what a user gets: the catalog's sky positions of the S/N > 100 reference stars against their true
         # positions (centroid noise and any PSF-asymmetry shift the fit did not absorb included)
         b = a_sel & (snr[idx] > 100)

@@ -576,11 +576,17 @@ def _object_table(ids, x, y, flux_e, mag, info: RenderInfo, amp, camera: Camera,
     peak_det = info.peak * camera.flat_sky[iyc, ixc]
     adc_e = (camera.instrument.adc_max - bias.level[amp]) * gains
     sat_e = np.minimum(camera.full_well_e[amp], adc_e)
+    cen = info.centroid if info.centroid is not None else np.zeros((len(x), 4))
     return {
         "id": np.asarray(ids, np.int64), "x": x.astype(np.float64), "y": y.astype(np.float64),
         "flux_e": flux_e.astype(np.float64), "flux_adu": (flux_e / gains).astype(np.float64),
         "mag": np.asarray(mag, np.float64), "peak_e": info.peak.astype(np.float32),
         "fwhm_arcsec": info.fwhm_arcsec.astype(np.float32), "psf_g1": info.psf_g1.astype(np.float32),
-        "psf_g2": info.psf_g2.astype(np.float32), "amp": (amp + 1).astype(np.int16),
+        "psf_g2": info.psf_g2.astype(np.float32),
+        # where the drawn light of a point source is centred, relative to x, y (the chief ray): windowed
+        # (SExtractor's XWIN definition) and first-moment centroid of the true PSF (render.centroid_offset)
+        "psf_dx": cen[:, 0].astype(np.float32), "psf_dy": cen[:, 1].astype(np.float32),
+        "psf_mom_dx": cen[:, 2].astype(np.float32), "psf_mom_dy": cen[:, 3].astype(np.float32),
+        "amp": (amp + 1).astype(np.int16),
         "in_image": inside, "saturated": inside & (peak_det >= sat_e),
     }

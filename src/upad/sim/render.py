@@ -95,6 +95,9 @@ class ZonePSF:
     dg_width_ratio: float = 1.0
     otf: _OpticsOTF | None = None
     true_fwhm_px: float = 0.0
+    #: offsets (pixels) of the drawn light's centroid from the object's position: windowed x, y and first moment
+    #: x, y (:func:`centroid_offset`); 0 for the centrosymmetric families
+    centroid: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     def profile_k(self, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
         """Transform of the PSF (no pixel) at wave vectors ``kx, ky`` (rad/pixel, broadcast)."""
@@ -128,18 +131,83 @@ class ZonePSF:
         return max(self.true_fwhm_px, self.fwhm_px), 2.5
 
 
-def effective_fwhm(profile_k, fwhm_guess_px: float, *, samples_per_fwhm: int = 24, n: int = 384) -> float:
-    """Effective FWHM ``2 sqrt(A / pi)`` (``A``: area where the profile is at least half its peak) of a profile
-    given by its transform ``profile_k(kx, ky)`` (pixels; measured on its real-space image, no pixel response)."""
+def profile_grid(profile_k, fwhm_guess_px: float, *, samples_per_fwhm: int = 24, n: int = 384
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
+    """A profile's transform ``profile_k(kx, ky)`` on the ``n x n`` k grid of a real-space grid of step
+    ``h = fwhm_guess_px / samples_per_fwhm`` pixels: returns (transform, k (rad/pixel, FFT order), h)."""
     h = fwhm_guess_px / samples_per_fwhm
     k = 2 * np.pi * np.fft.fftfreq(n, d=h)
-    img = np.fft.ifft2(profile_k(k[None, :], k[:, None])).real
+    return np.asarray(profile_k(k[None, :], k[:, None])), k, h
+
+
+def effective_fwhm(profile_k, fwhm_guess_px: float, *, samples_per_fwhm: int = 24, n: int = 384,
+                   grid: tuple[np.ndarray, np.ndarray, float] | None = None) -> float:
+    """Effective FWHM ``2 sqrt(A / pi)`` (``A``: area where the profile is at least half its peak) of a profile
+    given by its transform ``profile_k(kx, ky)`` (pixels; measured on its real-space image, no pixel response).
+    ``grid``: the transform already evaluated by :func:`profile_grid` (``profile_k`` is then not called)."""
+    F, _, h = grid if grid is not None else profile_grid(profile_k, fwhm_guess_px, samples_per_fwhm=samples_per_fwhm,
+                                                          n=n)
+    img = np.fft.ifft2(F).real
     half = 0.5 * img.max()
     gy, gx = np.gradient(img, h)
     g = np.hypot(gx, gy) * h
     # fraction of each sample's cell above half the peak, to first order in the distance to the contour
     frac = np.clip(0.5 + (img - half) / np.maximum(g, 1e-30), 0.0, 1.0)
     return float(2 * math.sqrt(frac.sum() * h * h / math.pi))
+
+
+def centroid_offset(F: np.ndarray, k: np.ndarray, h: float, *, maxit: int = 200, tol: float = 1e-7
+                    ) -> tuple[float, float, float, float]:
+    """Where the light of a point source drawn at the origin is centred: the offsets (pixels) of its windowed and of
+    its first-moment centroid from the origin, for the pixel-convolved profile (no noise, no pixel sampling).
+
+    Parameters
+    ----------
+    F, k, h : the profile's transform on a grid, its wave numbers and the real-space step (:func:`profile_grid`).
+    maxit, tol : iterations and convergence (pixels) of the windowed centroid.
+
+    Returns
+    -------
+    (dx_win, dy_win, dx_mom, dy_mom)
+        ``win``: the fixed point of SExtractor's windowed centroid (``XWIN_IMAGE``): the position about which the
+        first moment weighted by a Gaussian window vanishes, the window's sigma ``2 r50 / 2.3548`` (``r50``: the
+        half-light radius, SExtractor's ``FLUX_RADIUS``). ``mom``: the unweighted first moment, ``-grad(phase)`` of
+        the transform at ``k = 0`` (exact; the profile's wings make it ill-determined on a finite image).
+        A centrosymmetric profile (real transform) has both at 0.
+    """
+    if not np.iscomplexobj(F) or not np.any(F.imag):
+        return 0.0, 0.0, 0.0, 0.0
+    n = len(k)
+    pix = np.sinc(k / (2 * np.pi))
+    img = np.fft.fftshift(np.fft.ifft2(F * pix[None, :] * pix[:, None]).real)
+    c = (np.arange(n) - n // 2) * h
+    # first moment: the phase's slope at k = 0 from the first two wave numbers either side (Richardson's
+    # extrapolation of the central differences)
+    dk = float(k[1])
+    ph = np.angle(np.array([[F[0, 1], F[0, 2], F[0, -1], F[0, -2]], [F[1, 0], F[2, 0], F[-1, 0], F[-2, 0]]]))
+    d1 = (ph[:, 0] - ph[:, 2]) / (2 * dk)
+    d2 = (ph[:, 1] - ph[:, 3]) / (4 * dk)
+    dx_mom, dy_mom = (float(v) for v in -(4 * d1 - d2) / 3)
+    # half-light radius about the origin, from the profile's light in rings of h / 2
+    ring = (np.hypot(c[None, :], c[:, None]) / (h / 2)).astype(np.int64).ravel()
+    cum = np.cumsum(np.bincount(ring, weights=img.ravel()))
+    j = int(np.searchsorted(cum, 0.5 * cum[-1]))
+    r50 = (j + (0.5 * cum[-1] - (cum[j - 1] if j else 0.0)) / (cum[j] - (cum[j - 1] if j else 0.0))) * h / 2
+    sw2 = (2 * r50 / 2.3548) ** 2
+    m = min(n // 2, int(8 * math.sqrt(sw2) / h) + 2)  # the window is negligible beyond 8 sigma: crop
+    img, c = img[n // 2 - m:n // 2 + m + 1, n // 2 - m:n // 2 + m + 1], c[n // 2 - m:n // 2 + m + 1]
+    x = y = 0.0
+    for _ in range(maxit):
+        gx = np.exp(-0.5 * (c - x) ** 2 / sw2)
+        gy = np.exp(-0.5 * (c - y) ** 2 / sw2)
+        w = img * gy[:, None] * gx[None, :]
+        sw = w.sum()
+        ex = float((w.sum(axis=0) * (c - x)).sum() / sw)
+        ey = float((w.sum(axis=1) * (c - y)).sum() / sw)
+        x, y = x + 2 * ex, y + 2 * ey  # SExtractor's step (exact for a Gaussian as wide as the window)
+        if abs(ex) + abs(ey) < tol:
+            break
+    return x, y, dx_mom, dy_mom
 
 
 def zone_psfs(psf: PSFModel, x: np.ndarray, y: np.ndarray, pixel_scale: float) -> list[ZonePSF]:
@@ -153,7 +221,9 @@ def zone_psfs(psf: PSFModel, x: np.ndarray, y: np.ndarray, pixel_scale: float) -
         if psf.family == "kolmogorov_optics":
             z.otf = _OpticsOTF(psf.lam_over_diam / pixel_scale, psf.aberrations_at(float(x[i]), float(y[i])),
                                psf.obscuration)
-            z.true_fwhm_px = effective_fwhm(z.profile_k, z.fwhm_px)
+            grid = profile_grid(z.profile_k, z.fwhm_px)
+            z.true_fwhm_px = effective_fwhm(z.profile_k, z.fwhm_px, grid=grid)
+            z.centroid = centroid_offset(*grid)
         out.append(z)
     return out
 
@@ -289,6 +359,9 @@ class RenderInfo:
     psf_g2: np.ndarray
     peak: np.ndarray
     zone: np.ndarray
+    #: offsets (pixels) of each point source's light centroid from its position (its zone's PSF): windowed and
+    #: first moment, shape (n, 4) as :attr:`ZonePSF.centroid`
+    centroid: np.ndarray | None = None
 
 
 def _stamp_size(flux: np.ndarray, alpha: np.ndarray, fwhm_px: np.ndarray, beta: float, rgal: np.ndarray,
@@ -328,11 +401,13 @@ def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float
     if psf.family != "moffat":
         zp = zone_psfs(psf, np.tile(zc, zones), np.repeat(zr, zones), pixel_scale)
         ztrue = np.array([z.true_fwhm_px for z in zp]) * pixel_scale
+        zcen = np.array([z.centroid for z in zp], float)
         zst = np.array([z.stamp_shape() for z in zp])
         fwhm_px, beta_st = zst[zone, 0], zst[zone, 1]
         alpha = fwhm_px / (2 * np.sqrt(2 ** (1 / beta_st) - 1))
     else:
         ztrue = zfwhm
+        zcen = np.zeros((len(zfwhm), 4))
         fwhm_px, beta_st = zfwhm[zone] / pixel_scale, psf.beta
         alpha = moffat_alpha(fwhm_px, psf.beta)
     rgal = np.zeros(n_obj)
@@ -384,7 +459,7 @@ def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float
                 if xs1 <= xs0 or ys1 <= ys0:
                     continue
                 image[ya + ys0:ya + ys1, xa + xs0:xa + xs1] += stamps[j, ys0:ys1, xs0:xs1]
-    return RenderInfo(ztrue[zone], zg1[zone], zg2[zone], peak, zone)
+    return RenderInfo(ztrue[zone], zg1[zone], zg2[zone], peak, zone, zcen[zone])
 
 
 def draw_with_galsim(N: int, flux: float, cx: float, cy: float, *, fwhm_px: float, beta: float, psf_g1: float = 0.0,
