@@ -40,12 +40,19 @@ def test_total_star_flux_against_the_truth(frames, case):
     stars = np.asarray(ob["in_image"], bool) & ~np.asarray(ob["saturated"], bool) & c.star
     ph = photometry_vs_truth(r.catalog, ob["x"], ob["y"], ob["flux_e"], usable=stars)
     assert ph["n"] >= 12, ph["n"]
-    # the Moffat fit disagrees with the measured wing, which sets the tail
-    assert r.apcor.tail_source == "measured" and r.apcor.tail_n_stars >= 5
+    assert r.apcor.tail_n_stars >= 5
+    r_big = max(ReductionConfig().detect.aper_diameters_arcsec) / 2.0 / r.stats["pixel_scale"]
+    if case[0] == "kolmogorov_optics":
+        # no Moffat fits the heavy wing: the measured one sets the tail
+        assert r.apcor.tail_source == "measured"
+    elif r.apcor.tail_source != "measured":
+        # the undersampled core hardly constrains beta: the wing's beta, combined with it, gives the tail of the
+        # true Moffat (beta 5) within 0.1 %
+        true_tail = 1.0 / float(moffat_enclosed(r_big, r.psf.fwhm_px, 5.0))
+        assert abs(r.apcor.tail - true_tail) < 0.001, (r.apcor.tail, r.apcor.tail_beta, true_tail)
     # FLUX_APCOR (4" aperture x measured 8"/4" ratio x measured wing) within the goal of the real-sky issue
     assert abs(ph["median"] - 1) <= 0.005, (case, ph["median"], ph["scatter"])
     # the previous tail, 1 / EE(8") of the PSF's Moffat fit, misses it by more than 1 %
-    r_big = max(ReductionConfig().detect.aper_diameters_arcsec) / 2.0 / r.stats["pixel_scale"]
     old = 1.0 / float(moffat_enclosed(r_big, r.psf.fwhm_px, r.psf.beta))
     assert abs(ph["median"] * old / r.apcor.tail - 1) > 0.01, (case, ph["median"], old, r.apcor.tail)
 

@@ -29,8 +29,8 @@ import numpy as np
 from upad.config import StepConfig, param
 from upad.reduce.errors import ReductionError
 
-__all__ = ["PhotometryConfig", "ApertureCorrection", "ZeroPoint", "WingTail", "wing_tail", "aperture_correction",
-           "zero_point",
+__all__ = ["PhotometryConfig", "ApertureCorrection", "ZeroPoint", "WingTail", "wing_tail", "wing_beta",
+           "model_tail_agrees", "aperture_correction", "zero_point",
            "add_magnitudes", "class_star"]
 
 
@@ -86,6 +86,10 @@ class PhotometryConfig(StepConfig):
     tail_model_nsigma: float = param(3.0, doc="the PSF's Moffat tail is kept where the measured wing agrees with it "
                                               "within this many of its errors (0: always the measured one)",
                                      bounds=(0.0, None))
+    tail_model_sys: float = param(0.1, doc="systematic uncertainty of a measured annulus' flux relative to the model's "
+                                           "in the test of the model's wing (the median de-trending by one power law "
+                                           "over an annulus: 3-5 % on the inner annuli of stacked Moffat stars)",
+                                  bounds=(0.0, 1.0))
     tail_sky_samples: int = param(200, doc="blank-sky positions whose annulus medians correct the stars' for the "
                                            "sky's median-to-background offset (0: none)", bounds=(0, None))
     tail_min_slope: float = param(2.5, doc="shallowest power law I ~ r^-alpha of the wing extrapolated beyond the "
@@ -119,6 +123,8 @@ class ApertureCorrection:
         Uncertainty of the measured tail (relative) and the power-law index of the wing (NaN for the model).
     tail_n_stars : int
         Stars whose wings were stacked (0 for the model).
+    tail_beta : float
+        Beta of the Moffat tail (the core's and the wing's combined; NaN for a measured tail).
     """
 
     median: float
@@ -134,6 +140,7 @@ class ApertureCorrection:
     tail_error: float = float("nan")
     tail_slope: float = float("nan")
     tail_n_stars: int = 0
+    tail_beta: float = float("nan")
 
     def at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Correction factor at 0-based positions."""
@@ -384,7 +391,8 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
     amp = np.full(nb, np.nan)
     amp_err = np.full(nb, np.nan)
     n_used = len(cells)
-    for _ in range(6):
+    n_iter = 6
+    for it in range(n_iter):
         a_ib = np.full((len(cells), nb), np.nan)
         e_ib = np.full((len(cells), nb), np.nan)
         for i, row in enumerate(cells):
@@ -415,8 +423,10 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
         lw = (amp[ok] / amp_err[ok]) ** 2
         slope = np.polyfit(np.log(rc[ok]), np.log(amp[ok]), 1, w=np.sqrt(lw))[0]
         new = float(np.clip(alpha - slope, config.tail_min_slope, config.tail_max_slope))
-        if abs(new - alpha) < 0.01:
-            alpha = new
+        # the amplitudes hold for the alpha they were de-trended with: the loop ends with that alpha (a refitted
+        # alpha with the previous amplitudes integrated the inner annuli wrongly by (r / 1 px)^(change): a steep
+        # Gaussian-like wing whose alpha had not settled in the iterations came out at 0.4-2.3 times its flux)
+        if abs(new - alpha) < 0.01 or it == n_iter - 1:
             break
         alpha = new
     fin = np.isfinite(amp)
@@ -454,9 +464,96 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
                     amplitude_error=amp_err)
 
 
+def model_tail_agrees(tail: WingTail, fwhm_px: float, beta: float, r_big_px: float, *, nsigma: float = 3.0,
+                      sys: float = 0.1) -> bool:
+    """Whether a Moffat PSF's wing agrees with a measured one (:func:`wing_tail`) between the largest aperture and the
+    measured profile's outer radius.
+
+    Two tests, both at the false-rejection rate of a two-sided ``nsigma`` Gaussian deviation: the flux over the
+    whole wing (``tail.fraction`` against the model's, within ``nsigma`` of its error and ``sys`` times the model's
+    flux), and the profile annulus by
+    annulus (chi-square of the measured annuli' fluxes against the model's, with as many degrees of freedom as
+    measured annuli, each annulus' error including ``sys`` times the model's flux in it: the measurement's own
+    systematic error, which a bright stack resolves). The second is the sharper one: the inner annuli are measured
+    several times better than the whole wing (whose error the noisy outer annuli dominate), and the flux a Moffat
+    fitted to a core puts beyond the aperture lies mostly there. A Moffat whose beta was fitted to a core that does
+    not determine it (an undersampled PSF) or to another family's core (a double Gaussian: no flux beyond 8 arcsec
+    where ``beta = 2.5`` puts 0.5 %) is rejected by the inner annuli even where the whole wing's noise cannot
+    reject it.
+
+    Parameters
+    ----------
+    tail : WingTail
+    fwhm_px, beta : float
+        The Moffat model.
+    r_big_px : float
+        Radius of the largest aperture (the measured fluxes are relative to the flux within it).
+    nsigma : float
+    sys : float
+        Relative systematic uncertainty of a measured annulus (``tail_model_sys``).
+
+    Returns
+    -------
+    bool
+    """
+    from scipy.special import erfc
+    from scipy.stats import chi2
+
+    from upad.reduce.psf import moffat_enclosed
+
+    edges = np.asarray(tail.radii, float)
+    ee = np.asarray(moffat_enclosed(edges, fwhm_px, beta), float) / float(moffat_enclosed(r_big_px, fwhm_px, beta))
+    model_in = float(ee[-1] - 1.0)
+    if abs(float(tail.fraction) - model_in) > nsigma * max(math.hypot(float(tail.error), sys * model_in), 1e-6):
+        return False
+    ann = _annulus_integral(edges[:-1], edges[1:], float(tail.slope))
+    meas, err = np.asarray(tail.amplitude, float) * ann, np.asarray(tail.amplitude_error, float) * ann
+    ok = np.isfinite(meas) & np.isfinite(err) & (err > 0)
+    if not ok.any():
+        return True
+    model = np.diff(ee)[ok]
+    c2 = float(np.sum((meas[ok] - model) ** 2 / (err[ok] ** 2 + (sys * model) ** 2)))
+    return bool(chi2.sf(c2, int(ok.sum())) >= erfc(nsigma / math.sqrt(2.0)))
+
+
+def _wing_chi2(tail: WingTail, fwhm_px: float, betas: np.ndarray, r_big_px: float, sys: float) -> np.ndarray:
+    """Chi-square of the measured annuli of ``tail`` against Moffat profiles of FWHM ``fwhm_px`` and each of
+    ``betas`` (each annulus' error including ``sys`` times the model's flux in it)."""
+    from upad.reduce.psf import moffat_enclosed
+
+    edges = np.asarray(tail.radii, float)
+    ann = _annulus_integral(edges[:-1], edges[1:], float(tail.slope))
+    meas, err = np.asarray(tail.amplitude, float) * ann, np.asarray(tail.amplitude_error, float) * ann
+    ok = np.isfinite(meas) & np.isfinite(err) & (err > 0)
+    out = np.zeros(len(betas))
+    for i, b in enumerate(betas):
+        ee = np.asarray(moffat_enclosed(edges, fwhm_px, float(b)), float) / float(moffat_enclosed(r_big_px, fwhm_px,
+                                                                                                  float(b)))
+        model = np.diff(ee)[ok]
+        out[i] = float(np.sum((meas[ok] - model) ** 2 / (err[ok] ** 2 + (sys * model) ** 2)))
+    return out
+
+
+def wing_beta(tail: WingTail, fwhm_px: float, r_big_px: float, *, sys: float = 0.1) -> tuple[float, float]:
+    """The Moffat beta of the frame's FWHM that best fits the measured wing (:func:`wing_tail`), and its
+    uncertainty (half the interval where the chi-square is within 1 of its minimum, on a grid of beta 1.2-15).
+
+    A flat chi-square (a wing with no measurable flux, which every steep Moffat fits) gives a wide interval: the
+    wing then does not constrain beta. Returns NaN, NaN without a measured annulus."""
+    betas = np.geomspace(1.2, 15.0, 241)
+    c2 = _wing_chi2(tail, fwhm_px, betas, r_big_px, sys)
+    if not np.any(np.isfinite(tail.amplitude)) or not np.all(np.isfinite(c2)):
+        return float("nan"), float("nan")
+    k = int(np.argmin(c2))
+    inside = betas[c2 <= c2[k] + 1.0]
+    return float(betas[k]), float(max(0.5 * (inside.max() - inside.min()), 0.5 * (betas[min(k + 1, len(betas) - 1)]
+                                                                                   - betas[max(k - 1, 0)])))
+
+
 def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, fluxerr_aper: np.ndarray,
                         diameters_arcsec: tuple[float, ...], stars: np.ndarray, *, shape: tuple[int, int],
                         pixel_scale: float, psf_fwhm_px: float, psf_beta: float, tail: WingTail | None = None,
+                        psf_beta_error: float = 0.0,
                         config: PhotometryConfig = PhotometryConfig()) -> ApertureCorrection:
     """Measure the aperture correction on point sources.
 
@@ -476,11 +573,14 @@ def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, flu
     psf_fwhm_px, psf_beta : float
         PSF model (for the flux beyond the largest aperture when ``tail`` is None).
     tail : WingTail, optional
-        The flux beyond the largest aperture measured on the stars (:func:`wing_tail`). The PSF's Moffat fit's tail
-        ``1 / EE`` (smooth, to infinity) is used where its wing out to the measured profile's outer radius agrees
-        with the measured one within ``tail_model_nsigma`` errors or without a measurement (None); the measured
-        tail otherwise (a non-Moffat or undersampled PSF: a Kolmogorov+optics wing, a beta fitted to a 1-pixel
-        core).
+        The flux beyond the largest aperture measured on the stars (:func:`wing_tail`). The Moffat tail ``1 / EE``
+        (smooth, to infinity) is used where the wing of the PSF's Moffat fit out to the measured profile's outer
+        radius agrees with the measured one (:func:`model_tail_agrees`, ``tail_model_nsigma``), its beta then the
+        inverse-variance mean of the core's (``psf_beta``, ``psf_beta_error``) and the wing's (:func:`wing_beta`),
+        or without a measurement (None, the core's beta); the measured tail otherwise (a non-Moffat or undersampled PSF: a Kolmogorov+optics
+        wing, a beta fitted to a 1-pixel core or to a double Gaussian's core).
+    psf_beta_error : float
+        Uncertainty of ``psf_beta`` (0: the core's beta alone).
     config : PhotometryConfig
 
     Raises
@@ -517,16 +617,24 @@ def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, flu
     r_big_px = diam[k_big] / 2.0 / pixel_scale
     ee_big = float(moffat_enclosed(r_big_px, psf_fwhm_px, psf_beta))
     t_fac, t_src = 1.0 / ee_big, "model"
+    beta = float(psf_beta)
     if tail is not None:
         # the Moffat fit's wing between the largest aperture and the measured profile's outer radius, against the
-        # measured one: where they agree the model's tail (smooth, to infinity) is kept, else the measured one
-        r_out = float(tail.radii[-1])
-        model_in = float(moffat_enclosed(r_out, psf_fwhm_px, psf_beta)) / ee_big - 1.0
-        if not (config.tail_model_nsigma > 0 and abs(tail.fraction - model_in) <= config.tail_model_nsigma
-                * max(float(tail.error), 1e-6)):
+        # measured one: where they disagree the measured tail is taken
+        if not (config.tail_model_nsigma > 0 and model_tail_agrees(tail, psf_fwhm_px, psf_beta, r_big_px,
+                                                                    nsigma=config.tail_model_nsigma,
+                                                                    sys=config.tail_model_sys)):
             t_fac, t_src = 1.0 + float(tail.fraction), "measured"
         else:
-            t_src = "model (confirmed)"
+            # where they agree, the model's tail (smooth, to infinity) with beta measured twice, by the core's
+            # concentration (psf_beta +- psf_beta_error) and by the wing (the Moffat of the frame's FWHM that fits
+            # the measured annuli), combined by inverse variance: a core that hardly constrains beta defers to the
+            # wing, a well-measured core keeps its beta
+            bw, sw = wing_beta(tail, psf_fwhm_px, r_big_px, sys=config.tail_model_sys)
+            if psf_beta_error > 0 and np.isfinite(bw) and sw > 0:
+                w_c, w_w = 1.0 / psf_beta_error ** 2, 1.0 / sw ** 2
+                beta = float((w_c * psf_beta + w_w * bw) / (w_c + w_w))
+            t_fac, t_src = 1.0 / float(moffat_enclosed(r_big_px, psf_fwhm_px, beta)), "model (confirmed)"
     gy, gx = np.mgrid[0:ny:9j, 0:nx:9j]
     med = float(np.median(_poly_design((gx.ravel() - cx) / cx, (gy.ravel() - cy) / cy, order) @ coef)) * t_fac
     return ApertureCorrection(median=med, tail=t_fac, rms=rms, n_stars=int(keep.sum()), coef=coef, order=order,
@@ -534,7 +642,8 @@ def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, flu
                               large_diameter_arcsec=float(diam[k_big]), tail_source=t_src,
                               tail_error=float(tail.error) if tail is not None else float("nan"),
                               tail_slope=float(tail.slope) if tail is not None else float("nan"),
-                              tail_n_stars=int(tail.n_stars) if tail is not None else 0)
+                              tail_n_stars=int(tail.n_stars) if tail is not None else 0,
+                              tail_beta=float("nan") if t_src == "measured" else beta)
 
 
 def zero_point(flux: np.ndarray, fluxerr: np.ndarray, ref_mag: np.ndarray, ref_magerr: np.ndarray | None, *,

@@ -443,7 +443,7 @@ def _characterise(res: ReducedFrame, wcs_g, refcat, filter_name: str, exptime: f
                          config=config.photometry)
     apc = aperture_correction(xw, yw, np.asarray(cat["FLUX_APER"]), np.asarray(cat["FLUXERR_APER"]), diam, stars,
                               shape=img.shape, pixel_scale=pixel_scale, psf_fwhm_px=psf.fwhm_px,
-                              psf_beta=psf.beta, tail=tail, config=config.photometry)
+                              psf_beta=psf.beta, psf_beta_error=psf.beta_error, tail=tail, config=config.photometry)
     res.apcor = apc
     k_mid = int(np.argmin(np.abs(np.asarray(diam) - apc.diameter_arcsec)))
     corr = apc.at(xw, yw)

@@ -52,6 +52,8 @@ class PsfConfig(StepConfig):
     max_peak_e: float = param(50000.0, doc="brightest peak of a PSF star (non-linearity)", bounds=(0.0, None),
                               unit="e-")
     beta: float = param(0.0, doc="Moffat beta; 0: measured from the stars' concentration", bounds=(0.0, 20.0))
+    beta_bootstrap: int = param(50, doc="resamples of the stars for the uncertainty of the measured beta (0: none)",
+                                bounds=(0, None))
     variation_order: int = param(2, doc="order of the polynomials of FWHM and shear over the field",
                                  bounds=(0, 4))
     zones: int = param(0, doc="empirical PSF zones per axis (0: from the number of stars, at most 8)",
@@ -199,6 +201,19 @@ def _fwhm_from_T(table: dict, beta: float, T: np.ndarray) -> np.ndarray:
     tt = _interp_beta(table, beta, "T")
     return np.exp(np.interp(np.log(np.maximum(T, 1e-6)), np.log(tt), np.log(table["fwhm"]), left=np.nan,
                             right=np.nan))
+
+
+def _beta_error(table: dict, T: np.ndarray, C: np.ndarray, n_boot: int, seed: int = 0) -> float:
+    """Uncertainty of :func:`_fit_beta`: the standard deviation of the betas fitted to ``n_boot`` resamples of the
+    stars (with replacement), combined in quadrature with the fit's grid step over sqrt(12). It is the statistical
+    uncertainty of the Moffat-equivalent beta, not whether the PSF is a Moffat (a double Gaussian's or an
+    undersampled core has a well-defined equivalent beta that says nothing of its wing)."""
+    grid_step = (table["beta"][-1] - table["beta"][0]) / 52.0
+    if n_boot <= 0 or T.size < 3:
+        return float(grid_step / math.sqrt(12.0))
+    rng = np.random.default_rng(seed)
+    bs = [_fit_beta(table, T[k], C[k]) for k in (rng.integers(0, T.size, T.size) for _ in range(n_boot))]
+    return float(math.hypot(np.std(bs), grid_step / math.sqrt(12.0)))
 
 
 def _fit_beta(table: dict, T: np.ndarray, C: np.ndarray) -> float:
@@ -768,6 +783,8 @@ class PsfResult:
     beta : float
     stars : dict of ndarray
         Per star: ``index`` (into the input arrays), ``x, y, fwhm, g1, g2, used``.
+    beta_error : float
+        Statistical uncertainty of ``beta`` (bootstrap over the stars; 0 for a configured beta).
     """
 
     model: PsfModel
@@ -780,6 +797,7 @@ class PsfResult:
     ellipticity_max: float
     beta: float
     stars: dict = field(default_factory=dict, repr=False)
+    beta_error: float = 0.0
 
 
 def select_psf_stars(x, y, snr, flags, imaflags, size, ellipticity, peak, *, config: PsfConfig = PsfConfig(),
@@ -905,6 +923,7 @@ def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarra
     C = np.where(ok, m[:, 5] / np.where(m[:, 6] > 0, m[:, 6], 1.0), np.nan)
     # the Moffat beta that best matches the stars' concentration (an equivalent beta for any PSF shape)
     beta = float(config.beta) if config.beta > 0 else _fit_beta(table, T[ok], C[ok])
+    beta_err = 0.0 if config.beta > 0 else _beta_error(table, T[ok], C[ok], config.beta_bootstrap)
     fw_moffat = _fwhm_from_T(table, beta, T)
     t_pix = 1.0 / 6.0  # a pixel's contribution to T (two axes)
     fw0 = float(np.nanmedian(fw_moffat[ok])) if np.any(np.isfinite(fw_moffat[ok])) else \
@@ -998,7 +1017,8 @@ def measure_psf(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarra
     stars = {"index": idx, "x": sx, "y": sy, "fwhm": fwhm, "g1": g1, "g2": g2, "used": used}
     return PsfResult(model=model, n_stars=nused, fwhm_px=fmed, fwhm_arcsec=fmed * pixel_scale,
                      fwhm_min_px=float(fgrid.min()), fwhm_max_px=float(fgrid.max()),
-                     ellipticity=float(np.median(egrid)), ellipticity_max=float(egrid.max()), beta=beta, stars=stars)
+                     ellipticity=float(np.median(egrid)), ellipticity_max=float(egrid.max()), beta=beta, stars=stars,
+                     beta_error=beta_err)
 
 
 def _epsf_hybrid(image, model: "PsfModel", sx, sy, zone_of, half, prof, sub):
