@@ -133,7 +133,8 @@ def test_optical_terms_fold_into_an_exact_sip_header():
 
 # ---------------------------------------------------------------------------------------------- mini frames
 #: a field of 12000 stars/deg^2 (r < 21: low Galactic latitude) so that a mini frame has ~200 reference stars
-BASE = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, workers=1, star_density_r21=12000.0,
+BASE = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0, n_dithers=1,
+            workers=1, star_density_r21=12000.0,
             distortion_radial5_corner_px=3.0, distortion_tangential_corner_px=0.7)
 CASES = {"scale+1%": dict(plate_scale_error=0.01), "scale-3%+parity": dict(plate_scale_error=-0.03, parity_flip=True)}
 

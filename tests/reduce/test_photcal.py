@@ -26,7 +26,8 @@ from .helpers import calibrate, reduce_calibrated, star_ids
 FILTERS = ["gSDSS", "rSDSS", "J0660"]
 #: a star-rich field (twice the default density) so that a 9.4' mini frame has ~30-60 calibration stars; the
 #: survey-filter reference reaches G = 19 (a previous survey release rather than XP's 17.65)
-SIM = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=3, workers=2, star_pm_sigma_masyr=6.0,
+SIM = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0, n_dithers=3,
+           workers=2, star_pm_sigma_masyr=6.0,
            passband_shift_fraction=0.05, refcat_synphot_limit=19.0, star_density_r21=7000.0, cosmic_rate=3.0,
            satellite_probability=0.0, ensure_satellite=False)
 

@@ -33,9 +33,9 @@ NOT_YET = {("kolmogorov_optics", 0.6), ("moffat_beta5", 0.6)}
 
 def _frame(tmp: Path, family: str, seeing: float, cals, *, config: ReductionConfig | None = None, **sim):
     out = tmp / f"{family}-{seeing}"
-    cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, workers=1,
-                    psf_seeing_arcsec=seeing, psf_field_bump=0.05, satellite_probability=0.0, ensure_satellite=False,
-                    disabled=("cosmics",), **FAMILIES[family], **sim)
+    cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0, n_dithers=1,
+                    workers=1, psf_seeing_arcsec=seeing, psf_field_bump=0.05, satellite_probability=0.0,
+                    ensure_satellite=False, disabled=("cosmics",), **FAMILIES[family], **sim)
     simulate("mini", seed=11, out=out, nights=1, tiles=1, filters=["rSDSS"], config=cfg)
     man = load_manifest(out)
     ref = read_reference_catalog(out / man["reference_catalog"])

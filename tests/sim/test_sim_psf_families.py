@@ -85,8 +85,8 @@ def test_truth_records_the_effective_fwhm(tmp_path):
     from upad.sim.truth import load_manifest
 
     cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, workers=1, n_ptc_pairs=0,
-                    n_linearity_flats=0, psf_family="kolmogorov_optics", psf_seeing_draw_range=(0.5, 2.5), satellite_probability=0.0,
-                    ensure_satellite=False, disabled=("cosmics",))
+                    n_linearity_flats=0, psf_family="kolmogorov_optics", psf_seeing_draw_range=(0.5, 2.5),
+                    satellite_probability=0.0, ensure_satellite=False, disabled=("cosmics",))
     simulate("mini", seed=2, out=tmp_path, nights=1, tiles=1, filters=["rSDSS"], config=cfg)
     man = load_manifest(tmp_path)
     rec = [r for r in man["frames"] if r["kind"] == "science"][0]
