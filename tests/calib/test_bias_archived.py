@@ -9,6 +9,7 @@ from astropy.io import fits
 
 from upad.calib.steps import MasterBias
 from upad.flow.step import ResolvedInput, Task
+from upad.sim.truth import load_manifest, read_map
 
 from .helpers import INST
 
@@ -18,7 +19,7 @@ def archived_biases(tmp_path_factory):
     from upad.sim import SimConfig, simulate
 
     out = tmp_path_factory.mktemp("archived")
-    cfg = SimConfig(n_bias=7, n_dark=0, n_dome_flats=0, n_sky_flats=0, workers=1)
+    cfg = SimConfig(n_bias=7, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0, workers=1)
     res = simulate("mini", seed=5, out=out, tiles=0, layout="archived", compress=False, config=cfg)
     return out, res
 
@@ -48,6 +49,9 @@ def test_master_bias_recovers_the_bias_pattern_without_overscan(archived_biases,
             local = np.arange(lay.amp_ny)
             rr = lay.amp_ny - 1 - local if sec.read_flip_y else local
             truth[sec.active] += bias_rows[sec.index, rr][:, None] / len(frames)
+    maps = load_manifest(out)["camera"]["maps"]
+    if "bias_structure" in maps:  # the drawn signature's fixed bias structure is part of the bias
+        truth += read_map(out / maps["bias_structure"]).astype(np.float64)
     resid = master - truth
     rn_adu = np.array(output.meta["read_noise_adu"])
     for sec in INST.amp_sections("archived"):

@@ -19,7 +19,9 @@ def test_t80cam_bias_and_science_frame(tmp_path):
     # one backend is enough here: the subject is the full-size camera, not the database
     database = Database(f"sqlite:///{tmp_path / 'upad.sqlite'}")
     database.upgrade()
-    cfg = dataclasses.replace(SimConfig(), n_bias=1, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1)
+    # the default (independent) world without its photon-transfer / linearity sequence (22 full-size dome flats)
+    cfg = dataclasses.replace(SimConfig(), n_bias=1, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1,
+                              n_ptc_pairs=0, n_linearity_flats=0)
     sim = simulate(instrument="t80cam", seed=5, out=tmp_path / "sim", nights=1, tiles=1, filters=["rSDSS"],
                    config=cfg)
     assert sim.counts() == {"bias": 1, "science": 1}

@@ -9,10 +9,12 @@ from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
 
 @pytest.fixture(scope="module")
 def sim_refcat(tmp_path_factory):
-    from upad.sim import simulate
+    from upad.sim import SimConfig, simulate
 
+    # only the reference catalog is read: no calibration frames (nor the signature sequences)
+    cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0)
     res = simulate(instrument="mini", seed=11, out=tmp_path_factory.mktemp("sim"), nights=1, tiles=1,
-                   filters=["rSDSS"])
+                   filters=["rSDSS"], config=cfg)
     return res.reference_catalog
 
 

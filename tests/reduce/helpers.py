@@ -73,7 +73,8 @@ CALIB_STEPS = ("instrument_signature", "master_bias", "master_dark", "master_fla
 
 #: the simulator effects (:data:`upad.sim.config.EFFECTS`) that shape the camera or its calibration frames
 CAMERA_EFFECTS = ("bias_drift", "read_noise", "gain_variation", "nonlinearity", "dark_current", "hot_pixels",
-                  "bad_columns", "prnu", "vignetting", "illumination", "fringing")
+                  "bad_columns", "prnu", "vignetting", "illumination", "fringing", "crosstalk", "bias_structure",
+                  "dead_pixels")
 #: the SimConfig fields that shape the simulated camera (:func:`upad.sim.detector.make_camera`), its bias and its
 #: calibration frames; with the seed and the instrument they key :class:`CalibrationCache`
 CAMERA_FIELDS = ("start_date", "gain_scatter", "bias_night_sigma_adu", "bias_frame_sigma_adu", "bias_drift_adu",

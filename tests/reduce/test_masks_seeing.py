@@ -40,8 +40,8 @@ def runs(tmp_path_factory, own_calibration) -> dict[float, Run]:
     out_all: dict[float, Run] = {}
     for k, (seeing, trail) in enumerate(GRID.items()):
         out = tmp_path_factory.mktemp(f"seeing{seeing}")
-        cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, cosmic_rate=150.0,
-                        satellite_probability=1.0, satellite_flux_range=(2000.0, 30000.0),
+        cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0,
+                        n_dithers=1, cosmic_rate=150.0, satellite_probability=1.0, satellite_flux_range=(2000.0, 30000.0),
                         satellite_sigma_range_px=trail, seeing_median_arcsec=seeing,
                         seeing_range_arcsec=(seeing, seeing), workers=2)
         simulate("mini", seed=31 + k, out=out, nights=1, tiles=2, filters=["rSDSS"], config=cfg)

@@ -15,7 +15,8 @@ from upad.sim.truth import load_manifest
 
 from .helpers import calibrate, reduce_calibrated, star_ids
 
-SIM = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=2, workers=1, star_density_r21=40000.0)
+SIM = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0, n_dithers=2,
+           workers=1, star_density_r21=40000.0)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from astropy.io import fits
 
 from upad.sim import SimConfig, simulate
 
-CFG = dict(n_bias=1, n_dark=0, n_dome_flats=1, n_sky_flats=0, n_dithers=2)
+#: the default (independent) world, without its photon-transfer / linearity sequences: 4 frames are enough here
+CFG = dict(n_bias=1, n_dark=0, n_dome_flats=1, n_sky_flats=0, n_dithers=2, n_ptc_pairs=0, n_linearity_flats=0)
 
 
 def _pixels(res):

@@ -63,7 +63,7 @@ def test_headers_have_every_contract_key(night):
 
 
 def test_archived_layout_and_t80s_convention(tmp_path):
-    cfg = SimConfig(n_bias=1, n_dark=1, n_dome_flats=1, n_sky_flats=1, n_dithers=1)
+    cfg = SimConfig(n_bias=1, n_dark=1, n_dome_flats=1, n_sky_flats=1, n_dithers=1, n_ptc_pairs=0, n_linearity_flats=0)
     res = simulate("mini", seed=2, out=tmp_path, tiles=1, filters=["rSDSS"], layout="archived", convention="t80s",
                    compress=False, config=cfg)
     inst = get_instrument("mini")

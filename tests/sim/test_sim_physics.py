@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from astropy.time import Time
 from astropy.wcs import WCS
 
 from upad.instruments import get_instrument
 from upad.sim.truth import read_map
 
-from .helpers import electrons, invert_nonlinearity, read_raw
+from .helpers import electrons, linearize, nonlinear_deviation, read_raw
 
 INST = get_instrument("mini")
 
@@ -264,17 +265,23 @@ def test_gain_and_nonlinearity_in_dome_flats(night):
     raw, _ = read_raw(res.out / rec["file"])
     flat = read_map(res.out / man["camera"]["maps"]["flat_sky"]).astype(np.float64)
     illum = read_map(res.out / man["camera"]["maps"]["illum_dome"]).astype(np.float64)
+    n_amp = len(rec["level_adu"])
+    xtalk = man["camera"]["signature"].get("crosstalk", np.zeros((n_amp, n_amp)))
     for sec in INST.amp_sections("readout"):
         k = sec.index
         meas = raw[sec.data] - raw[sec.overscan_x].mean(axis=1)[:, None]
-        c2, c3 = man["camera"]["nonlinearity_c2_c3"][k]
-        lin = invert_nonlinearity(meas, c2, c3)
+        # crosstalk (a drawn signature): C[k][j] times the other amplifiers' (measured) levels
+        xt = sum(c * lv * (1 + nonlinear_deviation(lv, man["camera"], j))
+                 for j, (c, lv) in enumerate(zip(xtalk[k], rec["level_adu"])))
+        lin = linearize(meas - xt, man["camera"], k)
         resp = flat[sec.active] * illum[sec.active]
         good = resp > 0.8
         assert np.median(lin[good] / resp[good]) == pytest.approx(rec["level_adu"][k], rel=0.002)
-        # without inverting the non-linearity the level is measurably off (by ~ c2 * level)
-        off = np.median(meas[good] / resp[good]) / rec["level_adu"][k] - 1
-        assert off == pytest.approx(c2 * rec["level_adu"][k], rel=0.3)
+        # without inverting the non-linearity the level is measurably off (by the camera's true deviation)
+        off = np.median((meas - xt)[good] / resp[good]) / rec["level_adu"][k] - 1
+        want = nonlinear_deviation(rec["level_adu"][k], man["camera"], k)
+        assert abs(want) > 1e-4
+        assert off == pytest.approx(want, rel=0.3)
 
 
 @pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")
@@ -288,7 +295,12 @@ def test_truth_wcs_maps_catalog_to_pixels(night):
             obj = Table(hd["OBJECTS"].data)
         assert w.sip is not None
         k = np.array([by_id[int(i)] for i in obj["id"]])
-        x, y = w.world_to_pixel_values(sky["ra"][k], sky["dec"][k])
+        # the stars moved from the catalog's epoch (2016.0) to the frame's
+        epoch = 2000.0 + (Time(rec["date_obs"], scale="utc").jd + rec["exptime"] / 2 / 86400 - 2451545.0) / 365.25
+        cosd = np.cos(np.radians(sky["dec"][k]))
+        ra = sky["ra"][k] + (epoch - 2016.0) * sky["pmra"][k] / 3.6e6 / cosd
+        dec = sky["dec"][k] + (epoch - 2016.0) * sky["pmdec"][k] / 3.6e6
+        x, y = w.world_to_pixel_values(ra, dec)
         assert np.max(np.hypot(x - obj["x"], y - obj["y"])) < 1e-3
         # the header WCS (commanded pointing, no distortion) is off by the pointing error
         _, h = read_raw(res.out / rec["file"])
@@ -329,7 +341,8 @@ def moonlit_scattered(tmp_path_factory):
     from upad.sim.truth import load_manifest
 
     out = tmp_path_factory.mktemp("moon-night")
-    cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=3, moon_gradient=0.06,
+    cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0,
+                    n_dithers=3, moon_gradient=0.06,
                     moon_brightening_mag=1.0, scattered_light_fraction=0.2, fringe_frame_sigma=0.3,
                     disabled=("cosmics", "satellites"))
     res = simulate("mini", seed=13, out=out, nights=1, tiles=1, filters=["zSDSS"], config=cfg)
@@ -363,7 +376,8 @@ def test_moonlight_scattered_light_and_fringe_variation_in_science_frames(moonli
 
         resid = extra - rec["scattered_light_peak_e"] * scat
         objects = ndimage.maximum_filter(resid > 4 * np.sqrt(rec["sky_e"]), size=11)  # stars and galaxies out
-        ok = ~objects
+        bpm = read_map(res.out / man["camera"]["maps"]["bpm"])
+        ok = ~objects & (bpm == 0)  # dead pixels (response ~0) out too
         scale = float(np.sum(resid[ok] * fringe[ok]) / np.sum(fringe[ok] ** 2)) / rec["sky_e"]
         assert scale == pytest.approx(rec["fringe_scale"], abs=0.03)
         scales.append(rec["fringe_scale"])

@@ -66,12 +66,12 @@ def test_family_selection_and_seeing_overrides():
     A = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
     res = fw - A @ np.linalg.lstsq(A, fw, rcond=None)[0]
     assert res.std() > 0.002
-    cm = SimConfig(psf_beta_range=(2.0, 5.0))
+    cm = SimConfig(psf_family="moffat", psf_beta_range=(2.0, 5.0))
     betas = {draw_psf_model(rng, fwhm_centre=1.0, shape=(10, 10), cfg=cm,
                             rng_family=np.random.default_rng(k)).beta for k in range(5)}
     assert len(betas) == 5 and all(2.0 <= b <= 5.0 for b in betas)
-    # the default world is unchanged: plain Moffat of psf_beta, no extra draws
-    m0 = draw_psf_model(np.random.default_rng(1), fwhm_centre=1.0, shape=(10, 10), cfg=SimConfig())
+    # the nominal world: plain Moffat of psf_beta, no extra draws
+    m0 = draw_psf_model(np.random.default_rng(1), fwhm_centre=1.0, shape=(10, 10), cfg=SimConfig.nominal())
     assert m0.family == "moffat" and m0.beta == 3.0 and m0.bump_amp == 0.0
     assert isinstance(m0, PSFModel)
     with pytest.raises(UpadError):
@@ -84,9 +84,9 @@ def test_truth_records_the_effective_fwhm(tmp_path):
     from upad.sim import simulate
     from upad.sim.truth import load_manifest
 
-    cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, workers=1,
-                    psf_family="kolmogorov_optics", psf_seeing_draw_range=(0.5, 2.5), satellite_probability=0.0,
-                    ensure_satellite=False, disabled=("cosmics",))
+    cfg = SimConfig(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, workers=1, n_ptc_pairs=0,
+                    n_linearity_flats=0, psf_family="kolmogorov_optics", psf_seeing_draw_range=(0.5, 2.5),
+                    satellite_probability=0.0, ensure_satellite=False, disabled=("cosmics",))
     simulate("mini", seed=2, out=tmp_path, nights=1, tiles=1, filters=["rSDSS"], config=cfg)
     man = load_manifest(tmp_path)
     rec = [r for r in man["frames"] if r["kind"] == "science"][0]

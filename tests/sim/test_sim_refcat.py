@@ -8,8 +8,8 @@ from upad.sim import SimConfig, simulate
 from upad.sim.seds import gaia_passbands, star_mag_table, interp_table
 from upad.sim.truth import load_manifest
 
-CFG = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_dithers=1, workers=1, cosmic_rate=0.0,
-           satellite_probability=0.0, ensure_satellite=False)
+CFG = dict(n_bias=0, n_dark=0, n_dome_flats=0, n_sky_flats=0, n_ptc_pairs=0, n_linearity_flats=0, n_dithers=1,
+           workers=1, cosmic_rate=0.0, satellite_probability=0.0, ensure_satellite=False)
 
 
 @pytest.fixture(scope="module")

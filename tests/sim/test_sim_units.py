@@ -8,7 +8,7 @@ import pytest
 from astropy.io import fits
 
 from upad.instruments import get_instrument
-from upad.sim import EFFECTS, SimConfig, simulate
+from upad.sim import EFFECTS, SimConfig, load_manifest, simulate
 from upad.sim.detector import bleed
 from upad.sim.psf import moffat_alpha
 from upad.sim.render import draw_with_galsim, psf_kimage, render_batch
@@ -81,9 +81,12 @@ def test_cli_simulate(tmp_path):
     from upad.cli.main import main
     rc = main(["simulate", "--out", str(tmp_path / "o"), "--tiles", "1", "--filters", "rSDSS", "--json",
                "--set", "n_bias=1", "--set", "n_dark=0", "--set", "n_dome_flats=0", "--set", "n_sky_flats=0",
-               "--set", "n_dithers=1", "--disable", "cosmics,satellites", "--no-compress"])
+               "--set", "n_dithers=1", "--disable", "cosmics,satellites", "--no-compress", "--nominal-world"])
     assert rc == 0
     files = sorted((tmp_path / "o" / "raw").rglob("*.fits"))
-    assert len(files) == 2
+    assert len(files) == 2  # the nominal world has no photon-transfer / linearity sequence
+    man = load_manifest(tmp_path / "o")
+    assert man["config"]["draw_signature"] is False and man["config"]["psf_family"] == "moffat"
+    assert not man["camera"]["signature"]["drawn"]
     assert main(["simulate", "--instrument", "jpcam", "--out", str(tmp_path / "j")]) == 2
     assert main(["simulate", "--out", str(tmp_path / "k"), "--set", "nonsense=1"]) == 2

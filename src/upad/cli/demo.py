@@ -19,9 +19,17 @@ from upad.settings import Settings
 @click.option("--seed", type=int, default=1, show_default=True, help="Simulation seed.")
 @click.option("--nights", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
+@click.option("--nominal-world", is_flag=True,
+              help="Simulate the pipeline-shaped world (instrument-file signature, one Moffat PSF, static stars, "
+                   "nominal passbands, SIP-3 distortion) instead of the default independent one.")
 @json_option
-def demo(settings: Settings, instrument: str, seed: int, nights: int, workers: int | None, as_json: bool) -> None:
+def demo(settings: Settings, instrument: str, seed: int, nights: int, workers: int | None, nominal_world: bool,
+         as_json: bool) -> None:
     """Run the whole system on a simulated night with the embedded defaults (SQLite, local process pool).
+
+    The night is simulated in a world independent of the pipeline's assumptions (a drawn instrument signature with
+    its photon-transfer and linearity sequences, PSF families, moving stars, shifted passbands, distortion beyond
+    SIP 3: see docs/simulator.md); --nominal-world simulates the pipeline-shaped one.
 
     Simulates raw frames with their truth into <root>/incoming, creates the archive and database, ingests the frames,
     processes everything that is ready, and prints where the results are.
@@ -29,7 +37,7 @@ def demo(settings: Settings, instrument: str, seed: int, nights: int, workers: i
     from upad.execution import LocalExecutor
     from upad.flow.scheduler import Scheduler, SchedulerOptions
     from upad.ingest.service import ingest_paths
-    from upad.sim import simulate
+    from upad.sim import SimConfig, simulate
 
     t0 = time.perf_counter()
     settings.create_layout()
@@ -41,6 +49,7 @@ def demo(settings: Settings, instrument: str, seed: int, nights: int, workers: i
     with progress(disable=quiet) as bar:
         task = bar.add_task("simulate", total=None)
         sim = simulate(instrument=instrument, seed=seed, out=incoming, nights=nights,
+                       config=SimConfig.nominal() if nominal_world else SimConfig(),
                        progress=lambda done, total, desc: bar.update(task, completed=done, total=total))
     # the reference star catalog the reduction calibrates against (a Gaia extract for real data)
     import shutil

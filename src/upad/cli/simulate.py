@@ -40,13 +40,16 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--list-effects", is_flag=True, help="List the switchable effects and exit.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any SimConfig parameter, e.g. --set n_bias=5 --set cosmic_rate=10 (see docs/simulator.md).")
+@click.option("--nominal-world", is_flag=True,
+              help="The pipeline-shaped world (instrument-file signature, one Moffat PSF, static stars, nominal "
+                   "passbands, SIP-3 distortion) instead of the default independent one; --set applies on top.")
 @click.option("--workers", type=int, default=None, help="Parallel processes (default min(2, CPUs)).")
 @json_option
 @common_options
 def simulate(instrument: str, seed: int, out: Path, nights: int, tiles: int, filters: str | None, layout: str | None,
              convention: str, compress: bool, start_date: str | None, disable: tuple[str, ...], no_effects: bool,
-             enable: tuple[str, ...], list_effects: bool, sets: tuple[str, ...], workers: int | None, as_json: bool,
-             settings) -> None:
+             enable: tuple[str, ...], list_effects: bool, sets: tuple[str, ...], nominal_world: bool,
+             workers: int | None, as_json: bool, settings) -> None:
     """Simulate raw nights of T80Cam (or the small test camera) with calibrations and truth.
 
     Writes DIR/raw/<night>/<prefix>-<YYYYMMDDTHHMMSS>-<NN>.fits.fz exactly as docs/raw-format.md specifies,
@@ -65,7 +68,7 @@ def simulate(instrument: str, seed: int, out: Path, nights: int, tiles: int, fil
     if instrument.lower() == "jpcam":
         raise UpadError("JPCam is described but the simulator does not support it yet",
                         hint="simulate --instrument t80cam (same CCD and amplifier layout) or mini")
-    cfg = SimConfig()
+    cfg = SimConfig.nominal() if nominal_world else SimConfig()
     if sets:
         cfg = cfg.with_overrides(list(sets))
     disabled = set(cfg.disabled) | set(_split(disable))

@@ -9,7 +9,8 @@ Entry points: :func:`simulate` (whole nights on disk), :class:`SimConfig` (every
 from __future__ import annotations
 
 from upad.sim.api import SUPPORTED_INSTRUMENTS, SimulationResult, simulate
-from upad.sim.config import EFFECTS, SimConfig
+from upad.sim.config import EFFECTS, NOMINAL_WORLD, SimConfig
 from upad.sim.truth import load_manifest
 
-__all__ = ["EFFECTS", "SUPPORTED_INSTRUMENTS", "SimConfig", "SimulationResult", "load_manifest", "simulate"]
+__all__ = ["EFFECTS", "NOMINAL_WORLD", "SUPPORTED_INSTRUMENTS", "SimConfig", "SimulationResult", "load_manifest",
+           "simulate"]

@@ -8,6 +8,18 @@ T80Cam but 45" for the 9.4' field of the test camera ``mini``).
 
 Detector and sky effects can be switched off one by one through ``disabled``; the
 names are listed in :data:`EFFECTS` with what each one does.
+
+The defaults are an *independent* world (issue 10, "the real sky"): the simulator does not share the
+pipeline's assumptions. The camera's signature (gains, read noise, full well, a non-linearity of another form
+than the pipeline's, crosstalk, bias structure, dead pixels) is drawn around the instrument file per camera,
+and every night carries the calibration sequences that let the pipeline measure it (photon-transfer pairs and
+a linearity series of dome flats); the PSF family is drawn per exposure (Kolmogorov + optics, double Gaussian
+or Moffat of beta 2-5) with a field variation that no low-order polynomial follows; stars move (proper
+motions from the catalog epoch 2016.0); the camera's passbands are shifted from the nominal ones (a colour
+term); the field distortion goes beyond SIP order 3 (5th-order radial and tangential terms) and the header's
+plate scale is 1 % wrong. :data:`NOMINAL_WORLD` (:meth:`SimConfig.nominal`, ``upad simulate --nominal-world``)
+is the world shaped like the pipeline's assumptions, for the few tests that need an exactly known instrument
+(each says why).
 """
 from __future__ import annotations
 
@@ -41,6 +53,10 @@ EFFECTS: dict[str, str] = {
     "transparency": "sky transparency changes from night to night and exposure to exposure",
     "extinction": "atmospheric extinction with airmass",
     "sky_flat_stars": "a few faint stars in twilight sky flats",
+    "crosstalk": "crosstalk between amplifiers (drawn signature only)",
+    "bias_structure": "a fixed bias structure (column offsets and a smooth ramp) in the data section (drawn "
+                      "signature only)",
+    "dead_pixels": "scattered dead pixels of 0-5 % response (drawn signature only)",
 }
 
 _DEFAULT_FRINGE = {"iSDSS": 0.008, "J0861": 0.02, "zSDSS": 0.025}
@@ -52,9 +68,22 @@ _INSTRUMENT_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The nominal world: the values of the fields that make the simulated world independent of the pipeline's
+#: assumptions (the defaults of :class:`SimConfig`) set to the pipeline-shaped ones: the instrument file's signature
+#: without its calibration sequences, one Moffat PSF family of beta ``psf_beta`` with a smooth field variation,
+#: static stars, the nominal passbands, SIP-3 distortion and an exact header plate scale. Only for tests that need an
+#: exactly known instrument (:meth:`SimConfig.nominal`).
+NOMINAL_WORLD: dict[str, Any] = {
+    "draw_signature": False, "n_ptc_pairs": 0, "n_linearity_flats": 0, "psf_family": "moffat",
+    "psf_beta_range": None, "psf_field_bump": 0.0, "star_pm_sigma_masyr": 0.0, "passband_shift_fraction": 0.0,
+    "distortion_radial5_corner_px": 0.0, "distortion_tangential_corner_px": 0.0, "plate_scale_error": 0.0,
+}
+
+
 @dataclass(frozen=True)
 class SimConfig:
-    """Parameters of a simulation. Defaults give a realistic J-PLUS-like night.
+    """Parameters of a simulation. Defaults give a realistic J-PLUS-like night in a world independent of the
+    pipeline's assumptions (see the module documentation; :meth:`nominal` for the pipeline-shaped world).
 
     Attributes are grouped: survey plan, calibration plan, sky truth, atmosphere and PSF,
     astrometry, detector, transients, noise, reference catalog, execution.
@@ -150,16 +179,16 @@ class SimConfig:
     #: PSF family: "moffat" (beta ``psf_beta`` or drawn from ``psf_beta_range``), "double_gaussian" (core + wing),
     #: "kolmogorov_optics" (GalSim Kolmogorov atmosphere x OpticalPSF with field-dependent aberrations), or
     #: "mixed" (one of the three drawn per exposure)
-    psf_family: str = "moffat"
+    psf_family: str = "mixed"
     #: Moffat beta drawn per exposure uniformly in this range (None: ``psf_beta``)
-    psf_beta_range: tuple[float, float] | None = None
+    psf_beta_range: tuple[float, float] | None = (2.0, 5.0)
     #: central FWHM (arcsec) of every exposure, replacing the seeing model (None: seeing model)
     psf_seeing_arcsec: float | None = None
     #: central FWHM drawn per exposure log-uniformly in this range (arcsec), replacing the seeing model (None: off)
     psf_seeing_draw_range: tuple[float, float] | None = None
     #: amplitude (fraction of the FWHM) of a Gaussian bump of the FWHM over the field, a variation that no low-order
     #: polynomial follows (0: off)
-    psf_field_bump: float = 0.0
+    psf_field_bump: float = 0.05
     #: sky brightness scatter from exposure to exposure (mag)
     sky_sigma_mag: float = 0.03
     #: night-to-night sky brightness scatter (mag)
@@ -184,12 +213,12 @@ class SimConfig:
     #: radial (cubic) distortion at the field corner (pixels); None: instrument default
     distortion_corner_px: float | None = None
     #: 5th-order radial distortion ``k5 r^4 (u, v)`` at the field corner (pixels), beyond the cubic one; 0: none
-    distortion_radial5_corner_px: float = 0.0
+    distortion_radial5_corner_px: float = 1.0
     #: tangential (decentering, Brown-Conrady) distortion at the field corner (pixels; direction drawn per camera,
     #: modulated by 1 + r^2/rc^2); 0: none
-    distortion_tangential_corner_px: float = 0.0
+    distortion_tangential_corner_px: float = 0.3
     #: true plate scale / nominal (header) plate scale - 1 (e.g. 0.01: the header's scale is 1 % wrong)
-    plate_scale_error: float = 0.0
+    plate_scale_error: float = 0.01
     #: the true x axis is mirrored relative to the header's nominal WCS (a parity error of the header)
     parity_flip: bool = False
 
@@ -260,10 +289,10 @@ class SimConfig:
     refcat_synphot_error_faint: float = 0.02
     #: proper-motion dispersion of the stars at r = 15 (mas/yr; smaller for fainter stars), plus a mean reflex
     #: motion of (-2, -3) mas/yr; the stars move from the catalog epoch 2016.0 to each frame's. 0: static stars
-    star_pm_sigma_masyr: float = 0.0
+    star_pm_sigma_masyr: float = 5.0
     #: each filter's real passband is shifted from the nominal one by a drawn N(0, fraction x FWHM) (a colour term
     #: between the camera's natural system and the survey's); 0: the camera has the nominal passbands
-    passband_shift_fraction: float = 0.0
+    passband_shift_fraction: float = 0.01
 
     # ---- execution ----------------------------------------------------------------------------
     #: processes generating frames in parallel; None: min(2, CPUs)
@@ -271,11 +300,11 @@ class SimConfig:
     #: effects switched off (names from EFFECTS)
     disabled: tuple[str, ...] = ()
 
-    # ---- instrument signature drawn around the instrument file (issue 10; opt-in) -------------
+    # ---- instrument signature drawn around the instrument file (issue 10) ----------------------
     #: draw every detector property around the instrument file per camera (seeded): read noise, full well,
     #: a non-linearity curve of another form than the pipeline's (``lin * (1 - a (lin/L)^p)``), crosstalk between
-    #: amplifiers, a fixed bias structure and dead pixels; False: the instrument file's values (as before)
-    draw_signature: bool = False
+    #: amplifiers, a fixed bias structure and dead pixels; False: the instrument file's values (nominal world)
+    draw_signature: bool = True
     #: fractional scatter of the drawn read noise and full well around the instrument file
     read_noise_scatter: float = 0.05
     full_well_scatter: float = 0.05
@@ -288,10 +317,10 @@ class SimConfig:
     #: fraction of dead pixels (response 0-5 %)
     dead_pixel_fraction: float = 2e-5
     #: photon-transfer-curve dome-flat pairs per night (0: none), at log-spaced levels in ``ptc_level_range_adu``
-    n_ptc_pairs: int = 0
+    n_ptc_pairs: int = 6
     ptc_level_range_adu: tuple[float, float] = (300.0, 45000.0)
     #: linearity series: dome flats of rising exposure time per night (0: none), up to ``linearity_max_adu``
-    n_linearity_flats: int = 0
+    n_linearity_flats: int = 10
     linearity_max_adu: float = 62000.0
     #: dome-lamp rate (ADU/s at the nominal gain) of the signature sequences (level = rate x exposure time)
     signature_lamp_adu_s: float = 2500.0
@@ -312,6 +341,15 @@ class SimConfig:
         if self.psf_family not in ("moffat", "double_gaussian", "kolmogorov_optics", "mixed"):
             raise UpadError(f"unknown PSF family {self.psf_family!r}",
                             hint="psf_family is one of moffat, double_gaussian, kolmogorov_optics, mixed")
+
+    @classmethod
+    def nominal(cls, **overrides: Any) -> "SimConfig":
+        """The nominal (pipeline-shaped) world of :data:`NOMINAL_WORLD`, with ``overrides`` applied on top.
+
+        Use it only where a test or a study needs an exactly known instrument (the instrument file's gains, read
+        noise and non-linearity, one Moffat PSF, static stars, nominal passbands, SIP-3 distortion), and say why.
+        """
+        return cls(**{**NOMINAL_WORLD, **overrides})
 
     def enabled(self, effect: str) -> bool:
         """Whether ``effect`` (a key of :data:`EFFECTS`) is on."""

@@ -383,8 +383,17 @@ def _draw_signature(instrument: Instrument, cfg: SimConfig, seed: int, *, ron: n
     n_dead = int(rng.poisson(cfg.dead_pixel_fraction * nx * ny))
     if n_dead:
         dy, dx = rng.integers(0, ny, n_dead), rng.integers(0, nx, n_dead)
-        flat[dy, dx] *= rng.uniform(0.0, 0.05, n_dead).astype(np.float32)
-        bpm[dy, dx] |= BPM_DEAD_PIXEL
+        resp = rng.uniform(0.0, 0.05, n_dead).astype(np.float32)
+        if cfg.enabled("dead_pixels"):
+            flat[dy, dx] *= resp
+            bpm[dy, dx] |= BPM_DEAD_PIXEL
+        else:
+            n_dead = 0
+    # switched-off effects: drawn all the same, so that the other draws do not change
+    if not cfg.enabled("crosstalk"):
+        xt = None
+    if not cfg.enabled("bias_structure"):
+        bstruct = None
     return {"ron": ron, "fw": fw, "nl_power": nl, "crosstalk": xt, "bias_structure": bstruct,
             "n_dead_pixels": n_dead}
 

@@ -65,7 +65,10 @@ def write_camera_truth(out: Path, camera: Camera, filters: list, *, compress: bo
     put("illum_dome", camera.illum_dome, "", "dome-only illumination term: dome flat = flat_sky x illum_dome",
         QUANT_STEP)
     put("dark_rate", camera.dark_rate, "electron/s", "dark current incl. hot pixels and hot columns")
-    put("bpm", camera.bpm, "", "bits: 1 hot pixel, 2 dead column, 4 hot column")
+    put("bpm", camera.bpm, "", "bits: 1 hot pixel, 2 dead column, 4 hot column, 8 dead pixel")
+    if camera.bias_structure is not None:
+        put("bias_structure", camera.bias_structure, "adu", "fixed bias structure added to the data section (drawn "
+            "signature): raw data = bias rows + this + signal")
     for f in filters:
         fr = camera.fringe(f)
         if fr is not None:
