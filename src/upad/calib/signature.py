@@ -16,7 +16,9 @@ Inputs are assembled images in **ADU** after the overscan (and master-bias) subt
   ``var = mean / g + n²``;
 * **crosstalk** (:func:`crosstalk_from_frame`): every bright (saturated) source region of one amplifier against the
   same readout positions of every other amplifier, fitted locally by ``C s + quadratic background`` with outlier
-  clipping; combined (inverse-variance weights) over sources and frames with :func:`combine_crosstalk`;
+  clipping (overlapping windows merged, so no target pixel counts twice); combined (inverse-variance weights) over
+  sources and frames with :func:`combine_crosstalk`; :func:`night_crosstalk_sums` runs the night twice, the
+  target's own sources found the second time on the target less the first round's ghosts (no truncation bias);
 * **saturation** (:func:`saturation_level`): the level where the raw values of an amplifier pile up (the ADC
   maximum or the full well, whichever comes first).
 """
@@ -31,7 +33,7 @@ from upad.instruments import AmpSection
 from upad.isr.core import linearize_poly
 from upad.isr.crosstalk import reorient
 
-__all__ = ["LinearityFit", "PtcFit", "Signature", "combine_crosstalk", "measure_signature", "signature_from_raw", "crosstalk_from_frame", "fit_linearity", "ptc_gain",
+__all__ = ["LinearityFit", "PtcFit", "Signature", "combine_crosstalk", "measure_signature", "night_crosstalk_sums", "signature_from_raw", "crosstalk_from_frame", "fit_linearity", "ptc_gain",
            "read_noise_from_bias_pairs", "robust_var", "saturation_level"]
 
 Slice2D = tuple[slice, slice]
@@ -279,19 +281,47 @@ def _local_fit(tv: np.ndarray, sv: np.ndarray, yy: np.ndarray, xx: np.ndarray, u
     return float(c), float(var)
 
 
+def _merged_windows(regions: Sequence[Slice2D], margin: int, ny: int, nx: int) -> list[tuple[int, int, int, int]]:
+    """The fit windows ``(y0, y1, x0, x1)`` of the source ``regions``: each region's box grown by ``margin`` (clipped
+    to ``ny, nx``), boxes that overlap merged into their common bounding box until none overlap, so that every target
+    pixel enters at most one fit of a frame (overlapping windows would count the same pixels' noise several times as
+    independent measurements)."""
+    boxes = [[max(sl[0].start - margin, 0), min(sl[0].stop + margin, ny), max(sl[1].start - margin, 0),
+              min(sl[1].stop + margin, nx)] for sl in regions]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
+                    boxes[i] = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [tuple(b) for b in boxes]
+
+
 def crosstalk_from_frame(image: np.ndarray, sections: Sequence[AmpSection], *, min_source_adu: float = 20000.0,
                          margin_px: int = 24, nsigma: float = 4.0, own_nsigma: float = 5.0, own_grow: int = 3,
-                         exclusion_px: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+                         exclusion_px: float = 12.0, pilot: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Crosstalk sums of one frame: ``(Σ c_k w_k, Σ w_k)`` for every (target, source) pair.
 
     ``image`` is the assembled frame in ADU (overscan-subtracted, *not* linearised, crosstalk not corrected).
     Every bright source of a source amplifier (a connected region at or above ``min_source_adu``: a saturated star
     core with its bleed trail) is looked at in every other amplifier, at the same readout positions: in a window
-    ``margin_px`` wider than the region, the target is fitted by ``c s + quadratic(x, y)`` (``s``: the source
-    amplifier's values there, clipped at 0; the quadratic absorbs the sky and the smooth wings of stars nearby,
-    e.g. of the source star itself when its ghost lands close to it across an amplifier boundary), with
-    ``nsigma`` clipping; target pixels above ``own_nsigma`` robust sigmas (its own sources, grown by
-    ``own_grow`` pixels) and pixels closer than ``exclusion_px`` to any source region are left out.
+    ``margin_px`` wider than the region (windows that overlap are merged, so that no target pixel enters two fits
+    of the frame), the target is fitted by ``c s + quadratic(x, y)`` (``s``: the source amplifier's values there,
+    clipped at 0; the quadratic absorbs the sky and the smooth wings of stars nearby, e.g. of the source star
+    itself when its ghost lands close to it across an amplifier boundary), with ``nsigma`` clipping; target pixels
+    above ``own_nsigma`` robust sigmas (its own sources, grown by ``own_grow`` pixels) and pixels closer than
+    ``exclusion_px`` to any source region are left out. With ``pilot`` (a first estimate ``C[target, source]``, e.g.
+    of the night's frames) the own sources are found on the target *less the pilot's ghosts*: on the raw target a
+    strong ghost plus an upward noise excursion crosses the threshold and is masked while a downward one is kept,
+    which biases ``c`` low by a few per cent (a pilot from this frame alone would correlate the mask with the
+    frame's noise again).
     ``w_k = Σ s² / var_pixel`` scaled back to ADU² (the weight of a pure ghost regression, ``1 / var(c_k)`` times the
     pixel variance), so that ``C = Σ c w / Σ w``; combine frames with :func:`combine_crosstalk`.
     """
@@ -308,9 +338,21 @@ def crosstalk_from_frame(image: np.ndarray, sections: Sequence[AmpSection], *, m
     for sec, m in zip(sections, srcmask):
         allsrc[sec.active] = m
     near = distance_transform_edt(~allsrc) < exclusion_px if exclusion_px > 0 else np.zeros(image.shape, bool)
+    windows = []
+    for s in range(n):
+        ny, nx = srcmask[s].shape
+        lab, _ = label(srcmask[s])
+        windows.append(_merged_windows([sl for sl in find_objects(lab) if sl is not None], margin_px, ny, nx)
+                       if srcmask[s].any() else [])
+    positive = [np.maximum(b, 0.0) for b in blocks]
+    C = np.zeros((n, n)) if pilot is None else np.nan_to_num(np.asarray(pilot, np.float64))
+    np.fill_diagonal(C, 0.0)
     own, noise = [], []
     for t, tsec in enumerate(sections):
         tb = blocks[t]
+        if C.any():  # the target less the pilot's ghosts
+            tb = tb - sum(np.float32(C[t, s]) * reorient(positive[s], sections[s], tsec)
+                          for s in range(n) if s != t and C[t, s] != 0.0)
         med = float(np.median(tb))
         mad = 1.4826 * float(np.median(np.abs(tb - med)))
         o = tb > med + own_nsigma * mad
@@ -318,16 +360,11 @@ def crosstalk_from_frame(image: np.ndarray, sections: Sequence[AmpSection], *, m
             o = binary_dilation(o, iterations=own_grow)
         own.append(o | near[tsec.active])
         noise.append(mad)
+    num = np.zeros((n, n))
+    den = np.zeros((n, n))
     for s, ssec in enumerate(sections):
-        if not srcmask[s].any():
-            continue
-        lab, nlab = label(srcmask[s])
-        for sl in find_objects(lab):
-            if sl is None:
-                continue
-            ny, nx = srcmask[s].shape
-            y0, y1 = max(sl[0].start - margin_px, 0), min(sl[0].stop + margin_px, ny)
-            x0, x1 = max(sl[1].start - margin_px, 0), min(sl[1].stop + margin_px, nx)
+        ny, nx = srcmask[s].shape
+        for y0, y1, x0, x1 in windows[s]:
             for t, tsec in enumerate(sections):
                 if t == s:
                     continue
@@ -356,6 +393,7 @@ def crosstalk_from_frame(image: np.ndarray, sections: Sequence[AmpSection], *, m
                 den[t, s] += w
     return num, den
 
+
 def combine_crosstalk(sums: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """``(C, sigma_weight)``: the crosstalk matrix from the per-frame sums (NaN where no source pixel was seen) and
     ``Σ s²`` (the weight of each coefficient)."""
@@ -365,6 +403,22 @@ def combine_crosstalk(sums: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np
         c = np.where(den > 0, num / den, np.nan)
     np.fill_diagonal(c, 0.0)
     return c, den
+
+
+def night_crosstalk_sums(frames: Sequence[np.ndarray], sections: Sequence[AmpSection], *, rounds: int = 2,
+                   **kwargs) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The per-frame sums of :func:`crosstalk_from_frame` over a night's ``frames``, in ``rounds``: the first
+    without a pilot, each further one with the night's matrix of the previous round as the ``pilot`` of the own-source
+    masks (no frame's mask then follows its own noise at the ghosts). ``kwargs`` go to :func:`crosstalk_from_frame`."""
+    pilot = None
+    sums: list[tuple[np.ndarray, np.ndarray]] = []
+    if not frames:
+        return sums
+    for _ in range(max(int(rounds), 1)):
+        sums = [crosstalk_from_frame(f, sections, pilot=pilot, **kwargs) for f in frames]
+        C, _ = combine_crosstalk(sums)
+        pilot = np.nan_to_num(C)
+    return sums
 
 
 # ------------------------------------------------------------------------------------------------------ saturation
@@ -521,8 +575,8 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
     if na < 2:
         qc["crosstalk"] = {"status": "measured", "reason": "", "note": "one amplifier: no crosstalk"}
     elif crosstalk_frames or crosstalk_sums:
-        sums = list(crosstalk_sums or []) + [crosstalk_from_frame(f, sections, min_source_adu=min_source_adu)
-                                             for f in crosstalk_frames]
+        sums = list(crosstalk_sums or []) + night_crosstalk_sums(list(crosstalk_frames), sections,
+                                                                 min_source_adu=min_source_adu)
         C, w = combine_crosstalk(sums)
         off = ~np.eye(na, dtype=bool)
         weak = off & ~(w >= min_crosstalk_weight)
@@ -591,14 +645,15 @@ def signature_from_raw(inst, layout: str, *, biases: Sequence[np.ndarray] = (),
         master_bias = np.mean(bias_imgs, axis=0).astype(np.float32)
 
     # crosstalk first (from the science frames, uncorrected): the flats are then corrected for it
-    xt_sums, sat_frames = [], []
+    xt_frames, sat_frames = [], []
     for raw in science:
         res = run_isr(raw, inst, layout=layout, options=opt, bias=master_bias)
-        xt_sums.append(crosstalk_from_frame(res.image, sections,
-                                            min_source_adu=kwargs.get("min_source_adu", 20000.0)))
+        xt_frames.append(res.image)
         offs = res.overscan_level or [float(np.median(master_bias[s.active])) if master_bias is not None else 0.0
                                       for s in sections]
         sat_frames.append(([raw[s.data] for s in sections], offs))
+    xt_sums = night_crosstalk_sums(xt_frames, sections, min_source_adu=kwargs.get("min_source_adu", 20000.0))
+    del xt_frames
     xt = None
     if xt_sums and len(sections) > 1:
         C, w = combine_crosstalk(xt_sums)
