@@ -48,7 +48,15 @@ def night(tmp_path_factory) -> Night:
     # masters, the frames each one screens out, the lookup) on a night without the instrument-signature sequences;
     # under the independent world 23 of them fail (the photon-transfer / linearity dome flats enter the rSDSS master
     # flat, the flow waits for the signature step, dark z-scatter 2.4 > 1.1, bad-pixel false rate 5e-3 > 1e-4,
-    # reduce-step sky off in zSDSS). Open: rewrite them for the independent world (issue 10).
+    # reduce-step sky off in zSDSS). Open: rewrite them for the independent world (issue 10). h-flat fixed the causes
+    # of most: the sequence's pairs / linearity series no longer enter the master flat; one light-leak bias no longer
+    # spoils the signature's read noise (37 ADU for 4.2) and photon-transfer gain (2.1 e-/ADU for 0.93); the flat
+    # truths are response x applied/true gain. With SimConfig(**SIM) and instrument_signature in CALIB_STEPS,
+    # test_accuracy.py passes 7 of 8 (dark z-scatter, bad-pixel false rate, flats 0.3 % all pass); left: the rSDSS
+    # sky illumination map is 0.19 % rms (> 0.75 x the dome term, 0.175 %) though the response's plane it must
+    # restore is 0.08 % rms: the night sky carries ~0.3 % structure no flat has (as the twilight night's xfail in
+    # test_flat_gradients). Not switched: the flow/cli/readiness/reduce-step tests' bookkeeping with the signature
+    # step is not yet rewritten.
     res = simulate("mini", seed=11, out=out, nights=1, tiles=2, filters=["rSDSS", "zSDSS"], compress=False,
                    config=SimConfig.nominal(**SIM))
     anomalies = {}

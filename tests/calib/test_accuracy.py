@@ -29,11 +29,17 @@ def truth(pipeline, name: str) -> np.ndarray:
 
 
 def gain_ratio(pipeline) -> np.ndarray:
-    """Nominal / true gain per pixel: what a flat made with the nominal gains must contain besides the response."""
+    """Applied / true gain per pixel: what a flat must contain besides the response, made with the gains the pipeline
+    converts with (the night's measured signature's, else the nominal ones): flat-fielding a frame converted with
+    the same gains then leaves its true electrons. The gains' own accuracy is judged in test_signature."""
     cam = pipeline.night.manifest["camera"]
+    with pipeline.db.session() as s:
+        sig = list(s.scalars(select(Product).where(Product.step == "instrument_signature",
+                                                   Product.is_current.is_(True))))
+    applied = sig[0].meta["gain"] if sig else cam["gain_nominal_e_per_adu"]
     out = np.ones(INST.layout.active_shape)
     for sec in INST.amp_sections("readout"):
-        out[sec.active] = cam["gain_nominal_e_per_adu"][sec.index] / cam["gain_true_e_per_adu"][sec.index]
+        out[sec.active] = applied[sec.index] / cam["gain_true_e_per_adu"][sec.index]
     return out
 
 

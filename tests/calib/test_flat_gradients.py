@@ -25,11 +25,11 @@ from upad.sim.truth import load_manifest, read_map
 
 from .helpers import INST, rewrite_raw
 
-STEPS = ("master_bias", "master_dark", "master_flat", "bad_pixel_mask", "master_illumination", "reduce")
-#: NOMINAL WORLD for the twilight and moonlit nights (reason): under the independent world (drawn signature measured
-#: by instrument_signature from the night's photon-transfer / linearity sequence, PSF families, moving stars) the
-#: twilight master flat is 1.06 % rms from the true response (goal 0.3 %) and the moonlit frames' fitted sky gradient
-#: is 0.55 % off (goal 0.15 %). Open (issue 10): find which part of the world the flats do not follow.
+STEPS = ("instrument_signature", "master_bias", "master_dark", "master_flat", "bad_pixel_mask", "master_illumination",
+         "reduce")
+#: The twilight and moonlit nights are in the independent world with their instrument-signature step: the flats and
+#: the science frames are converted with the measured gains, so a flat's truth is response x applied/true gain
+#: (:func:`_response_truth`). Open (issue 10): the twilight night's illumination correction (xfail below).
 
 
 @dataclass
@@ -71,7 +71,7 @@ def twilight(tmp_path_factory) -> Run:
     from upad.sim import SimConfig, simulate
 
     out = tmp_path_factory.mktemp("flats-night")
-    cfg = SimConfig.nominal(n_bias=5, n_dark=3, n_dome_flats=0, n_sky_flats=8, n_dithers=3, workers=2)  # see STEPS
+    cfg = SimConfig(n_bias=5, n_dark=3, n_dome_flats=0, n_sky_flats=8, n_dithers=3, workers=2)  # see STEPS
     simulate("mini", seed=23, out=out, nights=1, tiles=1, filters=["rSDSS"], compress=False, config=cfg)
     run = _process(out, tmp_path_factory.mktemp("flats-root"), STEPS[:-1])
     yield run
@@ -84,13 +84,8 @@ def moonlit(tmp_path_factory) -> Run:
     from upad.sim import SimConfig, simulate
 
     out = tmp_path_factory.mktemp("moon-night")
-    # independent world, diagnosed (seed 29): with its photon-transfer / linearity sequence the reduction prefers the
-    # master dome flat made of it (lamp pattern, no illumination correction on a moonlit night) and this test's truth
-    # assumes the nominal gains where instrument_signature measured the drawn ones (0.42-0.49 % rms even against the
-    # dome flat); without the sequence 0.13-0.29 % rms, the worst 256-px cell (+1 %) around a saturated star: star
-    # light of the broad PSF wings in the sky medians, which the truth's sky does not hold. Open.
-    cfg = SimConfig.nominal(n_bias=3, n_dark=3, n_dome_flats=0, n_sky_flats=5, n_dithers=3, workers=2,  # see STEPS
-                            moon_gradient=0.08, moon_brightening_mag=1.0)
+    cfg = SimConfig(n_bias=3, n_dark=3, n_dome_flats=0, n_sky_flats=5, n_dithers=3, workers=2,  # see STEPS
+                    moon_gradient=0.08, moon_brightening_mag=1.0)
     res = simulate("mini", seed=29, out=out, nights=1, tiles=1, filters=["rSDSS"], compress=False, config=cfg)
     run = _process(out, tmp_path_factory.mktemp("moon-root"), STEPS, refcat=res.reference_catalog)
     yield run
@@ -101,21 +96,32 @@ def _truth_map(run: Run, name: str) -> np.ndarray:
     return read_map(run.out / "truth" / "camera" / f"{name}.fits").astype(np.float64)
 
 
-def _current(run: Run, step: str) -> list[Product]:
+def _current(run: Run, step: str, flat_type: str | None = None) -> list[Product]:
     with run.db.session() as s:
-        return list(s.scalars(select(Product).where(Product.step == step, Product.is_current.is_(True))))
+        prods = list(s.scalars(select(Product).where(Product.step == step, Product.is_current.is_(True))))
+    return [p for p in prods if flat_type is None or p.context.get("flat_type") == flat_type]
 
 
 def _read(run: Run, prod: Product) -> np.ndarray:
     return fits.getdata(run.settings.root / prod.files[0]["path"]).astype(np.float64)
 
 
+def _applied_gains(run: Run) -> list[float]:
+    """The gains (e-/ADU) the pipeline converted the frames with: the night's measured instrument signature's, else
+    the nominal (header) ones."""
+    sig = _current(run, "instrument_signature")
+    return list(sig[0].meta["gain"]) if sig else list(run.manifest["camera"]["gain_nominal_e_per_adu"])
+
+
 def _response_truth(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """What a flat reduced with the nominal gains must be (response x nominal/true gain) and the good pixels."""
+    """What a flat reduced with the pipeline's gains must be (response x applied/true gain: flat-fielding a frame
+    converted with the same gains leaves the true electrons) and the good pixels. The gains' own accuracy is judged
+    in test_signature; a flat that kept the nominal/true ratio instead would leave 1-2 % steps between amplifiers."""
     cam = run.manifest["camera"]
+    applied = _applied_gains(run)
     g = np.ones(INST.layout.active_shape)
     for sec in INST.amp_sections("readout"):
-        g[sec.active] = cam["gain_nominal_e_per_adu"][sec.index] / cam["gain_true_e_per_adu"][sec.index]
+        g[sec.active] = applied[sec.index] / cam["gain_true_e_per_adu"][sec.index]
     good = _truth_map(run, "bpm") == 0
     good[:3] = good[-3:] = False
     good[:, :3] = good[:, -3:] = False
@@ -154,7 +160,7 @@ def test_twilight_gradients_removed_and_master_flat_matches_the_response(twiligh
     flats = {Path(f["file"]).name: f for f in twilight.manifest["frames"] if f["kind"] == "flat-sky"}
     true_p2p = [f["twilight_gradient"]["peak_to_peak"] for f in flats.values()]
     assert min(true_p2p) >= 0.04 and max(true_p2p) <= 0.07  # the effect: 20 x the tolerance below
-    (prod,) = _current(twilight, "master_flat")
+    (prod,) = _current(twilight, "master_flat", "sky")
     assert prod.context["flat_type"] == "sky" and prod.qc_status == "ok" and prod.meta["n_used"] == len(flats)
     truth, good = _response_truth(twilight)
     r = _read(twilight, prod) / truth
@@ -181,8 +187,18 @@ def test_twilight_gradients_removed_and_master_flat_matches_the_response(twiligh
     assert np.nanmax(binned) - np.nanmin(binned) < 0.006
     # the flat-field stability QC judged the flats after the removal: each within 0.3 % (it was 4-7 %)
     assert prod.meta["qc"]["gradient_max"] < 0.003 and prod.meta["qc"]["removed_gradient_max"] > 0.04
+
+
+@pytest.mark.xfail(strict=True, reason="independent world (issue 10, open): master x illumination correction is "
+                   "0.32 % rms from the response (goal 0.3 %; the master flat alone 0.25 %); the combined sky of "
+                   "the 3 dark frames (45 e-/pixel) differs from the needed correction by 0.38 % rms in 32-px cells, "
+                   "horizontal bands of +-0.3-0.5 % and -1 % along the bottom rows: not the saturated stars' halos "
+                   "(masked, 0.35 -> 0.32 %); cause not found")
+def test_twilight_illumination_correction_restores_the_plane(twilight):
+    (prod,) = _current(twilight, "master_flat", "sky")
+    truth, good = _response_truth(twilight)
     # the illumination correction from the dark night sky restores the plane: master x correction = response
-    (icor,) = _current(twilight, "master_illumination")
+    (icor,) = _current(twilight, "master_illumination", "sky")
     assert icor.context["flat_type"] == "sky" and icor.meta["n_used"] == 3
     full = _read(twilight, prod) * _read(twilight, icor) / truth
     full /= np.median(full[good])
@@ -203,7 +219,7 @@ def test_moonlit_frames_reduce_with_the_sky_gradient_followed(moonlit):
         rows = s.execute(select(Product, Frame.filename).join(
             Frame, Frame.id == Product.context["frame_id"].as_integer()).where(Product.step == "reduce")).all()
     assert len(rows) == len(science) == 3
-    (flat,) = _current(moonlit, "master_flat")
+    (flat,) = _current(moonlit, "master_flat", "sky")
     truth, good_t = _response_truth(moonlit)
     response = truth / _read(moonlit, flat)  # what the pipeline's flat-fielding leaves of the true response
     ny, nx = response.shape
@@ -215,6 +231,12 @@ def test_moonlit_frames_reduce_with_the_sky_gradient_followed(moonlit):
         with fits.open(moonlit.settings.root / prod.files[0]["path"]) as hdul:
             sci, mask = hdul["SCI"].data.astype(np.float64), hdul["MASK"].data
         good = ((mask & maskbits.UNUSABLE) == 0) & good_t
+        # the true sky has no starlight: the wings of the frame's stars brighter than 12 mag (r^-3 to r^-4 for the
+        # Kolmogorov and low-beta Moffat PSFs) lift 256-pixel medians by up to 0.8 % within ~160 px of them
+        objs = fits.getdata(moonlit.out / t["truth"], "OBJECTS")
+        yy, xx = np.ogrid[:ny, :nx]
+        for o in objs[objs["mag"] < 12]:
+            good &= (xx - (o["x"] - 1)) ** 2 + (yy - (o["y"] - 1)) ** 2 > 160 ** 2
         g = t["sky_gradient"]
         sky = t["sky_e"] * (1 + g["gx"] * u + g["gy"] * v) * response  # the true sky in the reduced image
         # 256 x 256 medians: the sky (130 e-, 9 % noise per pixel) to 0.05 %, stars do not count

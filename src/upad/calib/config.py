@@ -193,6 +193,9 @@ class MasterIllumConfig(MasterConfigBase):
     source_nsigma: float = param(3.0, doc="Sources are masked above this many sigma of the background noise",
                                  bounds=(0.5, None), unit="sigma")
     source_grow: int = param(3, doc="Source masks are grown by this many pixels", bounds=(0, 100), unit="pixel")
+    halo_radius_px: int = param(160, doc="Radius of the disc masked around every saturated star: its wings "
+                                         "(undetectable per pixel) would enter the sky as a bump of 0.3-0.8 % "
+                                         "(160 px: 88\" at 0.55\"/px; 0: off)", bounds=(0, 5000), unit="pixel")
 
 
 @dataclass(frozen=True)

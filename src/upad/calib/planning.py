@@ -314,9 +314,9 @@ def _need(session: Session, kind: str, key: ConfigKey, s: Series, config: StepCo
 
 
 def _calib_units(session: Session, config: StepConfig, what: str, kind: str,
-                 needs: Sequence[tuple[str, bool]]) -> list[PlannedMaster]:
+                 needs: Sequence[tuple[str, bool]], *, of: Sequence[Series] | None = None) -> list[PlannedMaster]:
     out = []
-    for s in series(session, what):
+    for s in (series(session, what) if of is None else of):
         key = s.key
         label = {"bias": "bias frames", "dark": "dark frames"}.get(what, f"{key.flat_type} flats")
         st, why = _series_state(session, s, min_frames=config.min_frames, rule="next_frame", label=label)
@@ -344,7 +344,31 @@ def _dark_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
 
 
 def _flat_units(session: Session, config: StepConfig) -> list[PlannedMaster]:
-    return _calib_units(session, config, "flat", "flat", (("bias", True), ("dark", False), ("signature", False)))
+    min_exptimes = session_config(session, "signature").min_exptimes
+    flats = [f for f in (without_signature_sequence(s, min_exptimes=min_exptimes) for s in series(session, "flat"))
+             if f.frames]
+    return _calib_units(session, config, "flat", "flat", (("bias", True), ("dark", False), ("signature", False)),
+                        of=flats)
+
+
+def without_signature_sequence(s: Series, *, min_exptimes: int) -> Series:
+    """A dome-flat series without the frames of its photon-transfer / linearity sequence (the master flat's inputs).
+
+    A dome series of at least ``min_exptimes`` distinct exposure times holds a signature sequence
+    (:func:`_signature_units`); its pairs and linearity series are the flats of an exposure time taken at most
+    twice (:func:`upad.calib.signature_step.split_sequence`). They measure the detector, not the response: levels
+    from a few hundred ADU (a flat's noise 10 x an ordinary one's) to the non-linear top of the ADC range, and
+    sub-second exposures that carry the shutter's timing pattern. A group of three or more flats of one exposure
+    time is an ordinary flat series and stays. Other series are returned unchanged.
+    """
+    if s.key.flat_type != "dome":
+        return s
+    count: dict[float, int] = defaultdict(int)
+    for f in s.frames:
+        count[round(f.exptime, 3)] += 1
+    if len(count) < min_exptimes:
+        return s
+    return Series(s.kind, s.key, s.night, [f for f in s.frames if count[round(f.exptime, 3)] > 2])
 
 
 def _fringing_filters(instrument: str) -> set[str]:

@@ -884,12 +884,14 @@ class _ScienceMaster(MasterStep):
         s.used_masters = s.masters["used_masters"]
 
     @staticmethod
-    def sky(s: Series, res: IsrResult) -> tuple[np.ndarray, np.ndarray]:
-        """The sky background of a reduced frame with its sources masked, and the source mask."""
+    def sky(s: Series, res: IsrResult, *, halo_px: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The sky background of a reduced frame with its sources (and, ``halo_px`` > 0, the halos of its saturated
+        stars: :func:`upad.calib.fringe.halo_mask`) masked, and the mask."""
         cfg, img = s.cfg, res.image
-        bkg, _ = fringemod.sky_background(img, res.saturated, box=cfg.background_box)
+        halos = fringemod.halo_mask(res.saturated, radius_px=halo_px)
+        bkg, _ = fringemod.sky_background(img, res.saturated | halos, box=cfg.background_box)
         mask = fringemod.source_mask(img, bkg, nsigma=cfg.source_nsigma, grow_px=cfg.source_grow,
-                                     saturated=res.saturated)
+                                     saturated=res.saturated) | halos
         bkg, _ = fringemod.sky_background(img, mask, box=cfg.background_box)
         return bkg, mask
 
@@ -973,12 +975,14 @@ class MasterIllumination(_ScienceMaster):
         s.work.update(shape=shape, cell=illummod.cell_size(shape, s.cfg.cells))
 
     def measure(self, s: Series, f: ResolvedInput, rec: dict[str, Any], res: IsrResult) -> Any:
-        bkg, mask = self.sky(s, res)
+        bkg, mask = self.sky(s, res, halo_px=s.cfg.halo_radius_px)
         try:
             grid = illummod.background_grid(bkg, cell=s.work["cell"])
         except ValueError as exc:
             _exclude(rec, str(exc))
             return None
+        # cells mostly masked hold the mesh's interpolation, not a measurement: the other frames' (dithered) decide
+        grid[qc.bin_image(mask.astype(np.float32), s.work["cell"], statistic="mean") > 0.5] = np.nan
         p2p, angle = illummod.sky_gradient(grid)
         rec.update(sky_e=round(float(np.nanmedian(bkg[::4, ::4])), 2), masked_fraction=round(float(mask.mean()), 4),
                    sky_gradient=round(p2p, 6), sky_gradient_angle_deg=round(angle, 2))
