@@ -46,7 +46,6 @@ def _table_hdu(cols: dict[str, np.ndarray], name: str, header: dict | None = Non
 
 def write_camera_truth(out: Path, camera: Camera, filters: list, *, compress: bool) -> dict[str, str]:
     """Write the fixed camera patterns; returns name -> relative path."""
-    base = out / "truth" / "camera"
     paths: dict[str, str] = {}
 
     def put(name: str, data: np.ndarray, unit: str, doc: str, step: float | None = None) -> None:
