@@ -316,3 +316,25 @@ class CalibrationCache:
         for cals in self._cals.values():
             for cal in cals:
                 cal.db.dispose()
+
+
+def wcs_vs_truth_at_stars(wcs: WCS, c: CalibratedFrame, shape: tuple[int, int], xw: np.ndarray,
+                          yw: np.ndarray) -> dict[str, float]:
+    """The fitted WCS against the true one at the true stars matched (within 1 pixel) to the measured centroids
+    ``xw, yw`` (0-based), judged where each star's light is centred (truth ``x + psf_dx, y + psf_dy``), as
+    :func:`upad.reduce.validation.frame_vs_truth` does: coma shifts a star's centroid from the chief ray, and a WCS
+    maps measured centroids to the sky, so it can only be asked to put a star's sky position where its light is."""
+    from scipy.spatial import cKDTree
+
+    from upad.reduce.validation import astrometry_vs_truth
+
+    obj = c.objects
+    ox, oy = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
+    cols = obj.colnames
+    pdx = np.asarray(obj["psf_dx"], float) if "psf_dx" in cols else np.zeros(len(ox))
+    pdy = np.asarray(obj["psf_dy"], float) if "psf_dy" in cols else np.zeros(len(oy))
+    d, i = cKDTree(np.column_stack([ox + pdx, oy + pdy])).query(np.column_stack([xw, yw]), distance_upper_bound=1.0)
+    ok = np.isfinite(d)
+    i = i[ok]
+    return {**astrometry_vs_truth(wcs, c.true_wcs, shape, x=ox[i], y=oy[i], dx=pdx[i], dy=pdy[i]),
+            "n_at": int(ok.sum())}

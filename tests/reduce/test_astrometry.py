@@ -12,6 +12,8 @@ from upad.reduce.astrometry import AstrometryConfig, solve_astrometry, tan_depro
 from upad.reduce.errors import ReductionError
 from upad.reduce.validation import astrometry_vs_truth
 
+from .helpers import wcs_vs_truth_at_stars
+
 
 def test_tan_projection_round_trip():
     ra = np.array([10.0, 10.5, 9.7, 359.9])
@@ -22,14 +24,20 @@ def test_tan_projection_round_trip():
 
 
 def test_solution_against_the_true_wcs(nominal_night):
-    night = nominal_night  # NOMINAL WORLD: rms 0.107 px > 0.05 px under the independent world (conftest.nominal_night)
+    # NOMINAL WORLD: under the independent world the rms at the stars is 0.107 px > 0.05 px (rms_bright_px NaN) on
+    # frame 0 (Moffat, no coma: psf_dx = 0, so judging at the light centroids changes nothing), re-measured after
+    # the one-standard-error model choice (conftest.nominal_night). Open (issue 10).
+    night = nominal_night
     for c, r in zip(night.frames, night.reduced):
         a = r.astrometry
         assert a is not None and a.n_matched >= 40
         cat = r.catalog
         xw = np.asarray(cat["XWIN_IMAGE"])[a.det_index] - 1
         yw = np.asarray(cat["YWIN_IMAGE"])[a.det_index] - 1
-        res = astrometry_vs_truth(a.wcs, c.true_wcs, r.image.shape, x=xw, y=yw)
+        # the fitted WCS where the stars' light is centred (truth x + psf_dx: coma shifts the centroid from the
+        # chief ray, and a WCS maps measured centroids to the sky), as validation.frame_vs_truth judges it
+        res = wcs_vs_truth_at_stars(a.wcs, c, r.image.shape, xw, yw)
+        assert res["n_at"] >= 0.9 * len(xw), res
         # the fitted WCS where the stars are, and the residuals of the well-measured stars
         assert res["rms_at_px"] < 0.05, res
         assert res["rms_grid_px"] < 0.1, res
@@ -61,7 +69,10 @@ def _guess(c, dra_arcsec=0.0, ddec_arcsec=0.0, rot_deg=0.0):
 
 
 def test_robust_to_pointing_errors_of_arcminutes_and_a_sparse_field(nominal_night):
-    night = nominal_night  # NOMINAL WORLD: 0.69 px > 0.5 px under the independent world (conftest.nominal_night)
+    # NOMINAL WORLD: under the independent world the sparse-field (25 stars, SIP 2) grid rms is 0.69 px > 0.5 px
+    # (the two arcminute-offset solutions pass: 0.078 px < 0.1), re-measured after the one-standard-error model
+    # choice (conftest.nominal_night). Open (issue 10).
+    night = nominal_night
     c, r = night.frames[0], night.reduced[0]
     x, y, f, good, snr = _inputs(c, r)
     ref = night.refcat

@@ -22,7 +22,7 @@ from upad.sim import SimConfig, simulate
 from upad.sim.truth import load_manifest
 from upad.sim.wcs import nominal_header, true_wcs
 
-from .helpers import calibrate, reduce_calibrated, star_ids
+from .helpers import calibrate, reduce_calibrated, star_ids, wcs_vs_truth_at_stars
 
 T80 = (9232, 9216)
 SCALE = 0.55
@@ -145,8 +145,10 @@ def frames(tmp_path_factory, own_calibration):
     out = {}
     for name, extra in CASES.items():
         d = tmp_path_factory.mktemp("astrom-" + name.replace("%", "").replace("+", "p").replace("-", "m"))
-        # NOMINAL WORLD (reason): with the independent world's other parts (drawn signature, PSF families and field
-        # bump, moving stars) the rms at the stars is 0.077 / 0.080 px (goal 0.05 px). Open (issue 10).
+        # NOMINAL WORLD (reason): under the independent world (drawn signature, PSF families and field bump, moving
+        # stars) the rms at the stars is 0.070 / 0.077 px (grid 0.070 / 0.077 px; goal 0.05 px), re-measured after
+        # the one-standard-error model choice (SIP order 5 chosen) and judged at the light centroids (psf_dx = 0 in
+        # these frames: no coma). Open (issue 10).
         cfg = SimConfig.nominal(**BASE, **extra)
         simulate("mini", seed=11, out=d, nights=1, tiles=1, filters=["rSDSS"], config=cfg)
         man = load_manifest(d)
@@ -168,7 +170,10 @@ def test_mini_frames_against_the_true_wcs(frames, name):
     assert a.scale_ratio == pytest.approx(truth["scale_factor"], abs=5e-4)
     xw = np.asarray(r.catalog["XWIN_IMAGE"])[a.det_index] - 1
     yw = np.asarray(r.catalog["YWIN_IMAGE"])[a.det_index] - 1
-    res = astrometry_vs_truth(a.wcs, c.true_wcs, r.image.shape, x=xw, y=yw)
+    # judged where the stars' light is centred (truth x + psf_dx: coma shifts the centroid from the chief ray, and
+    # a WCS maps measured centroids to the sky), as validation.frame_vs_truth does
+    res = wcs_vs_truth_at_stars(a.wcs, c, r.image.shape, xw, yw)
+    assert res["n_at"] >= 0.9 * len(xw), res
     assert res["rms_at_px"] <= 0.05, res
     assert res["rms_grid_px"] <= 0.05, res
     assert a.rms_bright_px <= 0.05
