@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 from .helpers import ensure_epochs_table, gradient, light_leak, rewrite_raw, saturate
 
 PG_URL = os.environ.get("UPAD_TEST_DATABASE_URL")
-CALIB_STEPS = ("master_bias", "master_dark", "master_flat", "bad_pixel_mask", "master_fringe", "master_illumination")
+CALIB_STEPS = ("instrument_signature", "master_bias", "master_dark", "master_flat", "bad_pixel_mask", "master_fringe", "master_illumination")
 
 #: The simulated night: enough flats for the 0.3 % flat accuracy, 6 darks for the faintest hot pixels, 3 dithers.
 SIM = dict(n_bias=9, n_dark=6, n_dome_flats=12, n_sky_flats=10, n_dithers=3, workers=2)
@@ -44,21 +44,10 @@ def night(tmp_path_factory) -> Night:
     from upad.sim.truth import load_manifest
 
     out = tmp_path_factory.mktemp("calib-night")
-    # NOMINAL WORLD (reason): these tests pin the masters' pixel accuracy and the flow's bookkeeping (the number of
-    # masters, the frames each one screens out, the lookup) on a night without the instrument-signature sequences;
-    # under the independent world 23 of them fail (the photon-transfer / linearity dome flats enter the rSDSS master
-    # flat, the flow waits for the signature step, dark z-scatter 2.4 > 1.1, bad-pixel false rate 5e-3 > 1e-4,
-    # reduce-step sky off in zSDSS). Open: rewrite them for the independent world (issue 10). h-flat fixed the causes
-    # of most: the sequence's pairs / linearity series no longer enter the master flat; one light-leak bias no longer
-    # spoils the signature's read noise (37 ADU for 4.2) and photon-transfer gain (2.1 e-/ADU for 0.93); the flat
-    # truths are response x applied/true gain. With SimConfig(**SIM) and instrument_signature in CALIB_STEPS,
-    # test_accuracy.py passes 7 of 8 (dark z-scatter, bad-pixel false rate, flats 0.3 % all pass); left: the rSDSS
-    # sky illumination map is 0.19 % rms (> 0.75 x the dome term, 0.175 %) though the response's plane it must
-    # restore is 0.08 % rms: the night sky carries ~0.3 % structure no flat has (as the twilight night's xfail in
-    # test_flat_gradients). Not switched: the flow/cli/readiness/reduce-step tests' bookkeeping with the signature
-    # step is not yet rewritten.
+    # The independent world (issue 10): the night carries the instrument-signature sequences (photon-transfer
+    # pairs, linearity series) which the instrument_signature step measures and the master flat leaves out.
     res = simulate("mini", seed=11, out=out, nights=1, tiles=2, filters=["rSDSS", "zSDSS"], compress=False,
-                   config=SimConfig.nominal(**SIM))
+                   config=SimConfig(**SIM))
     anomalies = {}
     bias = [f for f in res.frames if f["kind"] == "bias"][3]
     rewrite_raw(out / bias["file"], light_leak)

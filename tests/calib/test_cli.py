@@ -37,7 +37,7 @@ def test_list_and_lookup_on_the_processed_night(pipeline):
     rc, out = cli(["calib", "list", "--json", *base])
     assert rc == 0
     rows = json.loads(out)
-    assert len(rows) == 12 and all(r["good_after"] and r["good_until"] and r["current"] for r in rows)
+    assert len(rows) == 13 and all(r["good_after"] and r["good_until"] and r["current"] for r in rows)
     bias = next(r for r in rows if r["kind"] == "bias")
     assert bias["n_used"] == 8 and len(bias["excluded"]) == 1 and bias["qc_status"] == "warn"
     rc, out = cli(["calib", "list", "--kind", "flat", *base])
@@ -50,7 +50,7 @@ def test_list_and_lookup_on_the_processed_night(pipeline):
     assert ans["ready"] and ans["reason"] == ""
     assert ans["config"]["source"] == "reduce"  # the lookup uses the reduction step's own configuration
     assert {k for k, m in ans["masters"].items() if m["status"] == "chosen"} == {
-        "bias", "dark", "flat", "fringe", "illumination", "bpm"}
+        "bias", "dark", "flat", "fringe", "illumination", "bpm", "signature"}
     rc, _ = cli(["calib", "lookup", str(frame.id), *base])
     assert rc == 0
     rc, _ = cli(["calib", "lookup", "no-such-frame", *base])

@@ -16,7 +16,10 @@ from upad.flow.scheduler import Scheduler, SchedulerOptions
 
 from .conftest import CALIB_STEPS
 
-EXPECTED = {"master_bias": 1, "master_dark": 1, "master_flat": 4, "bad_pixel_mask": 1, "master_fringe": 1,
+#: one master per step and configuration of the night: one bias / dark / bad-pixel mask / signature (one camera mode;
+#: the night's photon-transfer pairs and linearity series are in one filter), a dome and a sky flat and illumination
+#: per filter (2), a fringe map for zSDSS only
+EXPECTED = {"instrument_signature": 1, "master_bias": 1, "master_dark": 1, "master_flat": 4, "bad_pixel_mask": 1, "master_fringe": 1,
             "master_illumination": 4}
 
 
@@ -58,7 +61,7 @@ def test_every_master_exists_with_validity_and_qc_plots(pipeline):
             assert p.good_after == night_start(night) and p.good_until == night_end(night)
             assert p.qc_status in ("ok", "warn")
             roles = [f["role"] for f in p.files]
-            assert roles[0] == "master" and "qc_plot" in roles
+            assert roles[0] == "master" and ("qc_plot" in roles or step == "instrument_signature")
             for f in p.files:
                 path = pipeline.settings.root / f["path"]
                 assert path.is_file()
@@ -68,9 +71,20 @@ def test_every_master_exists_with_validity_and_qc_plots(pipeline):
                 h = hdul[0].header
                 assert h["PROVID"] == p.provenance_id[:12]
                 assert h["NIGHT"] == night and h["GOODAFT"].startswith(night)
-                if step != "bad_pixel_mask":
+                if step not in ("bad_pixel_mask", "instrument_signature"):  # image masters
                     assert "ERR" in hdul and h["NCOMBINE"] == p.meta["n_used"]
                     assert hdul[0].data.dtype.kind == "f" and hdul[0].data.dtype.itemsize == 4
+    # the signature is measured from the night's rSDSS dome flats: pairs of equal exposure time (the ordinary flats
+    # give n_dome_flats / 2, the photon-transfer sequence n_ptc_pairs) and a series of distinct exposure times (one
+    # per pair level plus the linearity flats; never the ordinary flats' group)
+    from upad.sim import SimConfig
+
+    from .conftest import SIM
+
+    (sig,) = by_step["instrument_signature"]
+    cfg = SimConfig(**SIM)
+    assert sig.meta["n_pairs"] == cfg.n_dome_flats // 2 + cfg.n_ptc_pairs
+    assert sig.meta["n_linearity"] == cfg.n_ptc_pairs + cfg.n_linearity_flats
     # a flat has the stability plot and statistics of every flat that reached the QC (excluded ones too)
     for p in by_step["master_flat"]:
         plots = [f for f in p.files if f["path"].endswith("_residual.png")]
@@ -133,7 +147,7 @@ def test_lookup_chooses_the_nights_masters(pipeline):
     with pipeline.db.session() as s:
         sel = select_masters(s, z.id, LookupConfig())
     assert sel.ready and sel.reason == ""
-    assert set(sel.chosen) == {"bias", "dark", "flat", "fringe", "illumination", "bpm"}
+    assert set(sel.chosen) == {"bias", "dark", "flat", "fringe", "illumination", "bpm", "signature"}
     assert all(c.rule == "valid" and c.distance_nights == 0 for c in sel.chosen.values())
     assert sel.chosen["flat"].flat_type == "dome"  # first preference
     ids = {p.id: p for p in products(pipeline)}

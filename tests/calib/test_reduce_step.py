@@ -202,7 +202,12 @@ def test_qc_night_summary(pipeline, reduced, corrupted, capsys):
             assert r["status"] == "fail" and r["reasons"][0].startswith(corrupted[r["frame"]]), r
             continue
         assert r["status"] in ("ok", "warn"), r  # the good frames are never failures
-        assert r["fwhm_arcsec"] == pytest.approx(truth[r["frame"]]["fwhm_arcsec"], rel=0.1)
+        # against the delivered PSF's FWHM (the truth's per-object effective FWHM, median over the frame), not the
+        # frame record's ``fwhm_arcsec``: that is the atmosphere's alone, smaller than the delivered one for the
+        # Kolmogorov + optics family (1.053" for 1.174" measured and 1.174" true on this night)
+        with fits.open(pipeline.night.out / truth[r["frame"]]["truth"]) as hd:
+            delivered = float(np.median(hd["OBJECTS"].data["fwhm_arcsec"]))
+        assert r["fwhm_arcsec"] == pytest.approx(delivered, rel=0.1)
         assert r["astrometric_rms_arcsec"] < 0.1 and r["n_matched"] > 5
 
 
