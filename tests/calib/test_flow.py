@@ -83,7 +83,9 @@ def test_every_master_exists_with_validity_and_qc_plots(pipeline):
 
     (sig,) = by_step["instrument_signature"]
     cfg = SimConfig(**SIM)
-    assert sig.meta["n_pairs"] == cfg.n_dome_flats // 2 + cfg.n_ptc_pairs
+    # (one ordinary flat, the fixture's saturated one, is screened out: test_bad_inputs_are_excluded_with_reasons)
+    assert [e["reason"].split(":")[0] for e in sig.meta["excluded"]] == ["saturated"]
+    assert sig.meta["n_pairs"] == (cfg.n_dome_flats - 1) // 2 + cfg.n_ptc_pairs
     assert sig.meta["n_linearity"] == cfg.n_ptc_pairs + cfg.n_linearity_flats
     # a flat has the stability plot and statistics of every flat that reached the QC (excluded ones too)
     for p in by_step["master_flat"]:
@@ -120,6 +122,12 @@ def test_bad_inputs_are_excluded_with_reasons(pipeline):
     sat = anomaly["saturated"]
     assert list(excluded) == [sat] and excluded[sat].startswith("saturated")
     assert flat.meta["n_used"] == flat.meta["n_inputs"] - 1
+    # the signature screens its dome flats as the master flat does: the saturated flat is in no pair, no series
+    (sig,) = products(pipeline, "instrument_signature")
+    excluded = {e["filename"]: e["reason"] for e in sig.meta["excluded"]}
+    assert sat in excluded and excluded[sat].startswith("saturated")
+    rec = next(r for r in sig.meta["inputs"] if r["filename"] == sat)
+    assert rec["status"] == "excluded" and rec["saturated_fraction"] > 0.5
     # an unevenly lit flat passes the screening but fails the flat-field stability QC: excluded, master recombined
     flat = next(p for p in products(pipeline, "master_flat") if "/zSDSS/dome/" in p.unit_key)
     excluded = {e["filename"]: e["reason"] for e in flat.meta["excluded"]}

@@ -235,6 +235,10 @@ class SignatureConfig(MasterConfigBase):
                            bounds=(2, 1000))
     min_linearity: int = param(6, doc="Fewest flats of distinct exposure time for the non-linearity fit",
                                bounds=(5, 1000))
+    max_saturated: float = param(1e-3, doc="Dome flats with a larger fraction of saturated pixels are excluded "
+                                           "from the photon-transfer pairs and the linearity series (the master "
+                                           "flat's screen, :func:`upad.calib.flat.saturation_problem`)",
+                                 bounds=(0, 1))
     min_source_adu: float = param(20000.0, doc="Crosstalk sources: pixels at or above this level (bias-subtracted)",
                                   bounds=(100, None), unit="ADU")
     min_crosstalk_weight: float = param(1e11, doc="Least weight (sum of squared source levels over the pixel "

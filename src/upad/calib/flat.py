@@ -45,6 +45,7 @@ __all__ = [
     "flat_noise_model",
     "normalise",
     "residual_qc",
+    "saturation_problem",
     "sky_source_mask",
 ]
 
@@ -65,6 +66,19 @@ def flat_level(image: np.ndarray, *, saturated: np.ndarray | None = None, border
         a = np.where(saturated[sl][::step, ::step], np.nan, a)
     a = a[np.isfinite(a)]
     return float(np.median(a)) if a.size else float("nan")
+
+
+def saturation_problem(saturated_fraction: float, *, max_saturated: float) -> str | None:
+    """Why a flat with this fraction of saturated pixels is unusable, or ``None`` when it is usable.
+
+    The one saturation screen of the flats: the master flat and the instrument signature's photon-transfer pairs
+    and linearity series (a saturated flat's clipped pixels bias its level, its pair variance and its linearity
+    point) both exclude a flat with more than ``max_saturated`` of its pixels at the saturation level.
+    """
+    if saturated_fraction > max_saturated:
+        return (f"saturated: {saturated_fraction:.2%} of the pixels at the ADC maximum "
+                f"(limit {max_saturated:.2%})")
+    return None
 
 
 def flat_noise_model(read_noise_e: np.ndarray, levels_e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,9 @@ step                      reads (declared)                             makes, pe
 The dome flats are sorted by exposure time: consecutive flats of one exposure time make the photon-transfer pairs;
 one flat per exposure time of the groups of at most two make the linearity series (a group of three or more flats at
 one exposure time is an ordinary flat series, whose lamp level need not follow the exposure time: used for the
-pairs only). Every quantity that cannot be measured (too few pairs, a short series, no saturated stars) falls back to
+pairs only). Flats are screened first as the master flat screens them (:func:`upad.calib.flat.saturation_problem`:
+more than ``max_saturated`` of the pixels at the saturation level): an excluded flat is left out before the pairing
+and recorded with its reason in the product's meta (``excluded``). Every quantity that cannot be measured (too few pairs, a short series, no saturated stars) falls back to
 the instrument file's first guess; the reason is recorded in the product's meta (``qc``) and its QC is ``warn``.
 The reduction (:mod:`upad.reduce.steps`) applies the measured quantities through :meth:`Signature.isr_kwargs`.
 """
@@ -25,10 +27,12 @@ from typing import Any
 import numpy as np
 
 from upad.calib.config import SignatureConfig
+from upad.calib.flat import saturation_problem
 from upad.calib.signature import signature_from_raw
 from upad.calib.steps import MasterStep, _check_frame, _frame_record, _frames, _header, _instrument, _validity
 from upad.flow.step import FRAME, DataError, Input, OutputFile, StepOutput, Task, register_step
 from upad.io.products import write_signature
+from upad.isr.core import saturation_mask
 
 __all__ = ["InstrumentSignature", "split_sequence"]
 
@@ -75,12 +79,23 @@ class InstrumentSignature(MasterStep):
         layout = task.context["layout"]
         records: list[dict[str, Any]] = []
 
-        def load(frames):
+        isr_opt = cfg.isr.options(to_electrons=False, linearize=False)
+        sat_level = isr_opt.saturation_adu if isr_opt.saturation_adu is not None else float(inst.adc_max)
+        sections = inst.amp_sections(layout)
+
+        def load(frames, *, screen: bool = False):
             out = []
             for f in frames:
                 rec = _frame_record(f)
                 records.append(rec)
                 raw, why = _check_frame(f, inst, layout)
+                if raw is not None and screen:  # the master flat's saturation screen (a flat clipped at the ADC
+                    # maximum biases its pair's variance and its linearity point)
+                    sat = float(saturation_mask(raw, sections, level=sat_level).mean())
+                    rec["saturated_fraction"] = sat
+                    why = saturation_problem(sat, max_saturated=cfg.max_saturated)
+                    if why:
+                        raw = None
                 if raw is None:
                     rec.update(status="excluded", reason=why)
                     continue
@@ -88,7 +103,7 @@ class InstrumentSignature(MasterStep):
                 out.append((f, raw))
             return out
 
-        flat_raw = load(flats)
+        flat_raw = load(flats, screen=True)
         pairs_i, series_i = split_sequence([float(f.meta.get("exptime") or 0.0) for f, _ in flat_raw])
         biases = [r for _, r in load(_frames(task, "bias_raw"))]
         science = [r for _, r in load(_frames(task, "science"))]
@@ -96,7 +111,7 @@ class InstrumentSignature(MasterStep):
             inst, layout, biases=biases,
             linearity=[(flat_raw[i][1], float(flat_raw[i][0].meta.get("exptime") or 0.0)) for i in series_i],
             ptc=[(flat_raw[a][1], flat_raw[b][1]) for a, b in pairs_i], science=science,
-            options=cfg.isr.options(to_electrons=False, linearize=False), min_pairs=cfg.min_pairs,
+            options=isr_opt, min_pairs=cfg.min_pairs,
             min_linearity=cfg.min_linearity, min_source_adu=cfg.min_source_adu,
             min_crosstalk_weight=cfg.min_crosstalk_weight)
         name = f"{self.name}.fits"

@@ -672,12 +672,10 @@ class MasterFlat(MasterStep):
         sat = float(res.saturated.mean())
         level_adu = level / s.work["mean_gain"]
         rec.update({"level_e": round(level, 2), "level_adu": round(level_adu, 2), "saturated_fraction": sat})
-        why = None
-        if sat > cfg.max_saturated:
-            why = (f"saturated: {sat:.2%} of the pixels at the ADC maximum (limit {cfg.max_saturated:.2%})")
-        elif not np.isfinite(level) or level_adu < cfg.min_level:
+        why = flatmod.saturation_problem(sat, max_saturated=cfg.max_saturated)
+        if why is None and (not np.isfinite(level) or level_adu < cfg.min_level):
             why = f"underexposed: level {level_adu:.0f} ADU < min_level {cfg.min_level:.0f} ADU"
-        elif level_adu > cfg.max_level:
+        elif why is None and level_adu > cfg.max_level:
             why = f"overexposed: level {level_adu:.0f} ADU > max_level {cfg.max_level:.0f} ADU"
         if why:
             _exclude(rec, why)
