@@ -32,18 +32,24 @@ class MiniNight:
     calibration: PipelineCalibration
 
 
-@pytest.fixture(scope="session")
-def night(tmp_path_factory) -> MiniNight:
-    out = tmp_path_factory.mktemp("reduce-mini")
-    simulate("mini", seed=5, out=out, nights=1, tiles=2, filters=["rSDSS"], config=SimConfig(**SIM))
+def _mini_night(tmp_path_factory, config: SimConfig, tag: str):
+    """Simulate the mini night in ``config``'s world and reduce its science frames with the pipeline's own masters."""
+    out = tmp_path_factory.mktemp(f"reduce-mini{tag}")
+    simulate("mini", seed=5, out=out, nights=1, tiles=2, filters=["rSDSS"], config=config)
     man = load_manifest(out)
     ref = read_reference_catalog(out / man["reference_catalog"])
     stars = star_ids(out, man)
-    cal = pipeline_calibration(out, tmp_path_factory.mktemp("reduce-root"))
+    cal = pipeline_calibration(out, tmp_path_factory.mktemp(f"reduce-root{tag}"))
     frames = [calibrate(out, man, rec, cal=cal, stars=stars) for rec in man["frames"] if rec["kind"] == "science"]
     reduced = [reduce_calibrated(c, ref) for c in frames]
-    yield MiniNight(out=out, manifest=man, refcat=ref, frames=frames, reduced=reduced, calibration=cal)
-    cal.db.dispose()
+    return MiniNight(out=out, manifest=man, refcat=ref, frames=frames, reduced=reduced, calibration=cal)
+
+
+@pytest.fixture(scope="session")
+def night(tmp_path_factory) -> MiniNight:
+    mini = _mini_night(tmp_path_factory, SimConfig(**SIM), "")
+    yield mini
+    mini.calibration.db.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -51,16 +57,9 @@ def nominal_night(tmp_path_factory) -> MiniNight:
     """The same night in the nominal (pipeline-shaped) world, only for the tests that do not meet their goal under the
     independent world yet (each says which goal): the WCS rms at the stars is 0.107 px (goal 0.05 px), the sparse-
     field solution 0.69 px (test limit 0.5 px) and the PSF model's FWHM off by more than the test allows. Open."""
-    out = tmp_path_factory.mktemp("reduce-mini-nominal")
-    simulate("mini", seed=5, out=out, nights=1, tiles=2, filters=["rSDSS"], config=SimConfig.nominal(**SIM))
-    man = load_manifest(out)
-    ref = read_reference_catalog(out / man["reference_catalog"])
-    stars = star_ids(out, man)
-    cal = pipeline_calibration(out, tmp_path_factory.mktemp("reduce-root-nominal"))
-    frames = [calibrate(out, man, rec, cal=cal, stars=stars) for rec in man["frames"] if rec["kind"] == "science"]
-    reduced = [reduce_calibrated(c, ref) for c in frames]
-    yield MiniNight(out=out, manifest=man, refcat=ref, frames=frames, reduced=reduced, calibration=cal)
-    cal.db.dispose()
+    mini = _mini_night(tmp_path_factory, SimConfig.nominal(**SIM), "-nominal")
+    yield mini
+    mini.calibration.db.dispose()
 
 
 @pytest.fixture(scope="session")
