@@ -122,12 +122,7 @@ def test_fringe_map_correlates_with_injected_fringes(pipeline):
                                                         Product.unit_key.contains("rSDSS"))))
 
 
-@pytest.mark.parametrize("filt", [
-    pytest.param("rSDSS", marks=pytest.mark.xfail(strict=True, reason=(
-        "independent world, open (issue 10): rSDSS dome illumination residual 0.117 % rms > 0.5 x the dome term "
-        "(0.116 %; zSDSS 0.067 %) and the sky map 0.187 % rms > 0.75 x 0.233 % = 0.175 % (zSDSS 0.136 %): the night "
-        "sky carries ~0.3 % structure no flat has"))),
-    "zSDSS"])
+@pytest.mark.parametrize("filt", ["rSDSS", "zSDSS"])
 def test_illumination_correction_recovers_injected_term(pipeline, filt):
     illum = truth(pipeline, "illum_dome")
     effect = float(np.std(illum / illum.mean() - 1))  # the dome-only term: 1.5 % peak to peak, 0.23 % rms
