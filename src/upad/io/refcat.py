@@ -23,13 +23,14 @@ column             unit       meaning
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
 
 from upad.errors import UpadError
 
-__all__ = ["read_reference_catalog", "propagate_to_epoch", "in_cone", "epoch_of"]
+__all__ = ["read_reference_catalog", "propagate_to_epoch", "in_cone", "epoch_of", "observation_epoch", "at_epoch"]
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "ra": ("ra", "ra_icrs", "raj2000", "ra_deg", "alpha_j2000"),
@@ -174,6 +175,51 @@ def epoch_of(date_obs: str, exptime: float = 0.0) -> float:
         raise UpadError(f"cannot read the observation date {date_obs!r}",
                         hint="DATE-OBS must be an ISO date-time, e.g. 2025-03-01T22:14:05") from None
     return float(t.jyear + 0.5 * float(exptime) / (365.25 * 86400.0))
+
+
+def observation_epoch(meta: dict | None, header: Any = None) -> float | None:
+    """Julian epoch (yr) of the middle of a frame's exposure, or None when no date is known.
+
+    From the MJD (``meta["mjd"]``, else the header's ``MJD-OBS``), else from the date (``meta["date_obs"]``, else
+    ``DATE-OBS``: :func:`epoch_of`); plus half the exposure time (``meta["exptime"]``, else ``EXPTIME``). ``header``
+    is a FITS header or any mapping of its cards; an unreadable date counts as none.
+    """
+    meta = meta or {}
+    get = header.get if header is not None and hasattr(header, "get") else (lambda _k, _d=None: None)
+    exptime = float(meta.get("exptime") or get("EXPTIME") or 0.0)
+    mjd = meta.get("mjd")
+    if mjd is None:
+        mjd = get("MJD-OBS")
+    if mjd is not None:
+        try:
+            return 2000.0 + (float(mjd) + 0.5 * exptime / 86400.0 - 51544.5) / 365.25
+        except (TypeError, ValueError):
+            pass
+    date = meta.get("date_obs") or get("DATE-OBS")
+    if not date:
+        return None
+    try:
+        return epoch_of(str(date).replace(" ", "T"), exptime)
+    except UpadError:
+        return None
+
+
+def at_epoch(cat: Any, epoch: float | None) -> tuple[Any, bool]:
+    """A reference catalog with its positions at ``epoch`` (Julian yr): ``(catalog, moved)``.
+
+    A catalog with proper motions and a ``ref_epoch`` (:func:`read_reference_catalog`'s columns; a table or a mapping
+    of columns) whose epoch differs from ``epoch`` is moved (:func:`propagate_to_epoch`, as a new
+    :class:`~astropy.table.Table`); one already at ``epoch``, one without motions, or an unknown ``epoch`` (None)
+    is returned as it is, with ``moved`` False.
+    """
+    cols = cat.colnames if hasattr(cat, "colnames") else list(cat.keys())
+    if epoch is None or not {"pmra", "pmdec", "ref_epoch"} <= set(cols):
+        return cat, False
+    ref_epoch = np.asarray(cat["ref_epoch"], dtype=float)
+    if ref_epoch.size == 0 or np.all(np.abs(ref_epoch - epoch) < 1e-6):
+        return cat, False
+    tab = cat if isinstance(cat, Table) else Table({c: np.asarray(cat[c]) for c in cols})
+    return propagate_to_epoch(tab, float(epoch)), True
 
 
 def propagate_to_epoch(cat: Table, epoch: float) -> Table:

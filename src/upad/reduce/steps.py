@@ -33,7 +33,7 @@ from upad.calib.config import LookupConfig
 from upad.calib.lookup import select_masters
 from upad.config import StepConfig, param
 from upad.db.models import Frame
-from upad.errors import DataError, UpadError
+from upad.errors import DataError
 from upad.flow.queries import PlanContext
 from upad.flow.step import (
     FRAME,
@@ -53,7 +53,7 @@ from upad.instruments import get_instrument
 from upad.io.image import read_image
 from upad.io.products import file_of, provenance_cards, write_catalog, write_isr_only, write_psf, write_reduced
 from upad.io.raw import read_raw
-from upad.io.refcat import epoch_of, in_cone, propagate_to_epoch, read_reference_catalog
+from upad.io.refcat import in_cone, observation_epoch, propagate_to_epoch, read_reference_catalog
 from upad.isr import fit_fringe, raw_shape_problem, run_isr
 from upad.isr.config import IsrConfig
 from upad.reduce.errors import ReductionError
@@ -327,21 +327,10 @@ def _reference_catalog(task: Task, cfg: ReduceConfig, header: fits.Header, inst:
 
 def frame_epoch(meta: dict[str, Any], header: Any) -> float:
     """Julian epoch (yr) of the middle of a frame's exposure: from its MJD (frame record, else ``MJD-OBS``), else
-    from ``DATE-OBS`` (:func:`upad.io.refcat.epoch_of`); plus half the exposure time. 2016.0 (the reference epoch:
-    no motion) when none is known or the date cannot be read."""
-    exptime = float(meta.get("exptime") or (header.get("EXPTIME") if header is not None else None) or 0.0)
-    mjd = meta.get("mjd")
-    if mjd is None and header is not None:
-        mjd = header.get("MJD-OBS")
-    if mjd is not None:
-        return 2000.0 + (float(mjd) + 0.5 * exptime / 86400.0 - 51544.5) / 365.25
-    date = meta.get("date_obs") or (header.get("DATE-OBS") if header is not None else None)
-    if not date:
-        return 2016.0
-    try:
-        return epoch_of(str(date).replace(" ", "T"), exptime)
-    except UpadError:
-        return 2016.0
+    from ``DATE-OBS`` (:func:`upad.io.refcat.observation_epoch`); plus half the exposure time. 2016.0 (the reference
+    epoch: no motion) when none is known or the date cannot be read."""
+    epoch = observation_epoch(meta, header)
+    return 2016.0 if epoch is None else epoch
 
 
 def _output_header(header: fits.Header, task: Task, step: Step, provenance: dict[str, str],
