@@ -247,6 +247,15 @@ def calibrate(out: Path, manifest: dict, rec: dict, *, cal: PipelineCalibration,
                            star=is_star)
 
 
+def refcat_at_frame(refcat: Any, c: CalibratedFrame) -> Any:
+    """The reference catalog with its positions moved to the frame's epoch (its record's MJD plus half the exposure),
+    as :func:`upad.reduce.pipeline.reduce_frame` and the reduce step do: for the tests that call
+    :func:`upad.reduce.astrometry.solve_astrometry` directly, which takes positions at the frame's epoch."""
+    from upad.io.refcat import at_epoch, observation_epoch
+
+    return at_epoch(refcat, observation_epoch(c.record, c.header))[0]
+
+
 def reduce_calibrated(c: CalibratedFrame, refcat, **kwargs):
     """Run :func:`upad.reduce.pipeline.reduce_frame` on a copy of a calibrated frame."""
     from upad.reduce.pipeline import reduce_frame

@@ -12,7 +12,7 @@ from upad.reduce.astrometry import AstrometryConfig, solve_astrometry, tan_depro
 from upad.reduce.errors import ReductionError
 from upad.reduce.validation import astrometry_vs_truth
 
-from .helpers import wcs_vs_truth_at_stars
+from .helpers import refcat_at_frame, wcs_vs_truth_at_stars
 
 
 def test_tan_projection_round_trip():
@@ -23,14 +23,15 @@ def test_tan_projection_round_trip():
     assert np.allclose(np.mod(r2 - ra + 180, 360) - 180, 0, atol=1e-10) and np.allclose(d2, dec, atol=1e-10)
 
 
-def test_solution_against_the_true_wcs(nominal_night):
-    # NOMINAL WORLD: under the independent world the rms at the stars is 0.107 px > 0.05 px (rms_bright_px NaN) on
-    # frame 0 (Moffat, no coma: psf_dx = 0, so judging at the light centroids changes nothing), re-measured after
-    # the one-standard-error model choice (conftest.nominal_night). Open (issue 10).
-    night = nominal_night
+def test_solution_against_the_true_wcs(night):
+    # the independent world: mixed PSF families (frame 3: Kolmogorov + optics with coma), moving stars (5 mas/yr
+    # from the catalog's epoch 2016.0: the reference positions are moved to each frame's epoch), distortion beyond
+    # SIP 3, 1 % plate-scale error. Measured: 0.008-0.023 px at the stars (0.086-0.110 px with the catalog's 2016
+    # positions, which was the whole excess over the goal)
     for c, r in zip(night.frames, night.reduced):
         a = r.astrometry
         assert a is not None and a.n_matched >= 40
+        assert r.stats["ref_moved_to_epoch"] and r.stats["ref_epoch"] > 2025
         cat = r.catalog
         xw = np.asarray(cat["XWIN_IMAGE"])[a.det_index] - 1
         yw = np.asarray(cat["YWIN_IMAGE"])[a.det_index] - 1
@@ -40,10 +41,32 @@ def test_solution_against_the_true_wcs(nominal_night):
         assert res["n_at"] >= 0.9 * len(xw), res
         # the fitted WCS where the stars are, and the residuals of the well-measured stars
         assert res["rms_at_px"] < 0.05, res
-        assert res["rms_grid_px"] < 0.1, res
+        # the grid compares chief rays: off by the goal plus the coma's shift of the light centroids (0 for
+        # centrosymmetric PSFs; 0.09 px rms in frame 3, whose grid figure is 0.094 px)
+        obj = c.objects
+        shift = (np.hypot(np.asarray(obj["psf_dx"], float), np.asarray(obj["psf_dy"], float))
+                 if "psf_dx" in obj.colnames else np.zeros(1))
+        assert res["rms_grid_px"] < 0.05 + float(np.sqrt(np.mean(shift ** 2))), res
         assert a.rms_bright_px < 0.05
         assert np.allclose(a.offset_arcsec, c.record["wcs"]["pointing_error_arcsec"], atol=0.3)
         assert a.header["CTYPE1"] == "RA---TAN-SIP" and a.header["A_ORDER"] == a.sip_order >= 2
+
+
+def test_reference_positions_at_the_catalog_epoch_miss_the_goal(night):
+    """What moving the reference stars to the frame's epoch is for: the same frame solved with the catalog's 2016.0
+    positions (stars of ~5 mas/yr, nine years earlier: ~0.1 px each) misses the goal at the stars: 0.071 px against
+    0.037 px at the frame's epoch (the centroid errors not given here: the pipeline, which weights by them, gets
+    0.023 px)."""
+    c, r = night.frames[0], night.reduced[0]
+    x, y, f, good, snr = _inputs(c, r)
+    kw = dict(wcs_guess=_guess(c), shape=r.image.shape, good=good, snr=snr)
+    ref = night.refcat
+    now = refcat_at_frame(ref, c)
+    figures = []
+    for cat in (ref, now):
+        a = solve_astrometry(x, y, f, cat["ra"], cat["dec"], ref_mag=cat["g"], **kw)
+        figures.append(wcs_vs_truth_at_stars(a.wcs, c, r.image.shape, x[a.det_index], y[a.det_index])["rms_at_px"])
+    assert figures[0] > 0.05 > figures[1], figures
 
 
 def _inputs(c, r):
@@ -68,19 +91,26 @@ def _guess(c, dra_arcsec=0.0, ddec_arcsec=0.0, rot_deg=0.0):
         return WCS(h, naxis=2)
 
 
-def test_robust_to_pointing_errors_of_arcminutes_and_a_sparse_field(nominal_night):
-    # NOMINAL WORLD: under the independent world the sparse-field (25 stars, SIP 2) grid rms is 0.69 px > 0.5 px
-    # (the two arcminute-offset solutions pass: 0.078 px < 0.1), re-measured after the one-standard-error model
-    # choice (conftest.nominal_night). Open (issue 10).
-    night = nominal_night
+def test_robust_to_pointing_errors_of_arcminutes(night):
     c, r = night.frames[0], night.reduced[0]
     x, y, f, good, snr = _inputs(c, r)
-    ref = night.refcat
+    ref = refcat_at_frame(night.refcat, c)
     for dra, ddec, rot in ((240.0, -180.0, 0.0), (-300.0, 250.0, 0.3)):
         a = solve_astrometry(x, y, f, ref["ra"], ref["dec"], wcs_guess=_guess(c, dra, ddec, rot),
                              shape=r.image.shape, ref_mag=ref["g"], good=good, snr=snr)
         res = astrometry_vs_truth(a.wcs, c.true_wcs, r.image.shape)
         assert res["rms_grid_px"] < 0.1
+
+
+def test_sparse_field(nominal_night):
+    # NOMINAL WORLD: under the independent world the 25 brightest detections give 11-18 matched stars, too few for
+    # any model beyond a plain TAN (a SIP 2 needs 12), and its distortion (general quadratic terms, cubic and 5th-
+    # order radial, decentering) leaves a grid rms of 0.51-0.68 px over the four frames (0.65 px on frame 0) > 0.5
+    # px, with the reference positions at the frame's epoch. Open (issue 10).
+    night = nominal_night
+    c, r = night.frames[0], night.reduced[0]
+    x, y, f, good, snr = _inputs(c, r)
+    ref = refcat_at_frame(night.refcat, c)
     # sparse: only the 25 brightest detections
     keep = np.argsort(-f)[:25]
     a = solve_astrometry(x[keep], y[keep], f[keep], ref["ra"], ref["dec"], wcs_guess=_guess(c, 120, 60),
@@ -93,13 +123,14 @@ def test_crowded_field_with_spurious_detections(night):
     """Half of the detections are junk at random positions: the offset histogram still finds the match."""
     c, r = night.frames[1], night.reduced[1]
     x, y, f, good, snr = _inputs(c, r)
+    ref = refcat_at_frame(night.refcat, c)
     rng = np.random.default_rng(1)
     n = len(x) * 3
     ny, nx = r.image.shape
     xj, yj = rng.uniform(0, nx, n), rng.uniform(0, ny, n)
     fj = rng.choice(f, n)
-    a = solve_astrometry(np.r_[x, xj], np.r_[y, yj], np.r_[f, fj], night.refcat["ra"], night.refcat["dec"],
-                         wcs_guess=_guess(c, -200, 100), shape=r.image.shape, ref_mag=night.refcat["g"],
+    a = solve_astrometry(np.r_[x, xj], np.r_[y, yj], np.r_[f, fj], ref["ra"], ref["dec"],
+                         wcs_guess=_guess(c, -200, 100), shape=r.image.shape, ref_mag=ref["g"],
                          good=np.r_[good, np.ones(n, bool)])
     assert astrometry_vs_truth(a.wcs, c.true_wcs, r.image.shape)["rms_grid_px"] < 0.1
 
