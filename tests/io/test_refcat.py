@@ -127,3 +127,35 @@ def test_gaiaxpy_jplus_synthetic_photometry(tmp_path):
     cat = read_reference_catalog(tmp_path / "xp.fits", filters=["gSDSS", "J0660"])
     assert np.all(cat["mag_gSDSS"] == 16.0) and np.allclose(cat["magerr_gSDSS"], 1.0857 * 0.02)
     assert np.all(cat["mag_J0660"] == 15.5) and "magerr_J0660" not in cat.colnames
+
+
+def test_observation_epoch_and_catalog_at_epoch():
+    """A frame's mid-exposure epoch from its MJD or date (None when unknown), and a catalog moved to it only when it
+    has proper motions and is at another epoch."""
+    from astropy.io import fits
+    from astropy.time import Time
+
+    from upad.io.refcat import at_epoch, observation_epoch
+
+    h = fits.Header()
+    h["DATE-OBS"] = "2025-10-30T03:00:00"
+    h["EXPTIME"] = 600.0
+    want = Time("2025-10-30T03:05:00", scale="utc").jyear
+    assert observation_epoch({}, h) == pytest.approx(want, abs=1e-7)
+    assert observation_epoch({"mjd": Time("2025-10-30T03:00:00").mjd, "exptime": 600.0}) == pytest.approx(want,
+                                                                                                      abs=1e-7)
+    h["MJD-OBS"] = Time("2025-10-30T03:00:00").mjd + 1.0  # the MJD wins over the date
+    assert observation_epoch({}, h) == pytest.approx(want + 1 / 365.25, abs=1e-7)
+    assert observation_epoch({}, fits.Header()) is None and observation_epoch({"date_obs": "not a date"}) is None
+    cat = Table({"ra": [150.0, 150.1], "dec": [0.0, 0.1], "pmra": [1000.0, 0.0], "pmdec": [-500.0, 0.0],
+                 "ref_epoch": [2016.0, 2016.0]})
+    moved, ok = at_epoch(cat, 2026.0)
+    assert ok and np.allclose(moved["ref_epoch"], 2026.0) and (moved["ra"][0] - 150.0) * 3600 == pytest.approx(10.0)
+    again, ok = at_epoch(moved, 2026.0)
+    assert not ok and again is moved  # already there
+    assert at_epoch(cat, None) == (cat, False)  # no date known: as given
+    static = {"ra": np.array([150.0]), "dec": np.array([0.0])}
+    assert at_epoch(static, 2026.0) == (static, False)  # no motions: the positions are taken as at the epoch
+    mapping = {k: np.asarray(cat[k]) for k in cat.colnames}
+    m, ok = at_epoch(mapping, 2026.0)
+    assert ok and np.allclose(m["dec"], moved["dec"])
