@@ -32,6 +32,7 @@ def test_solution_against_the_true_wcs(night):
         a = r.astrometry
         assert a is not None and a.n_matched >= 40
         assert r.stats["ref_moved_to_epoch"] and r.stats["ref_epoch"] > 2025
+        assert r.header["REFEPOCH"] == pytest.approx(r.stats["ref_epoch"], abs=1e-5)
         cat = r.catalog
         xw = np.asarray(cat["XWIN_IMAGE"])[a.det_index] - 1
         yw = np.asarray(cat["YWIN_IMAGE"])[a.det_index] - 1

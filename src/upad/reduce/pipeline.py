@@ -507,6 +507,8 @@ def _header(res: ReducedFrame, filter_name: str, exptime: float, pixel_scale: fl
         h["ASTRSCAL"] = (round(a.scale_ratio, 6), "plate scale / the header WCS's")
         h["ASTRFLIP"] = (bool(a.parity_flipped), "parity opposite to the header WCS's")
         h["ASTRORDR"] = (int(a.sip_order), "SIP order of the astrometric solution")
+        if res.stats.get("ref_epoch") is not None:
+            h["REFEPOCH"] = (round(float(res.stats["ref_epoch"]), 6), "[yr] Julian epoch of the reference positions")
     s = res.stats
     h["SKYLEVEL"] = (round(float(s.get("sky_e", float("nan"))), 3), "[e-] median sky background")
     h["SKYRMS"] = (round(float(s.get("sky_rms_e", float("nan"))), 3), "[e-] sky noise")
