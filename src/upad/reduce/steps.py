@@ -231,7 +231,7 @@ class Reduce(Step):
                                  exptime=exptime, read_noise=read_noise, amp_regions=[s.active for s in sections],
                                  saturated=isr.saturated, bpm=bpm, flat=response, dark_e=dark, mask=xt_mask,
                                  pixel_scale=inst.pixel_scale, nominal_zp_e=nominal, config=reduction_cfg,
-                                 saturation_e=instrument_levels(inst, sections))
+                                 saturation_e=instrument_levels(inst, sections), epoch=frame_epoch(meta, header))
             del dark
             lap("reduce_frame")
         except ReductionError as exc:
