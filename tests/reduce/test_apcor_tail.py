@@ -107,13 +107,16 @@ def test_stacked_wing_of_a_kolmogorov_profile():
     # the flux between 8" and the outer radius, over the flux within 8"
     truth = ee(cfg.tail_outer_radius * r_big) / ee(r_big) - 1
     assert truth > 0.015  # heavy wings: a Moffat of the same core has a few 0.1 %
-    assert abs(wt.fraction - truth) < 0.002, (wt.fraction, truth)
-    # the power law beyond, when asked for, brings it to the whole profile's within 0.3 %
+    assert abs(wt.within - truth) < 0.002, (wt.within, truth)
+    # the power law beyond (the default) brings it to the whole profile's within 0.3 %
+    assert abs(wt.fraction - (ee(95.0) / ee(r_big) - 1)) < 0.003, (wt.fraction, ee(95.0) / ee(r_big) - 1)
+    assert wt.fraction > wt.within + 0.003  # the r^-3 wing beyond 24" holds several 0.1 % of the flux
+    assert 2.8 < wt.slope < 3.8
+    # without the extrapolation the tail is the measured profile's alone
     wx = wing_tail(img, np.full(img.shape, 50.0), None, xs, ys, fb, np.arange(len(xs)), r_big_px=r_big,
                    fwhm_px=2.3, neighbour_radius=np.full(len(xs), 5.0),
-                   config=PhotometryConfig(tail_extrapolate=True))
-    assert abs(wx.fraction - (ee(95.0) / ee(r_big) - 1)) < 0.003, (wx.fraction, ee(95.0) / ee(r_big) - 1)
-    assert 2.8 < wx.slope < 3.8
+                   config=PhotometryConfig(tail_extrapolate=False))
+    assert wx.fraction == pytest.approx(wt.within)
 
 
 def test_stacked_wing_ignores_neighbours_and_needs_enough_stars():
@@ -137,7 +140,8 @@ def test_stacked_wing_ignores_neighbours_and_needs_enough_stars():
     allf = np.concatenate([fb, 0.01 * fl])
     wt = wing_tail(img, np.full(img.shape, 50.0), None, allx, ally, allf, np.arange(len(xs)), r_big_px=r_big,
                    fwhm_px=2.3, neighbour_radius=np.full(allx.size, 6.0), config=cfg)
-    assert abs(wt.fraction - truth) < 0.002, (wt.fraction, truth)
+    assert abs(wt.within - truth) < 0.002, (wt.within, truth)
+    assert abs(wt.fraction - (ee(95.0) / ee(r_big) - 1)) < 0.003, (wt.fraction, ee(95.0) / ee(r_big) - 1)
     # too few stars: no measurement (the caller falls back to the PSF model)
     assert wing_tail(img, np.full(img.shape, 50.0), None, xs, ys, fb, np.arange(3), r_big_px=r_big, fwhm_px=2.3,
                      neighbour_radius=np.full(len(xs), 5.0), config=cfg) is None

@@ -80,9 +80,8 @@ class PhotometryConfig(StepConfig):
     tail_min_stars: int = param(5, doc="fewest stars for a measured wing (else the PSF model's)", bounds=(3, None))
     tail_neighbour_radii: float = param(2.0, doc="neighbours are masked within this many of their isophotal "
                                                  "radii (sqrt(ISOAREA / pi)), at least 2 FWHM", bounds=(0.0, 20.0))
-    tail_extrapolate: bool = param(False, doc="add the power law of the wing's outer half integrated from the outer "
-                                              "radius to infinity (off: the total is the flux within the outer "
-                                              "radius)")
+    tail_extrapolate: bool = param(True, doc="add the wing's power law integrated from the outer radius to "
+                                             "infinity (off: the total is the flux within the outer radius)")
     tail_model_nsigma: float = param(3.0, doc="the PSF's Moffat tail is kept where the measured wing agrees with it "
                                               "within this many of its errors (0: always the measured one)",
                                      bounds=(0.0, None))
@@ -92,8 +91,12 @@ class PhotometryConfig(StepConfig):
                                   bounds=(0.0, 1.0))
     tail_sky_samples: int = param(200, doc="blank-sky positions whose annulus medians correct the stars' for the "
                                            "sky's median-to-background offset (0: none)", bounds=(0, None))
-    tail_min_slope: float = param(2.5, doc="shallowest power law I ~ r^-alpha of the wing extrapolated beyond the "
-                                           "measured profile (alpha)", bounds=(2.05, None))
+    tail_min_slope: float = param(2.5, doc="shallowest power law I ~ r^-alpha of the wing (alpha)", bounds=(2.05, None))
+    tail_extrapolate_min_slope: float = param(3.0, doc="shallowest power law I ~ r^-alpha extrapolated beyond the "
+                                                       "measured profile (a telescope's diffraction wing falls as "
+                                                       "r^-3, an atmosphere's as r^-11/3; a shallower slope fitted "
+                                                       "over the profile's short baseline is noise or neighbours' "
+                                                       "light)", bounds=(2.05, None))
     tail_max_slope: float = param(12.0, doc="steepest power law of the wing (alpha)", bounds=(2.1, None))
 
 
@@ -221,6 +224,9 @@ class WingTail:
     amplitude, amplitude_error : ndarray
         Per bin, ``I(r) r^alpha / F_big`` of the stack (``r`` in pixels: the power law's amplitude, flat where the
         wing is one).
+    within, within_error : float or None
+        The part of ``fraction`` measured within the profile's outer radius (``fraction`` adds the extrapolation
+        beyond it) and its error.
     """
 
     fraction: float
@@ -230,6 +236,14 @@ class WingTail:
     radii: np.ndarray = field(repr=False)
     amplitude: np.ndarray = field(repr=False)
     amplitude_error: np.ndarray = field(repr=False)
+    within: float | None = None
+    within_error: float | None = None
+
+    def within_fraction(self) -> tuple[float, float]:
+        """The flux between the largest aperture and the profile's outer radius (no extrapolation) and its error."""
+        if self.within is None:
+            return float(self.fraction), float(self.error)
+        return float(self.within), float(self.within_error)
 
 
 def _annulus_integral(r1: np.ndarray | float, r2: np.ndarray | float, alpha: float) -> np.ndarray:
@@ -287,8 +301,9 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
     ``tail_sky_samples`` blank-sky positions are subtracted first: where faint undetected sources skew the sky, an
     annulus median sits a few 0.1 e-/pixel above the background mesh's clipped mode. The tail is the stacked profile
     integrated over the annuli (``F_total = F_big (1 + fraction)`` within ``tail_outer_radius``); with
-    ``tail_extrapolate`` the power law of the profile's outer half integrated analytically from the outer radius to
-    infinity is added. The image must be background-subtracted.
+    ``tail_extrapolate`` (the default) the power law of the whole profile (``alpha``, never shallower than
+    ``tail_extrapolate_min_slope``) with the amplitude of the profile's outer half, integrated analytically from the
+    outer radius to infinity, is added (``within``: the part measured within the outer radius). The image must be background-subtracted.
 
     Parameters
     ----------
@@ -437,31 +452,25 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
     w = np.where(fin, 1.0 / np.where(fin, amp_err, 1.0) ** 2, 0.0)
     a_fill = float(np.sum(w[fin] * amp[fin]) / np.sum(w[fin]))
     amp_used = np.where(fin, amp, a_fill)
-    # beyond the profile: the power law of its outer half (a wing that steepens outward, or a profile truncated
-    # within the stamps, is not extrapolated with the slope of the whole profile), never shallower than the
-    # whole profile's
+    within = float(np.sum(amp_used * ann))
+    e_within = float(np.sqrt(np.sum(np.where(fin, amp_err, 0.0) ** 2 * ann ** 2)))
+    # beyond the profile: the power law of the whole profile (its slope, fitted over a factor tail_outer_radius in
+    # radius, is what the stack measures best; the outer half's own slope, over a factor ~1.7, scattered the
+    # extrapolated flux by its own size), never shallower than tail_extrapolate_min_slope, with the amplitude of the
+    # outer half (the de-trended amplitudes are flat for the fitted slope) converted to that slope at the outer radius
     outer = fin & (np.arange(nb) >= nb // 2)
     if not outer.any():
         outer = fin
-    a_out = float(np.sum(w[outer] * amp[outer]) / np.sum(w[outer]))
+    a_out = max(float(np.sum(w[outer] * amp[outer]) / np.sum(w[outer])), 0.0)
     e_out = float(1.0 / np.sqrt(np.sum(w[outer])))
-    alpha_out = alpha
-    pos = outer & (amp > amp_err)
-    if pos.sum() >= 2:
-        lr = np.log(rc[pos])
-        sl, ic = np.polyfit(lr, np.log(amp[pos]), 1, w=amp[pos] / amp_err[pos])
-        alpha_out = float(np.clip(alpha - sl, alpha, config.tail_max_slope))
-        # the amplitude (for alpha) at the outer radius, converted to the outer slope's
-        a_out = float(np.exp(ic + sl * math.log(r_out))) * r_out ** (alpha_out - alpha)
-        e_out *= r_out ** (alpha_out - alpha) * float(np.exp(ic + sl * math.log(r_out))) / max(
-            float(np.sum(w[outer] * amp[outer]) / np.sum(w[outer])), 1e-300)
-    elif pos.sum() == 0 and outer.any():
-        a_out = max(a_out, 0.0)
+    alpha_out = max(alpha, config.tail_extrapolate_min_slope)
+    a_out *= r_out ** (alpha_out - alpha)
+    e_out *= r_out ** (alpha_out - alpha)
     beyond = float(_annulus_integral(r_out, np.inf, alpha_out)) if config.tail_extrapolate else 0.0
-    frac = float(np.sum(amp_used * ann)) + a_out * beyond
-    err = float(np.sqrt(np.sum(np.where(fin, amp_err, 0.0) ** 2 * ann ** 2) + (e_out * beyond) ** 2))
+    frac = within + a_out * beyond
+    err = float(math.hypot(e_within, e_out * beyond))
     return WingTail(fraction=frac, error=err, slope=alpha, n_stars=n_used, radii=edges, amplitude=amp,
-                    amplitude_error=amp_err)
+                    amplitude_error=amp_err, within=within, within_error=e_within)
 
 
 def model_tail_agrees(tail: WingTail, fwhm_px: float, beta: float, r_big_px: float, *, nsigma: float = 3.0,
@@ -504,7 +513,8 @@ def model_tail_agrees(tail: WingTail, fwhm_px: float, beta: float, r_big_px: flo
     edges = np.asarray(tail.radii, float)
     ee = np.asarray(moffat_enclosed(edges, fwhm_px, beta), float) / float(moffat_enclosed(r_big_px, fwhm_px, beta))
     model_in = float(ee[-1] - 1.0)
-    if abs(float(tail.fraction) - model_in) > nsigma * max(math.hypot(float(tail.error), sys * model_in), 1e-6):
+    within, e_within = tail.within_fraction()
+    if abs(within - model_in) > nsigma * max(math.hypot(e_within, sys * model_in), 1e-6):
         return False
     ann = _annulus_integral(edges[:-1], edges[1:], float(tail.slope))
     meas, err = np.asarray(tail.amplitude, float) * ann, np.asarray(tail.amplitude_error, float) * ann

@@ -10,7 +10,8 @@ unit Sersic, one table per index), the Moffat transform is analytic. This is ~20
 GalSim ``drawImage`` call per object; :func:`draw_with_galsim` is the reference used in the tests.
 
 Flux is exactly conserved (wings beyond the stamp wrap around inside it; stamps are chosen large
-enough for that to be below ~0.5 e- per pixel). The PSF is evaluated at the centre of each of
+enough for the wing at their edge to be below ~0.5 e- per pixel and for the folded flux to add less than 0.02 e- per
+pixel on average: a bright star's far wing folded into a small stamp would flatten the wing out to ~20 px). The PSF is evaluated at the centre of each of
 ``zones x zones`` zones of the frame and is constant within a zone.
 
 Other PSF families (:mod:`upad.sim.psf`): the double Gaussian's transform is analytic; the Kolmogorov atmosphere's
@@ -36,6 +37,7 @@ _DU = 0.01  # table step in u = |k| * scale
 _UMAX = 400.0
 _SIZES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 _MAX_ELEMENTS = 3_000_000  # complex elements per batch
+KOLMOGOROV_STAMP_BETA = 1.5
 
 
 @lru_cache(maxsize=None)
@@ -128,7 +130,9 @@ class ZonePSF:
             return self.fwhm_px, self.beta
         if self.family == "double_gaussian":
             return self.fwhm_px * self.dg_width_ratio, 4.0
-        return max(self.true_fwhm_px, self.fwhm_px), 2.5
+        # the atmosphere's wing falls as r^-11/3, the optics' diffraction wing as r^-3: sized as a Moffat of beta
+        # 1.5, whose wing falls as r^-3
+        return max(self.true_fwhm_px, self.fwhm_px), KOLMOGOROV_STAMP_BETA
 
 
 def profile_grid(profile_k, fwhm_guess_px: float, *, samples_per_fwhm: int = 24, n: int = 384
@@ -364,10 +368,19 @@ class RenderInfo:
     centroid: np.ndarray | None = None
 
 
-def _stamp_size(flux: np.ndarray, alpha: np.ndarray, fwhm_px: np.ndarray, beta: float, rgal: np.ndarray,
-                thr: float) -> np.ndarray:
-    sb = np.maximum(flux, 1.0) * (beta - 1) / (np.pi * alpha ** 2 * thr)
+def _stamp_size(flux: np.ndarray, alpha: np.ndarray, fwhm_px: np.ndarray, beta: float | np.ndarray,
+                rgal: np.ndarray, thr: float, wrap_thr: float = 0.0) -> np.ndarray:
+    """Stamp sizes (from ``_SIZES``): the PSF (a Moffat of ``alpha, beta``) is drawn out to where its wing falls
+    below ``thr`` e-/pixel and, with ``wrap_thr`` > 0, to where the flux beyond the stamp, which the periodic
+    transform folds back into it, adds less than ``wrap_thr`` e-/pixel on average over the stamp."""
+    f = np.maximum(flux, 1.0)
+    sb = f * (beta - 1) / (np.pi * alpha ** 2 * thr)
     r_psf = alpha * np.sqrt(np.maximum(sb ** (1 / beta) - 1, 0.0))
+    if wrap_thr > 0:
+        # the Moffat's flux beyond H is (1 + (H / alpha)^2)^(1 - beta) ~ (H / alpha)^(2 - 2 beta): folded over the
+        # (2H)^2 stamp it stays below wrap_thr for H^(2 beta) >= F alpha^(2 beta - 2) / (4 wrap_thr)
+        r_wrap = (f * alpha ** (2 * beta - 2) / (4 * wrap_thr)) ** (1 / (2 * beta))
+        r_psf = np.maximum(r_psf, r_wrap)
     r_psf = np.maximum(r_psf, 3 * fwhm_px)
     R = np.sqrt(r_psf ** 2 + rgal ** 2) + 2
     sizes = np.asarray(_SIZES)
@@ -376,7 +389,7 @@ def _stamp_size(flux: np.ndarray, alpha: np.ndarray, fwhm_px: np.ndarray, beta: 
 
 
 def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float, zones: int = 8,
-           trunc: float = 8.0, wing_threshold: float = 0.5) -> RenderInfo:
+           trunc: float = 8.0, wing_threshold: float = 0.5, wrap_threshold: float = 0.02) -> RenderInfo:
     """Add every object of ``src`` to ``image`` (float32, modified in place).
 
     Parameters
@@ -388,6 +401,9 @@ def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float
     zones : the PSF is evaluated at the centres of ``zones x zones`` zones.
     trunc : Sersic truncation radius (half-light radii).
     wing_threshold : stamps extend until the PSF wing falls below this many e- per pixel.
+    wrap_threshold : and until the wing beyond the stamp, folded back into it by the periodic transform, adds
+        less than this many e- per pixel on average (a bright star's far wing spread as a plateau over a small
+        stamp would flatten the wing that photometry measures out to a few times the largest aperture).
     """
     ny, nx = image.shape
     n_obj = len(src.x)
@@ -414,7 +430,7 @@ def render(image: np.ndarray, src: Sources, psf: PSFModel, *, pixel_scale: float
     for n in np.unique(src.sersic_n[src.sersic_n > 0]):
         m = src.sersic_n == n
         rgal[m] = src.hlr_px[m] * sersic_radius(float(n), trunc)
-    size = _stamp_size(src.flux, alpha, fwhm_px, beta_st, rgal, wing_threshold)
+    size = _stamp_size(src.flux, alpha, fwhm_px, beta_st, rgal, wing_threshold, wrap_threshold)
     peak = np.zeros(n_obj, np.float32)
     ix = np.floor(src.x + 0.5).astype(np.int64)
     iy = np.floor(src.y + 0.5).astype(np.int64)
