@@ -35,13 +35,7 @@ def frames(tmp_path_factory, own_calibration):
                       star_density_r21=10500.0, nominal=k == ("kolmogorov_optics", 1.2)) for k in CASES}
 
 
-@pytest.mark.parametrize("case", [
-    CASES[0],
-    # independent world, open (issue 10): on main 5ddc126 (the merged overscan, flat, tail and PSF-drawing changes)
-    # this undersampled Moffat frame's S/N > 100 fluxes are -0.512 % (scatter 0.54 %) against the truth, just outside
-    # the 0.5 % goal
-    pytest.param(CASES[1], marks=pytest.mark.xfail(strict=True, reason="flux median -0.512 % > 0.5 % (issue 10, open)")),
-])
+@pytest.mark.parametrize("case", CASES)
 def test_total_star_flux_against_the_truth(frames, case):
     c, r = frames[case]
     assert r.failure is None, r.failure
