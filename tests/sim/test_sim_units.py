@@ -11,7 +11,7 @@ from upad.instruments import get_instrument
 from upad.sim import EFFECTS, SimConfig, load_manifest, simulate
 from upad.sim.detector import bleed
 from upad.sim.psf import moffat_alpha
-from upad.sim.render import draw_with_galsim, psf_kimage, render_batch
+from upad.sim.render import Sources, draw_with_galsim, psf_kimage, render, render_batch
 from upad.sim.schedule import airmass, isot, night_times
 
 
@@ -31,6 +31,26 @@ def test_renderer_matches_galsim(n, hlr, g1, g2):
     assert ours.sum() == pytest.approx(1e4, rel=1e-4)
     assert np.abs(ours - ref).max() < 2e-3 * ref.max()
 
+
+
+@pytest.mark.parametrize("flux", [3e3, 1e4, 1e5])
+def test_heavy_moffat_wing_is_not_folded_into_the_stamp(flux):
+    """A beta-2 Moffat star keeps its wing where the profile puts it: the light beyond the stamp wraps around inside
+    it (flux conserved), so the stamp must leave little there (it put 0.8 % of the flux into the ring 8-16 px)."""
+    from upad.sim.psf import PSFModel
+
+    scale, beta = 0.55, 2.0
+    fwhm = 1.0 / scale
+    psf = PSFModel(beta=beta, fwhm_centre=1.0, c_r2=0, c_x=0, c_y=0, g1_0=0, g2_0=0, g_r=0, nx=300, ny=300)
+    img = np.zeros((300, 300), np.float32)
+    render(img, Sources.points(np.array([150.3]), np.array([149.6]), np.array([flux])), psf, pixel_scale=scale)
+    yy, xx = np.mgrid[0:300, 0:300]
+    r = np.hypot(xx - 150.3, yy - 149.6)
+    a = moffat_alpha(fwhm, beta)
+    assert img.sum() == pytest.approx(flux, rel=1e-4)
+    for rad in (7.27, 14.5, 27.0):  # 8, 16 and 30 arcsec apertures
+        ee = 1.0 - (1.0 + (rad / a) ** 2) ** (1.0 - beta)
+        assert img[r <= rad].sum() / flux == pytest.approx(ee, abs=0.0015), rad
 
 def test_bleed_conserves_charge_and_runs_along_columns():
     img = np.full((200, 50), 100.0, np.float32)
