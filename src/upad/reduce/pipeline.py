@@ -53,6 +53,7 @@ from upad.reduce.photometry import (
     ZeroPoint,
     add_magnitudes,
     aperture_correction,
+    blank_sky_level,
     class_star,
     wing_tail,
 )
@@ -432,11 +433,23 @@ def _characterise(res: ReducedFrame, wcs_g, refcat, filter_name: str, exptime: f
     # ---- photometric calibration
     diam = tuple(float(v) for v in config.detect.aper_diameters_arcsec)
     stars = psf.stars["index"][psf.stars["used"]]
+    k_big = int(np.argmax(diam))
+    r_iso = np.sqrt(np.maximum(np.asarray(cat["ISOAREA_IMAGE"], float), 0.0) / math.pi)
+    # the sky's mean above the background mesh's clipped mode (faint undetected sources), on blank discs of the
+    # largest aperture: removed from every aperture flux (times its area) before the aperture correction
+    blank = blank_sky_level(img, mask, xw, yw, radius_px=diam[k_big] / 2.0 / pixel_scale,
+                            neighbour_radius=np.maximum(config.photometry.tail_neighbour_radii * r_iso,
+                                                        2.0 * psf.fwhm_px),
+                            bad_bits=mb.UNUSABLE, n_samples=config.photometry.blank_sky_samples,
+                            min_samples=config.photometry.blank_sky_min)
+    res.stats["blank_sky"] = {"level": round(blank.level, 5), "error": None if not math.isfinite(blank.error)
+                              else round(blank.error, 5), "n": blank.n}
+    if blank.level != 0.0:
+        areas = np.pi * (np.asarray(diam) / 2.0 / pixel_scale) ** 2
+        cat["FLUX_APER"][:] = np.asarray(cat["FLUX_APER"], float) - blank.level * areas[None, :]
     tail = None
     if config.photometry.tail_method == "measured":
         # the flux beyond the largest aperture, from the PSF stars' stacked wings (image background-subtracted here)
-        k_big = int(np.argmax(diam))
-        r_iso = np.sqrt(np.maximum(np.asarray(cat["ISOAREA_IMAGE"], float), 0.0) / math.pi)
         tail = wing_tail(img, var, mask, xw, yw, np.asarray(cat["FLUX_APER"])[:, k_big], stars,
                          r_big_px=diam[k_big] / 2.0 / pixel_scale, fwhm_px=psf.fwhm_px,
                          neighbour_radius=config.photometry.tail_neighbour_radii * r_iso, bad_bits=mb.UNUSABLE,
@@ -502,6 +515,8 @@ def _header(res: ReducedFrame, filter_name: str, exptime: float, pixel_scale: fl
         h["APCORDIA"] = (res.apcor.diameter_arcsec, "[arcsec] aperture of FLUX_APCOR")
         h["APCTAIL"] = (round(res.apcor.tail, 5), "flux beyond the largest aperture: 1 + tail")
         h["APCTSRC"] = (res.apcor.tail_source, "tail: measured (star wings), model (confirmed)")
+    if "blank_sky" in res.stats:
+        h["APSKYOFF"] = (res.stats["blank_sky"]["level"], "[e-/pix] blank-sky mean removed from FLUX_APER")
     if res.zeropoint is not None:
         z = res.zeropoint
         h["ZP_E"] = (round(z.zp_e, 5), "[mag] AB zero point for 1 e-/s")
