@@ -183,3 +183,30 @@ def test_core_beta_refined_by_the_wing():
     ap1 = aperture_correction(xs, ys, fa, np.sqrt(np.abs(fa) + 1e3), diam, np.arange(xs.size), psf_beta=2.5,
                               psf_beta_error=0.005, **kw)
     assert abs(ap1.tail_beta - 2.5) < 0.005
+
+
+def test_blank_sky_level_is_the_mean_of_a_skewed_sky():
+    """Faint undetected sources put the sky's mean above its mode: the blank-sky level is that mean, read away from
+    the detections (whose own light would bias it), and 0 when it is switched off."""
+    from upad.reduce.photometry import blank_sky_level
+
+    rng = np.random.default_rng(7)
+    img = rng.normal(0.0, math.sqrt(SKY_VAR), (N_IMG, N_IMG))
+    # undetected sources: 4000 faint Gaussians of 60 e- (each below the noise), a mean of 0.23 e-/pixel
+    for x0, y0 in rng.uniform(10, N_IMG - 10, (4000, 2)):
+        i, j = int(x0) - 6, int(y0) - 6
+        img[j:j + 13, i:i + 13] += 60.0 * _gauss_stamp(13, x0 - i, y0 - j, 1.5)
+    true_level = 4000 * 60.0 / N_IMG ** 2
+    # bright detected stars, whose wings must not count
+    xd, yd = rng.uniform(20, N_IMG - 20, (2, 150))
+    for x0, y0 in zip(xd, yd):
+        i, j = int(x0) - 20, int(y0) - 20
+        img[j:j + 41, i:i + 41] += 2e5 * _gauss_stamp(41, x0 - i, y0 - j, 4.0)
+    # a mode-based background (what the mesh removes) would leave the level in the image: it is not removed here
+    r = blank_sky_level(img, None, xd, yd, radius_px=7.3, neighbour_radius=np.full(150, 15.0), n_samples=400)
+    assert r.n >= 100
+    assert abs(r.level - true_level) < 3 * r.error + 0.02, (r.level, r.error, true_level)
+    # the stars' light (150 x 2e5 e-) would dominate a level read everywhere
+    assert img.mean() > 5 * true_level
+    off = blank_sky_level(img, None, xd, yd, radius_px=7.3, neighbour_radius=np.full(150, 15.0), n_samples=0)
+    assert off.level == 0.0 and off.n == 0

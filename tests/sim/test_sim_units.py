@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import math
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -11,7 +13,7 @@ from upad.instruments import get_instrument
 from upad.sim import EFFECTS, SimConfig, load_manifest, simulate
 from upad.sim.detector import bleed
 from upad.sim.psf import moffat_alpha
-from upad.sim.render import draw_with_galsim, psf_kimage, render_batch
+from upad.sim.render import Sources, draw_with_galsim, psf_kimage, render, render_batch
 from upad.sim.schedule import airmass, isot, night_times
 
 
@@ -30,6 +32,33 @@ def test_renderer_matches_galsim(n, hlr, g1, g2):
                            g1=g1, g2=g2)
     assert ours.sum() == pytest.approx(1e4, rel=1e-4)
     assert np.abs(ours - ref).max() < 2e-3 * ref.max()
+
+
+
+@pytest.mark.parametrize("flux", [3e3, 1e4, 1e5, 1e6])
+def test_heavy_moffat_wing_is_not_folded_into_the_stamp(flux):
+    """A beta-2 Moffat star keeps its wing where the profile puts it: the light beyond the stamp wraps around inside
+    it (flux conserved), so the stamp must leave little there (with the per-pixel rule alone a star of 10^4 e- put
+    0.8 % of its flux into the ring 8-16 px). Checked: the enclosed flux at the 8", 16" and 30" apertures, and the
+    folded light's surface brightness (the 0.02 e-/pixel of ``wrap_threshold``) in the ring 20-30 px."""
+    from upad.sim.psf import PSFModel
+
+    scale, beta = 0.55, 2.0
+    fwhm = 1.0 / scale
+    psf = PSFModel(beta=beta, fwhm_centre=1.0, c_r2=0, c_x=0, c_y=0, g1_0=0, g2_0=0, g_r=0, nx=300, ny=300)
+    img = np.zeros((300, 300), np.float32)
+    render(img, Sources.points(np.array([150.3]), np.array([149.6]), np.array([flux])), psf, pixel_scale=scale)
+    yy, xx = np.mgrid[0:300, 0:300]
+    r = np.hypot(xx - 150.3, yy - 149.6)
+    a = moffat_alpha(fwhm, beta)
+    assert img.sum() == pytest.approx(flux, rel=1e-4)
+    for rad in (7.27, 14.5, 27.0):  # 8, 16 and 30 arcsec apertures
+        ee = 1.0 - (1.0 + (rad / a) ** 2) ** (1.0 - beta)
+        # the folded light is spread over the stamp: a fraction of it, at most 0.03 e-/pixel, lies inside
+        assert img[r <= rad].sum() == pytest.approx(ee * flux, abs=max(0.0015 * flux, 0.03 * math.pi * rad ** 2)), rad
+    ring = (r >= 20) & (r < 30)
+    true_sb = flux * (beta - 1) / (math.pi * a * a) * (1 + (r[ring] / a) ** 2) ** (-beta)
+    assert abs(float(np.mean(img[ring] - true_sb))) < 0.03
 
 
 def test_bleed_conserves_charge_and_runs_along_columns():
