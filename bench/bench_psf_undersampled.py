@@ -42,7 +42,7 @@ def frame(seed: int, family: str, *, seeing: float = 0.6, n: int = 16, size: int
     """A synthetic frame: image (e-, sky subtracted), positions, fluxes, S/N and the true FWHM (pixels) per star."""
     from upad.sim import SimConfig
     from upad.sim.psf import draw_psf_model
-    from upad.sim.render import Sources, render
+    from upad.sim.render import Sources, render, star_grid
 
     rng = np.random.default_rng(seed)
     kw = dict(FAMILIES[family], psf_field_bump=0.0)
@@ -52,13 +52,7 @@ def frame(seed: int, family: str, *, seeing: float = 0.6, n: int = 16, size: int
                          rng_family=np.random.default_rng(seed + 999))
     if optics in OPTICS_OFF:
         psf = replace(psf, optics={**psf.optics, OPTICS_OFF[optics]: 0.0})
-    k = int(np.ceil(np.sqrt(n)))
-    gx, gy = np.meshgrid(np.linspace(40, size - 40, k), np.linspace(40, size - 40, k))
-    x = gx.ravel()[:n] + rng.uniform(-0.5, 0.5, n)
-    y = gy.ravel()[:n] + rng.uniform(-0.5, 0.5, n)
-    snr = np.exp(rng.uniform(np.log(50.0), np.log(400.0), n))
-    npix = np.pi * 2.5 ** 2
-    flux = 0.5 * (snr ** 2 + np.sqrt(snr ** 4 + 4 * snr ** 2 * npix * sky))
+    x, y, flux, snr = star_grid(rng, n, size, sky=sky)
     img = np.zeros((size, size), np.float32)
     info = render(img, Sources.points(x, y, flux), psf, pixel_scale=SCALE, zones=8)
     img = (rng.poisson(np.maximum(img + sky, 0.0)) - sky).astype(np.float32)

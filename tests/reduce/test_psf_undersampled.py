@@ -13,7 +13,7 @@ import pytest
 
 from upad.reduce.psf import PsfConfig, measure_psf
 from upad.sim.psf import PSFModel
-from upad.sim.render import Sources, render
+from upad.sim.render import Sources, render, star_grid
 
 SCALE = 0.55
 
@@ -21,13 +21,7 @@ SCALE = 0.55
 def _frame(seed: int, *, fwhm_arcsec: float = 0.6, beta: float = 4.5, g1: float = -0.02, g2: float = 0.035,
            n: int = 25, size: int = 768, sky: float = 45.0):
     rng = np.random.default_rng(seed)
-    k = int(np.ceil(np.sqrt(n)))
-    gx, gy = np.meshgrid(np.linspace(40, size - 40, k), np.linspace(40, size - 40, k))
-    x = gx.ravel()[:n] + rng.uniform(-0.5, 0.5, n)
-    y = gy.ravel()[:n] + rng.uniform(-0.5, 0.5, n)
-    snr = np.exp(rng.uniform(np.log(50.0), np.log(400.0), n))
-    npix = np.pi * 2.5 ** 2
-    flux = 0.5 * (snr ** 2 + np.sqrt(snr ** 4 + 4 * snr ** 2 * npix * sky))
+    x, y, flux, snr = star_grid(rng, n, size, sky=sky)
     psf = PSFModel(beta=beta, fwhm_centre=fwhm_arcsec, c_r2=0.0, c_x=0.0, c_y=0.0, g1_0=g1, g2_0=g2, g_r=0.0,
                    nx=size, ny=size)
     img = np.zeros((size, size), np.float32)

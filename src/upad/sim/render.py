@@ -492,3 +492,20 @@ def draw_with_galsim(N: int, flux: float, cx: float, cy: float, *, fwhm_px: floa
         obj = psf.withFlux(flux)
     # GalSim puts the profile centre at the true centre of the stamp, (N-1)/2 in 0-based coordinates
     return obj.drawImage(nx=N, ny=N, scale=1.0, offset=(cx - (N - 1) / 2, cy - (N - 1) / 2)).array
+
+
+def star_grid(rng: np.random.Generator, n: int, size: int, *, sky: float, snr_range: tuple[float, float] = (50.0, 400.0),
+              margin: float = 40.0, aperture_radius_px: float = 2.5) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                               np.ndarray]:
+    """``n`` point sources on a jittered square grid over a ``size`` x ``size`` image, their S/N log-uniform in
+    ``snr_range`` (in an aperture of ``aperture_radius_px`` on a sky of ``sky`` e-/pixel, Poisson noise): returns
+    x, y (0-based), flux (e-) and S/N. For synthetic PSF and photometry studies on the renderer's profiles."""
+    k = int(np.ceil(np.sqrt(n)))
+    gx, gy = np.meshgrid(np.linspace(margin, size - margin, k), np.linspace(margin, size - margin, k))
+    x = gx.ravel()[:n] + rng.uniform(-0.5, 0.5, n)
+    y = gy.ravel()[:n] + rng.uniform(-0.5, 0.5, n)
+    snr = np.exp(rng.uniform(np.log(snr_range[0]), np.log(snr_range[1]), n))
+    npix = np.pi * aperture_radius_px ** 2
+    flux = 0.5 * (snr ** 2 + np.sqrt(snr ** 4 + 4 * snr ** 2 * npix * sky))
+    return x, y, flux, snr
+
