@@ -124,8 +124,8 @@ def test_fringe_map_correlates_with_injected_fringes(pipeline):
 
 @pytest.mark.parametrize("filt", [
     # open (issue 10): since the simulator's stamps hold the stars' far wings (2026-12-05) the rSDSS dome-flat
-    # illumination correction leaves 0.125 % rms of the dome term (goal: half of its 0.233 %): the unsaturated
-    # stars' wings beyond the source mask lift the sky map
+    # illumination correction leaves 0.125 % rms of the dome term (goal: half of its 0.233 %); not the unsaturated
+    # stars' wings: masking every source out to where an r^-3 wing falls below 0.1 % of the sky gave 0.128 %
     pytest.param("rSDSS", marks=pytest.mark.xfail(strict=True, reason="dome-term residual 0.125 % rms > 0.116 % "
                                                                       "(issue 10, open)")),
     "zSDSS"])
