@@ -64,20 +64,11 @@ def grid(tmp_path_factory, own_calibration):
             for f in FAMILIES for s in SEEING}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_psf_fwhm_against_the_truth_for_every_family_and_seeing(grid, family):
-    for seeing in SEEING:
-        if (family, seeing) not in OPEN:
-            _check_psf_fwhm(grid, family, seeing)
-
-
-@pytest.mark.parametrize("point", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=v))
-                                   for k, v in OPEN.items()])
-def test_psf_fwhm_open_points(grid, point):
-    _check_psf_fwhm(grid, *point)
-
-
-def _check_psf_fwhm(grid, family: str, seeing: float) -> None:
+@pytest.mark.parametrize("point", [
+    pytest.param((f, s), marks=pytest.mark.xfail(strict=True, reason=OPEN[(f, s)])) if (f, s) in OPEN else (f, s)
+    for f in FAMILIES for s in SEEING], ids=lambda p: f"{p[0]}-{p[1]}")
+def test_psf_fwhm_against_the_truth_for_every_family_and_seeing(grid, point):
+    family, seeing = point
     c, r = grid[(family, seeing)]
     assert r.failure is None, (family, seeing, r.failure)
     ob = c.objects
