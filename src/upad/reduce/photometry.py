@@ -311,6 +311,23 @@ class BlankSky:
     n: int
 
 
+def _clear_grid(shape: tuple[int, int], *, margin: int, step: int, x: np.ndarray, y: np.ndarray, rn: np.ndarray,
+                radius: float, tree) -> np.ndarray:
+    """Positions of a grid of ``step`` pixels, ``margin`` pixels inside the image, whose disc of ``radius`` is clear
+    of every detection ``x, y`` (each detection's own pixels within ``rn`` of it; ``tree``: their KD-tree, or
+    None when there are none). Returns an ``(n, 2)`` array of x, y."""
+    ny, nx = shape
+    gy, gx = np.mgrid[margin + step // 2:ny - margin:step, margin + step // 2:nx - margin:step]
+    pos = np.column_stack([gx.ravel(), gy.ravel()]).astype(float)
+    if tree is None or not len(pos):
+        return pos
+    rmax = float(np.max(rn)) if len(rn) else 0.0
+    near = tree.query_ball_point(pos, radius + rmax)
+    clear = [not any(math.hypot(x[k] - px, y[k] - py) < radius + rn[k] for k in nb)
+             for (px, py), nb in zip(pos, near)]
+    return pos[np.asarray(clear, bool)]
+
+
 def blank_sky_level(image: np.ndarray, mask: np.ndarray | None, x: np.ndarray, y: np.ndarray, *, radius_px: float,
                     neighbour_radius: np.ndarray, bad_bits: int = 0, n_samples: int = 400, min_samples: int = 30,
                     clip: float = 4.0) -> BlankSky:
@@ -355,18 +372,12 @@ def blank_sky_level(image: np.ndarray, mask: np.ndarray | None, x: np.ndarray, y
     if n_samples <= 0 or nx <= 2 * h or ny <= 2 * h:
         return BlankSky(0.0, float("nan"), 0)
     step = max(h, int(math.sqrt((nx - 2 * h) * (ny - 2 * h) / n_samples)))
-    gy, gx = np.mgrid[h + step // 2:ny - h:step, h + step // 2:nx - h:step]
-    pos = np.column_stack([gx.ravel(), gy.ravel()]).astype(float)
+    tree = cKDTree(np.column_stack([x, y])) if len(x) else None
+    pos = _clear_grid((ny, nx), margin=h, step=step, x=x, y=y, rn=rn, radius=radius_px, tree=tree)
     yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
     disc = np.hypot(xx, yy) <= radius_px
-    tree = cKDTree(np.column_stack([x, y])) if len(x) else None
-    rmax = float(np.max(rn)) if len(rn) else 0.0
     vals = []
     for px, py in pos:
-        if tree is not None:
-            nb = tree.query_ball_point([px, py], radius_px + rmax)
-            if any(math.hypot(x[k] - px, y[k] - py) < radius_px + rn[k] for k in nb):
-                continue
         i, j = int(px), int(py)
         sub = image[j - h:j + h + 1, i - h:i + h + 1]
         good = disc & np.isfinite(sub)
@@ -482,19 +493,13 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
     sky = np.zeros(nb)
     if config.tail_sky_samples > 0:
         step = max(2 * h + 1, int(math.sqrt(nx * ny / config.tail_sky_samples)))
-        gy, gx = np.mgrid[h + step // 2:ny - h:step, h + step // 2:nx - h:step]
-        pos = np.column_stack([gx.ravel(), gy.ravel()]).astype(float)
-        if len(pos):
-            d_near = tree.query_ball_point(pos, r_big_px + float(np.max(rn)))
-            meds = []
-            for (px, py), nbrs in zip(pos, d_near):
-                if any(math.hypot(x[k] - px, y[k] - py) < r_big_px + rn[k] for k in nbrs):
-                    continue
-                row = annuli(px, py, tree.query_ball_point([px, py], r_out + float(np.max(rn))), -1)
-                if row is not None:
-                    meds.append([np.median(c[1]) if c is not None else np.nan for c in row])
-            if len(meds) >= 10:
-                sky = np.nan_to_num(np.nanmedian(np.asarray(meds), axis=0))
+        meds = []
+        for px, py in _clear_grid((ny, nx), margin=h, step=step, x=x, y=y, rn=rn, radius=r_big_px, tree=tree):
+            row = annuli(px, py, tree.query_ball_point([px, py], r_out + float(np.max(rn))), -1)
+            if row is not None:
+                meds.append([np.median(c[1]) if c is not None else np.nan for c in row])
+        if len(meds) >= 10:
+            sky = np.nan_to_num(np.nanmedian(np.asarray(meds), axis=0))
     cells: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
     fluxes = []
     for s, nbrs in zip(stars, near):

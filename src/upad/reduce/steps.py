@@ -220,7 +220,8 @@ class Reduce(Step):
         out_header = _output_header(header, task, self, provenance, fringe_scale)
         reduction_cfg = cfg.reduction_config()
         try:
-            refcat = _reference_catalog(task, cfg, header, inst, meta)
+            epoch = frame_epoch(meta, header)
+            refcat = _reference_catalog(task, cfg, header, inst, meta, epoch)
             exptime = float(meta["exptime"])
             gain = float(np.mean(sig_kw["gains"])) if "gains" in sig_kw else float(np.mean([a.gain for a in amps]))
             from upad.instruments import get_filter_system
@@ -231,7 +232,7 @@ class Reduce(Step):
                                  exptime=exptime, read_noise=read_noise, amp_regions=[s.active for s in sections],
                                  saturated=isr.saturated, bpm=bpm, flat=response, dark_e=dark, mask=xt_mask,
                                  pixel_scale=inst.pixel_scale, nominal_zp_e=nominal, config=reduction_cfg,
-                                 saturation_e=instrument_levels(inst, sections), epoch=frame_epoch(meta, header))
+                                 saturation_e=instrument_levels(inst, sections), epoch=epoch)
             del dark
             lap("reduce_frame")
         except ReductionError as exc:
@@ -308,7 +309,8 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _reference_catalog(task: Task, cfg: ReduceConfig, header: fits.Header, inst: Any, meta: dict[str, Any]) -> Any:
+def _reference_catalog(task: Task, cfg: ReduceConfig, header: fits.Header, inst: Any, meta: dict[str, Any],
+                       epoch: float) -> Any:
     from pathlib import Path
 
     path = Path(cfg.reference_catalog)
@@ -316,7 +318,7 @@ def _reference_catalog(task: Task, cfg: ReduceConfig, header: fits.Header, inst:
         path = Path(task.root) / path
     cat = read_reference_catalog(path)
     # proper motions to the exact epoch of the frame (its MJD), not to its year
-    cat = propagate_to_epoch(cat, frame_epoch(meta, header))
+    cat = propagate_to_epoch(cat, epoch)
     ny, nx = inst.layout.active_shape
     radius = 0.75 * np.hypot(nx, ny) * inst.pixel_scale / 3600.0 + 0.1
     ra, dec = meta.get("ra"), meta.get("dec")
