@@ -2,7 +2,8 @@
 and a PSF-based stellarity.
 
 **Aperture correction.** The total flux of a point source is estimated from a mid-size aperture
-(``apcor_diameter_arcsec``, a good compromise between noise and sensitivity to the PSF) times the aperture
+(``apcor_diameter_arcsec``, a good compromise between noise and sensitivity to the PSF, at least
+``apcor_min_diameter_fwhm`` FWHM across: :func:`apcor_aperture`) times the aperture
 correction ``F(large) / F(mid)`` measured on the PSF stars (``large`` = the largest catalog aperture) and fitted as a
 low-order polynomial over the field (the PSF changes across it), times the fraction of the PSF model beyond the
 large aperture (``1 / EE(large)``, a few 0.1 %). The result is ``FLUX_APCOR`` (e-). ``FLUX_AUTO`` misses the wings
@@ -30,7 +31,7 @@ from upad.config import StepConfig, param
 from upad.reduce.errors import ReductionError
 
 __all__ = ["PhotometryConfig", "ApertureCorrection", "ZeroPoint", "WingTail", "wing_tail", "wing_beta",
-           "BlankSky", "blank_sky_level",
+           "BlankSky", "blank_sky_level", "apcor_aperture",
            "model_tail_agrees", "aperture_correction", "zero_point",
            "add_magnitudes", "class_star"]
 
@@ -40,7 +41,14 @@ class PhotometryConfig(StepConfig):
     """Parameters of the photometric calibration."""
 
     apcor_diameter_arcsec: float = param(4.0, doc="aperture whose flux is corrected to the total (must be one of "
-                                                  "the catalog apertures)", bounds=(0.1, None), unit="arcsec")
+                                                  "the catalog apertures; a larger one is taken where "
+                                                  "apcor_min_diameter_fwhm asks)", bounds=(0.1, None), unit="arcsec")
+    apcor_min_diameter_fwhm: float = param(3.0, doc="the corrected aperture's diameter is at least this many PSF "
+                                                    "FWHM (the smallest catalog aperture that is, below the largest): "
+                                                    "an aperture of 2 FWHM holds ~94 % of a Gaussian star and its "
+                                                    "flux follows every change of the PSF's width over the field "
+                                                    "(0.35 % per 1 % of width) that the correction's polynomial "
+                                                    "cannot; 0: always apcor_diameter_arcsec", bounds=(0.0, 10.0))
     apcor_order: int = param(2, doc="order of the polynomial of the aperture correction over the field",
                              bounds=(0, 4))
     apcor_min_snr: float = param(100.0, doc="S/N in the largest aperture of the stars that measure the "
@@ -669,6 +677,28 @@ def wing_beta(tail: WingTail, fwhm_px: float, r_big_px: float, *, sys: float = 0
                                                                                    - betas[max(k - 1, 0)])))
 
 
+def apcor_aperture(diameters_arcsec: np.ndarray | tuple[float, ...], fwhm_arcsec: float, *,
+                   config: PhotometryConfig = PhotometryConfig()) -> int:
+    """Index of the catalog aperture whose flux is corrected to the total (``FLUX_APCOR``).
+
+    The smallest aperture at least ``apcor_diameter_arcsec`` and ``apcor_min_diameter_fwhm`` x ``fwhm_arcsec``
+    across and smaller than the largest one (the correction's reference); the largest of those smaller than it when
+    none is that wide (seeing beyond a third of the largest aperture). ``apcor_diameter_arcsec`` itself (the closest
+    catalog aperture) when the FWHM is unknown or ``apcor_min_diameter_fwhm`` is 0.
+    """
+    diam = np.asarray(diameters_arcsec, float)
+    k_big = int(np.argmax(diam))
+    k_nom = int(np.argmin(np.abs(diam - config.apcor_diameter_arcsec)))
+    if not (config.apcor_min_diameter_fwhm > 0 and math.isfinite(fwhm_arcsec) and fwhm_arcsec > 0):
+        return k_nom
+    want = max(float(diam[k_nom]), config.apcor_min_diameter_fwhm * float(fwhm_arcsec))
+    below = np.flatnonzero(diam < diam[k_big])
+    if below.size == 0:
+        return k_nom
+    wide = below[diam[below] >= want - 1e-9]
+    return int(wide[np.argmin(diam[wide])]) if wide.size else int(below[np.argmax(diam[below])])
+
+
 def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, fluxerr_aper: np.ndarray,
                         diameters_arcsec: tuple[float, ...], stars: np.ndarray, *, shape: tuple[int, int],
                         pixel_scale: float, psf_fwhm_px: float, psf_beta: float, tail: WingTail | None = None,
@@ -710,8 +740,8 @@ def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, flu
     from upad.reduce.psf import _clipped_polyfit, moffat_enclosed
 
     diam = np.asarray(diameters_arcsec, float)
-    k_mid = int(np.argmin(np.abs(diam - config.apcor_diameter_arcsec)))
     k_big = int(np.argmax(diam))
+    k_mid = apcor_aperture(diam, psf_fwhm_px * pixel_scale, config=config)
     if k_big == k_mid:
         raise ValueError("the aperture correction needs a larger catalog aperture than apcor_diameter_arcsec")
     stars = np.asarray(stars, int)
