@@ -37,6 +37,8 @@ in rSDSS is made once and cached under ``--cache`` (default ``$TMPDIR/upad-bench
                                                       # simulation and ~2 min of calibration the first time
     python bench/bench_reduce.py --repeat 3 --json out.json
     python bench/bench_reduce.py --skip-reference --keep
+    python bench/bench_reduce.py --world independent  # the conditions grid's world (drawn signature, Kolmogorov
+                                                      # PSF, twilight gradients, Gaia-only reference) at full size
 
 Times depend on the machine's load: the load average is printed before each part; compare ratios measured in the same
 run, or repeat on an idle machine.
@@ -60,18 +62,23 @@ import numpy as np
 
 CALIB_STEPS = ("master_bias", "master_dark", "master_flat", "bad_pixel_mask")
 SIM_CONFIG = dict(n_bias=3, n_dark=3, n_dome_flats=3, n_sky_flats=0, n_dithers=1)
-#: ``--world independent``: the world of bench_conditions.py (issue: the real sky) at full size, without the drawn
-#: instrument signature (its photon-transfer and linearity series would be 22 more full-size frames): a
+#: the simulated worlds (``--world``), as ``(SimConfig.nominal overrides or None, SimConfig overrides, extra
+#: calibration steps)``. ``nominal``: the instrument file's signature, a Moffat PSF, dome flats, survey-filter
+#: reference magnitudes (:meth:`upad.sim.SimConfig.nominal`). ``independent``: the world of bench_conditions.py
+#: (issue: the real sky) at full size: the instrument signature drawn around the instrument file with the
+#: photon-transfer pairs and linearity series that measure it (the ``instrument_signature`` step runs), a
 #: Kolmogorov+optics PSF at 1.0" with a width bump over the field, twilight flats with Sun-facing gradients instead of
 #: dome flats, distortion beyond SIP 3 and a 1 % plate-scale error, stars moving since 2016.0, passbands shifted from
 #: the nominal ones, trails up to aircraft widths, and a plain Gaia extract (G, BP, RP) as the reference catalog
-WORLDS = {
-    "nominal": SIM_CONFIG,
-    "independent": dict(n_bias=3, n_dark=3, n_dome_flats=0, n_sky_flats=5, n_dithers=1,
-                        psf_family="kolmogorov_optics", psf_seeing_arcsec=1.0, psf_field_bump=0.05,
-                        star_pm_sigma_masyr=5.0, passband_shift_fraction=0.01, distortion_radial5_corner_px=1.0,
-                        distortion_tangential_corner_px=0.3, plate_scale_error=0.01,
-                        satellite_sigma_range_px=(1.0, 15.0), refcat_survey_mags=False),
+WORLDS: dict[str, tuple[bool, dict[str, Any], tuple[str, ...]]] = {
+    "nominal": (True, SIM_CONFIG, ()),
+    "independent": (False, dict(n_bias=3, n_dark=3, n_dome_flats=0, n_sky_flats=5, n_dithers=1, n_ptc_pairs=6,
+                                n_linearity_flats=10, psf_family="kolmogorov_optics", psf_seeing_arcsec=1.0,
+                                psf_field_bump=0.05, star_pm_sigma_masyr=5.0, passband_shift_fraction=0.01,
+                                distortion_radial5_corner_px=1.0, distortion_tangential_corner_px=0.3,
+                                plate_scale_error=0.01, satellite_sigma_range_px=(1.0, 15.0),
+                                refcat_survey_mags=False),
+                    ("instrument_signature",)),
 }
 APER_ARCSEC = (2.0, 4.0, 8.0)  # the SExtractor apertures compared with ours
 
@@ -115,14 +122,14 @@ def simulate_night(cache: Path, seed: int, filt: str, world: str = "nominal") ->
     and one science frame in ``filt``."""
     from upad.sim import SimConfig, simulate
 
-    out = cache / (f"t80cam-{filt}-seed{seed}-cal3" + ("" if world == "nominal" else f"-{world}"))
+    out = cache / f"t80cam-{filt}-seed{seed}-cal3-{world}"
     if (out / "truth" / "manifest.json").exists():
         print(f"simulation: cached {out}")
         return out
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     res = simulate(instrument="t80cam", seed=seed, out=out, nights=1, tiles=1, filters=[filt],
-                   config=SimConfig(**WORLDS[world]))
+                   config=(SimConfig.nominal if WORLDS[world][0] else SimConfig)(**WORLDS[world][1]))
     print(f"simulation: {res.counts()} in {time.perf_counter() - t0:.0f} s -> {out}")
     return out
 
@@ -177,7 +184,7 @@ def run_steps(db: Any, settings: Any, executor: Any, steps: list[str], *, force:
     return {"scheduler_wall_s": time.perf_counter() - t0, "counts": counts, "created": created}
 
 
-def setup_root(sim: Path, root: Path, fresh: bool) -> tuple[Any, Any, dict[str, Any]]:
+def setup_root(sim: Path, root: Path, fresh: bool, world: str = "nominal") -> tuple[Any, Any, dict[str, Any]]:
     """The data root with the raw frames ingested and the masters built by the calibration steps (cached)."""
     from upad.execution import LocalExecutor
     from upad.ingest.service import ingest_paths
@@ -194,14 +201,15 @@ def setup_root(sim: Path, root: Path, fresh: bool) -> tuple[Any, Any, dict[str, 
     rep = ingest_paths(db, settings, [sim / "raw"], mode="link")
     t_ingest = time.perf_counter() - t0
     shutil.copy2(sim / "reference" / "refcat.fits", settings.path("reference", "refcat.fits"))
-    print(f"data root {root}: ingest {rep.counts} in {t_ingest:.1f} s; calibration steps {', '.join(CALIB_STEPS)} "
+    steps = [*WORLDS[world][2], *CALIB_STEPS]
+    print(f"data root {root}: ingest {rep.counts} in {t_ingest:.1f} s; calibration steps {', '.join(steps)} "
           f"({load()}) ...")
     ex = LocalExecutor(1)
     try:
-        res = run_steps(db, settings, ex, list(CALIB_STEPS))
+        res = run_steps(db, settings, ex, steps)
     finally:
         ex.close()
-    rows = [r for st in CALIB_STEPS for r in attempt_rows(db, st)]
+    rows = [r for st in steps for r in attempt_rows(db, st)]
     for r in rows:
         print(f"  {r['step']:15s} {r['unit']:45s} job {r['job']:3d} {r['state']:9s} {r['wall_s'] or 0:6.1f} s "
               f"{r['peak_rss_mb'] or 0:6.0f} MB")
@@ -816,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     sim = simulate_night(args.cache, args.seed, args.filter, args.world)
     root = args.cache / ("root" if args.world == "nominal" else f"root-{args.world}")
-    settings, db, setup = setup_root(sim, root, args.fresh_root)
+    settings, db, setup = setup_root(sim, root, args.fresh_root, args.world)
     results: dict[str, Any] = {"machine": info, "command": " ".join(["python", "bench/bench_reduce.py",
                                                                       *(argv or sys.argv[1:])]),
                                "setup": setup, "goals": GOALS}
