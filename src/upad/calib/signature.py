@@ -600,6 +600,13 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
     else:
         qc["crosstalk"] = {"status": "fallback", "reason": "no science frames with saturated stars: crosstalk not "
                                                            "measured, not corrected"}
+    if na > 1 and qc.get("gain", {}).get("status") == "measured" and qc["crosstalk"]["status"] != "measured":
+        # a uniform flat leaks into every amplifier a pedestal sum_s c[t, s] x level from the others: where the
+        # crosstalk is not removed the photon-transfer curve takes it for signal and the gain comes out high by that
+        # sum (a few 0.1 % for coefficients of a few 1e-4; every flux with it)
+        qc["gain"]["note"] = ("crosstalk not measured for every amplifier pair: the photon-transfer flats keep those "
+                              "pairs' crosstalk pedestal and the gain may be high by their sum of coefficients "
+                              "(more science frames with saturated stars measure it)")
     # saturation
     sat_lv = None
     if saturation_frames:
