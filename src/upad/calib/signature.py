@@ -24,8 +24,10 @@ Inputs are assembled images in **ADU** after the overscan (and master-bias) subt
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +39,15 @@ __all__ = ["LinearityFit", "PtcFit", "Signature", "combine_crosstalk", "measure_
            "read_noise_from_bias_pairs", "robust_var", "saturation_level"]
 
 Slice2D = tuple[slice, slice]
+
+#: raw values within this many ADU of an amplifier's maximum count as its pile-up (:func:`saturation_level`)
+SATURATION_TOLERANCE_ADU = 2.0
+
+
+def _load(item: Any) -> Any:
+    """An input given either as itself or as a zero-argument callable that makes it (a frame read, or read and
+    processed, only when it is used: the adapters pass callables so that one full-size frame at a time is held)."""
+    return item() if callable(item) else item
 
 
 def robust_var(values: np.ndarray, *, nsigma: float = 5.0, iters: int = 3) -> tuple[float, float, int]:
@@ -172,7 +183,7 @@ class PtcFit:
     points: list[dict] = field(default_factory=list)
 
 
-def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slice2D], *,
+def ptc_gain(pairs: Iterable[Any], amps: Sequence[Slice2D], *,
              saturated: Sequence[np.ndarray | None] | None = None, read_noise_adu: np.ndarray | None = None,
              max_level: np.ndarray | float | None = None, nsigma: float = 5.0, min_pairs: int = 3) -> PtcFit:
     """Gain per amplifier from flat pairs (linearised, bias-subtracted ADU).
@@ -182,13 +193,17 @@ def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slic
     ``var(d) = level (1 + r) / g + n² (1 + r²)`` is fitted (relative weights ``1 / var``; pairs of unequal level
     are fine); with ``read_noise_adu`` the noise ``n²`` is fixed to ``read_noise_adu² + 1/12``. Pairs above ``max_level`` (ADU) are not used.
     Fewer than ``min_pairs`` usable pairs raise ``ValueError``.
+
+    ``pairs`` is any iterable of ``(a, b)`` or ``(a, b, saturated)`` (or of zero-argument callables returning one):
+    each pair is reduced to its levels and variances as it comes, so that a generator holds one pair at a time.
     """
     na = len(amps)
-    lv = np.full((len(pairs), na), np.nan)
-    var = np.full((len(pairs), na), np.nan)
-    rr = np.ones((len(pairs), na))
-    for i, (a, b) in enumerate(pairs):
-        sat = None if saturated is None else saturated[i]
+    lv_rows, var_rows, r_rows = [], [], []
+    for i, item in enumerate(pairs):
+        item = _load(item)
+        a, b = item[0], item[1]
+        sat = item[2] if len(item) > 2 else (None if saturated is None else saturated[i])
+        lv_i, var_i, r_i = np.full(na, np.nan), np.full(na, np.nan), np.ones(na)
         for k, sl in enumerate(amps):
             aa = np.asarray(a[sl], np.float64)
             bb = np.asarray(b[sl], np.float64)
@@ -202,9 +217,17 @@ def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slic
             d = aa - r * bb
             mu_d, v_d, _ = robust_var(d, nsigma=nsigma)
             keep = np.abs(d - np.median(d)) < nsigma * np.sqrt(v_d)
-            lv[i, k] = 0.5 * (aa[keep].mean() + r * bb[keep].mean())
-            var[i, k] = v_d
-            rr[i, k] = r
+            lv_i[k] = 0.5 * (aa[keep].mean() + r * bb[keep].mean())
+            var_i[k] = v_d
+            r_i[k] = r
+        lv_rows.append(lv_i)
+        var_rows.append(var_i)
+        r_rows.append(r_i)
+        del item, a, b, sat
+    n_pairs = len(lv_rows)
+    lv = np.array(lv_rows).reshape(n_pairs, na)
+    var = np.array(var_rows).reshape(n_pairs, na)
+    rr = np.array(r_rows).reshape(n_pairs, na)
     gain, gerr, noise = (np.full(na, np.nan) for _ in range(3))
     points = []
     if max_level is not None:
@@ -241,7 +264,7 @@ def ptc_gain(pairs: Sequence[tuple[np.ndarray, np.ndarray]], amps: Sequence[Slic
         gain[k] = 1.0 / inv_g
         gerr[k] = float(err) / inv_g ** 2
         points.append({"amp": k + 1, "level_adu": lv[ok, k].tolist(), "variance_adu2": (y / (1 + r)).tolist()})
-    return PtcFit(gain, gerr, noise, int(len(pairs)), points)
+    return PtcFit(gain, gerr, noise, n_pairs, points)
 
 
 # ------------------------------------------------------------------------------------------------------ crosstalk
@@ -414,7 +437,8 @@ def combine_crosstalk(sums: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np
 
 def night_crosstalk_sums(frames: Sequence[np.ndarray], sections: Sequence[AmpSection], *, rounds: int = 2,
                    **kwargs) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The per-frame sums of :func:`crosstalk_from_frame` over a night's ``frames``, in ``rounds``: the first
+    """The per-frame sums of :func:`crosstalk_from_frame` over a night's ``frames`` (images, or zero-argument
+    callables that make one: each round then makes each frame again, one at a time), in ``rounds``: the first
     without a pilot, each further one with the night's matrix of the previous round as the ``pilot`` of the own-source
     masks (no frame's mask then follows its own noise at the ghosts). ``kwargs`` go to :func:`crosstalk_from_frame`."""
     pilot = None
@@ -422,15 +446,22 @@ def night_crosstalk_sums(frames: Sequence[np.ndarray], sections: Sequence[AmpSec
     if not frames:
         return sums
     for _ in range(max(int(rounds), 1)):
-        sums = [crosstalk_from_frame(f, sections, pilot=pilot, **kwargs) for f in frames]
+        sums = [crosstalk_from_frame(_load(f), sections, pilot=pilot, **kwargs) for f in frames]
         C, _ = combine_crosstalk(sums)
         pilot = np.nan_to_num(C)
     return sums
 
 
 # ------------------------------------------------------------------------------------------------------ saturation
+def _pile_up(data: np.ndarray, tolerance_adu: float = SATURATION_TOLERANCE_ADU) -> np.ndarray:
+    """The values of one amplifier's raw data within ``tolerance_adu`` of its maximum: all that
+    :func:`saturation_level` reads of a frame (a full-size frame is not kept for it)."""
+    v = np.asarray(data).ravel()
+    return v[v >= float(v.max()) - tolerance_adu].copy() if v.size else v.copy()
+
+
 def saturation_level(raw_data: Sequence[np.ndarray], offsets: Sequence[float], *, min_pixels: int = 20,
-                     tolerance_adu: float = 2.0) -> float | None:
+                     tolerance_adu: float = SATURATION_TOLERANCE_ADU) -> float | None:
     """The saturation level (bias-subtracted ADU) of one amplifier: the highest raw value reached by at least
     ``min_pixels`` pixels (the pile-up at the ADC maximum or at the full well), less the frame's bias ``offsets``;
     ``None`` when no frame shows a pile-up."""
@@ -519,6 +550,9 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
     ptc_pairs : ``(image a, image b, saturated)`` flat pairs, bias-subtracted ADU, *not* linearised: the measured
         linearity (:func:`upad.isr.linearize_poly`, in place) is applied first when available.
     crosstalk_frames : science frames (ADU, overscan-subtracted, not linearised).
+    Each item of ``linearity_frames``, ``ptc_pairs`` and ``crosstalk_frames`` may also be a zero-argument callable
+    that makes it: it is then made when used and dropped after, so that memory holds one full-size frame (or pair) at
+    a time whatever the length of the series.
     saturation_frames : per frame, the raw data of every amplifier and the frame's bias offset per amplifier.
     min_crosstalk_weight : minimum ``Σ s²`` (ADU²) of source pixels behind a coefficient.
     crosstalk_sums : the per-frame sums of :func:`crosstalk_from_frame` when already computed (instead of
@@ -542,10 +576,16 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
     # linearity
     lin = None
     if len(linearity_frames) >= min_linearity:
-        levels = np.array([[float(np.median(img[sl])) for sl in amps] for img, _, _ in linearity_frames])
-        satf = np.array([[float(np.mean(sat[sl])) for sl in amps] for _, _, sat in linearity_frames])
+        rows, ts, satf = [], [], []
+        for item in linearity_frames:  # one frame at a time (an item may be a callable that makes it)
+            img, t, sat = _load(item)
+            rows.append([float(np.median(img[sl])) for sl in amps])
+            satf.append([float(np.mean(sat[sl])) for sl in amps])
+            ts.append(float(t))
+            del img, sat
+        levels = np.array(rows)
         try:
-            fit = fit_linearity(levels, np.array([t for _, t, _ in linearity_frames]), saturated_fraction=satf,
+            fit = fit_linearity(levels, np.array(ts), saturated_fraction=np.array(satf),
                                 min_frames=min_linearity)
             lin = fit.coefficients
             qc["linearity"] = {"status": "measured", "reason": "", "n_frames": len(linearity_frames),
@@ -560,17 +600,18 @@ def measure_signature(*, amps: Sequence[Slice2D], sections: Sequence[AmpSection]
     # gain
     gain = fg_gain.copy()
     if len(ptc_pairs) >= min_pairs:
-        pairs, sats = [], []
-        for a, b, sat in ptc_pairs:
-            if lin is not None:
-                linearize_poly(a, sections, lin)
-                linearize_poly(b, sections, lin)
-            pairs.append((a, b))
-            sats.append(sat)
+        def linearised_pairs():  # one pair at a time (an item may be a callable that makes it)
+            for item in ptc_pairs:
+                a, b, sat = _load(item)
+                if lin is not None:
+                    linearize_poly(a, sections, lin)
+                    linearize_poly(b, sections, lin)
+                yield a, b, sat
+
         try:
-            fit = ptc_gain(pairs, amps, saturated=sats, read_noise_adu=rn_adu if rn_ok else None, min_pairs=min_pairs)
+            fit = ptc_gain(linearised_pairs(), amps, read_noise_adu=rn_adu if rn_ok else None, min_pairs=min_pairs)
             gain = fit.gain
-            qc["gain"] = {"status": "measured", "reason": "", "n_pairs": len(pairs),
+            qc["gain"] = {"status": "measured", "reason": "", "n_pairs": fit.n_pairs,
                           "gain_err": [float(v) for v in fit.gain_err], "points": fit.points}
         except ValueError as exc:
             qc["gain"] = {"status": "fallback", "reason": f"{exc}; the instrument file's gain is used"}
@@ -633,6 +674,11 @@ def signature_from_raw(inst, layout: str, *, biases: Sequence[np.ndarray] = (),
     """The instrument signature from raw frames (the adapter of :func:`measure_signature`: every frame through the
     ISR in ADU, without non-linearity or gain, then measured).
 
+    Every raw frame may be given as an array or as a zero-argument callable that reads it (what the step passes):
+    the flats and the science frames are then read and processed one at a time (a science frame once per round of
+    the crosstalk measurement), so that memory holds the biases and one or two full-size frames whatever the length
+    of the night — a full-size T80Cam night of 22 photon-transfer and linearity flats peaked at 17 GB before.
+
     Parameters
     ----------
     inst : Instrument
@@ -655,20 +701,29 @@ def signature_from_raw(inst, layout: str, *, biases: Sequence[np.ndarray] = (),
     sections = inst.amp_sections(layout, detector)
     amps = [sec.active for sec in sections]
     amp_list = inst.detector(detector).amplifiers
-    bias_imgs = [run_isr(r, inst, layout=layout, options=opt).image for r in biases]
+    bias_imgs = [run_isr(_load(r), inst, layout=layout, options=opt).image for r in biases]
     if master_bias is None and bias_imgs:  # the median: one bad bias (a light leak) must not shift the flats' levels
         master_bias = np.median(bias_imgs, axis=0).astype(np.float32)
 
-    # crosstalk first (from the science frames, uncorrected): the flats are then corrected for it
-    xt_frames, sat_frames = [], []
-    for raw in science:
+    # crosstalk first (from the science frames, uncorrected): the flats are then corrected for it. Each science
+    # frame is made (read if a callable, through the ISR) when a round of the crosstalk measurement uses it; the
+    # first time, its pile-up (the values within the saturation tolerance of its maximum, per amplifier: all that
+    # saturation_level reads) and its bias offsets are kept
+    sat_frames: list[tuple[list[np.ndarray], list[float]]] = []
+    seen: set[int] = set()
+
+    def science_image(i: int, src: Any) -> np.ndarray:
+        raw = _load(src)
         res = run_isr(raw, inst, layout=layout, options=opt, bias=master_bias)
-        xt_frames.append(res.image)
-        offs = res.overscan_level or [float(np.median(master_bias[s.active])) if master_bias is not None else 0.0
-                                      for s in sections]
-        sat_frames.append(([raw[s.data] for s in sections], offs))
-    xt_sums = night_crosstalk_sums(xt_frames, sections, min_source_adu=kwargs.get("min_source_adu", 20000.0))
-    del xt_frames
+        if i not in seen:
+            seen.add(i)
+            offs = res.overscan_level or [float(np.median(master_bias[s.active])) if master_bias is not None else 0.0
+                                          for s in sections]
+            sat_frames.append(([_pile_up(raw[s.data]) for s in sections], offs))
+        return res.image
+
+    frames = [(lambda i=i, src=src: science_image(i, src)) for i, src in enumerate(science)]
+    xt_sums = night_crosstalk_sums(frames, sections, min_source_adu=kwargs.get("min_source_adu", 20000.0))
     xt = None
     if xt_sums and len(sections) > 1:
         C, w = combine_crosstalk(xt_sums)
@@ -677,17 +732,20 @@ def signature_from_raw(inst, layout: str, *, biases: Sequence[np.ndarray] = (),
             xt = np.where(good, np.nan_to_num(C), 0.0)
 
     def isr(raw):
-        return run_isr(raw, inst, layout=layout, options=opt, bias=master_bias, crosstalk=xt)
+        return run_isr(_load(raw), inst, layout=layout, options=opt, bias=master_bias, crosstalk=xt)
 
-    lin_frames = []
-    for raw, t in linearity:
+    def lin_frame(raw, t):
         res = isr(raw)
-        lin_frames.append((res.image, float(t), res.saturated))
-    pairs = []
-    for a, b in ptc:
-        ra, rb = isr(a), isr(b)
-        pairs.append((ra.image, rb.image, ra.saturated | rb.saturated))
+        return res.image, float(t), res.saturated
+
+    def pair(a, b):
+        ra = isr(a)
+        rb = isr(b)
+        return ra.image, rb.image, ra.saturated | rb.saturated
+
+    # the flats as callables: measure_signature makes each one (read, ISR) when it uses it, one at a time
     return measure_signature(amps=amps, sections=sections, first_gain=[a.gain for a in amp_list],
                              first_read_noise_e=[a.read_noise for a in amp_list], bias_frames=bias_imgs,
-                             linearity_frames=lin_frames, ptc_pairs=pairs, crosstalk_sums=xt_sums,
+                             linearity_frames=[(lambda r=r, t=t: lin_frame(r, t)) for r, t in linearity],
+                             ptc_pairs=[(lambda a=a, b=b: pair(a, b)) for a, b in ptc], crosstalk_sums=xt_sums,
                              saturation_frames=sat_frames, **kwargs)

@@ -32,6 +32,7 @@ from upad.calib.signature import signature_from_raw
 from upad.calib.steps import MasterStep, _check_frame, _frame_record, _frames, _header, _instrument, _validity
 from upad.flow.step import FRAME, DataError, Input, OutputFile, StepOutput, Task, register_step
 from upad.io.products import write_signature
+from upad.io.raw import read_raw
 from upad.isr.core import saturation_mask
 
 __all__ = ["InstrumentSignature", "split_sequence"]
@@ -83,7 +84,7 @@ class InstrumentSignature(MasterStep):
         sat_level = isr_opt.saturation_adu if isr_opt.saturation_adu is not None else float(inst.adc_max)
         sections = inst.amp_sections(layout)
 
-        def load(frames, *, screen: bool = False):
+        def load(frames, *, screen: bool = False, keep: bool = False):
             out = []
             for f in frames:
                 rec = _frame_record(f)
@@ -100,12 +101,15 @@ class InstrumentSignature(MasterStep):
                     rec.update(status="excluded", reason=why)
                     continue
                 rec["status"] = "used"
-                out.append((f, raw))
+                # checked (and screened): the frame is read again when the measurement uses it, one at a time
+                # (a night's full-size flats and science frames are never all in memory)
+                out.append((f, raw if keep else (lambda path=f.paths[0]: read_raw(path)[1])))
+                del raw
             return out
 
         flat_raw = load(flats, screen=True)
         pairs_i, series_i = split_sequence([float(f.meta.get("exptime") or 0.0) for f, _ in flat_raw])
-        biases = [r for _, r in load(_frames(task, "bias_raw"))]
+        biases = [r for _, r in load(_frames(task, "bias_raw"), keep=True)]
         science = [r for _, r in load(_frames(task, "science"))]
         sig = signature_from_raw(
             inst, layout, biases=biases,
