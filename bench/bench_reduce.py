@@ -629,6 +629,11 @@ def chain_worker(spec_path: Path) -> int:
     (work / "default.conv").write_text(conv.read_text() if conv.exists() else "CONV NORM\n1 2 1\n2 4 2\n1 2 1\n")
     scale = float(spec["pixel_scale"])
     exe = shutil.which("source-extractor") or shutil.which("sex")
+    if exe is None:  # Debian's source-extractor (and scamp) are installed by .ci/run; the chain stops here without
+        res["sextractor_error"] = "source-extractor is not installed (apt-get install source-extractor scamp)"
+        print(f"  chain: SExtractor and SCAMP skipped: {res['sextractor_error']}")
+        (work / "chain.json").write_text(json.dumps(res, indent=1))
+        return 0
     args = [exe, "clean.fits", "-c", "/dev/null", "-CATALOG_NAME", "cat.ldac", "-CATALOG_TYPE", "FITS_LDAC",
             "-PARAMETERS_NAME", "sex.param", "-FILTER", "Y", "-FILTER_NAME", "default.conv", "-DETECT_THRESH", "1.5",
             "-ANALYSIS_THRESH", "1.5", "-DETECT_MINAREA", "5", "-PHOT_APERTURES",
