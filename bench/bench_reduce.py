@@ -509,13 +509,17 @@ def write_reference_ldac(refcat: Path, out: Path, center: tuple[float, float], r
     sel = d < radius
     ea = np.asarray(ref["ra_error"], float)[sel] / 3.6e6
     eb = np.asarray(ref["dec_error"], float)[sel] / 3.6e6
-    mag = np.asarray(ref[f"mag_{filt}"], float)[sel]
     g = np.asarray(ref["phot_g_mean_mag"], float)[sel]
+    # the survey filter's magnitude where the catalog has one (a plain Gaia extract has not: G then)
+    mag = np.asarray(ref[f"mag_{filt}"], float)[sel] if f"mag_{filt}" in ref.colnames else g
     mag = np.where(np.isfinite(mag), mag, g)
+    # proper motions at the catalog's epoch (2016.0), where it has them (mas/yr: SCAMP's unit)
+    pm = {k: (np.nan_to_num(np.asarray(ref[c], float)[sel]) if c in ref.colnames else np.zeros(sel.sum()))
+          for k, c in (("a", "pmra"), ("d", "pmdec"), ("ea", "pmra_error"), ("ed", "pmdec_error"))}
     t = Table({"X_WORLD": ra[sel], "Y_WORLD": dec[sel], "ERRA_WORLD": np.maximum(ea, eb),
                "ERRB_WORLD": np.minimum(ea, eb), "ERRTHETA_WORLD": np.zeros(sel.sum()),
-               "PMALPHA_J2000": np.zeros(sel.sum()), "PMDELTA_J2000": np.zeros(sel.sum()),
-               "PMALPHAERR_J2000": np.full(sel.sum(), 0.1), "PMDELTAERR_J2000": np.full(sel.sum(), 0.1),
+               "PMALPHA_J2000": pm["a"], "PMDELTA_J2000": pm["d"],
+               "PMALPHAERR_J2000": np.maximum(pm["ea"], 0.1), "PMDELTAERR_J2000": np.maximum(pm["ed"], 0.1),
                "MAG": mag.astype(np.float32), "MAGERR": np.full(sel.sum(), 0.02, np.float32),
                "OBSDATE": np.full(sel.sum(), 2016.0)})
     h = fits.Header()
