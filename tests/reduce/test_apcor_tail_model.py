@@ -41,22 +41,25 @@ def _dg_sigma(fwhm: float, f: float, r: float) -> float:
     return fwhm / (2.0 * brentq(half, 0.0, 10.0 * r))
 
 
-def _stars(profile, seed: int, n: int = 30, half: int = 40):
-    """``n`` isolated stars of fluxes 2e4-5e5 e- drawn with ``profile(size, x0, y0)`` (unit flux) on a sky of
-    variance SKY_VAR; returns the image, the positions and the fluxes within ``r`` (exact sums over the stamp)."""
+def _stars(profile, seed: int, n: int = 30, half: int = 40, *, log_flux: tuple[float, float] = (4.3, 5.7),
+           gap: int = 10, at=None):
+    """``n`` isolated stars of fluxes 10^log_flux e- (2e4-5e5 by default) drawn with ``profile(size, x0, y0)`` (unit
+    flux; with ``at``, ``profile(size, x0, y0, at(x, y))``: a profile that changes over the field) on a sky of
+    variance SKY_VAR; returns the image, the positions and the fluxes."""
     rng = np.random.default_rng(seed)
     img = rng.normal(0.0, math.sqrt(SKY_VAR), (N_IMG, N_IMG))
     # on a grid (no neighbours within 2 x half), sub-pixel positions drawn
-    g = np.arange(half + 10, N_IMG - half - 10, 2 * half + 10)
+    g = np.arange(half + gap, N_IMG - half - gap, 2 * half + gap)
     gx, gy = np.meshgrid(g, g)
     pick = rng.choice(gx.size, n, replace=False)
     xs = gx.ravel()[pick] + rng.uniform(-0.5, 0.5, n)
     ys = gy.ravel()[pick] + rng.uniform(-0.5, 0.5, n)
-    fl = 10 ** rng.uniform(4.3, 5.7, n)
+    fl = 10 ** rng.uniform(*log_flux, n)
     size = 2 * half + 1
     for x, y, f in zip(xs, ys, fl):
         ix, iy = int(round(x)), int(round(y))
-        st = f * profile(size, half + x - ix, half + y - iy)
+        args = (size, half + x - ix, half + y - iy) + (() if at is None else (at(x, y),))
+        st = f * profile(*args)
         img[iy - half:iy + half + 1, ix - half:ix + half + 1] += rng.poisson(np.maximum(st, 0.0))
     return img.astype(np.float32), xs, ys, fl
 
@@ -277,25 +280,19 @@ def test_apcor_follows_a_psf_width_bump_the_polynomial_cannot():
     so a fixed 4" correction leaves a position-dependent error; the 6" aperture that the FWHM rule picks does not."""
     from upad.reduce.photometry import apcor_aperture
 
-    rng = np.random.default_rng(21)
     s1 = _dg_sigma(DG["fwhm"], DG["f"], DG["r"])
-    n, half = 120, 30
-    img = rng.normal(0.0, math.sqrt(SKY_VAR), (N_IMG, N_IMG))
-    g = np.arange(half + 5, N_IMG - half - 5, 2 * half + 5)
-    gx, gy = np.meshgrid(g, g)
-    pick = rng.choice(gx.size, n, replace=False)
-    xs = gx.ravel()[pick] + rng.uniform(-0.5, 0.5, n)
-    ys = gy.ravel()[pick] + rng.uniform(-0.5, 0.5, n)
-    fl = 10 ** rng.uniform(5.0, 5.8, n)
-    u, v = (xs - N_IMG / 2) / (N_IMG / 2), (ys - N_IMG / 2) / (N_IMG / 2)
-    scale = 1.0 + 0.05 * np.exp(-((u - 0.35) ** 2 + (v + 0.2) ** 2) / (2 * 0.3 ** 2))
-    for x, y, f, k in zip(xs, ys, fl, scale):
-        ix, iy = int(round(x)), int(round(y))
-        size, x0, y0 = 2 * half + 1, half + x - ix, half + y - iy
-        st = f * ((1 - DG["f"]) * _gauss_stamp(size, x0, y0, k * s1)
-                  + DG["f"] * _gauss_stamp(size, x0, y0, k * DG["r"] * s1))
-        img[iy - half:iy + half + 1, ix - half:ix + half + 1] += rng.poisson(np.maximum(st, 0.0))
-    img = img.astype(np.float32)
+    n = 120
+
+    def bump(x, y):
+        u, v = (x - N_IMG / 2) / (N_IMG / 2), (y - N_IMG / 2) / (N_IMG / 2)
+        return 1.0 + 0.05 * np.exp(-((u - 0.35) ** 2 + (v + 0.2) ** 2) / (2 * 0.3 ** 2))
+
+    def prof(size, x0, y0, k):
+        return (1 - DG["f"]) * _gauss_stamp(size, x0, y0, k * s1) + DG["f"] * _gauss_stamp(size, x0, y0,
+                                                                                          k * DG["r"] * s1)
+
+    img, xs, ys, fl = _stars(prof, 21, n=n, half=30, log_flux=(5.0, 5.8), gap=5, at=bump)
+    scale = bump(xs, ys)
     diam = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
     fa = np.column_stack([_flux_within(img, xs, ys, d / 2 / 0.55) for d in diam])
     # the true flux within the largest aperture (the tail beyond it is not under test here)

@@ -11,29 +11,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from upad.reduce.psf import PsfConfig, measure_psf
+from upad.reduce.psf import PsfConfig
 from upad.sim.psf import PSFModel
-from upad.sim.render import Sources, render, star_grid
+from upad.sim.render import Sources, render
+
+from .helpers import measure_synthetic_psf, synthetic_psf_frame
 
 SCALE = 0.55
 
 
 def _frame(seed: int, *, fwhm_arcsec: float = 0.6, beta: float = 4.5, g1: float = -0.02, g2: float = 0.035,
            n: int = 25, size: int = 768, sky: float = 45.0):
-    rng = np.random.default_rng(seed)
-    x, y, flux, snr = star_grid(rng, n, size, sky=sky)
-    psf = PSFModel(beta=beta, fwhm_centre=fwhm_arcsec, c_r2=0.0, c_x=0.0, c_y=0.0, g1_0=g1, g2_0=g2, g_r=0.0,
-                   nx=size, ny=size)
-    img = np.zeros((size, size), np.float32)
-    info = render(img, Sources.points(x, y, flux), psf, pixel_scale=SCALE, zones=1)
-    img = (rng.poisson(np.maximum(img + sky, 0.0)) - sky).astype(np.float32)
-    return img, x, y, flux, snr, float(np.median(info.fwhm_arcsec)) / SCALE
+    return synthetic_psf_frame(seed, fwhm_arcsec=fwhm_arcsec, beta=beta, g1=g1, g2=g2, n=n, size=size, sky=sky,
+                               scale=SCALE)
 
 
 def _measure(img, x, y, flux, snr, config: PsfConfig = PsfConfig()):
-    n = len(x)
-    return measure_psf(img, x + 0.02, y - 0.02, flux, snr, np.zeros(n, int), np.zeros(n, int), np.full(n, 1.5),
-                       np.zeros(n), np.full(n, 1000.0), pixel_scale=SCALE, config=config)
+    return measure_synthetic_psf(img, x, y, flux, snr, radius_guess=1.5, scale=SCALE, config=config)
 
 
 @pytest.fixture(scope="module")
