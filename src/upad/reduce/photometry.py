@@ -98,8 +98,8 @@ class PhotometryConfig(StepConfig):
                                            "in the test of the model's wing (the median de-trending by one power law "
                                            "over an annulus: 3-5 % on the inner annuli of stacked Moffat stars)",
                                   bounds=(0.0, 1.0))
-    tail_sky_samples: int = param(200, doc="blank-sky positions whose annulus means correct the stars' for the "
-                                           "sky's mean-to-background offset (0: none)", bounds=(0, None))
+    tail_sky_samples: int = param(200, doc="blank-sky positions whose annulus medians correct the stars' for the "
+                                           "sky's median-to-background offset (0: none)", bounds=(0, None))
     tail_min_slope: float = param(2.5, doc="shallowest power law I ~ r^-alpha of the wing (alpha)", bounds=(2.05, None))
     tail_extrapolate_min_slope: float = param(3.0, doc="shallowest power law I ~ r^-alpha extrapolated beyond the "
                                                        "measured profile (a telescope's diffraction wing falls as "
@@ -408,44 +408,6 @@ def blank_sky_level(image: np.ndarray, mask: np.ndarray | None, x: np.ndarray, y
     return BlankSky(float(np.mean(v[keep])), float(np.std(v[keep]) / math.sqrt(keep.sum())), int(keep.sum()))
 
 
-def _annulus_amplitude(r: np.ndarray, v: np.ndarray, var: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Amplitude ``A`` of a power law ``v ~ A r^-alpha`` over an annulus' pixels (radii ``r``, values ``v``,
-    variances ``var``) and its error: the pixels' sum over the sum of ``r^-alpha`` (``alpha`` 0: their mean).
-
-    A sum, not a median: a wing's light is not spread evenly around an annulus (diffraction spikes and rings, a
-    ghost, a coma), and the median of its de-trended pixels falls short of their mean by the skew of that structure
-    (by up to half the light of a Kolmogorov+optics wing's outer annuli), the more so the less noise blurs it: the
-    median of a bright stack's wing and that of a faint one's differ, and neither is the annulus' light. Pixels off
-    for other reasons (cosmic rays, neighbours) are masked before; a star whose wing is off as a whole is left out
-    of the stack (:func:`_clipped_mean`)."""
-    g = r ** -alpha if alpha else np.ones_like(r)
-    sg = float(np.sum(g))
-    return float(np.sum(v) / sg), float(np.sqrt(np.sum(var)) / sg)
-
-
-def _power_law_slope(rc: np.ndarray, amp: np.ndarray, err: np.ndarray, alpha: float, lo: float, hi: float,
-                     *, min_snr: float = 3.0) -> float | None:
-    """The power-law index of a wing from the amplitudes ``amp`` (errors ``err``) of its annuli (centres ``rc``),
-    de-trended with ``alpha``: ``amp ~ A rc^(alpha - alpha_new)``, fitted by weighted least squares in the
-    amplitudes themselves (``A`` linear, ``alpha_new`` on a grid between ``lo`` and ``hi``). A fit of log(amp)
-    weighted by (amp / err)^2, without the annuli below twice their error, favours the annuli that noise pushed up
-    and the outer ones that it kept above the cut: a faint stack's slope came out shallow (3.1 for a true 3.8),
-    and its extrapolated light high. None when fewer than two annuli or the wing is not detected at ``min_snr``."""
-    if rc.size < 2:
-        return None
-    w = 1.0 / err ** 2
-    if float(np.sum(w * amp)) / math.sqrt(float(np.sum(w))) < min_snr:
-        return None
-    grid = np.arange(lo, hi + 1e-9, 0.01)
-    g = rc[None, :] ** (alpha - grid[:, None])
-    a = np.sum(w * amp * g, axis=1) / np.sum(w * g * g, axis=1)
-    c2 = np.sum(w * (amp[None, :] - a[:, None] * g) ** 2, axis=1)
-    c2 = np.where(a > 0, c2, np.inf)
-    if not np.isfinite(c2).any():
-        return None
-    return float(grid[int(np.argmin(c2))])
-
-
 def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, x: np.ndarray, y: np.ndarray,
               flux_big: np.ndarray, stars: np.ndarray, *, r_big_px: float, fwhm_px: float,
               neighbour_radius: np.ndarray, bad_bits: int = 0,
@@ -453,21 +415,18 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
     """Measure the flux of a point source beyond the largest catalog aperture from the stars' own pixels.
 
     The wings of the ``stars`` (their radial profile between ``r_big_px`` and ``tail_outer_radius`` times it, in
-    ``tail_bins`` logarithmic annuli, neighbours' pixels masked) are stacked: in each annulus of each star the sum
-    of its unmasked pixels over the sum of ``r^-alpha`` there, divided by the star's flux within ``r_big_px``,
-    estimates the amplitude of a power-law wing ``I ~ r^-alpha`` (:func:`_annulus_amplitude`: the annulus' light,
-    whatever its structure; the median of the pixels missed a wing's spikes, rings or ghosts, by an amount that
-    changed with the noise); the stars are combined per annulus by a clipped (first per star over its whole wing,
-    then per annulus), inverse-variance weighted mean, which leaves out a star whose wing is off (a neighbour's
-    halo, an undetected galaxy), and ``alpha`` is refitted to the annuli' amplitudes until stable
-    (:func:`_power_law_slope`: least squares in the amplitudes, not in their logarithms). The same annulus means
-    measured on a grid of ``tail_sky_samples`` blank-sky positions (combined as the stars are) are subtracted first:
-    where faint undetected sources skew the sky, an annulus sits a few 0.1 e-/pixel above the background mesh's
-    clipped mode. The tail is the stacked profile integrated over the annuli (``F_total = F_big (1 + fraction)``
-    within ``tail_outer_radius``); with ``tail_extrapolate`` (the default) the power law of the whole profile
-    (``alpha``, never shallower than ``tail_extrapolate_min_slope``) with the amplitude of the profile's outer half,
-    integrated analytically from the outer radius to infinity, is added (``within``: the part measured within the
-    outer radius). The image must be background-subtracted.
+    ``tail_bins`` logarithmic annuli, neighbours' pixels masked) are stacked: in each annulus of each star the
+    median of ``I(r) r^alpha`` over its unmasked pixels, divided by the star's flux within ``r_big_px``, estimates
+    the amplitude of a power-law wing ``I ~ r^-alpha`` (the median makes it robust to faint neighbours and cosmic
+    rays, the ``r^alpha`` de-trending keeps it unbiased across the annulus); the stars are combined per annulus by
+    a clipped (first per star over its whole wing, then per annulus), inverse-variance weighted mean, and
+    ``alpha`` is refitted to the annuli' amplitudes until stable. The same annulus medians measured on a grid of
+    ``tail_sky_samples`` blank-sky positions are subtracted first: where faint undetected sources skew the sky, an
+    annulus median sits a few 0.1 e-/pixel above the background mesh's clipped mode. The tail is the stacked profile
+    integrated over the annuli (``F_total = F_big (1 + fraction)`` within ``tail_outer_radius``); with
+    ``tail_extrapolate`` (the default) the power law of the whole profile (``alpha``, never shallower than
+    ``tail_extrapolate_min_slope``) with the amplitude of the profile's outer half, integrated analytically from the
+    outer radius to infinity, is added (``within``: the part measured within the outer radius). The image must be background-subtracted.
 
     Parameters
     ----------
@@ -536,24 +495,19 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
             row.append((rg[m], vg[m], sg[m]) if m.sum() >= max(8, 0.3 * area) else None)
         return row if sum(c is not None for c in row) >= max(2, nb // 2) else None
 
-    # the sky's own annulus level: on blank-sky positions (a grid, no detection over the central disc) the mean of
-    # an annulus with the neighbours masked sits above the background mesh's clipped mode where faint undetected
+    # the sky's own annulus median: on blank-sky positions (a grid, no detection over the central disc) the median
+    # of an annulus with the neighbours masked sits above the background mesh's clipped mode where faint undetected
     # sources skew the sky (a few 0.1 e-/pixel, a few 0.1 % of a faint star's flux over the annuli): subtracted
     sky = np.zeros(nb)
     if config.tail_sky_samples > 0:
         step = max(2 * h + 1, int(math.sqrt(nx * ny / config.tail_sky_samples)))
-        vals, errs = [], []
+        meds = []
         for px, py in _clear_grid((ny, nx), margin=h, step=step, x=x, y=y, rn=rn, radius=r_big_px, tree=tree):
             row = annuli(px, py, tree.query_ball_point([px, py], r_out + float(np.max(rn))), -1)
             if row is not None:
-                ve = [_annulus_amplitude(*c, 0.0) if c is not None else (np.nan, np.nan)
-                      for c in row]
-                vals.append([v for v, _ in ve])
-                errs.append([e for _, e in ve])
-        if len(vals) >= 10:
-            # combined over the positions as the stars' amplitudes are (a clipped mean)
-            va, ea = np.asarray(vals), np.asarray(errs)
-            sky = np.nan_to_num(np.array([_clipped_mean(va[:, kb], ea[:, kb])[0] for kb in range(nb)]))
+                meds.append([np.median(c[1]) if c is not None else np.nan for c in row])
+        if len(meds) >= 10:
+            sky = np.nan_to_num(np.nanmedian(np.asarray(meds), axis=0))
     cells: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
     fluxes = []
     for s, nbrs in zip(stars, near):
@@ -577,9 +531,10 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
             for kb, c in enumerate(row):
                 if c is None:
                     continue
-                a_ib[i, kb], e_ib[i, kb] = _annulus_amplitude(*c, alpha)
-                a_ib[i, kb] /= fl[i]
-                e_ib[i, kb] /= fl[i]
+                rr, vv, ss = c
+                w = rr ** alpha
+                a_ib[i, kb] = np.median(vv * w) / fl[i]
+                e_ib[i, kb] = 1.2533 * np.sqrt(np.mean(ss * w * w) / rr.size) / fl[i]
         # a star whose whole wing is off (a neighbour's halo, an undetected galaxy) is left out as a whole, then
         # the annuli are combined over the other stars
         ann = _annulus_integral(edges[:-1], edges[1:], alpha)
@@ -593,10 +548,13 @@ def wing_tail(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, 
             n_used = int(keep.sum())
             for kb in range(nb):
                 amp[kb], amp_err[kb], _ = _clipped_mean(a_ib[keep, kb], e_ib[keep, kb])
-        ok = np.isfinite(amp) & np.isfinite(amp_err) & (amp_err > 0)
-        new = _power_law_slope(rc[ok], amp[ok], amp_err[ok], alpha, config.tail_min_slope, config.tail_max_slope)
-        if new is None:
+        ok = np.isfinite(amp) & (amp > 0) & (amp > 2.0 * amp_err)
+        if ok.sum() < 2:
             break
+        # with I ~ r^-alpha_true the amplitude goes as r^(alpha - alpha_true): its slope in log r corrects alpha
+        lw = (amp[ok] / amp_err[ok]) ** 2
+        slope = np.polyfit(np.log(rc[ok]), np.log(amp[ok]), 1, w=np.sqrt(lw))[0]
+        new = float(np.clip(alpha - slope, config.tail_min_slope, config.tail_max_slope))
         # the amplitudes hold for the alpha they were de-trended with: the loop ends with that alpha (a refitted
         # alpha with the previous amplitudes integrated the inner annuli wrongly by (r / 1 px)^(change): a steep
         # Gaussian-like wing whose alpha had not settled in the iterations came out at 0.4-2.3 times its flux)
