@@ -41,6 +41,7 @@ def subprocess_env() -> dict[str, str]:
 def add_frames(db, root: Path, n: int, nights: list[str], start_id: int = 0) -> list[int]:
     """Register ``n`` small raw files spread over ``nights`` (real files, real rows)."""
     from upad.db.models import Frame
+    from upad.flow.worker import file_stat
 
     ids = []
     with db.session() as s:
@@ -55,7 +56,7 @@ def add_frames(db, root: Path, n: int, nights: list[str], start_id: int = 0) -> 
             f = Frame(filename=path.name, path=rel, original_path=str(path), size_bytes=len(content),
                       sha256=hashlib.sha256(content).hexdigest(), instrument="mini", telescope="JAST80",
                       header_convention="OAJ", layout="readout", naxis1=1, naxis2=1, obs_type="bias", exptime=0.0,
-                      date_obs=date_obs, mjd=60000.0 + k, night=night, header={})
+                      date_obs=date_obs, mjd=60000.0 + k, night=night, header={}, file_stat=file_stat(path))
             s.add(f)
             s.flush()
             ids.append(f.id)

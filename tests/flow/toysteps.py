@@ -34,6 +34,8 @@ class ToyConfig(StepConfig):
     fail_keys: tuple = param((), doc="Unit keys that fail deterministically", critical=False)
     flaky_keys: tuple = param((), doc="Unit keys that fail transiently on their first attempt", critical=False)
     scale: int = param(1, doc="Multiplies the value (a critical parameter)", bounds=(1, 1000))
+    env_fault: str = param("", doc="Environment fault raised while <root>/tmp/env-fault exists (the cause): "
+                                   "enospc | short_write | erofs", critical=False)
 
 
 def _write(task, value: int, step: Step) -> StepOutput:
@@ -41,6 +43,16 @@ def _write(task, value: int, step: Step) -> StepOutput:
     assert isinstance(cfg, ToyConfig), "run() receives its typed configuration"
     if cfg.sleep:
         time.sleep(cfg.sleep)
+    if cfg.env_fault and (Path(task.root) / "tmp" / "env-fault").exists():
+        import errno
+
+        if cfg.env_fault == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device", task.stage("value.json"))
+        if cfg.env_fault == "short_write":  # what numpy/astropy say when a write is cut short by a full disk
+            raise OSError("2880 requested and 1024 written")
+        if cfg.env_fault == "erofs":
+            raise OSError(errno.EROFS, "Read-only file system", task.stage("value.json"))
+        raise ValueError(f"unknown env_fault {cfg.env_fault!r}")
     if task.unit_key in cfg.fail_keys:
         raise DataError(f"toy failure for {task.unit_key}")
     if task.unit_key in cfg.flaky_keys:

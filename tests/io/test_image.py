@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from upad.errors import DataError, TransientError, io_error
+from upad.errors import DataError, MissingInputError, TransientError, io_error
 from upad.io.image import read_image
 
 
@@ -45,12 +45,16 @@ def test_errors(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:5000])
     with pytest.raises(DataError):
         read_image(truncated)
-    with pytest.raises(DataError, match="cannot read"):
-        read_image(tmp_path / "missing.fits")  # ENOENT: deterministic
+    with pytest.raises(MissingInputError, match="does not exist") as missing:
+        read_image(tmp_path / "missing.fits")  # ENOENT: the environment's, tried again when the file is there
+    assert missing.value.path == str(tmp_path / "missing.fits")
 
 
 def test_io_errors_worth_a_retry_are_transient():
     assert isinstance(io_error(OSError(errno.EIO, "Input/output error"), "x.fits"), TransientError)
     assert isinstance(io_error(OSError(errno.ESTALE, "Stale file handle"), "x.fits"), TransientError)
-    assert isinstance(io_error(OSError(errno.ENOENT, "No such file"), "x.fits"), DataError)
+    # a missing or unreadable input is the environment's fault (an unmounted archive): it can appear later
+    assert isinstance(io_error(OSError(errno.ENOENT, "No such file"), "x.fits"), TransientError)
+    assert isinstance(io_error(OSError(errno.EACCES, "Permission denied"), "x.fits"), TransientError)
+    assert isinstance(io_error(OSError("truncated: 100 requested and 20 read"), "x.fits"), DataError)
     assert isinstance(io_error(ValueError("bad header"), "x.fits"), DataError)

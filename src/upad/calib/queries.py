@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from upad.calib.model import STEP_OF, Candidate, FrameInfo, frame_info
 from upad.calib.store import load_breakpoints
 from upad.db.models import Frame, Job, Product
-from upad.flow.queries import session_scope
+from upad.flow.queries import PLANNABLE_DATES, session_scope
 
 __all__ = ["breakpoints", "cache", "candidates", "frame", "instrument_extent", "latest_job", "load_frames"]
 
@@ -37,7 +37,8 @@ def load_frames(session: Session, obs_types: Sequence[str]) -> list[FrameInfo]:
         cols = (Frame.id, Frame.filename, Frame.instrument, Frame.telescope, Frame.detector, Frame.layout,
                 Frame.read_mode, Frame.obs_type, Frame.filter, Frame.exptime, Frame.date_obs, Frame.night, Frame.ra,
                 Frame.dec)
-        stmt = select(*cols).where(Frame.valid.is_(True), Frame.obs_type.in_(list(obs_types)))
+        stmt = select(*cols).where(Frame.valid.is_(True), Frame.obs_type.in_(list(obs_types)),
+                                   Frame.date_obs >= PLANNABLE_DATES[0], Frame.date_obs < PLANNABLE_DATES[1])
         scope, _ = session_scope(session)
         if not scope.full:
             stmt = stmt.where(Frame.night.in_(sorted(scope.nights)))
@@ -51,7 +52,8 @@ def instrument_extent(session: Session, instrument: str) -> tuple[dt.datetime | 
     look-ups, whatever the size of the archive)."""
     memo = cache(session).setdefault("extent", {})
     if instrument not in memo:
-        t = session.scalar(select(func.max(Frame.date_obs)).where(Frame.instrument == instrument))
+        t = session.scalar(select(func.max(Frame.date_obs)).where(
+            Frame.instrument == instrument, Frame.date_obs >= PLANNABLE_DATES[0], Frame.date_obs < PLANNABLE_DATES[1]))
         n = session.scalar(select(Frame.night).where(Frame.instrument == instrument, Frame.date_obs == t)
                            .limit(1)) if t is not None else None
         memo[instrument] = (t, n)

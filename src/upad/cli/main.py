@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "upad.cli.qc",
     "upad.cli.config",
     "upad.cli.demo",
+    "upad.cli.retry",
 )
 
 

@@ -102,6 +102,9 @@ class Frame(Base):
     state: Mapped[str] = mapped_column(String(16), default="ingested", index=True)
     valid: Mapped[bool] = mapped_column(Boolean, default=True)
     invalid_reason: Mapped[str | None] = mapped_column(Text)
+    file_stat: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, doc="the archived file's size, mtime_ns, ctime_ns and inode when its SHA-256 was last verified: a job "
+                  "re-hashes it before use only when they changed (revision 0005)")
 
     # quick-look QC
     qc_status: Mapped[str] = mapped_column(String(8), default="ok", index=True)
@@ -159,8 +162,10 @@ class QuarantinedFile(Base):
 #: Product states: ``complete`` (usable), ``stale`` (an input was invalidated or superseded by a newer version).
 PRODUCT_STATES = ("complete", "stale")
 
-#: Job states. ``queued`` → ``running`` → ``done`` | ``failed``; ``cancelled`` when its inputs became invalid.
-JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+#: Job states. ``queued`` → ``running`` → ``done`` | ``failed``; ``cancelled`` when its inputs became invalid;
+#: ``blocked`` when it failed for a cause in the environment and its retries are spent (:mod:`upad.flow.faults`):
+#: queued again when the cause can have gone (a new run, the file it waits for, ``upad retry``).
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "blocked")
 
 #: Attempt states. ``lost``: the worker or scheduler died (lease expired) — the job was re-queued.
 ATTEMPT_STATES = ("running", "succeeded", "failed", "lost", "discarded")
@@ -276,6 +281,8 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    fault: Mapped[str | None] = mapped_column(String(16), doc="environment | data: the last failure's category")
+    waits_for: Mapped[str | None] = mapped_column(Text, doc="a blocked job's missing input: queued when it exists")
     product_id: Mapped[int | None] = mapped_column(Integer)
 
     attempts: Mapped[list["Attempt"]] = relationship(back_populates="job", order_by="Attempt.number")

@@ -57,7 +57,10 @@ def make_engine(url: str) -> Engine:
         return engine
     if parsed.drivername == "postgresql":  # prefer psycopg 3, which upad depends on
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True)
+    # a connection attempt to a database that does not answer fails after a bounded time (the scheduler rides out
+    # an outage by reconnecting with back-off, it must not hang in connect), unless the URL sets its own
+    args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+    return create_engine(parsed, pool_pre_ping=True, connect_args=args)
 
 
 def _alembic_config(engine: Engine) -> Config:

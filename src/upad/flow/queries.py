@@ -11,6 +11,7 @@ session and the scope.
 """
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,11 @@ def _in_scope(stmt: Select, column: Any, scope: Scope | None, nights: Iterable[s
 
 
 #: The frame columns planning sees (the full header and the per-amplifier QC stay in the database).
+#: Observation dates the flow plans (``[start, end)``, naive UTC): a stored value outside them (a header's
+#: 9999-12-31 registered before ingest checked dates) is left out of every step's planning and reported by
+#: :func:`unplannable_frames`, so that no date arithmetic of a step can fail on it.
+PLANNABLE_DATES = (dt.datetime(1950, 1, 1), dt.datetime(2200, 1, 1))
+
 FRAME_COLUMNS = tuple(c for c in Frame.__table__.columns if c.name not in ("header", "qc_bias", "qc_reasons"))
 
 
@@ -72,7 +78,7 @@ def frames(session: Session, *, obs_types: Sequence[str] | None = None, valid: b
     """
     if _nights_wanted(scope, nights) == set():
         return []  # nothing in scope (an empty IN can make a database scan the whole table)
-    stmt = select(*FRAME_COLUMNS)
+    stmt = select(*FRAME_COLUMNS).where(Frame.date_obs >= PLANNABLE_DATES[0], Frame.date_obs < PLANNABLE_DATES[1])
     if valid is not None:
         stmt = stmt.where(Frame.valid.is_(valid))
     if obs_types:
@@ -81,6 +87,14 @@ def frames(session: Session, *, obs_types: Sequence[str] | None = None, valid: b
         stmt = stmt.where(Frame.instrument == instrument)
     stmt = _in_scope(stmt, Frame.night, scope, nights)
     return list(session.execute(stmt.order_by(Frame.date_obs, Frame.id)))
+
+
+def unplannable_frames(session: Session, *, limit: int = 100) -> list[Any]:
+    """Valid frames whose observation date is outside :data:`PLANNABLE_DATES` (id, filename, date_obs)."""
+    return list(session.execute(
+        select(Frame.id, Frame.filename, Frame.date_obs).where(
+            Frame.valid.is_(True), (Frame.date_obs < PLANNABLE_DATES[0]) | (Frame.date_obs >= PLANNABLE_DATES[1]))
+        .order_by(Frame.id).limit(limit)))
 
 
 def current_products(session: Session, kind: str | None = None, *, step: str | None = None,

@@ -53,9 +53,10 @@ from upad.db.models import (
 from upad.db.session import Database
 from upad.execution import Executor
 from upad.flow.changes import record as record_changes
+from upad.flow.faults import classify, is_outage
 from upad.flow.invalidate import cascade_stale
 from upad.flow.provenance import code_version, provenance_id, short
-from upad.flow.queries import PlanContext, Scope
+from upad.flow.queries import PLANNABLE_DATES, PlanContext, Scope, unplannable_frames
 from upad.flow.step import FRAME, MEMORY_CLASSES, InputRef, Step, Unit, all_steps, step_configs
 from upad.settings import Settings
 
@@ -84,6 +85,14 @@ class SchedulerOptions:
     full_first_pass: bool = False
     #: journal entries read by every step are kept this long, then pruned
     journal_keep_days: float = 7.0
+    #: a daemon queues its blocked jobs again this often (the cause may have gone); ``None``: only at a new run, when
+    #: the file a job waits for appears, or by ``upad retry``
+    blocked_retry_seconds: float | None = 900.0
+    #: no new job starts while the data root's file system has less free space than this (MB); the run pauses, says
+    #: why, and resumes when space is freed
+    min_free_mb: float = 200.0
+    #: how long the loop rides out an unreachable database (reconnecting with back-off) before it gives up (s)
+    db_outage_seconds: float = 900.0
 
 
 @dataclass
@@ -160,6 +169,7 @@ class Scheduler:
         self._stop = False
         self._events: list[tuple[str, dict[str, Any]]] = []
         self.counts: Counter[str] = Counter()
+        self._disk_paused = False
 
     # ------------------------------------------------------------------------------------------------------ runs
     def start_run(self) -> int:
@@ -375,9 +385,25 @@ class Scheduler:
                 units = list(step.plan(PlanContext(s, scope, step.name, reach=self._reach()), cfg))
                 planned = self._plan_step(s, step, units, report, dry_run=dry_run, force=step.name in force,
                                           since=since)
+                waiting_nights = {str(p.unit.context.get("night"))[:10] for p in planned
+                                  if p.status == "waiting" and p.unit.context.get("night")}
+                upstream = self._upstream_faults(s, step, waiting_nights)
+                for p in planned:
+                    lines = upstream.get(str(p.unit.context.get("night"))[:10]) if p.status == "waiting" else None
+                    if lines:
+                        p.reason = ("upstream job(s) " + "; ".join(lines) + " — fix the cause, then `upad retry`"
+                                    + (f" (then: {p.reason})" if p.reason else ""))
                 report.units.extend(planned)
                 if not dry_run:
                     self._remember(s, step, scope, units, planned, upto, cfg_hash, version)
+        with self.db.session() as s:
+            odd = unplannable_frames(s)
+        for row in odd:  # never planned (their dates would break the steps' date arithmetic): said, not hidden
+            report.units.append(PlannedUnit(
+                "(frames)", Unit(key=row.filename, context={"frame": row.id}), None, "waiting",
+                f"DATE-OBS {row.date_obs.date().isoformat()} is outside the dates upad plans "
+                f"({PLANNABLE_DATES[0]:%Y}–{PLANNABLE_DATES[1].year - 1}): fix the header and ingest it again, or "
+                f"`upad flag {row.id} --reason ...`"))
         if not dry_run:
             self.prune_journal()
         return report
@@ -432,11 +458,20 @@ class Scheduler:
         # units with a job still queued or running (for other inputs): one job per unit at a time; a queued job
         # planned under another configuration is cancelled and re-planned (never run under its old id)
         active: set[str] = set()
+        prov_of = {u.key: p for u, p in ready}
         for chunk in _chunks(keys):
-            for job_id, key, state, job_cfg in s.execute(
-                    select(Job.id, Job.unit_key, Job.state, Provenance.config_hash)
+            for job_id, key, state, job_cfg, job_prov in s.execute(
+                    select(Job.id, Job.unit_key, Job.state, Provenance.config_hash, Job.provenance_id)
                     .join(Provenance, Provenance.id == Job.provenance_id)
-                    .where(Job.step == step.name, Job.unit_key.in_(chunk), Job.state.in_(("queued", "running")))):
+                    .where(Job.step == step.name, Job.unit_key.in_(chunk),
+                           Job.state.in_(("queued", "running", "blocked")))):
+                if state == "blocked":
+                    # a blocked job for inputs or a configuration the unit no longer has is superseded
+                    if job_prov != prov_of.get(key) and not dry_run:
+                        job = s.get(Job, job_id)
+                        job.state, job.updated_at = "cancelled", utcnow()
+                        job.error = f"superseded while blocked (the unit's inputs or configuration changed): {job.error}"
+                    continue
                 if state == "queued" and job_cfg != cfg_hash and not dry_run:
                     self._cancel_for_config(s.get(Job, job_id), job_cfg, cfg_hash)
                     continue
@@ -508,6 +543,57 @@ class Scheduler:
             created += len(res.all())
         self.counts["jobs_created"] += created
         return created
+
+    # --------------------------------------------------------------------------------------------- faults
+    def requeue(self, *, states: Sequence[str] = ("blocked",), steps: Iterable[str] | None = None,
+                only_present: bool = False, reason: str = "retry") -> list[int]:
+        """Queue again the jobs in ``states`` (``blocked``; with ``failed``, deterministic failures too).
+
+        Their failure count starts afresh (the retry budget is per cause); the attempts stay for the record. With
+        ``only_present``, only blocked jobs whose missing input (``waits_for``) now exists. Returns the job ids.
+        """
+        allowed = {"blocked", "failed"}
+        if not set(states) <= allowed:
+            raise ValueError(f"only {sorted(allowed)} jobs can be queued again, not {sorted(set(states) - allowed)}")
+        now = utcnow()
+        ids: list[int] = []
+        with self.db.session() as s:
+            stmt = select(Job).where(Job.state.in_(tuple(states)))
+            if steps:
+                stmt = stmt.where(Job.step.in_(tuple(steps)))
+            if only_present:
+                stmt = stmt.where(Job.waits_for.is_not(None))
+            for job in s.scalars(_lock(s, stmt, skip_locked=True)):
+                if only_present and not Path(job.waits_for).exists():
+                    continue
+                job.state, job.n_failures, job.next_try_at, job.updated_at = "queued", 0, now, now
+                job.error = f"queued again ({reason}); last error: {job.error}"
+                job.waits_for = None
+                ids.append(job.id)
+        if ids:
+            self.counts["requeued"] += len(ids)
+            log.info("queued %d blocked or failed job(s) again: %s", len(ids), reason)
+        return ids
+
+    def _upstream_faults(self, s: Session, step: Step, nights: set[str]) -> dict[str, list[str]]:
+        """Per night: the blocked or failed jobs of the steps whose products ``step`` reads (and whose unit has no
+        current product), as short lines — the real reason a unit of ``step`` waits."""
+        kinds = {c.kind for c in step.inputs}
+        makers = sorted({st.name for st in all_steps() if st.product_kind in kinds and st.name != step.name})
+        if not makers or not nights:
+            return {}
+        current = (select(Product.id).where(Product.step == Job.step, Product.unit_key == Job.unit_key,
+                                            Product.is_current.is_(True)).exists())
+        out: dict[str, list[str]] = defaultdict(list)
+        rows = s.execute(select(Job.step, Job.unit_key, Job.state, Job.error, Provenance.context)
+                         .join(Provenance, Provenance.id == Job.provenance_id)
+                         .where(Job.step.in_(makers), Job.state.in_(("blocked", "failed")), ~current)
+                         .order_by(Job.id.desc()).limit(2000))
+        for mstep, key, state, error, ctx in rows:
+            night = str((ctx or {}).get("night") or "")[:10]
+            if night in nights and len(out[night]) < 3:
+                out[night].append(f"{mstep} {key} {state}: {(error or '').splitlines()[0][:200] if error else '?'}")
+        return dict(out)
 
     # --------------------------------------------------------------------------------------------- leases
     def reclaim(self) -> int:
@@ -656,6 +742,7 @@ class Scheduler:
         if not outcomes:
             return
         now = utcnow()
+        self._events = []  # a batch recorded again after an outage reports its events once
         with self.db.session() as s:
             jobs = {j.id: j for j in s.scalars(_lock(s, select(Job).where(
                 Job.id.in_([o["job_id"] for o in outcomes]))))}
@@ -675,6 +762,12 @@ class Scheduler:
                     self._drop_staged(out)
                     self.counts["discarded"] += 1
                     continue
+                for fid, stat in (out.get("verified") or {}).items():  # hashed again and unchanged
+                    frame = s.get(Frame, int(fid))
+                    if frame is not None:
+                        frame.file_stat = stat
+                if out.get("input_changed"):
+                    self._quarantine_changed(s, out["input_changed"])
                 if out.get("ok"):
                     self._register(s, job, att, out, now)
                 else:
@@ -688,11 +781,31 @@ class Scheduler:
     def _register(self, s: Session, job: Job, att: Attempt, out: dict[str, Any], now: dt.datetime) -> None:
         root = self.settings.root
         files = []
-        for f in out["files"]:
-            final = root / f["final"]
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(f["staged"], final)
-            files.append({"role": f["role"], "path": f["final"], "sha256": f["sha256"], "size": f["size"]})
+        moved: list[tuple[Path, Path]] = []
+        try:
+            for f in out["files"]:
+                final, staged = root / f["final"], Path(f["staged"])
+                if not staged.exists() and final.is_file() and final.stat().st_size == f["size"]:
+                    # moved by an earlier try of this record whose transaction did not commit (a database outage)
+                    files.append({"role": f["role"], "path": f["final"], "sha256": f["sha256"], "size": f["size"]})
+                    continue
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, final)
+                moved.append((final, staged))
+                files.append({"role": f["role"], "path": f["final"], "sha256": f["sha256"], "size": f["size"]})
+        except OSError as exc:
+            # the archive cannot take the files (read-only, full, permissions): put back what was moved and record
+            # a failure of the environment — retried, then blocked, never a lost or half-registered product
+            for final, staged in moved:
+                try:
+                    os.replace(final, staged)
+                except OSError:
+                    final.unlink(missing_ok=True)
+            fault = classify(exc)
+            self._fail(s, job, att, {**out, "ok": False, "error": f"cannot archive the products: {exc}",
+                                     "transient": fault.transient, "fault": fault.category,
+                                     "waits_for": None}, now)
+            return
         product = Product(provenance_id=job.provenance_id, step=job.step, kind=_step(job.step).product_kind,
                           unit_key=job.unit_key, state="complete", is_current=False, created_at=now, job_id=job.id,
                           attempt_id=att.id, run_id=self.run_id, files=files, meta=out.get("meta") or {},
@@ -755,12 +868,20 @@ class Scheduler:
         job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
         job.error = out.get("error")
         self._drop_staged(out, attempt_id=att.id)
+        job.fault = out.get("fault") or ("environment" if transient else "data")
+        job.waits_for = out.get("waits_for")
         if transient and job.n_failures < job.max_attempts:
             delay = self.options.backoff_seconds * (2 ** (job.n_failures - 1))
             job.state, job.next_try_at = "queued", now + dt.timedelta(seconds=delay)
             self.counts["retried"] += 1
             log.warning("job %d (%s %s) failed transiently, retry in %.1fs: %s", job.id, job.step, job.unit_key,
                         delay, job.error)
+        elif transient:
+            # the environment, not the data, is wrong and the retries are spent: parked until the cause can have gone
+            job.state = "blocked"
+            self.counts["blocked"] += 1
+            log.error("job %d (%s %s) blocked after %d attempts: %s — %s", job.id, job.step, job.unit_key,
+                      job.n_failures, job.error, _unblock_hint(job.waits_for))
         else:
             job.state = "failed"
             self.counts["failed"] += 1
@@ -770,7 +891,40 @@ class Scheduler:
                            step=job.step)
             log.error("job %d (%s %s) failed: %s", job.id, job.step, job.unit_key, job.error)
         self._events.append(("failed", {"step": job.step, "unit": job.unit_key, "error": job.error,
-                                        "retry": job.state == "queued"}))
+                                        "retry": job.state == "queued", "state": job.state,
+                                        "waits_for": job.waits_for}))
+
+    def _quarantine_changed(self, s: Session, changed: list[dict[str, Any]]) -> None:
+        """Raw files whose content changed after registration: moved out of the archive into the quarantine (in
+        link mode, the link; the file it points to is the user's), recorded with the reason, and their frames
+        flagged invalid — every product built from them is re-planned without them."""
+        from upad.db.models import QuarantinedFile
+        from upad.flow.invalidate import flag_frame
+        from upad.ingest.archive import quarantine_destination, write_reason
+
+        root = self.settings.root
+        for item in changed:
+            frame = s.get(Frame, int(item["frame_id"]))
+            if frame is None or not frame.valid:
+                continue
+            reason = (f"raw file changed after registration: SHA-256 {item['sha256']} is not the registered "
+                      f"{frame.sha256}; ingest the new file as a new frame")
+            archived = root / frame.path
+            dest, _ = quarantine_destination(root, frame.filename, sha256=None, size=None)
+            moved: str | None = None
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(archived, dest)
+                write_reason(dest, reason + "\n")
+                moved = str(dest.relative_to(root))
+            except OSError as exc:
+                log.error("could not move the changed raw file %s to the quarantine: %s", archived, exc)
+            s.add(QuarantinedFile(filename=frame.filename, original_path=str(archived), quarantine_path=moved,
+                                  sha256=item["sha256"], size_bytes=None, category="changed",
+                                  reason=reason))
+            flag_frame(s, str(frame.id), invalid=True, reason=reason, who="scheduler")
+            self.counts["inputs_changed"] += 1
+            log.error("frame %s: %s", frame.filename, reason)
 
     def _drop_staged(self, out: dict[str, Any], attempt_id: int | None = None) -> None:
         att = attempt_id or out.get("attempt_id")
@@ -789,7 +943,15 @@ class Scheduler:
         self._stop = True
 
     def run(self, *, until_idle: bool = True, max_seconds: float | None = None) -> dict[str, int]:
-        """Run the loop; with ``until_idle`` return when nothing is ready, queued or running."""
+        """Run the loop; with ``until_idle`` return when nothing is ready, queued or running.
+
+        The loop rides out faults of its environment: an unreachable database (every database call of an iteration
+        is tried again with back-off for up to ``db_outage_seconds``; results that arrive meanwhile are kept and
+        recorded once it answers; leases keep their meaning — a job whose lease expired meanwhile was re-queued by
+        another scheduler and our result for it is discarded), and a nearly full disk (no new job starts until
+        ``min_free_mb`` are free again). Blocked jobs are queued again at the start (a new run: the cause can have
+        gone), when the file they wait for appears, and every ``blocked_retry_seconds`` in a daemon.
+        """
         if self.executor is None:
             raise ValueError("a scheduler without an executor can only plan")
         self.start_run()
@@ -801,62 +963,163 @@ class Scheduler:
                 pass
         state = "interrupted"
         inflight: dict[Any, dict[str, Any]] = {}
+        unrecorded: list[dict[str, Any]] = []
         t_start = time.monotonic()
+        outage = _Outage(self.options.db_outage_seconds, self.on_event)
         try:
             self.reclaim()
             self.cleanup_staging()
+            self.requeue(reason="a new run")
             next_plan = 0.0
             last_plan = -1e9
             next_beat = time.monotonic() + self.options.heartbeat_seconds
+            next_unblock = time.monotonic() + (self.options.blocked_retry_seconds or float("inf"))
             dirty = True
             first_pass = True
             while not self._stop:
                 now = time.monotonic()
                 if max_seconds is not None and now - t_start > max_seconds:
                     break
-                if (dirty and now - last_plan >= self.options.min_replan_seconds) or now >= next_plan:
-                    created = self.plan(full=first_pass and self.options.full_first_pass).created
-                    first_pass = False
-                    last_plan, next_plan, dirty = now, now + self.options.replan_seconds, False
-                    self.on_event("planned", {"created": created})
-                if now >= next_beat:
-                    self.heartbeat()
-                    self.reclaim()
-                    next_beat = now + self.options.heartbeat_seconds
-                # keep the executor's queue one batch ahead, so that workers never wait for the scheduler
-                free = self.options.prefetch * self.executor.capacity - len(inflight)
-                if free > 0:
-                    mem = sum(MEMORY_CLASSES.get(p["memory_class"], 1.0) for p in inflight.values())
-                    for payload in self.claim(free, mem):
-                        inflight[self.executor.submit(payload)] = payload
-                        self.on_event("started", {"step": payload["step"], "unit": payload["unit_key"]})
-                if not inflight:
-                    pending = self.pending()
-                    if until_idle and not pending and not dirty:
-                        # one last plan: results recorded since the last one may have made new units ready
-                        if self.plan().created == 0:
-                            state = "finished"
-                            break
+                try:
+                    if unrecorded:  # results that arrived while the database was away
+                        self.record(unrecorded)
+                        unrecorded = []
+                        dirty = True
+                    if (dirty and now - last_plan >= self.options.min_replan_seconds) or now >= next_plan:
+                        self.requeue(only_present=True, reason="the missing input is there")
+                        if not until_idle and now >= next_unblock:
+                            self.requeue(reason=f"periodic retry of a daemon ({self.options.blocked_retry_seconds:g} s)")
+                            next_unblock = now + (self.options.blocked_retry_seconds or float("inf"))
+                        created = self.plan(full=first_pass and self.options.full_first_pass).created
+                        first_pass = False
+                        last_plan, next_plan, dirty = now, now + self.options.replan_seconds, False
+                        self.on_event("planned", {"created": created})
+                    if now >= next_beat:
+                        self.heartbeat()
+                        self.reclaim()
+                        next_beat = now + self.options.heartbeat_seconds
+                    # keep the executor's queue one batch ahead, so that workers never wait for the scheduler
+                    free = self.options.prefetch * self.executor.capacity - len(inflight)
+                    if free > 0 and self._disk_ok():
+                        mem = sum(MEMORY_CLASSES.get(p["memory_class"], 1.0) for p in inflight.values())
+                        for payload in self.claim(free, mem):
+                            inflight[self.executor.submit(payload)] = payload
+                            self.on_event("started", {"step": payload["step"], "unit": payload["unit_key"]})
+                    if not inflight:
+                        pending = self.pending()
+                        if until_idle and not pending and not dirty and not unrecorded:
+                            # one last plan: results recorded since the last one may have made new units ready
+                            if self.plan().created == 0:
+                                state = "finished"
+                                break
+                            continue
+                        time.sleep(min(self.options.poll_seconds, 0.2) if pending else self.options.poll_seconds)
+                        outage.over()
                         continue
-                    time.sleep(min(self.options.poll_seconds, 0.2) if pending else self.options.poll_seconds)
-                    continue
-                done = self.executor.wait(list(inflight), timeout=self.options.poll_seconds)
-                if done:
-                    outcomes = [self.executor.outcome(f, inflight.pop(f)) for f in done]
-                    self.record(outcomes)
+                    done = self.executor.wait(list(inflight), timeout=self.options.poll_seconds)
+                    if done:
+                        unrecorded.extend(self.executor.outcome(f, inflight.pop(f)) for f in done)
+                        self.record(unrecorded)
+                        unrecorded = []
+                        dirty = True
+                    outage.over()
+                except Exception as exc:  # noqa: BLE001 - only an outage is ridden out, the rest is raised
+                    if not is_outage(exc):
+                        raise
+                    outage.wait(exc)
+                    self.db.engine.dispose()  # drop the dead connections: the next call reconnects
                     dirty = True
             if self._stop:
                 # graceful stop: let running jobs finish and record them
                 while inflight:
                     done = self.executor.wait(list(inflight), timeout=self.options.poll_seconds)
-                    self.record([self.executor.outcome(f, inflight.pop(f)) for f in done])
+                    unrecorded.extend(self.executor.outcome(f, inflight.pop(f)) for f in done)
+                    if unrecorded:
+                        outage.retry(lambda: self.record(unrecorded))
+                        unrecorded = []
                 state = "stopped"
+            elif unrecorded:
+                outage.retry(lambda: self.record(unrecorded))
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-            self.end_run(state)
-            self.cleanup_staging()
+            try:
+                self.end_run(state)
+                self.cleanup_staging()
+            except Exception as exc:  # noqa: BLE001 - the run's end is recorded where the database answers
+                if not is_outage(exc):
+                    raise
+                log.error("could not record the end of run %s (database unreachable): %s", self.run_name, exc)
         return dict(self.counts)
+
+    def _disk_ok(self) -> bool:
+        """Whether the data root's file system has room for new jobs (``min_free_mb``); says so once when not,
+        and once when it has again."""
+        try:
+            free_mb = shutil.disk_usage(self.settings.root).free / 2**20
+        except OSError:
+            return True
+        ok = free_mb >= self.options.min_free_mb
+        if not ok and not self._disk_paused:
+            log.error("disk nearly full: %.0f MB free under %s (< %.0f MB): no new job starts until space is freed",
+                      free_mb, self.settings.root, self.options.min_free_mb)
+            self.on_event("disk_full", {"free_mb": free_mb, "min_free_mb": self.options.min_free_mb})
+            self.counts["disk_pauses"] += 1
+        elif ok and self._disk_paused:
+            log.warning("disk space back (%.0f MB free): resuming", free_mb)
+            self.on_event("disk_ok", {"free_mb": free_mb})
+            self.requeue(reason="disk space freed")
+        self._disk_paused = not ok
+        return ok
+
+
+class _Outage:
+    """Back-off while the database is unreachable; gives up after ``limit`` seconds with a clear error."""
+
+    def __init__(self, limit: float, on_event: Callable[[str, dict[str, Any]], None]) -> None:
+        self.limit, self.on_event = limit, on_event
+        self.since: float | None = None
+        self.tries = 0
+        self.outages = 0
+
+    def wait(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.tries = now, 0
+            self.outages += 1
+            log.error("database unreachable (%s): retrying with back-off for up to %.0f s",
+                      str(exc).splitlines()[0][:200], self.limit)
+            self.on_event("db_outage", {"error": str(exc).splitlines()[0][:200]})
+        if now - self.since > self.limit:
+            from upad.errors import UpadError
+
+            raise UpadError(f"the database has been unreachable for {now - self.since:.0f} s: {exc}",
+                            hint="check the database server (and its disk); `upad run` resumes where it stopped")
+        time.sleep(min(30.0, 0.25 * 2 ** self.tries))
+        self.tries += 1
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("database reachable again after %.1f s", time.monotonic() - self.since)
+            self.on_event("db_back", {"seconds": time.monotonic() - self.since})
+            self.since = None
+
+    def retry(self, fn: Callable[[], Any]) -> Any:
+        while True:
+            try:
+                out = fn()
+                self.over()
+                return out
+            except Exception as exc:  # noqa: BLE001
+                if not is_outage(exc):
+                    raise
+                self.wait(exc)
+
+
+def _unblock_hint(waits_for: str | None) -> str:
+    if waits_for:
+        return f"it runs again as soon as {waits_for} exists (or `upad retry`)"
+    return "fix the cause; it runs again at the next `upad run` (or now: `upad retry`)"
 
 
 def _as_date(night: str) -> dt.date:
@@ -886,7 +1149,7 @@ def frame_meta(f: Frame) -> dict[str, Any]:
             "filter": f.filter, "read_mode": f.read_mode, "exptime": f.exptime,
             "date_obs": f.date_obs.isoformat(), "mjd": f.mjd, "night": f.night, "ra": f.ra, "dec": f.dec,
             "airmass": f.airmass, "tile_id": f.tile_id, "object": f.object, "sha256": f.sha256,
-            "naxis1": f.naxis1, "naxis2": f.naxis2}
+            "naxis1": f.naxis1, "naxis2": f.naxis2, "file_stat": f.file_stat}
 
 
 def _lock(s: Session, stmt: Any, *, skip_locked: bool = False) -> Any:

@@ -11,33 +11,17 @@ import io
 import logging
 import os
 import socket
-import sqlite3
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from upad.errors import TRANSIENT_ERRNO
-from upad.flow.step import DataError, ResolvedInput, Task, TransientError, get_step
+from upad.errors import InputChangedError, MissingInputError
+from upad.flow.faults import classify
+from upad.flow.step import DataError, ResolvedInput, Task, get_step
 from upad.io.atomic import sha256_file
 
 log = logging.getLogger("upad.worker")
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failure is worth retrying (with backoff) rather than recorded as a deterministic failure."""
-    if isinstance(exc, TransientError):
-        return True
-    if isinstance(exc, DataError):
-        return False
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        return True
-    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNO:
-        return True
-    if isinstance(exc, MemoryError):
-        return True
-    return False
 
 
 def reset_peak_rss() -> None:
@@ -82,6 +66,48 @@ def release_free_memory() -> None:
         pass
 
 
+def file_stat(path: str | Path) -> dict[str, int]:
+    """What changes when a file's content may have: size, mtime, ctime (which no user can set back) and inode (a
+    replacement by rename), of the file a path (or its symbolic link) leads to."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+def verify_inputs(inputs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Check that every raw frame a job reads is the file that was registered, before the job uses it.
+
+    A frame whose file's :func:`file_stat` equals the one recorded when its SHA-256 was last verified is taken as
+    is; otherwise the file is hashed again: the same SHA-256 (a ``touch``, a ``chmod``, a copy back) returns the new
+    stat for the scheduler to record, another one raises :class:`~upad.errors.InputChangedError`.
+
+    Returns
+    -------
+    dict
+        ``{frame id: stat}`` of the frames verified by their hash.
+    """
+    verified: dict[str, dict[str, int]] = {}
+    for item in inputs:
+        if item["kind"] != "frame" or not item.get("meta", {}).get("sha256"):
+            continue
+        path = item["paths"][0]
+        try:
+            now = file_stat(path)
+        except FileNotFoundError as exc:
+            raise MissingInputError(f"raw frame {item['meta'].get('filename')} is missing from the archive ({path})",
+                                    path=path, hint="restore or mount it, or flag the frame invalid") from exc
+        if now == item["meta"].get("file_stat"):
+            continue
+        sha = sha256_file(path)
+        if sha != item["meta"]["sha256"]:
+            raise InputChangedError(
+                f"raw frame {item['meta'].get('filename')} ({path}) changed after it was registered: SHA-256 "
+                f"{sha[:12]}… is not the registered {item['meta']['sha256'][:12]}…; it is quarantined and the frame "
+                "flagged invalid — ingest the new file as a new frame", frame_id=int(item["id"]), path=path,
+                sha256=sha)
+        verified[str(item["id"])] = now
+    return verified
+
+
 def _load_plugins(modules: list[str]) -> None:
     for mod in modules:
         importlib.import_module(mod)
@@ -117,6 +143,7 @@ def execute_task(payload: dict[str, Any]) -> dict[str, Any]:
                                        meta=i["meta"]) for i in payload["inputs"]),
             root=payload["root"], staging=str(staging),
         )
+        outcome["verified"] = verify_inputs(payload["inputs"])
         result = step.run(task)
         declared = {o.role for o in step.outputs}
         files = []
@@ -136,7 +163,11 @@ def execute_task(payload: dict[str, Any]) -> dict[str, Any]:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         log.error("%s failed: %s", payload.get("step"), exc)
-        outcome.update(ok=False, error=f"{type(exc).__name__}: {exc}", transient=is_transient(exc),
+        fault = classify(exc)
+        if isinstance(exc, InputChangedError):
+            outcome["input_changed"] = [{"frame_id": exc.frame_id, "path": exc.path, "sha256": exc.sha256}]
+        outcome.update(ok=False, error=f"{type(exc).__name__}: {exc}", transient=fault.transient,
+                       fault=fault.category, waits_for=fault.waits_for,
                        traceback="".join(traceback.format_exception(exc))[-4000:])
     finally:
         root_logger.removeHandler(handler)

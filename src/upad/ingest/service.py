@@ -441,7 +441,7 @@ class _Ingester:
                 self._insert_tile(s, meta)
             frame = Frame(
                 filename=dest.name, path=self._rel(dest), original_path=str(path), size_bytes=size,
-                sha256=sha, ingested_at=utcnow(),
+                sha256=sha, ingested_at=utcnow(), file_stat=_file_stat(dest),
                 instrument=meta.instrument, telescope=_trunc(meta.telescope, 32), detector=_trunc(meta.detector, 64),
                 header_convention=meta.convention, layout=vf.layout, naxis1=vf.naxis1, naxis2=vf.naxis2,
                 n_detectors=vf.n_detectors, obs_type=meta.obs_type, filter=meta.filter,
@@ -683,3 +683,13 @@ def watch(db: Database, settings: Settings, dirs: Iterable[str | os.PathLike], *
     except KeyboardInterrupt:
         report.interrupted = True
     return report
+
+
+def _file_stat(path: Path) -> dict[str, int] | None:
+    """The archived file's stat when its SHA-256 was taken: jobs hash it again only when it changed."""
+    from upad.flow.worker import file_stat
+
+    try:
+        return file_stat(path)
+    except OSError:
+        return None

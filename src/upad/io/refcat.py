@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from upad.errors import UpadError
+from upad.errors import MissingInputError, UpadError
 
 __all__ = ["read_reference_catalog", "propagate_to_epoch", "in_cone", "epoch_of", "observation_epoch", "at_epoch"]
 
@@ -112,8 +112,11 @@ def read_reference_catalog(path: str | Path, *, filters: list[str] | None = None
     """
     path = Path(path)
     if not path.is_file():
-        raise UpadError(f"reference catalog {path} does not exist",
-                        hint="simulated nights have one in <sim>/reference/refcat.fits; or pass a Gaia extract")
+        # not the data's fault: the jobs that need it wait for it (``blocked``) and run once it is there
+        raise MissingInputError(f"reference catalog {path} does not exist", path=str(path),
+                                hint="place one there (a Gaia extract: ra, dec, phot_g/bp/rp_mean_mag, pmra, pmdec; "
+                                     "simulated nights have one in <sim>/reference/refcat.fits) or set "
+                                     "steps.reduce.reference_catalog in upad.toml")
     raw = _read_any(path)
     lower = {c.lower(): c for c in raw.colnames}
     out = Table()
