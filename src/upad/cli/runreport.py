@@ -70,11 +70,16 @@ class ProgressLines:
 
     Parameters
     ----------
-    db : the run's database (a session per line).
-    console : where the lines go (stderr).
-    interval : seconds between two lines.
-    run_name : called for the run's name (known once the scheduler started its run).
-    retried : called for the number of transient failures retried so far.
+    db : Database
+        The run's database (one short session per line).
+    console : Console
+        Where the lines go (stderr).
+    interval : float
+        Seconds between two lines.
+    run_name : callable
+        Returns the run's name (known once the scheduler has started its run).
+    retried : callable
+        Returns the number of transient failures retried so far.
     """
 
     def __init__(self, db: Database, console: Console, *, interval: float, run_name: Any = lambda: None,
