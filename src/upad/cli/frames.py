@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from upad.cli.common import common_options, emit_json, json_option, stdout
+from upad.cli.common import NIGHT, common_options, emit_json, json_option, stdout
 from upad.db import open_database
 from upad.db.models import OBS_TYPES
 from upad.db.queries import flow_summary, list_frames, list_quarantine, status_summary
@@ -22,7 +22,7 @@ def _fmt(v: object, digits: int = 2) -> str:
 @click.command("frames")
 @common_options
 @json_option
-@click.option("--night", help="Only this night (YYYY-MM-DD).")
+@click.option("--night", type=NIGHT, help="Only this night (YYYY-MM-DD).")
 @click.option("--type", "obs_type", type=click.Choice(OBS_TYPES), help="Only this observation type.")
 @click.option("--filter", "filter_name", help="Only this filter (J-PLUS name, e.g. rSDSS).")
 @click.option("--tile", "tile_id", type=int, help="Only this tile id.")

@@ -7,7 +7,7 @@ import click
 from rich.table import Table
 from sqlalchemy import select
 
-from upad.cli.common import common_options, console, emit_json, json_option, stdout
+from upad.cli.common import NIGHT, common_options, console, emit_json, json_option, stdout
 from upad.db import open_database
 from upad.db.models import Frame, Job, Product
 from upad.settings import Settings
@@ -57,7 +57,7 @@ def qc_group() -> None:
 @qc_group.command("night")
 @common_options
 @json_option
-@click.argument("night")
+@click.argument("night", type=NIGHT)
 def qc_night(settings: Settings, as_json: bool, night: str) -> None:
     """Per-frame QC figures of NIGHT (YYYY-MM-DD): FWHM, ellipticity, sky, zero point and transparency loss,
     astrometric rms, matched stars, masked fraction, status and reasons.

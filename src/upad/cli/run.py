@@ -1,13 +1,16 @@
 """``upad run``, ``upad reprocess``, ``upad runs``, ``upad flag``: drive the processing flow."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from upad.cli.common import common_options, console, emit_json, json_option, progress, stdout
+from upad.cli.common import NIGHT, common_options, console, emit_json, json_option, log_to_console, progress, stdout
+from upad.cli.runreport import SUMMARY_KEYS, ProgressLines, failed_for_good, summary_line
 from upad.db import open_database
 from upad.db.queries import list_runs
 from upad.execution import make_executor
@@ -91,25 +94,32 @@ def _print_plan(report: Any, as_json: bool, verbose: bool) -> None:
 @click.option("--full-plan", is_flag=True, help="Plan every unit of every step on the first pass, not only the "
                                                 "nights that changed since the last pass (a check after repairs "
                                                 "made outside upad).")
+@click.option("--progress-seconds", type=click.FloatRange(min=0.1, max=86400.0), default=30.0, show_default=True,
+              help="Without a terminal (cron, redirected stderr): write a progress line (jobs done / running / "
+                   "queued / failed per step) this often, and one at the end. On a terminal a progress bar shows.")
 @json_option
 def run(settings: Settings, until_idle: bool, dry_run: bool, verbose: bool, max_seconds: float | None,
-        full_plan: bool, as_json: bool, **kw: Any) -> None:
+        full_plan: bool, progress_seconds: float, as_json: bool, **kw: Any) -> None:
     """Process what is ready: plan jobs, dispatch them to the executor, record results, loop.
 
     Without --until-idle it runs as a daemon that also picks up newly ingested frames (Ctrl-C stops it after the
     running jobs finish). Safe to kill at any moment: run it again and it resumes.
+
+    Each job that fails is reported once (a line with its step, unit and error); the run ends with a summary of
+    its counts. Exit status 1 when a job failed for good during the run (see `upad status`).
     """
     if dry_run:
         sched = _scheduler(settings, executor=None, command="upad run --dry-run", **{k: v for k, v in kw.items()
                                                                                       if k != "executor"})
         _print_plan(sched.plan(dry_run=True), as_json, verbose)
         return
-    bar = progress(disable=as_json or not sys.stderr.isatty())
+    on_terminal = console.is_terminal
+    bar = progress(disable=as_json or not on_terminal)
     task_id = None
     totals = {"done": 0, "failed": 0, "total": 0}
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
-        nonlocal task_id
+        # the bar only: failures are reported by the scheduler's log record (log_to_console below), once
         if task_id is None:
             return
         if kind == "started":
@@ -118,7 +128,6 @@ def run(settings: Settings, until_idle: bool, dry_run: bool, verbose: bool, max_
             totals["done"] += 1
         if kind == "failed" and not info.get("retry"):
             totals["failed"] += 1
-            console.print(f"[red]failed[/] {info['step']} {info['unit']}: {info['error']}")
         if kind in ("planned", "done", "failed"):
             pending = sched.pending()
             totals["total"] = totals["done"] + totals["failed"] + sum(pending.values())
@@ -127,25 +136,38 @@ def run(settings: Settings, until_idle: bool, dry_run: bool, verbose: bool, max_
 
     sched = _scheduler(settings, command=" ".join(["upad", *sys.argv[1:]]), on_event=on_event, **kw)
     sched.options.full_first_pass = full_plan
-    console.print(f"[bold]upad run[/] on {sched.executor.describe()}; database {sched.db!r}")
+    console.print(f"[bold]upad run[/] on {escape(sched.executor.describe())}; database {escape(repr(sched.db))}",
+                  soft_wrap=True)
+    lines = None if as_json or on_terminal else ProgressLines(
+        sched.db, console, interval=progress_seconds, run_name=lambda: sched.run_name,
+        retried=lambda: sched.counts.get("retried", 0))
     try:
-        with bar:
-            task_id = bar.add_task("jobs", total=None)
+        with log_to_console("upad.scheduler", "upad.execution"), bar, (lines or contextlib.nullcontext()):
+            if not bar.disable:
+                task_id = bar.add_task("jobs", total=None)
             counts = sched.run(until_idle=until_idle, max_seconds=max_seconds)
     finally:
         sched.executor.close()
-    summary = {"run": sched.run_name, **counts}
+    if lines is not None:
+        lines.emit()  # the last progress line: where every step stands at the end
+    failures = failed_for_good(counts)
     if as_json:
-        emit_json(summary)
+        emit_json({"run": sched.run_name, **dict.fromkeys(SUMMARY_KEYS, 0), **counts, "ok": failures == 0})
     else:
-        console.print(f"run [bold]{sched.run_name}[/]: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        console.print("see `upad status`, `upad products`, `upad runs`")
+        console.print(escape(summary_line(sched.run_name, counts)), soft_wrap=True, highlight=False)
+        if failures:
+            console.print(f"[red]{failures} job(s) failed for good[/] during this run: `upad status` lists the failed jobs "
+                          f"with their errors, `upad runs` the runs' counts", soft_wrap=True)
+        else:
+            console.print("see `upad status`, `upad products`, `upad runs`")
+    if failures:
+        click.get_current_context().exit(1)
 
 
 @click.command("reprocess")
 @common_options
 @_executor_options
-@click.option("--since", default=None, metavar="YYYY-MM-DD", help="Only units of nights on or after this date.")
+@click.option("--since", type=NIGHT, default=None, help="Only units of nights on or after this date.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be rebuilt.")
 @json_option
 def reprocess(settings: Settings, since: str | None, dry_run: bool, as_json: bool, **kw: Any) -> None:

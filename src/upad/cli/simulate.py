@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from upad.cli.common import common_options, console, emit_json, json_option, progress
+from upad.cli.common import NIGHT, common_options, console, emit_json, json_option, progress
 from upad.errors import UpadError
 
 
@@ -32,7 +32,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
               help="Header convention (OAJ or T80-South).")
 @click.option("--compress/--no-compress", default=True, show_default=True,
               help="Write RICE_1 tile-compressed .fits.fz (lossless) or plain .fits.")
-@click.option("--start-date", default=None, help="First night, YYYY-MM-DD (default 2025-03-01).")
+@click.option("--start-date", type=NIGHT, default=None, help="First night, YYYY-MM-DD (default 2025-03-01).")
 @click.option("--disable", multiple=True, metavar="EFFECT[,EFFECT…]",
               help="Switch effects off (see --list-effects).")
 @click.option("--no-effects", is_flag=True, help="Switch every effect off (an ideal camera); --enable adds back.")
