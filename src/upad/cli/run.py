@@ -156,8 +156,12 @@ def run(settings: Settings, until_idle: bool, dry_run: bool, verbose: bool, max_
     else:
         console.print(escape(summary_line(sched.run_name, counts)), soft_wrap=True, highlight=False)
         if failures:
-            console.print(f"[red]{failures} job(s) failed for good[/] during this run: `upad status` lists the failed jobs "
-                          f"with their errors, `upad runs` the runs' counts", soft_wrap=True)
+            n_failed, n_blocked = int(counts.get("failed", 0)), int(counts.get("blocked", 0))
+            parts = ([f"{n_failed} job(s) failed for good (their data or the code)"] if n_failed else []) + (
+                [f"{n_blocked} blocked by their environment (fix the cause — the error says which —, then "
+                 "`upad retry`; the next `upad run` also tries them again)"] if n_blocked else [])
+            console.print(f"[red]{' and '.join(parts)}[/] during this run: `upad status` lists the jobs with their "
+                          "errors, `upad runs` the runs' counts", soft_wrap=True)
         else:
             console.print("see `upad status`, `upad products`, `upad runs`")
     if failures:
