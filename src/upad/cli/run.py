@@ -41,6 +41,16 @@ def _executor_options(func: Any) -> Any:
         click.option("--name", "run_name", default=None, help="Name of this processing run (default: timestamped)."),
         click.option("--replan-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
                      help="How often the daemon looks for newly ready work (e.g. newly ingested frames)."),
+        click.option("--min-free-mb", type=click.FloatRange(min=0.0), default=200.0, show_default=True,
+                     help="No new job starts while the data root's disk has less free space than this (MB); the "
+                          "run pauses, says why, and resumes when space is freed."),
+        click.option("--db-outage-seconds", type=click.FloatRange(min=0.0, max=7 * 86400.0), default=900.0,
+                     show_default=True,
+                     help="How long to ride out an unreachable database (reconnecting with back-off) before "
+                          "stopping with the error."),
+        click.option("--blocked-retry-seconds", type=click.FloatRange(min=1.0), default=900.0, show_default=True,
+                     help="A daemon queues its blocked jobs (environment faults) again this often; they are also "
+                          "queued at every new run, when the file they wait for appears, and by `upad retry`."),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -50,11 +60,13 @@ def _executor_options(func: Any) -> Any:
 def _scheduler(settings: Settings, *, executor: str | None, workers: int | None, dask_scheduler: str | None,
                cluster_config: str | None, steps: tuple[str, ...], lease_seconds: float, max_attempts: int,
                memory_budget_gb: float | None, run_name: str | None, command: str, replan_seconds: float = 10.0,
+               min_free_mb: float = 200.0, db_outage_seconds: float = 900.0, blocked_retry_seconds: float = 900.0,
                on_event: Any = None) -> Scheduler:
     db = open_database(settings.db_url)
     options = SchedulerOptions(lease_seconds=lease_seconds, heartbeat_seconds=min(5.0, lease_seconds / 3),
                                max_attempts=max_attempts, steps=steps or None, memory_budget_gb=memory_budget_gb,
-                               replan_seconds=replan_seconds)
+                               replan_seconds=replan_seconds, min_free_mb=min_free_mb,
+                               db_outage_seconds=db_outage_seconds, blocked_retry_seconds=blocked_retry_seconds)
     ex = make_executor(executor, workers=workers, scheduler=dask_scheduler,
                        cluster_config=cluster_config) if executor else None
     return Scheduler(db, settings, ex, options=options, run_name=run_name, command=command, on_event=on_event)
