@@ -64,7 +64,7 @@ def files_under(root: Path) -> list[Path]:
     return [Path(d, f) for d, _, names in os.walk(root) for f in names]
 
 
-# -- 2. absurd header values ---------------------------------------------------------------------------------------------
+# -- 2. absurd header values -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cards, words", [
     ({"DATE-OBS": "9999-12-31T23:00:00.000"}, ["9999-12-31", "future"]),
     ({"DATE-OBS": "0001-01-01T00:00:00.000"}, ["0001-01-01"]),
@@ -235,7 +235,7 @@ def test_bomb_in_the_incoming_directory_is_quarantined(database, settings: Setti
     assert row.category == "oversized" and (settings.root / row.quarantine_path).read_bytes() == bomb.read_bytes()
 
 
-# -- 4. symbolic links, permissions ---------------------------------------------------------------------------------------
+# -- 4. symbolic links, permissions ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["copy", "move"])
 def test_link_to_a_secret_outside_is_not_followed(database, settings: Settings, incoming: Path, tmp_path: Path,
                                                   mode: str) -> None:
@@ -305,7 +305,7 @@ def test_quarantined_copies_never_get_more_permission(database, settings: Settin
     assert got & 0o600 == 0o600 & source_mode
 
 
-# -- 4. file names ------------------------------------------------------------------------------------------------------
+# -- 4. file names -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, word", [
     ("m02-20150811T013019-01\n.fits.fz", "control"),
     ("m02-20150811T013019-01\t.fits.fz", "control"),
@@ -342,7 +342,7 @@ def test_filename_rule() -> None:
         assert info.value.category == "bad_name" and "\n" not in info.value.reason
 
 
-# -- 3. files being written, move mode ------------------------------------------------------------------------------------
+# -- 3. files being written, move mode ---------------------------------------------------------------------------------
 def _slow_writer(path: Path, data: bytes, *, chunks: int, pause: float, started: threading.Event) -> None:
     with open(path, "wb") as fh:
         for i in range(chunks):
@@ -463,7 +463,7 @@ def test_concurrent_move_ingests(database, settings: Settings, incoming: Path) -
     assert list(incoming.iterdir()) == [] and temp_files(settings.root) == []
 
 
-# -- configuration --------------------------------------------------------------------------------------------------------
+# -- configuration -----------------------------------------------------------------------------------------------------
 def test_limits_are_declared_in_the_ingest_configuration(tmp_path: Path) -> None:
     assert load_ingest_config(tmp_path).limits == LimitsConfig()
     (tmp_path / "upad.toml").write_text("[ingest.limits]\nsettle_s = 10.0\nfollow_symlinks = 'never'\n")

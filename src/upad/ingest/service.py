@@ -296,7 +296,7 @@ def collect_with_roots(paths: Iterable[str | os.PathLike], *,
     return sorted(found.values(), key=lambda q: (q[0].name, str(q[0])))
 
 
-# -- claiming a file ----------------------------------------------------------------------------------------------------
+# -- claiming a file ---------------------------------------------------------------------------------------------------
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no advisory locks
@@ -384,7 +384,7 @@ def quarantine_mode(source_mode: int) -> int:
     return stat.S_IMODE(source_mode) & 0o644
 
 
-# -- the ingester -------------------------------------------------------------------------------------------------------
+# -- the ingester ------------------------------------------------------------------------------------------------------
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -785,7 +785,7 @@ def _reason_text(path: Path, filename: str, sha: str | None, size: int | None, r
             + (f"what to do:  {rej.hint}\n" if rej.hint else ""))
 
 
-# -- public entry points ---------------------------------------------------------------------------------------------------
+# -- public entry points -----------------------------------------------------------------------------------------------
 def ingest_paths(db: Database, settings: Settings, paths_or_dirs: Iterable[str | os.PathLike], *,
                  mode: str = "copy", strict: bool = False, progress: Callable[[FileOutcome], None] | None = None,
                  config: IngestConfig | None = None, sleep: Callable[[float], None] = time.sleep) -> IngestReport:
