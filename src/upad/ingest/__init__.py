@@ -3,7 +3,8 @@
 Pure parts (no I/O): :mod:`~upad.ingest.translate` (headers → :class:`FrameMetadata`), :mod:`~upad.ingest.verify`
 (:func:`verify_bytes`), :mod:`~upad.ingest.quicklook` (:func:`quicklook`), :mod:`~upad.ingest.limits` (what
 hostile input is refused: names, implausible headers, decompression bombs; the ``[ingest.limits]`` parameters).
-The adapter :mod:`~upad.ingest.service` (:func:`ingest_paths`, :func:`watch`) adds the archive (:mod:`~upad.ingest.archive`) and the database.
+The adapter :mod:`~upad.ingest.service` (:func:`ingest_paths`, :func:`watch`) adds the archive
+(:mod:`~upad.ingest.archive`) and the database.
 See ``docs/ingest.md``.
 """
 from upad.ingest.errors import CATEGORIES, IngestRejected
