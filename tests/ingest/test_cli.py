@@ -59,7 +59,9 @@ def test_ingest_missing_path_is_a_usage_error(database, settings: Settings, tmp_
 
 
 def test_watch_with_max_polls(database, settings: Settings, incoming: Path, capsys) -> None:
-    write_raw(incoming, RawSpec(n_stars=5))
+    f = write_raw(incoming, RawSpec(n_stars=5))
+    old = f.stat().st_mtime - 60  # written a minute ago: settled (ingest.limits.settle_s)
+    os.utime(f, (old, old))
     assert run_cli(["ingest", incoming, "--root", settings.root, "--db", settings.db_url, "--watch",
                     "--interval", "0.05", "--max-polls", "3"]) == 0
     with database.session() as s:

@@ -57,7 +57,8 @@ def test_registers_frames_with_metadata_qc_and_header(database, settings: Settin
     c = write_raw(incoming, RawSpec(seq=3, obs_type="bias", exptime=0.0, filter=None))
     seen = []
     report = ingest_paths(database, settings, [incoming], progress=seen.append)
-    assert report.counts == {"registered": 3, "already_registered": 0, "conflict": 0, "quarantined": 0, "failed": 0}
+    assert report.counts == {"registered": 3, "already_registered": 0, "conflict": 0, "quarantined": 0, "failed": 0,
+                             "skipped": 0}
     assert [o.filename for o in seen] == sorted([a.name, b.name, c.name])
     assert report.exit_code(strict=True) == 0
 
@@ -395,8 +396,10 @@ def test_watch_takes_files_once_stable(database, settings: Settings, incoming: P
             with open(growing, "ab") as fh:
                 fh.write(full[2 * len(full) // 3:])
 
+    # the polls are instantaneous here: no settle time on top of the poll-to-poll stability
+    no_settle = service_mod.IngestConfig.from_mapping({"limits": {"settle_s": 0.0}})
     report = watch(database, settings, [incoming], interval=0.0, max_polls=5, on_poll=on_poll,
-                   sleep=lambda s: None)
+                   sleep=lambda s: None, config=no_settle)
     assert polls == {1: [], 2: [f"{ready.name}:registered"], 3: [], 4: [f"{growing.name}:registered"], 5: []}
     assert report.polls == 5 and report.quarantined == 0
     assert n_rows(database, Frame) == 2

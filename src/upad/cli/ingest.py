@@ -22,7 +22,7 @@ from upad.ingest.service import (
 from upad.settings import Settings
 
 _STYLE = {"registered": "green", "already_registered": "cyan", "conflict": "magenta", "quarantined": "yellow",
-          "failed": "bold red"}
+          "failed": "bold red", "skipped": "dim"}
 
 
 def _check_root(settings: Settings) -> None:
@@ -38,7 +38,7 @@ def _summary(report: IngestReport) -> None:
     for status, n in report.counts.items():
         counts.add_row(f"[{_STYLE[status]}]{status}[/]", str(n))
     stdout.print(counts)
-    problems = [o for o in report.outcomes if o.status in ("conflict", "quarantined", "failed")]
+    problems = [o for o in report.outcomes if o.status in ("conflict", "quarantined", "failed", "skipped")]
     if problems:
         table = Table(title="refused or failed files", show_header=True, header_style="bold", show_lines=False)
         table.add_column("file")
@@ -65,7 +65,8 @@ def _line(outcome: FileOutcome) -> None:
 @click.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--mode", type=click.Choice(MODES), default="copy", show_default=True,
-              help="copy: keep the sources; move: remove each source once it is registered; "
+              help="copy: keep the sources; move: remove each source once it is registered (a file modified within "
+                   "ingest.limits.settle_s is left for a later pass); "
                    "link: archive a symbolic link to the source (which must stay in place).")
 @click.option("--strict", is_flag=True,
               help="Exit with status 1 when any file was refused (quarantined) or conflicted.")
@@ -84,7 +85,8 @@ def ingest(paths: tuple[Path, ...], mode: str, strict: bool, watch_: bool, inter
     Every file is checked (FITS structure, completeness, checksums, pixel type, shape, header keys), archived under
     ROOT/raw/<night>/ and registered with its quick-look QC. Refused files go to ROOT/quarantine/<date>/ with a
     reason (`upad quarantine` lists them); the batch always goes on. Running it again is safe: registered files
-    are recognised by content (SHA-256).
+    are recognised by content (SHA-256). Files still being written (move mode, --watch) or claimed by a concurrent
+    ingest are skipped and left in place for a later pass.
 
     Exit status: 0; 1 when a file could not be processed (it is left in place) or, with --strict, when any file was
     refused or conflicted; 2 for a usage error.
@@ -111,7 +113,8 @@ def ingest(paths: tuple[Path, ...], mode: str, strict: bool, watch_: bool, inter
                         bar.console.print(f"[{_STYLE[outcome.status]}]{outcome.status}[/] {outcome.filename} "
                                           f"({outcome.category or 'error'})")
 
-                report = ingest_paths(db, settings, files, mode=mode, strict=strict, progress=advance)
+                # the paths as given: a symbolic link is followed only inside the directory it was found in
+                report = ingest_paths(db, settings, paths, mode=mode, strict=strict, progress=advance)
     finally:
         db.dispose()
     if as_json:

@@ -1,11 +1,14 @@
 """Data handling: verify, register, archive, quarantine and quick-look QC of raw frames.
 
 Pure parts (no I/O): :mod:`~upad.ingest.translate` (headers → :class:`FrameMetadata`), :mod:`~upad.ingest.verify`
-(:func:`verify_bytes`), :mod:`~upad.ingest.quicklook` (:func:`quicklook`). The adapter :mod:`~upad.ingest.service`
-(:func:`ingest_paths`, :func:`watch`) adds the archive (:mod:`~upad.ingest.archive`) and the database.
+(:func:`verify_bytes`), :mod:`~upad.ingest.quicklook` (:func:`quicklook`), :mod:`~upad.ingest.limits` (what
+hostile input is refused: names, implausible headers, decompression bombs; the ``[ingest.limits]`` parameters).
+The adapter :mod:`~upad.ingest.service` (:func:`ingest_paths`, :func:`watch`) adds the archive
+(:mod:`~upad.ingest.archive`) and the database.
 See ``docs/ingest.md``.
 """
 from upad.ingest.errors import CATEGORIES, IngestRejected
+from upad.ingest.limits import LimitsConfig
 from upad.ingest.quicklook import QuickLookConfig, QuickLookResult, quicklook
 from upad.ingest.service import (
     MODES,
@@ -30,6 +33,7 @@ __all__ = [
     "IngestConfig",
     "IngestRejected",
     "IngestReport",
+    "LimitsConfig",
     "QuickLookConfig",
     "QuickLookResult",
     "TranslationConfig",

@@ -94,8 +94,11 @@ def _publish(tmp: Path, dest: Path) -> None:
     os.unlink(tmp)
 
 
-def store_bytes(dest: Path, data: bytes | memoryview) -> None:
+def store_bytes(dest: Path, data: bytes | memoryview, *, mode: int | None = None) -> None:
     """Write ``data`` at ``dest`` atomically and durably.
+
+    ``mode``: permission bits given to the file before it is published (default: what the umask leaves of 0666);
+    they can only be narrowed by the umask, never widened.
 
     Raises
     ------
@@ -110,6 +113,10 @@ def store_bytes(dest: Path, data: bytes | memoryview) -> None:
     _ACTIVE_TEMPS.add(tmp.name)
     try:
         with open(tmp, "xb") as fh:
+            if mode is not None:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(fh.fileno(), mode & ~umask & 0o777)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

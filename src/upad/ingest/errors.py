@@ -19,6 +19,14 @@ CATEGORIES: dict[str, str] = {
     "unreadable": "the path cannot be read (a directory, a dangling symbolic link, no permission, I/O error)",
     "unknown_instrument": "INSTRUME names no instrument upad knows",
     "conflict": "a different file with the same name is already registered or archived",
+    "implausible": "a header value is readable but impossible for the instrument: DATE-OBS outside its service years "
+                   "or in the future, EXPTIME outside its range, a read mode its description file does not list",
+    "oversized": "the compressed pixels would expand beyond what the header declares or beyond "
+                 "ingest.limits.max_decompression_ratio (a decompression bomb): refused before decompressing",
+    "unsafe_link": "a symbolic link whose target lies outside the incoming directory (or any link, with "
+                   "ingest.limits.follow_symlinks = 'never'): not followed, nothing copied, the link left in place",
+    "bad_name": "the file name holds control characters (newline …), non-ASCII characters or a path separator: "
+                "nothing copied, the file left in place to be renamed",
 }
 
 

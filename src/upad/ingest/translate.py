@@ -11,8 +11,9 @@ the fields of :class:`FrameMetadata`. Two conventions are understood (see ``docs
     RA/Dec strings.
 
 Everything here is pure: an astropy :class:`~astropy.io.fits.Header` (and the file name) in, a frozen dataclass out,
-or :class:`~upad.ingest.errors.IngestRejected` with category ``missing_keys``, ``bad_value`` or
-``unknown_instrument``.
+or :class:`~upad.ingest.errors.IngestRejected` with category ``missing_keys``, ``bad_value``,
+``unknown_instrument`` or (a date without an observing night) ``implausible``. Whether the values suit the
+instrument is checked after translation (:func:`upad.ingest.limits.check_plausibility`).
 """
 from __future__ import annotations
 
@@ -609,6 +610,13 @@ def translate_header(header: Mapping[str, Any], filename: str | None = None, *,
         warnings.append(f"{cards.hier_name('DET OUTPUTS')}={outputs!r} but {inst.name} has {inst.n_amplifiers} "
                         "amplifiers: the instrument description is used")
 
+    try:
+        night = nights.night_of(date_obs, inst.site)
+    except (OverflowError, ValueError):  # within hours of year 1 or 9999: no night, no real exposure
+        raise IngestRejected("implausible", f"DATE-OBS={date_raw!r} is at the edge of the calendar: no observing "
+                             "night can be computed", hint="fix the header (or the camera computer's clock) and "
+                             "ingest again") from None
+
     return FrameMetadata(
         instrument=inst.key,
         telescope=str(cards.plain("TELESCOP") or inst.telescope_header),
@@ -622,7 +630,7 @@ def translate_header(header: Mapping[str, Any], filename: str | None = None, *,
         exptime=exptime,
         date_obs=date_obs,
         mjd=mjd_of(date_obs),
-        night=nights.night_of(date_obs, inst.site),
+        night=night,
         object=None if obj is None else str(obj),
         ra=ra,
         dec=dec,

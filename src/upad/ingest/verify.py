@@ -12,7 +12,10 @@ verification, the quick-look QC and the archived copy all refer to exactly the s
    ``BITPIX=16``, ``BZERO=32768``, ``BSCALE=1`` — ``wrong_dtype``;
 5. the header translation (:mod:`upad.ingest.translate`) — ``missing_keys``, ``bad_value``, ``unknown_instrument``;
 6. the image shape is one of the instrument's raw layouts — ``wrong_shape``;
-7. all pixels are decoded (decompressed) to the end — ``corrupt``.
+7. a tile-compressed image cannot expand beyond what its header declares nor by more than
+   ``ingest.limits.max_decompression_ratio`` (:func:`upad.ingest.limits.check_expansion`, decided before any
+   pixel is decoded) — ``oversized``;
+8. all pixels are decoded (decompressed) to the end — ``corrupt``.
 
 Every refusal is an :class:`~upad.ingest.errors.IngestRejected` with a category and a reason saying what was wrong
 and what to do.
@@ -32,6 +35,7 @@ import numpy as np
 from astropy.io import fits
 
 from upad.ingest.errors import IngestRejected
+from upad.ingest.limits import DEFAULT_LIMITS, LimitsConfig, check_expansion
 from upad.ingest.translate import DEFAULT_CONFIG, FrameMetadata, TranslationConfig, translate_header
 from upad.instruments import get_instrument, section_to_fits
 
@@ -172,10 +176,11 @@ def read_snapshot(path: str | os.PathLike) -> bytes:
     return buf
 
 
-def verify_file(path: str | os.PathLike, *, config: TranslationConfig = DEFAULT_CONFIG) -> VerifiedFrame:
+def verify_file(path: str | os.PathLike, *, config: TranslationConfig = DEFAULT_CONFIG,
+                limits: LimitsConfig = DEFAULT_LIMITS) -> VerifiedFrame:
     """Read and verify one file (see :func:`verify_bytes`)."""
     p = Path(path)
-    return verify_bytes(read_snapshot(p), p.name, config=config)
+    return verify_bytes(read_snapshot(p), p.name, config=config, limits=limits)
 
 
 # -- structure -------------------------------------------------------------------------------------------------------
@@ -384,7 +389,8 @@ def merged_header(primary: fits.Header, image: fits.Header | None) -> fits.Heade
 
 
 # -- the verifier ---------------------------------------------------------------------------------------------------------
-def verify_bytes(buf: bytes, filename: str, *, config: TranslationConfig = DEFAULT_CONFIG) -> VerifiedFrame:
+def verify_bytes(buf: bytes, filename: str, *, config: TranslationConfig = DEFAULT_CONFIG,
+                 limits: LimitsConfig = DEFAULT_LIMITS) -> VerifiedFrame:
     """Verify a raw frame held in memory and decode its pixels.
 
     Parameters
@@ -395,6 +401,8 @@ def verify_bytes(buf: bytes, filename: str, *, config: TranslationConfig = DEFAU
         Its name (used to tell fpack from plain files and in the translation's file-name check).
     config : TranslationConfig
         Passed to :func:`~upad.ingest.translate.translate_header`.
+    limits : LimitsConfig
+        ``max_decompression_ratio`` (:func:`~upad.ingest.limits.check_expansion`).
 
     Returns
     -------
@@ -443,6 +451,12 @@ def verify_bytes(buf: bytes, filename: str, *, config: TranslationConfig = DEFAU
         notes += [f"astropy: {str(w.message).strip().splitlines()[0]}" for w in caught]
         inst = get_instrument(metadata.instrument)
         layout, naxis1, naxis2 = _check_shapes(images, inst, filename)
+        for hdu in images:  # before any pixel is decoded: astropy inflates whole tiles, whatever they claim
+            if isinstance(hdu, fits.CompImageHDU):
+                index = hdul.index_of(hdu)
+                span = spans[index]
+                check_expansion(buf, cards=span.cards, data_start=span.data_start, data_size=span.data_size,
+                                name=hdu.name or f"HDU {index}", config=limits)
 
         data = []
         for hdu in images:

@@ -26,6 +26,7 @@ Additional instruments can be described by dropping a TOML file of the same sche
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -211,6 +212,12 @@ class Instrument:
     layout: Layout
     detectors: tuple[Detector, ...]
     site: Site
+    #: First night the camera took data that may be ingested (its first light / commissioning, ``service_start`` in
+    #: the file); ``None``: not declared (ingest then applies ``ingest.limits.oldest_date``).
+    service_start: dt.date | None = None
+    #: Longest exposure the camera can take, seconds (``max_exptime_s`` in the file); ``None``: not declared (ingest
+    #: then applies ``ingest.limits.max_exptime_s``).
+    max_exptime_s: float | None = None
     source: str = field(default="", compare=False)
 
     @property
@@ -375,6 +382,32 @@ def _site(d: dict, path: Path) -> Site:
     return out
 
 
+def _service_start(value: object, path: Path) -> dt.date | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{path}: service_start = {value!r} is not a date (write e.g. service_start = 2015-01-01)") \
+            from None
+
+
+def _max_exptime(value: object, path: Path) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not out > 0 or out == float("inf"):
+        raise ValueError(f"{path}: max_exptime_s = {value!r} must be a positive number of seconds")
+    return out
+
+
 def load_instrument(path: str | os.PathLike) -> Instrument:
     """Read an instrument description file (the schema of ``instruments/data/*.toml``) from any path.
 
@@ -414,7 +447,9 @@ def load_instrument(path: str | os.PathLike) -> Instrument:
         cd_sign_x=d["cd_sign_x"], cd_sign_y=d["cd_sign_y"], adc_max=d["adc_max"], bzero=d["bzero"],
         dark_current=d["dark_current"],
         read_modes=tuple(ReadMode(**m) for m in d["read_modes"]), default_read_mode=d["default_read_mode"],
-        layout=layout, detectors=tuple(detectors), site=_site(d, path), source=str(path),
+        layout=layout, detectors=tuple(detectors), site=_site(d, path),
+        service_start=_service_start(d.get("service_start"), path),
+        max_exptime_s=_max_exptime(d.get("max_exptime_s"), path), source=str(path),
     )
 
 
