@@ -294,7 +294,7 @@ class TcpProxy:
 
 @pytest.mark.postgres
 def test_the_scheduler_rides_out_a_database_outage(flow_env):
-    """The database goes away for 3 s in the middle of a run (every connection cut, new ones refused) and comes
+    """The database goes away for 5 s in the middle of a run (every connection cut, new ones refused) and comes
     back: the run finishes, every unit has exactly one product, the results that arrived meanwhile are recorded."""
     from sqlalchemy.engine import make_url
 
@@ -318,7 +318,7 @@ def test_the_scheduler_rides_out_a_database_outage(flow_env):
         while time.monotonic() < deadline and states(db).get("done", 0) < 2:
             time.sleep(0.05)
         proxy.stop()
-        time.sleep(3.0)
+        time.sleep(5.0)
         proxy.start()
 
     t = threading.Thread(target=outage)
@@ -334,6 +334,50 @@ def test_the_scheduler_rides_out_a_database_outage(flow_env):
     assert counts["done"] == 14
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Attempt).where(Attempt.state == "running")) == 0
+    check_archive(settings, db)
+
+
+def test_the_scheduler_rides_out_a_full_database_disk(flow_env):
+    """SQLite's file cannot grow for 3 s in the middle of a run (``PRAGMA max_page_count`` at its current size: every
+    write that needs a page fails with "database or disk is full", as on a full disk); then space comes back."""
+    from sqlalchemy import event
+
+    settings, db = flow_env
+    if db.backend != "sqlite":
+        pytest.skip("the full disk is injected through SQLite's max_page_count")
+    add_frames(db, settings.root, 6, NIGHTS)
+    (settings.root / "upad.toml").write_text("[steps.toy_a]\nsleep = 0.2\n[steps.toy_c]\nsleep = 0.2\n")
+    full = {"on": False}
+
+    @event.listens_for(db.engine, "begin")
+    def limit(conn):  # runs after upad's BEGIN IMMEDIATE: caps the file at its present size while "full"
+        if full["on"]:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+            conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+        else:
+            conn.exec_driver_sql("PRAGMA max_page_count = 1073741823")
+
+    events: list[str] = []
+    sched = make(settings, db)
+    sched.on_event = lambda kind, info: events.append(kind)
+
+    def fill():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(e == "done" for e in events):
+            time.sleep(0.02)
+        full["on"] = True
+        time.sleep(3.0)
+        full["on"] = False
+
+    t = threading.Thread(target=fill)
+    t.start()
+    try:
+        counts = sched.run(until_idle=True, max_seconds=120)
+    finally:
+        t.join()
+        event.remove(db.engine, "begin", limit)
+    assert "db_outage" in events and "db_back" in events
+    assert states(db) == {"done": 6 + 2 + 6} and counts["done"] == 14
     check_archive(settings, db)
 
 

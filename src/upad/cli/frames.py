@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from upad.cli.common import NIGHT, common_options, emit_json, json_option, stdout
@@ -87,7 +88,12 @@ def status(settings: Settings, as_json: bool) -> None:
                        ", ".join(f"{k} {v}" for k, v in sorted(flow["products"].get(step, {}).items())))
         stdout.print(ft)
         for f in flow["failed_jobs"][:20]:
-            stdout.print(f"[red]failed[/] {f['step']} {f['unit']}: {f['error']}")
+            if f.get("state") == "blocked":
+                stdout.print(f"[yellow]blocked[/] {escape(f['step'])} {escape(f['unit'])}: {escape(f['error'] or '')}"
+                             " — fix the cause, then `upad retry`", soft_wrap=True)
+            else:
+                stdout.print(f"[red]failed[/] {escape(f['step'])} {escape(f['unit'])}: {escape(f['error'] or '')}",
+                             soft_wrap=True)
     waiting = summary["waiting"]
     if waiting:
         wt = Table(title=f"{len(waiting)} units waiting (first 20; `upad run --dry-run` lists all)")

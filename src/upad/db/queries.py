@@ -122,8 +122,11 @@ def flow_summary(db: Database) -> dict[str, Any]:
                                              .group_by(Product.step, Product.state, Product.is_current)):
             key = "current" if cur else state
             products.setdefault(step, {})[key] = products.get(step, {}).get(key, 0) + n
-        failed = [{"job": j.id, "step": j.step, "unit": j.unit_key, "error": j.error}
-                  for j in s.scalars(select(Job).where(Job.state == "failed").order_by(Job.id))]
+        # failed for good (data or code) and blocked (the environment: `upad retry` once fixed), with their errors
+        failed = [{"job": j.id, "step": j.step, "unit": j.unit_key, "error": j.error, "state": j.state,
+                   "waits_for": j.waits_for}
+                  for j in s.scalars(select(Job).where(Job.state.in_(("failed", "blocked"))).order_by(Job.id)
+                                     .limit(1000))]
     return {"jobs": jobs, "products": products, "failed_jobs": failed}
 
 
