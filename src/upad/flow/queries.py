@@ -59,12 +59,12 @@ def _in_scope(stmt: Select, column: Any, scope: Scope | None, nights: Iterable[s
     return stmt if wanted is None else stmt.where(column.in_(sorted(wanted)))
 
 
-#: The frame columns planning sees (the full header and the per-amplifier QC stay in the database).
 #: Observation dates the flow plans (``[start, end)``, naive UTC): a stored value outside them (a header's
 #: 9999-12-31 registered before ingest checked dates) is left out of every step's planning and reported by
 #: :func:`unplannable_frames`, so that no date arithmetic of a step can fail on it.
 PLANNABLE_DATES = (dt.datetime(1950, 1, 1), dt.datetime(2200, 1, 1))
 
+#: The frame columns planning sees (the full header and the per-amplifier QC stay in the database).
 FRAME_COLUMNS = tuple(c for c in Frame.__table__.columns if c.name not in ("header", "qc_bias", "qc_reasons"))
 
 
