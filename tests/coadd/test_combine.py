@@ -8,7 +8,7 @@ from upad import maskbits as mb
 from upad.coadd.combine import CombineError, clipped_combine, combine_exposures, iter_combined_blocks
 from upad.coadd.resample import ResampledExposure
 
-from .helpers import gaussian_stars
+from .helpers import gaussian_stars, src_to_dst
 
 SKY_SIGMA = 5.0  # e- per pixel (sky-subtracted images, gain 1 e-/unit)
 
@@ -169,3 +169,48 @@ def test_blocks_over_partial_exposures_equal_the_full_stack():
     assert got.rejected[30, 30] == 1 and got.n_rejected[0] >= 1
     blocks = list(iter_combined_blocks(exps, shape, gains=1.0, block_rows=25))
     assert [(a, b) for a, b, _ in blocks] == [(0, 25), (25, 50), (50, 60)]
+
+
+def test_streamed_resample_and_combine_equals_the_two_steps():
+    from upad.coadd.combine import InputExposure, iter_resampled_combined_blocks
+    from upad.coadd.resample import resample
+
+    from .helpers import SIP, tan_wcs
+
+    rng = np.random.default_rng(7)
+    shape, tile = (120, 130), (140, 140)
+    dst = tan_wcs(tile, scale_arcsec=0.55)
+    exps = []
+    for dx, dy in [(0.0, 0.0), (10.0, -4.0), (-6.0, 9.0)]:  # dithers in arcsec
+        w = tan_wcs(shape, crval=(150.0 + dx / 3600, 2.0 + dy / 3600), sip=SIP, rot_deg=0.1)
+        img = rng.normal(0.0, SKY_SIGMA, shape).astype(np.float32)
+        exps.append(InputExposure(img, np.full(shape, 1 / SKY_SIGMA ** 2, np.float32),
+                                  np.zeros(shape, mb.MASK_DTYPE), w))
+    exps[1].image[60, 60] += 4000.0  # a cosmic ray, not flagged
+    far = tan_wcs(shape, crval=(152.0, 2.0))
+    exps.append(InputExposure(exps[0].image, exps[0].noise, None, far))  # no overlap
+    gains, times = [1.0] * 4, [30.0, 30.0, 30.0, 30.0]
+    res = [resample(e.image, e.noise, e.mask, src_wcs=e.wcs, dst_wcs=dst, dst_shape=tile) for e in exps]
+    ref = combine_exposures(res, tile, gains=gains, exptimes=times)
+    img = np.zeros(tile, np.float32)
+    wt = np.zeros(tile, np.float32)
+    rej = np.zeros(tile, np.uint8)
+    n_rej = np.zeros(4, np.int64)
+    sums = np.zeros((4, 2))
+    for r0, r1, blk, s in iter_resampled_combined_blocks(exps, dst_wcs=dst, dst_shape=tile, gains=gains,
+                                                         exptimes=times, block_rows=16):
+        img[r0:r1], wt[r0:r1], rej[r0:r1] = blk.image, blk.weight, blk.rejected
+        n_rej += blk.n_rejected
+        sums += np.array(s)
+    np.testing.assert_allclose(img, ref.image, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(wt, ref.weight, rtol=1e-6)
+    np.testing.assert_array_equal(rej, ref.rejected)
+    assert n_rej.tolist() == ref.n_rejected.tolist() and n_rej[1] >= 1 and n_rej[3] == 0
+    for e, (s, n) in zip(res[:3], sums[:3]):
+        assert np.sqrt(s / n) == pytest.approx(e.noise_ratio, rel=1e-9)
+    # the cosmic ray is gone: the coadd around it is within noise (< 5 sigma), the pixels around it were rejected
+    (cx,), (cy,) = src_to_dst(exps[1].wcs, dst, [60.0], [60.0])
+    box = (slice(int(cy) - 2, int(cy) + 4), slice(int(cx) - 2, int(cx) + 4))
+    assert (np.abs(ref.image[box]) * np.sqrt(ref.weight[box])).max() < 5.0
+    assert ref.rejected[box].sum() >= 4
+    assert (np.abs(ref.image) * np.sqrt(ref.weight)).max() < 6.0  # nowhere a trace of it

@@ -24,6 +24,8 @@ Memory
     :func:`clipped_combine` works on one block of rows of a stack; :func:`iter_combined_blocks` builds such blocks
     from per-exposure arrays that cover parts of the grid (bounding boxes, possibly memory-mapped), so that the
     full stack never exists in memory; :func:`combine_exposures` assembles the blocks into full-size arrays.
+    :func:`iter_resampled_combined_blocks` goes one step further: it resamples each exposure block by block
+    (:func:`upad.coadd.resample.resample_rows`) straight into the stack, so that no resampled frame is ever held.
 """
 from __future__ import annotations
 
@@ -38,10 +40,11 @@ import numpy as np
 from upad import maskbits as mb
 from upad.config import StepConfig, param
 from upad.errors import UpadError
+from upad.coadd.resample import ResampleConfig, ResamplePlan, plan_resample, resample_rows
 from upad.reduce._jit import njit, prange
 
-__all__ = ["CombineConfig", "CombineError", "CombineResult", "GridExposure", "clipped_combine",
-           "combine_exposures", "iter_combined_blocks"]
+__all__ = ["CombineConfig", "CombineError", "CombineResult", "GridExposure", "InputExposure", "clipped_combine",
+           "combine_exposures", "iter_combined_blocks", "iter_resampled_combined_blocks"]
 
 
 class CombineError(UpadError):
@@ -98,6 +101,28 @@ class GridExposure(Protocol):
     weight: np.ndarray
     mask: np.ndarray | None
     bbox: tuple[int, int, int, int]
+
+
+@dataclass
+class InputExposure:
+    """A reduced exposure before resampling.
+
+    Attributes
+    ----------
+    image : ndarray
+        Sky-subtracted image in the common flux scale (may be memory-mapped).
+    noise : ndarray
+        Its inverse variance (or variance, see ``noise`` of :func:`iter_resampled_combined_blocks`).
+    mask : ndarray or None
+        Bit-coded mask (:mod:`upad.maskbits`).
+    wcs : astropy.wcs.WCS
+        Its astrometric solution, distortion included.
+    """
+
+    image: np.ndarray
+    noise: np.ndarray
+    mask: np.ndarray | None
+    wcs: object
 
 
 # ------------------------------------------------------------------------------------------------ compiled
@@ -345,3 +370,75 @@ def combine_exposures(exposures: Sequence[GridExposure], dst_shape: tuple[int, i
         out.rejected[r0:r1] = res.rejected
         out.n_rejected += res.n_rejected
     return out
+
+
+def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wcs, dst_shape: tuple[int, int],
+                                   gains, exptimes=1.0, noise: str = "weight",
+                                   resample_config: ResampleConfig = ResampleConfig(),
+                                   block_rows: int | None = None, config: CombineConfig = CombineConfig()
+                                   ) -> Iterator[tuple[int, int, CombineResult, list[tuple[float, int]]]]:
+    """Resample exposures onto a tile grid and combine them, block of rows by block of rows, without ever holding
+    a resampled frame (see :mod:`upad.coadd.resample` and the module documentation).
+
+    Parameters
+    ----------
+    exposures : sequence of InputExposure
+        The exposures (sky-subtracted, in the common flux scale); those that do not overlap the grid are skipped.
+    dst_wcs : astropy.wcs.WCS
+        The tile's WCS.
+    dst_shape : tuple of int
+        Shape of the tile grid.
+    gains, exptimes
+        Per exposure, as in :func:`clipped_combine`.
+    noise : {"weight", "variance"}
+        What the exposures' ``noise`` arrays hold.
+    resample_config : ResampleConfig
+    block_rows : int, optional
+        Overrides ``config.block_rows``.
+    config : CombineConfig
+
+    Yields
+    ------
+    y0, y1 : int
+        Tile rows of the block.
+    CombineResult
+        The block over the full width of the tile.
+    noise_sums : list of (float, int)
+        Per exposure, the block's sum of ``(per-pixel variance) / (naive variance)`` and its number of covered
+        pixels: summed over the blocks, ``sqrt(sum / n)`` is the exposure's
+        :attr:`~upad.coadd.resample.ResampledExposure.noise_ratio`.
+    """
+    config = _with_overrides(config, block_rows=block_rows)
+    n = len(exposures)
+    g = _per_input(gains, n, "gains", "give one gain per exposure")
+    t = _per_input(exptimes, n, "exptimes", "give one exposure time per exposure")
+    ny, nx = int(dst_shape[0]), int(dst_shape[1])
+    plans: list[ResamplePlan] = [plan_resample(np.shape(e.image), src_wcs=e.wcs, dst_wcs=dst_wcs,
+                                               dst_shape=(ny, nx), config=resample_config) for e in exposures]
+    step = int(config.block_rows)
+    for r0 in range(0, ny, step):
+        r1 = min(ny, r0 + step)
+        sel = [i for i, p in enumerate(plans) if not p.empty and p.bbox[0] < r1 and p.bbox[1] > r0]
+        k = len(sel)
+        imgs = np.zeros((k, r1 - r0, nx), np.float32)
+        wts = np.zeros((k, r1 - r0, nx), np.float32)
+        msk = np.zeros((k, r1 - r0, nx), mb.MASK_DTYPE)
+        sums = [(0.0, 0)] * n
+        for j, i in enumerate(sel):
+            p, e = plans[i], exposures[i]
+            y0, y1, x0, x1 = p.bbox
+            a0, a1 = max(r0, y0), min(r1, y1)
+            out = (imgs[j, a0 - r0:a1 - r0, x0:x1], wts[j, a0 - r0:a1 - r0, x0:x1], msk[j, a0 - r0:a1 - r0, x0:x1])
+            *_, rs, rn = resample_rows(p, e.image, e.noise, e.mask, a0, a1, noise=noise, config=resample_config,
+                                       out=out)
+            sums[i] = (rs, rn)
+        if k:
+            res = clipped_combine(imgs, wts, msk, gains=g[sel], exptimes=t[sel], config=config)
+        else:
+            z = np.zeros((r1 - r0, nx), np.float32)
+            res = CombineResult(z, z.copy(), z.copy(), np.zeros(z.shape, np.int16), np.zeros(z.shape, np.uint8),
+                                np.zeros(0, np.int64))
+        counts = np.zeros(n, np.int64)
+        counts[sel] = res.n_rejected
+        res.n_rejected = counts
+        yield r0, r1, res, sums
