@@ -1,0 +1,627 @@
+"""Flux-conserving resampling of one reduced exposure onto a tile's pixel grid (SWarp's ``LANCZOS3``).
+
+The mapping
+    Every output (tile) pixel ``(x, y)`` is mapped to sky with the tile WCS and back to the exposure's pixels
+    ``(u, v)`` with the exposure's full WCS, SIP distortion included (``astropy.wcs.WCS.all_world2pix``). As SWarp
+    does, the exact mapping is evaluated only on a coarse grid of nodes every ``grid_step`` output pixels (and on
+    the last row and column) and interpolated in between with bicubic splines
+    (:class:`scipy.interpolate.RectBivariateSpline`, interpolating, ``s = 0``); for the smooth mappings of real
+    optics the interpolation error is far below 0.001 pixel at ``grid_step = 16`` (asserted in the tests). The
+    pixel-area ratio ``J = |det d(u, v)/d(x, y)|`` (input pixels per output pixel) comes from the derivatives of the
+    same splines.
+
+The kernel
+    A separable interpolation kernel of half-width ``a``, taken at the ``2a`` input pixels on each axis around
+    ``(u, v)`` and normalised to unit sum on each axis (tabulated over the sub-pixel phase, 2048 steps, linearly
+    interpolated: < 1e-6 weight error). ``lanczos3`` is SWarp's ``LANCZOS3``, ``L(t) = sinc(t) sinc(t/3)``;
+    ``cubicspline4/5/6`` is the cardinal cubic spline (the interpolant of ``scipy.ndimage.map_coordinates`` with
+    ``order=3``) truncated at ``|t| < a``. Measured on sampled stars (tests): Lanczos-3 does not reproduce a linear
+    gradient exactly (centroids off by up to 0.02 px per axis, depending on the sub-pixel phase) and the sum of its
+    weights over an output grid of another pixel scale ripples (star fluxes ±0.25 % per axis for a 1.8 % scale
+    difference, unbiased on average); the truncated cardinal spline (a = 5) keeps both below 0.003 px and 0.05 %,
+    at ~2.5x the cost (``(2a)²`` taps per output pixel).
+
+    Input pixels that cannot be used (weight 0 or not finite, a mask bit of ``bad_bits`` set, a non-finite value,
+    outside the exposure) are left out and the kernel is renormalised over the good ones: the output is
+    ``J Σ w_k p_k / Σ w_k`` over the good pixels ``k``. When the good pixels carry less than ``min_good_weight`` of
+    the kernel (``Σ_good w_k``), the output pixel has no data: value 0, weight 0 and the ``NODATA`` bit.
+
+Flux conservation
+    The input is in flux per input pixel (e.g. e- per pixel, sky subtracted); multiplying the interpolated surface
+    brightness by ``J`` puts it in flux per output pixel, so that the flux of a star summed over the output pixels
+    equals its flux summed over the input pixels (to < 0.1 % for sampled stars, asserted in the tests).
+
+The noise
+    The weight is the inverse variance (image unit⁻²). The input variance ``σ_k² = 1/weight_k`` is propagated
+    exactly for one output pixel: ``var = J² Σ w_k² σ_k² / (Σ w_k)²`` (the kernel's squared weights, the pixel-area
+    ratio squared), so that the weight map gives the true pixel-to-pixel noise of the resampled image. Neighbouring
+    output pixels share input pixels, so the noise is correlated: the variance of a sum over a large aperture is
+    larger than the sum of the per-pixel variances. By flux conservation it is, per output pixel, the *naive*
+    variance ``J Σ w_k σ_k² / Σ w_k`` (the interpolated input variance times the pixel-area ratio: the input
+    pixels that an output pixel stands for). :attr:`ResampledExposure.noise_ratio` is ``per-pixel σ / naive σ``
+    (root-mean-square over the covered pixels, ≈ 0.8–0.9 at equal pixel scales): the noise of an aperture of ``N``
+    pixels is ``sqrt(N) σ_pixel / noise_ratio``, with ``σ_pixel`` from the weight map (both asserted in the tests
+    against the measured noise and its power spectrum).
+
+The mask
+    The output mask is the OR of the input mask bits of every pixel under the kernel footprint whose kernel weight
+    ``|w_x w_y|`` exceeds ``mask_weight_min``, plus ``NODATA`` where the output pixel has no data.
+
+Memory
+    The output is computed in blocks of ``block_rows`` output rows over the bounding box of the output that the
+    exposure covers (:attr:`ResampledExposure.bbox`); only that box is allocated, so a caller holds the overlap
+    only. The interpolated coordinates exist for one block at a time, and so does the band of input rows that the
+    block reaches, prepared once (value, good flag, variance and mask: 14 bytes per pixel) so that the kernel loop
+    has no tests; the band grows with the rotation between exposure and tile (``block_rows + width |sin θ|`` rows).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from upad import maskbits as mb
+from upad.config import StepConfig, param
+from upad.errors import UpadError
+from upad.reduce._jit import njit, prange
+
+__all__ = ["KERNELS", "ResampleConfig", "ResamplePlan", "ResampledExposure", "ResampleError", "plan_resample",
+           "resample", "resample_rows"]
+
+#: Kernel name → (family, half-width ``a`` in pixels; ``2a`` taps per axis). Family 0: Lanczos-``a``
+#: ``sinc(t) sinc(t/a)``; family 1: the cardinal cubic spline (the interpolant of scipy's ``map_coordinates(order=3)``)
+#: truncated at ``|t| < a``.
+KERNELS: dict[str, tuple[int, int]] = {"lanczos2": (0, 2), "lanczos3": (0, 3), "lanczos4": (0, 4),
+                                       "cubicspline4": (1, 4), "cubicspline5": (1, 5), "cubicspline6": (1, 6)}
+
+
+class ResampleError(UpadError):
+    """Inputs that cannot be resampled (shapes, WCS)."""
+
+
+@dataclass(frozen=True)
+class ResampleConfig(StepConfig):
+    """Parameters of the resampling onto a tile grid."""
+
+    kernel: str = param("lanczos3", doc="interpolation kernel: lanczos2/3/4 (SWarp's LANCZOS2/3/4) or the cardinal "
+                                        "cubic spline truncated at 4, 5 or 6 pixels (cubicspline4/5/6: linear "
+                                        "gradients kept, flux ripple ~10x smaller, slower)", choices=tuple(KERNELS))
+    grid_step: int = param(16, doc="spacing of the nodes where the exact WCS mapping is evaluated; in between it is "
+                                   "interpolated with bicubic splines", bounds=(2, 256), unit="pixel")
+    wcs_tolerance: float = param(1e-6, doc="convergence tolerance of the inversion of the exposure's distorted WCS "
+                                           "(all_world2pix) at the nodes", bounds=(1e-9, 1e-3), unit="pixel")
+    min_good_weight: float = param(0.7, doc="an output pixel whose good input pixels carry less than this part of "
+                                            "the kernel has no data (weight 0, NODATA)", bounds=(0.05, 1.0))
+    mask_weight_min: float = param(0.02, doc="input mask bits are propagated from the pixels whose kernel weight "
+                                             "|w_x w_y| exceeds this", bounds=(0.0, 1.0))
+    bad_bits: int = param(mb.ZERO_WEIGHT, doc="input pixels with any of these mask bits set do not contribute",
+                          bounds=(0, 32767))
+    block_rows: int = param(256, doc="output rows computed per block (bounds the memory of the mapping)",
+                            bounds=(1, 1 << 20), unit="pixel", critical=False)
+
+
+@dataclass
+class ResampledExposure:
+    """One exposure resampled onto a tile grid, over the part of the grid it covers.
+
+    Attributes
+    ----------
+    image : ndarray of float32
+        Resampled image, flux per output pixel (the input's unit; 0 where there is no data), shape
+        ``(y1 - y0, x1 - x0)``.
+    weight : ndarray of float32
+        Inverse variance of each output pixel (image unit⁻²; the per-pixel variance, see the module notes); 0 where
+        there is no data.
+    mask : ndarray of int16
+        Bit-coded mask (:mod:`upad.maskbits`): OR of the input bits under the kernel, ``NODATA`` without data.
+    bbox : tuple of int
+        ``(y0, y1, x0, x1)``: the arrays cover ``tile[y0:y1, x0:x1]`` (half-open, 0-based tile pixels).
+    dst_shape : tuple of int
+        Shape of the whole tile grid.
+    noise_ratio : float
+        Per-pixel σ over naive σ (the σ per pixel of a large aperture), root-mean-square over the covered pixels;
+        < 1. Its inverse is the correlated-noise correction factor: an aperture of ``N`` pixels has the noise
+        ``sqrt(N) σ_pixel / noise_ratio``.
+    pixel_area_ratio : float
+        ``J`` at the centre of the covered box: input pixels per output pixel (``(output scale / input scale)²``).
+    """
+
+    image: np.ndarray
+    weight: np.ndarray
+    mask: np.ndarray
+    bbox: tuple[int, int, int, int]
+    dst_shape: tuple[int, int]
+    noise_ratio: float = float("nan")
+    pixel_area_ratio: float = float("nan")
+
+    @property
+    def empty(self) -> bool:
+        """Whether the exposure covers no pixel of the grid."""
+        return self.image.size == 0
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(rows, columns)`` slices of the tile grid that the arrays cover."""
+        y0, y1, x0, x1 = self.bbox
+        return slice(y0, y1), slice(x0, x1)
+
+
+@dataclass
+class ResamplePlan:
+    """The pixel mapping of one exposure onto a tile grid: bounding box and interpolating splines.
+
+    Attributes
+    ----------
+    bbox : tuple of int
+        ``(y0, y1, x0, x1)`` of the tile pixels that the exposure can cover (empty when ``y0 == y1``).
+    dst_shape, src_shape : tuple of int
+        Shapes of the tile grid and of the exposure.
+    family : int
+        Kernel family (0: Lanczos, 1: truncated cardinal cubic spline, see :data:`KERNELS`).
+    order : int
+        Kernel half-width ``a`` (pixels).
+    u_spline, v_spline, j_spline : RectBivariateSpline or None
+        Splines of the exposure's ``x`` (``u``) and ``y`` (``v``) pixel coordinates and of the pixel-area ratio
+        ``J``, as functions of (tile row, tile column).
+    """
+
+    bbox: tuple[int, int, int, int]
+    dst_shape: tuple[int, int]
+    src_shape: tuple[int, int]
+    family: int
+    order: int
+    u_spline: object | None = None
+    v_spline: object | None = None
+    j_spline: object | None = None
+
+    @property
+    def empty(self) -> bool:
+        y0, y1, x0, x1 = self.bbox
+        return y1 <= y0 or x1 <= x0
+
+    def coordinates(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exposure pixel coordinates ``u, v`` and pixel-area ratio ``J`` of tile rows ``[y0, y1)`` over the
+        columns of the bounding box (float64 arrays ``(y1 - y0, x1 - x0)``)."""
+        xs = np.arange(self.bbox[2], self.bbox[3], dtype=np.float64)
+        ys = np.arange(y0, y1, dtype=np.float64)
+        u = self.u_spline(ys, xs)  # type: ignore[misc]
+        v = self.v_spline(ys, xs)  # type: ignore[misc]
+        j = self.j_spline(ys, xs)  # type: ignore[misc]
+        return u, v, j
+
+
+# ------------------------------------------------------------------------------------------------ mapping
+def _celestial(wcs, what: str):
+    try:
+        cel = wcs.celestial
+    except AttributeError:
+        raise ResampleError(f"{what} is not an astropy WCS ({type(wcs).__name__})",
+                            hint="pass astropy.wcs.WCS objects for src_wcs and dst_wcs") from None
+    if cel.naxis != 2:
+        raise ResampleError(f"{what} has no 2-D celestial part", hint="pass a WCS with RA/Dec axes")
+    return cel
+
+
+def _dst_to_src(src_wcs, dst_wcs, x: np.ndarray, y: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact mapping of tile pixels to exposure pixels (0-based), NaN where it fails."""
+    ra, dec = dst_wcs.all_pix2world(x, y, 0)
+    with np.errstate(invalid="ignore"):
+        u, v = src_wcs.all_world2pix(ra, dec, 0, tolerance=tol, maxiter=50, quiet=True)
+    return np.asarray(u, np.float64), np.asarray(v, np.float64)
+
+
+def _footprint_bbox(src_wcs, dst_wcs, src_shape, dst_shape, margin: int) -> tuple[int, int, int, int]:
+    """Tile pixels covered by the exposure's outline (sampled every 32 pixels), grown by ``margin``."""
+    ny, nx = src_shape
+    xs = np.concatenate([np.arange(-0.5, nx, 32.0), [nx - 0.5]])
+    ys = np.concatenate([np.arange(-0.5, ny, 32.0), [ny - 0.5]])
+    bx = np.concatenate([xs, xs, np.full(ys.size, -0.5), np.full(ys.size, nx - 0.5)])
+    by = np.concatenate([np.full(xs.size, -0.5), np.full(xs.size, ny - 0.5), ys, ys])
+    ra, dec = src_wcs.all_pix2world(bx, by, 0)
+    with np.errstate(invalid="ignore"):
+        x, y = dst_wcs.all_world2pix(ra, dec, 0, quiet=True)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return (0, 0, 0, 0)
+    x, y = x[ok], y[ok]
+    x0 = max(0, int(math.floor(x.min())) - margin)
+    x1 = min(dst_shape[1], int(math.ceil(x.max())) + margin + 1)
+    y0 = max(0, int(math.floor(y.min())) - margin)
+    y1 = min(dst_shape[0], int(math.ceil(y.max())) + margin + 1)
+    if x1 <= x0 or y1 <= y0:
+        return (0, 0, 0, 0)
+    return (y0, y1, x0, x1)
+
+
+def _nodes(lo: int, hi: int, step: int) -> np.ndarray:
+    """Node positions from ``lo`` to ``hi - 1`` inclusive, every ``step`` (at least 4 when the range allows)."""
+    n = hi - lo
+    if n <= 4:
+        return np.arange(lo, hi, dtype=np.float64)
+    step = min(step, max(1, (n - 1) // 3))
+    nodes = np.arange(lo, hi - 1, step, dtype=np.float64)
+    if nodes[-1] != hi - 1:
+        nodes = np.append(nodes, float(hi - 1))
+    return nodes
+
+
+def plan_resample(src_shape: tuple[int, int], *, src_wcs, dst_wcs, dst_shape: tuple[int, int],
+                  config: ResampleConfig = ResampleConfig()) -> ResamplePlan:
+    """Bounding box and interpolated pixel mapping of an exposure on a tile grid.
+
+    Parameters
+    ----------
+    src_shape : tuple of int
+        Shape ``(ny, nx)`` of the exposure.
+    src_wcs : astropy.wcs.WCS
+        The exposure's WCS (SIP distortion and other distortions are honoured).
+    dst_wcs : astropy.wcs.WCS
+        The tile's WCS.
+    dst_shape : tuple of int
+        Shape of the tile grid.
+    config : ResampleConfig
+
+    Returns
+    -------
+    ResamplePlan
+        Its ``bbox`` is empty when the exposure does not overlap the tile.
+    """
+    from scipy.interpolate import RectBivariateSpline
+
+    src_wcs = _celestial(src_wcs, "src_wcs")
+    dst_wcs = _celestial(dst_wcs, "dst_wcs")
+    family, order = KERNELS[config.kernel]
+    src_shape = (int(src_shape[0]), int(src_shape[1]))
+    dst_shape = (int(dst_shape[0]), int(dst_shape[1]))
+    bbox = _footprint_bbox(src_wcs, dst_wcs, src_shape, dst_shape, order + 1)
+    plan = ResamplePlan(bbox=bbox, dst_shape=dst_shape, src_shape=src_shape, family=family, order=order)
+    if plan.empty:
+        return plan
+    y0, y1, x0, x1 = bbox
+    yn = _nodes(y0, y1, config.grid_step)
+    xn = _nodes(x0, x1, config.grid_step)
+    gx, gy = np.meshgrid(xn, yn)
+    u, v = _dst_to_src(src_wcs, dst_wcs, gx.ravel(), gy.ravel(), config.wcs_tolerance)
+    u = u.reshape(gx.shape)
+    v = v.reshape(gx.shape)
+    if not (np.isfinite(u).all() and np.isfinite(v).all()):
+        raise ResampleError("the exposure's WCS cannot be inverted over its footprint on the tile "
+                            f"({int((~np.isfinite(u)).sum())} of {u.size} mapping nodes failed)",
+                            hint="check the exposure's astrometric solution (distortion terms that diverge)")
+    ky = min(3, yn.size - 1)
+    kx = min(3, xn.size - 1)
+    if kx < 1 or ky < 1:  # a single row or column of the tile: linear in the other direction is meaningless
+        yn2 = np.array([yn[0], yn[0] + 1.0]) if yn.size == 1 else yn
+        xn2 = np.array([xn[0], xn[0] + 1.0]) if xn.size == 1 else xn
+        gx, gy = np.meshgrid(xn2, yn2)
+        u, v = _dst_to_src(src_wcs, dst_wcs, gx.ravel(), gy.ravel(), config.wcs_tolerance)
+        u, v = u.reshape(gx.shape), v.reshape(gx.shape)
+        yn, xn, ky, kx = yn2, xn2, min(3, yn2.size - 1), min(3, xn2.size - 1)
+    su = RectBivariateSpline(yn, xn, u, kx=ky, ky=kx, s=0)
+    sv = RectBivariateSpline(yn, xn, v, kx=ky, ky=kx, s=0)
+    # pixel-area ratio from the spline derivatives at the nodes (first spline axis = tile rows)
+    u_x, u_y = su(yn, xn, dy=1), su(yn, xn, dx=1)
+    v_x, v_y = sv(yn, xn, dy=1), sv(yn, xn, dx=1)
+    jac = np.abs(u_x * v_y - u_y * v_x)
+    sj = RectBivariateSpline(yn, xn, jac, kx=ky, ky=kx, s=0)
+    plan.u_spline, plan.v_spline, plan.j_spline = su, sv, sj
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------ compiled
+#: phases per pixel of the tabulated kernels (linear interpolation between them: < 1e-6 weight error)
+_TABLE_STEPS = 2048
+
+
+@functools.lru_cache(maxsize=16)
+def kernel_table(kernel: str, steps: int = _TABLE_STEPS) -> np.ndarray:
+    """The 1-D weights of ``kernel``, normalised to unit sum, tabulated over the phase ``f = u - floor(u)``.
+
+    Returns
+    -------
+    ndarray
+        ``(steps + 1, 2a)``: row ``q`` holds the weights at ``f = q / steps`` of the taps ``floor(u) - a + 1 ..
+        floor(u) + a``.
+    """
+    family, a = KERNELS[kernel]
+    f = np.linspace(0.0, 1.0, steps + 1)[:, None]
+    m = np.arange(-a + 1, a + 1)[None, :]
+    x = m - f
+    if family == 0:  # Lanczos-a
+        w = np.sinc(x) * np.sinc(x / a)
+    else:  # cardinal cubic spline: sqrt(3) sum_k z^|k| B3(x - k), z = sqrt(3) - 2
+        z = math.sqrt(3.0) - 2.0
+        w = np.zeros_like(x)
+        for k in range(-a - 3, a + 4):
+            t = np.abs(x - k)
+            b3 = np.where(t < 1.0, 2.0 / 3.0 - t ** 2 + 0.5 * t ** 3, np.where(t < 2.0, (2.0 - t) ** 3 / 6.0, 0.0))
+            w += math.sqrt(3.0) * z ** abs(k) * b3
+    w[np.abs(x) >= a] = 0.0
+    return np.ascontiguousarray(w / w.sum(axis=1, keepdims=True))
+
+
+@njit(cache=True, nogil=True)
+def _weights(table, f, w):  # pragma: no cover - compiled
+    """Weights at phase ``f`` in [0, 1): linear interpolation in the table (rows stay normalised)."""
+    steps = table.shape[0] - 1
+    t = f * steps
+    q = int(t)
+    if q >= steps:
+        q = steps - 1
+    t -= q
+    for k in range(table.shape[1]):
+        w[k] = table[q, k] + t * (table[q + 1, k] - table[q, k])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _band(img, noise, is_var, msk, bad_bits, r0, r1, pad, pc, gc, vc, mc):  # pragma: no cover - compiled
+    """Input rows ``[r0, r1)`` (may reach outside the image) made ready for the kernel loop, ``pad`` columns of
+    padding on each side: value (0 if unusable), good flag (1/0), variance (0 if unusable), mask bits."""
+    ny, nx = img.shape
+    for r in prange(r1 - r0):
+        y = r0 + r
+        for c in range(pc.shape[1]):
+            x = c - pad
+            if y < 0 or y >= ny or x < 0 or x >= nx:
+                pc[r, c] = 0.0
+                gc[r, c] = 0.0
+                vc[r, c] = 0.0
+                mc[r, c] = 0
+                continue
+            m = msk[y, x]
+            mc[r, c] = m
+            p = img[y, x]
+            q = noise[y, x]
+            ok = (m & bad_bits) == 0 and q > 0.0 and math.isfinite(q) and math.isfinite(p)
+            if ok:
+                pc[r, c] = p
+                gc[r, c] = 1.0
+                vc[r, c] = q if is_var else 1.0 / q
+            else:
+                pc[r, c] = 0.0
+                gc[r, c] = 0.0
+                vc[r, c] = 0.0
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _resample_block(pc, gc, vc, mc, r0, pad, ny, nx, u, v, jac, table, min_good, mask_wmin, nodata,
+                    out_img, out_wt, out_msk, ratio_sum, ratio_n):  # pragma: no cover - compiled
+    """The kernel loop over a block of output pixels (``u, v``: input coordinates, ``jac``: pixel-area ratio),
+    reading the band prepared by :func:`_band` (input row ``y`` is band row ``y - r0``, column ``x`` is
+    ``x + pad``)."""
+    nr, nc = u.shape
+    a = table.shape[1] // 2
+    for r in prange(nr):
+        wx = np.empty(2 * a)
+        wy = np.empty(2 * a)
+        rs = 0.0
+        rn = 0
+        for c in range(nc):
+            uu = u[r, c]
+            vv = v[r, c]
+            if not (uu > -0.5 and uu < nx - 0.5 and vv > -0.5 and vv < ny - 0.5):
+                out_img[r, c] = 0.0
+                out_wt[r, c] = 0.0
+                out_msk[r, c] = nodata
+                continue
+            iu = int(math.floor(uu))
+            iv = int(math.floor(vv))
+            _weights(table, uu - iu, wx)
+            _weights(table, vv - iv, wy)
+            s = 0.0
+            sw = 0.0
+            sw2v = 0.0
+            swv = 0.0
+            bits = 0
+            by = iv - a + 1 - r0
+            bx = iu - a + 1 + pad
+            for j in range(2 * a):
+                wj = wy[j]
+                thr = mask_wmin / abs(wj) if wj != 0.0 else np.inf
+                for i in range(2 * a):
+                    w = wj * wx[i]
+                    g = gc[by + j, bx + i]
+                    q = vc[by + j, bx + i]
+                    s += w * pc[by + j, bx + i]
+                    sw += w * g
+                    sw2v += w * w * q
+                    swv += w * q
+                    if abs(wx[i]) > thr:
+                        bits |= mc[by + j, bx + i]
+            jj = jac[r, c]
+            if sw >= min_good and sw2v > 0.0:
+                out_img[r, c] = jj * s / sw
+                out_wt[r, c] = 1.0 / (jj * jj * sw2v / (sw * sw))
+                out_msk[r, c] = bits
+                if swv > 0.0:
+                    # per-pixel variance / variance per pixel of a large aperture (J x interpolated variance)
+                    rs += jj * sw2v / (sw * swv)
+                    rn += 1
+            else:
+                out_img[r, c] = 0.0
+                out_wt[r, c] = 0.0
+                out_msk[r, c] = bits | nodata
+        ratio_sum[r] = rs
+        ratio_n[r] = rn
+
+
+# ------------------------------------------------------------------------------------------------ public
+def _native(a: np.ndarray, dtype=None) -> np.ndarray:
+    """``a`` in native byte order (numba refuses big-endian FITS data), cast to ``dtype`` if given."""
+    arr = np.asarray(a)
+    want = np.dtype(dtype) if dtype is not None else arr.dtype
+    if not want.isnative:
+        want = want.newbyteorder("=")
+    if arr.dtype != want:
+        arr = arr.astype(want)
+    return arr
+
+
+def _with_overrides(config: ResampleConfig, kernel: str | None, block_rows: int | None) -> ResampleConfig:
+    changes: dict[str, object] = {}
+    if kernel is not None:
+        changes["kernel"] = kernel
+    if block_rows is not None:
+        changes["block_rows"] = block_rows
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def resample_rows(plan: ResamplePlan, image: np.ndarray, variance_or_weight: np.ndarray, mask: np.ndarray | None,
+                  y0: int, y1: int, *, noise: str = "weight", config: ResampleConfig = ResampleConfig(),
+                  out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
+    """Resample tile rows ``[y0, y1)`` (within ``plan.bbox``) over the columns of the bounding box.
+
+    Parameters
+    ----------
+    plan : ResamplePlan
+        From :func:`plan_resample`.
+    image, variance_or_weight, mask
+        The exposure (see :func:`resample`); ``mask`` may be ``None``.
+    y0, y1 : int
+        Tile rows, ``plan.bbox[0] <= y0 < y1 <= plan.bbox[1]``.
+    noise : {"weight", "variance"}
+        What ``variance_or_weight`` holds.
+    config : ResampleConfig
+    out : tuple of ndarray, optional
+        ``(image, weight, mask)`` arrays of shape ``(y1 - y0, x1 - x0)`` (float32, float32, int16) to fill.
+
+    Returns
+    -------
+    image, weight, mask : ndarray
+        The block (see :class:`ResampledExposure`).
+    ratio_sum : float
+        Sum over the block's valid pixels of ``(per-pixel variance) / (naive variance)``.
+    n_valid : int
+        Number of valid pixels in the block.
+    """
+    if noise not in ("weight", "variance"):
+        raise ResampleError(f"noise must be 'weight' or 'variance', got {noise!r}")
+    by0, by1, bx0, bx1 = plan.bbox
+    if not (by0 <= y0 < y1 <= by1):
+        raise ResampleError(f"rows [{y0}, {y1}) are outside the planned bounding box rows [{by0}, {by1})")
+    img = _native(image)
+    if img.dtype.kind != "f":
+        img = img.astype(np.float32)
+    nz = _native(variance_or_weight)
+    if nz.dtype.kind != "f":
+        nz = nz.astype(np.float32)
+    msk = np.zeros((1, 1), mb.MASK_DTYPE) if mask is None else _native(mask)
+    if mask is None:
+        msk = np.zeros(img.shape, mb.MASK_DTYPE)
+    if img.shape != tuple(plan.src_shape) or nz.shape != img.shape or msk.shape != img.shape:
+        raise ResampleError(f"image {img.shape}, {noise} {nz.shape} and mask {msk.shape} must all have the planned "
+                            f"exposure shape {plan.src_shape}")
+    u, v, jac = plan.coordinates(y0, y1)
+    shape = u.shape
+    if out is None:
+        oi = np.empty(shape, np.float32)
+        ow = np.empty(shape, np.float32)
+        om = np.empty(shape, mb.MASK_DTYPE)
+    else:
+        oi, ow, om = out
+    rs = np.zeros(shape[0], np.float64)
+    rn = np.zeros(shape[0], np.int64)
+    a = KERNELS[config.kernel][1]
+    finite = np.isfinite(v)
+    if not finite.any():
+        om[...] = mb.NODATA
+        oi[...] = 0.0
+        ow[...] = 0.0
+        return oi, ow, om, 0.0, 0
+    ny, nx = img.shape
+    # the input rows the kernel can reach (outside the image: padding that counts as unusable)
+    r0 = max(-a - 1, int(math.floor(float(np.min(v[finite])))) - a)
+    r1 = min(ny + a + 1, int(math.floor(float(np.max(v[finite])))) + a + 2)
+    r1 = max(r1, r0 + 1)
+    pad = a + 1
+    bw = nx + 2 * pad
+    pc = np.empty((r1 - r0, bw), np.float32)
+    gc = np.empty((r1 - r0, bw), np.float32)
+    vc = np.empty((r1 - r0, bw), np.float32)
+    mc = np.empty((r1 - r0, bw), msk.dtype)
+    _band(img, nz, noise == "variance", msk, msk.dtype.type(config.bad_bits), r0, r1, pad, pc, gc, vc, mc)
+    _resample_block(pc, gc, vc, mc, r0, pad, ny, nx, u, v, jac, kernel_table(config.kernel),
+                    float(config.min_good_weight), float(config.mask_weight_min), om.dtype.type(mb.NODATA),
+                    oi, ow, om, rs, rn)
+    return oi, ow, om, float(rs.sum()), int(rn.sum())
+
+
+def resample(image: np.ndarray, variance_or_weight: np.ndarray, mask: np.ndarray | None, *, src_wcs, dst_wcs,
+             dst_shape: tuple[int, int], noise: str = "weight", kernel: str | None = None,
+             block_rows: int | None = None, config: ResampleConfig = ResampleConfig()) -> ResampledExposure:
+    """Resample an exposure onto a tile grid, conserving flux (see the module documentation).
+
+    Parameters
+    ----------
+    image : ndarray
+        Exposure, flux per pixel (sky-subtracted, any float dtype; e.g. e-).
+    variance_or_weight : ndarray
+        Its inverse variance (``noise="weight"``, image unit⁻²) or variance (``noise="variance"``, image unit²);
+        pixels with weight 0 (variance 0, ∞ or NaN) do not contribute.
+    mask : ndarray or None
+        Bit-coded mask (:mod:`upad.maskbits`); pixels with ``config.bad_bits`` do not contribute.
+    src_wcs : astropy.wcs.WCS
+        The exposure's WCS, distortion (SIP) included.
+    dst_wcs : astropy.wcs.WCS
+        The tile's WCS.
+    dst_shape : tuple of int
+        Shape of the tile grid ``(ny, nx)``.
+    noise : {"weight", "variance"}
+        What ``variance_or_weight`` holds.
+    kernel : str, optional
+        Overrides ``config.kernel`` (``"lanczos3"`` by default).
+    block_rows : int, optional
+        Overrides ``config.block_rows``.
+    config : ResampleConfig
+
+    Returns
+    -------
+    ResampledExposure
+        Over the covered bounding box only (:attr:`ResampledExposure.empty` when there is no overlap).
+
+    Raises
+    ------
+    ResampleError
+        Inconsistent shapes, a WCS that cannot be inverted over the footprint.
+    """
+    config = _with_overrides(config, kernel, block_rows)
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ResampleError(f"image must be 2-D, got shape {img.shape}")
+    plan = plan_resample(img.shape, src_wcs=src_wcs, dst_wcs=dst_wcs, dst_shape=dst_shape, config=config)
+    if plan.empty:
+        z = np.zeros((0, 0), np.float32)
+        return ResampledExposure(z, z.copy(), np.zeros((0, 0), mb.MASK_DTYPE), (0, 0, 0, 0), plan.dst_shape)
+    y0, y1, x0, x1 = plan.bbox
+    oi = np.empty((y1 - y0, x1 - x0), np.float32)
+    ow = np.empty_like(oi)
+    om = np.empty(oi.shape, mb.MASK_DTYPE)
+    rsum, rn = 0.0, 0
+    step = int(config.block_rows)
+    for r0 in range(y0, y1, step):
+        r1 = min(y1, r0 + step)
+        sl = slice(r0 - y0, r1 - y0)
+        _, _, _, s, n = resample_rows(plan, img, variance_or_weight, mask, r0, r1, noise=noise, config=config,
+                                      out=(oi[sl], ow[sl], om[sl]))
+        rsum += s
+        rn += n
+    # trim to the pixels that received data
+    good = ow > 0
+    rows = np.flatnonzero(good.any(axis=1))
+    if rows.size == 0:
+        z = np.zeros((0, 0), np.float32)
+        return ResampledExposure(z, z.copy(), np.zeros((0, 0), mb.MASK_DTYPE), (0, 0, 0, 0), plan.dst_shape)
+    cols = np.flatnonzero(good.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    del good
+    # views, not copies: the margin trimmed is a few pixels and a copy would double the peak memory
+    oi, ow, om = oi[r0:r1, c0:c1], ow[r0:r1, c0:c1], om[r0:r1, c0:c1]
+    bbox = (y0 + r0, y0 + r1, x0 + c0, x0 + c1)
+    jmid = plan.j_spline(np.array([(y0 + y1) / 2.0]), np.array([(x0 + x1) / 2.0]))  # type: ignore[misc]
+    ratio = math.sqrt(rsum / rn) if rn else float("nan")
+    return ResampledExposure(oi, ow, om, bbox, plan.dst_shape, noise_ratio=ratio,
+                             pixel_area_ratio=float(np.asarray(jmid).ravel()[0]))
