@@ -11,6 +11,7 @@ STEP_MODULES = (
     "upad.reduce.steps",
     "upad.reduce.night_step",
     "upad.reduce.starflat_step",
+    "upad.coadd.step",
 )
 
 for _mod in STEP_MODULES:

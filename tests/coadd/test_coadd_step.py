@@ -1,0 +1,246 @@
+"""The ``coadd`` step on a simulated mini night: one pointing, 3 dithered exposures in two filters, run through the
+whole flow (ingest, the pipeline's own calibrations, reduction, coadd) and judged against the simulator's truth.
+
+What is judged is what the coadd adds: flux conservation (the coadd's aperture flux of S/N > 100 stars against the
+same aperture on each reduced input, background-subtracted with the reduction's own model and scaled to the coadd's
+zero point — the inputs' photometric calibration is the reduction's, judged in tests/reduce), the same star at the
+same pixel in both filters, no cosmic ray surviving, and the noise of blank 3″ apertures against the depth the coadd
+states.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from sqlalchemy import select
+
+from upad.db.models import Frame, Product
+from upad.execution import LocalExecutor
+from upad.flow.scheduler import Scheduler, SchedulerOptions
+from upad.ingest.service import ingest_paths
+from upad.settings import Settings
+from upad.sim import simulate
+
+FILTERS = ("rSDSS", "gSDSS")
+
+
+@pytest.fixture(scope="module")
+def coadded(tmp_path_factory):
+    """A mini night (1 pointing, 3 dithers in 2 filters) simulated, ingested and run to the coadds (SQLite)."""
+    from upad.db.session import Database
+
+    sim_dir = tmp_path_factory.mktemp("coadd-sim")
+    sim = simulate(instrument="mini", seed=11, out=sim_dir, nights=1, tiles=1, filters=list(FILTERS))
+    root = tmp_path_factory.mktemp("coadd-root") / "root"
+    settings = Settings(root=root, db_url=f"sqlite:///{root.parent / 'upad.sqlite'}")
+    settings.create_layout()
+    (root / "reference").mkdir(exist_ok=True)
+    (root / "reference" / "refcat.fits").write_bytes((sim_dir / "reference" / "refcat.fits").read_bytes())
+    db = Database(settings.db_url)
+    db.upgrade()
+    report = ingest_paths(db, settings, [sim_dir / "raw"], mode="copy")
+    assert report.quarantined == 0
+    ex = LocalExecutor(2)
+    try:
+        counts = Scheduler(db, settings, ex, options=SchedulerOptions()).run()
+    finally:
+        ex.close()
+    assert counts.get("failed", 0) == 0 and counts.get("blocked", 0) == 0, counts
+    yield sim, settings, db
+    db.dispose()
+
+
+def _coadds(db, settings):
+    with db.session() as s:
+        rows = list(s.scalars(select(Product).where(Product.step == "coadd", Product.is_current.is_(True))))
+    return {p.context["filter"]: p for p in rows}
+
+
+def _aperture(image, x, y, r, r_in, r_out):
+    import sep
+
+    img = np.ascontiguousarray(image, dtype=np.float64)
+    flux, _, _ = sep.sum_circle(img, x, y, r, bkgann=(r_in, r_out), subpix=5)
+    return flux
+
+
+def test_one_coadd_per_filter_on_one_grid(coadded):
+    sim, settings, db = coadded
+    coadds = _coadds(db, settings)
+    assert set(coadds) == set(FILTERS)
+    grids = []
+    for filt, p in coadds.items():
+        assert p.qc_status == "ok", p.meta
+        ny, nx = p.meta["shape"]
+        field = 1024 * 1024 / (ny * nx)  # the camera field's share of the grid (the rest: the tiling's margin)
+        assert p.meta["n_exposures"] == 3 and field * 0.95 < p.meta["coverage"] <= 1.0
+        assert 15 < p.meta["depth_5sigma_3arcsec"] < 30
+        path = settings.root / next(f["path"] for f in p.files if f["role"] == "coadd")
+        with fits.open(path) as h:
+            hdr = h["SCI"].header
+            assert hdr["NCOMBINE"] == 3 and hdr["FILTER"] == filt
+            w = WCS(hdr)
+            grids.append((hdr["NAXIS1"], hdr["NAXIS2"], *w.wcs.crval, *w.wcs.crpix,
+                          *np.round(w.pixel_scale_matrix.ravel() * 3600, 9)))
+            assert np.all(h["NEXP"].data[h["WEIGHT"].data > 0] >= 1)
+    assert grids[0] == grids[1]  # every filter of a pointing on the same pixel grid
+
+
+PIXEL_SCALE = 0.55  # mini camera, arcsec/pixel (checked below against the instrument file)
+
+
+def _exposures(sim, settings, db, filt):
+    """Per science exposure in ``filt``: its truth (manifest entry) and its current reduced frame (read back)."""
+    from upad.io.products import read_reduced_frame
+
+    manifest = json.loads((sim.out / "truth" / "manifest.json").read_text())
+    out = []
+    with db.session() as s:
+        reduced = {r.context.get("frame_id"): r for r in s.scalars(
+            select(Product).where(Product.step == "reduce", Product.is_current.is_(True)))}
+        ids = dict(s.execute(select(Frame.filename, Frame.id)).all())
+    for t in manifest["frames"]:
+        if t["kind"] != "science" or t["filter"] != filt:
+            continue
+        red = reduced.get(ids.get(t["file"].split("/")[-1]))
+        if red is None:
+            continue
+        files = {f["role"]: str(settings.root / f["path"]) for f in red.files}
+        out.append((t, red, read_reduced_frame(files, psf=False)))
+    return out
+
+
+def test_pixel_scale_of_the_mini_camera():
+    from upad.instruments import get_instrument
+
+    assert get_instrument("mini").pixel_scale == PIXEL_SCALE
+
+
+def test_fluxes_are_conserved_and_stars_are_registered_across_filters(coadded):
+    from upad.coadd.pipeline import prepare_exposure
+
+    sim, settings, db = coadded
+    coadds = _coadds(db, settings)
+    centroids = {}
+    for filt, p in coadds.items():
+        path = settings.root / next(f["path"] for f in p.files if f["role"] == "coadd")
+        with fits.open(path) as h:
+            coadd = h["SCI"].data.astype(np.float64)
+            grid = WCS(h["SCI"].header)
+            zp = h["SCI"].header["MAGZP"]
+        exposures = _exposures(sim, settings, db, filt)
+        assert len(exposures) == 3
+        expected: dict[int, list[float]] = {}
+        sky: dict[int, tuple[float, float]] = {}
+        for t, red, fr in exposures:
+            ex = prepare_exposure(fr, zero_point=zp, name=red.unit_key, product_id=red.id)
+            with fits.open(sim.out / t["truth"]) as th:
+                obj = th["OBJECTS"].data
+            fwhm_px = t["fwhm_arcsec"] / PIXEL_SCALE
+            sel = (obj["flux_e"] > 3e3) & (obj["in_image"]) & ~obj["saturated"]  # S/N > 100 judged below
+            sel &= (obj["x"] > 20) & (obj["y"] > 20) & (obj["x"] < fr.image.shape[1] - 20) & \
+                (obj["y"] < fr.image.shape[0] - 20)
+            r = 3.0 * fwhm_px
+            f_in = _aperture(ex.image, obj["x"][sel], obj["y"][sel], r, 5 * fwhm_px, 8 * fwhm_px)
+            ra, dec = fr.wcs.pixel_to_world_values(obj["x"][sel], obj["y"][sel])
+            for k, i in enumerate(obj["id"][sel]):
+                expected.setdefault(int(i), []).append(float(f_in[k]))
+                sky[int(i)] = (float(ra[k]), float(dec[k]))
+        ids = [i for i, v in expected.items() if len(v) == 3]
+        world = np.array([sky[i] for i in ids])
+        gx, gy = grid.world_to_pixel_values(world[:, 0], world[:, 1])
+        fwhm_px = np.median([t["fwhm_arcsec"] for t, _, _ in exposures]) / PIXEL_SCALE
+        r = 3.0 * fwhm_px
+        f_out = _aperture(coadd, gx, gy, r, 5 * fwhm_px, 8 * fwhm_px)
+        # S/N > 100 in the coadd, from the noise the coadd states (tested below against blank apertures)
+        with fits.open(path) as h:
+            w = h["WEIGHT"].data
+            noise = np.sqrt(np.pi * r * r * np.median(1.0 / w[w > 0])) * h["SCI"].header["NOISECOR"]
+        bright = f_out / noise > 100
+        ids, gx, gy, f_out = [i for i, b in zip(ids, bright) if b], gx[bright], gy[bright], f_out[bright]
+        assert len(ids) >= 5, f"too few S/N > 100 stars in all 3 exposures of {filt}: {len(ids)}"
+        ratio = f_out / np.array([np.mean(expected[i]) for i in ids])
+        assert abs(np.median(ratio) - 1) < 0.005, f"{filt}: coadd/inputs flux median {np.median(ratio):.4f}"
+        assert 1.4826 * np.median(np.abs(ratio - np.median(ratio))) < 0.01
+        import sep
+
+        cx, cy, _ = sep.winpos(np.ascontiguousarray(coadd), gx, gy, fwhm_px / 2.355)
+        centroids[filt] = dict(zip(ids, zip(cx, cy)))
+    common = sorted(set(centroids[FILTERS[0]]) & set(centroids[FILTERS[1]]))
+    assert len(common) >= 5
+    d = np.array([np.subtract(centroids[FILTERS[0]][i], centroids[FILTERS[1]][i]) for i in common])
+    rms = float(np.sqrt(np.mean(np.sum(d ** 2, axis=1))))
+    assert rms <= 0.05, f"the same star at different pixels in the two filters: {rms:.3f} px rms"
+
+
+def test_no_cosmic_ray_survives_and_the_noise_is_as_stated(coadded):
+    sim, settings, db = coadded
+    coadds = _coadds(db, settings)
+    for filt, p in coadds.items():
+        path = settings.root / next(f["path"] for f in p.files if f["role"] == "coadd")
+        with fits.open(path) as h:
+            coadd = h["SCI"].data.astype(np.float64)
+            weight = h["WEIGHT"].data.astype(np.float64)
+            grid = WCS(h["SCI"].header)
+            noisecor = h["SCI"].header["NOISECOR"]
+        sig = np.where(weight > 0, 1 / np.sqrt(np.maximum(weight, 1e-30)), np.inf)
+        n_cr, worst = 0, 0.0
+        for t, _, fr in _exposures(sim, settings, db, filt):
+            with fits.open(sim.out / t["truth"]) as th:
+                cr, obj = th["COSMICS"].data, th["OBJECTS"].data
+            if len(cr) == 0:
+                continue
+            bright = obj["flux_e"] > 2e3
+            keep = np.ones(len(cr), bool)
+            for k in range(len(cr)):  # away from stars: the coadd's value there is sky
+                keep[k] = not np.any(np.hypot(obj["x"][bright] - cr["x"][k], obj["y"][bright] - cr["y"][k]) < 8)
+            cr = cr[keep & (cr["e"] > 200)]
+            if len(cr) == 0:
+                continue
+            ra, dec = fr.wcs.pixel_to_world_values(cr["x"], cr["y"])  # the pipeline's own solution
+            gx, gy = grid.world_to_pixel_values(ra, dec)
+            ix, iy = np.round(gx).astype(int), np.round(gy).astype(int)
+            ok = (ix >= 0) & (iy >= 0) & (ix < coadd.shape[1]) & (iy < coadd.shape[0])
+            z = coadd[iy[ok], ix[ok]] / sig[iy[ok], ix[ok]]
+            n_cr += int(ok.sum())
+            worst = max(worst, float(np.max(z))) if z.size else worst
+        assert n_cr > 0, "the simulation put no cosmic ray away from stars"
+        assert worst < 5.0, f"{filt}: a cosmic ray survives at {worst:.1f} sigma"
+        # blank 3" apertures: their scatter is the noise the stated depth assumes (within 5 %)
+        rng = np.random.default_rng(3)
+        ny, nx = coadd.shape
+        xs, ys = rng.uniform(30, nx - 30, 4000), rng.uniform(30, ny - 30, 4000)
+        import sep
+        from scipy.ndimage import minimum_filter
+
+        inside = (minimum_filter(weight, size=9) > 0)[ys.astype(int), xs.astype(int)]  # covered by every input
+        xs, ys = xs[inside], ys[inside]
+
+        r = 1.5 / PIXEL_SCALE
+        ap, _, _ = sep.sum_circle(np.ascontiguousarray(coadd), xs, ys, r, subpix=5)
+        clipped = ap[np.abs(ap - np.median(ap)) < 5 * 1.4826 * np.median(np.abs(ap - np.median(ap)))]
+        measured = 1.4826 * np.median(np.abs(clipped - np.median(clipped)))
+        stated = np.sqrt(np.pi * r * r * np.median(sig[weight > 0] ** 2)) * noisecor
+        assert abs(measured / stated - 1) < 0.05, f"{filt}: blank-aperture noise {measured:.2f} vs stated {stated:.2f}"
+
+
+def test_flagging_an_exposure_recoadds_its_tile_without_it(coadded):
+    from upad.flow.invalidate import flag_frame
+
+    sim, settings, db = coadded
+    before = _coadds(db, settings)["rSDSS"]
+    with db.session() as s:
+        inputs = s.execute(select(Frame.id).where(Frame.filter == "rSDSS", Frame.obs_type == "science")).all()
+        flag_frame(s, str(inputs[0][0]), invalid=True, reason="test: a satellite")
+    ex = LocalExecutor(2)
+    try:
+        Scheduler(db, settings, ex, options=SchedulerOptions()).run()
+    finally:
+        ex.close()
+    after = _coadds(db, settings)["rSDSS"]
+    assert after.id != before.id and after.meta["n_exposures"] == 2
+    with db.session() as s:
+        assert s.get(Product, before.id).state == "stale"
