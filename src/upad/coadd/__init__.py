@@ -1,0 +1,1 @@
+"""Tile coadding: tiling, resampling, combination."""
