@@ -73,10 +73,12 @@ __all__ = [
     "in_footprint",
     "locate",
     "neighbours",
+    "on_grid",
     "pointing_by_id",
     "split_tile_id",
     "tile_grid",
     "tile_id",
+    "tile_name",
     "tiling_geometry",
     "tiling_key",
 ]
@@ -563,6 +565,14 @@ def tile_grid(pointing: Pointing) -> tuple[WCS, tuple[int, int]]:
     wcs.wcs.set()
     wcs.pixel_shape = (pointing.naxis1, pointing.naxis2)
     return wcs, (pointing.naxis2, pointing.naxis1)
+
+
+def on_grid(pointing: Pointing, ra: Any, dec: Any) -> np.ndarray:
+    """Whether each (ra, dec) (degrees) falls on ``pointing``'s pixel grid."""
+    xi, eta, cosc = _to_tangent(pointing.ra, pointing.dec, ra, dec)
+    half_x = pointing.naxis1 * pointing.pixel_scale / 7200.0
+    half_y = pointing.naxis2 * pointing.pixel_scale / 7200.0
+    return (cosc > 0) & (np.abs(xi) <= half_x) & (np.abs(eta) <= half_y)
 
 
 # ------------------------------------------------------------------------------------------------------------------
