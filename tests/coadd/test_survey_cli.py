@@ -172,7 +172,7 @@ def test_progress_counts_and_plot(database, root, capsys, tmp_path):
         _coadd(s, 3, {"ref_tile_id": a, "filter": "gSDSS"}, current=False)  # superseded: not counted
         _coadd(s, 4, {"tile_id": 99_999, "filter": "rSDSS"})  # not planned
     png = tmp_path / "progress.png"
-    code, out, _ = _run(["survey", "progress", "--json", "--plot", png, *root], capsys)
+    code, out, _ = _run(["survey", "progress", "--json", "--plot", png, "--per-pointing", *root], capsys)
     assert code == 0
     prog = json.loads(out)
     rows = {r["filter"]: r for r in prog["filters"]}
@@ -188,6 +188,8 @@ def test_progress_counts_and_plot(database, root, capsys, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert prog["plot"] == str(png)
 
+    code, out, _ = _run(["survey", "progress", "--json", *root], capsys)
+    assert code == 0 and "per_pointing" not in json.loads(out) and json.loads(out)["total"]["coadded"] == 2
     code, out, err = _run(["survey", "progress", "--plot", tmp_path / "sky.png", "--plot-measure", "observed",
                            *root], capsys)
     assert code == 0 and "rSDSS" in out and "outside the plan" in err and (tmp_path / "sky.png").exists()

@@ -172,7 +172,10 @@ def survey_group() -> None:
 @click.option("--plot-measure", type=click.Choice(["coadded", "observed", "complete"]), default="coadded",
               show_default=True, help="What completion the plot colours: filters coadded, observed (≥ 1 valid "
                                       "frame) or complete (all planned exposures).")
-def survey_progress_cmd(settings: Settings, as_json: bool, plot_path: str | None, plot_measure: str) -> None:
+@click.option("--per-pointing", is_flag=True, help="With --json: also the counts of every pointing (large for a "
+                                                   "whole-sky footprint).")
+def survey_progress_cmd(settings: Settings, as_json: bool, plot_path: str | None, plot_measure: str,
+                        per_pointing: bool) -> None:
     """Per filter: tiles planned (in the footprint), observed (a valid science frame), complete (all planned
     exposures valid) and coadded (a current product of step coadd)."""
     from upad.coadd.survey import plot_progress, survey_progress
@@ -185,6 +188,8 @@ def survey_progress_cmd(settings: Settings, as_json: bool, plot_path: str | None
     if plot_path:
         prog["plot"] = str(plot_progress(prog, plot_path, measure=plot_measure))
     if as_json:
+        if not per_pointing:
+            prog.pop("per_pointing")
         emit_json(prog)
         return
     table = Table(title=f"survey progress — {prog['pointings']} pointings ({', '.join(prog['tiling'])})")
