@@ -92,6 +92,13 @@ def test_polygon_footprint_and_bad_options(database, root, capsys):
                       (["--dec-min", "30", "--dec-max", "10"], "declination range")]:
         code, _, err = _run(["tiles", "generate", "--instrument", "t80cam", *args, *root], capsys)
         assert code == 2 and msg in err and "hint" in err, (args, err)
+    code, _, err = _run(["tiles", "generate", "--instrument", "mini", "--dry-run", *root], capsys)
+    assert code == 2 and "more than the limit" in err and "--max-pointings" in err
+    code, out, _ = _run(["tiles", "generate", "--instrument", "mini", "--dec-min", "0", "--dec-max", "1",
+                         "--ra-min", "0", "--ra-max", "1", "--dry-run", "--json", "--max-pointings", "200", *root],
+                        capsys)
+    assert code == 0 and 50 < json.loads(out)["pointings"] <= 200
+    assert _counts(database) == (n, n)  # the dry runs and the refusals wrote nothing
 
 
 def _insert_ingest_tile(database, tile, name, ra, dec):

@@ -65,11 +65,13 @@ def tiles_group() -> None:
                    "the instrument's filter system.")
 @click.option("--exposures", type=int, default=_D.exposures_per_filter, show_default=True,
               help="Exposures planned per tile and filter.")
+@click.option("--max-pointings", type=int, default=_D.max_pointings, show_default=True,
+              help="Refuse a footprint of more pointings than this (a whole-sky tiling of a small camera).")
 @click.option("--dry-run", is_flag=True, help="Count the pointings and tiles; write nothing.")
 def tiles_generate(settings: Settings, as_json: bool, instrument: str, dec_min: float, dec_max: float,
                    ra_min: float | None, ra_max: float | None, polygon: str | None, overlap_arcmin: float,
                    grid_margin_arcmin: float, first_id: int, filters: tuple[str, ...], exposures: int,
-                   dry_run: bool) -> None:
+                   max_pointings: int, dry_run: bool) -> None:
     """Generate the tiling of INSTRUMENT over a footprint and store its pointings and planned tiles.
 
     The pointings are those of the all-sky tiling (declination bands, neighbours overlapping by at least
@@ -84,7 +86,7 @@ def tiles_generate(settings: Settings, as_json: bool, instrument: str, dec_min: 
                                                                   "neither")
     try:
         cfg = TilingConfig(overlap_arcmin=overlap_arcmin, grid_margin_arcmin=grid_margin_arcmin, first_id=first_id,
-                           exposures_per_filter=exposures)
+                           exposures_per_filter=exposures, max_pointings=max_pointings)
     except ConfigError as exc:
         opt = "--" + exc.name.replace("_", "-").replace("exposures-per-filter", "exposures")
         raise UpadError(f"{opt} {exc.problem}", hint=exc.hint) from None
@@ -92,7 +94,7 @@ def tiles_generate(settings: Settings, as_json: bool, instrument: str, dec_min: 
     ra_range = (ra_min, ra_max) if ra_min is not None else None
     pointings = generate_tiling(instrument=instrument, overlap_arcmin=cfg.overlap_arcmin,
                                 grid_margin_arcmin=cfg.grid_margin_arcmin, dec_range=(dec_min, dec_max),
-                                ra_range=ra_range, first_id=cfg.first_id)
+                                ra_range=ra_range, first_id=cfg.first_id, max_pointings=cfg.max_pointings)
     if polygon:
         flags = in_footprint(pointings, _polygon(polygon))
         pointings = [p for p, f in zip(pointings, flags) if f]

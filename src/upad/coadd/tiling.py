@@ -113,6 +113,9 @@ class TilingConfig(StepConfig):
                               "follow band by band; raise it to keep clear of tile ids already in the database")
     exposures_per_filter: int = param(3, bounds=(1, 1000),
                                       doc="exposures planned per tile and filter (J-PLUS: 3 dithered exposures)")
+    max_pointings: int = param(250_000, bounds=(1, None), critical=False,
+                               doc="most pointings one `upad tiles generate` makes: a guard against the whole-sky "
+                                   "tiling of a small camera (mini: 3.7 million); raise it knowingly")
 
 
 _DEFAULTS = TilingConfig()
@@ -317,7 +320,7 @@ def tiling_key(instrument: str | Instrument, *, overlap_arcmin: float = _DEFAULT
 # pointings
 # ------------------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pointing:
     """One pointing of a tiling: its id, centre, cell and pixel grid.
 
@@ -460,7 +463,7 @@ def _cells_meet_ra(centre: np.ndarray, half: np.ndarray, intervals: list[tuple[f
 def generate_tiling(*, instrument: str | Instrument, overlap_arcmin: float = _DEFAULTS.overlap_arcmin,
                     grid_margin_arcmin: float = _DEFAULTS.grid_margin_arcmin,
                     dec_range: tuple[float, float] = (-90.0, 90.0), ra_range: tuple[float, float] | None = None,
-                    first_id: int = _DEFAULTS.first_id) -> list[Pointing]:
+                    first_id: int = _DEFAULTS.first_id, max_pointings: int | None = None) -> list[Pointing]:
     """The pointings of the all-sky tiling of ``instrument`` whose cell meets a declination band / RA range.
 
     Parameters
@@ -477,6 +480,8 @@ def generate_tiling(*, instrument: str | Instrument, overlap_arcmin: float = _DE
         Right-ascension range, degrees (``lo > hi`` wraps through 0); ``None``: all.
     first_id : int
         Id of the first pointing of the all-sky tiling; the ids of a band do not depend on the ranges.
+    max_pointings : int or None
+        Refuse (:class:`~upad.errors.UpadError`) to make more pointings than this; ``None``: no limit.
 
     Returns
     -------
@@ -490,7 +495,7 @@ def generate_tiling(*, instrument: str | Instrument, overlap_arcmin: float = _DE
                      first_id=first_id)
     dmin, dmax = float(dec_range[0]), float(dec_range[1])
     intervals = _ra_intervals(ra_range)
-    out: list[Pointing] = []
+    selected: list[tuple[int, np.ndarray]] = []
     for k in range(len(geom.band_dec)):
         dlo, dhi = geom.band_limits(k)
         if not (dlo < dmax and dhi > dmin):
@@ -501,9 +506,15 @@ def generate_tiling(*, instrument: str | Instrument, overlap_arcmin: float = _DE
         else:
             centres = np.arange(count) * 360.0 / count
             js = np.flatnonzero(_cells_meet_ra(centres, np.full(count, 180.0 / count), intervals))
-        out.extend(_pointing(geom, k, int(j), margin_arcmin=grid_margin_arcmin, first_id=int(first_id), key=key)
-                   for j in js)
-    return out
+        selected.append((k, js))
+    total = sum(len(js) for _, js in selected)
+    if max_pointings is not None and total > max_pointings:
+        raise UpadError(f"the footprint holds {total} pointings of {geom.field.instrument}, more than the limit of "
+                        f"{max_pointings}",
+                        hint="choose a smaller footprint (--dec-min/--dec-max/--ra-min/--ra-max), or raise the limit "
+                             "(--max-pointings) knowingly")
+    return [_pointing(geom, k, int(j), margin_arcmin=grid_margin_arcmin, first_id=int(first_id), key=key)
+            for k, js in selected for j in js]
 
 
 def locate(ra: Any, dec: Any, *, instrument: str | Instrument, overlap_arcmin: float = _DEFAULTS.overlap_arcmin,
