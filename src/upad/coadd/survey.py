@@ -362,7 +362,7 @@ def plot_progress(progress: dict[str, Any], path: str | os.PathLike, *, measure:
             ax = fig.add_subplot(111, projection="aitoff")
             x = -np.radians(((ra + 180.0) % 360.0) - 180.0)  # RA grows to the left, as on the sky
             pts_per_deg = 0.8 * 11 * 72 / 360.0  # the map spans ~80 % of the figure width
-            sizes = np.clip((1.15 * size_deg * pts_per_deg) ** 2, 1.0, None)
+            sizes = np.clip((1.5 * size_deg * pts_per_deg) ** 2, 1.0, None)  # squares tilt near the limb: overdraw
             mappable = ax.scatter(x, np.radians(dec), c=frac, s=sizes, marker="s", cmap=cmap, norm=norm,
                                   linewidths=0)
             ax.grid(True, alpha=0.4)
