@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "upad.cli.products",
     "upad.cli.calib",
     "upad.cli.qc",
+    "upad.cli.survey",
     "upad.cli.config",
     "upad.cli.demo",
     "upad.cli.retry",

@@ -1,7 +1,7 @@
 """The process database (models, sessions, migrations)."""
 from upad.db.models import (Attempt, Base, CalibEpoch, Frame, FrameEvent, Job, Product, Provenance, ProvenanceInput,
-                            QuarantinedFile, Run, Tile)
+                            QuarantinedFile, Run, Tile, TileFilter)
 from upad.db.session import Database, open_database
 
 __all__ = ["Attempt", "Base", "CalibEpoch", "Database", "Frame", "FrameEvent", "Job", "Product", "Provenance",
-           "ProvenanceInput", "QuarantinedFile", "Run", "Tile", "open_database"]
+           "ProvenanceInput", "QuarantinedFile", "Run", "Tile", "TileFilter", "open_database"]

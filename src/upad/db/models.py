@@ -50,7 +50,12 @@ QC_STATUSES = ("ok", "warn", "fail")
 
 
 class Tile(Base):
-    """A survey pointing (the reference tile of all filters observed there)."""
+    """A survey pointing (the reference tile of all filters observed there): ``id`` is its ``ref_tile_id``.
+
+    Ingest adds a row for the tile id of every science frame (id, name, the frame's position); ``upad tiles
+    generate`` adds the pointings of a tiling (:mod:`upad.coadd.tiling`) with their pixel grid (revision 0006) —
+    the grid columns stay empty on rows only ingest made.
+    """
 
     __tablename__ = "tiles"
 
@@ -59,6 +64,28 @@ class Tile(Base):
     ra: Mapped[float | None] = mapped_column(Float)
     dec: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    instrument: Mapped[str | None] = mapped_column(String(32), doc="the camera of the tiling")
+    naxis1: Mapped[int | None] = mapped_column(Integer, doc="pixel grid width (TAN, centred on ra/dec)")
+    naxis2: Mapped[int | None] = mapped_column(Integer, doc="pixel grid height")
+    pixel_scale: Mapped[float | None] = mapped_column(Float, doc="arcsec per pixel of the grid")
+    tiling: Mapped[str | None] = mapped_column(String(160), doc="the tiling's key (upad.coadd.tiling.tiling_key)")
+    in_footprint: Mapped[bool | None] = mapped_column(Boolean, doc="planned by the survey (in its footprint)")
+
+
+class TileFilter(Base):
+    """A tile: one filter of a pointing, planned by the survey (revision 0006).
+
+    ``tile_id = ref_tile_id * 100 + filter id`` (:func:`upad.coadd.tiling.tile_id`).
+    """
+
+    __tablename__ = "tile_filters"
+
+    tile_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ref_tile_id: Mapped[int] = mapped_column(ForeignKey("tiles.id"), index=True)
+    filter: Mapped[str] = mapped_column(String(16))
+    planned_exposures: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_tile_filters_ref_filter", "ref_tile_id", "filter", unique=True),)
 
 
 class Frame(Base):
