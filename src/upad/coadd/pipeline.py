@@ -18,37 +18,34 @@ from astropy.wcs import WCS
 
 from upad.errors import DataError
 
-__all__ = ["tile_grid", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma"]
+__all__ = ["tile_grid", "grid_shape", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma"]
 
 
-def tile_grid(ra: float, dec: float, *, pixel_scale: float, field_shape: tuple[int, int],
-              margin_arcsec: float) -> tuple[WCS, tuple[int, int]]:
-    """The pixel grid of a tile: a TAN projection centred on the pointing at the camera's pixel scale, covering the
-    field (``field_shape``, pixels ``(ny, nx)``) plus ``margin_arcsec`` on each side. Every filter of a pointing gets
-    the same grid.
-
-    Parameters
-    ----------
-    ra, dec : float
-        Pointing centre (deg).
-    pixel_scale : float
-        arcsec per pixel.
-    field_shape : tuple of int
-        The camera's active area (pixels).
-    margin_arcsec : float
-        Margin on each side (arcsec).
-    """
-    margin = int(math.ceil(margin_arcsec / pixel_scale))
-    ny, nx = (int(field_shape[0]) + 2 * margin, int(field_shape[1]) + 2 * margin)
+def tile_grid(ra: float, dec: float, *, pixel_scale: float, shape: tuple[int, int],
+              cd_sign: tuple[int, int] = (-1, 1)) -> WCS:
+    """The pixel grid of a tile: a TAN projection centred on the pointing (1-based ``CRPIX`` at the centre of a grid
+    of ``shape = (ny, nx)`` pixels), at ``pixel_scale`` (arcsec) with the camera's orientation ``cd_sign`` — the
+    convention of :func:`upad.coadd.tiling.grid_cards`, so that a stored tiling's grid and this one are the same.
+    Every filter of a pointing gets the same grid."""
+    ny, nx = int(shape[0]), int(shape[1])
+    s = pixel_scale / 3600.0
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.cunit = ["deg", "deg"]
     w.wcs.crval = [float(ra), float(dec)]
     w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
-    w.wcs.cd = np.array([[-pixel_scale / 3600.0, 0.0], [0.0, pixel_scale / 3600.0]])
+    w.wcs.cd = np.array([[cd_sign[0] * s, 0.0], [0.0, cd_sign[1] * s]])
     w.wcs.radesys = "ICRS"
-    w.wcs.equinox = 2000.0
+    w.wcs.set()
     w.pixel_shape = (nx, ny)
-    return w, (ny, nx)
+    return w
+
+
+def grid_shape(field_shape: tuple[int, int], *, pixel_scale: float, margin_arcsec: float) -> tuple[int, int]:
+    """``(ny, nx)`` of a grid covering a camera field of ``field_shape`` pixels plus ``margin_arcsec`` on each
+    side (for tiles that no stored tiling describes)."""
+    margin = int(math.ceil(margin_arcsec / pixel_scale))
+    return int(field_shape[0]) + 2 * margin, int(field_shape[1]) + 2 * margin
 
 
 def depth_5sigma(weight: np.ndarray, *, pixel_scale: float, zero_point: float, correlation: float = 1.0,
@@ -124,8 +121,12 @@ def run_coadd(step: Any, task: Any) -> Any:
     cfg = task.config
     ctx = task.context
     inst = get_instrument(ctx["instrument"])
-    grid, shape = tile_grid(ctx["tile_ra"], ctx["tile_dec"], pixel_scale=inst.pixel_scale,
-                            field_shape=tuple(inst.layout.active_shape), margin_arcsec=cfg.margin_arcsec)
+    g = ctx.get("grid") or {}
+    scale = float(g.get("pixel_scale") or inst.pixel_scale)
+    shape = ((int(g["naxis2"]), int(g["naxis1"])) if g.get("naxis1") else
+             grid_shape(tuple(inst.layout.active_shape), pixel_scale=scale, margin_arcsec=cfg.margin_arcsec))
+    grid = tile_grid(ctx["tile_ra"], ctx["tile_dec"], pixel_scale=scale, shape=shape,
+                     cd_sign=(int(inst.cd_sign_x), int(inst.cd_sign_y)))
     frames, refused = [], []
     for r in task.inputs_by_role("exposure"):
         name = str(r.meta.get("unit_key", r.id))

@@ -110,7 +110,8 @@ class Coadd(Step):
                 if fid in chunk:
                     reduced[fid] = (pid, qc)
         failed = ctx.failed_units("reduce")
-        centres = {t.id: (t.ra, t.dec) for t in s.scalars(select(Tile).where(Tile.id.in_(tile_ids)))}
+        rows = {t.id: t for t in s.scalars(select(Tile).where(Tile.id.in_(tile_ids)))}
+        centres = {i: (t.ra, t.dec) for i, t in rows.items()}
         for (inst, tile_id, filt), fs in sorted(frames.items()):
             key = tile_unit_key(inst, tile_id, filt)
             night = max(f.night for f in fs)
@@ -126,6 +127,11 @@ class Coadd(Step):
                            reason=f"tile {tile_id} has no centre (no TILE row and no pointing in its frames' headers)")
                 continue
             context.update({"tile_ra": float(ra), "tile_dec": float(dec)})
+            row = rows.get(tile_id)
+            if row is not None and row.naxis1 and row.naxis2 and row.pixel_scale:
+                # the grid of a stored tiling (upad tiles generate): every filter of the pointing on it
+                context["grid"] = {"naxis1": int(row.naxis1), "naxis2": int(row.naxis2),
+                                   "pixel_scale": float(row.pixel_scale)}
             from upad.reduce.steps import unit_key
 
             pending = [f for f in fs if f.id not in reduced and unit_key(f) not in failed]
