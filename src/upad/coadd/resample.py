@@ -176,6 +176,7 @@ class ResamplePlan:
     u_spline: object | None = None
     v_spline: object | None = None
     j_spline: object | None = None
+    _bx: list | None = dataclasses.field(default=None, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -184,13 +185,29 @@ class ResamplePlan:
 
     def coordinates(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exposure pixel coordinates ``u, v`` and pixel-area ratio ``J`` of tile rows ``[y0, y1)`` over the
-        columns of the bounding box (float64 arrays ``(y1 - y0, x1 - x0)``)."""
-        xs = np.arange(self.bbox[2], self.bbox[3], dtype=np.float64)
+        columns of the bounding box (float64 arrays ``(y1 - y0, x1 - x0)``).
+
+        The splines are evaluated as tensor products ``B_y C B_xᵀ`` with sparse B-spline design matrices (4 terms
+        per point), which is several times faster than fitpack's evaluation on a grid and gives the same values.
+        """
+        from scipy.interpolate import BSpline
+
         ys = np.arange(y0, y1, dtype=np.float64)
-        u = self.u_spline(ys, xs)  # type: ignore[misc]
-        v = self.v_spline(ys, xs)  # type: ignore[misc]
-        j = self.j_spline(ys, xs)  # type: ignore[misc]
-        return u, v, j
+        if self._bx is None:
+            xs = np.arange(self.bbox[2], self.bbox[3], dtype=np.float64)
+            self._bx = [BSpline.design_matrix(xs, sp.tck[1], sp.degrees[1]).tocsr()  # type: ignore[union-attr]
+                        for sp in (self.u_spline, self.v_spline, self.j_spline)]
+        out = []
+        for sp, bx in zip((self.u_spline, self.v_spline, self.j_spline), self._bx):
+            ty, tx, c = sp.tck  # type: ignore[union-attr]
+            ky, kx = sp.degrees  # type: ignore[union-attr]
+            coef = c.reshape(len(ty) - ky - 1, len(tx) - kx - 1)
+            by = BSpline.design_matrix(ys, ty, ky).tocsc()
+            used = np.flatnonzero(np.diff(by.indptr))
+            i0, i1 = int(used[0]), int(used[-1]) + 1
+            d = np.asarray(bx @ coef[i0:i1].T)  # (columns, coefficient rows used)
+            out.append(np.ascontiguousarray(by[:, i0:i1].tocsr() @ d.T))
+        return out[0], out[1], out[2]
 
 
 # ------------------------------------------------------------------------------------------------ mapping
