@@ -51,10 +51,10 @@ The mask
 Memory
     The output is computed in blocks of ``block_rows`` output rows over the bounding box of the output that the
     exposure covers (:attr:`ResampledExposure.bbox`); only that box is allocated, so a caller holds the overlap
-    only. The interpolated coordinates exist for one block at a time, and so does the band of input rows that the
-    block reaches, prepared once (value, good flag, variance, mask and a running count of flagged pixels: 18 bytes
-    per pixel) so that the kernel loop has no tests and takes a shorter path where no pixel under the kernel is
-    flagged; the band grows with the rotation between exposure and tile (``block_rows + width |sin θ|`` rows).
+    only. The interpolated coordinates exist for one block at a time; the kernel loop runs over chunks of 1024
+    columns of a block, each reading a window of the input prepared once (value, good flag, variance, mask and a
+    running count of flagged pixels: 18 bytes per pixel) so that the loop has no tests and takes a shorter path where
+    no pixel under the kernel is flagged. The window stays small at any rotation between exposure and tile.
 """
 from __future__ import annotations
 
@@ -331,6 +331,8 @@ def plan_resample(src_shape: tuple[int, int], *, src_wcs, dst_wcs, dst_shape: tu
 
 
 # ------------------------------------------------------------------------------------------------ compiled
+#: output columns per chunk of the kernel loop (bounds the input window it reads)
+_CHUNK_COLUMNS = 1024
 #: phases per pixel of the tabulated kernels (linear interpolation between them: < 1e-6 weight error)
 _TABLE_STEPS = 2048
 
@@ -376,9 +378,10 @@ def _weights(table, f, w):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _band(img, noise, is_var, msk, bad_bits, r0, r1, pad, pc, gc, vc, mc, nc):  # pragma: no cover - compiled
-    """Input rows ``[r0, r1)`` (may reach outside the image) made ready for the kernel loop, ``pad`` columns of
-    padding on each side: value (0 if unusable), good flag (1/0), variance (0 if unusable), mask bits, and the
+def _band(img, noise, is_var, msk, bad_bits, r0, r1, c0, pc, gc, vc, mc, nc):  # pragma: no cover - compiled
+    """The input window of rows ``[r0, r1)`` and columns ``c0 ..`` (``pc.shape[1]`` of them; it may reach outside
+    the image: those pixels count as unusable) made ready for the kernel loop: value (0 if unusable), good flag
+    (1/0), variance (0 if unusable), mask bits, and the
     running count along each row of the pixels that are unusable or carry any mask bit (``nc[r, c]``: among the
     first ``c`` columns)."""
     ny, nx = img.shape
@@ -386,7 +389,7 @@ def _band(img, noise, is_var, msk, bad_bits, r0, r1, pad, pc, gc, vc, mc, nc):  
         y = r0 + r
         nc[r, 0] = 0
         for c in range(pc.shape[1]):
-            x = c - pad
+            x = c0 + c
             if y < 0 or y >= ny or x < 0 or x >= nx:
                 pc[r, c] = 0.0
                 gc[r, c] = 0.0
@@ -411,11 +414,11 @@ def _band(img, noise, is_var, msk, bad_bits, r0, r1, pad, pc, gc, vc, mc, nc):  
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _resample_block(pc, gc, vc, mc, ncount, r0, pad, ny, nx, u, v, jac, table, min_good, mask_wmin, nodata,
+def _resample_block(pc, gc, vc, mc, ncount, r0, c0, ny, nx, u, v, jac, table, min_good, mask_wmin, nodata,
                     out_img, out_wt, out_msk, ratio_sum, ratio_n):  # pragma: no cover - compiled
     """The kernel loop over a block of output pixels (``u, v``: input coordinates, ``jac``: pixel-area ratio),
-    reading the band prepared by :func:`_band` (input row ``y`` is band row ``y - r0``, column ``x`` is
-    ``x + pad``)."""
+    reading the window prepared by :func:`_band` (input row ``y`` is window row ``y - r0``, column ``x`` is
+    ``x - c0``)."""
     nr, nc = u.shape
     a = table.shape[1] // 2
     for r in prange(nr):
@@ -441,7 +444,7 @@ def _resample_block(pc, gc, vc, mc, ncount, r0, pad, ny, nx, u, v, jac, table, m
             swv = 0.0
             bits = 0
             by = iv - a + 1 - r0
-            bx = iu - a + 1 + pad
+            bx = iu - a + 1 - c0
             clean = True
             for j in range(2 * a):
                 if ncount[by + j, bx + 2 * a] != ncount[by + j, bx]:
@@ -575,21 +578,35 @@ def resample_rows(plan: ResamplePlan, image: np.ndarray, variance_or_weight: np.
         ow[...] = 0.0
         return oi, ow, om, 0.0, 0
     ny, nx = img.shape
-    # the input rows the kernel can reach (outside the image: padding that counts as unusable)
-    r0 = max(-a - 1, int(math.floor(float(np.min(v[finite])))) - a)
-    r1 = min(ny + a + 1, int(math.floor(float(np.max(v[finite])))) + a + 2)
-    r1 = max(r1, r0 + 1)
-    pad = a + 1
-    bw = nx + 2 * pad
-    pc = np.empty((r1 - r0, bw), np.float32)
-    gc = np.empty((r1 - r0, bw), np.float32)
-    vc = np.empty((r1 - r0, bw), np.float32)
-    mc = np.empty((r1 - r0, bw), msk.dtype)
-    ncount = np.empty((r1 - r0, bw + 1), np.int32)
-    _band(img, nz, noise == "variance", msk, msk.dtype.type(config.bad_bits), r0, r1, pad, pc, gc, vc, mc, ncount)
-    _resample_block(pc, gc, vc, mc, ncount, r0, pad, ny, nx, u, v, jac, kernel_table(config.kernel),
-                    float(config.min_good_weight), float(config.mask_weight_min), om.dtype.type(mb.NODATA),
-                    oi, ow, om, rs, rn)
+    table = kernel_table(config.kernel)
+    bad = msk.dtype.type(config.bad_bits)
+    # chunks of output columns: the input window each reaches stays small whatever the rotation between the grids
+    for cs in range(0, shape[1], _CHUNK_COLUMNS):
+        sl = slice(cs, min(shape[1], cs + _CHUNK_COLUMNS))
+        uc, vc_ = u[:, sl], v[:, sl]
+        ok = np.isfinite(uc) & np.isfinite(vc_)
+        if not ok.any():
+            oi[:, sl], ow[:, sl], om[:, sl] = 0.0, 0.0, mb.NODATA
+            continue
+        # the input pixels the kernel can reach (outside the image: padding that counts as unusable)
+        r0 = max(-a - 1, int(math.floor(float(np.min(vc_[ok])))) - a)
+        r1 = max(r0 + 1, min(ny + a + 1, int(math.floor(float(np.max(vc_[ok])))) + a + 2))
+        c0 = max(-a - 1, int(math.floor(float(np.min(uc[ok])))) - a)
+        c1 = max(c0 + 1, min(nx + a + 1, int(math.floor(float(np.max(uc[ok])))) + a + 2))
+        win = (r1 - r0, c1 - c0)
+        pc = np.empty(win, np.float32)
+        gc = np.empty(win, np.float32)
+        vc = np.empty(win, np.float32)
+        mc = np.empty(win, msk.dtype)
+        ncount = np.empty((win[0], win[1] + 1), np.int32)
+        _band(img, nz, noise == "variance", msk, bad, r0, r1, c0, pc, gc, vc, mc, ncount)
+        rsc = np.zeros(shape[0], np.float64)
+        rnc = np.zeros(shape[0], np.int64)
+        _resample_block(pc, gc, vc, mc, ncount, r0, c0, ny, nx, uc, vc_, jac[:, sl], table,
+                        float(config.min_good_weight), float(config.mask_weight_min), om.dtype.type(mb.NODATA),
+                        oi[:, sl], ow[:, sl], om[:, sl], rsc, rnc)
+        rs += rsc
+        rn += rnc
     return oi, ow, om, float(rs.sum()), int(rn.sum())
 
 
