@@ -264,8 +264,10 @@ def clipped_combine(images: np.ndarray | Sequence[np.ndarray], weights: np.ndarr
         msk = np.asarray(masks)
         if msk.shape != imgs.shape:
             raise CombineError(f"masks {msk.shape} must have the shape of the images {imgs.shape}")
-    if not msk.dtype.isnative:
-        msk = msk.astype(msk.dtype.newbyteorder("="))
+    if msk.dtype != mb.MASK_DTYPE:
+        if msk.dtype.kind not in "iu":
+            raise CombineError(f"masks must be integer bit masks, got dtype {msk.dtype}")
+        msk = msk.astype(mb.MASK_DTYPE)
     imgs = imgs.astype(np.float32, copy=False) if imgs.dtype != np.float32 else imgs
     wts = wts.astype(np.float32, copy=False) if wts.dtype != np.float32 else wts
     g = _per_input(gains, n, "gains", "give one gain (e- per image unit) per input, or one for all")

@@ -1,4 +1,4 @@
-"""Flux-conserving resampling of one reduced exposure onto a tile's pixel grid (SWarp's ``LANCZOS3``).
+"""Flux-conserving resampling of one reduced exposure onto a tile's pixel grid (SWarp's ``LANCZOS3``, or better).
 
 The mapping
     Every output (tile) pixel ``(x, y)`` is mapped to sky with the tile WCS and back to the exposure's pixels
@@ -29,7 +29,8 @@ The kernel
 Flux conservation
     The input is in flux per input pixel (e.g. e- per pixel, sky subtracted); multiplying the interpolated surface
     brightness by ``J`` puts it in flux per output pixel, so that the flux of a star summed over the output pixels
-    equals its flux summed over the input pixels (to < 0.1 % for sampled stars, asserted in the tests).
+    equals its flux summed over the input pixels (asserted in the tests: < 0.1 % for sampled stars with
+    ``cubicspline5`` at any scale and with ``lanczos3`` at equal pixel scales; see the kernel's ripple above).
 
 The noise
     The weight is the inverse variance (image unit⁻²). The input variance ``σ_k² = 1/weight_k`` is propagated
@@ -50,9 +51,11 @@ The mask
 Memory
     The output is computed in blocks of ``block_rows`` output rows over the bounding box of the output that the
     exposure covers (:attr:`ResampledExposure.bbox`); only that box is allocated, so a caller holds the overlap
-    only. The interpolated coordinates exist for one block at a time, and so does the band of input rows that the
-    block reaches, prepared once (value, good flag, variance and mask: 14 bytes per pixel) so that the kernel loop
-    has no tests; the band grows with the rotation between exposure and tile (``block_rows + width |sin θ|`` rows).
+    only. The interpolated coordinates exist for one block at a time; the kernel loop runs over the block (or, when
+    the exposure is rotated on the tile, over chunks of 1024 columns of it), reading a window of the input prepared
+    once (value, good flag, variance, mask and a
+    running count of flagged pixels: 18 bytes per pixel) so that the loop has no tests and takes a shorter path where
+    no pixel under the kernel is flagged. The window stays small at any rotation between exposure and tile.
 """
 from __future__ import annotations
 
@@ -176,6 +179,7 @@ class ResamplePlan:
     u_spline: object | None = None
     v_spline: object | None = None
     j_spline: object | None = None
+    _bx: list | None = dataclasses.field(default=None, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -184,13 +188,29 @@ class ResamplePlan:
 
     def coordinates(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exposure pixel coordinates ``u, v`` and pixel-area ratio ``J`` of tile rows ``[y0, y1)`` over the
-        columns of the bounding box (float64 arrays ``(y1 - y0, x1 - x0)``)."""
-        xs = np.arange(self.bbox[2], self.bbox[3], dtype=np.float64)
+        columns of the bounding box (float64 arrays ``(y1 - y0, x1 - x0)``).
+
+        The splines are evaluated as tensor products ``B_y C B_xᵀ`` with sparse B-spline design matrices (4 terms
+        per point), which is several times faster than fitpack's evaluation on a grid and gives the same values.
+        """
+        from scipy.interpolate import BSpline
+
         ys = np.arange(y0, y1, dtype=np.float64)
-        u = self.u_spline(ys, xs)  # type: ignore[misc]
-        v = self.v_spline(ys, xs)  # type: ignore[misc]
-        j = self.j_spline(ys, xs)  # type: ignore[misc]
-        return u, v, j
+        if self._bx is None:
+            xs = np.arange(self.bbox[2], self.bbox[3], dtype=np.float64)
+            self._bx = [BSpline.design_matrix(xs, sp.tck[1], sp.degrees[1]).tocsr()  # type: ignore[union-attr]
+                        for sp in (self.u_spline, self.v_spline, self.j_spline)]
+        out = []
+        for sp, bx in zip((self.u_spline, self.v_spline, self.j_spline), self._bx):
+            ty, tx, c = sp.tck  # type: ignore[union-attr]
+            ky, kx = sp.degrees  # type: ignore[union-attr]
+            coef = c.reshape(len(ty) - ky - 1, len(tx) - kx - 1)
+            by = BSpline.design_matrix(ys, ty, ky).tocsc()
+            used = np.flatnonzero(np.diff(by.indptr))
+            i0, i1 = int(used[0]), int(used[-1]) + 1
+            d = np.asarray(bx @ coef[i0:i1].T)  # (columns, coefficient rows used)
+            out.append(np.ascontiguousarray(by[:, i0:i1].tocsr() @ d.T))
+        return out[0], out[1], out[2]
 
 
 # ------------------------------------------------------------------------------------------------ mapping
@@ -312,6 +332,8 @@ def plan_resample(src_shape: tuple[int, int], *, src_wcs, dst_wcs, dst_shape: tu
 
 
 # ------------------------------------------------------------------------------------------------ compiled
+#: output columns per chunk of the kernel loop when the exposure is rotated on the tile (bounds the input window)
+_CHUNK_COLUMNS = 1024
 #: phases per pixel of the tabulated kernels (linear interpolation between them: < 1e-6 weight error)
 _TABLE_STEPS = 2048
 
@@ -357,19 +379,24 @@ def _weights(table, f, w):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _band(img, noise, is_var, msk, bad_bits, r0, r1, pad, pc, gc, vc, mc):  # pragma: no cover - compiled
-    """Input rows ``[r0, r1)`` (may reach outside the image) made ready for the kernel loop, ``pad`` columns of
-    padding on each side: value (0 if unusable), good flag (1/0), variance (0 if unusable), mask bits."""
+def _band(img, noise, is_var, msk, bad_bits, r0, r1, c0, pc, gc, vc, mc, nc):  # pragma: no cover - compiled
+    """The input window of rows ``[r0, r1)`` and columns ``c0 ..`` (``pc.shape[1]`` of them; it may reach outside
+    the image: those pixels count as unusable) made ready for the kernel loop: value (0 if unusable), good flag
+    (1/0), variance (0 if unusable), mask bits, and the
+    running count along each row of the pixels that are unusable or carry any mask bit (``nc[r, c]``: among the
+    first ``c`` columns)."""
     ny, nx = img.shape
     for r in prange(r1 - r0):
         y = r0 + r
+        nc[r, 0] = 0
         for c in range(pc.shape[1]):
-            x = c - pad
+            x = c0 + c
             if y < 0 or y >= ny or x < 0 or x >= nx:
                 pc[r, c] = 0.0
                 gc[r, c] = 0.0
                 vc[r, c] = 0.0
                 mc[r, c] = 0
+                nc[r, c + 1] = nc[r, c] + 1
                 continue
             m = msk[y, x]
             mc[r, c] = m
@@ -384,14 +411,15 @@ def _band(img, noise, is_var, msk, bad_bits, r0, r1, pad, pc, gc, vc, mc):  # pr
                 pc[r, c] = 0.0
                 gc[r, c] = 0.0
                 vc[r, c] = 0.0
+            nc[r, c + 1] = nc[r, c] + (0 if (ok and m == 0) else 1)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _resample_block(pc, gc, vc, mc, r0, pad, ny, nx, u, v, jac, table, min_good, mask_wmin, nodata,
+def _resample_block(pc, gc, vc, mc, ncount, r0, c0, ny, nx, u, v, jac, table, min_good, mask_wmin, nodata,
                     out_img, out_wt, out_msk, ratio_sum, ratio_n):  # pragma: no cover - compiled
     """The kernel loop over a block of output pixels (``u, v``: input coordinates, ``jac``: pixel-area ratio),
-    reading the band prepared by :func:`_band` (input row ``y`` is band row ``y - r0``, column ``x`` is
-    ``x + pad``)."""
+    reading the window prepared by :func:`_band` (input row ``y`` is window row ``y - r0``, column ``x`` is
+    ``x - c0``)."""
     nr, nc = u.shape
     a = table.shape[1] // 2
     for r in prange(nr):
@@ -417,26 +445,44 @@ def _resample_block(pc, gc, vc, mc, r0, pad, ny, nx, u, v, jac, table, min_good,
             swv = 0.0
             bits = 0
             by = iv - a + 1 - r0
-            bx = iu - a + 1 + pad
+            bx = iu - a + 1 - c0
+            clean = True
             for j in range(2 * a):
-                wj = wy[j]
-                thr = mask_wmin / abs(wj) if wj != 0.0 else np.inf
-                for i in range(2 * a):
-                    w = wj * wx[i]
-                    g = gc[by + j, bx + i]
-                    q = vc[by + j, bx + i]
-                    s += w * pc[by + j, bx + i]
-                    sw += w * g
-                    sw2v += w * w * q
-                    swv += w * q
-                    if abs(wx[i]) > thr:
-                        bits |= mc[by + j, bx + i]
+                if ncount[by + j, bx + 2 * a] != ncount[by + j, bx]:
+                    clean = False
+                    break
+            sample = (c & 7) == 0  # the noise-ratio statistic is taken on every 8th pixel
+            if clean:  # every pixel under the kernel usable and without mask bits: the normalised weights sum to 1
+                sw = 1.0
+                for j in range(2 * a):
+                    wj = wy[j]
+                    for i in range(2 * a):
+                        w = wj * wx[i]
+                        s += w * pc[by + j, bx + i]
+                        sw2v += w * w * vc[by + j, bx + i]
+                if sample:
+                    for j in range(2 * a):
+                        for i in range(2 * a):
+                            swv += wy[j] * wx[i] * vc[by + j, bx + i]
+            else:
+                for j in range(2 * a):
+                    wj = wy[j]
+                    thr = mask_wmin / abs(wj) if wj != 0.0 else np.inf
+                    for i in range(2 * a):
+                        w = wj * wx[i]
+                        q = vc[by + j, bx + i]
+                        s += w * pc[by + j, bx + i]
+                        sw += w * gc[by + j, bx + i]
+                        sw2v += w * w * q
+                        swv += w * q
+                        if abs(wx[i]) > thr:
+                            bits |= mc[by + j, bx + i]
             jj = jac[r, c]
             if sw >= min_good and sw2v > 0.0:
                 out_img[r, c] = jj * s / sw
                 out_wt[r, c] = 1.0 / (jj * jj * sw2v / (sw * sw))
                 out_msk[r, c] = bits
-                if swv > 0.0:
+                if sample and swv > 0.0:
                     # per-pixel variance / variance per pixel of a large aperture (J x interpolated variance)
                     rs += jj * sw2v / (sw * swv)
                     rn += 1
@@ -526,27 +572,42 @@ def resample_rows(plan: ResamplePlan, image: np.ndarray, variance_or_weight: np.
     rs = np.zeros(shape[0], np.float64)
     rn = np.zeros(shape[0], np.int64)
     a = KERNELS[config.kernel][1]
-    finite = np.isfinite(v)
-    if not finite.any():
-        om[...] = mb.NODATA
-        oi[...] = 0.0
-        ow[...] = 0.0
-        return oi, ow, om, 0.0, 0
     ny, nx = img.shape
-    # the input rows the kernel can reach (outside the image: padding that counts as unusable)
-    r0 = max(-a - 1, int(math.floor(float(np.min(v[finite])))) - a)
-    r1 = min(ny + a + 1, int(math.floor(float(np.max(v[finite])))) + a + 2)
-    r1 = max(r1, r0 + 1)
-    pad = a + 1
-    bw = nx + 2 * pad
-    pc = np.empty((r1 - r0, bw), np.float32)
-    gc = np.empty((r1 - r0, bw), np.float32)
-    vc = np.empty((r1 - r0, bw), np.float32)
-    mc = np.empty((r1 - r0, bw), msk.dtype)
-    _band(img, nz, noise == "variance", msk, msk.dtype.type(config.bad_bits), r0, r1, pad, pc, gc, vc, mc)
-    _resample_block(pc, gc, vc, mc, r0, pad, ny, nx, u, v, jac, kernel_table(config.kernel),
-                    float(config.min_good_weight), float(config.mask_weight_min), om.dtype.type(mb.NODATA),
-                    oi, ow, om, rs, rn)
+    table = kernel_table(config.kernel)
+    bad = msk.dtype.type(config.bad_bits)
+    # chunks of output columns: the input window each reaches stays small whatever the rotation between the grids
+    # the whole width at once when the block reaches few input rows (tile and exposure nearly aligned, the fastest);
+    # chunks of columns otherwise (rotated), so that the input window stays small
+    chunk = shape[1]
+    if float(v.max()) - float(v.min()) > 2 * shape[0] + 64:
+        chunk = _CHUNK_COLUMNS
+    for cs in range(0, shape[1], chunk):
+        sl = slice(cs, min(shape[1], cs + chunk))
+        uc, vc_ = np.ascontiguousarray(u[:, sl]), np.ascontiguousarray(v[:, sl])  # finite: spline values
+        # the input pixels the kernel can reach (outside the image: padding that counts as unusable)
+        r0 = min(ny + a, max(-a - 1, int(math.floor(float(vc_.min()))) - a))
+        r1 = max(r0 + 1, min(ny + a + 1, int(math.floor(float(vc_.max()))) + a + 2))
+        c0 = min(nx + a, max(-a - 1, int(math.floor(float(uc.min()))) - a))
+        c1 = max(c0 + 1, min(nx + a + 1, int(math.floor(float(uc.max()))) + a + 2))
+        win = (r1 - r0, c1 - c0)
+        pc = np.empty(win, np.float32)
+        gc = np.empty(win, np.float32)
+        vc = np.empty(win, np.float32)
+        mc = np.empty(win, msk.dtype)
+        ncount = np.empty((win[0], win[1] + 1), np.int32)
+        _band(img, nz, noise == "variance", msk, bad, r0, r1, c0, pc, gc, vc, mc, ncount)
+        rsc = np.zeros(shape[0], np.float64)
+        rnc = np.zeros(shape[0], np.int64)
+        # contiguous chunks: one compiled specialisation, and faster loads
+        ci = np.empty(uc.shape, np.float32)
+        cw = np.empty(uc.shape, np.float32)
+        cm = np.empty(uc.shape, om.dtype)
+        _resample_block(pc, gc, vc, mc, ncount, r0, c0, ny, nx, uc, vc_, np.ascontiguousarray(jac[:, sl]), table,
+                        float(config.min_good_weight), float(config.mask_weight_min), om.dtype.type(mb.NODATA),
+                        ci, cw, cm, rsc, rnc)
+        oi[:, sl], ow[:, sl], om[:, sl] = ci, cw, cm
+        rs += rsc
+        rn += rnc
     return oi, ow, om, float(rs.sum()), int(rn.sum())
 
 
