@@ -176,7 +176,7 @@ def test_fluxes_are_conserved_and_stars_are_registered_across_filters(coadded):
     d = np.array([np.subtract(centroids[FILTERS[0]][i], centroids[FILTERS[1]][i]) for i in common])
     rms = float(np.sqrt(np.mean(np.sum(d ** 2, axis=1))))
     print(f"registration {FILTERS[0]} vs {FILTERS[1]}: {len(common)} stars, {rms:.4f} px rms")
-    assert rms <= 0.05, f"the same star at different pixels in the two filters: {rms:.3f} px rms"
+    assert rms <= 0.02, f"the same star at different pixels in the two filters: {rms:.3f} px rms"
 
 
 def test_no_cosmic_ray_survives_and_the_noise_is_as_stated(coadded):
