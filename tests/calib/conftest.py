@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from .helpers import ensure_epochs_table, gradient, light_leak, rewrite_raw, saturate
+from .helpers import ensure_epochs_table, gradient, light_leak, register_as_is, rewrite_raw, saturate
 
 PG_URL = os.environ.get("UPAD_TEST_DATABASE_URL")
 CALIB_STEPS = ("instrument_signature", "master_bias", "master_dark", "master_flat", "bad_pixel_mask", "master_fringe", "master_illumination")
@@ -114,6 +114,7 @@ def pipeline(night: Night, session_db_url: str, tmp_path_factory) -> Pipeline:
     dark = [f for f in night.result.frames if f["kind"] == "dark"][1]
     archived = next(root.glob(f"raw/*/{Path(dark['file']).name}"))
     archived.write_bytes(archived.read_bytes()[:20000])
+    register_as_is(db, archived)
     executor = LocalExecutor(2)
     try:
         sched = Scheduler(db, settings, executor, options=SchedulerOptions(

@@ -103,3 +103,23 @@ def ensure_epochs_table(db) -> None:
     from sqlalchemy import inspect
 
     assert inspect(db.engine).has_table("calib_epochs")
+
+
+def register_as_is(db, path) -> None:
+    """Make the archived raw file ``path``, damaged by a test, the registered content of its frame (SHA-256, size,
+    stat), as if it had been ingested that way: the steps then meet the damage itself. (A file changed after its
+    registration is quarantined before any step reads it: tests/flow/test_faults.py.)"""
+    import hashlib
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from upad.db.models import Frame
+    from upad.flow.worker import file_stat
+
+    path = Path(path)
+    content = path.read_bytes()
+    with db.session() as s:
+        frame = s.scalars(select(Frame).where(Frame.filename == path.name)).one()
+        frame.sha256, frame.size_bytes = hashlib.sha256(content).hexdigest(), len(content)
+        frame.file_stat = file_stat(path)

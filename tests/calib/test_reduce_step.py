@@ -16,6 +16,8 @@ from upad.execution import LocalExecutor
 from upad.flow.scheduler import Scheduler, SchedulerOptions
 from upad.reduce.steps import ReduceConfig
 
+from .helpers import register_as_is
+
 
 def _truncate(path):
     path.write_bytes(path.read_bytes()[:20000])
@@ -57,6 +59,7 @@ def _corrupt_science_frames(pipeline) -> dict[str, str]:
     expected = {}
     for f, reason, func in damage:
         func(archived(f))
+        register_as_is(pipeline.db, archived(f))
         expected[Path(f["file"]).name] = reason
     return expected
 

@@ -870,7 +870,13 @@ class Scheduler:
         self._drop_staged(out, attempt_id=att.id)
         job.fault = out.get("fault") or ("environment" if transient else "data")
         job.waits_for = out.get("waits_for")
-        if transient and job.n_failures < job.max_attempts:
+        if out.get("input_changed"):
+            # not a failure of the job: its input was replaced under it, quarantined and flagged invalid
+            # (_quarantine_changed) — the unit is planned again without it, like any job of an invalidated input
+            job.state = "cancelled"
+            self.counts["cancelled_input_changed"] += 1
+            log.warning("job %d (%s %s) cancelled: %s", job.id, job.step, job.unit_key, job.error)
+        elif transient and job.n_failures < job.max_attempts:
             delay = self.options.backoff_seconds * (2 ** (job.n_failures - 1))
             job.state, job.next_try_at = "queued", now + dt.timedelta(seconds=delay)
             self.counts["retried"] += 1
@@ -890,9 +896,9 @@ class Scheduler:
             record_changes(s, "job", [job.id], event="failed", night=str(night)[:10] if night else None,
                            step=job.step)
             log.error("job %d (%s %s) failed: %s", job.id, job.step, job.unit_key, job.error)
-        self._events.append(("failed", {"step": job.step, "unit": job.unit_key, "error": job.error,
-                                        "retry": job.state == "queued", "state": job.state,
-                                        "waits_for": job.waits_for}))
+        self._events.append(("cancelled" if job.state == "cancelled" else "failed",
+                             {"step": job.step, "unit": job.unit_key, "error": job.error,
+                              "retry": job.state == "queued", "state": job.state, "waits_for": job.waits_for}))
 
     def _quarantine_changed(self, s: Session, changed: list[dict[str, Any]]) -> None:
         """Raw files whose content changed after registration: moved out of the archive into the quarantine (in
