@@ -41,7 +41,7 @@ from upad import maskbits as mb
 from upad.config import StepConfig, param
 from upad.errors import UpadError
 from upad.coadd.resample import ResampleConfig, ResamplePlan, plan_resample, resample_rows
-from upad.reduce._jit import njit, prange
+from upad.reduce._jit import njit, prange, sorted_median
 
 __all__ = ["CombineConfig", "CombineError", "CombineResult", "GridExposure", "InputExposure", "clipped_combine",
            "combine_exposures", "iter_combined_blocks", "iter_resampled_combined_blocks"]
@@ -126,23 +126,6 @@ class InputExposure:
 
 
 # ------------------------------------------------------------------------------------------------ compiled
-@njit(cache=True, nogil=True)
-def _median(vals, n, tmp):  # pragma: no cover - compiled
-    for i in range(n):
-        tmp[i] = vals[i]
-    for i in range(1, n):  # insertion sort: n is a few tens at most
-        x = tmp[i]
-        j = i - 1
-        while j >= 0 and tmp[j] > x:
-            tmp[j + 1] = tmp[j]
-            j -= 1
-        tmp[j + 1] = x
-    h = n // 2
-    if n % 2 == 1:
-        return tmp[h]
-    return 0.5 * (tmp[h - 1] + tmp[h])
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, clip_ampfrac,
              out_img, out_wt, out_exp, out_n, out_rej, rej_rows):  # pragma: no cover - compiled
@@ -176,7 +159,9 @@ def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, c
             for q in range(k):
                 keep[q] = True
             if k >= 2:
-                mu = _median(vals, k, tmp)
+                for q in range(k):
+                    tmp[q] = vals[q]
+                mu = sorted_median(tmp, k)
                 amu = abs(mu)
                 for q in range(k):
                     i = idx[q]

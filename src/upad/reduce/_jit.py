@@ -36,4 +36,23 @@ except ImportError:  # pragma: no cover - fallback
     def get_threads() -> int:
         return 1
 
-__all__ = ["HAVE_NUMBA", "get_threads", "njit", "prange", "set_threads"]
+
+
+@njit(cache=True, nogil=True)
+def sorted_median(buf, n):  # pragma: no cover - compiled
+    """Median of ``buf[:n]``, sorting it in place (insertion sort: for the few tens of values of a pixel's stack or
+    neighbourhood); the mean of the two middle values for an even ``n``."""
+    for i in range(1, n):
+        v = buf[i]
+        j = i - 1
+        while j >= 0 and buf[j] > v:
+            buf[j + 1] = buf[j]
+            j -= 1
+        buf[j + 1] = v
+    h = n // 2
+    if n % 2 == 1:
+        return buf[h]
+    return 0.5 * (buf[h - 1] + buf[h])
+
+
+__all__ = ["HAVE_NUMBA", "get_threads", "njit", "prange", "set_threads", "sorted_median"]

@@ -57,6 +57,7 @@ import numpy as np
 from upad import maskbits as mb
 from upad.config import StepConfig, param
 from upad.reduce._jit import njit, prange
+from upad.reduce._jit import sorted_median as _median
 
 __all__ = ["CosmicConfig", "CosmicResult", "detect_cosmics"]
 
@@ -149,22 +150,6 @@ def _cl(i, n):  # pragma: no cover - compiled
     if i >= n:
         return n - 1
     return i
-
-
-@njit(cache=True, nogil=True)
-def _median(buf, n):  # pragma: no cover - compiled
-    # insertion sort of buf[:n]; returns the median (mean of the two middle values for even n)
-    for i in range(1, n):
-        v = buf[i]
-        j = i - 1
-        while j >= 0 and buf[j] > v:
-            buf[j + 1] = buf[j]
-            j -= 1
-        buf[j + 1] = v
-    h = n // 2
-    if n % 2 == 1:
-        return buf[h]
-    return 0.5 * (buf[h - 1] + buf[h])
 
 
 @njit(cache=True, nogil=True, inline="always")
