@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,7 +128,12 @@ def run_coadd(step: Any, task: Any) -> Any:
              grid_shape(tuple(inst.layout.active_shape), pixel_scale=scale, margin_arcsec=cfg.margin_arcsec))
     grid = tile_grid(ctx["tile_ra"], ctx["tile_dec"], pixel_scale=scale, shape=shape,
                      cd_sign=(int(inst.cd_sign_x), int(inst.cd_sign_y)))
-    frames, refused = [], []
+    # one exposure in memory at a time: each is read, checked, background-subtracted and put in scratch files of
+    # the staging directory (memory-mapped), then scaled there once the coadd's zero point is known
+    scratch = Path(task.staging) / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    prepared: list[PreparedExposure] = []
+    refused: list[str] = []
     for r in task.inputs_by_role("exposure"):
         name = str(r.meta.get("unit_key", r.id))
         try:
@@ -140,29 +146,37 @@ def run_coadd(step: Any, task: Any) -> Any:
         elif fr.zero_point is None or not np.isfinite(fr.zero_point):
             refused.append(f"{name}: no photometric zero point")
         else:
-            frames.append((name, r.id, fr))
+            ex = prepare_exposure(fr, zero_point=float(fr.zero_point), name=name, product_id=r.id)
+            k = len(prepared)
+            ex.image = _spill(scratch / f"{k}-image.npy", ex.image)
+            ex.weight = _spill(scratch / f"{k}-weight.npy", ex.weight)
+            ex.mask = _spill(scratch / f"{k}-mask.npy", ex.mask)
+            prepared.append(ex)
+        del fr
     meta: dict[str, Any] = {"tile_id": ctx["tile_id"], "filter": ctx["filter"], "refused": refused}
-    if len(frames) < cfg.min_exposures:
-        meta["qc_reasons"] = [f"{len(frames)} usable exposure(s) of {len(frames) + len(refused)} (needs "
+    if len(prepared) < cfg.min_exposures:
+        meta["qc_reasons"] = [f"{len(prepared)} usable exposure(s) of {len(prepared) + len(refused)} (needs "
                               f"{cfg.min_exposures})"] + refused[:5]
         return StepOutput(meta=meta, qc_status="fail")
-    zps = [float(fr.zero_point) for _, _, fr in frames]
+    zps = [e.zero_point for e in prepared]
     zp = float(cfg.zero_point) if cfg.zero_point else float(np.median(zps))
-    prepared = []
-    for name, pid, fr in frames:
-        prepared.append(prepare_exposure(fr, zero_point=zp, name=name, product_id=pid))
-        del fr
-    frames.clear()
+    for e in prepared:  # to the coadd's zero point, in place, by blocks of rows
+        e.scale = 10.0 ** (0.4 * (zp - e.zero_point))
+        for y in range(0, e.image.shape[0], 1024):
+            e.image[y:y + 1024] *= np.float32(e.scale)
+            e.weight[y:y + 1024] /= np.float32(e.scale * e.scale)
+        e.image.flush()
+        e.weight.flush()
     exposures = [InputExposure(image=e.image, noise=e.weight, mask=e.mask, wcs=e.wcs) for e in prepared]
     # gain of the scaled image: s counts per electron, so the Poisson variance of a signal mu is mu * s
     gains = [1.0 / e.scale for e in prepared]
     exptimes = [e.exptime for e in prepared]
     ny, nx = shape
-    image = np.zeros(shape, np.float32)
-    weight = np.zeros(shape, np.float32)
-    expmap = np.zeros(shape, np.float32)
-    nexp = np.zeros(shape, np.int16)
-    rejected = np.zeros(shape, np.uint8)
+    image = np.lib.format.open_memmap(scratch / "coadd-image.npy", mode="w+", dtype=np.float32, shape=shape)
+    weight = np.lib.format.open_memmap(scratch / "coadd-weight.npy", mode="w+", dtype=np.float32, shape=shape)
+    expmap = np.lib.format.open_memmap(scratch / "coadd-expmap.npy", mode="w+", dtype=np.float32, shape=shape)
+    nexp = np.lib.format.open_memmap(scratch / "coadd-nexp.npy", mode="w+", dtype=np.int16, shape=shape)
+    rejected = np.lib.format.open_memmap(scratch / "coadd-rejected.npy", mode="w+", dtype=np.uint8, shape=shape)
     n_rejected = np.zeros(len(prepared), np.int64)
     sums = np.zeros(len(prepared))
     counts = np.zeros(len(prepared), np.int64)
@@ -176,7 +190,7 @@ def run_coadd(step: Any, task: Any) -> Any:
         for i, (sm, n) in enumerate(noise_sums):
             sums[i] += sm
             counts[i] += n
-    del exposures, prepared[:]
+    del exposures
     used = counts > 0
     ratios = np.sqrt(sums[used] / counts[used]) if used.any() else np.ones(1)
     correlation = float(1.0 / np.median(ratios)) if used.any() else 1.0
@@ -228,6 +242,14 @@ def run_coadd(step: Any, task: Any) -> Any:
     if refused:
         meta["qc_reasons"].append(f"{len(refused)} exposure(s) left out: " + "; ".join(refused[:3]))
     return StepOutput(files=files, meta=meta, qc_status="warn" if refused else "ok")
+
+
+def _spill(path: Path, array: np.ndarray) -> np.ndarray:
+    """``array`` written to the ``.npy`` file ``path`` and returned memory-mapped (read-write)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=array.dtype, shape=array.shape)
+    out[:] = array
+    out.flush()
+    return out
 
 
 def _fwhm(resolved: Any) -> float | None:
