@@ -9,7 +9,8 @@ the weight map's (a smooth ±10 % gradient, one dead column of weight 0), the st
 (not masked: the clipping must remove them), and per frame a dither of ~10", a rotation of up to 0.02°, a pixel
 scale 1e-4 off, and plain TAN (default) or, with ``--distortion sip``, a slightly different TAN-SIP distortion
 (~2 px at the corners). The Debian SWarp 2.41.5 ignores SIP terms (measured with ``--small --distortion sip``: its
-star centroids are 0.65 px rms off the truth, ours 0.006 px), hence TAN for the comparison with SWarp. Frame ``i`` is the same for every ``N``, so that ``--n 3,6,12`` measures the cost per input.
+star centroids are 0.65 px rms off the truth, ours 0.006 px), hence TAN for the comparison with SWarp. Frame ``i``
+is the same for every ``N``, so that ``--n 3,6,12`` measures the cost per input.
 
 Then, for each ``N``, in a fresh child process each (the peak resident memory is the run's own: ``ru_maxrss`` of
 that child from ``wait4``):
@@ -244,7 +245,23 @@ def make_frame(i: int, work: Path, shape: tuple[int, int], cat: dict, distortion
 
 
 # ------------------------------------------------------------------------------------------------ child runs
-def run_upad(files: list[str], out: str, shape: tuple[int, int], block_rows: int) -> dict:
+class WindowReader:
+    """Windows ``reader[y0:y1, x0:x1]`` of an uncompressed FITS image read with positioned reads (nothing
+    memory-mapped, so that no page of the file counts in the process's resident memory); all that
+    :func:`upad.coadd.resample.resample_rows` needs of an input array."""
+
+    def __init__(self, path: str) -> None:
+        from upad.calib.rows import RowReader
+
+        self._r = RowReader.from_fits(path)
+        self.shape, self.dtype, self.ndim = self._r.shape, self._r.dtype, 2
+
+    def __getitem__(self, key):
+        rows, cols = key
+        return self._r[rows][:, cols]
+
+
+def run_upad(files: list[str], out: str, shape: tuple[int, int], block_rows: int, read: str = "memmap") -> dict:
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -271,7 +288,11 @@ def run_upad(files: list[str], out: str, shape: tuple[int, int], block_rows: int
             hw = fits.open(f.replace(".fits", ".weight.fits"), memmap=True)
             hduls += [hi, hw]
             h = hi[0].header
-            exps.append(InputExposure(image=hi[0].data, noise=hw[0].data, mask=None, wcs=WCS(h)))
+            if read == "memmap":
+                exps.append(InputExposure(image=hi[0].data, noise=hw[0].data, mask=None, wcs=WCS(h)))
+            else:
+                wr = WindowReader(f.replace(".fits", ".weight.fits"))
+                exps.append(InputExposure(image=WindowReader(f), noise=wr, mask=None, wcs=WCS(h)))
             gains.append(float(h["GAIN"]))
             exptimes.append(float(h["EXPTIME"]))
         blocks = iter_resampled_combined_blocks(exps, dst_wcs=grid, dst_shape=gshape, gains=gains,
@@ -294,7 +315,7 @@ def run_upad(files: list[str], out: str, shape: tuple[int, int], block_rows: int
         cpu = time.process_time() - c0
     return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "compile_or_cache_seconds": round(t_warm, 2),
             "peak_rss_mb_vmhwm": round(_status("VmHWM"), 1), "peak_anon_rss_mb": round(anon.peak, 1),
-            "rejected_pixels": [int(v) for v in n_rej], "block_rows": block_rows,
+            "rejected_pixels": [int(v) for v in n_rej], "block_rows": block_rows, "read": read,
             "numba_threads": int(os.environ.get("NUMBA_NUM_THREADS", "0")) or None}
 
 
@@ -462,6 +483,9 @@ def main() -> int:
     ap.add_argument("--block-rows", type=int, default=512, help="our rows per block (the step's default)")
     ap.add_argument("--aperture", type=float, default=10.0, help="aperture radius for the flux ratios (px)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/upad_bench_coadd"))
+    ap.add_argument("--read", choices=["memmap", "pread"], default="memmap",
+                    help="our inputs: astropy memmap (default; the mapped pages count in the peak RSS) or positioned "
+                         "reads of the windows (upad.calib.rows.RowReader)")
     ap.add_argument("--skip-swarp", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the frames and coadds")
     ap.add_argument("--json", type=Path, help="write the results there")
@@ -472,7 +496,7 @@ def main() -> int:
     shape = (2048, 2048) if args.small else (args.ny, args.nx)
 
     if args.child == "upad":
-        print(json.dumps(run_upad(args.files, args.out, shape, args.block_rows)))
+        print(json.dumps(run_upad(args.files, args.out, shape, args.block_rows, args.read)))
         return 0
 
     ns = sorted({int(v) for v in args.n.split(",")})
@@ -484,7 +508,7 @@ def main() -> int:
     need = lambda n: per_frame_gb * (2 * n + 2.5)  # noqa: E731
     skipped = {n: f"needs ~{need(n):.0f} GB on {work}, {free_gb:.0f} GB free" for n in ns if need(n) > free_gb - 2}
     ns = [n for n in ns if n not in skipped]
-    result: dict = {"machine": machine_line(), "shape": list(shape), "distortion": args.distortion,
+    result: dict = {"machine": machine_line(), "shape": list(shape), "distortion": args.distortion, "read": args.read,
                     "seed": args.seed, "threads": args.threads, "command": " ".join([sys.executable, *sys.argv]),
                     "swarp_version": subprocess.run(["SWarp", "-v"], capture_output=True, text=True).stdout.strip(),
                     "skipped": {str(k): v for k, v in skipped.items()}, "runs": []}
@@ -514,6 +538,7 @@ def main() -> int:
         run: dict = {"n": n, "load_average_before": round(os.getloadavg()[0], 2)}
         ours = work / f"upad_{n}.fits"
         cmd = [sys.executable, __file__, "--child", "upad", "--out", str(ours), "--block-rows", str(args.block_rows),
+               "--read", args.read,
                *(["--small"] if args.small else ["--ny", str(shape[0]), "--nx", str(shape[1])]), *files]
         res, out, err = timed_child(cmd, env)
         if res["rc"] != 0:
