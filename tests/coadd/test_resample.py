@@ -269,6 +269,42 @@ def test_big_endian_fits_arrays_are_accepted():
     np.testing.assert_array_equal(a.mask, b.mask)
 
 
+class _RecordingArray:
+    """A read-only 2-D array that records the slices read from it (as a memory-mapped FITS image would be read)."""
+
+    def __init__(self, a):
+        self.a, self.shape, self.dtype, self.reads = a, a.shape, a.dtype, []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.a[key]
+
+
+def test_big_endian_inputs_are_read_by_windows_not_whole():
+    # memory-mapped FITS data (big-endian) are converted to native order window by window: no call of
+    # resample_rows reads the whole frame, and the result is that of native in-memory arrays
+    src, dst = _wcs_pair()
+    rng = np.random.default_rng(9)
+    img = rng.normal(5.0, 1.0, SRC_SHAPE).astype(np.float32)
+    wt = np.ones(SRC_SHAPE, np.float32)
+    mask = np.zeros(SRC_SHAPE, mb.MASK_DTYPE)
+    mask[60, 70] = mb.BAD
+    plan = plan_resample(SRC_SHAPE, src_wcs=src, dst_wcs=dst, dst_shape=DST_SHAPE)
+    ri, rw, rm = (_RecordingArray(x.astype(x.dtype.newbyteorder(">"))) for x in (img, wt, mask))
+    y0, y1 = plan.bbox[:2]
+    for r0 in range(y0, y1, 32):
+        r1 = min(y1, r0 + 32)
+        a = rs.resample_rows(plan, img, wt, mask, r0, r1)
+        b = rs.resample_rows(plan, ri, rw, rm, r0, r1)
+        for x, y in zip(a[:3], b[:3]):
+            np.testing.assert_array_equal(x, y)
+        assert a[4] > 0 and a[3:] == b[3:]
+    for rec in (ri, rw, rm):
+        rows = [k[0].indices(SRC_SHAPE[0]) for k in rec.reads]
+        assert len(rows) >= SRC_SHAPE[0] // 32
+        assert max(r1 - r0 for r0, r1, _ in rows) < SRC_SHAPE[0] // 2
+
+
 def test_rotated_exposure_and_column_chunks(monkeypatch):
     # an exposure rotated by 90 degrees on the tile: output rows run along input columns
     src = tan_wcs(SRC_SHAPE, sip=SIP, rot_deg=90.0)

@@ -549,17 +549,12 @@ def resample_rows(plan: ResamplePlan, image: np.ndarray, variance_or_weight: np.
     by0, by1, bx0, bx1 = plan.bbox
     if not (by0 <= y0 < y1 <= by1):
         raise ResampleError(f"rows [{y0}, {y1}) are outside the planned bounding box rows [{by0}, {by1})")
-    img = _native(image)
-    if img.dtype.kind != "f":
-        img = img.astype(np.float32)
-    nz = _native(variance_or_weight)
-    if nz.dtype.kind != "f":
-        nz = nz.astype(np.float32)
-    msk = np.zeros((1, 1), mb.MASK_DTYPE) if mask is None else _native(mask)
-    if mask is None:
-        msk = np.zeros(img.shape, mb.MASK_DTYPE)
-    if img.shape != tuple(plan.src_shape) or nz.shape != img.shape or msk.shape != img.shape:
-        raise ResampleError(f"image {img.shape}, {noise} {nz.shape} and mask {msk.shape} must all have the planned "
+    # the arrays may be memory-mapped FITS data (big-endian): only the window that each chunk of the kernel loop
+    # reaches is read and converted to native order below, never the whole frame
+    img_shape, nz_shape = np.shape(image), np.shape(variance_or_weight)
+    msk_shape = img_shape if mask is None else np.shape(mask)
+    if img_shape != tuple(plan.src_shape) or nz_shape != img_shape or msk_shape != img_shape:
+        raise ResampleError(f"image {img_shape}, {noise} {nz_shape} and mask {msk_shape} must all have the planned "
                             f"exposure shape {plan.src_shape}")
     u, v, jac = plan.coordinates(y0, y1)
     shape = u.shape
@@ -572,9 +567,10 @@ def resample_rows(plan: ResamplePlan, image: np.ndarray, variance_or_weight: np.
     rs = np.zeros(shape[0], np.float64)
     rn = np.zeros(shape[0], np.int64)
     a = KERNELS[config.kernel][1]
-    ny, nx = img.shape
+    ny, nx = img_shape
     table = kernel_table(config.kernel)
-    bad = msk.dtype.type(config.bad_bits)
+    mask_dtype = np.dtype(mb.MASK_DTYPE) if mask is None else np.dtype(mask.dtype).newbyteorder("=")
+    bad = mask_dtype.type(config.bad_bits)
     # chunks of output columns: the input window each reaches stays small whatever the rotation between the grids
     # the whole width at once when the block reaches few input rows (tile and exposure nearly aligned, the fastest);
     # chunks of columns otherwise (rotated), so that the input window stays small
@@ -590,12 +586,23 @@ def resample_rows(plan: ResamplePlan, image: np.ndarray, variance_or_weight: np.
         c0 = min(nx + a, max(-a - 1, int(math.floor(float(uc.min()))) - a))
         c1 = max(c0 + 1, min(nx + a + 1, int(math.floor(float(uc.max()))) + a + 2))
         win = (r1 - r0, c1 - c0)
+        # the part of the window inside the image, in native byte order (a copy of that part only)
+        ya, yb, xa, xb = max(r0, 0), max(max(r0, 0), min(r1, ny)), max(c0, 0), max(max(c0, 0), min(c1, nx))
+        wi = _native(image[ya:yb, xa:xb])
+        if wi.dtype.kind != "f":
+            wi = wi.astype(np.float32)
+        wn = _native(variance_or_weight[ya:yb, xa:xb])
+        if wn.dtype.kind != "f":
+            wn = wn.astype(np.float32)
+        wm = np.zeros(wi.shape, mask_dtype) if mask is None else _native(mask[ya:yb, xa:xb])
         pc = np.empty(win, np.float32)
         gc = np.empty(win, np.float32)
         vc = np.empty(win, np.float32)
-        mc = np.empty(win, msk.dtype)
+        mc = np.empty(win, mask_dtype)
         ncount = np.empty((win[0], win[1] + 1), np.int32)
-        _band(img, nz, noise == "variance", msk, bad, r0, r1, c0, pc, gc, vc, mc, ncount)
+        # window coordinates relative to the part read: what lies outside it lies outside the image
+        _band(wi, wn, noise == "variance", wm, bad, r0 - ya, r1 - ya, c0 - xa, pc, gc, vc, mc, ncount)
+        del wi, wn, wm
         rsc = np.zeros(shape[0], np.float64)
         rnc = np.zeros(shape[0], np.int64)
         # contiguous chunks: one compiled specialisation, and faster loads
