@@ -136,6 +136,26 @@ def test_disk_full_short_write_and_read_only_block_then_retry(flow_env, fault):
     check_archive(settings, db)
 
 
+def test_a_run_of_some_steps_leaves_other_steps_blocked_jobs_alone_and_ends(flow_env):
+    """`upad run --step S --until-idle` queues again only S's blocked jobs and ends when S is idle, however many
+    jobs of other steps wait."""
+    from upad.execution import InlineExecutor
+    from upad.flow.scheduler import Scheduler, SchedulerOptions
+
+    settings, db = flow_env
+    add_frames(db, settings.root, 2, NIGHTS[:1])
+    (settings.root / "upad.toml").write_text('[steps.toy_b]\nenv_fault = "enospc"\n')
+    (settings.root / "tmp" / "env-fault").write_text("the disk is full")
+    make(settings, db).run(until_idle=True)
+    assert states(db) == {"done": 2, "blocked": 1}
+    only_a = Scheduler(db, settings, InlineExecutor(), options=SchedulerOptions(
+        steps=("toy_a",), poll_seconds=0.05, min_replan_seconds=0.0, backoff_seconds=0.05))
+    t0 = time.monotonic()
+    counts = only_a.run(until_idle=True, max_seconds=30)
+    assert time.monotonic() - t0 < 10 and counts.get("requeued", 0) == 0
+    assert states(db) == {"done": 2, "blocked": 1}  # toy_b's job is not this run's to retry
+
+
 def test_archive_that_cannot_take_the_products_leaves_no_half_registered_product(flow_env, monkeypatch):
     """The scheduler moves the staged files into the archive: when that fails (read-only, full) the moved files go
     back, the attempt counts as an environment failure, and no product or file is left half-registered."""

@@ -938,11 +938,18 @@ class Scheduler:
             shutil.rmtree(self.settings.path("tmp", "staging", f"attempt-{att}"), ignore_errors=True)
 
     # --------------------------------------------------------------------------------------------- the loop
+    @property
+    def _own_steps(self) -> list[str] | None:
+        """The steps this scheduler runs when it was given some (``--step``), else ``None`` (every step)."""
+        return [st.name for st in self._steps] if self.options.steps else None
+
     def pending(self) -> dict[str, int]:
         """Jobs that keep the flow busy: queued (ready now or later) and running (by any scheduler)."""
         with self.db.session() as s:
-            rows = s.execute(select(Job.state, func.count()).where(Job.state.in_(("queued", "running")))
-                             .group_by(Job.state)).all()
+            stmt = select(Job.state, func.count()).where(Job.state.in_(("queued", "running")))
+            if self.options.steps:  # a run of some steps is idle when their jobs are done, whatever others wait
+                stmt = stmt.where(Job.step.in_(self._own_steps))
+            rows = s.execute(stmt.group_by(Job.state)).all()
         return dict(rows)
 
     def request_stop(self, *_: Any) -> None:
@@ -975,7 +982,7 @@ class Scheduler:
         try:
             self.reclaim()
             self.cleanup_staging()
-            self.requeue(reason="a new run")
+            self.requeue(steps=self._own_steps, reason="a new run")
             next_plan = 0.0
             last_plan = -1e9
             next_beat = time.monotonic() + self.options.heartbeat_seconds
@@ -992,9 +999,11 @@ class Scheduler:
                         unrecorded = []
                         dirty = True
                     if (dirty and now - last_plan >= self.options.min_replan_seconds) or now >= next_plan:
-                        self.requeue(only_present=True, reason="the missing input is there")
+                        self.requeue(steps=self._own_steps, only_present=True,
+                                     reason="the missing input is there")
                         if not until_idle and now >= next_unblock:
-                            self.requeue(reason=f"periodic retry of a daemon ({self.options.blocked_retry_seconds:g} s)")
+                            self.requeue(steps=self._own_steps,
+                                         reason=f"periodic retry ({self.options.blocked_retry_seconds:g} s)")
                             next_unblock = now + (self.options.blocked_retry_seconds or float("inf"))
                         created = self.plan(full=first_pass and self.options.full_first_pass).created
                         first_pass = False
@@ -1074,7 +1083,7 @@ class Scheduler:
         elif ok and self._disk_paused:
             log.warning("disk space back (%.0f MB free): resuming", free_mb)
             self.on_event("disk_ok", {"free_mb": free_mb})
-            self.requeue(reason="disk space freed")
+            self.requeue(steps=self._own_steps, reason="disk space freed")
         self._disk_paused = not ok
         return ok
 
