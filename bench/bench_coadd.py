@@ -126,10 +126,11 @@ def frame_wcs(i: int, shape: tuple[int, int], distortion: str, seed: int):
 
 
 def tile(shape: tuple[int, int]):
-    from upad.coadd.pipeline import grid_shape, tile_grid
+    from upad.coadd.pipeline import grid_shape
+    from upad.coadd.tiling import centred_grid
 
     gshape = grid_shape(shape, pixel_scale=0.55, margin_arcsec=60.0)   # the step's default margin
-    return tile_grid(RA0, DEC0, pixel_scale=0.55, shape=gshape, cd_sign=(-1, 1)), gshape
+    return centred_grid(RA0, DEC0, pixel_scale=0.55, naxis1=gshape[1], naxis2=gshape[0]), gshape
 
 
 def catalogue(shape: tuple[int, int], seed: int) -> dict:

@@ -115,7 +115,7 @@ def register_as_is(db, path) -> None:
     from sqlalchemy import select
 
     from upad.db.models import Frame
-    from upad.flow.worker import file_stat
+    from upad.io.atomic import file_stat
 
     path = Path(path)
     content = path.read_bytes()

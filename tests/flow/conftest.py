@@ -41,7 +41,7 @@ def subprocess_env() -> dict[str, str]:
 def add_frames(db, root: Path, n: int, nights: list[str], start_id: int = 0) -> list[int]:
     """Register ``n`` small raw files spread over ``nights`` (real files, real rows)."""
     from upad.db.models import Frame
-    from upad.flow.worker import file_stat
+    from upad.io.atomic import file_stat
 
     ids = []
     with db.session() as s:

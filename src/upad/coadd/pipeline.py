@@ -19,27 +19,7 @@ from astropy.wcs import WCS
 
 from upad.errors import DataError
 
-__all__ = ["tile_grid", "grid_shape", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma"]
-
-
-def tile_grid(ra: float, dec: float, *, pixel_scale: float, shape: tuple[int, int],
-              cd_sign: tuple[int, int] = (-1, 1)) -> WCS:
-    """The pixel grid of a tile: a TAN projection centred on the pointing (1-based ``CRPIX`` at the centre of a grid
-    of ``shape = (ny, nx)`` pixels), at ``pixel_scale`` (arcsec) with the camera's orientation ``cd_sign`` — the
-    convention of :func:`upad.coadd.tiling.grid_cards`, so that a stored tiling's grid and this one are the same.
-    Every filter of a pointing gets the same grid."""
-    ny, nx = int(shape[0]), int(shape[1])
-    s = pixel_scale / 3600.0
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.cunit = ["deg", "deg"]
-    w.wcs.crval = [float(ra), float(dec)]
-    w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
-    w.wcs.cd = np.array([[cd_sign[0] * s, 0.0], [0.0, cd_sign[1] * s]])
-    w.wcs.radesys = "ICRS"
-    w.wcs.set()
-    w.pixel_shape = (nx, ny)
-    return w
+__all__ = ["grid_shape", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma"]
 
 
 def grid_shape(field_shape: tuple[int, int], *, pixel_scale: float, margin_arcsec: float) -> tuple[int, int]:
@@ -114,6 +94,7 @@ def run_coadd(step: Any, task: Any) -> Any:
     """The ``coadd`` step's worker: read, prepare, resample and combine the exposures block by block, write the
     product (see the module documentation)."""
     from upad.coadd.combine import CombineConfig, InputExposure, iter_resampled_combined_blocks
+    from upad.coadd.tiling import centred_grid
     from upad.flow.step import OutputFile, StepOutput
     from upad.instruments import get_instrument
     from upad.io.preview import render_preview, write_png
@@ -126,8 +107,8 @@ def run_coadd(step: Any, task: Any) -> Any:
     scale = float(g.get("pixel_scale") or inst.pixel_scale)
     shape = ((int(g["naxis2"]), int(g["naxis1"])) if g.get("naxis1") else
              grid_shape(tuple(inst.layout.active_shape), pixel_scale=scale, margin_arcsec=cfg.margin_arcsec))
-    grid = tile_grid(ctx["tile_ra"], ctx["tile_dec"], pixel_scale=scale, shape=shape,
-                     cd_sign=(int(inst.cd_sign_x), int(inst.cd_sign_y)))
+    grid = centred_grid(ctx["tile_ra"], ctx["tile_dec"], pixel_scale=scale, naxis1=shape[1], naxis2=shape[0],
+                        cd_sign_x=int(inst.cd_sign_x), cd_sign_y=int(inst.cd_sign_y))
     # one exposure in memory at a time: each is read, checked, background-subtracted and put in scratch files of
     # the staging directory (memory-mapped), then scaled there once the coadd's zero point is known
     scratch = Path(task.staging) / "scratch"

@@ -31,6 +31,7 @@ from upad.config import StepConfig, param
 from upad.db.models import Frame, Product, Tile
 from upad.flow.queries import FRAME_COLUMNS, PLANNABLE_DATES, PlanContext
 from upad.flow.step import Input, InputRef, Output, Step, Unit, register_step
+from upad.reduce.steps import unit_key
 
 __all__ = ["CoaddConfig", "Coadd", "tile_unit_key"]
 
@@ -132,8 +133,6 @@ class Coadd(Step):
                 # the grid of a stored tiling (upad tiles generate): every filter of the pointing on it
                 context["grid"] = {"naxis1": int(row.naxis1), "naxis2": int(row.naxis2),
                                    "pixel_scale": float(row.pixel_scale)}
-            from upad.reduce.steps import unit_key
-
             pending = [f for f in fs if f.id not in reduced and unit_key(f) not in failed]
             if pending:
                 yield Unit(key=key, ready=False, context=context,

@@ -76,6 +76,7 @@ __all__ = [
     "on_grid",
     "pointing_by_id",
     "split_tile_id",
+    "centred_grid",
     "tile_grid",
     "tile_id",
     "tile_name",
@@ -563,18 +564,27 @@ def grid_cards(pointing: Pointing) -> dict[str, Any]:
     }
 
 
-def tile_grid(pointing: Pointing) -> tuple[WCS, tuple[int, int]]:
-    """The pixel grid every filter of ``pointing`` is coadded on: its WCS and the numpy shape ``(naxis2, naxis1)``."""
-    cards = grid_cards(pointing)
+def centred_grid(ra: float, dec: float, *, pixel_scale: float, naxis1: int, naxis2: int, cd_sign_x: int = -1,
+                 cd_sign_y: int = 1) -> WCS:
+    """A TAN grid centred on ``(ra, dec)`` (degrees; 1-based ``CRPIX`` at the centre of ``naxis1 × naxis2``
+    pixels) at ``pixel_scale`` (arcsec) with the camera's orientation: the cards of :func:`grid_cards`."""
+    s = pixel_scale / 3600.0
     wcs = WCS(naxis=2)
-    wcs.wcs.ctype = [cards["CTYPE1"], cards["CTYPE2"]]
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.cunit = ["deg", "deg"]
-    wcs.wcs.crval = [cards["CRVAL1"], cards["CRVAL2"]]
-    wcs.wcs.crpix = [cards["CRPIX1"], cards["CRPIX2"]]
-    wcs.wcs.cd = [[cards["CD1_1"], cards["CD1_2"]], [cards["CD2_1"], cards["CD2_2"]]]
+    wcs.wcs.crval = [float(ra), float(dec)]
+    wcs.wcs.crpix = [(naxis1 + 1) / 2.0, (naxis2 + 1) / 2.0]
+    wcs.wcs.cd = [[cd_sign_x * s, 0.0], [0.0, cd_sign_y * s]]
     wcs.wcs.radesys = "ICRS"
     wcs.wcs.set()
-    wcs.pixel_shape = (pointing.naxis1, pointing.naxis2)
+    wcs.pixel_shape = (int(naxis1), int(naxis2))
+    return wcs
+
+
+def tile_grid(pointing: Pointing) -> tuple[WCS, tuple[int, int]]:
+    """The pixel grid every filter of ``pointing`` is coadded on: its WCS and the numpy shape ``(naxis2, naxis1)``."""
+    wcs = centred_grid(pointing.ra, pointing.dec, pixel_scale=pointing.pixel_scale, naxis1=pointing.naxis1,
+                       naxis2=pointing.naxis2, cd_sign_x=pointing.cd_sign_x, cd_sign_y=pointing.cd_sign_y)
     return wcs, (pointing.naxis2, pointing.naxis1)
 
 

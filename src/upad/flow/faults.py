@@ -68,7 +68,7 @@ def classify(exc: BaseException) -> Fault:
         if exc.errno is None and _SHORT_WRITE.search(str(exc)):
             return Fault(True, "environment")
         return Fault(False, "data")
-    if _is_db_disconnect(exc):
+    if is_outage(exc):  # the database refused or dropped the connection, or its disk is full
         return Fault(True, "environment")
     return Fault(False, "data")
 
@@ -76,17 +76,6 @@ def classify(exc: BaseException) -> Fault:
 def is_transient(exc: BaseException) -> bool:
     """Whether a failure is worth retrying (with back-off) rather than recorded as a deterministic failure."""
     return classify(exc).transient
-
-
-def _is_db_disconnect(exc: BaseException) -> bool:
-    """A database connection that was refused or dropped (SQLAlchemy wraps the driver's error)."""
-    try:
-        from sqlalchemy.exc import DBAPIError, OperationalError
-    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
-        return False
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError) and is_outage(exc)
 
 
 def is_outage(exc: BaseException) -> bool:

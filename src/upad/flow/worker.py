@@ -19,7 +19,7 @@ from typing import Any
 from upad.errors import InputChangedError, MissingInputError
 from upad.flow.faults import classify
 from upad.flow.step import DataError, ResolvedInput, Task, get_step
-from upad.io.atomic import sha256_file
+from upad.io.atomic import file_stat, sha256_file
 
 log = logging.getLogger("upad.worker")
 
@@ -64,13 +64,6 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def file_stat(path: str | Path) -> dict[str, int]:
-    """What changes when a file's content may have: size, mtime, ctime (which no user can set back) and inode (a
-    replacement by rename), of the file a path (or its symbolic link) leads to."""
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
 
 
 def verify_inputs(inputs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

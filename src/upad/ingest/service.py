@@ -926,7 +926,7 @@ def watch(db: Database, settings: Settings, dirs: Iterable[str | os.PathLike], *
 
 def _file_stat(path: Path) -> dict[str, int] | None:
     """The archived file's stat when its SHA-256 was taken: jobs hash it again only when it changed."""
-    from upad.flow.worker import file_stat
+    from upad.io.atomic import file_stat
 
     try:
         return file_stat(path)

@@ -26,6 +26,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_stat(path: str | os.PathLike) -> dict[str, int]:
+    """What changes when a file's content may have: size, mtime, ctime (which no user can set back) and inode (a
+    replacement by rename), of the file a path (or its symbolic link) leads to. A job hashes a raw frame again only
+    when these differ from those recorded with its SHA-256 (:func:`upad.flow.worker.verify_inputs`)."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry (after a rename) to disk."""
     fd = os.open(path, os.O_RDONLY)
