@@ -157,7 +157,7 @@ def simulate(instrument: str = "mini", seed: int = 1, out: Path | str = Path("si
     out.mkdir(parents=True, exist_ok=True)
 
     n_tiles_total = tiles if cfg.revisit else tiles * nights
-    survey = make_survey(inst, fs, cfg, seed, layout, convention, n_tiles_total, tiles)
+    survey = make_survey(inst, fs, cfg, seed, layout, convention, n_tiles_total, tiles, nights)
     plans = []
     for n in range(nights):
         tl = list(range(tiles)) if cfg.revisit else list(range(n * tiles, (n + 1) * tiles))

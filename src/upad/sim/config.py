@@ -104,6 +104,13 @@ class SimConfig:
     revisit: bool = True
     #: id of the first tile (OBJECT='TILE-%05d')
     first_tile_id: int = 1
+    #: pointings of the survey's tiling (:mod:`upad.coadd.tiling`, default overlap): the pointing holding the field
+    #: centre and the next ones along its declination band, with the tiling's ids (``first_tile_id`` and
+    #: ``tile_overlap`` are then unused)
+    survey_tiling: bool = False
+    #: a tile's dithers are spread over the nights (night ``n`` of ``N`` observes the dithers ``d`` with
+    #: ``d % N == n``; needs ``revisit``), as happens when a tile is finished on another night
+    spread_nights: bool = False
     #: field centre RA (deg); None: the local sidereal time at the middle of the first night's dark time
     field_ra: float | None = None
     #: field centre Dec (deg)

@@ -63,6 +63,8 @@ class Survey:
     convention: str
     tile_radec: list[tuple[float, float]]  # tile centres (deg), by tile index
     field_centre: tuple[float, float]
+    tile_ids: tuple[int, ...] = ()  # tile ids by tile index (the survey tiling's); empty: first_tile_id + index
+    n_nights: int = 1  # nights of the simulation (spread_nights splits each tile's dithers over them)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -79,6 +81,8 @@ class Survey:
         return float(self.filters[filt].exptime)
 
     def tile_id(self, tile_index: int) -> int:
+        if self.tile_ids:
+            return int(self.tile_ids[tile_index])
         return self.cfg.first_tile_id + tile_index
 
 
@@ -107,12 +111,34 @@ def default_field_ra(cfg: SimConfig, survey_duration_s: float) -> float:
 
 
 def make_survey(instrument: Instrument, filters: FilterSystem, cfg: SimConfig, seed: int, layout: str,
-                convention: str, n_tiles_total: int, tiles_per_night: int) -> Survey:
-    dummy = Survey(instrument, filters, cfg, seed, layout, convention, [], (0.0, 0.0))
+                convention: str, n_tiles_total: int, tiles_per_night: int, n_nights: int = 1) -> Survey:
+    dummy = Survey(instrument, filters, cfg, seed, layout, convention, [], (0.0, 0.0), n_nights=n_nights)
     ra = cfg.field_ra if cfg.field_ra is not None else default_field_ra(cfg, _science_duration(dummy, tiles_per_night))
+    if cfg.survey_tiling:
+        centres, ids = survey_pointings(instrument, ra, cfg.field_dec, n_tiles_total)
+        ras = np.array([c[0] for c in centres])
+        mid_ra = float(np.mod(ras[0] + np.mean(np.mod(ras - ras[0] + 180.0, 360.0) - 180.0), 360.0)) if centres else ra
+        field = (mid_ra, float(np.mean([c[1] for c in centres]))) if centres else (ra, cfg.field_dec)
+        return replace(dummy, tile_radec=centres, tile_ids=tuple(ids), field_centre=field)
     w, h = dummy.field_size_deg
     centres = tile_centres(n_tiles_total, ra, cfg.field_dec, w, h, cfg.tile_overlap)
     return replace(dummy, tile_radec=centres, field_centre=(ra, cfg.field_dec))
+
+
+def survey_pointings(instrument: Instrument, ra: float, dec: float, n: int) -> tuple[list[tuple[float, float]],
+                                                                                     list[int]]:
+    """Centres (deg) and ids of ``n`` pointings of the survey tiling (:mod:`upad.coadd.tiling`, its defaults): the
+    pointing whose cell holds (ra, dec), then the next ones by id (eastwards along its declination band; the band's
+    first pointing follows its last)."""
+    from upad.coadd.tiling import locate, pointing_by_id
+
+    if n <= 0:
+        return [], []
+    first = int(locate(ra, dec, instrument=instrument))
+    p0 = pointing_by_id(first, instrument=instrument)
+    ids = [first + (p0.index + i) % p0.band_size - p0.index for i in range(n)]
+    pts = [pointing_by_id(i, instrument=instrument) for i in ids]
+    return [(float(p.ra), float(p.dec)) for p in pts], ids
 
 
 def _find_time(jd0: float, jd1: float, level: float) -> float:
@@ -193,13 +219,15 @@ def plan_night(survey: Survey, index: int, tiles: list[int]) -> NightPlan:
                     obs_id=f"{night}-SFLAT-{f}") + 10 / 86400.0
     # night: science, all filters of a tile before the next tile
     t = max(t, times.dusk_18) + cfg.slew_overhead_s / 86400.0
-    dith = dither_offsets(cfg.n_dithers, cfg.dither_step_arcsec)
+    dith = list(enumerate(dither_offsets(cfg.n_dithers, cfg.dither_step_arcsec)))
+    if cfg.spread_nights and cfg.revisit and survey.n_nights > 1:
+        dith = [(d, off) for d, off in dith if d % survey.n_nights == index]
     for ti in tiles:
         ra0, dec0 = survey.tile_radec[ti]
         tid = survey.tile_id(ti)
         for f in cfg.filters:
             t += cfg.slew_overhead_s / 86400.0
-            for d, (dx, dy) in enumerate(dith):
+            for d, (dx, dy) in dith:
                 ra, dec = offset_radec(ra0, dec0, dx, dy)
                 t = add("science", f, survey.exptime(f), t, ra, dec, tile_id=tid, tile_index=ti, dither=d,
                         obs_id=f"{night}-TILE-{tid:05d}-{f}") + cfg.dither_overhead_s / 86400.0
