@@ -179,6 +179,32 @@ def test_fluxes_are_conserved_and_stars_are_registered_across_filters(coadded):
     assert rms <= 0.02, f"the same star at different pixels in the two filters: {rms:.3f} px rms"
 
 
+def _registration(db):
+    """The current registration check of the pointing and the ids of the coadds it used."""
+    with db.session() as s:
+        reg = s.scalars(select(Product).where(Product.step == "coadd_registration",
+                                              Product.is_current.is_(True))).one()
+        return reg, {i.input_id for i in reg.provenance.inputs}
+
+
+def test_the_registration_check_across_filters(coadded):
+    """The step ``coadd_registration`` measured the pointing's two coadds against each other."""
+    from astropy.table import Table
+
+    sim, settings, db = coadded
+    reg, used = _registration(db)
+    assert used == {p.id for p in _coadds(db, settings).values()}
+    path = settings.root / next(f["path"] for f in reg.files if f["role"] == "registration")
+    table = Table.read(path, hdu="REGISTRATION")
+    assert list(table["filter"]) == ["gSDSS"] and table.meta["REFFILT"] == "rSDSS"
+    row = table[0]
+    print(f"registration product: gSDSS vs rSDSS {row['dx_px']:+.4f} {row['dy_px']:+.4f} px "
+          f"(±{row['dx_err_px']:.4f}), {row['n_stars']} stars, rms {row['rms_px']:.3f} px")
+    assert row["n_stars"] >= 5
+    assert np.hypot(row["dx_px"], row["dy_px"]) <= 0.02
+    assert reg.qc_status == "ok", reg.meta
+
+
 def test_no_cosmic_ray_survives_and_the_noise_is_as_stated(coadded):
     sim, settings, db = coadded
     coadds = _coadds(db, settings)
@@ -249,3 +275,5 @@ def test_flagging_an_exposure_recoadds_its_tile_without_it(coadded):
     assert after.id != before.id and after.meta["n_exposures"] == 2
     with db.session() as s:
         assert s.get(Product, before.id).state == "stale"
+    # the registration check follows the new coadd
+    assert after.id in _registration(db)[1]

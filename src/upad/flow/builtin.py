@@ -12,6 +12,7 @@ STEP_MODULES = (
     "upad.reduce.night_step",
     "upad.reduce.starflat_step",
     "upad.coadd.step",
+    "upad.coadd.registration_step",
 )
 
 for _mod in STEP_MODULES:
