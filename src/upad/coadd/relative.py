@@ -272,18 +272,26 @@ def match_exposures(exposures: list[ExposureStars], *, radius_arcsec: float = 1.
         if reference.epoch is not None:
             with np.errstate(invalid="ignore"):
                 gep = np.bincount(star, np.nan_to_num(ep, nan=reference.epoch), minlength=n_stars) / cnt
-        for s in np.flatnonzero(np.isfinite(dist[:, 0])):
-            jj = int(j[s, 0])
-            dx, dy = gx[s] - rx[jj], gy[s] - ry[jj]
-            if reference.epoch is not None:
-                dt = gep[s] - reference.epoch
-                dx, dy = dx - dt * reference.pmra[jj] / 1e3, dy - dt * reference.pmdec[jj] / 1e3
-            if math.hypot(dx, dy) <= radius_arcsec and not np.isfinite(dist[s, 1]):
-                ref_of[s] = jj
+        cand = np.flatnonzero(np.isfinite(dist[:, 0]) & ~np.isfinite(dist[:, 1]))  # one reference star near
+        jj = j[cand, 0]
+        dx, dy = gx[cand] - rx[jj], gy[cand] - ry[jj]
+        if reference.epoch is not None:
+            dt = gep[cand] - reference.epoch
+            dx, dy = dx - dt * reference.pmra[jj] / 1e3, dy - dt * reference.pmdec[jj] / 1e3
+        near = np.hypot(dx, dy) <= radius_arcsec
+        ref_of[cand[near]] = jj[near]
         # one reference star for one group
         used, first = np.unique(ref_of[ref_of >= 0], return_counts=True)
         ref_of[np.isin(ref_of, used[first > 1])] = -1
     return StarMatches((ra0, dec0), exp, idx, star, xi, eta, n_stars, ref_of)
+
+
+def _gather(exposures: list[ExposureStars], name: str, m: StarMatches) -> np.ndarray:
+    """The per-star array ``name`` of the exposures, at the matched detections."""
+    if not len(m.exposure):
+        return np.zeros(0)
+    offsets = np.concatenate([[0], np.cumsum([len(e.x) for e in exposures])])
+    return np.concatenate([getattr(e, name) for e in exposures])[offsets[m.exposure] + m.index]
 
 
 def _reference_plane(reference: ReferenceStars, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
@@ -313,7 +321,7 @@ class ExposureAstrometry:
     shift_arcsec : (float, float)
         Correction of its field centre (east, north) in the tangent plane.
     rotation_arcsec, scale_ppm : float
-        Rotation (arcsec at 1 arcsec... i.e. the angle in arcsec) and scale change (parts per million) of the
+        Rotation angle (arcsec, counter-clockwise from east to north) and scale change (parts per million) of the
         correction.
     fold_residual_mas : float
         Largest difference over the field between the fitted affine correction and the corrected WCS (mas).
@@ -452,7 +460,7 @@ def solve_joint_astrometry(exposures: list[ExposureStars], reference: ReferenceS
         return result
     m = match_exposures(exposures, radius_arcsec=radius_arcsec, reference=reference)
     ra0, dec0 = m.centre
-    s_px = max((float(np.max(np.abs(np.concatenate([m.xi, m.eta])))) if len(m.xi) else 1.0), 1.0)
+    s_arc = max((float(np.max(np.abs(np.concatenate([m.xi, m.eta])))) if len(m.xi) else 1.0), 1.0)
     # reference positions in the plane and their errors; moved, per detection, to the detection's epoch
     has_ref = m.reference >= 0
     rx = np.zeros(m.n_stars)
@@ -469,8 +477,8 @@ def solve_joint_astrometry(exposures: list[ExposureStars], reference: ReferenceS
             # is moved back to the reference epoch (only the stars with a known motion: the matched ones)
             jd = m.reference[m.star]
             d = jd >= 0
-            dt = np.array([0.0 if exposures[k].epoch is None else exposures[k].epoch - reference.epoch
-                           for k in m.exposure[d]])
+            ep = np.array([reference.epoch if e.epoch is None else e.epoch for e in exposures], dtype=float)
+            dt = ep[m.exposure[d]] - reference.epoch
             obs_x[d] -= dt * reference.pmra[jd[d]] / 1e3
             obs_y[d] -= dt * reference.pmdec[jd[d]] / 1e3
     n_ref_total = int(has_ref.sum())
@@ -479,12 +487,11 @@ def solve_joint_astrometry(exposures: list[ExposureStars], reference: ReferenceS
         result.reasons.append(f"{n_ref_total} reference star(s) matched (needs {min_reference}): internal solution "
                               "only, anchored on the exposures' own mean")
     result.anchored = bool(n_ref_total >= min_reference)
-    sig = np.array([exposures[k].pos_err_arcsec[i] for k, i in zip(m.exposure, m.index)]) if len(m.star) else \
-        np.zeros(0)
+    sig = _gather(exposures, "pos_err_arcsec", m)
     w0 = 1.0 / np.maximum(sig, 1e-4) ** 2
     good = np.ones(len(m.star), bool)
     active = np.ones(n_exp, bool)
-    g = np.column_stack([np.ones(len(m.star)), m.xi / s_px, m.eta / s_px])
+    g = np.column_stack([np.ones(len(m.star)), m.xi / s_arc, m.eta / s_arc])
     c = np.zeros((n_exp, 3, 2))
     p = np.zeros((m.n_stars, 2))
     for it in range(max(iterations, 1)):
@@ -500,8 +507,7 @@ def solve_joint_astrometry(exposures: list[ExposureStars], reference: ReferenceS
                 out[k].reason = (f"{per_exp[k]} star(s) in common with the other exposures or the reference (needs "
                                  f"{min_stars}): its own solution kept")
             active &= ~newly
-            continue_fit = active.any()
-            if not continue_fit:
+            if not active.any():
                 break
             d_ok = good & active[m.exposure]
             nd = np.bincount(m.star[d_ok], minlength=m.n_stars)
@@ -547,7 +553,7 @@ def solve_joint_astrometry(exposures: list[ExposureStars], reference: ReferenceS
                 out[k].reason = "no star in common with the other exposures or the reference: its own solution kept"
             continue
         ck = c[k]  # (3, 2): rows (1, ξ/s, η/s), columns (ξ, η)
-        lin = np.array([[ck[1, 0], ck[2, 0]], [ck[1, 1], ck[2, 1]]]) / s_px  # d(corr)/d(ξ, η)
+        lin = np.array([[ck[1, 0], ck[2, 0]], [ck[1, 1], ck[2, 1]]]) / s_arc  # d(corr)/d(ξ, η)
         wcs, fold = fold_affine_into_wcs(e.wcs, centre=(ra0, dec0), offset_arcsec=(ck[0, 0], ck[0, 1]),
                                          linear=lin, grid=fold_grid)
         ny, nx = _image_shape(e)
@@ -757,9 +763,9 @@ def solve_relative_photometry(exposures: list[ExposureStars], *, matches: StarMa
         res.reasons = [f"{o.name}: {o.reason}" for o in out]
         return res
     m = matches if matches is not None else match_exposures(exposures, radius_arcsec=radius_arcsec)
-    exp, idx, star = m.exposure, m.index, m.star
-    flux = np.array([exposures[k].flux[i] for k, i in zip(exp, idx)]) if len(exp) else np.zeros(0)
-    ferr = np.array([exposures[k].flux_err[i] for k, i in zip(exp, idx)]) if len(exp) else np.zeros(0)
+    exp, star = m.exposure, m.star
+    flux = _gather(exposures, "flux", m)
+    ferr = _gather(exposures, "flux_err", m)
     with np.errstate(invalid="ignore", divide="ignore"):
         mag = zp_in[exp] - 2.5 * np.log10(flux)
         sig = np.hypot(1.0857 * ferr / flux, floor_mag)
