@@ -78,10 +78,24 @@ def test_one_coadd_per_filter_on_one_grid(coadded):
         field = 1024 * 1024 / (ny * nx)  # the camera field's share of the grid (the rest: the tiling's margin)
         assert p.meta["n_exposures"] == 3 and field * 0.95 < p.meta["coverage"] <= 1.0
         assert 15 < p.meta["depth_5sigma_3arcsec"] < 30
+        # the relative calibration: every exposure solved jointly on the reference, its zero point scaled from the
+        # common stars, the offsets' weighted mean 0 (the inputs' absolute zero point carried)
+        rc = p.meta["relative_calibration"]
+        ast, pho = rc["astrometry"], rc["photometry"]
+        assert ast["anchored"] and all(e["corrected"] and e["n_stars"] >= 10 for e in ast["exposures"]), rc
+        assert ast["rms_arcsec"] < 0.1 and all(e["fold_residual_mas"] < 1.0 for e in ast["exposures"])
+        offsets = [e["offset_mag"] for e in pho["exposures"]]
+        assert all(e["reason"] is None for e in pho["exposures"]) and max(map(abs, offsets)) < 0.05, rc
+        print(f"{filt}: joint astrometry {ast['n_stars']} stars ({ast['n_reference']} reference), rms "
+              f"{ast['rms_arcsec']}\", vs reference {ast['rms_reference_arcsec']}\"; zero-point offsets {offsets}, "
+              f"rms {pho['rms_mag']} mag over {pho['n_stars']} stars")
         path = settings.root / next(f["path"] for f in p.files if f["role"] == "coadd")
         with fits.open(path) as h:
             hdr = h["SCI"].header
             assert hdr["NCOMBINE"] == 3 and hdr["FILTER"] == filt
+            assert hdr["ASTRNSTR"] == ast["n_stars"] and hdr["RELZPN"] == pho["n_stars"] and hdr["ASTRANCH"]
+            zps = sorted(e["zero_point"] for e in pho["exposures"])
+            assert abs(hdr["MAGZP"] - zps[1]) < 1e-4  # the median of the corrected zero points
             w = WCS(hdr)
             grids.append((hdr["NAXIS1"], hdr["NAXIS2"], *w.wcs.crval, *w.wcs.crpix,
                           *np.round(w.pixel_scale_matrix.ravel() * 3600, 9)))

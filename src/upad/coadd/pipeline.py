@@ -19,7 +19,8 @@ from astropy.wcs import WCS
 
 from upad.errors import DataError
 
-__all__ = ["grid_shape", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma"]
+__all__ = ["grid_shape", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma", "catalog_stars",
+           "relative_calibration"]
 
 
 def grid_shape(field_shape: tuple[int, int], *, pixel_scale: float, margin_arcsec: float) -> tuple[int, int]:
@@ -90,6 +91,140 @@ def _mesh_px(frame: Any) -> int:
     return int(round(max(ny / my, nx / mx)))
 
 
+def catalog_stars(frame: Any, *, name: str, min_snr: float) -> Any:
+    """The usable stars of a reduced frame's catalog (:func:`upad.coadd.relative.select_stars`) as an
+    :class:`~upad.coadd.relative.ExposureStars`: windowed centroids (0-based), ``FLUX_APCOR`` (e-, on ``MAGZP``),
+    position errors from the FWHM and the S/N, the epoch ``REFEPOCH``; None without a catalog."""
+    from upad.coadd.relative import ExposureStars, centroid_error_arcsec, select_stars
+
+    try:
+        cat = frame.catalog
+    except (DataError, OSError, ValueError, KeyError):  # a catalog that cannot be read: no stars (reported)
+        cat = None
+    if cat is None or len(cat) == 0 or "FLUX_APCOR" not in cat.colnames:
+        return None
+    ok = select_stars(cat, min_snr=min_snr)
+    xk, yk = ("XWIN_IMAGE", "YWIN_IMAGE") if "XWIN_IMAGE" in cat.colnames else ("X_IMAGE", "Y_IMAGE")
+    flux = np.asarray(cat["FLUX_APCOR"], float)[ok]
+    ferr = np.asarray(cat["FLUXERR_APCOR"], float)[ok]
+    h = frame.header
+    fwhm = float(h.get("FWHM") or 1.0)
+    epoch = h.get("REFEPOCH")
+    zperr = h.get("ZPERR")
+    return ExposureStars(name=name, wcs=frame.wcs, x=np.asarray(cat[xk], float)[ok] - 1.0,
+                         y=np.asarray(cat[yk], float)[ok] - 1.0, flux=flux, flux_err=ferr,
+                         zero_point=float(frame.zero_point), pos_err_arcsec=centroid_error_arcsec(fwhm, flux / ferr),
+                         epoch=None if epoch is None else float(epoch),
+                         zero_point_err=None if zperr is None else float(zperr))
+
+
+def relative_calibration(prepared: list[PreparedExposure], stars: list[Any], *, task: Any, grid: WCS
+                         ) -> tuple[dict[str, tuple[Any, str]], dict[str, Any]]:
+    """The joint astrometry and relative photometry of the exposures (:mod:`upad.coadd.relative`), applied in
+    place: each exposure's ``wcs`` and ``zero_point`` become the corrected ones (an exposure that cannot be
+    corrected keeps its own, with the reason). Returns the coadd's header cards and the meta record."""
+    from upad.coadd import relative as rel
+
+    cfg = task.config
+    meta: dict[str, Any] = {"reasons": []}
+    cards: dict[str, tuple[Any, str]] = {}
+    if not (cfg.relative_astrometry or cfg.relative_photometry):
+        return cards, meta
+    have = [i for i, s in enumerate(stars) if s is not None]
+    for i in set(range(len(prepared))) - set(have):
+        meta["reasons"].append(f"{prepared[i].name}: no catalog: its own WCS and zero point kept")
+    sel = [stars[i] for i in have]
+    if cfg.relative_astrometry and sel:
+        reference, why = _reference_stars(task, grid, sel)
+        if why:
+            meta["reasons"].append(why)
+        ast = rel.solve_joint_astrometry(sel, reference, radius_arcsec=cfg.relcal_match_radius_arcsec,
+                                         min_stars=cfg.relcal_min_stars, clip_sigma=cfg.relcal_clip_sigma)
+        for i, a in zip(have, ast.exposures):
+            if a.corrected:
+                prepared[i].wcs = a.wcs
+                stars[i].wcs = a.wcs  # the photometry matches with the corrected positions
+        meta["reasons"] += ast.reasons
+        meta["astrometry"] = _jsonable({
+            "anchored": ast.anchored, "rms_arcsec": ast.rms_arcsec, "rms_reference_arcsec": ast.rms_reference_arcsec,
+            "n_stars": ast.n_stars, "n_reference": ast.n_reference,
+            "exposures": [{k: getattr(a, k) for k in ("name", "corrected", "n_stars", "n_reference", "rms_arcsec",
+                                                      "rms_before_arcsec", "shift_arcsec", "rotation_arcsec",
+                                                      "scale_ppm", "fold_residual_mas", "reason")}
+                          for a in ast.exposures]})
+        cards.update({"ASTRRMS": (_card(ast.rms_arcsec, 4), "[arcsec] joint astrometry: rms of the stars"),
+                      "ASTRNSTR": (ast.n_stars, "joint astrometry: stars in the fit"),
+                      "ASTRNREF": (ast.n_reference, "joint astrometry: of which reference stars"),
+                      "ASTRREFR": (_card(ast.rms_reference_arcsec, 4), "[arcsec] rms of the fit vs the reference"),
+                      "ASTRANCH": (ast.anchored, "joint astrometry anchored on the reference"),
+                      "ASTRNCOR": (sum(a.corrected for a in ast.exposures), "exposures with a joint WCS")})
+    if cfg.relative_photometry and sel:
+        pho = rel.solve_relative_photometry(sel, radius_arcsec=cfg.relcal_match_radius_arcsec,
+                                            min_stars=cfg.relcal_min_stars, clip_sigma=cfg.relcal_clip_sigma)
+        for i, p in zip(have, pho.exposures):
+            prepared[i].zero_point = p.zero_point
+        meta["reasons"] += pho.reasons
+        meta["photometry"] = _jsonable({
+            "rms_mag": pho.rms_mag, "n_stars": pho.n_stars,
+            "exposures": [{k: getattr(p, k) for k in ("name", "offset_mag", "offset_err_mag", "zero_point_in",
+                                                      "zero_point", "n_stars", "rms_mag", "reason")}
+                          for p in pho.exposures]})
+        scaled = [p for p in pho.exposures if p.reason is None]
+        cards.update({"RELZPRMS": (_card(pho.rms_mag, 4), "[mag] relative photometry: rms of the stars"),
+                      "RELZPN": (pho.n_stars, "relative photometry: stars in common"),
+                      "RELZPMAX": (_card(max((abs(p.offset_mag) for p in scaled), default=0.0), 4),
+                                   "[mag] largest zero-point offset applied")})
+    return cards, meta
+
+
+def _reference_stars(task: Any, grid: WCS, stars: list[Any]) -> tuple[Any, str | None]:
+    """The reference catalog over the tile grid at the mean epoch of the exposures (proper-motion errors
+    propagated), as :class:`~upad.coadd.relative.ReferenceStars`; ``(None, reason)`` when there is none."""
+    from upad.coadd.relative import ReferenceStars
+    from upad.errors import UpadError
+    from upad.io.refcat import in_cone, propagate_to_epoch, read_reference_catalog
+
+    path = Path(task.config.reference_catalog)
+    if not path.is_absolute():
+        path = Path(task.root) / path
+    try:
+        cat = read_reference_catalog(path)
+    except UpadError as exc:
+        return None, f"no reference catalog ({exc}): the joint astrometry is internal only"
+    nx, ny = grid.pixel_shape
+    ra0, dec0 = grid.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
+    radius = 0.5 * math.hypot(nx, ny) * float(np.sqrt(abs(np.linalg.det(grid.pixel_scale_matrix)))) + 0.01
+    cat = in_cone(cat, float(ra0[0]), float(dec0[0]), radius)
+    epochs = [s.epoch for s in stars if s.epoch is not None]
+    epoch = float(np.mean(epochs)) if epochs else None
+    if epoch is not None:
+        cat = propagate_to_epoch(cat, epoch)
+    err_mas = np.sqrt(0.5 * (np.nan_to_num(np.asarray(cat["ra_error"], float)) ** 2 +
+                             np.nan_to_num(np.asarray(cat["dec_error"], float)) ** 2))
+    return ReferenceStars(ra=np.asarray(cat["ra"]), dec=np.asarray(cat["dec"]),
+                          err_arcsec=np.maximum(err_mas, 0.5) / 1e3, pmra=np.asarray(cat["pmra"]),
+                          pmdec=np.asarray(cat["pmdec"]), epoch=epoch), None
+
+
+def _card(value: float, digits: int) -> float:
+    return round(float(value), digits) if np.isfinite(value) else -1.0
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN → None, tuples → lists, numpy scalars → Python (the database's JSON)."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return round(float(obj), 6) if np.isfinite(obj) else None
+    return obj
+
+
 def run_coadd(step: Any, task: Any) -> Any:
     """The ``coadd`` step's worker: read, prepare, resample and combine the exposures block by block, write the
     product (see the module documentation)."""
@@ -115,6 +250,7 @@ def run_coadd(step: Any, task: Any) -> Any:
     scratch.mkdir(parents=True, exist_ok=True)
     prepared: list[PreparedExposure] = []
     refused: list[str] = []
+    stars: list[Any] = []  # per prepared exposure, its usable stars (the joint astrometry and photometry)
     for r in task.inputs_by_role("exposure"):
         name = str(r.meta.get("unit_key", r.id))
         try:
@@ -128,6 +264,7 @@ def run_coadd(step: Any, task: Any) -> Any:
             refused.append(f"{name}: no photometric zero point")
         else:
             ex = prepare_exposure(fr, zero_point=float(fr.zero_point), name=name, product_id=r.id)
+            stars.append(catalog_stars(fr, name=name, min_snr=cfg.relcal_min_snr))
             k = len(prepared)
             ex.image = _spill(scratch / f"{k}-image.npy", ex.image)
             ex.weight = _spill(scratch / f"{k}-weight.npy", ex.weight)
@@ -139,6 +276,7 @@ def run_coadd(step: Any, task: Any) -> Any:
         meta["qc_reasons"] = [f"{len(prepared)} usable exposure(s) of {len(prepared) + len(refused)} (needs "
                               f"{cfg.min_exposures})"] + refused[:5]
         return StepOutput(meta=meta, qc_status="fail")
+    relcal_cards, meta["relative_calibration"] = relative_calibration(prepared, stars, task=task, grid=grid)
     zps = [e.zero_point for e in prepared]
     zp = float(cfg.zero_point) if cfg.zero_point else float(np.median(zps))
     for e in prepared:  # to the coadd's zero point, in place, by blocks of rows
@@ -198,6 +336,7 @@ def run_coadd(step: Any, task: Any) -> Any:
         "CLIPAMP": (cfg.clip_ampfrac, "outlier rejection CLIP_AMPFRAC"),
         "UPADPROV": (task.provenance_id[:12], "provenance id of this product"),
     }
+    cards.update(relcal_cards)
     if fwhms:
         cards["FWHMIN"] = (round(float(np.median(fwhms)), 3), "[arcsec] median FWHM of the inputs")
     _header_cards(header, cards)

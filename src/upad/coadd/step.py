@@ -52,6 +52,22 @@ class CoaddConfig(StepConfig):
                                 "differences on bright stars)", bounds=(0.0, 10.0))
     zero_point: float = param(0.0, doc="AB zero point of the coadd (magnitude of 1 count); 0: the median of the "
                               "inputs' zero points", bounds=(0.0, 40.0))
+    relative_astrometry: bool = param(True, doc="joint astrometry of the exposures against each other and the "
+                                      "reference catalog: one affine correction of each exposure's WCS "
+                                      "(upad.coadd.relative)")
+    relative_photometry: bool = param(True, doc="relative photometric scaling from the stars the exposures have in "
+                                      "common (offsets with a weighted mean of 0: the inputs' absolute zero point "
+                                      "is carried)")
+    relcal_min_stars: int = param(10, doc="fewest stars an exposure must share (with the others or the reference) "
+                                  "to be corrected; below, it keeps its own WCS or zero point", bounds=(3, None))
+    relcal_match_radius_arcsec: float = param(1.0, doc="match radius of the exposures' stars (arcsec)",
+                                              bounds=(0.05, 10.0), unit="arcsec")
+    relcal_min_snr: float = param(20.0, doc="fewest S/N (FLUX_APCOR) of the stars used by the joint fits",
+                                  bounds=(3.0, None))
+    relcal_clip_sigma: float = param(4.0, doc="rejection of outlying stars in the joint fits (robust sigmas)",
+                                     bounds=(2.0, 100.0))
+    reference_catalog: str = param("reference/refcat.fits", doc="reference star catalog of the joint astrometry "
+                                   "(as the reduce step's; relative to the root)")
     block_rows: int = param(512, doc="output rows combined at a time (memory bound)", bounds=(16, 100000),
                             critical=False)
 
