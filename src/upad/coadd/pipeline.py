@@ -20,7 +20,7 @@ from astropy.wcs import WCS
 from upad.errors import DataError
 
 __all__ = ["grid_shape", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma", "catalog_stars",
-           "relative_calibration"]
+           "relative_calibration", "coadd_psf", "psf_cards", "psf_meta"]
 
 
 def grid_shape(field_shape: tuple[int, int], *, pixel_scale: float, margin_arcsec: float) -> tuple[int, int]:
@@ -339,6 +339,9 @@ def run_coadd(step: Any, task: Any) -> Any:
     cards.update(relcal_cards)
     if fwhms:
         cards["FWHMIN"] = (round(float(np.median(fwhms)), 3), "[arcsec] median FWHM of the inputs")
+    psf, psf_note = coadd_psf(image, weight, pixel_scale=scale, config=cfg)
+    if psf is not None:
+        cards.update(psf_cards(psf))
     _header_cards(header, cards)
     hdus = fits.HDUList([
         fits.PrimaryHDU(header=fits.Header([("TILE_ID", int(ctx["tile_id"])), ("FILTER", ctx["filter"])])),
@@ -351,6 +354,12 @@ def run_coadd(step: Any, task: Any) -> Any:
     ])
     hdus.writeto(staged)
     files = [OutputFile("coadd", str(staged), step.final_path(task, staged.name))]
+    if psf is not None:
+        from upad.io.products import write_psf
+
+        staged_psf = write_psf(task.stage(f"{stem}_psf.fits"), psf,
+                               provenance={"product": task.provenance_id[:12]})
+        files.append(OutputFile("psf", str(staged_psf), step.final_path(task, staged_psf.name)))
     preview = task.stage(f"{stem}.png")
     write_png(preview, render_preview(np.where(covered, image, 0.0).astype(np.float32)))
     files.append(OutputFile("preview", str(preview), step.final_path(task, preview.name)))
@@ -359,9 +368,12 @@ def run_coadd(step: Any, task: Any) -> Any:
                  "noise_correlation": round(correlation, 4), "coverage": round(coverage, 4),
                  "rejected_pixels": [int(v) for v in n_rejected], "input_zero_points": [round(z, 4) for z in zps],
                  "shape": [ny, nx], "qc_reasons": []})
+    meta.update(psf_meta(psf))
     if refused:
         meta["qc_reasons"].append(f"{len(refused)} exposure(s) left out: " + "; ".join(refused[:3]))
-    return StepOutput(files=files, meta=meta, qc_status="warn" if refused else "ok")
+    if psf is None:
+        meta["qc_reasons"].append(f"no PSF model of the coadd: {psf_note}")
+    return StepOutput(files=files, meta=meta, qc_status="warn" if refused or psf is None else "ok")
 
 
 def _spill(path: Path, array: np.ndarray) -> np.ndarray:
@@ -387,3 +399,85 @@ def _wcs_only(grid: WCS, what: str) -> fits.Header:
 def _header_cards(h: fits.Header, cards: dict[str, tuple[Any, str]]) -> None:
     for k, (v, c) in cards.items():
         h[k] = (v, c)
+
+
+# ------------------------------------------------------------------------------------------------ the coadd's PSF
+def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, config: Any) -> tuple[Any, str]:
+    """The PSF model of a coadd, measured as the reduction measures a frame's.
+
+    The sources of ``image`` (background-subtracted counts) are detected with the reduction's detection
+    (:func:`upad.reduce.detect.detect_sources`, ``config.detect``; the noise is ``1/sqrt(weight)``, pixels without
+    data are ``NODATA``) and the PSF is measured from its bright isolated stars with
+    :func:`upad.reduce.psf.measure_psf` (``config.psf``): FWHM and shear over the field, the radial profile and the
+    empirical PSF grids. The median FWHM, its extremes and the median ellipticity of the result are those over the
+    covered part of the grid (the margins without data are left out).
+
+    Parameters
+    ----------
+    image, weight : ndarray
+        The coadd (counts) and its inverse variance (count⁻²); ``weight = 0`` where no input covers the pixel.
+    pixel_scale : float
+        arcsec per pixel of the grid.
+    config : CoaddConfig
+        Its ``detect`` and ``psf`` configurations.
+
+    Returns
+    -------
+    (PsfResult or None, str)
+        The PSF analysis, or None with the reason when the coadd has too few usable stars.
+    """
+    import dataclasses
+
+    from upad import maskbits as mb
+    from upad.reduce.detect import detect_sources
+    from upad.reduce.errors import ReductionError
+    from upad.reduce.psf import measure_psf
+
+    covered = weight > 0
+    img = np.array(image, dtype=np.float32, order="C")
+    img[~covered] = 0.0
+    var = np.array(weight, dtype=np.float32, order="C")
+    np.divide(np.float32(1.0), var, out=var, where=covered)
+    if covered.any():
+        var[~covered] = np.float32(np.max(var[covered]) * 1e6)
+    mask = np.where(covered, 0, mb.NODATA).astype(mb.MASK_DTYPE)
+    try:
+        cat = detect_sources(img, var, mask, pixel_scale=pixel_scale, config=config.detect).catalog
+        snr = np.asarray(cat["FLUX_AUTO"]) / np.maximum(np.asarray(cat["FLUXERR_AUTO"]), 1e-30)
+        res = measure_psf(img, np.asarray(cat["XWIN_IMAGE"]) - 1.0, np.asarray(cat["YWIN_IMAGE"]) - 1.0,
+                          np.asarray(cat["FLUX_AUTO"]), snr, np.asarray(cat["FLAGS"]),
+                          np.asarray(cat["IMAFLAGS_ISO"]), np.asarray(cat["FWHM_IMAGE"], float),
+                          np.asarray(cat["ELLIPTICITY"]), np.asarray(cat["FLUX_MAX"]), pixel_scale=pixel_scale,
+                          config=config.psf)
+    except ReductionError as exc:
+        return None, str(exc)
+    ny, nx = img.shape
+    gy, gx = np.mgrid[0:ny - 1:33j, 0:nx - 1:33j]
+    inside = covered[np.round(gy).astype(int), np.round(gx).astype(int)]
+    if inside.any():
+        fw = res.model.fwhm_at(gx[inside], gy[inside])
+        el = res.model.ellipticity_at(gx[inside], gy[inside])
+        res = dataclasses.replace(res, fwhm_px=float(np.median(fw)), fwhm_arcsec=float(np.median(fw)) * pixel_scale,
+                                  fwhm_min_px=float(fw.min()), fwhm_max_px=float(fw.max()),
+                                  ellipticity=float(np.median(el)), ellipticity_max=float(el.max()))
+    return res, ""
+
+
+def psf_cards(psf: Any) -> dict[str, tuple[Any, str]]:
+    """Header cards of the coadd's PSF (:func:`coadd_psf`)."""
+    return {
+        "PSFFWHM": (round(psf.fwhm_arcsec, 4), "[arcsec] median PSF FWHM over the coadd (psf file)"),
+        "PSFFWMIN": (round(psf.fwhm_min_px * psf.fwhm_arcsec / psf.fwhm_px, 4), "[arcsec] smallest PSF FWHM"),
+        "PSFFWMAX": (round(psf.fwhm_max_px * psf.fwhm_arcsec / psf.fwhm_px, 4), "[arcsec] largest PSF FWHM"),
+        "PSFBETA": (round(psf.beta, 4), "Moffat-equivalent beta of the coadd PSF"),
+        "PSFELLIP": (round(psf.ellipticity, 4), "median PSF ellipticity 1 - b/a"),
+        "PSFNSTAR": (int(psf.n_stars), "stars of the coadd PSF model"),
+    }
+
+
+def psf_meta(psf: Any) -> dict[str, Any]:
+    """The product metadata of the coadd's PSF (None values without a model)."""
+    if psf is None:
+        return {"psf_fwhm_arcsec": None, "psf_beta": None, "psf_ellipticity": None, "psf_n_stars": 0}
+    return {"psf_fwhm_arcsec": round(psf.fwhm_arcsec, 4), "psf_beta": round(psf.beta, 4),
+            "psf_ellipticity": round(psf.ellipticity, 4), "psf_n_stars": int(psf.n_stars)}

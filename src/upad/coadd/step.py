@@ -31,6 +31,8 @@ from upad.config import StepConfig, param
 from upad.db.models import Frame, Product, Tile
 from upad.flow.queries import FRAME_COLUMNS, PLANNABLE_DATES, PlanContext
 from upad.flow.step import Input, InputRef, Output, Step, Unit, register_step
+from upad.reduce.detect import DetectConfig
+from upad.reduce.psf import PsfConfig
 from upad.reduce.steps import unit_key
 
 __all__ = ["CoaddConfig", "Coadd", "tile_unit_key"]
@@ -70,6 +72,8 @@ class CoaddConfig(StepConfig):
                                    "(as the reduce step's; relative to the root)")
     block_rows: int = param(512, doc="output rows combined at a time (memory bound)", bounds=(16, 100000),
                             critical=False)
+    detect: DetectConfig = DetectConfig()
+    psf: PsfConfig = PsfConfig()
 
 
 def tile_unit_key(instrument: str, tile_id: int, filter_name: str) -> str:
@@ -93,6 +97,9 @@ class Coadd(Step):
                     doc="the usable current reduced frames of the tile in the filter"),)
     outputs = (Output("coadd", doc="FITS: SCI (counts at the coadd's zero point), WEIGHT (inverse variance), "
                                    "EXPMAP (s), NEXP, MASK (rejected artefacts and no-data bits)"),
+               Output("psf", optional=True, doc="FITS: the coadd's PSF model (upad.io.products.write_psf: empirical "
+                                                "PSF grids, FWHM and shear over the field, radial profile); absent "
+                                                "when the coadd has too few stars"),
                Output("preview", optional=True, doc="PNG preview"))
 
     def plan(self, ctx: PlanContext, config: CoaddConfig) -> Iterable[Unit]:
