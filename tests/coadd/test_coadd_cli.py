@@ -216,6 +216,16 @@ def test_a_forced_selection_and_a_new_frame(survey, capsys):
     assert (survey.settings.root / first.files[0]["path"]).is_file()  # the older coadd stays
     assert np.all(np.abs(star_fluxes(survey, after) - 1.0) < 0.01)
 
+    # a request the current coadd already answers: said so, and served — once an exposure is reduced after it, the
+    # tile waits for the others again (the request forces nothing more)
+    code, out, _ = survey.cli(capsys, "coadd", str(TILE), "--filter", FILTER, "--no-run", "--json")
+    (o,) = json.loads(out)["outcomes"]
+    assert code == 0 and o["state"] == "current" and o["product"]["id"] == after.id
+    survey.frame(night="2026-03-04", reduced=False)
+    survey.frame(night="2026-03-04", offset_arcsec=(1.0, -1.0))
+    unit = dry_run(survey, capsys)[KEY]
+    assert unit["status"] == "waiting" and "1 of 6 exposures of tile 7 in rSDSS are not reduced yet" in unit["reason"]
+
 
 def test_planned_exposures_pending_reductions_and_a_forced_coadd(survey, capsys):
     survey.plan_exposures(3)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from upad.cli.common import common_options, console, emit_json, json_option, progress
 from upad.db import open_database
-from upad.db.models import CoaddRequest, Frame, Job, PlanWaiting, Product, Tile
+from upad.db.models import CoaddRequest, Frame, Job, PlanWaiting, Product, Tile, utcnow
 from upad.errors import UpadError
 from upad.settings import Settings
 
@@ -112,6 +112,9 @@ def request_outcome(db: Any, request: dict[str, Any]) -> dict[str, Any]:
             elif cur is not None:
                 out.update(state="current", reason="the current coadd already has these inputs",
                            product=_product(cur))
+                req = s.get(CoaddRequest, request["id"])
+                if req.served_at is None:  # served as it is: the unit follows the configuration again later
+                    req.served_at = utcnow()
             else:
                 out.update(state="not planned", reason="the coadd step has not planned it yet (run `upad run "
                                                        "--step coadd --until-idle`)")

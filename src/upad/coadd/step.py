@@ -228,8 +228,9 @@ class Coadd(Step):
 
 
 def active_requests(session: Any, unit_keys: Iterable[str]) -> dict[str, tuple[CoaddRequest, Any]]:
-    """The latest coadd request of each of ``unit_keys`` that has one, with when it was served (the creation time
-    of the first coadd job of the unit created at or after it that is done; ``None`` while it is not).
+    """The latest coadd request of each of ``unit_keys`` that has one, with when it was served (its ``served_at``,
+    or the creation time of the first coadd job of the unit created at or after it that is done; ``None`` while it
+    is not).
 
     The planner honours a request until it was served and an exposure of the unit was reduced after that: a forced
     coadd made while exposures were pending is redone with them, a selection stands until new data comes."""
@@ -240,7 +241,7 @@ def active_requests(session: Any, unit_keys: Iterable[str]) -> dict[str, tuple[C
         latest = (select(CoaddRequest.unit_key, func.max(CoaddRequest.id).label("id"))
                   .where(CoaddRequest.unit_key.in_(chunk)).group_by(CoaddRequest.unit_key).subquery())
         for req in session.scalars(select(CoaddRequest).join(latest, latest.c.id == CoaddRequest.id)):
-            served = session.scalar(select(func.min(Job.created_at)).where(
+            served = req.served_at or session.scalar(select(func.min(Job.created_at)).where(
                 Job.step == "coadd", Job.unit_key == req.unit_key, Job.state == "done",
                 Job.created_at >= req.requested_at))
             out[req.unit_key] = (req, served)

@@ -112,6 +112,9 @@ class CoaddRequest(Base):
                                         doc="ready with the usable exposures, whatever is pending or planned")
     requested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     requested_by: Mapped[str | None] = mapped_column(String(255), doc="the command, user@host")
+    served_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, doc="when it was found served without a new job (the current coadd already had its inputs); "
+                      "otherwise the first coadd job of the unit created after it that is done serves it")
 
 
 class Frame(Base):

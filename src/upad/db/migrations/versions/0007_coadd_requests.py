@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("force", sa.Boolean(), nullable=False),
         sa.Column("requested_at", sa.DateTime(), nullable=False),
         sa.Column("requested_by", sa.String(length=255), nullable=True),
+        sa.Column("served_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("coadd_requests", schema=None) as batch_op:
