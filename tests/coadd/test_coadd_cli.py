@@ -385,3 +385,18 @@ def test_the_survey_progress_follows_the_coadds(survey, capsys, monkeypatch):
     assert counts.get("done", 0) == 1 and counts.get("hook_failures", 0) >= 1
     assert survey.current().meta["n_exposures"] == 3
     assert json.loads(js.read_text())["total"]["coadded"] == 1  # the old file stays whole
+
+
+def test_grid_overlap():
+    from upad.coadd.tiling import centred_grid, grid_overlap
+
+    grid = centred_grid(RA0, DEC0, pixel_scale=PIX, naxis1=GRID, naxis2=GRID, cd_sign_x=-1, cd_sign_y=1)
+    half = (GRID * PIX / 2 + SHAPE[1] * PIX / 2) / 3600.0  # centres this far apart along RA: the edges touch
+    for dra_deg, dec_deg, expected in [(0.0, 0.0, True), (0.9 * half, 0.0, True), (1.1 * half, 0.0, False),
+                                       (0.0, -0.9 * half, True), (0.0, 1.0, False), (180.0, 0.0, False)]:
+        w = tan_wcs(SHAPE, crval=(RA0 + dra_deg / np.cos(np.radians(DEC0)) if dra_deg < 90 else RA0 + dra_deg,
+                                  DEC0 + dec_deg), scale_arcsec=PIX)
+        ok, sep = grid_overlap(w, SHAPE, grid, (GRID, GRID))
+        assert ok is expected, (dra_deg, dec_deg, sep)
+    assert grid_overlap(tan_wcs(SHAPE, crval=(RA0, DEC0 + 1.0), scale_arcsec=PIX), SHAPE, grid,
+                        (GRID, GRID))[1] == pytest.approx(1.0, abs=1e-9)
