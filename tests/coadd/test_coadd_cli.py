@@ -363,6 +363,16 @@ def test_a_frame_flagged_while_its_tile_is_built(survey):
     p = survey.current()
     assert p.meta["n_exposures"] == 2 and survey.inputs(p) == survey.reduced_of(*ids[1:])
 
+    # valid again: the coadd built with it (stale since) is current again, not rebuilt; the one without it superseded
+    (reduced_0,) = survey.reduced_of(ids[0])
+    with survey.db.session() as s:
+        flag_frame(s, str(ids[0]), invalid=False, reason="test: no trail after all")
+        # what the reduce step's planning does for its own product (its job is done, its input valid again)
+        sched._make_current(s, reduced_0, revive=True)
+    assert survey.run().get("done", 0) == 0
+    revived = survey.current()
+    assert revived.id == built.id and revived.state == "complete" and revived.meta["n_exposures"] == 3
+
 
 def test_the_survey_progress_follows_the_coadds(survey, capsys, monkeypatch):
     survey.plan_exposures(2)

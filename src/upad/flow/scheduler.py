@@ -495,10 +495,12 @@ class Scheduler:
                 continue
             if job is not None:
                 state, product_id = job
-                if (state == "done" and product_id is not None and cur is None and not dry_run
+                follows = cur is not None and step.rebuild_on_new_inputs and cur[3]
+                if (state == "done" and product_id is not None and (cur is None or follows) and not dry_run
                         and not s.get(Product, product_id).is_bad):
                     # the unit's product exists but was made stale (e.g. its input was flagged and then unflagged):
-                    # its inputs are valid again, so it becomes current again instead of being rebuilt
+                    # its inputs are valid again, so it becomes current again instead of being rebuilt (a step that
+                    # follows its inputs: in place of the product made meanwhile without that input)
                     self._make_current(s, product_id, revive=True)
                     planned.append(PlannedUnit(step.name, unit, prov, "current", "revived"))
                     continue
