@@ -167,7 +167,10 @@ def star_fluxes(survey: Survey, product: Product) -> np.ndarray:
         assert h["SCI"].header["MAGZP"] == pytest.approx(ZP)
         gx, gy = WCS(h["SCI"].header).world_to_pixel_values([s[0] for s in STARS], [s[1] for s in STARS])
     flux, _, _ = sep.sum_circle(np.ascontiguousarray(image), gx, gy, 7.0, subpix=5)
-    return flux / np.array([s[2] for s in STARS])
+    ratio = flux / np.array([s[2] for s in STARS])
+    print(f"{product.unit_key} ({product.meta['n_exposures']} exposures): coadd/true star flux "
+          f"{', '.join(f'{r:.4f}' for r in ratio)}")
+    return ratio
 
 
 @pytest.fixture
