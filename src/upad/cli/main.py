@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "upad.cli.run",
     "upad.cli.products",
     "upad.cli.calib",
+    "upad.cli.coadd",
     "upad.cli.qc",
     "upad.cli.survey",
     "upad.cli.config",

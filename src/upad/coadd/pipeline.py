@@ -229,7 +229,7 @@ def run_coadd(step: Any, task: Any) -> Any:
     """The ``coadd`` step's worker: read, prepare, resample and combine the exposures block by block, write the
     product (see the module documentation)."""
     from upad.coadd.combine import CombineConfig, InputExposure, iter_resampled_combined_blocks
-    from upad.coadd.tiling import centred_grid
+    from upad.coadd.tiling import centred_grid, grid_overlap
     from upad.flow.step import OutputFile, StepOutput
     from upad.instruments import get_instrument
     from upad.io.preview import render_preview, write_png
@@ -262,6 +262,9 @@ def run_coadd(step: Any, task: Any) -> Any:
             refused.append(f"{name}: no astrometric solution")
         elif fr.zero_point is None or not np.isfinite(fr.zero_point):
             refused.append(f"{name}: no photometric zero point")
+        elif not (hit := grid_overlap(fr.wcs, fr.image.shape, grid, shape))[0]:
+            refused.append(f"{name}: does not overlap the tile grid (its centre is {hit[1]:.3f} deg from the "
+                           "tile's; wrong tile in its header?)")
         else:
             ex = prepare_exposure(fr, zero_point=float(fr.zero_point), name=name, product_id=r.id)
             stars.append(catalog_stars(fr, name=name, min_snr=cfg.relcal_min_snr))

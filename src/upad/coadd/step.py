@@ -3,11 +3,20 @@
 One unit per instrument, tile and filter. Planning follows the survey's tiling pipeline: the science frames of the
 tile in the filter (from every night: a tile's exposures can be spread over nights) → their current reduced frames
 → the quality selection (the reduced frame's QC status, ``qc_accept``, and an optional regular expression on the raw
-file name, ``select``). A unit is ready when none of the tile's frames in the filter is still to be reduced (a
-reduction that failed for good does not hold it) and at least ``min_exposures`` frames are usable; otherwise it waits
-with the reason. Flagging a frame invalid makes its coadd stale (the provenance graph) and the next pass plans the
-tile again without it; a new good frame of a finished tile changes the unit's inputs and re-coadds it. The older
-coadd stays, superseded.
+file name, ``select``). A unit is ready when the tile has been observed as often as the survey plans (the
+``planned_exposures`` of its :class:`~upad.db.models.TileFilter` row, where the tiling is stored), none of its frames
+in the filter is still to be reduced (a reduction that failed for good does not hold it) and at least
+``min_exposures`` frames are usable; otherwise it waits with the reason ("2 of 3 planned exposures observed").
+Flagging a frame invalid makes its coadd stale (the provenance graph) and the next pass plans the tile again without
+it; a new good frame of a finished tile changes the unit's inputs and re-coadds it (the step declares
+``rebuild_on_new_inputs``). The older coadd stays, superseded.
+
+A coadd request (``upad coadd TILE --filter F [--select REGEXP]``, a :class:`~upad.db.models.CoaddRequest` row) is
+data the planner honours for its unit: its selection replaces ``select`` for that unit only (the configuration and
+its hash are unchanged; the unit's inputs, hence its provenance, differ) and, forced, the unit is ready with the
+exposures usable now. The latest request of a unit is honoured until it was served (a coadd job of the unit created
+after it is done) and an exposure of the tile was reduced since; then the unit follows the configuration again and
+re-coadds (a coadd forced while exposures were pending is redone with them; a selection stands until new data come).
 
 The pixel grid is the tile's, not the inputs': a TAN projection centred on the pointing, at the instrument's pixel
 scale, covering the field plus ``margin_arcsec`` — the same grid for every filter of the pointing, so that the
@@ -25,17 +34,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from upad.config import StepConfig, param
-from upad.db.models import Frame, Product, Tile
+from upad.db.models import CoaddRequest, Frame, Job, Product, Tile, TileFilter
 from upad.flow.queries import FRAME_COLUMNS, PLANNABLE_DATES, PlanContext
 from upad.flow.step import Input, InputRef, Output, Step, Unit, register_step
 from upad.reduce.detect import DetectConfig
 from upad.reduce.psf import PsfConfig
 from upad.reduce.steps import unit_key
 
-__all__ = ["CoaddConfig", "Coadd", "tile_unit_key"]
+__all__ = ["CoaddConfig", "Coadd", "active_requests", "tile_unit_key", "write_survey_progress"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,9 @@ class CoaddConfig(StepConfig):
                                    "(as the reduce step's; relative to the root)")
     block_rows: int = param(512, doc="output rows combined at a time (memory bound)", bounds=(16, 100000),
                             critical=False)
+    progress_seconds: float = param(60.0, doc="the survey progress files under the data root (coadds/survey-"
+                                    "progress.json and .png) are written again at most this often while coadds "
+                                    "finish, and at the end of a run (s)", bounds=(0.0, 86400.0), critical=False)
     detect: DetectConfig = DetectConfig()
     psf: PsfConfig = PsfConfig()
 
@@ -91,6 +103,7 @@ class Coadd(Step):
     memory_class = "large"
     config_class = CoaddConfig
     version = "0.1"
+    rebuild_on_new_inputs = True
     description = "tile coadd: quality-selected reduced frames resampled onto the tile grid, outliers rejected " \
                   "against the median with the noise model, inverse-variance weighted mean"
     inputs = (Input("exposure", "reduced_frame", minimum="min_exposures", maximum=None,
@@ -122,25 +135,48 @@ class Coadd(Step):
                     frames[(f.instrument, f.tile_id, f.filter)].append(f)
         frame_ids = sorted({f.id for fs in frames.values() for f in fs})
         reduced: dict[int, tuple[int, str | None]] = {}
+        reduced_at: dict[int, Any] = {}
         for i in range(0, len(frame_ids), 500):
             chunk = set(frame_ids[i:i + 500])
             # reduced frames are few per frame (versions): select by the frame id in the unit's context
-            stmt = select(Product.id, Product.context, Product.qc_status).where(
+            stmt = select(Product.id, Product.context, Product.qc_status, Product.created_at).where(
                 Product.step == "reduce", Product.is_current.is_(True), Product.state == "complete",
                 Product.is_bad.is_(False), Product.night.in_(sorted({f.night for fs in frames.values()
                                                                      for f in fs if f.id in chunk})))
-            for pid, pctx, qc in s.execute(stmt):
+            for pid, pctx, qc, created in s.execute(stmt):
                 fid = int((pctx or {}).get("frame_id", -1))
                 if fid in chunk:
                     reduced[fid] = (pid, qc)
+                    reduced_at[fid] = created
         failed = ctx.failed_units("reduce")
         rows = {t.id: t for t in s.scalars(select(Tile).where(Tile.id.in_(tile_ids)))}
         centres = {i: (t.ra, t.dec) for i, t in rows.items()}
+        planned = {(r.ref_tile_id, r.filter): int(r.planned_exposures) for r in s.execute(
+            select(TileFilter.ref_tile_id, TileFilter.filter, TileFilter.planned_exposures)
+            .where(TileFilter.ref_tile_id.in_(tile_ids)))}
+        requests = active_requests(s, [tile_unit_key(i, t, f) for i, t, f in frames])
         for (inst, tile_id, filt), fs in sorted(frames.items()):
             key = tile_unit_key(inst, tile_id, filt)
             night = max(f.night for f in fs)
             context = {"night": night, "instrument": inst, "tile_id": int(tile_id), "filter": filt,
                        "n_frames": len(fs)}
+            req, served_at = requests.get(key, (None, None))
+            if req is not None and served_at is not None and any(
+                    reduced_at.get(f.id) is not None and reduced_at[f.id] > served_at for f in fs):
+                req = None  # served, and an exposure was reduced since: the unit follows the configuration again
+            unit_pattern, unit_select, forced = pattern, config.select, False
+            if req is not None:
+                forced = bool(req.force)
+                if req.selection is not None:  # None: the configuration's ``select``
+                    unit_select = req.selection
+                try:
+                    unit_pattern = re.compile(unit_select) if unit_select else None
+                except re.error as exc:  # written by hand into the table: said, never raised in the planner
+                    yield Unit(key=key, ready=False, context=context,
+                               reason=f"coadd request {req.id}: invalid selection {unit_select!r} ({exc}): "
+                                      "`upad coadd` it again with a valid --select")
+                    continue
+                context.update({"request_id": int(req.id), "selection": unit_select, "forced": forced})
             ra, dec = centres.get(tile_id, (None, None))
             if ra is None or dec is None:  # a tile without a registered centre: the mean pointing of its frames
                 ras = [f.ra for f in fs if f.ra is not None]
@@ -156,8 +192,15 @@ class Coadd(Step):
                 # the grid of a stored tiling (upad tiles generate): every filter of the pointing on it
                 context["grid"] = {"naxis1": int(row.naxis1), "naxis2": int(row.naxis2),
                                    "pixel_scale": float(row.pixel_scale)}
+            n_planned = planned.get((tile_id, filt))
+            if n_planned is not None and len(fs) < n_planned and not forced:
+                yield Unit(key=key, ready=False, context=context,
+                           reason=f"{len(fs)} of {n_planned} planned exposures observed (tile {tile_id} in {filt}; "
+                                  f"`upad coadd {tile_id} --filter {filt}` coadds what there is now)")
+                continue
             pending = [f for f in fs if f.id not in reduced and unit_key(f) not in failed]
-            if pending:
+            pending_ids = {f.id for f in pending}
+            if pending and not forced:
                 yield Unit(key=key, ready=False, context=context,
                            reason=f"{len(pending)} of {len(fs)} exposures of tile {tile_id} in {filt} are not "
                                   f"reduced yet (e.g. {pending[0].filename})")
@@ -166,11 +209,11 @@ class Coadd(Step):
             for f in fs:
                 pid, qc = reduced.get(f.id, (None, None))
                 if pid is None:
-                    refused.append(f"{f.filename}: reduction failed")
+                    refused.append(f"{f.filename}: " + ("not reduced yet" if f.id in pending_ids else "reduction failed"))
                 elif qc not in config.qc_accept:
                     refused.append(f"{f.filename}: QC {qc}")
-                elif pattern is not None and not pattern.search(f.filename):
-                    refused.append(f"{f.filename}: not selected by {config.select!r}")
+                elif unit_pattern is not None and not unit_pattern.search(f.filename):
+                    refused.append(f"{f.filename}: not selected by {unit_select!r}")
                 else:
                     usable.append(pid)
             context["refused"] = refused[:50]
@@ -180,9 +223,79 @@ class Coadd(Step):
                                   f"{config.min_exposures}): " + ("; ".join(refused[:3]) or "none"))
                 continue
             yield Unit(key=key, inputs=[InputRef("product", p, "exposure") for p in sorted(usable)],
-                       context=context, priority=160)
+                       context=context, priority=170 if forced else 160)
+
+    #: when the survey progress files were last written (time.monotonic), and whether coadds finished since
+    _progress_written: float = -1e18
+    _progress_due: bool = False
+
+    def after_recorded(self, *, db: Any, settings: Any, config: Any, product_ids: list[int],
+                       final: bool = False) -> None:
+        """The survey progress updated as tiles finish: ``coadds/survey-progress.json`` and ``.png`` under the data
+        root (:func:`write_survey_progress`), at most every ``progress_seconds`` and at the end of a run."""
+        import time
+
+        if product_ids:
+            self._progress_due = True
+        now = time.monotonic()
+        if not self._progress_due or (not final and now - self._progress_written < config.progress_seconds):
+            return
+        self._progress_due = False
+        self._progress_written = now
+        write_survey_progress(db, settings.root)
 
     def run(self, task: Any) -> Any:
         from upad.coadd.pipeline import run_coadd
 
         return run_coadd(self, task)
+
+
+def active_requests(session: Any, unit_keys: Iterable[str]) -> dict[str, tuple[CoaddRequest, Any]]:
+    """The latest coadd request of each of ``unit_keys`` that has one, with when it was served (its ``served_at``,
+    or the creation time of the first coadd job of the unit created at or after it that is done; ``None`` while it
+    is not).
+
+    The planner honours a request until it was served and an exposure of the unit was reduced after that: a forced
+    coadd made while exposures were pending is redone with them, a selection stands until new data comes."""
+    keys = sorted(set(unit_keys))
+    out: dict[str, tuple[CoaddRequest, Any]] = {}
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        latest = (select(CoaddRequest.unit_key, func.max(CoaddRequest.id).label("id"))
+                  .where(CoaddRequest.unit_key.in_(chunk)).group_by(CoaddRequest.unit_key).subquery())
+        for req in session.scalars(select(CoaddRequest).join(latest, latest.c.id == CoaddRequest.id)):
+            served = req.served_at or session.scalar(select(func.min(Job.created_at)).where(
+                Job.step == "coadd", Job.unit_key == req.unit_key, Job.state == "done",
+                Job.created_at >= req.requested_at))
+            out[req.unit_key] = (req, served)
+    return out
+
+
+#: the survey progress files, relative to the data root (written by :func:`write_survey_progress`)
+PROGRESS_JSON = "coadds/survey-progress.json"
+PROGRESS_PNG = "coadds/survey-progress.png"
+
+
+def write_survey_progress(db: Any, root: Any) -> dict[str, str] | None:
+    """Write the survey progress (:func:`upad.coadd.survey.survey_progress`, with the per-pointing counts) as JSON
+    and its plot (coloured by the fraction of filters coadded) as PNG under the data ``root``, each atomically;
+    ``None`` (nothing written) when no tiling is stored."""
+    import json
+    import os
+    from pathlib import Path
+
+    from upad.coadd.survey import plot_progress, survey_progress
+    from upad.errors import UpadError
+
+    try:
+        prog = survey_progress(db)
+    except UpadError:  # no survey plan (no `upad tiles generate`): nothing to draw
+        return None
+    root = Path(root)
+    js, png = root / PROGRESS_JSON, root / PROGRESS_PNG
+    js.parent.mkdir(parents=True, exist_ok=True)
+    plot_progress(prog, png, measure="coadded")
+    tmp = js.with_name(f".{js.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({**prog, "plot": PROGRESS_PNG}, indent=1, default=str))
+    os.replace(tmp, js)
+    return {"json": str(js), "png": str(png)}

@@ -186,12 +186,15 @@ def list_tiles(db: Database, *, footprint_only: bool = True, limit: int | None =
 
 
 def _coadded_tiles(session: Any, plan: dict[tuple[int, str], int]) -> set[tuple[int, str]]:
-    """(pointing, filter) of planned tiles that have a current, usable product of step ``coadd``."""
+    """(pointing, filter) of planned tiles that have a current, usable product of step ``coadd`` (not a QC
+    failure)."""
     from upad.flow.queries import current_products
 
     by_tile_id = {tid: key for key, tid in plan.items()}
     done: set[tuple[int, str]] = set()
     for prod in current_products(session, step="coadd"):
+        if prod.qc_status == "fail":  # a recorded failure (no frame overlaps, none usable): not a coadd
+            continue
         ctx = prod.context or {}
         filt = ctx.get("filter")
         key = None

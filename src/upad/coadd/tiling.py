@@ -74,6 +74,7 @@ __all__ = [
     "locate",
     "neighbours",
     "on_grid",
+    "grid_overlap",
     "pointing_by_id",
     "split_tile_id",
     "centred_grid",
@@ -599,6 +600,37 @@ def on_grid(pointing: Pointing, ra: Any, dec: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------------------
 # neighbours and footprints
 # ------------------------------------------------------------------------------------------------------------------
+
+def grid_overlap(wcs: WCS, shape: tuple[int, int], grid: WCS, grid_shape: tuple[int, int], *,
+                 samples: int = 16) -> tuple[bool, float]:
+    """Whether an image lands on a pixel grid, and how far apart their centres are (degrees).
+
+    The image (``shape`` = (ny, nx), celestial ``wcs``) overlaps the grid (``grid_shape``) when its centre lies
+    within 90° of the grid's (the hemisphere of its TAN projection) and its border, sampled at ``samples`` points per
+    edge and mapped onto the grid through the sky, has a bounding box that meets the grid's pixels. The box test is
+    conservative: a rotated image that only grazes a corner may pass (its pixels then fall outside the grid when
+    resampled, and the coadd finds so).
+    """
+    ny, nx = (int(v) for v in shape)
+    gy, gx = (int(v) for v in grid_shape)
+    ra_c, dec_c = wcs.pixel_to_world_values((nx - 1) / 2.0, (ny - 1) / 2.0)
+    ra_g, dec_g = grid.pixel_to_world_values((gx - 1) / 2.0, (gy - 1) / 2.0)
+    sep = float(_distance(ra_g, dec_g, ra_c, dec_c))
+    if not np.isfinite(sep) or sep > 90.0:
+        return False, sep
+    xs = np.linspace(-0.5, nx - 0.5, samples)
+    ys = np.linspace(-0.5, ny - 0.5, samples)
+    bx = np.concatenate([xs, xs, np.full(samples, -0.5), np.full(samples, nx - 0.5)])
+    by = np.concatenate([np.full(samples, -0.5), np.full(samples, ny - 0.5), ys, ys])
+    ra, dec = wcs.pixel_to_world_values(bx, by)
+    px, py = grid.world_to_pixel_values(ra, dec)
+    ok = np.isfinite(px) & np.isfinite(py)
+    if not ok.any():
+        return False, sep
+    px, py = px[ok], py[ok]
+    meets = px.max() >= -0.5 and px.min() <= gx - 0.5 and py.max() >= -0.5 and py.min() <= gy - 0.5
+    return bool(meets), sep
+
 
 def _ra_touch(p: Pointing, q: Pointing) -> bool:
     if p.is_cap or q.is_cap:

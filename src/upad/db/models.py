@@ -88,6 +88,35 @@ class TileFilter(Base):
     __table_args__ = (Index("ix_tile_filters_ref_filter", "ref_tile_id", "filter", unique=True),)
 
 
+class CoaddRequest(Base):
+    """A request to coadd one tile in one filter now (``upad coadd``), honoured by the ``coadd`` step's planner
+    (revision 0007).
+
+    The request is data, not configuration: the step's ``select`` parameter is part of the configuration hash, a
+    request's ``selection`` is not — it only changes the inputs of the one unit (and so its provenance id). A forced
+    request makes the unit ready with the exposures usable now, even while others are still to be reduced or fewer
+    than the planned exposures were observed. The latest request of a unit is honoured until it was served (a coadd
+    job of the unit created after it is done) and an exposure of the tile was reduced since
+    (:func:`upad.coadd.step.active_requests`).
+    """
+
+    __tablename__ = "coadd_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_key: Mapped[str] = mapped_column(String(255), index=True, doc="INSTRUMENT/TILE-NNNNN/FILTER")
+    instrument: Mapped[str] = mapped_column(String(32))
+    ref_tile_id: Mapped[int] = mapped_column(Integer, doc="the pointing (frames' tile id)")
+    filter: Mapped[str] = mapped_column(String(16))
+    selection: Mapped[str | None] = mapped_column(Text, doc="regular expression on the raw file name (None: all)")
+    force: Mapped[bool] = mapped_column(Boolean, default=True,
+                                        doc="ready with the usable exposures, whatever is pending or planned")
+    requested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    requested_by: Mapped[str | None] = mapped_column(String(255), doc="the command, user@host")
+    served_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, doc="when it was found served without a new job (the current coadd already had its inputs); "
+                      "otherwise the first coadd job of the unit created after it that is done serves it")
+
+
 class Frame(Base):
     """A registered raw frame: where it is, what it is, and its quick-look QC."""
 

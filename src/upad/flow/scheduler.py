@@ -170,6 +170,7 @@ class Scheduler:
         self._events: list[tuple[str, dict[str, Any]]] = []
         self.counts: Counter[str] = Counter()
         self._disk_paused = False
+        self._recorded_steps: set[str] = set()  # steps with products recorded in this run (their final hook)
 
     # ------------------------------------------------------------------------------------------------------ runs
     def start_run(self) -> int:
@@ -330,6 +331,8 @@ class Scheduler:
             conds.append(FlowChange.subject == "frame")
         conds.append(and_(FlowChange.subject == "product", FlowChange.step == step.name,
                           FlowChange.event.in_(("stale", "bad", "good"))))
+        # a request for a unit of the step (e.g. ``upad coadd``): its night is planned again
+        conds.append(and_(FlowChange.subject == "request", FlowChange.step == step.name))
         return or_(*conds)
 
     def _reach(self) -> int:
@@ -444,17 +447,24 @@ class Scheduler:
             return planned
         # current products of these units, and jobs of these provenance ids
         keys = [u.key for u, _ in ready]
-        current: dict[str, tuple[int, str, str]] = {}
+        current: dict[str, tuple[int, str, str, bool]] = {}
         for chunk in _chunks(keys):
-            for pid, key, prov, state in s.execute(
-                    select(Product.id, Product.unit_key, Product.provenance_id, Product.state)
+            for pid, key, prov, state, p_cfg, p_version in s.execute(
+                    select(Product.id, Product.unit_key, Product.provenance_id, Product.state,
+                           Provenance.config_hash, Provenance.code_version)
+                    .join(Provenance, Provenance.id == Product.provenance_id)
                     .where(Product.step == step.name, Product.unit_key.in_(chunk), Product.is_current.is_(True))):
-                current[key] = (pid, prov, state)
+                # same configuration and code: only the unit's inputs can make its provenance differ
+                current[key] = (pid, prov, state, p_cfg == cfg_hash and p_version == version)
         jobs: dict[str, tuple[str, int | None]] = {}
+        why: dict[str, str] = {}
         for chunk in _chunks([p for _, p in ready]):
-            for prov, state, product_id in s.execute(
-                    select(Job.provenance_id, Job.state, Job.product_id).where(Job.provenance_id.in_(chunk))):
+            for prov, state, product_id, error, waits_for in s.execute(
+                    select(Job.provenance_id, Job.state, Job.product_id, Job.error, Job.waits_for)
+                    .where(Job.provenance_id.in_(chunk))):
                 jobs[prov] = (state, product_id)
+                if state in ("blocked", "failed") and (error or waits_for):
+                    why[prov] = (error or "")[:500] + (f" — waits for {waits_for}" if waits_for else "")
         # units with a job still queued or running (for other inputs): one job per unit at a time; a queued job
         # planned under another configuration is cancelled and re-planned (never run under its old id)
         active: set[str] = set()
@@ -485,14 +495,16 @@ class Scheduler:
                 continue
             if job is not None:
                 state, product_id = job
-                if (state == "done" and product_id is not None and cur is None and not dry_run
+                follows = cur is not None and step.rebuild_on_new_inputs and cur[3]
+                if (state == "done" and product_id is not None and (cur is None or follows) and not dry_run
                         and not s.get(Product, product_id).is_bad):
                     # the unit's product exists but was made stale (e.g. its input was flagged and then unflagged):
-                    # its inputs are valid again, so it becomes current again instead of being rebuilt
+                    # its inputs are valid again, so it becomes current again instead of being rebuilt (a step that
+                    # follows its inputs: in place of the product made meanwhile without that input)
                     self._make_current(s, product_id, revive=True)
                     planned.append(PlannedUnit(step.name, unit, prov, "current", "revived"))
                     continue
-                planned.append(PlannedUnit(step.name, unit, prov, state))
+                planned.append(PlannedUnit(step.name, unit, prov, state, why.get(prov, "")))
                 continue
             if unit.key in active:
                 planned.append(PlannedUnit(step.name, unit, prov, "waiting",
@@ -500,7 +512,8 @@ class Scheduler:
                 continue
             if cur is not None:
                 in_window = since is None or str(unit.context.get("night", unit.context.get("date", ""))) >= since
-                if not (force and in_window):
+                follows = step.rebuild_on_new_inputs and cur[3]  # e.g. a tile coadd with a new exposure
+                if not (force and in_window) and not follows:
                     planned.append(PlannedUnit(step.name, unit, prov, "current",
                                                "a current product exists (use `upad reprocess` to rebuild)"))
                     continue
@@ -776,7 +789,28 @@ class Scheduler:
         events, self._events = self._events, []
         for kind, info in events:
             self.on_event(kind, info)
+        done: dict[str, list[int]] = defaultdict(list)
+        for kind, info in events:
+            if kind == "done":
+                done[info["step"]].append(int(info["product"]))
+        self._after_recorded(done)
         self.on_event("recorded", {"n": len(outcomes)})
+
+    def _after_recorded(self, done: dict[str, list[int]], *, final: bool = False) -> None:
+        """Run the steps' :meth:`~upad.flow.step.Step.after_recorded` hooks; a failing hook is logged and
+        counted (``hook_failures``), never raised: the products are recorded already."""
+        for name, ids in done.items():
+            if not final:
+                self._recorded_steps.add(name)
+            try:
+                step = _step(name)
+                step.after_recorded(db=self.db, settings=self.settings, config=self.config_for(step),
+                                    product_ids=ids, final=final)
+            except Exception as exc:  # noqa: BLE001 - a summary must never fail the products it summarises
+                self.counts["hook_failures"] += 1
+                log.warning("after recording %s products: %s failed (%s: %s); the products are recorded", name,
+                            "the step's hook", type(exc).__name__, exc)
+                self.on_event("hook_failed", {"step": name, "error": f"{type(exc).__name__}: {exc}"})
 
     def _register(self, s: Session, job: Job, att: Attempt, out: dict[str, Any], now: dt.datetime) -> None:
         root = self.settings.root
@@ -1058,6 +1092,9 @@ class Scheduler:
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
+            if self._recorded_steps:
+                self._after_recorded({n: [] for n in sorted(self._recorded_steps)}, final=True)
+                self._recorded_steps.clear()
             try:
                 self.end_run(state)
                 self.cleanup_staging()

@@ -234,6 +234,9 @@ class Step(ABC):
     inputs: ClassVar[tuple[Connection, ...]] = ()
     #: The files of the step's product (see :func:`Output`).
     outputs: ClassVar[tuple[OutputDecl, ...]] = ()
+    #: A unit whose inputs changed under the same configuration and code version is rebuilt although it has a current
+    #: product (a tile coadd that gets a new exposure); otherwise only ``upad reprocess`` rebuilds such a unit.
+    rebuild_on_new_inputs: ClassVar[bool] = False
 
     def make_config(self, overrides: dict[str, Any] | None = None) -> StepConfig:
         return self.config_class.from_mapping(overrides, where=f"steps.{self.name}")
@@ -251,6 +254,13 @@ class Step(ABC):
     @abstractmethod
     def run(self, task: Task) -> StepOutput:
         """Make the product of one unit. Runs on a worker: no database access."""
+
+    def after_recorded(self, *, db: Any, settings: Any, config: StepConfig, product_ids: list[int],
+                       final: bool = False) -> None:
+        """Called by the scheduler after products of this step were recorded (committed), and once more with
+        ``final`` at the end of a run that recorded some (e.g. to refresh a summary: the survey progress of the
+        tile coadds). Runs on the scheduler; it must be cheap, and a failure is logged, never fails the run or the
+        products. The default does nothing."""
 
     def final_path(self, task: Task, filename: str) -> str:
         """Archive path (relative to the root) of an output: ``<area>/<step>/<unit key>/<short provenance>/<file>``.

@@ -67,7 +67,8 @@ def release_free_memory() -> None:
 
 
 def verify_inputs(inputs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Check that every raw frame a job reads is the file that was registered, before the job uses it.
+    """Check that every raw frame a job reads is the file that was registered, and that the files of every product
+    it reads are there, before the job uses them.
 
     A frame whose file's :func:`file_stat` equals the one recorded when its SHA-256 was last verified is taken as
     is; otherwise the file is hashed again: the same SHA-256 (a ``touch``, a ``chmod``, a copy back) returns the new
@@ -80,6 +81,17 @@ def verify_inputs(inputs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """
     verified: dict[str, dict[str, int]] = {}
     for item in inputs:
+        if item["kind"] == "product":
+            # a product's files are immutable archive files: they must be there (a missing one is an environment
+            # fault — an unmounted or restored archive —, the job waits for it); not hashed again (large)
+            for path in item["paths"]:
+                if not os.path.exists(path):
+                    meta = item.get("meta", {})
+                    raise MissingInputError(
+                        f"input product {item['id']} ({meta.get('step', '?')} {meta.get('unit_key', '')}) is missing "
+                        f"its file {path}", path=path,
+                        hint=f"restore the file, or `upad flag --product {item['id']} --reason ...` to rebuild it")
+            continue
         if item["kind"] != "frame" or not item.get("meta", {}).get("sha256"):
             continue
         path = item["paths"][0]
