@@ -4,7 +4,8 @@ One unit per instrument, tile and filter. Planning follows the survey's tiling p
 tile in the filter (from every night: a tile's exposures can be spread over nights) → their current reduced frames
 → the quality selection (the reduced frame's QC status, ``qc_accept``, and an optional regular expression on the raw
 file name, ``select``). A unit is ready when the tile has been observed as often as the survey plans (the
-``planned_exposures`` of its :class:`~upad.db.models.TileFilter` row, where the tiling is stored), none of its frames
+``planned_exposures`` of its :class:`~upad.db.models.TileFilter` row, where the tiling is stored; a frame flagged
+invalid was observed all the same), none of its frames
 in the filter is still to be reduced (a reduction that failed for good does not hold it) and at least
 ``min_exposures`` frames are usable; otherwise it waits with the reason ("2 of 3 planned exposures observed").
 Flagging a frame invalid makes its coadd stale (the provenance graph) and the next pass plans the tile again without
@@ -124,15 +125,18 @@ class Coadd(Step):
         if not tiles:
             return
         frames: dict[tuple[str, int, str], list[Any]] = defaultdict(list)
+        observed: dict[tuple[str, int, str], int] = defaultdict(int)  # flagged ones too: they were taken
         tile_ids = sorted({t for _, t in tiles})
         for i in range(0, len(tile_ids), 500):
             stmt = (select(*FRAME_COLUMNS).where(
-                Frame.tile_id.in_(tile_ids[i:i + 500]), Frame.obs_type == "science", Frame.valid.is_(True),
+                Frame.tile_id.in_(tile_ids[i:i + 500]), Frame.obs_type == "science",
                 Frame.date_obs >= PLANNABLE_DATES[0], Frame.date_obs < PLANNABLE_DATES[1])
                 .order_by(Frame.date_obs, Frame.id))
             for f in s.execute(stmt):
                 if (f.instrument, f.tile_id) in tiles and f.filter:
-                    frames[(f.instrument, f.tile_id, f.filter)].append(f)
+                    observed[(f.instrument, f.tile_id, f.filter)] += 1
+                    if f.valid:
+                        frames[(f.instrument, f.tile_id, f.filter)].append(f)
         frame_ids = sorted({f.id for fs in frames.values() for f in fs})
         reduced: dict[int, tuple[int, str | None]] = {}
         reduced_at: dict[int, Any] = {}
@@ -193,9 +197,10 @@ class Coadd(Step):
                 context["grid"] = {"naxis1": int(row.naxis1), "naxis2": int(row.naxis2),
                                    "pixel_scale": float(row.pixel_scale)}
             n_planned = planned.get((tile_id, filt))
-            if n_planned is not None and len(fs) < n_planned and not forced:
+            n_observed = observed[(inst, tile_id, filt)]
+            if n_planned is not None and n_observed < n_planned and not forced:
                 yield Unit(key=key, ready=False, context=context,
-                           reason=f"{len(fs)} of {n_planned} planned exposures observed (tile {tile_id} in {filt}; "
+                           reason=f"{n_observed} of {n_planned} planned exposures observed (tile {tile_id} in {filt}; "
                                   f"`upad coadd {tile_id} --filter {filt}` coadds what there is now)")
                 continue
             pending = [f for f in fs if f.id not in reduced and unit_key(f) not in failed]
