@@ -228,7 +228,7 @@ def _jsonable(obj: Any) -> Any:
 def run_coadd(step: Any, task: Any) -> Any:
     """The ``coadd`` step's worker: read, prepare, resample and combine the exposures block by block, write the
     product (see the module documentation)."""
-    from upad.coadd.combine import CombineConfig, InputExposure, iter_resampled_combined_blocks
+    from upad.coadd.combine import CombineConfig, InputExposure, iter_resampled_combined_blocks, psf_tolerance
     from upad.coadd.tiling import centred_grid, grid_overlap
     from upad.flow.step import OutputFile, StepOutput
     from upad.instruments import get_instrument
@@ -303,9 +303,11 @@ def run_coadd(step: Any, task: Any) -> Any:
     sums = np.zeros(len(prepared))
     counts = np.zeros(len(prepared), np.int64)
     combine = CombineConfig(clip_sigma=cfg.clip_sigma, clip_ampfrac=cfg.clip_ampfrac)
+    # each input's PSF against the median input's: tolerated by the rejection (bright stars' cores)
+    psf_amp = psf_tolerance([e.fwhm_arcsec for e in prepared], factor=float(cfg.clip_psf))
     for y0, y1, res, noise_sums in iter_resampled_combined_blocks(
-            exposures, dst_wcs=grid, dst_shape=shape, gains=gains, exptimes=exptimes, noise="weight",
-            block_rows=cfg.block_rows, config=combine):
+            exposures, dst_wcs=grid, dst_shape=shape, gains=gains, exptimes=exptimes, psf_ampfrac=psf_amp,
+            noise="weight", block_rows=cfg.block_rows, config=combine):
         image[y0:y1], weight[y0:y1], expmap[y0:y1] = res.image, res.weight, res.exptime
         nexp[y0:y1], rejected[y0:y1] = res.ninputs, res.rejected
         n_rejected += res.n_rejected
@@ -342,7 +344,13 @@ def run_coadd(step: Any, task: Any) -> Any:
     cards.update(relcal_cards)
     if fwhms:
         cards["FWHMIN"] = (round(float(np.median(fwhms)), 3), "[arcsec] median FWHM of the inputs")
-    psf, psf_note = coadd_psf(image, weight, pixel_scale=scale, config=cfg)
+    from scipy.ndimage import maximum_filter
+
+    # where an input that covers a pixel did not contribute (rejected, or masked in the input), the PSF is another
+    # set's combination: stars there are not PSF stars
+    incomplete = (rejected > 0) | (nexp < maximum_filter(nexp, size=15))
+    psf, psf_note = coadd_psf(image, weight, pixel_scale=scale, config=cfg, incomplete=incomplete)
+    del incomplete
     if psf is not None:
         cards.update(psf_cards(psf))
     _header_cards(header, cards)
@@ -369,7 +377,8 @@ def run_coadd(step: Any, task: Any) -> Any:
     coverage = float(covered.mean())
     meta.update({"zero_point": round(zp, 5), "n_exposures": int(used.sum()), "depth_5sigma_3arcsec": round(depth, 3),
                  "noise_correlation": round(correlation, 4), "coverage": round(coverage, 4),
-                 "rejected_pixels": [int(v) for v in n_rejected], "input_zero_points": [round(z, 4) for z in zps],
+                 "rejected_pixels": [int(v) for v in n_rejected],
+                 "psf_tolerance": [round(float(v), 4) for v in psf_amp], "input_zero_points": [round(z, 4) for z in zps],
                  "shape": [ny, nx], "qc_reasons": []})
     meta.update(psf_meta(psf))
     if refused:
@@ -405,7 +414,8 @@ def _header_cards(h: fits.Header, cards: dict[str, tuple[Any, str]]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the coadd's PSF
-def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, config: Any) -> tuple[Any, str]:
+def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, config: Any,
+              incomplete: np.ndarray | None = None) -> tuple[Any, str]:
     """The PSF model of a coadd, measured as the reduction measures a frame's.
 
     The sources of ``image`` (background-subtracted counts) are detected with the reduction's detection
@@ -423,6 +433,10 @@ def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, conf
         arcsec per pixel of the grid.
     config : CoaddConfig
         Its ``detect`` and ``psf`` configurations.
+    incomplete : ndarray of bool, optional
+        Pixels where some input that covers them did not contribute (rejected there, or masked in the input): a
+        star touching them has a combination of another set of PSFs, and is not a PSF star (``SUSPECT`` in its
+        ``IMAFLAGS_ISO``).
 
     Returns
     -------
@@ -444,6 +458,8 @@ def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, conf
     if covered.any():
         var[~covered] = np.float32(np.max(var[covered]) * 1e6)
     mask = np.where(covered, 0, mb.NODATA).astype(mb.MASK_DTYPE)
+    if incomplete is not None:
+        mask[np.asarray(incomplete, bool) & covered] |= mb.SUSPECT
     try:
         cat = detect_sources(img, var, mask, pixel_scale=pixel_scale, config=config.detect).catalog
         snr = np.asarray(cat["FLUX_AUTO"]) / np.maximum(np.asarray(cat["FLUXERR_AUTO"]), 1e-30)
