@@ -40,7 +40,7 @@ import numpy as np
 from upad import maskbits as mb
 from upad.config import StepConfig, param
 from upad.errors import UpadError
-from upad.coadd.resample import ResampleConfig, ResamplePlan, plan_resample, resample_rows
+from upad.coadd.resample import ResampleConfig, ResamplePlan, Workspace, plan_resample, resample_rows
 from upad.reduce._jit import njit, prange, sorted_median
 
 __all__ = ["CombineConfig", "CombineError", "CombineResult", "GridExposure", "InputExposure", "clipped_combine",
@@ -403,13 +403,17 @@ def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wc
     plans: list[ResamplePlan] = [plan_resample(np.shape(e.image), src_wcs=e.wcs, dst_wcs=dst_wcs,
                                                dst_shape=(ny, nx), config=resample_config) for e in exposures]
     step = int(config.block_rows)
+    # scratch memory reused from block to block (the stack, the resampling's windows): allocated once
+    ws = Workspace()
     for r0 in range(0, ny, step):
         r1 = min(ny, r0 + step)
         sel = [i for i, p in enumerate(plans) if not p.empty and p.bbox[0] < r1 and p.bbox[1] > r0]
         k = len(sel)
-        imgs = np.zeros((k, r1 - r0, nx), np.float32)
-        wts = np.zeros((k, r1 - r0, nx), np.float32)
-        msk = np.zeros((k, r1 - r0, nx), mb.MASK_DTYPE)
+        imgs = ws.get("stack_image", (k, r1 - r0, nx), np.float32)
+        wts = ws.get("stack_weight", (k, r1 - r0, nx), np.float32)
+        msk = ws.get("stack_mask", (k, r1 - r0, nx), mb.MASK_DTYPE)
+        for arr in (imgs, wts, msk):
+            arr.fill(0)
         sums = [(0.0, 0)] * n
         for j, i in enumerate(sel):
             p, e = plans[i], exposures[i]
@@ -417,7 +421,7 @@ def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wc
             a0, a1 = max(r0, y0), min(r1, y1)
             out = (imgs[j, a0 - r0:a1 - r0, x0:x1], wts[j, a0 - r0:a1 - r0, x0:x1], msk[j, a0 - r0:a1 - r0, x0:x1])
             *_, rs, rn = resample_rows(p, e.image, e.noise, e.mask, a0, a1, noise=noise, config=resample_config,
-                                       out=out)
+                                       out=out, workspace=ws)
             sums[i] = (rs, rn)
         if k:
             res = clipped_combine(imgs, wts, msk, gains=g[sel], exptimes=t[sel], config=config)
