@@ -130,9 +130,9 @@ class InputExposure:
 def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, clip_ampfrac,
              out_img, out_wt, out_exp, out_n, out_rej, rej_rows):  # pragma: no cover - compiled
     n, ny, nx = images.shape
+    cs2 = clip_sigma * clip_sigma
     for r in prange(ny):
         vals = np.empty(n)
-        var = np.empty(n)
         wts = np.empty(n)
         idx = np.empty(n, np.int64)
         tmp = np.empty(n)
@@ -145,7 +145,6 @@ def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, c
                 if w > 0.0 and math.isfinite(w) and math.isfinite(p) and (masks[i, r, c] & bad_bits) == 0:
                     vals[k] = p
                     wts[k] = w
-                    var[k] = 1.0 / w
                     idx[k] = i
                     k += 1
             nrej = 0
@@ -164,9 +163,10 @@ def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, c
                 mu = sorted_median(tmp, k)
                 amu = abs(mu)
                 for q in range(k):
-                    i = idx[q]
-                    sig = math.sqrt(var[q] + amu * inv_gain[i])
-                    if abs(vals[q] - mu) > clip_sigma * sig + clip_ampfrac * amu:
+                    # |p - mu| > clip_sigma sqrt(1/w + |mu|/gain) + clip_ampfrac |mu|, without a square root or a
+                    # division: with e = |p - mu| - clip_ampfrac |mu| >= 0, e² w > clip_sigma² (1 + |mu| w / gain)
+                    e = abs(vals[q] - mu) - clip_ampfrac * amu
+                    if e > 0.0 and e * e * wts[q] > cs2 * (1.0 + amu * inv_gain[idx[q]] * wts[q]):
                         keep[q] = False
                         nrej += 1
                 if k == 2 and nrej > 0:
