@@ -11,7 +11,8 @@ whose inputs are these files — and does everything the step does: reads each r
 background model, spills image, weight and mask to memory-mapped scratch files, scales them to the coadd's zero
 point, resamples and combines block by block (LANCZOS3, CLIPPED), and writes the product (SCI, WEIGHT, EXPMAP,
 NEXP, compressed MASK) and its PNG preview. Wall and CPU time and the peak resident memory (``ru_maxrss`` of the
-child from ``wait4``) for each number of inputs.
+child from ``wait4``: it counts the pages of the memory-mapped scratch files that the kernel keeps resident; the
+child also samples its anonymous resident memory, ``RssAnon``) for each number of inputs.
 
 SWarp (``COMBINE_TYPE=CLIPPED``, :func:`bench_coadd.swarp_cmd`, ``NTHREADS = --threads``) coadds the same frames
 from :mod:`bench_coadd`'s single-image files (the same pixels without the sky: ``SUBTRACT_BACK = N``) onto the
@@ -95,11 +96,13 @@ def run_step(paths: list[str], staging: str, gshape: tuple[int, int], block_rows
     task = Task(step="coadd", job_id=1, attempt_id=1, provenance_id="b" * 64, unit_key="t80cam/TILE-00001/rSDSS",
                 context=context, config=CoaddConfig(block_rows=block_rows), inputs=inputs, root=staging,
                 staging=staging)
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    out = Coadd().run(task)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "qc_status": out.qc_status,
+    with bc.AnonSampler() as anon:
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        out = Coadd().run(task)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_anon_rss_mb": round(anon.peak, 1),
+            "qc_status": out.qc_status,
             "files": [f.staged for f in out.files], "n_exposures": out.meta.get("n_exposures"),
             "rejected_pixels": out.meta.get("rejected_pixels"), "noise_correlation": out.meta.get("noise_correlation"),
             "numba_threads": int(os.environ.get("NUMBA_NUM_THREADS", "0")) or None}
@@ -198,13 +201,14 @@ def main() -> int:
         shutil.rmtree(staging, ignore_errors=True)
         result["runs"].append(run)
     print()
-    print(f"{'N':>3s} {'prog':>6s} {'wall (s)':>9s} {'CPU (s)':>8s} {'maxrss MB':>10s} {'wall/N':>7s}")
+    print(f"{'N':>3s} {'prog':>6s} {'wall (s)':>9s} {'CPU (s)':>8s} {'maxrss MB':>10s} {'anon MB':>8s} {'wall/N':>7s}")
     for run in result["runs"]:
         for prog in ("step", "swarp"):
             if prog in run:
                 r = run[prog]
                 print(f"{run['n']:>3d} {prog:>6s} {r['wall_seconds']:>9.1f} {r['cpu_seconds_child']:>8.1f} "
-                      f"{r['maxrss_mb_child']:>10.0f} {r['wall_seconds'] / run['n']:>7.1f}")
+                      f"{r['maxrss_mb_child']:>10.0f} {r.get('peak_anon_rss_mb', float('nan')):>8.0f} "
+                      f"{r['wall_seconds'] / run['n']:>7.1f}")
         if "speedup_wall" in run:
             print(f"    SWarp / step: wall {run['speedup_wall']}x")
     for prog in ("step", "swarp"):
