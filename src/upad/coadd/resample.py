@@ -55,7 +55,15 @@ Memory
     the exposure is rotated on the tile, over chunks of 1024 columns of it), reading a window of the input prepared
     once (value, good flag, variance, mask and a
     running count of flagged pixels: 18 bytes per pixel) so that the loop has no tests and takes a shorter path where
-    no pixel under the kernel is flagged. The window stays small at any rotation between exposure and tile.
+    no pixel under the kernel is flagged. The window stays small at any rotation between exposure and tile. These
+    scratch arrays (window, coordinates, the chunk's results) live in a :class:`Workspace` that a loop over blocks
+    reuses, so that they are allocated (and their pages faulted in by the kernel) once per run, not once per block.
+
+Speed
+    The kernel loop (:func:`_resample_block`) is compiled with the number of taps as a constant and, where every
+    pixel under the kernel is usable, sums the separable kernel row by row (``2a`` sums along the rows with the
+    ``x`` weights, then one with the ``y`` weights); :func:`_resample_block_reference` is the plain loop that it is
+    tested against (equal to float rounding).
 """
 from __future__ import annotations
 
