@@ -132,6 +132,8 @@ def main() -> int:
     ap.add_argument("--aperture", type=float, default=10.0, help="aperture radius for the flux ratios (px)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/upad_bench_coadd"))
     ap.add_argument("--skip-swarp", action="store_true")
+    ap.add_argument("--swarp-n", default="", help="run SWarp only for these numbers of exposures (comma-separated; "
+                                                "default: all; bench_coadd.py measures SWarp's linearity)")
     ap.add_argument("--keep", action="store_true", help="keep the frames, reduced frames and coadds")
     ap.add_argument("--json", type=Path, help="write the results there")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -145,6 +147,7 @@ def main() -> int:
         return 0
 
     ns = sorted({int(v) for v in args.n.split(",")})
+    swarp_n = {int(v) for v in args.swarp_n.split(",") if v.strip()}
     work = args.work / f"{shape[0]}x{shape[1]}_tan_s{args.seed}"
     red = work / "reduced"
     red.mkdir(parents=True, exist_ok=True)
@@ -180,7 +183,7 @@ def main() -> int:
             raise SystemExit(f"the coadd step failed:\n{err[-3000:]}")
         run["step"] = {**json.loads(out.strip().splitlines()[-1]), **res}
         print(f"N = {n}  step:  {run['step']}", flush=True)
-        if not args.skip_swarp:
+        if not args.skip_swarp and (not swarp_n or n in swarp_n):
             sw = work / f"swarp_step_{n}.fits"
             (work / f"swarp_step_{n}.head").write_text(head.tostring(sep="\n", endcard=True, padding=False) + "\n")
             res, out, err = bc.timed_child(bc.swarp_cmd(plain, sw, args.threads, work), env)
