@@ -40,7 +40,7 @@ import numpy as np
 from upad import maskbits as mb
 from upad.config import StepConfig, param
 from upad.errors import UpadError
-from upad.coadd.resample import ResampleConfig, ResamplePlan, plan_resample, resample_rows
+from upad.coadd.resample import ResampleConfig, ResamplePlan, Workspace, plan_resample, resample_rows
 from upad.reduce._jit import njit, prange, sorted_median
 
 __all__ = ["CombineConfig", "CombineError", "CombineResult", "GridExposure", "InputExposure", "clipped_combine",
@@ -130,9 +130,9 @@ class InputExposure:
 def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, clip_ampfrac,
              out_img, out_wt, out_exp, out_n, out_rej, rej_rows):  # pragma: no cover - compiled
     n, ny, nx = images.shape
+    cs2 = clip_sigma * clip_sigma
     for r in prange(ny):
         vals = np.empty(n)
-        var = np.empty(n)
         wts = np.empty(n)
         idx = np.empty(n, np.int64)
         tmp = np.empty(n)
@@ -145,7 +145,6 @@ def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, c
                 if w > 0.0 and math.isfinite(w) and math.isfinite(p) and (masks[i, r, c] & bad_bits) == 0:
                     vals[k] = p
                     wts[k] = w
-                    var[k] = 1.0 / w
                     idx[k] = i
                     k += 1
             nrej = 0
@@ -164,9 +163,10 @@ def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, c
                 mu = sorted_median(tmp, k)
                 amu = abs(mu)
                 for q in range(k):
-                    i = idx[q]
-                    sig = math.sqrt(var[q] + amu * inv_gain[i])
-                    if abs(vals[q] - mu) > clip_sigma * sig + clip_ampfrac[i] * amu:
+                    # |p - mu| > clip_sigma sqrt(1/w + |mu|/gain) + clip_ampfrac |mu|, without a square root or a
+                    # division: with e = |p - mu| - clip_ampfrac |mu| >= 0, e² w > clip_sigma² (1 + |mu| w / gain)
+                    e = abs(vals[q] - mu) - clip_ampfrac[idx[q]] * amu
+                    if e > 0.0 and e * e * wts[q] > cs2 * (1.0 + amu * inv_gain[idx[q]] * wts[q]):
                         keep[q] = False
                         nrej += 1
                 if k == 2 and nrej > 0:
@@ -443,13 +443,17 @@ def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wc
     plans: list[ResamplePlan] = [plan_resample(np.shape(e.image), src_wcs=e.wcs, dst_wcs=dst_wcs,
                                                dst_shape=(ny, nx), config=resample_config) for e in exposures]
     step = int(config.block_rows)
+    # scratch memory reused from block to block (the stack, the resampling's windows): allocated once
+    ws = Workspace()
     for r0 in range(0, ny, step):
         r1 = min(ny, r0 + step)
         sel = [i for i, p in enumerate(plans) if not p.empty and p.bbox[0] < r1 and p.bbox[1] > r0]
         k = len(sel)
-        imgs = np.zeros((k, r1 - r0, nx), np.float32)
-        wts = np.zeros((k, r1 - r0, nx), np.float32)
-        msk = np.zeros((k, r1 - r0, nx), mb.MASK_DTYPE)
+        imgs = ws.get("stack_image", (k, r1 - r0, nx), np.float32)
+        wts = ws.get("stack_weight", (k, r1 - r0, nx), np.float32)
+        msk = ws.get("stack_mask", (k, r1 - r0, nx), mb.MASK_DTYPE)
+        for arr in (imgs, wts, msk):
+            arr.fill(0)
         sums = [(0.0, 0)] * n
         for j, i in enumerate(sel):
             p, e = plans[i], exposures[i]
@@ -457,7 +461,7 @@ def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wc
             a0, a1 = max(r0, y0), min(r1, y1)
             out = (imgs[j, a0 - r0:a1 - r0, x0:x1], wts[j, a0 - r0:a1 - r0, x0:x1], msk[j, a0 - r0:a1 - r0, x0:x1])
             *_, rs, rn = resample_rows(p, e.image, e.noise, e.mask, a0, a1, noise=noise, config=resample_config,
-                                       out=out)
+                                       out=out, workspace=ws)
             sums[i] = (rs, rn)
         if k:
             res = clipped_combine(imgs, wts, msk, gains=g[sel], exptimes=t[sel], psf_ampfrac=pa[sel], config=config)

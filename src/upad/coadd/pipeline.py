@@ -75,9 +75,10 @@ def prepare_exposure(frame: Any, *, zero_point: float, name: str, product_id: in
                                rms_mesh=np.zeros_like(mesh, np.float32), mesh_px=mesh_px, shape=image.shape)
         bkg.subtract(image)
     scale = 10.0 ** (0.4 * (zero_point - float(frame.zero_point)))
-    image *= np.float32(scale)
     weight = np.asarray(frame.weight if frame.weight is not None else np.zeros_like(image), np.float32)
-    weight = weight / np.float32(scale * scale)
+    if scale != 1.0:  # (to the frame's own zero point, as the coadd worker first prepares it, s = 1 exactly)
+        image *= np.float32(scale)
+        weight = weight / np.float32(scale * scale)
     fwhm = frame.header.get("FWHM") or frame.header.get("PSF_FWHM")
     return PreparedExposure(name=name, image=image, weight=weight, mask=np.asarray(frame.mask), wcs=frame.wcs,
                             scale=scale, exptime=float(frame.header.get("EXPTIME") or frame.primary_header.get(
@@ -282,8 +283,10 @@ def run_coadd(step: Any, task: Any) -> Any:
     relcal_cards, meta["relative_calibration"] = relative_calibration(prepared, stars, task=task, grid=grid)
     zps = [e.zero_point for e in prepared]
     zp = float(cfg.zero_point) if cfg.zero_point else float(np.median(zps))
-    for e in prepared:  # to the coadd's zero point, in place, by blocks of rows
+    for e in prepared:  # to the coadd's zero point, in place, by blocks of rows (nothing to do for s = 1 exactly)
         e.scale = 10.0 ** (0.4 * (zp - e.zero_point))
+        if e.scale == 1.0:
+            continue
         for y in range(0, e.image.shape[0], 1024):
             e.image[y:y + 1024] *= np.float32(e.scale)
             e.weight[y:y + 1024] /= np.float32(e.scale * e.scale)
