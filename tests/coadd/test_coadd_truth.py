@@ -262,9 +262,9 @@ def _true_combined_fwhm(t, gx: float, gy: float) -> float:
 
 
 @pytest.mark.xfail(strict=True, reason="open (issue 12): the coadd PSF model is +3.7 % wider than the truth-weighted "
-                   "combination of the inputs (range over the field +0.4 … +6.4 %, 21 PSF stars). It was +2.9 % "
-                   "before the joint relative calibration, +4.4 % with it; neither calibration alone moves the "
-                   "inputs by more than 1 mas or 1 %: the mini tile's few PSF stars make the figure move by ~1 %")
+                   "combination of the inputs (range over the field +0.3 … +6.4 %, 21 PSF stars), the same with the "
+                   "joint relative calibration off; Lanczos-3 resampling accounts for +0.3 %, the inputs' own PSF "
+                   "models are within 0.4 % of their truth: the remaining ~3 % is not explained")
 def test_psf_fwhm_against_the_truth_weighted_combination(tile):
     from upad.io.products import read_psf
 
