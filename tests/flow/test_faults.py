@@ -412,3 +412,20 @@ def test_outage_errors_are_told_from_statement_errors():
     assert is_outage(OperationalError("COMMIT", {}, Orig("database or disk is full")))
     assert not is_outage(ProgrammingError("SELECT x", {}, Orig('column "x" does not exist')))
     assert not is_outage(OperationalError("SELECT 1", {}, Orig("near \"SELEC\": syntax error")))
+
+
+def test_a_products_missing_file_blocks_but_a_missing_picture_does_not(tmp_path):
+    """Input verification: every file a step reads must be there (MissingInputError with its path: the job waits);
+    a product's previews and QC plots are for people, and their absence holds nothing back."""
+    from upad.errors import MissingInputError
+    from upad.flow.worker import verify_inputs
+
+    data, png = tmp_path / "x_red.fits", tmp_path / "x.png"
+    data.write_bytes(b"data")
+    item = {"kind": "product", "id": 7, "role": "exposure", "paths": [str(data), str(png)],
+            "meta": {"step": "reduce", "unit_key": "u", "file_roles": ["reduced", "preview"]}}
+    assert verify_inputs([item]) == {}  # the preview is missing: no matter
+    data.unlink()
+    with pytest.raises(MissingInputError) as exc:
+        verify_inputs([item])
+    assert exc.value.path == str(data) and "x_red.fits" in str(exc.value)

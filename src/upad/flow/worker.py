@@ -66,6 +66,10 @@ def release_free_memory() -> None:
         pass
 
 
+#: file roles of a product that no step reads (pictures for people)
+PICTURE_ROLES = frozenset({"preview", "qc_plot"})
+
+
 def verify_inputs(inputs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Check that every raw frame a job reads is the file that was registered, and that the files of every product
     it reads are there, before the job uses them.
@@ -83,10 +87,14 @@ def verify_inputs(inputs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     for item in inputs:
         if item["kind"] == "product":
             # a product's files are immutable archive files: they must be there (a missing one is an environment
-            # fault — an unmounted or restored archive —, the job waits for it); not hashed again (large)
-            for path in item["paths"]:
+            # fault — an unmounted or restored archive —, the job waits for it); not hashed again (large). Its
+            # pictures (previews, QC plots) are for people: no step reads them, a missing one holds no job back
+            meta = item.get("meta", {})
+            roles = list(meta.get("file_roles") or [])
+            for k, path in enumerate(item["paths"]):
+                if k < len(roles) and roles[k] in PICTURE_ROLES:
+                    continue
                 if not os.path.exists(path):
-                    meta = item.get("meta", {})
                     raise MissingInputError(
                         f"input product {item['id']} ({meta.get('step', '?')} {meta.get('unit_key', '')}) is missing "
                         f"its file {path}", path=path,
