@@ -34,7 +34,7 @@ import numpy as np
 
 __all__ = ["GOALS", "TruthInput", "CoaddTruth", "mean_epoch", "sky_at_epoch", "sigma_map", "object_light",
            "full_depth", "covered_by_all", "isolated_stars", "true_combined_fwhm", "psf_figures", "flux_figures",
-           "position_figures", "star_centroids", "cross_filter_figures", "artefact_figures", "noise_figures",
+           "position_figures", "flux_conservation_figures", "star_centroids", "cross_filter_figures", "artefact_figures", "noise_figures",
            "robust_std", "load_coadd_truth"]
 
 #: the goals of issue 12 §3
@@ -366,6 +366,60 @@ def flux_figures(c: CoaddTruth, column: str, *, min_snr: float = 100.0) -> dict[
     return out | {"median": med, "scatter": float(1.4826 * np.median(np.abs(ratio - med))),
                   "aperture_arcsec": 2 * r * c.pixel_scale_arcsec, "enclosed_fraction": float(np.median(ee)),
                   "ratio": ratio}
+
+
+def flux_conservation_figures(c: CoaddTruth, *, min_snr: float = 100.0) -> dict[str, Any]:
+    """The coadd's aperture flux of the isolated S/N > ``min_snr`` stars (3 FWHM, less a 5-8 FWHM annulus, the
+    coadd's ``PSFFWHM``) against the same aperture on the sky on each input (background-subtracted with the
+    reduction's model and scaled to ``MAGZP``, :func:`upad.coadd.pipeline.prepare_exposure`; at the star's truth
+    position through the true WCS), averaged with the inputs' weights at the star: what the resampling and the
+    combination keep of the inputs' light, apart from any PSF model (a diagnostic of :func:`flux_figures`).
+
+    Returns ``n``, ``median``, ``scatter`` of coadd / inputs, and per input ``inputs_vs_truth`` (median of its
+    aperture flux / the ``magnom_`` truth flux, no aperture correction), ``coadd_vs_truth_raw`` (the same for the
+    coadd) and ``n_core_rejected`` (stars whose centre pixel has ``NEXP`` below the number of inputs: an input
+    rejected there by the combination)."""
+    import sep
+
+    from upad.coadd.pipeline import prepare_exposure
+
+    ids, x, y, _ = isolated_stars(c, min_snr=min_snr)
+    if len(ids) == 0:
+        return {"n": 0, "median": float("nan"), "scatter": float("nan"), "inputs_vs_truth": []}
+    fwhm = c.fwhm_px
+    r, r_in, r_out = 3 * fwhm, 5 * fwhm, 8 * fwhm
+    f, _, _ = sep.sum_circle(np.ascontiguousarray(c.sci), x, y, r, bkgann=(r_in, r_out), subpix=5)
+    sky_ids = np.asarray(c.sky["id"])
+    order = np.argsort(sky_ids)
+    truth = 10 ** (-0.4 * (np.asarray(c.sky[f"magnom_{c.filter}"], float)[order[np.searchsorted(sky_ids[order], ids)]]
+                           - c.zero_point))
+    ra, dec = c.grid.pixel_to_world_values(x, y)
+    ra1, dec1 = c.grid.pixel_to_world_values(x + 1, y)
+    num = np.zeros(len(ids))
+    den = np.zeros(len(ids))
+    per_input = []
+    for i in c.inputs:
+        ex = prepare_exposure(i.frame, zero_point=c.zero_point, name="input", product_id=0)
+        ix, iy = i.true_wcs.world_to_pixel_values(ra, dec)
+        jx, jy = i.true_wcs.world_to_pixel_values(ra1, dec1)
+        k = float(np.median(np.hypot(jx - ix, jy - iy)))  # input pixels per grid pixel
+        a, _, _ = sep.sum_circle(np.ascontiguousarray(ex.image, dtype=np.float64), ix, iy, r * k,
+                                 bkgann=(r_in * k, r_out * k), subpix=5)
+        ny, nx = ex.weight.shape
+        w = ex.weight[np.clip(np.round(iy).astype(int), 0, ny - 1), np.clip(np.round(ix).astype(int), 0, nx - 1)]
+        w = np.asarray(w, float)
+        num += w * a
+        den += w
+        per_input.append(float(np.median(a / truth)))
+        del ex
+    good = den > 0
+    ratio = f[good] / (num[good] / den[good])
+    med = float(np.median(ratio)) if ratio.size else float("nan")
+    ny, nx = c.nexp.shape
+    core = c.nexp[np.clip(np.round(y).astype(int), 0, ny - 1), np.clip(np.round(x).astype(int), 0, nx - 1)]
+    return {"n": int(good.sum()), "median": med, "scatter": robust_std(ratio) if ratio.size else float("nan"),
+            "coadd_vs_truth_raw": float(np.median(f / truth)), "inputs_vs_truth": per_input,
+            "n_core_rejected": int(np.sum(core < len(c.inputs)))}
 
 
 def star_centroids(c: CoaddTruth, *, min_snr: float = 100.0) -> dict[str, Any]:
