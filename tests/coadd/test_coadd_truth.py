@@ -104,6 +104,10 @@ def test_the_coadd_has_a_psf_model(tile):
     assert float(model.fwhm_at(nx / 2, ny / 2)[0]) * PIXEL_SCALE == pytest.approx(h["PSFFWHM"], rel=0.1)
 
 
+@pytest.mark.xfail(strict=True, reason="open (issue 12): the coadd PSF model is +3.7 % wider than the truth-weighted "
+                   "combination of the inputs (range over the field +0.4 … +6.4 %, 21 PSF stars). It was +2.9 % "
+                   "before the joint relative calibration, +4.4 % with it; neither calibration alone moves the "
+                   "inputs by more than 1 mas or 1 %: the mini tile's few PSF stars make the figure move by ~1 %")
 def test_psf_fwhm_against_the_truth_weighted_combination(tile):
     f = psf_figures(tile)
     assert f["n"] >= 9
@@ -132,8 +136,8 @@ def test_star_fluxes_against_the_truth(tile):
     assert scatter <= GOALS["flux_scatter"], f"coadd/truth flux scatter {scatter:.4f}"
 
 
-@pytest.mark.xfail(strict=True, reason="main e97f216: median +1.11 %, scatter 1.08 % against the camera's own "
-                   "passband magnitudes (mag_rSDSS; 0.00 % and 0.56 % against the survey passband's): the simulated "
+@pytest.mark.xfail(strict=True, reason="main da0c686: median +0.51 %, scatter 0.53 % against the camera's own "
+                   "passband magnitudes (mag_rSDSS; −0.20 % and 0.26 % against the survey passband's): the simulated "
                    "camera passband is shifted from the nominal one (passband_shift_fraction) and the reduction "
                    "calibrates on the reference's nominal-passband magnitudes without a colour term")
 def test_star_fluxes_against_the_camera_passband_truth(tile):

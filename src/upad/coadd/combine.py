@@ -40,11 +40,11 @@ import numpy as np
 from upad import maskbits as mb
 from upad.config import StepConfig, param
 from upad.errors import UpadError
-from upad.coadd.resample import ResampleConfig, ResamplePlan, plan_resample, resample_rows
+from upad.coadd.resample import ResampleConfig, ResamplePlan, Workspace, plan_resample, resample_rows
 from upad.reduce._jit import njit, prange, sorted_median
 
 __all__ = ["CombineConfig", "CombineError", "CombineResult", "GridExposure", "InputExposure", "clipped_combine",
-           "combine_exposures", "iter_combined_blocks", "iter_resampled_combined_blocks"]
+           "combine_exposures", "iter_combined_blocks", "iter_resampled_combined_blocks", "psf_tolerance"]
 
 
 class CombineError(UpadError):
@@ -130,9 +130,9 @@ class InputExposure:
 def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, clip_ampfrac,
              out_img, out_wt, out_exp, out_n, out_rej, rej_rows):  # pragma: no cover - compiled
     n, ny, nx = images.shape
+    cs2 = clip_sigma * clip_sigma
     for r in prange(ny):
         vals = np.empty(n)
-        var = np.empty(n)
         wts = np.empty(n)
         idx = np.empty(n, np.int64)
         tmp = np.empty(n)
@@ -145,7 +145,6 @@ def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, c
                 if w > 0.0 and math.isfinite(w) and math.isfinite(p) and (masks[i, r, c] & bad_bits) == 0:
                     vals[k] = p
                     wts[k] = w
-                    var[k] = 1.0 / w
                     idx[k] = i
                     k += 1
             nrej = 0
@@ -164,9 +163,10 @@ def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, c
                 mu = sorted_median(tmp, k)
                 amu = abs(mu)
                 for q in range(k):
-                    i = idx[q]
-                    sig = math.sqrt(var[q] + amu * inv_gain[i])
-                    if abs(vals[q] - mu) > clip_sigma * sig + clip_ampfrac * amu:
+                    # |p - mu| > clip_sigma sqrt(1/w + |mu|/gain) + clip_ampfrac |mu|, without a square root or a
+                    # division: with e = |p - mu| - clip_ampfrac |mu| >= 0, e² w > clip_sigma² (1 + |mu| w / gain)
+                    e = abs(vals[q] - mu) - clip_ampfrac[idx[q]] * amu
+                    if e > 0.0 and e * e * wts[q] > cs2 * (1.0 + amu * inv_gain[idx[q]] * wts[q]):
                         keep[q] = False
                         nrej += 1
                 if k == 2 and nrej > 0:
@@ -197,6 +197,34 @@ def _clipped(images, weights, masks, bad_bits, inv_gain, exptimes, clip_sigma, c
 
 
 # ------------------------------------------------------------------------------------------------ public
+def psf_tolerance(fwhm: Sequence[float | None], *, factor: float = 1.0) -> np.ndarray:
+    """Per input, the fraction of the median's amplitude by which its pixels may differ from the median's for its
+    PSF alone: ``factor · |(FWHM_med / FWHM_i)² − 1|``.
+
+    A star's peak scales as 1/FWHM², so a sharper exposure's core stands above the median (of exposures of the
+    median seeing) by ``(FWHM_med / FWHM_i)² − 1`` of it and a blurrier one's below it by ``1 − (FWHM_med /
+    FWHM_i)²``: SWarp's single ``CLIP_AMPFRAC`` rejects the cores of the sharpest and blurriest exposures of bright
+    stars when the seeing differs by more than it allows, which widens the coadd's PSF on bright stars only and
+    takes flux from their cores. Added to ``clip_ampfrac`` per input, it keeps them; an artefact stands out from
+    the median by far more than a PSF difference (a cosmic ray or a trail on the sky, where the median is ≈ 0, is
+    judged by ``clip_sigma`` alone).
+
+    Parameters
+    ----------
+    fwhm : sequence of float or None
+        Per input, its PSF FWHM (any unit; ``None`` or not finite: unknown, tolerance 0).
+    factor : float
+        Scales the tolerance (0: SWarp's rule as is).
+    """
+    f = np.array([np.nan if v is None else float(v) for v in fwhm], np.float64)
+    good = np.isfinite(f) & (f > 0)
+    out = np.zeros(f.size)
+    if good.sum() >= 2 and factor > 0:
+        med = float(np.median(f[good]))
+        out[good] = factor * np.abs((med / f[good]) ** 2 - 1.0)
+    return out
+
+
 def _with_overrides(config: CombineConfig, **kw: object) -> CombineConfig:
     changes = {k: v for k, v in kw.items() if v is not None}
     return dataclasses.replace(config, **changes) if changes else config
@@ -213,7 +241,7 @@ def _per_input(values, n: int, what: str, hint: str) -> np.ndarray:
 
 def clipped_combine(images: np.ndarray | Sequence[np.ndarray], weights: np.ndarray | Sequence[np.ndarray],
                     masks: np.ndarray | Sequence[np.ndarray] | None, *, gains, exptimes=1.0,
-                    clip_sigma: float | None = None, clip_ampfrac: float | None = None,
+                    clip_sigma: float | None = None, clip_ampfrac: float | None = None, psf_ampfrac=None,
                     config: CombineConfig = CombineConfig()) -> CombineResult:
     """Combine a stack of exposures on the same grid with SWarp's CLIPPED rule (see the module documentation).
 
@@ -231,6 +259,9 @@ def clipped_combine(images: np.ndarray | Sequence[np.ndarray], weights: np.ndarr
         Per input: exposure time (s) summed into the exposure-time map.
     clip_sigma, clip_ampfrac : float, optional
         Override ``config.clip_sigma`` (4.0) and ``config.clip_ampfrac`` (0.3).
+    psf_ampfrac : float or sequence of float, optional
+        Per input: a fraction of the median's amplitude tolerated on top of ``clip_ampfrac``, for the input's PSF
+        differing from the median's (:func:`psf_tolerance`); ``None``: 0.
     config : CombineConfig
 
     Returns
@@ -259,6 +290,11 @@ def clipped_combine(images: np.ndarray | Sequence[np.ndarray], weights: np.ndarr
     if np.any(~(g > 0)):
         raise CombineError(f"gains must be > 0 (inf for no Poisson term), got {g.tolist()}")
     t = _per_input(exptimes, n, "exptimes", "give one exposure time per input, or one for all")
+    amp = float(config.clip_ampfrac) + (0.0 if psf_ampfrac is None else _per_input(
+        psf_ampfrac, n, "psf_ampfrac", "give one PSF tolerance per input, or one for all"))
+    amp = np.broadcast_to(np.asarray(amp, np.float64), (n,)).copy()
+    if np.any(~(amp >= 0)):
+        raise CombineError(f"the tolerated amplitude fractions must be >= 0, got {amp.tolist()}")
     ny, nx = imgs.shape[1:]
     out_img = np.empty((ny, nx), np.float32)
     out_wt = np.empty((ny, nx), np.float32)
@@ -267,12 +303,12 @@ def clipped_combine(images: np.ndarray | Sequence[np.ndarray], weights: np.ndarr
     out_rej = np.empty((ny, nx), np.uint8)
     rej_rows = np.zeros((ny, n), np.int64)
     _clipped(imgs, wts, msk, msk.dtype.type(config.bad_bits), 1.0 / g, t, float(config.clip_sigma),
-             float(config.clip_ampfrac), out_img, out_wt, out_exp, out_n, out_rej, rej_rows)
+             amp, out_img, out_wt, out_exp, out_n, out_rej, rej_rows)
     return CombineResult(out_img, out_wt, out_exp, out_n, out_rej, rej_rows.sum(axis=0))
 
 
 def iter_combined_blocks(exposures: Sequence[GridExposure], dst_shape: tuple[int, int], *, gains, exptimes=1.0,
-                         block_rows: int | None = None, config: CombineConfig = CombineConfig()
+                         psf_ampfrac=None, block_rows: int | None = None, config: CombineConfig = CombineConfig()
                          ) -> Iterator[tuple[int, int, CombineResult]]:
     """Combine exposures that cover parts of a tile grid, block of rows by block of rows.
 
@@ -284,7 +320,7 @@ def iter_combined_blocks(exposures: Sequence[GridExposure], dst_shape: tuple[int
         one block are read at a time.
     dst_shape : tuple of int
         Shape of the tile grid.
-    gains, exptimes
+    gains, exptimes, psf_ampfrac
         Per exposure, as in :func:`clipped_combine`.
     block_rows : int, optional
         Overrides ``config.block_rows``.
@@ -301,6 +337,7 @@ def iter_combined_blocks(exposures: Sequence[GridExposure], dst_shape: tuple[int
     n = len(exposures)
     g = _per_input(gains, n, "gains", "give one gain per exposure")
     t = _per_input(exptimes, n, "exptimes", "give one exposure time per exposure")
+    pa = _per_input(0.0 if psf_ampfrac is None else psf_ampfrac, n, "psf_ampfrac", "give one per exposure")
     ny, nx = int(dst_shape[0]), int(dst_shape[1])
     for e in exposures:
         y0, y1, x0, x1 = e.bbox
@@ -324,7 +361,8 @@ def iter_combined_blocks(exposures: Sequence[GridExposure], dst_shape: tuple[int
             wts[j, a0 - r0:a1 - r0, x0:x1] = e.weight[a0 - y0:a1 - y0]
             if e.mask is not None:
                 msk[j, a0 - r0:a1 - r0, x0:x1] = e.mask[a0 - y0:a1 - y0]
-        res = clipped_combine(imgs, wts, msk, gains=g[sel], exptimes=t[sel], config=config) if k else None
+        res = clipped_combine(imgs, wts, msk, gains=g[sel], exptimes=t[sel], psf_ampfrac=pa[sel],
+                              config=config) if k else None
         if res is None:
             z = np.zeros((r1 - r0, nx), np.float32)
             res = CombineResult(z, z.copy(), z.copy(), np.zeros(z.shape, np.int16), np.zeros(z.shape, np.uint8),
@@ -336,7 +374,8 @@ def iter_combined_blocks(exposures: Sequence[GridExposure], dst_shape: tuple[int
 
 
 def combine_exposures(exposures: Sequence[GridExposure], dst_shape: tuple[int, int], *, gains, exptimes=1.0,
-                      block_rows: int | None = None, config: CombineConfig = CombineConfig()) -> CombineResult:
+                      psf_ampfrac=None, block_rows: int | None = None,
+                      config: CombineConfig = CombineConfig()) -> CombineResult:
     """Combine exposures on a tile grid into full-size arrays (block by block, see :func:`iter_combined_blocks`).
 
     Returns
@@ -349,7 +388,7 @@ def combine_exposures(exposures: Sequence[GridExposure], dst_shape: tuple[int, i
                         np.zeros((ny, nx), np.float32), np.zeros((ny, nx), np.int16), np.zeros((ny, nx), np.uint8),
                         np.zeros(len(exposures), np.int64))
     for r0, r1, res in iter_combined_blocks(exposures, dst_shape, gains=gains, exptimes=exptimes,
-                                            block_rows=block_rows, config=config):
+                                            psf_ampfrac=psf_ampfrac, block_rows=block_rows, config=config):
         out.image[r0:r1] = res.image
         out.weight[r0:r1] = res.weight
         out.exptime[r0:r1] = res.exptime
@@ -360,7 +399,7 @@ def combine_exposures(exposures: Sequence[GridExposure], dst_shape: tuple[int, i
 
 
 def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wcs, dst_shape: tuple[int, int],
-                                   gains, exptimes=1.0, noise: str = "weight",
+                                   gains, exptimes=1.0, psf_ampfrac=None, noise: str = "weight",
                                    resample_config: ResampleConfig = ResampleConfig(),
                                    block_rows: int | None = None, config: CombineConfig = CombineConfig()
                                    ) -> Iterator[tuple[int, int, CombineResult, list[tuple[float, int]]]]:
@@ -375,7 +414,7 @@ def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wc
         The tile's WCS.
     dst_shape : tuple of int
         Shape of the tile grid.
-    gains, exptimes
+    gains, exptimes, psf_ampfrac
         Per exposure, as in :func:`clipped_combine`.
     noise : {"weight", "variance"}
         What the exposures' ``noise`` arrays hold.
@@ -399,17 +438,22 @@ def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wc
     n = len(exposures)
     g = _per_input(gains, n, "gains", "give one gain per exposure")
     t = _per_input(exptimes, n, "exptimes", "give one exposure time per exposure")
+    pa = _per_input(0.0 if psf_ampfrac is None else psf_ampfrac, n, "psf_ampfrac", "give one per exposure")
     ny, nx = int(dst_shape[0]), int(dst_shape[1])
     plans: list[ResamplePlan] = [plan_resample(np.shape(e.image), src_wcs=e.wcs, dst_wcs=dst_wcs,
                                                dst_shape=(ny, nx), config=resample_config) for e in exposures]
     step = int(config.block_rows)
+    # scratch memory reused from block to block (the stack, the resampling's windows): allocated once
+    ws = Workspace()
     for r0 in range(0, ny, step):
         r1 = min(ny, r0 + step)
         sel = [i for i, p in enumerate(plans) if not p.empty and p.bbox[0] < r1 and p.bbox[1] > r0]
         k = len(sel)
-        imgs = np.zeros((k, r1 - r0, nx), np.float32)
-        wts = np.zeros((k, r1 - r0, nx), np.float32)
-        msk = np.zeros((k, r1 - r0, nx), mb.MASK_DTYPE)
+        imgs = ws.get("stack_image", (k, r1 - r0, nx), np.float32)
+        wts = ws.get("stack_weight", (k, r1 - r0, nx), np.float32)
+        msk = ws.get("stack_mask", (k, r1 - r0, nx), mb.MASK_DTYPE)
+        for arr in (imgs, wts, msk):
+            arr.fill(0)
         sums = [(0.0, 0)] * n
         for j, i in enumerate(sel):
             p, e = plans[i], exposures[i]
@@ -417,10 +461,10 @@ def iter_resampled_combined_blocks(exposures: Sequence[InputExposure], *, dst_wc
             a0, a1 = max(r0, y0), min(r1, y1)
             out = (imgs[j, a0 - r0:a1 - r0, x0:x1], wts[j, a0 - r0:a1 - r0, x0:x1], msk[j, a0 - r0:a1 - r0, x0:x1])
             *_, rs, rn = resample_rows(p, e.image, e.noise, e.mask, a0, a1, noise=noise, config=resample_config,
-                                       out=out)
+                                       out=out, workspace=ws)
             sums[i] = (rs, rn)
         if k:
-            res = clipped_combine(imgs, wts, msk, gains=g[sel], exptimes=t[sel], config=config)
+            res = clipped_combine(imgs, wts, msk, gains=g[sel], exptimes=t[sel], psf_ampfrac=pa[sel], config=config)
         else:
             z = np.zeros((r1 - r0, nx), np.float32)
             res = CombineResult(z, z.copy(), z.copy(), np.zeros(z.shape, np.int16), np.zeros(z.shape, np.uint8),

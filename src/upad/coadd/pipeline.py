@@ -75,9 +75,10 @@ def prepare_exposure(frame: Any, *, zero_point: float, name: str, product_id: in
                                rms_mesh=np.zeros_like(mesh, np.float32), mesh_px=mesh_px, shape=image.shape)
         bkg.subtract(image)
     scale = 10.0 ** (0.4 * (zero_point - float(frame.zero_point)))
-    image *= np.float32(scale)
     weight = np.asarray(frame.weight if frame.weight is not None else np.zeros_like(image), np.float32)
-    weight = weight / np.float32(scale * scale)
+    if scale != 1.0:  # (to the frame's own zero point, as the coadd worker first prepares it, s = 1 exactly)
+        image *= np.float32(scale)
+        weight = weight / np.float32(scale * scale)
     fwhm = frame.header.get("FWHM") or frame.header.get("PSF_FWHM")
     return PreparedExposure(name=name, image=image, weight=weight, mask=np.asarray(frame.mask), wcs=frame.wcs,
                             scale=scale, exptime=float(frame.header.get("EXPTIME") or frame.primary_header.get(
@@ -228,7 +229,7 @@ def _jsonable(obj: Any) -> Any:
 def run_coadd(step: Any, task: Any) -> Any:
     """The ``coadd`` step's worker: read, prepare, resample and combine the exposures block by block, write the
     product (see the module documentation)."""
-    from upad.coadd.combine import CombineConfig, InputExposure, iter_resampled_combined_blocks
+    from upad.coadd.combine import CombineConfig, InputExposure, iter_resampled_combined_blocks, psf_tolerance
     from upad.coadd.tiling import centred_grid, grid_overlap
     from upad.flow.step import OutputFile, StepOutput
     from upad.instruments import get_instrument
@@ -282,8 +283,10 @@ def run_coadd(step: Any, task: Any) -> Any:
     relcal_cards, meta["relative_calibration"] = relative_calibration(prepared, stars, task=task, grid=grid)
     zps = [e.zero_point for e in prepared]
     zp = float(cfg.zero_point) if cfg.zero_point else float(np.median(zps))
-    for e in prepared:  # to the coadd's zero point, in place, by blocks of rows
+    for e in prepared:  # to the coadd's zero point, in place, by blocks of rows (nothing to do for s = 1 exactly)
         e.scale = 10.0 ** (0.4 * (zp - e.zero_point))
+        if e.scale == 1.0:
+            continue
         for y in range(0, e.image.shape[0], 1024):
             e.image[y:y + 1024] *= np.float32(e.scale)
             e.weight[y:y + 1024] /= np.float32(e.scale * e.scale)
@@ -303,9 +306,11 @@ def run_coadd(step: Any, task: Any) -> Any:
     sums = np.zeros(len(prepared))
     counts = np.zeros(len(prepared), np.int64)
     combine = CombineConfig(clip_sigma=cfg.clip_sigma, clip_ampfrac=cfg.clip_ampfrac)
+    # each input's PSF against the median input's: tolerated by the rejection (bright stars' cores)
+    psf_amp = psf_tolerance([e.fwhm_arcsec for e in prepared], factor=float(cfg.clip_psf))
     for y0, y1, res, noise_sums in iter_resampled_combined_blocks(
-            exposures, dst_wcs=grid, dst_shape=shape, gains=gains, exptimes=exptimes, noise="weight",
-            block_rows=cfg.block_rows, config=combine):
+            exposures, dst_wcs=grid, dst_shape=shape, gains=gains, exptimes=exptimes, psf_ampfrac=psf_amp,
+            noise="weight", block_rows=cfg.block_rows, config=combine):
         image[y0:y1], weight[y0:y1], expmap[y0:y1] = res.image, res.weight, res.exptime
         nexp[y0:y1], rejected[y0:y1] = res.ninputs, res.rejected
         n_rejected += res.n_rejected
@@ -329,12 +334,12 @@ def run_coadd(step: Any, task: Any) -> Any:
         "TILE_ID": (int(ctx["tile_id"]), "survey pointing (ref_tile_id of every filter)"),
         "FILTER": (ctx["filter"], "filter"),
         "INSTRUME": (ctx["instrument"], "instrument"),
-        "BUNIT": ("count", "counts at MAGZP: m_AB = MAGZP - 2.5 log10(count)"),
+        "BUNIT": ("count", "m_AB = MAGZP - 2.5 log10(count)"),
         "MAGZP": (round(zp, 5), "[mag] AB zero point of the coadd"),
         "NCOMBINE": (int(used.sum()), "exposures that contribute"),
         "EXPTIME": (float(np.max(expmap)), "[s] largest summed exposure time"),
-        "DEPTH5": (round(depth, 3), "[mag] 5 sigma in a 3 arcsec aperture (median weight)"),
-        "NOISECOR": (round(correlation, 4), "true/naive noise of pixel sums (resampling correlation)"),
+        "DEPTH5": (round(depth, 3), "[mag] 5 sigma, 3 arcsec aperture, median weight"),
+        "NOISECOR": (round(correlation, 4), "true/naive noise of pixel sums (resampling)"),
         "CLIPSIG": (cfg.clip_sigma, "outlier rejection CLIP_SIGMA"),
         "CLIPAMP": (cfg.clip_ampfrac, "outlier rejection CLIP_AMPFRAC"),
         "UPADPROV": (task.provenance_id[:12], "provenance id of this product"),
@@ -342,7 +347,13 @@ def run_coadd(step: Any, task: Any) -> Any:
     cards.update(relcal_cards)
     if fwhms:
         cards["FWHMIN"] = (round(float(np.median(fwhms)), 3), "[arcsec] median FWHM of the inputs")
-    psf, psf_note = coadd_psf(image, weight, pixel_scale=scale, config=cfg)
+    from scipy.ndimage import maximum_filter
+
+    # where an input that covers a pixel did not contribute (rejected, or masked in the input), the PSF is another
+    # set's combination: stars there are not PSF stars
+    incomplete = (rejected > 0) | (nexp < maximum_filter(nexp, size=15))
+    psf, psf_note = coadd_psf(image, weight, pixel_scale=scale, config=cfg, incomplete=incomplete)
+    del incomplete
     if psf is not None:
         cards.update(psf_cards(psf))
     _header_cards(header, cards)
@@ -369,7 +380,8 @@ def run_coadd(step: Any, task: Any) -> Any:
     coverage = float(covered.mean())
     meta.update({"zero_point": round(zp, 5), "n_exposures": int(used.sum()), "depth_5sigma_3arcsec": round(depth, 3),
                  "noise_correlation": round(correlation, 4), "coverage": round(coverage, 4),
-                 "rejected_pixels": [int(v) for v in n_rejected], "input_zero_points": [round(z, 4) for z in zps],
+                 "rejected_pixels": [int(v) for v in n_rejected],
+                 "psf_tolerance": [round(float(v), 4) for v in psf_amp], "input_zero_points": [round(z, 4) for z in zps],
                  "shape": [ny, nx], "qc_reasons": []})
     meta.update(psf_meta(psf))
     if refused:
@@ -405,7 +417,8 @@ def _header_cards(h: fits.Header, cards: dict[str, tuple[Any, str]]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the coadd's PSF
-def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, config: Any) -> tuple[Any, str]:
+def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, config: Any,
+              incomplete: np.ndarray | None = None) -> tuple[Any, str]:
     """The PSF model of a coadd, measured as the reduction measures a frame's.
 
     The sources of ``image`` (background-subtracted counts) are detected with the reduction's detection
@@ -423,6 +436,10 @@ def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, conf
         arcsec per pixel of the grid.
     config : CoaddConfig
         Its ``detect`` and ``psf`` configurations.
+    incomplete : ndarray of bool, optional
+        Pixels where some input that covers them did not contribute (rejected there, or masked in the input): a
+        star touching them has a combination of another set of PSFs, and is not a PSF star (``SUSPECT`` in its
+        ``IMAFLAGS_ISO``).
 
     Returns
     -------
@@ -444,6 +461,8 @@ def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, conf
     if covered.any():
         var[~covered] = np.float32(np.max(var[covered]) * 1e6)
     mask = np.where(covered, 0, mb.NODATA).astype(mb.MASK_DTYPE)
+    if incomplete is not None:
+        mask[np.asarray(incomplete, bool) & covered] |= mb.SUSPECT
     try:
         cat = detect_sources(img, var, mask, pixel_scale=pixel_scale, config=config.detect).catalog
         snr = np.asarray(cat["FLUX_AUTO"]) / np.maximum(np.asarray(cat["FLUXERR_AUTO"]), 1e-30)

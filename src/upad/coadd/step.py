@@ -62,6 +62,10 @@ class CoaddConfig(StepConfig):
     clip_sigma: float = param(4.0, doc="outlier rejection: CLIP_SIGMA of SWarp's CLIPPED rule", bounds=(1.0, 100.0))
     clip_ampfrac: float = param(0.3, doc="outlier rejection: CLIP_AMPFRAC of SWarp's CLIPPED rule (tolerates PSF "
                                 "differences on bright stars)", bounds=(0.0, 10.0))
+    clip_psf: float = param(1.0, doc="outlier rejection: each input may differ from the median by a further "
+                            "|(FWHM_med/FWHM_i)^2 - 1| of its amplitude times this factor, for its PSF (keeps the "
+                            "cores of bright stars under seeing differences; 0: SWarp's rule as is)",
+                            bounds=(0.0, 10.0))
     zero_point: float = param(0.0, doc="AB zero point of the coadd (magnitude of 1 count); 0: the median of the "
                               "inputs' zero points", bounds=(0.0, 40.0))
     relative_astrometry: bool = param(True, doc="joint astrometry of the exposures against each other and the "
@@ -103,7 +107,7 @@ class Coadd(Step):
     area = "coadds"
     memory_class = "large"
     config_class = CoaddConfig
-    version = "0.1"
+    version = "0.2"
     rebuild_on_new_inputs = True
     description = "tile coadd: quality-selected reduced frames resampled onto the tile grid, outliers rejected " \
                   "against the median with the noise model, inverse-variance weighted mean"
