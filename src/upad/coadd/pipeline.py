@@ -326,7 +326,7 @@ def run_coadd(step: Any, task: Any) -> Any:
         meta["qc_reasons"] = ["no exposure overlaps the tile grid"] + refused[:5]
         return StepOutput(meta=meta, qc_status="fail")
     depth = depth_5sigma(weight, pixel_scale=inst.pixel_scale, zero_point=zp, correlation=correlation)
-    fwhms = [e for e in (_fwhm(fr_meta) for fr_meta in task.inputs_by_role("exposure")) if e]
+    fwhms = [e.fwhm_arcsec for e in prepared if e.fwhm_arcsec]  # the reduced frames' own FWHM, of those combined
     stem = f"coadd_TILE-{int(ctx['tile_id']):05d}_{ctx['filter']}"
     staged = task.stage(f"{stem}.fits")
     header = grid.to_header()
@@ -397,12 +397,6 @@ def _spill(path: Path, array: np.ndarray) -> np.ndarray:
     out[:] = array
     out.flush()
     return out
-
-
-def _fwhm(resolved: Any) -> float | None:
-    values = (resolved.meta.get("qc_values") or {}) if hasattr(resolved, "meta") else {}
-    v = values.get("fwhm_arcsec") or values.get("fwhm")
-    return float(v) if v else None
 
 
 def _wcs_only(grid: WCS, what: str) -> fits.Header:
