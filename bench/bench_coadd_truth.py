@@ -260,10 +260,14 @@ def print_filter(filt: str, f: dict[str, Any]) -> None:
     print(f"  blank 3\" apertures ({noi['n']}): scatter {noi['measured']:.2f}; vs stated {noi['vs_stated']:+.2%} "
           f"[{ok(abs(noi['vs_stated']) <= G['noise'])}], vs the inputs' {noi['vs_expected']:+.2%} "
           f"[{ok(abs(noi['vs_expected']) <= G['noise'])} within {G['noise']:.0%}] ({noi['seconds']:.0f} s)")
-    print(f"  PSF FWHM / truth-weighted combination ({psf['n']} positions): median {psf['median_ratio']:.4f} "
-          f"[{ok(abs(psf['median_ratio'] - 1) <= G['psf_fwhm'])} within {G['psf_fwhm']:.0%}], range "
-          f"{psf['min_ratio']:.4f}-{psf['max_ratio']:.4f}; truth {psf['truth_arcsec']:.3f}\", PSFFWHM "
-          f"{psf['psffwhm_arcsec']:.3f}\" ({psf['seconds']:.0f} s)")
+    print(f"  PSF FWHM / truth-weighted combination of the inputs' PSFs convolved with the {psf['kernel']} kernel "
+          f"({psf['n']} positions): median {psf['resampled_median_ratio']:.4f} "
+          f"[{ok(abs(psf['resampled_median_ratio'] - 1) <= G['psf_fwhm'])} within {G['psf_fwhm']:.0%}], range "
+          f"{psf['resampled_min_ratio']:.4f}-{psf['resampled_max_ratio']:.4f}; truth "
+          f"{psf['resampled_truth_arcsec']:.3f}\", PSFFWHM {psf['psffwhm_arcsec']:.3f}\" ({psf['seconds']:.0f} s)")
+    print(f"  PSF FWHM / combination of the inputs' PSFs alone: median {psf['median_ratio']:.4f} "
+          f"[{ok(abs(psf['median_ratio'] - 1) <= G['psf_fwhm'])} within {G['psf_fwhm']:.0%}] (the kernel broadens "
+          f"the truth by {psf['kernel_broadening']:.4f})")
 
 
 def goals_met(figures: dict[str, Any], registration: dict[str, Any]) -> dict[str, bool]:
@@ -278,7 +282,8 @@ def goals_met(figures: dict[str, Any], registration: dict[str, Any]) -> dict[str
             max(f["artefacts"]["worst"].values()) < G["artefact_sigma"]
         out[f"{filt}:noise_vs_stated"] = abs(f["noise"]["vs_stated"]) <= G["noise"]
         out[f"{filt}:noise_vs_inputs"] = abs(f["noise"]["vs_expected"]) <= G["noise"]
-        out[f"{filt}:psf_fwhm"] = abs(f["psf"]["median_ratio"] - 1) <= G["psf_fwhm"]
+        out[f"{filt}:psf_fwhm"] = abs(f["psf"]["resampled_median_ratio"] - 1) <= G["psf_fwhm"]
+        out[f"{filt}:psf_fwhm_inputs_alone"] = abs(f["psf"]["median_ratio"] - 1) <= G["psf_fwhm"]
     for filt, r in registration.get("centroids", {}).items():
         out[f"{filt}:registration_median"] = r.get("median_offset_px", math.inf) <= G["registration_px"]
         out[f"{filt}:registration_rms"] = r.get("rms_px", math.inf) <= G["registration_px"]

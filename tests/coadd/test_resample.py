@@ -354,3 +354,25 @@ def test_fast_kernel_loop_equals_the_reference(kernel, monkeypatch):
     assert np.abs(got.image - ref.image).max() <= 1e-5 * scale
     np.testing.assert_allclose(got.weight[good], ref.weight[good], rtol=1e-5)
     assert got.noise_ratio == pytest.approx(ref.noise_ratio, rel=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["lanczos3", "lanczos4", "cubicspline5"])
+def test_kernel_transfer_is_what_interpolation_does_to_a_wave(kernel):
+    """A cosine of wave number k sampled on the pixels and interpolated at random sub-pixel positions u with the
+    kernel's weights comes out as ``A(k) cos(k u)`` plus an alias that averages out: ``A`` is the transfer function
+    (the blur that resampling puts on an undersampled PSF)."""
+    rng = np.random.default_rng(3)
+    table = rs.kernel_table(kernel)
+    a = rs.KERNELS[kernel][1]
+    u = rng.uniform(50.0, 10050.0, 200_000)
+    base = np.floor(u).astype(int)
+    f = u - base
+    w = table[np.round(f * (table.shape[0] - 1)).astype(int)]  # (n, 2a)
+    taps = base[:, None] + np.arange(-a + 1, a + 1)[None, :]
+    for k in (0.3, 1.1, 1.9, 2.6, 3.0):
+        value = np.sum(w * np.cos(k * taps), axis=1)
+        amp = 2 * np.mean(value * np.cos(k * u))  # projection on cos(k u); the alias is uncorrelated with it
+        assert rs.kernel_transfer(kernel, np.array(k)) == pytest.approx(amp, abs=0.01), k
+    assert float(rs.kernel_transfer(kernel, np.array(0.0))) == pytest.approx(1.0, abs=1e-9)
+    # the high frequencies of an undersampled PSF are lost: half the amplitude at the Nyquist frequency
+    assert float(rs.kernel_transfer(kernel, np.array(np.pi))) < 0.6

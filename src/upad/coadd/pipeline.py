@@ -230,6 +230,7 @@ def run_coadd(step: Any, task: Any) -> Any:
     """The ``coadd`` step's worker: read, prepare, resample and combine the exposures block by block, write the
     product (see the module documentation)."""
     from upad.coadd.combine import CombineConfig, InputExposure, iter_resampled_combined_blocks, psf_tolerance
+    from upad.coadd.resample import ResampleConfig
     from upad.coadd.tiling import centred_grid, grid_overlap
     from upad.flow.step import OutputFile, StepOutput
     from upad.instruments import get_instrument
@@ -310,7 +311,8 @@ def run_coadd(step: Any, task: Any) -> Any:
     psf_amp = psf_tolerance([e.fwhm_arcsec for e in prepared], factor=float(cfg.clip_psf))
     for y0, y1, res, noise_sums in iter_resampled_combined_blocks(
             exposures, dst_wcs=grid, dst_shape=shape, gains=gains, exptimes=exptimes, psf_ampfrac=psf_amp,
-            noise="weight", block_rows=cfg.block_rows, config=combine):
+            noise="weight", block_rows=cfg.block_rows, config=combine,
+            resample_config=ResampleConfig(kernel=cfg.resampling_kernel)):
         image[y0:y1], weight[y0:y1], expmap[y0:y1] = res.image, res.weight, res.exptime
         nexp[y0:y1], rejected[y0:y1] = res.ninputs, res.rejected
         n_rejected += res.n_rejected
@@ -340,6 +342,7 @@ def run_coadd(step: Any, task: Any) -> Any:
         "EXPTIME": (float(np.max(expmap)), "[s] largest summed exposure time"),
         "DEPTH5": (round(depth, 3), "[mag] 5 sigma, 3 arcsec aperture, median weight"),
         "NOISECOR": (round(correlation, 4), "true/naive noise of pixel sums (resampling)"),
+        "RESAMPK": (cfg.resampling_kernel, "resampling kernel"),
         "CLIPSIG": (cfg.clip_sigma, "outlier rejection CLIP_SIGMA"),
         "CLIPAMP": (cfg.clip_ampfrac, "outlier rejection CLIP_AMPFRAC"),
         "UPADPROV": (task.provenance_id[:12], "provenance id of this product"),

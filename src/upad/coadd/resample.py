@@ -80,7 +80,7 @@ from upad.errors import UpadError
 from upad.reduce._jit import njit, prange
 
 __all__ = ["KERNELS", "ResampleConfig", "ResamplePlan", "ResampledExposure", "ResampleError", "Workspace",
-           "plan_resample", "resample", "resample_rows"]
+           "kernel_table", "kernel_transfer", "plan_resample", "resample", "resample_rows"]
 
 #: Kernel name → (family, half-width ``a`` in pixels; ``2a`` taps per axis). Family 0: Lanczos-``a``
 #: ``sinc(t) sinc(t/a)``; family 1: the cardinal cubic spline (the interpolant of scipy's ``map_coordinates(order=3)``)
@@ -416,6 +416,47 @@ def kernel_table(kernel: str, steps: int = _TABLE_STEPS) -> np.ndarray:
             w += math.sqrt(3.0) * z ** abs(k) * b3
     w[np.abs(x) >= a] = 0.0
     return np.ascontiguousarray(w / w.sum(axis=1, keepdims=True))
+
+
+def kernel_transfer(kernel: str, k: np.ndarray, *, steps: int = 512) -> np.ndarray:
+    """Transfer function of the resampling kernel along one axis, averaged over the sub-pixel phase.
+
+    A source resampled at a random sub-pixel phase is, on average, the input (the source convolved with the input
+    pixel) convolved with the kernel as a continuous function of the offset ``x = tap - u`` (the weights of
+    :func:`kernel_table`, normalised per phase, for every phase): the aliased terms of the sampling carry the
+    source's phase and average out. Its transform multiplies the source's: interpolating undersampled images
+    (FWHM ≈ 2 pixels) loses high frequencies and broadens the PSF (Lanczos-3: ≈ +6 % FWHM at 2.1 pixels, +3 % at
+    2.4 pixels), whatever the kernel (Lanczos-4 a little less, the cardinal spline a little more).
+
+    Parameters
+    ----------
+    kernel : str
+        A name of :data:`KERNELS`.
+    k : array_like
+        Wave numbers (radians per input pixel).
+    steps : int
+        Phases at which the kernel is sampled (the transform is exact to ~1/steps²).
+
+    Returns
+    -------
+    ndarray
+        ``K(k) = ∫ K(x) cos(k x) dx`` (the kernel is symmetric), same shape as ``k``; ``K(0) = 1``.
+    """
+    kk = np.abs(np.asarray(k, dtype=np.float64))
+    q, t = _transfer_table(kernel, steps)
+    return np.interp(kk, q, t)
+
+
+@functools.lru_cache(maxsize=16)
+def _transfer_table(kernel: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kernel_transfer` tabulated over ``0 <= k <= 64`` rad/pixel (beyond: the kernel's steps alias)."""
+    table = kernel_table(kernel, steps)
+    _, a = KERNELS[kernel]
+    f = np.arange(steps) / steps  # phases [0, 1): each x = m - f once
+    x = (np.arange(-a + 1, a + 1)[None, :] - f[:, None]).ravel()
+    w = table[:steps].ravel() / steps
+    q = np.linspace(0.0, 64.0, 8193)
+    return q, np.cos(np.multiply.outer(q, x)) @ w
 
 
 @njit(cache=True, nogil=True)

@@ -37,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from upad.coadd.resample import KERNELS
 from upad.config import StepConfig, param
 from upad.db.models import CoaddRequest, Frame, Job, Product, Tile, TileFilter
 from upad.flow.queries import FRAME_COLUMNS, PLANNABLE_DATES, PlanContext
@@ -59,6 +60,9 @@ class CoaddConfig(StepConfig):
     min_exposures: int = param(1, doc="fewest usable exposures for a coadd", bounds=(1, None))
     margin_arcsec: float = param(60.0, doc="the tile grid's margin beyond the camera field on each side (arcsec): "
                                  "dithers and pointing errors", bounds=(0.0, 3600.0))
+    resampling_kernel: str = param("lanczos3", doc="interpolation kernel of the resampling onto the tile grid "
+                                   "(SWarp's RESAMPLING_TYPE; upad.coadd.resample.KERNELS): it broadens undersampled "
+                                   "PSFs by a few per cent (docs/coadd.md)", choices=tuple(KERNELS))
     clip_sigma: float = param(4.0, doc="outlier rejection: CLIP_SIGMA of SWarp's CLIPPED rule", bounds=(1.0, 100.0))
     clip_ampfrac: float = param(0.3, doc="outlier rejection: CLIP_AMPFRAC of SWarp's CLIPPED rule (tolerates PSF "
                                 "differences on bright stars)", bounds=(0.0, 10.0))

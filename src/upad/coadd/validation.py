@@ -45,7 +45,8 @@ GOALS = {
     "registration_px": 0.02,     # the same star at the same pixel in every filter
     "artefact_sigma": 5.0,       # no injected cosmic ray or trail above this in the coadd
     "noise": 0.05,               # blank-aperture noise within this of the stated / the inputs' expectation
-    "psf_fwhm": 0.03,            # coadd PSF FWHM within this of the truth-weighted combination of the inputs
+    "psf_fwhm": 0.03,            # coadd PSF FWHM within this of the truth-weighted combination of the inputs (and
+                                 # of it convolved with the resampling kernel)
 }
 
 
@@ -272,10 +273,15 @@ def isolated_stars(c: CoaddTruth, *, min_snr: float = 100.0
 
 
 # ------------------------------------------------------------------------------------------------ PSF
-def true_combined_fwhm(c: CoaddTruth, gx: float, gy: float) -> float:
+def true_combined_fwhm(c: CoaddTruth, gx: float, gy: float, *, kernel: str | None = None) -> float:
     """Effective FWHM (grid pixels) of the inputs' true PSFs at grid position ``(gx, gy)`` combined with the
     inputs' weights: each the simulator's profile transform of its zone, mapped onto the grid through the true WCS,
-    weighted with its reduced weight map (median over a 21-pixel box) scaled to ``MAGZP``."""
+    weighted with its reduced weight map (median over a 21-pixel box) scaled to ``MAGZP``.
+
+    ``kernel``: each input's PSF also convolved with that resampling kernel, on the input's pixels
+    (:func:`upad.coadd.resample.kernel_transfer`): what the coadd's PSF is once the inputs are resampled onto the
+    grid; ``None``: the inputs' PSFs alone."""
+    from upad.coadd.resample import kernel_transfer
     from upad.sim.psf import PSFModel
     from upad.sim.render import effective_fwhm, zone_psfs
 
@@ -312,7 +318,10 @@ def true_combined_fwhm(c: CoaddTruth, gx: float, gy: float) -> float:
             # PSF_grid(x) = |J| PSF_input(J x)  <=>  F_grid(k) = F_input(J^-T k)
             kx2 = jit[0, 0] * kx + jit[0, 1] * ky
             ky2 = jit[1, 0] * kx + jit[1, 1] * ky
-            out = out + w / wsum * z.profile_k(kx2, ky2)
+            term = z.profile_k(kx2, ky2)
+            if kernel is not None:
+                term = term * kernel_transfer(kernel, kx2) * kernel_transfer(kernel, ky2)
+            out = out + w / wsum * term
         return out
 
     guess = float(np.mean([p[1].true_fwhm_px for p in parts]))
@@ -321,21 +330,33 @@ def true_combined_fwhm(c: CoaddTruth, gx: float, gy: float) -> float:
 
 def psf_figures(c: CoaddTruth, *, n_side: int = 7, pad_px: float = 40.0) -> dict[str, Any]:
     """The coadd PSF model's FWHM against :func:`true_combined_fwhm` on an ``n_side`` x ``n_side`` grid of positions
-    that every input covers (``pad_px`` from its edges): ``n``, ``median_ratio``, ``min_ratio``, ``max_ratio``,
-    ``truth_arcsec`` (median), ``psffwhm_arcsec`` (the header's), ``inputs_fwhm_arcsec``."""
+    that every input covers (``pad_px`` from its edges).
+
+    Two truths: the combination of the inputs' true PSFs alone (``median_ratio``, ``min_ratio``, ``max_ratio``,
+    ``truth_arcsec``), and the same with each input's PSF convolved with the coadd's resampling kernel (the
+    header's ``RESAMPK``; ``resampled_median_ratio``, ``resampled_min_ratio``, ``resampled_max_ratio``,
+    ``resampled_truth_arcsec``): the PSF the coadd has once its inputs are interpolated onto the grid, which the
+    coadd's PSF model should describe. ``kernel_broadening``: median of the second truth over the first. Also
+    ``n``, ``psffwhm_arcsec`` (the header's), ``inputs_fwhm_arcsec``, ``kernel``."""
     ny, nx = c.sci.shape
     gy, gx = (v.ravel() for v in np.mgrid[0:ny - 1:n_side * 1j, 0:nx - 1:n_side * 1j])
     keep = covered_by_all(c, gx, gy, pad=pad_px)
     pts = list(zip(gx[keep].tolist(), gy[keep].tolist()))
+    kernel = str(c.header.get("RESAMPK", "lanczos3")).strip()
+    nan = float("nan")
     true = np.array([true_combined_fwhm(c, x, y) for x, y in pts])
+    true_k = np.array([true_combined_fwhm(c, x, y, kernel=kernel) for x, y in pts])
     meas = np.array([float(c.psf.fwhm_at(x, y)[0]) for x, y in pts])
-    ratio = meas / true if pts else np.zeros(0)
-    return {"n": len(pts), "median_ratio": float(np.median(ratio)) if pts else float("nan"),
-            "min_ratio": float(ratio.min()) if pts else float("nan"),
-            "max_ratio": float(ratio.max()) if pts else float("nan"),
-            "truth_arcsec": float(np.median(true) * c.pixel_scale_arcsec) if pts else float("nan"),
-            "psffwhm_arcsec": float(c.header["PSFFWHM"]),
-            "inputs_fwhm_arcsec": [round(i.fwhm_arcsec, 3) for i in c.inputs]}
+    out: dict[str, Any] = {"n": len(pts), "kernel": kernel, "psffwhm_arcsec": float(c.header["PSFFWHM"]),
+                           "inputs_fwhm_arcsec": [round(i.fwhm_arcsec, 3) for i in c.inputs],
+                           "kernel_broadening": float(np.median(true_k / true)) if pts else nan}
+    for prefix, t in (("", true), ("resampled_", true_k)):
+        ratio = meas / t if pts else np.zeros(0)
+        out.update({f"{prefix}median_ratio": float(np.median(ratio)) if pts else nan,
+                    f"{prefix}min_ratio": float(ratio.min()) if pts else nan,
+                    f"{prefix}max_ratio": float(ratio.max()) if pts else nan,
+                    f"{prefix}truth_arcsec": float(np.median(t) * c.pixel_scale_arcsec) if pts else nan})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ fluxes, positions
