@@ -32,7 +32,7 @@ from upad.reduce.errors import ReductionError
 
 __all__ = ["PhotometryConfig", "ApertureCorrection", "ZeroPoint", "WingTail", "wing_tail", "wing_beta",
            "BlankSky", "blank_sky_level", "apcor_aperture",
-           "model_tail_agrees", "aperture_correction", "zero_point",
+           "model_tail_agrees", "aperture_correction", "PointSourcePhotometry", "point_source_photometry", "zero_point",
            "add_magnitudes", "class_star"]
 
 
@@ -793,6 +793,75 @@ def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, flu
                               tail_slope=float(tail.slope) if tail is not None else float("nan"),
                               tail_n_stars=int(tail.n_stars) if tail is not None else 0,
                               tail_beta=float("nan") if t_src == "measured" else beta)
+
+
+@dataclass
+class PointSourcePhotometry:
+    """What :func:`point_source_photometry` measures: ``apcor`` (:class:`ApertureCorrection`), ``blank``
+    (:class:`BlankSky`), ``flux_aper`` (the catalog's ``FLUX_APER`` less the blank-sky level times each aperture's
+    area, ``(n, n_apertures)``), ``k_mid`` (the column of the aperture that ``apcor`` corrects), ``flux_apcor``
+    (total fluxes: that aperture times the correction at each position)."""
+
+    apcor: ApertureCorrection
+    blank: BlankSky
+    flux_aper: np.ndarray
+    k_mid: int
+    flux_apcor: np.ndarray
+
+
+def point_source_photometry(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None, catalog, psf, *,
+                            pixel_scale: float, diameters_arcsec: tuple[float, ...], bad_bits: int,
+                            config: PhotometryConfig = PhotometryConfig()) -> PointSourcePhotometry:
+    """Total fluxes of point sources from a catalog's aperture fluxes: the sky's mean above the background mesh
+    (blank discs of the largest aperture, :func:`blank_sky_level`) removed from every aperture, the flux beyond the
+    largest aperture from the PSF stars' stacked wings (:func:`wing_tail`, ``config.tail_method == "measured"``) and
+    the aperture correction measured on the PSF stars (:func:`aperture_correction`). The same for a reduced frame
+    and a coadd.
+
+    Parameters
+    ----------
+    image, variance : ndarray
+        Background-subtracted image and its variance.
+    mask : ndarray or None
+        Mask bits; pixels with any of ``bad_bits`` are ignored.
+    catalog : astropy.table.Table
+        Detections (:func:`upad.reduce.detect.detect_sources`): ``XWIN_IMAGE``, ``YWIN_IMAGE`` (1-based),
+        ``FLUX_APER``, ``FLUXERR_APER``, ``ISOAREA_IMAGE``.
+    psf : upad.reduce.psf.PsfResult
+        The PSF analysis of the image (its stars are the aperture correction's).
+    pixel_scale : float
+        arcsec per pixel.
+    diameters_arcsec : tuple of float
+        The catalog's aperture diameters.
+    bad_bits : int
+    config : PhotometryConfig
+    """
+    diam = tuple(float(v) for v in diameters_arcsec)
+    xw = np.asarray(catalog["XWIN_IMAGE"], float) - 1.0
+    yw = np.asarray(catalog["YWIN_IMAGE"], float) - 1.0
+    stars = psf.stars["index"][psf.stars["used"]]
+    k_big = int(np.argmax(diam))
+    r_iso = np.sqrt(np.maximum(np.asarray(catalog["ISOAREA_IMAGE"], float), 0.0) / math.pi)
+    # the sky's mean above the background mesh's clipped mode (faint undetected sources), on blank discs of the
+    # largest aperture: removed from every aperture flux (times its area) for the aperture correction and FLUX_APCOR
+    # (the catalog's FLUX_APER stay the sums above the mesh, as SExtractor's)
+    blank = blank_sky_level(image, mask, xw, yw, radius_px=diam[k_big] / 2.0 / pixel_scale,
+                            neighbour_radius=np.maximum(config.tail_neighbour_radii * r_iso, 2.0 * psf.fwhm_px),
+                            bad_bits=bad_bits, n_samples=config.blank_sky_samples, min_samples=config.blank_sky_min)
+    areas = np.pi * (np.asarray(diam) / 2.0 / pixel_scale) ** 2
+    flux_aper = np.asarray(catalog["FLUX_APER"], float) - blank.level * areas[None, :]
+    tail = None
+    if config.tail_method == "measured":
+        # the flux beyond the largest aperture, from the PSF stars' stacked wings
+        tail = wing_tail(image, variance, mask, xw, yw, flux_aper[:, k_big], stars,
+                         r_big_px=diam[k_big] / 2.0 / pixel_scale, fwhm_px=psf.fwhm_px,
+                         neighbour_radius=config.tail_neighbour_radii * r_iso, bad_bits=bad_bits, config=config)
+    apc = aperture_correction(xw, yw, flux_aper, np.asarray(catalog["FLUXERR_APER"]), diam, stars,
+                              shape=image.shape, pixel_scale=pixel_scale, psf_fwhm_px=psf.fwhm_px,
+                              psf_beta=psf.beta, psf_beta_error=psf.beta_error, tail=tail, config=config)
+    k_mid = int(np.argmin(np.abs(np.asarray(diam) - apc.diameter_arcsec)))
+    return PointSourcePhotometry(apcor=apc, blank=blank, flux_aper=flux_aper, k_mid=k_mid,
+                                 flux_apcor=flux_aper[:, k_mid] * apc.at(xw, yw))
 
 
 def zero_point(flux: np.ndarray, fluxerr: np.ndarray, ref_mag: np.ndarray, ref_magerr: np.ndarray | None, *,

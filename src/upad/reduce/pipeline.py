@@ -53,10 +53,8 @@ from upad.reduce.photometry import (
     PhotometryConfig,
     ZeroPoint,
     add_magnitudes,
-    aperture_correction,
-    blank_sky_level,
     class_star,
-    wing_tail,
+    point_source_photometry,
 )
 from upad.reduce.photcal import calibrate_zero_point, photcal_cards, photcal_meta, reference_column
 from upad.reduce.psf import PsfConfig, PsfResult, measure_psf
@@ -458,36 +456,15 @@ def _characterise(res: ReducedFrame, wcs_g, refcat, filter_name: str, exptime: f
     tick("psf")
     # ---- photometric calibration
     diam = tuple(float(v) for v in config.detect.aper_diameters_arcsec)
-    stars = psf.stars["index"][psf.stars["used"]]
-    k_big = int(np.argmax(diam))
-    r_iso = np.sqrt(np.maximum(np.asarray(cat["ISOAREA_IMAGE"], float), 0.0) / math.pi)
-    # the sky's mean above the background mesh's clipped mode (faint undetected sources), on blank discs of the
-    # largest aperture: removed from every aperture flux (times its area) for the aperture correction and FLUX_APCOR
-    # (the catalog's FLUX_APER stay the sums above the mesh, as SExtractor's)
-    blank = blank_sky_level(img, mask, xw, yw, radius_px=diam[k_big] / 2.0 / pixel_scale,
-                            neighbour_radius=np.maximum(config.photometry.tail_neighbour_radii * r_iso,
-                                                        2.0 * psf.fwhm_px),
-                            bad_bits=mb.UNUSABLE, n_samples=config.photometry.blank_sky_samples,
-                            min_samples=config.photometry.blank_sky_min)
+    phot = point_source_photometry(img, var, mask, cat, psf, pixel_scale=pixel_scale, diameters_arcsec=diam,
+                                   bad_bits=mb.UNUSABLE, config=config.photometry)
+    blank, apc = phot.blank, phot.apcor
     res.stats["blank_sky"] = {"level": round(blank.level, 5), "error": None if not math.isfinite(blank.error)
                               else round(blank.error, 5), "n": blank.n}
-    areas = np.pi * (np.asarray(diam) / 2.0 / pixel_scale) ** 2
-    flux_aper = np.asarray(cat["FLUX_APER"], float) - blank.level * areas[None, :]
-    tail = None
-    if config.photometry.tail_method == "measured":
-        # the flux beyond the largest aperture, from the PSF stars' stacked wings (image background-subtracted here)
-        tail = wing_tail(img, var, mask, xw, yw, flux_aper[:, k_big], stars,
-                         r_big_px=diam[k_big] / 2.0 / pixel_scale, fwhm_px=psf.fwhm_px,
-                         neighbour_radius=config.photometry.tail_neighbour_radii * r_iso, bad_bits=mb.UNUSABLE,
-                         config=config.photometry)
-    apc = aperture_correction(xw, yw, flux_aper, np.asarray(cat["FLUXERR_APER"]), diam, stars,
-                              shape=img.shape, pixel_scale=pixel_scale, psf_fwhm_px=psf.fwhm_px,
-                              psf_beta=psf.beta, psf_beta_error=psf.beta_error, tail=tail, config=config.photometry)
     res.apcor = apc
-    k_mid = int(np.argmin(np.abs(np.asarray(diam) - apc.diameter_arcsec)))
     corr = apc.at(xw, yw)
-    cat["FLUX_APCOR"] = flux_aper[:, k_mid] * corr
-    cat["FLUXERR_APCOR"] = np.asarray(cat["FLUXERR_APER"])[:, k_mid] * corr
+    cat["FLUX_APCOR"] = phot.flux_apcor
+    cat["FLUXERR_APCOR"] = np.asarray(cat["FLUXERR_APER"])[:, phot.k_mid] * corr
     cat["FLUX_APCOR"].unit = cat["FLUXERR_APCOR"].unit = "electron"
     zp = calibrate_zero_point(np.asarray(cat["FLUX_APCOR"]), np.asarray(cat["FLUXERR_APCOR"]), xw, yw, refcat,
                               det_index=ast.det_index, ref_index=ast.ref_index, exptime=exptime,
