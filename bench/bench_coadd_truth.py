@@ -213,6 +213,9 @@ def judge(sim: Path, instrument: str, coadds: dict[str, Any], reduced: dict[str,
             r = v.flux_figures(c, column)
             r.pop("ratio")
             f["flux_" + column.split("_")[0]] = r
+        r = v.flux_figures(c, f"magnom_{filt}", method="psf_model")
+        r.pop("ratio")
+        f["flux_magnom_psf_model"] = r
         f["flux_conservation"] = v.flux_conservation_figures(c)
         f["positions"] = v.position_figures(c)
         centroids[filt] = v.star_centroids(c)
@@ -240,6 +243,9 @@ def print_filter(filt: str, f: dict[str, Any]) -> None:
     print(f"  star fluxes vs magnom_{filt} ({fl['n']} isolated S/N>100 stars): median {fl['median']:.4f} "
           f"[{ok(abs(fl['median'] - 1) <= G['flux_median'])} |·-1| <= {G['flux_median']}], scatter "
           f"{fl['scatter']:.4f} [{ok(fl['scatter'] <= G['flux_scatter'])} <= {G['flux_scatter']}]")
+    print(f"  (FLUX_APCOR: the {fl['aperture_arcsec']:.1f}\" aperture times the coadd's measured aperture correction "
+          f"1/{fl['enclosed_fraction']:.4f}; corrected with the PSF model's enclosed fraction instead: median "
+          f"{f['flux_magnom_psf_model']['median']:.4f}, scatter {f['flux_magnom_psf_model']['scatter']:.4f})")
     print(f"  star fluxes vs mag_{filt} (camera passband, not the goal's): median {fc['median']:.4f}, scatter "
           f"{fc['scatter']:.4f}")
     fcons = f["flux_conservation"]
@@ -247,7 +253,7 @@ def print_filter(filt: str, f: dict[str, Any]) -> None:
           f"inputs median {fcons['median']:.4f}, scatter {fcons['scatter']:.4f}; without aperture correction, coadd "
           f"/ truth {fcons['coadd_vs_truth_raw']:.4f}, each input / truth "
           f"{', '.join(f'{q:.4f}' for q in fcons['inputs_vs_truth'])}; coadd PSF model's share of the aperture "
-          f"{fl.get('enclosed_fraction', float('nan')):.4f}; {fcons['n_core_rejected']} of {fcons['n']} stars with an "
+          f"{f['flux_magnom_psf_model'].get('enclosed_fraction', float('nan')):.4f}; {fcons['n_core_rejected']} of {fcons['n']} stars with an "
           f"input rejected at the centre (NEXP)")
     print(f"  positions ({pos['n']} stars, epoch {pos['epoch']:.3f}): {pos['rms_arcsec']:.4f}\" rms "
           f"[{ok(pos['rms_arcsec'] <= G['position_rms_arcsec'])} <= {G['position_rms_arcsec']}\"]; per axis "

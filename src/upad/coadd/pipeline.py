@@ -9,6 +9,7 @@ does the I/O and the bookkeeping.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from astropy.wcs import WCS
 from upad.errors import DataError
 
 __all__ = ["grid_shape", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma", "catalog_stars",
-           "relative_calibration", "coadd_psf", "psf_cards", "psf_meta"]
+           "relative_calibration", "coadd_psf", "psf_cards", "psf_meta", "apcor_cards", "apcor_meta"]
 
 
 def grid_shape(field_shape: tuple[int, int], *, pixel_scale: float, margin_arcsec: float) -> tuple[int, int]:
@@ -58,6 +59,10 @@ class PreparedExposure:
     zero_point: float
     fwhm_arcsec: float | None
     product_id: int
+    #: the reduction's flux beyond its largest aperture (``APCTAIL``, 1 + tail) and that aperture's diameter
+    #: (``APCBIGD``, arcsec; None in products older than the card)
+    apc_tail: float | None = None
+    apc_big_diameter: float | None = None
 
 
 def prepare_exposure(frame: Any, *, zero_point: float, name: str, product_id: int) -> PreparedExposure:
@@ -83,7 +88,35 @@ def prepare_exposure(frame: Any, *, zero_point: float, name: str, product_id: in
     return PreparedExposure(name=name, image=image, weight=weight, mask=np.asarray(frame.mask), wcs=frame.wcs,
                             scale=scale, exptime=float(frame.header.get("EXPTIME") or frame.primary_header.get(
                                 "EXPTIME") or 0.0), zero_point=float(frame.zero_point),
-                            fwhm_arcsec=float(fwhm) if fwhm else None, product_id=product_id)
+                            fwhm_arcsec=float(fwhm) if fwhm else None, product_id=product_id,
+                            apc_tail=_positive(frame.header, "APCTAIL"),
+                            apc_big_diameter=_positive(frame.header, "APCBIGD"))
+
+
+def _positive(header: Any, key: str) -> float | None:
+    v = header.get(key)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def inputs_tail(flux_weights: Sequence[float], tails: Sequence[float]) -> float:
+    """The flux of a coadd's point source beyond the largest aperture (``1 + tail``, as ``APCTAIL``) from its
+    inputs': the coadd's PSF is the inputs' PSFs mixed with their shares of its flux ``w_i`` (normalised here), so
+    the share within the aperture is ``sum w_i / T_i`` and ``T = 1 / sum(w_i / T_i)``.
+
+    Each input's tail is measured on all its stars, the coadd's own on fewer, in a wing that mixes several
+    profiles; and each input's zero point was calibrated on fluxes with its own tail, which this carries into the
+    coadd."""
+    w = np.asarray(flux_weights, float)
+    t = np.asarray(tails, float)
+    if len(w) == 0 or len(w) != len(t) or not np.all(np.isfinite(w) & (w >= 0)) or w.sum() <= 0 or \
+            not np.all(np.isfinite(t) & (t > 0)):
+        raise ValueError(f"inputs_tail needs finite positive weights and tails: {w}, {t}")
+    w = w / w.sum()
+    return float(1.0 / np.sum(w / t))
 
 
 def _mesh_px(frame: Any) -> int:
@@ -355,10 +388,16 @@ def run_coadd(step: Any, task: Any) -> Any:
     # where an input that covers a pixel did not contribute (rejected, or masked in the input), the PSF is another
     # set's combination: stars there are not PSF stars
     incomplete = (rejected > 0) | (nexp < maximum_filter(nexp, size=15))
-    psf, psf_note = coadd_psf(image, weight, pixel_scale=scale, config=cfg, incomplete=incomplete)
+    psf, psf_note, phot = coadd_psf(image, weight, pixel_scale=scale, config=cfg, incomplete=incomplete)
     del incomplete
+    own_tail = None
+    if phot is not None:  # the coadd's own measurement of the wing, kept in the meta
+        own_tail = [round(float(phot.apcor.tail), 5), phot.apcor.tail_source]
+        phot = _tail_from_inputs(phot, [e for e, n in zip(prepared, counts) if n > 0])
     if psf is not None:
         cards.update(psf_cards(psf))
+    if phot is not None:
+        cards.update(apcor_cards(phot))
     _header_cards(header, cards)
     hdus = fits.HDUList([
         fits.PrimaryHDU(header=fits.Header([("TILE_ID", int(ctx["tile_id"])), ("FILTER", ctx["filter"])])),
@@ -387,6 +426,11 @@ def run_coadd(step: Any, task: Any) -> Any:
                  "psf_tolerance": [round(float(v), 4) for v in psf_amp], "input_zero_points": [round(z, 4) for z in zps],
                  "shape": [ny, nx], "qc_reasons": []})
     meta.update(psf_meta(psf))
+    meta["apcor"] = apcor_meta(phot)
+    if meta["apcor"] is not None:
+        meta["apcor"]["own_tail"] = own_tail
+    if psf is not None and phot is None:
+        meta["qc_reasons"].append(psf_note)
     if refused:
         meta["qc_reasons"].append(f"{len(refused)} exposure(s) left out: " + "; ".join(refused[:3]))
     if psf is None:
@@ -415,8 +459,9 @@ def _header_cards(h: fits.Header, cards: dict[str, tuple[Any, str]]) -> None:
 
 # ------------------------------------------------------------------------------------------------ the coadd's PSF
 def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, config: Any,
-              incomplete: np.ndarray | None = None) -> tuple[Any, str]:
-    """The PSF model of a coadd, measured as the reduction measures a frame's.
+              incomplete: np.ndarray | None = None) -> tuple[Any, str, Any]:
+    """The PSF model and the point-source aperture correction of a coadd, measured as the reduction measures a
+    frame's.
 
     The sources of ``image`` (background-subtracted counts) are detected with the reduction's detection
     (:func:`upad.reduce.detect.detect_sources`, ``config.detect``; the noise is ``1/sqrt(weight)``, pixels without
@@ -440,14 +485,18 @@ def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, conf
 
     Returns
     -------
-    (PsfResult or None, str)
-        The PSF analysis, or None with the reason when the coadd has too few usable stars.
+    (PsfResult or None, str, PointSourcePhotometry or None)
+        The PSF analysis, or None with the reason when the coadd has too few usable stars; the aperture correction
+        to total flux measured on the PSF stars (:func:`upad.reduce.photometry.point_source_photometry`: the sky
+        above the background on blank discs, the stars' stacked wings beyond the largest aperture), or None when it
+        cannot be measured (the reason is then added to the note).
     """
     import dataclasses
 
     from upad import maskbits as mb
     from upad.reduce.detect import detect_sources
     from upad.reduce.errors import ReductionError
+    from upad.reduce.photometry import point_source_photometry
     from upad.reduce.psf import measure_psf
 
     covered = weight > 0
@@ -469,7 +518,14 @@ def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, conf
                           np.asarray(cat["ELLIPTICITY"]), np.asarray(cat["FLUX_MAX"]), pixel_scale=pixel_scale,
                           config=config.psf)
     except ReductionError as exc:
-        return None, str(exc)
+        return None, str(exc), None
+    phot, note = None, ""
+    try:
+        phot = point_source_photometry(img, var, mask, cat, res, pixel_scale=pixel_scale,
+                                       diameters_arcsec=tuple(config.detect.aper_diameters_arcsec),
+                                       bad_bits=mb.UNUSABLE | mb.NODATA, config=config.photometry)
+    except ReductionError as exc:
+        note = f"no aperture correction: {exc}"
     ny, nx = img.shape
     gy, gx = np.mgrid[0:ny - 1:33j, 0:nx - 1:33j]
     inside = covered[np.round(gy).astype(int), np.round(gx).astype(int)]
@@ -479,7 +535,7 @@ def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, conf
         res = dataclasses.replace(res, fwhm_px=float(np.median(fw)), fwhm_arcsec=float(np.median(fw)) * pixel_scale,
                                   fwhm_min_px=float(fw.min()), fwhm_max_px=float(fw.max()),
                                   ellipticity=float(np.median(el)), ellipticity_max=float(el.max()))
-    return res, ""
+    return res, note, phot
 
 
 def psf_cards(psf: Any) -> dict[str, tuple[Any, str]]:
@@ -492,6 +548,53 @@ def psf_cards(psf: Any) -> dict[str, tuple[Any, str]]:
         "PSFELLIP": (round(psf.ellipticity, 4), "median PSF ellipticity 1 - b/a"),
         "PSFNSTAR": (int(psf.n_stars), "stars of the coadd PSF model"),
     }
+
+
+def _tail_from_inputs(phot: Any, inputs: Sequence[PreparedExposure]) -> Any:
+    """``phot`` with the tail of its aperture correction from the inputs' (:func:`inputs_tail`), the shares of the
+    flux their median scaled weights (``e.weight``, already divided by the scale squared); unchanged (the coadd's
+    own tail) when an input has no ``APCTAIL`` or another largest aperture."""
+    import dataclasses
+
+    a = phot.apcor
+    if not inputs or any(e.apc_tail is None or (e.apc_big_diameter is not None and
+                                                abs(e.apc_big_diameter - a.large_diameter_arcsec) > 1e-6)
+                         for e in inputs):
+        return phot
+    shares = []
+    for e in inputs:
+        w = np.asarray(e.weight[::16, ::16], np.float64)
+        shares.append(float(np.median(w[w > 0])) if np.any(w > 0) else 0.0)
+    try:
+        tail = inputs_tail(shares, [float(e.apc_tail) for e in inputs])
+    except ValueError:
+        return phot
+    apc = dataclasses.replace(a, median=a.median / a.tail * tail, tail=tail, tail_source="inputs")
+    return dataclasses.replace(phot, apcor=apc)
+
+
+def apcor_cards(phot: Any) -> dict[str, tuple[Any, str]]:
+    """Header cards of the coadd's aperture correction (:func:`coadd_psf`), as a reduced frame's."""
+    a = phot.apcor
+    return {
+        "APCOR": (round(a.median, 5), "median aperture correction to total"),
+        "APCORDIA": (a.diameter_arcsec, "[arcsec] aperture the correction applies to"),
+        "APCTAIL": (round(a.tail, 5), "flux beyond the largest aperture: 1 + tail"),
+        "APCTSRC": (a.tail_source, "tail: inputs, measured (star wings), model"),
+        "APCNSTAR": (int(a.n_stars), "stars of the aperture correction"),
+        "APSKYOFF": (round(float(phot.blank.level), 5), "[count/pix] sky mean above the background"),
+    }
+
+
+def apcor_meta(phot: Any) -> dict[str, Any] | None:
+    """The product metadata of the coadd's aperture correction (its polynomial over the grid), None without."""
+    if phot is None:
+        return None
+    a = phot.apcor
+    return {"median": float(a.median), "diameter_arcsec": float(a.diameter_arcsec), "tail": float(a.tail),
+            "tail_source": a.tail_source, "rms": float(a.rms), "n_stars": int(a.n_stars), "order": int(a.order),
+            "coef": [float(c) for c in np.ravel(a.coef)], "shape": [int(v) for v in a.shape],
+            "sky_offset": float(phot.blank.level)}
 
 
 def psf_meta(psf: Any) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from upad.db.models import CoaddRequest, Frame, Job, Product, Tile, TileFilter
 from upad.flow.queries import FRAME_COLUMNS, PLANNABLE_DATES, PlanContext
 from upad.flow.step import Input, InputRef, Output, Step, Unit, register_step
 from upad.reduce.detect import DetectConfig
+from upad.reduce.photometry import PhotometryConfig, require_apcor_aperture
 from upad.reduce.psf import PsfConfig
 from upad.reduce.steps import unit_key
 
@@ -95,6 +96,11 @@ class CoaddConfig(StepConfig):
                                     "finish, and at the end of a run (s)", bounds=(0.0, 86400.0), critical=False)
     detect: DetectConfig = DetectConfig()
     psf: PsfConfig = PsfConfig()
+    photometry: PhotometryConfig = PhotometryConfig()
+
+    def validate(self) -> None:
+        super().validate()
+        require_apcor_aperture(self)
 
 
 def tile_unit_key(instrument: str, tile_id: int, filter_name: str) -> str:

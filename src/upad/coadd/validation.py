@@ -379,21 +379,45 @@ def _annulus_flux(image: np.ndarray, x: np.ndarray, y: np.ndarray, r: float, r_i
         return out
 
 
-def flux_figures(c: CoaddTruth, column: str, *, min_snr: float = 100.0) -> dict[str, Any]:
-    """Coadd flux / truth flux (``column`` of the sky catalog at ``MAGZP``) of the isolated S/N > ``min_snr`` stars:
-    a 3-FWHM aperture less a 5-8 FWHM annulus, divided by the coadd PSF model's share of that (its enclosed
-    fraction in the aperture less the aperture's area times its mean in the annulus).
+def flux_figures(c: CoaddTruth, column: str, *, min_snr: float = 100.0, method: str = "apcor") -> dict[str, Any]:
+    """Coadd flux / truth flux (``column`` of the sky catalog at ``MAGZP``) of the isolated S/N > ``min_snr`` stars.
+
+    ``method="apcor"``: the total flux as the catalogs measure it (``FLUX_APCOR``): the aperture of ``APCORDIA``
+    less the sky offset above the background (``APSKYOFF`` times its area), times the coadd's aperture correction
+    at the star (measured on its own PSF stars, their wings included: the product's ``meta["apcor"]``).
+    ``method="psf_model"``: a 3-FWHM aperture less a 5-8 FWHM annulus, divided by the coadd PSF model's share of
+    that (its enclosed fraction in the aperture less the aperture's area times its mean in the annulus).
 
     Returns ``n``, ``median``, ``scatter`` (robust), ``aperture_arcsec`` (diameter), ``enclosed_fraction``
-    (median), ``ratio`` (per star, ndarray), ``n_annulus_invalid`` (stars left out: no valid pixel in the
-    annulus)."""
+    (median: the inverse of the correction), ``ratio`` (per star, ndarray), ``n_annulus_invalid`` (stars left
+    out: no valid pixel in the annulus; ``psf_model``), ``method``."""
     ids, x, y, _ = isolated_stars(c, min_snr=min_snr)
-    out: dict[str, Any] = {"column": column, "n": int(len(ids))}
+    out: dict[str, Any] = {"column": column, "n": int(len(ids)), "method": method}
     if len(ids) == 0:
         return out | {"median": float("nan"), "scatter": float("nan"), "ratio": np.zeros(0)}
     sky_ids = np.asarray(c.sky["id"])
     order = np.argsort(sky_ids)
     mag = np.asarray(c.sky[column], float)[order[np.searchsorted(sky_ids[order], ids)]]
+    if method == "apcor":
+        import sep
+
+        from upad.reduce.photometry import ApertureCorrection
+
+        a = c.meta.get("apcor")
+        if not a:
+            raise ValueError("the coadd has no aperture correction (meta['apcor'])")
+        apc = ApertureCorrection(median=a["median"], tail=a["tail"], rms=a["rms"], n_stars=a["n_stars"],
+                                 coef=np.asarray(a["coef"]), order=a["order"], shape=tuple(a["shape"]),
+                                 diameter_arcsec=a["diameter_arcsec"], large_diameter_arcsec=float("nan"))
+        r = a["diameter_arcsec"] / 2.0 / c.pixel_scale_arcsec
+        f = sep.sum_circle(np.ascontiguousarray(c.sci, dtype=np.float64), x, y, r, subpix=5)[0]
+        f = f - a["sky_offset"] * math.pi * r * r
+        corr = apc.at(x, y)
+        ratio = f * corr / 10 ** (-0.4 * (mag - c.zero_point))
+        med = float(np.median(ratio))
+        return out | {"median": med, "scatter": float(1.4826 * np.median(np.abs(ratio - med))),
+                      "aperture_arcsec": 2 * r * c.pixel_scale_arcsec,
+                      "enclosed_fraction": float(np.median(1.0 / corr)), "ratio": ratio}
     fwhm = c.fwhm_px
     r, r_in, r_out = 3 * fwhm, 5 * fwhm, 8 * fwhm
     f = _annulus_flux(c.sci, x, y, r, r_in, r_out)

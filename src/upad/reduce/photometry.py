@@ -32,7 +32,7 @@ from upad.reduce.errors import ReductionError
 
 __all__ = ["PhotometryConfig", "ApertureCorrection", "ZeroPoint", "WingTail", "wing_tail", "wing_beta",
            "BlankSky", "blank_sky_level", "apcor_aperture",
-           "model_tail_agrees", "aperture_correction", "PointSourcePhotometry", "point_source_photometry", "zero_point",
+           "model_tail_agrees", "aperture_correction", "PointSourcePhotometry", "point_source_photometry", "require_apcor_aperture", "zero_point",
            "add_magnitudes", "class_star"]
 
 
@@ -793,6 +793,21 @@ def aperture_correction(x: np.ndarray, y: np.ndarray, flux_aper: np.ndarray, flu
                               tail_slope=float(tail.slope) if tail is not None else float("nan"),
                               tail_n_stars=int(tail.n_stars) if tail is not None else 0,
                               tail_beta=float("nan") if t_src == "measured" else beta)
+
+
+def require_apcor_aperture(config) -> None:
+    """Check a step configuration with ``detect`` and ``photometry`` parts (``config.require``, as in
+    ``validate``): the aperture correction's aperture must be one of the catalog's apertures, not the largest."""
+    diam, apcor = config.detect.aper_diameters_arcsec, config.photometry.apcor_diameter_arcsec
+    config.require(any(abs(d - apcor) < 1e-6 for d in diam), "photometry.apcor_diameter_arcsec",
+                   f"= {apcor:g} is not one of the catalog apertures detect.aper_diameters_arcsec = "
+                   f"{[float(d) for d in diam]}",
+                   hint="the aperture correction is measured in one of the catalog's apertures: choose one of "
+                        "them, or add it to detect.aper_diameters_arcsec")
+    config.require(apcor < max(diam), "photometry.apcor_diameter_arcsec",
+                   f"= {apcor:g} is the largest catalog aperture ({max(diam):g}\")",
+                   hint="the correction to the total flux is measured against a larger aperture: add one to "
+                        "detect.aper_diameters_arcsec or choose a smaller apcor_diameter_arcsec")
 
 
 @dataclass

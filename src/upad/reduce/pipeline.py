@@ -55,6 +55,7 @@ from upad.reduce.photometry import (
     add_magnitudes,
     class_star,
     point_source_photometry,
+    require_apcor_aperture,
 )
 from upad.reduce.photcal import calibrate_zero_point, photcal_cards, photcal_meta, reference_column
 from upad.reduce.psf import PsfConfig, PsfResult, measure_psf
@@ -98,16 +99,7 @@ class ReductionConfig(StepConfig):
 
     def validate(self) -> None:
         super().validate()
-        diam, apcor = self.detect.aper_diameters_arcsec, self.photometry.apcor_diameter_arcsec
-        self.require(any(abs(d - apcor) < 1e-6 for d in diam), "photometry.apcor_diameter_arcsec",
-                     f"= {apcor:g} is not one of the catalog apertures detect.aper_diameters_arcsec = "
-                     f"{[float(d) for d in diam]}",
-                     hint="the aperture correction is measured in one of the catalog's apertures: choose one of "
-                          "them, or add it to detect.aper_diameters_arcsec")
-        self.require(apcor < max(diam), "photometry.apcor_diameter_arcsec",
-                     f"= {apcor:g} is the largest catalog aperture ({max(diam):g}\")",
-                     hint="the correction to the total flux is measured against a larger aperture: add one to "
-                          "detect.aper_diameters_arcsec or choose a smaller apcor_diameter_arcsec")
+        require_apcor_aperture(self)
 
 
 @dataclass
@@ -519,6 +511,7 @@ def _header(res: ReducedFrame, filter_name: str, exptime: float, pixel_scale: fl
         h["APCOR"] = (round(res.apcor.median, 5), "median aperture correction to total")
         h["APCORDIA"] = (res.apcor.diameter_arcsec, "[arcsec] aperture of FLUX_APCOR")
         h["APCTAIL"] = (round(res.apcor.tail, 5), "flux beyond the largest aperture: 1 + tail")
+        h["APCBIGD"] = (res.apcor.large_diameter_arcsec, "[arcsec] the largest aperture (of APCTAIL)")
         h["APCTSRC"] = (res.apcor.tail_source, "tail: measured (star wings), model (confirmed)")
     if "blank_sky" in res.stats:
         h["APSKYOFF"] = (res.stats["blank_sky"]["level"], "[e-/pix] sky mean above the mesh, out of FLUX_APCOR")
