@@ -117,7 +117,7 @@ class Coadd(Step):
     area = "coadds"
     memory_class = "large"
     config_class = CoaddConfig
-    version = "0.2"
+    version = "0.3"  # 0.3: the aperture correction (tail from the inputs), RESAMPK
     rebuild_on_new_inputs = True
     description = "tile coadd: quality-selected reduced frames resampled onto the tile grid, outliers rejected " \
                   "against the median with the noise model, inverse-variance weighted mean"
