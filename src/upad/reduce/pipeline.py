@@ -512,9 +512,9 @@ def _header(res: ReducedFrame, filter_name: str, exptime: float, pixel_scale: fl
         h["APCORDIA"] = (res.apcor.diameter_arcsec, "[arcsec] aperture of FLUX_APCOR")
         h["APCTAIL"] = (round(res.apcor.tail, 5), "flux beyond the largest aperture: 1 + tail")
         h["APCBIGD"] = (res.apcor.large_diameter_arcsec, "[arcsec] the largest aperture (of APCTAIL)")
-        h["APCTSRC"] = (res.apcor.tail_source, "tail: measured (star wings), model (confirmed)")
+        h["APCTSRC"] = (res.apcor.tail_source, "tail: measured (wings), model (confirmed)")
     if "blank_sky" in res.stats:
-        h["APSKYOFF"] = (res.stats["blank_sky"]["level"], "[e-/pix] sky mean above the mesh, out of FLUX_APCOR")
+        h["APSKYOFF"] = (res.stats["blank_sky"]["level"], "[e-/pix] sky above the mesh (out of FLUX_APCOR)")
     if res.zeropoint is not None:
         z = res.zeropoint
         h["ZP_E"] = (round(z.zp_e, 5), "[mag] AB zero point for 1 e-/s")
