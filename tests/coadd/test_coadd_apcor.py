@@ -1,4 +1,5 @@
-"""The coadd's aperture correction: its tail beyond the largest aperture from the inputs' (issue 12, fluxes)."""
+"""The coadd's aperture correction (its tail beyond the largest aperture from the inputs') and the pixels where an input
+is missing (issue 12)."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,3 +28,16 @@ def test_inputs_tail_is_the_mixture_of_the_inputs_profiles():
 def test_inputs_tail_refuses_what_it_cannot_mix(shares, tails):
     with pytest.raises(ValueError):
         inputs_tail(shares, tails)
+
+
+def test_incomplete_inputs_by_blocks_is_the_whole_image_filter():
+    from scipy.ndimage import maximum_filter
+
+    from upad.coadd.pipeline import incomplete_inputs
+
+    rng = np.random.default_rng(2)
+    nexp = rng.integers(0, 4, (203, 97)).astype(np.int16)
+    rejected = (rng.random((203, 97)) < 0.01).astype(np.uint8)
+    whole = (rejected > 0) | (nexp < maximum_filter(nexp, size=15))
+    for rows in (1, 7, 16, 50, 1024):
+        assert np.array_equal(incomplete_inputs(rejected, nexp, block_rows=rows), whole), rows

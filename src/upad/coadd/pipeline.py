@@ -21,7 +21,8 @@ from astropy.wcs import WCS
 from upad.errors import DataError
 
 __all__ = ["grid_shape", "PreparedExposure", "prepare_exposure", "run_coadd", "depth_5sigma", "catalog_stars",
-           "relative_calibration", "coadd_psf", "psf_cards", "psf_meta", "apcor_cards", "apcor_meta"]
+           "relative_calibration", "coadd_psf", "psf_cards", "psf_meta", "apcor_cards", "apcor_meta",
+           "incomplete_inputs"]
 
 
 def grid_shape(field_shape: tuple[int, int], *, pixel_scale: float, margin_arcsec: float) -> tuple[int, int]:
@@ -383,11 +384,9 @@ def run_coadd(step: Any, task: Any) -> Any:
     cards.update(relcal_cards)
     if fwhms:
         cards["FWHMIN"] = (round(float(np.median(fwhms)), 3), "[arcsec] median FWHM of the inputs")
-    from scipy.ndimage import maximum_filter
-
     # where an input that covers a pixel did not contribute (rejected, or masked in the input), the PSF is another
     # set's combination: stars there are not PSF stars
-    incomplete = (rejected > 0) | (nexp < maximum_filter(nexp, size=15))
+    incomplete = incomplete_inputs(rejected, nexp)
     psf, psf_note, phot = coadd_psf(image, weight, pixel_scale=scale, config=cfg, incomplete=incomplete)
     del incomplete
     own_tail = None
@@ -436,6 +435,24 @@ def run_coadd(step: Any, task: Any) -> Any:
     if psf is None:
         meta["qc_reasons"].append(f"no PSF model of the coadd: {psf_note}")
     return StepOutput(files=files, meta=meta, qc_status="warn" if refused or psf is None else "ok")
+
+
+def incomplete_inputs(rejected: np.ndarray, nexp: np.ndarray, *, size: int = 15, block_rows: int = 1024
+                      ) -> np.ndarray:
+    """Pixels where an input that covers them did not contribute: rejected there (``rejected > 0``), or ``nexp``
+    below its maximum within ``size`` pixels (an input masked there). Computed by blocks of rows (with the filter's
+    halo: the same as on the whole image), so that the temporary arrays stay small at full size."""
+    from scipy.ndimage import maximum_filter
+
+    ny = nexp.shape[0]
+    h = size // 2
+    out = np.empty(nexp.shape, bool)
+    for y0 in range(0, ny, block_rows):
+        y1 = min(y0 + block_rows, ny)
+        a0, a1 = max(y0 - h, 0), min(y1 + h, ny)
+        top = maximum_filter(np.asarray(nexp[a0:a1]), size=size)[y0 - a0:y1 - a0]
+        out[y0:y1] = (np.asarray(rejected[y0:y1]) > 0) | (np.asarray(nexp[y0:y1]) < top)
+    return out
 
 
 def _spill(path: Path, array: np.ndarray) -> np.ndarray:
@@ -500,8 +517,12 @@ def coadd_psf(image: np.ndarray, weight: np.ndarray, *, pixel_scale: float, conf
     from upad.reduce.psf import measure_psf
 
     covered = weight > 0
-    img = np.array(image, dtype=np.float32, order="C")
-    img[~covered] = 0.0
+    img = np.asarray(image)
+    # the coadd itself where it is already float32, C-ordered and 0 without data (as the combination writes it; a
+    # memory-mapped coadd stays on disk): no copy of 340 MB at full size
+    if img.dtype != np.float32 or not img.flags.c_contiguous or np.any(img[~covered]):
+        img = np.array(image, dtype=np.float32, order="C")
+        img[~covered] = 0.0
     var = np.array(weight, dtype=np.float32, order="C")
     np.divide(np.float32(1.0), var, out=var, where=covered)
     if covered.any():
