@@ -32,8 +32,8 @@ from upad.reduce.errors import ReductionError
 
 __all__ = ["PhotometryConfig", "ApertureCorrection", "ZeroPoint", "WingTail", "wing_tail", "wing_beta",
            "BlankSky", "blank_sky_level", "apcor_aperture",
-           "model_tail_agrees", "aperture_correction", "PointSourcePhotometry", "point_source_photometry", "require_apcor_aperture", "zero_point",
-           "add_magnitudes", "class_star"]
+           "model_tail_agrees", "aperture_correction", "PointSourcePhotometry", "point_source_photometry",
+           "require_apcor_aperture", "zero_point", "add_magnitudes", "class_star"]
 
 
 @dataclass(frozen=True)
