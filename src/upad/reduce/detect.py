@@ -115,6 +115,8 @@ class Detections:
     catalog: object
     n_strips: int
     n_deblended: int
+    #: the segmentation map (int32, 0: sky, k: the object of NUMBER k), when :func:`detect_sources` was asked for it
+    segmentation: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.catalog)
@@ -278,7 +280,7 @@ def _corrected_photometry(sub, v, seg, objs, edge_lo, edge_hi, r_ap, cfg):
             "err_aper": ea, "flag_aper": fla, "cut": cut}
 
 
-def _extract_strip(image, var, detmask, mask, y0, y1, core0, core1, kernel, cfg, r_ap=None):
+def _extract_strip(image, var, detmask, mask, y0, y1, core0, core1, kernel, cfg, r_ap=None, keep_seg=False):
     import sep
 
     sub = image[y0:y1]
@@ -289,7 +291,7 @@ def _extract_strip(image, var, detmask, mask, y0, y1, core0, core1, kernel, cfg,
                             filter_type="conv", deblend_nthresh=cfg.deblend_nthresh, deblend_cont=cfg.deblend_cont,
                             clean=cfg.clean_param > 0, clean_param=cfg.clean_param, segmentation_map=True)
     if len(objs) == 0:
-        return objs, np.empty(0, np.int64), np.empty(0, np.int64), y0, None
+        return objs, np.empty(0, np.int64), np.empty(0, np.int64), y0, None, (seg if keep_seg else None)
     imaflags, nimaflags = _footprint_flags(seg, mask, y0, len(objs))
     yc = objs["y"] + y0
     own = (yc >= core0 - 0.5) & (yc < core1 - 0.5)
@@ -299,12 +301,14 @@ def _extract_strip(image, var, detmask, mask, y0, y1, core0, core1, kernel, cfg,
 
         mine = rfn.append_fields(objs[own], "_id", np.flatnonzero(own) + 1, usemask=False)
         phot = _corrected_photometry(sub, v, seg, mine, y0 == 0, y1 == image.shape[0], r_ap, cfg)
-    del seg
+    if not keep_seg:
+        del seg
+        seg = None
     objs = objs[own]
     objs["y"] += y0
     for k in ("ymin", "ymax", "ycpeak", "ypeak"):
         objs[k] += y0
-    return objs, imaflags[own], nimaflags[own], y0, phot
+    return objs, imaflags[own], nimaflags[own], y0, phot, seg
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -390,7 +394,7 @@ def _flux_radius(img, xs, ys, rmax, norm):  # pragma: no cover - compiled
 
 
 def detect_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, pixel_scale: float,
-                   config: DetectConfig = DetectConfig()) -> Detections:
+                   config: DetectConfig = DetectConfig(), segmentation: bool = False) -> Detections:
     """Detect and measure the sources of a background-subtracted image.
 
     Parameters
@@ -405,6 +409,10 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
     pixel_scale : float
         arcsec per pixel (for the aperture diameters).
     config : DetectConfig
+    segmentation : bool
+        Also return the segmentation map (ids = ``NUMBER``), for measuring other images in the detection's
+        footprints (dual mode); the image is then extracted in one piece (one thread) and the map takes 4 bytes
+        per pixel.
 
     Returns
     -------
@@ -428,13 +436,13 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
     sep.set_extract_pixstack(max(300_000, int(ny * nx // 50)))
     sep.set_sub_object_limit(4096)
     kernel = _kernel(config)
-    nstrip = max(1, min(threads, ny // (4 * config.strip_overlap_px)))
+    nstrip = 1 if segmentation else max(1, min(threads, ny // (4 * config.strip_overlap_px)))
     edges = np.linspace(0, ny, nstrip + 1).astype(int)
     ov = config.strip_overlap_px
     jobs = [(max(0, edges[i] - ov), min(ny, edges[i + 1] + ov), edges[i], edges[i + 1]) for i in range(nstrip)]
     r_ap = np.asarray(config.aper_diameters_arcsec, np.float64) / pixel_scale / 2.0
     if nstrip == 1:
-        parts = [_extract_strip(image, var, detmask, mask, *jobs[0], kernel, config, r_ap)]
+        parts = [_extract_strip(image, var, detmask, mask, *jobs[0], kernel, config, r_ap, keep_seg=segmentation)]
     else:
         with ThreadPoolExecutor(nstrip) as ex:
             parts = list(ex.map(lambda j: _extract_strip(image, var, detmask, mask, *j, kernel, config, r_ap),
@@ -458,7 +466,13 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
     cat = measure(image, var, mask, objs, imaflags, nimaflags, pixel_scale=pixel_scale, config=config,
                   threads=threads, photometry=phot)
     n_deb = int(np.count_nonzero(objs["flag"] & sep.OBJ_MERGED))
-    return Detections(catalog=cat, n_strips=nstrip, n_deblended=n_deb)
+    seg = None
+    if segmentation:
+        # the strip's ids are the extraction order + 1; NUMBER is the sorted order + 1
+        lut = np.zeros(len(order) + 1, np.int32)
+        lut[order + 1] = np.arange(1, len(order) + 1, dtype=np.int32)
+        seg = lut[parts[0][5]]
+    return Detections(catalog=cat, n_strips=nstrip, n_deblended=n_deb, segmentation=seg)
 
 
 def measure(image: np.ndarray, var: np.ndarray, mask: np.ndarray, objs: np.ndarray, imaflags: np.ndarray,

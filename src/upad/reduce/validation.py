@@ -167,13 +167,18 @@ def sextractor_binary() -> str | None:
 
 
 def run_sextractor(image: np.ndarray, *, weight: np.ndarray | None = None, pixel_scale: float,
-                   aper_diameters_px: tuple[float, float, float], thresh: float = 1.5, minarea: int = 5,
-                   back_size: int = 128, workdir: str | Path | None = None, threads: int = 0) -> tuple[Any, float]:
+                   aper_diameters_px: tuple[float, ...], thresh: float = 1.5, minarea: int = 5,
+                   back_size: int = 128, workdir: str | Path | None = None, threads: int = 0,
+                   measurement: np.ndarray | None = None, measurement_weight: np.ndarray | None = None,
+                   gain: float = 1.0, extra_params: tuple[str, ...] = ()) -> tuple[Any, float]:
     """Run SExtractor on an image (e-) with our parameter file; returns its catalog (astropy Table) and the wall
     time of the run (s).
 
-    The image is written as FITS (and the weight map as ``MAP_WEIGHT`` when given); ``GAIN`` is 1 e-/e-
-    (the image is in electrons), the default 3x3 filter, SExtractor's own background (``BACK_SIZE``).
+    The image is written as FITS (and the weight map as ``MAP_WEIGHT`` when given); ``GAIN`` is ``gain`` (1 e-/e-:
+    the image is in electrons; 0: no Poisson term), the default 3x3 filter, SExtractor's own background
+    (``BACK_SIZE``). With ``measurement`` (and ``measurement_weight``), SExtractor runs in dual mode
+    (``source-extractor image.fits,measurement.fits``): detection on ``image``, photometry on ``measurement``.
+    ``extra_params``: more output columns (e.g. ``FLUX_ISO``, ``FLUX_PETRO``).
     """
     from astropy.io import fits
     from astropy.table import Table
@@ -184,24 +189,36 @@ def run_sextractor(image: np.ndarray, *, weight: np.ndarray | None = None, pixel
     tmp = Path(tempfile.mkdtemp(prefix="upad-sex-", dir=workdir))
     try:
         fits.PrimaryHDU(np.asarray(image, np.float32)).writeto(tmp / "image.fits")
-        (tmp / "cat.param").write_text("\n".join(SEXTRACTOR_PARAMS) + "\n")
+        nap = len(aper_diameters_px)
+        params = [p.replace("(3)", f"({nap})") for p in SEXTRACTOR_PARAMS] + list(extra_params)
+        (tmp / "cat.param").write_text("\n".join(params) + "\n")
+        images = str(tmp / "image.fits")
+        if measurement is not None:
+            fits.PrimaryHDU(np.asarray(measurement, np.float32)).writeto(tmp / "measurement.fits")
+            images += "," + str(tmp / "measurement.fits")
         conv = Path("/usr/share/source-extractor/default.conv")
         if conv.exists():
             shutil.copy(conv, tmp / "default.conv")
         else:
             (tmp / "default.conv").write_text("CONV NORM\n1 2 1\n2 4 2\n1 2 1\n")
-        args = [exe, str(tmp / "image.fits"), "-c", "/dev/null", "-CATALOG_NAME", str(tmp / "cat.fits"),
+        args = [exe, images, "-c", "/dev/null", "-CATALOG_NAME", str(tmp / "cat.fits"),
                 "-CATALOG_TYPE", "FITS_1.0", "-PARAMETERS_NAME", str(tmp / "cat.param"), "-FILTER", "Y",
                 "-FILTER_NAME", str(tmp / "default.conv"), "-DETECT_THRESH", str(thresh), "-ANALYSIS_THRESH",
                 str(thresh), "-DETECT_MINAREA", str(minarea), "-PHOT_APERTURES",
-                ",".join(f"{d:.4f}" for d in aper_diameters_px), "-PHOT_AUTOPARAMS", "2.5,3.5", "-GAIN", "1.0",
+                ",".join(f"{d:.4f}" for d in aper_diameters_px), "-PHOT_AUTOPARAMS", "2.5,3.5", "-GAIN", str(gain),
                 "-PIXEL_SCALE", str(pixel_scale), "-SATUR_LEVEL", "1e9", "-MAG_ZEROPOINT", "0.0", "-BACK_SIZE",
                 str(back_size), "-BACK_FILTERSIZE", "3", "-VERBOSE_TYPE", "QUIET", "-CHECKIMAGE_TYPE", "NONE",
                 "-NTHREADS", str(threads), "-STARNNW_NAME", "/usr/share/source-extractor/default.nnw",
                 "-MEMORY_BUFSIZE", "4096", "-MEMORY_OBJSTACK", "30000", "-MEMORY_PIXSTACK", "3000000"]
         if weight is not None:
             fits.PrimaryHDU(np.asarray(weight, np.float32)).writeto(tmp / "weight.fits")
-            args += ["-WEIGHT_TYPE", "MAP_WEIGHT", "-WEIGHT_IMAGE", str(tmp / "weight.fits"), "-WEIGHT_GAIN", "N"]
+            weights, types = str(tmp / "weight.fits"), "MAP_WEIGHT"
+            if measurement is not None:
+                mw = weight if measurement_weight is None else measurement_weight
+                fits.PrimaryHDU(np.asarray(mw, np.float32)).writeto(tmp / "measurement_weight.fits")
+                weights += "," + str(tmp / "measurement_weight.fits")
+                types += ",MAP_WEIGHT"
+            args += ["-WEIGHT_TYPE", types, "-WEIGHT_IMAGE", weights, "-WEIGHT_GAIN", "N"]
         t0 = time.perf_counter()
         proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp)
         dt = time.perf_counter() - t0
