@@ -66,3 +66,34 @@ def test_bad_stamps_are_refused():
     with pytest.raises(ValueError, match="one shape"):
         matching_kernel(np.ones((5, 5)), np.ones((7, 7)))
     assert stamp_size(2.0) == 25 and stamp_size(4.0) % 2 == 1
+
+
+def test_the_target_is_broader_than_every_band_whatever_the_profiles():
+    """Two PSFs of one FWHM with different wings: both can be matched to the broadened target."""
+    from scipy.signal import fftconvolve
+
+    from upad.catalog.homogenise import target_psf
+
+    class Model:  # the PSF model interface target_psf uses
+        shape = (101, 101)
+
+        def __init__(self, prof, fwhm):
+            self.prof, self.fwhm = prof, fwhm
+
+        def fwhm_at(self, x, y):
+            return np.array([self.fwhm])
+
+        def render(self, x, y, size):
+            return self.prof.drawImage(nx=size, ny=size, scale=1.0).array
+
+    a = Model(galsim.Moffat(beta=2.2, fwhm=2.4), 2.4)
+    b = Model(galsim.Gaussian(fwhm=2.45), 2.45)
+    target, fwhm = target_psf([a, b], broadening=1.1)
+    assert fwhm == pytest.approx(2.695)
+    n = target.shape[0]
+    for m in (a, b):
+        s = m.render(0, 0, n)
+        s = s / s.sum()
+        c = fftconvolve(s, matching_kernel(s, target), mode="same")
+        for r in (1.5, 3.0, 6.0):
+            assert _enclosed(c, r) == pytest.approx(_enclosed(target, r), abs=2e-3)

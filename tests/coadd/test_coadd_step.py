@@ -1,7 +1,7 @@
 """The ``coadd`` step on a simulated mini survey: one pointing of the survey tiling (stored first, as a survey does
 with ``upad tiles generate``), 3 dithered exposures in two filters spread over two nights, run through the whole
-flow (ingest, the pipeline's own calibrations, reduction, coadd, the registration check) and judged against the
-simulator's truth.
+flow (ingest, the pipeline's own calibrations, reduction, coadd, the registration check, the single- and dual-mode
+catalogs) and judged against the simulator's truth.
 
 What is judged is what the coadd adds: flux conservation (the coadd's aperture flux of S/N > 100 stars against the
 same aperture on each reduced input, background-subtracted with the reduction's own model and scaled to the coadd's
@@ -242,6 +242,57 @@ def test_the_registration_check_across_filters(coadded):
     assert reg.qc_status == "ok", reg.meta
 
 
+def _catalogs(db):
+    with db.session() as s:
+        rows = list(s.scalars(select(Product).where(Product.step.in_(("catalog_single", "catalog_dual")),
+                                                    Product.is_current.is_(True))))
+        return [(p, {i.input_id for i in p.provenance.inputs}) for p in rows]
+
+
+def test_the_catalogs_of_the_pointing(coadded):
+    """The steps ``catalog_single`` (one per coadd) and ``catalog_dual`` (one per pointing, detected on rSDSS): their
+    star colours with the PSF-corrected photometry against the truth's (survey passbands, the zero points' system)."""
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table
+
+    sim, settings, db = coadded
+    coadds = _coadds(db, settings)
+    cats = _catalogs(db)
+    singles = {p.context["filter"]: (p, used) for p, used in cats if p.step == "catalog_single"}
+    (dual, used), = [(p, u) for p, u in cats if p.step == "catalog_dual"]
+    assert set(singles) == set(FILTERS)
+    for f, (p, u) in singles.items():
+        assert u == {coadds[f].id} and p.qc_status == "ok" and p.meta["n_sources"] > 100
+    assert used == {p.id for p in coadds.values()} and dual.qc_status == "ok", dual.meta
+    assert dual.meta["detection_filter"] == "rSDSS" and dual.meta["left_out"] == []
+    cat = Table.read(settings.root / dual.files[0]["path"], hdu="CATALOG")
+    filters = cat.meta["FILTERS"].split(",")
+    assert filters == ["gSDSS", "rSDSS"]  # the filter system's order
+    assert cat["MAG_PSFCOR"].shape == (len(cat), 2) and cat.meta["DETFILT"] == "rSDSS"
+    single_r = Table.read(settings.root / singles["rSDSS"][0].files[0]["path"], hdu="CATALOG")
+    assert abs(len(single_r) - len(cat)) < 0.05 * len(cat)  # the same detection of the same image
+    sky = Table.read(sim.out / "truth" / "sky_catalog.fits", hdu="SKY")
+    star = np.asarray(sky["type"]).astype(str) == "star"
+    sc = SkyCoord(np.asarray(sky["ra"])[star], np.asarray(sky["dec"])[star], unit="deg")
+    cc = SkyCoord(np.asarray(cat["ALPHA_J2000"]), np.asarray(cat["DELTA_J2000"]), unit="deg")
+    idx, d2d, _ = cc.match_to_catalog_sky(sc)
+    g, r = filters.index("gSDSS"), filters.index("rSDSS")
+    err = np.hypot(np.asarray(cat["MAG_ERR_PSFCOR"][:, g]), np.asarray(cat["MAG_ERR_PSFCOR"][:, r]))
+    ok = (d2d.arcsec < 1.0) & (np.asarray(cat["FLAGS"]).max(1) == 0) & (err < 0.02) & \
+        (np.asarray(cat["MAG_PSFCOR"]).max(1) < 50)
+    truth = (np.asarray(sky["magnom_gSDSS"])[star] - np.asarray(sky["magnom_rSDSS"])[star])[idx]
+    figures = {}
+    for col in ("MAG_PSFCOR", "MAG_APER3_WORSTPSF", "MAG_AUTO", "MAG_APER_3_0"):
+        dc = (np.asarray(cat[col][:, g], float) - np.asarray(cat[col][:, r], float) - truth)[ok]
+        figures[col] = (float(np.median(dc)), 1.4826 * float(np.median(np.abs(dc - np.median(dc)))))
+    print(f"dual catalog: {len(cat)} sources, {ok.sum()} stars with g-r errors < 0.02; g-r minus the truth "
+          f"(median, scatter): " + ", ".join(f"{k} {m:+.4f} {s:.4f}" for k, (m, s) in figures.items())
+          + f"; PSF FWHM {dual.meta['psf_fwhm_arcsec']}")
+    assert ok.sum() >= 10
+    assert abs(figures["MAG_PSFCOR"][0]) < 0.02 and figures["MAG_PSFCOR"][1] < 0.03
+    assert abs(figures["MAG_APER3_WORSTPSF"][0]) < 0.02
+
+
 def test_no_cosmic_ray_survives_and_the_noise_is_as_stated(coadded):
     sim, settings, db = coadded
     coadds = _coadds(db, settings)
@@ -319,5 +370,8 @@ def test_flagging_an_exposure_recoadds_its_tile_without_it(coadded):
     assert after.id != before.id and after.meta["n_exposures"] == 2
     with db.session() as s:
         assert s.get(Product, before.id).state == "stale"
-    # the registration check follows the new coadd
+    # the registration check and the catalogs follow the new coadd; the old catalogs are superseded
     assert after.id in _registration(db)[1]
+    cats = _catalogs(db)
+    assert {p.step for p, used in cats if after.id in used} == {"catalog_single", "catalog_dual"}
+    assert all(before.id not in used for _, used in cats)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["psf_stamp", "matching_kernel", "degrade", "stamp_size"]
+__all__ = ["psf_stamp", "matching_kernel", "degrade", "stamp_size", "target_psf"]
 
 
 def stamp_size(fwhm_px: float, *, factor: float = 8.0, minimum: int = 25) -> int:
@@ -73,3 +73,28 @@ def degrade(image: np.ndarray, kernel: np.ndarray, *, valid: np.ndarray | None =
     if valid is not None:
         out[~valid] = 0
     return out
+
+
+def target_psf(psfs, *, broadening: float = 1.1) -> tuple[np.ndarray, float]:
+    """The common PSF of a set of bands: the stamp of the broadest PSF model (largest FWHM at the centre) convolved
+    with a Gaussian that takes its FWHM to ``broadening`` times (in quadrature, ``σ_G = FWHM √(b² − 1) / 2.3548``).
+
+    Broadening makes the target broader than every band's PSF, the broadest included, whatever the profiles: two
+    PSFs of one FWHM with different wings cannot be matched to each other, but both can be matched to a broader one.
+    Returns the stamp (unit sum) and its nominal FWHM in pixels."""
+    from scipy.signal import fftconvolve
+
+    fw = [float(p.fwhm_at((p.shape[1] - 1) / 2.0, (p.shape[0] - 1) / 2.0)[0]) for p in psfs]
+    k = int(np.argmax(fw))
+    target_fwhm = fw[k] * float(broadening)
+    size = stamp_size(target_fwhm)
+    stamp = psf_stamp(psfs[k], size)
+    if broadening > 1.0:
+        sig = fw[k] * math.sqrt(broadening ** 2 - 1.0) / 2.3548
+        h = size // 2
+        yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
+        g = np.exp(-(xx * xx + yy * yy) / (2 * sig * sig))
+        stamp = fftconvolve(stamp, g / g.sum(), mode="same")
+        stamp = np.clip(stamp, 0.0, None)
+        stamp /= stamp.sum()
+    return stamp, target_fwhm

@@ -44,8 +44,8 @@ from upad import maskbits as mb
 from upad.config import StepConfig, param
 from upad.reduce.detect import DetectConfig
 
-__all__ = ["BandImage", "CatalogConfig", "dual_mode_catalog", "single_mode_catalog", "aper_column_suffix",
-           "petrosian_radius", "magnitudes"]
+__all__ = ["BandImage", "CatalogConfig", "Sources", "dual_mode_catalog", "single_mode_catalog",
+           "detect_catalog_sources", "aper_column_suffix", "petrosian_radius", "magnitudes"]
 
 #: J-PLUS's aperture diameters (arcsec)
 JPLUS_APERTURES = (0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -78,8 +78,10 @@ class CatalogConfig(StepConfig):
                                           unit="arcsec")
     background_filter: int = param(3, doc="median filter of the background meshes (BACK_FILTERSIZE)",
                                    bounds=(1, 15))
-    psf_match_tolerance: float = param(0.02, doc="bands whose PSF FWHM is within this fraction of the target's are "
-                                       "not degraded", bounds=(0.0, 0.5))
+    target_broadening: float = param(1.1, doc="the common PSF of the homogenised photometry (PSFCOR, worst-PSF "
+                                     "apertures): the broadest band's PSF model broadened to this factor of its FWHM "
+                                     "by a Gaussian, so that every band, whatever its profile, can be degraded to it",
+                                     bounds=(1.0, 3.0))
     kernel_taper: float = param(0.0, doc="Tukey window of the PSF-matching kernels (tapered fraction; 0: none, the "
                                 "PSF models are noise-free)", bounds=(0.0, 1.0))
     nodata_bits: int = param(mb.NODATA, doc="mask bits of pixels without data (not detected, not measured)",
@@ -240,23 +242,49 @@ def _photometry(img: np.ndarray, var: np.ndarray, det: _Detection, radii_px: np.
     return fa, va, fe, ve, fla | fle
 
 
+@dataclass
+class Sources:
+    """What the catalogs' detection finds (:func:`detect_catalog_sources`): the reduction's detection table, its
+    segmentation (ids = ``NUMBER``) and 0-based positions."""
+
+    table: Any
+    seg: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+
+
+def detect_catalog_sources(img: np.ndarray, var: np.ndarray, mask: np.ndarray, *, pixel_scale: float,
+                           config: CatalogConfig = CatalogConfig()) -> Sources:
+    """The catalogs' detection on a background-subtracted float32 image with its variance (infinite where there is
+    no data) and mask: :func:`upad.reduce.detect.detect_sources` with ``config.detect``, the segmentation kept.
+
+    Raises
+    ------
+    upad.reduce.errors.ReductionError
+        ``no_sources`` when nothing is detected.
+    """
+    from upad.reduce.detect import detect_sources
+
+    # the reduction's neighbour-corrected photometry is not needed here: every band is measured afterwards
+    dcfg = dataclasses.replace(config.detect, mask_neighbours=False)
+    res = detect_sources(img, var, mask, pixel_scale=pixel_scale, config=dcfg, segmentation=True)
+    cat = res.catalog
+    return Sources(cat, np.ascontiguousarray(res.segmentation, dtype=np.int32),
+                   np.asarray(cat["X_IMAGE"], np.float64) - 1.0, np.asarray(cat["Y_IMAGE"], np.float64) - 1.0)
+
+
 def _detect(img: np.ndarray, var: np.ndarray, mask: np.ndarray, *, pixel_scale: float,
             config: CatalogConfig) -> _Detection:
     import sep
 
-    from upad.reduce.detect import _shape_params, detect_sources
+    from upad.reduce.detect import _shape_params
 
-    # the reduction's neighbour-corrected photometry is not needed here: every band is measured below
-    dcfg = dataclasses.replace(config.detect, mask_neighbours=False)
-    res = detect_sources(img, var, mask, pixel_scale=pixel_scale, config=dcfg, segmentation=True)
-    cat = res.catalog
-    x = np.asarray(cat["X_IMAGE"], np.float64) - 1.0
-    y = np.asarray(cat["Y_IMAGE"], np.float64) - 1.0
+    src = detect_catalog_sources(img, var, mask, pixel_scale=pixel_scale, config=config)
+    cat, seg, x, y = src.table, src.seg, src.x, src.y
     objs = np.zeros(len(cat), dtype=[("a", "f8"), ("b", "f8"), ("theta", "f8")])
     objs["a"], objs["b"] = cat["A_IMAGE"], cat["B_IMAGE"]
     objs["theta"] = np.radians(np.asarray(cat["THETA_IMAGE"], np.float64))
     a, b, theta = _shape_params(objs)
-    seg = np.ascontiguousarray(res.segmentation, dtype=np.int32)
     kr, _ = sep.kron_radius(img, x, y, a, b, theta, 6.0, segmap=seg, seg_id=np.arange(1, len(x) + 1,
                                                                                      dtype=np.int32))
     kr = np.where(np.isfinite(kr) & (kr > 0), kr, 0.0)
@@ -273,13 +301,6 @@ def _errors(variance_sum: np.ndarray, flux: np.ndarray, band: BandImage) -> np.n
     if band.gain:
         e2 = e2 + np.maximum(np.asarray(flux, np.float64), 0.0) / float(band.gain)
     return np.sqrt(e2)
-
-
-def _kernel(src_psf, dst_psf, config: CatalogConfig, fwhm_max: float) -> np.ndarray:
-    from upad.catalog.homogenise import matching_kernel, psf_stamp, stamp_size
-
-    size = stamp_size(fwhm_max)
-    return matching_kernel(psf_stamp(src_psf, size), psf_stamp(dst_psf, size), taper=config.kernel_taper)
 
 
 def _band_flags(det: _Detection, trunc: np.ndarray, band_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -300,7 +321,7 @@ def _measure_bands(det: _Detection, det_img: np.ndarray, det_var: np.ndarray, de
                    det_band: BandImage, bands: Sequence[BandImage], *, pixel_scale: float, config: CatalogConfig,
                    homogenise: bool) -> dict[str, np.ndarray]:
     """Per-band measurements, each ``(n_sources, n_bands)`` (apertures ``(n_sources, n_bands, n_apertures)``)."""
-    from upad.catalog.homogenise import degrade
+    from upad.catalog.homogenise import degrade, matching_kernel, psf_stamp, target_psf
 
     n, nb = len(det.x), len(bands)
     diam = np.asarray(config.aper_diameters_arcsec, np.float64)
@@ -321,14 +342,24 @@ def _measure_bands(det: _Detection, det_img: np.ndarray, det_var: np.ndarray, de
     out["FLAGS"] = np.zeros((n, nb), np.int16)
     out["MASK_FLAGS"] = np.zeros((n, nb), np.int32)
     out["NORM_WMAP_VAL"] = new()
-    fwhm = np.array([b.fwhm_px for b in bands])
-    fwhm_det = det_band.fwhm_px
-    fwhm_worst = float(max(fwhm.max(), fwhm_det))
-    tol = float(config.psf_match_tolerance)
+    target = None
+    if homogenise:
+        target, out["_target_fwhm_px"] = target_psf([b.psf for b in bands] + [det_band.psf],
+                                                    broadening=config.target_broadening)
+
+        def _kernel_to(psf, tgt):
+            return matching_kernel(psf_stamp(psf, tgt.shape[0]), tgt, taper=config.kernel_taper)
+
+        # Molino et al.'s correction: the detection band's AUTO flux on its own image over that at the target PSF
+        deg = degrade(det_img, _kernel_to(det_band.psf, target), valid=det_valid)
+        _, _, f_det_t, _, _ = _photometry(deg, det_var, det, r_ap[:1], det.kron)
+        del deg
+        _, _, f_det, _, _ = _photometry(det_img, det_var, det, r_ap[:1], det.kron)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            psfcor_factor = np.where(f_det_t > 0, f_det / f_det_t, np.nan)
     seg_flat = det.seg.ravel()
     xi = np.clip(np.round(det.x).astype(int), 0, det.seg.shape[1] - 1)
     yi = np.clip(np.round(det.y).astype(int), 0, det.seg.shape[0] - 1)
-    auto_det_cache: dict[int, np.ndarray] = {}
     for j, band in enumerate(bands):
         if band is det_band:
             img, var, valid, back, mask = det_img, det_var, det_valid, det.back, det.mask
@@ -363,42 +394,16 @@ def _measure_bands(det: _Detection, det_img: np.ndarray, det_var: np.ndarray, de
             out[f"FLUX_APER_COR_{key}"][:, j] = f_ap[:, 0] / frac
             out[f"FLUXERR_APER_COR_{key}"][:, j] = _errors(v_ap[:, 0], f_ap[:, 0], band) / frac
         if homogenise:
-            # PSFCOR: AUTO photometry at the detection band's PSF
-            if fwhm[j] > fwhm_det * (1 + tol):
-                k = _kernel(det_band.psf, band.psf, config, fwhm_worst)
-                deg = degrade(det_img, k, valid=det_valid)
-                _, _, f_deg, _, _ = _photometry(deg, det_var, det, r_ap[:1], det.kron)
-                del deg
-                f_orig = auto_det_cache.setdefault(0, _photometry(det_img, det_var, det, r_ap[:1], det.kron)[2])
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    corr = np.where(f_deg > 0, f_orig / f_deg, np.nan)
-                out["PSFCOR_FACTOR"][:, j] = corr
-                out["FLUX_PSFCOR"][:, j] = fe * corr
-                out["FLUXERR_PSFCOR"][:, j] = out["FLUXERR_AUTO"][:, j] * corr
-            elif fwhm[j] < fwhm_det * (1 - tol):
-                k = _kernel(band.psf, det_band.psf, config, fwhm_worst)
-                deg = degrade(img, k, valid=valid)
-                _, _, f_deg, _, _ = _photometry(deg, var, det, r_ap[:1], det.kron)
-                del deg
-                out["PSFCOR_FACTOR"][:, j] = 1.0
-                out["FLUX_PSFCOR"][:, j] = f_deg
-                out["FLUXERR_PSFCOR"][:, j] = out["FLUXERR_AUTO"][:, j]
-            else:
-                out["PSFCOR_FACTOR"][:, j] = 1.0
-                out["FLUX_PSFCOR"][:, j] = fe
-                out["FLUXERR_PSFCOR"][:, j] = out["FLUXERR_AUTO"][:, j]
-            # worst-PSF 3" apertures
-            if fwhm[j] < fwhm_worst * (1 - tol):
-                worst = bands[int(np.argmax(fwhm))] if fwhm.max() >= fwhm_det else det_band
-                k = _kernel(band.psf, worst.psf, config, fwhm_worst)
-                deg = degrade(img, k, valid=valid)
-                fw, vw, _, _, _ = _photometry(deg, var, det, r_worst, np.zeros(n))
-                del deg
-            else:
-                fw, vw, _, _, _ = _photometry(img, var, det, r_worst, np.zeros(n))
-            _, v_own, _, _, _ = _photometry(img, var, det, r_worst, np.zeros(n))
-            out["FLUX_APER3_WORSTPSF"][:, j] = fw[:, 0]
-            out["FLUXERR_APER3_WORSTPSF"][:, j] = _errors(v_own[:, 0], fw[:, 0], band)
+            # the band at the common target PSF: AUTO (PSFCOR) and the worst-PSF circle on the degraded image
+            deg = degrade(img, _kernel_to(band.psf, target), valid=valid)
+            f3, _, f_auto_t, _, _ = _photometry(deg, var, det, r_worst, det.kron)
+            del deg
+            _, v3, _, _, _ = _photometry(img, var, det, r_worst, np.zeros(n))
+            out["PSFCOR_FACTOR"][:, j] = psfcor_factor
+            out["FLUX_PSFCOR"][:, j] = f_auto_t * psfcor_factor
+            out["FLUXERR_PSFCOR"][:, j] = out["FLUXERR_AUTO"][:, j] * np.abs(psfcor_factor)
+            out["FLUX_APER3_WORSTPSF"][:, j] = f3[:, 0]
+            out["FLUXERR_APER3_WORSTPSF"][:, j] = _errors(v3[:, 0], f3[:, 0], band)
         if band is not det_band:
             del img, var, valid, back, mask
     return out
@@ -485,6 +490,8 @@ def _catalog(det: _Detection, meas: dict[str, np.ndarray], bands: Sequence[BandI
     cat.meta["APERDIAM"] = ",".join(f"{d:g}" for d in diam)
     cat.meta["PSFFWHM"] = ",".join(f"{b.fwhm_px * pixel_scale:.4f}" for b in bands)
     cat.meta["MODE"] = "dual" if dual else "single"
+    if "_target_fwhm_px" in meas:
+        cat.meta["PSFTARG"] = round(float(meas["_target_fwhm_px"]) * pixel_scale, 4)
     return cat
 
 

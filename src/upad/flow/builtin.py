@@ -13,6 +13,7 @@ STEP_MODULES = (
     "upad.reduce.starflat_step",
     "upad.coadd.step",
     "upad.coadd.registration_step",
+    "upad.catalog.step",
 )
 
 for _mod in STEP_MODULES:

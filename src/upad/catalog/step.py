@@ -1,0 +1,255 @@
+"""Steps ``catalog_single`` and ``catalog_dual``: the catalogs of the tile coadds.
+
+``catalog_single``: one unit per current coadd (``INSTRUMENT/TILE-NNNNN/FILTER``), the band detected and measured on
+itself. ``catalog_dual``: one unit per pointing (``INSTRUMENT/TILE-NNNNN``), detection on the detection band
+(``detection_filter``, rSDSS) and every filter measured in its apertures with PSF-corrected photometry. The dual
+catalog waits until every filter observed at the pointing has a current coadd (a coadd that failed for good does not
+hold it back: that filter is left out and said so); it is not made while the detection band has no coadd (the
+reason is shown by ``upad status``/``upad run --dry-run``). Its inputs are the coadds, so a re-coadd of any filter
+makes the catalogs again; the older ones stay as superseded products.
+
+The algorithm is :mod:`upad.catalog.measure`; the columns are documented in docs/catalogs.md.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from upad import maskbits as mb
+from upad.catalog.measure import BandImage, CatalogConfig
+from upad.coadd.step import tile_unit_key
+from upad.config import param
+from upad.db.models import Frame
+from upad.errors import DataError
+from upad.flow.queries import PlanContext, current_products
+from upad.flow.step import Input, InputRef, Output, OutputFile, Step, StepOutput, Task, Unit, register_step
+
+__all__ = ["CatalogStepConfig", "CatalogSingle", "CatalogDual", "read_band"]
+
+
+@dataclass(frozen=True)
+class CatalogStepConfig(CatalogConfig):
+    """Parameters of the catalog steps (the measurement's, and the detection band)."""
+
+    detection_filter: str = param("rSDSS", doc="detection band of the dual-mode catalogs (J-PLUS: rSDSS)")
+
+
+def read_band(src: Any) -> tuple[BandImage, Any, float, dict]:
+    """A coadd product (``ResolvedInput`` or paths) as a :class:`~upad.catalog.measure.BandImage`, with its WCS,
+    pixel scale (arcsec) and SCI header values.
+
+    The band's mask: ``NODATA`` where no input covers the pixel, ``SUSPECT`` where an input's pixel was rejected as an
+    artefact (the coadd's ``MASK``).
+
+    Raises
+    ------
+    DataError
+        The coadd has no PSF model (too few stars) or misses a header value the catalogs need.
+    """
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from upad.io.products import file_of, read_psf
+
+    path = file_of(src, "coadd")
+    try:
+        psf_path = file_of(src, "psf")
+    except DataError:
+        psf_path = None
+    if psf_path is None or psf_path == path:
+        raise DataError(f"{path}: the coadd has no PSF model (too few stars for one), so its photometry cannot be "
+                        "PSF-corrected; the catalogs need one")
+    with fits.open(path, memmap=True) as hd:
+        hdr = hd["SCI"].header
+        for key in ("MAGZP", "FILTER"):
+            if key not in hdr:
+                raise DataError(f"{path}: the SCI header has no {key}; is this a upad coadd?")
+        image = np.asarray(hd["SCI"].data, np.float32)
+        weight = np.asarray(hd["WEIGHT"].data, np.float32)
+        rejected = np.asarray(hd["MASK"].data) if "MASK" in hd else None
+        wcs = WCS(hdr)
+        values = {k: hdr.get(k) for k in ("TILE_ID", "FILTER", "MAGZP", "NOISECOR", "PSFFWHM", "DEPTH5", "UPADPROV")}
+    mask = np.where(weight > 0, 0, mb.NODATA).astype(np.int16)
+    if rejected is not None:
+        mask |= np.where(rejected != 0, mb.SUSPECT, 0).astype(np.int16)
+    scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial))) * 3600.0
+    band = BandImage(str(values["FILTER"]), image, weight, float(values["MAGZP"]), read_psf(psf_path), mask=mask,
+                     noisecor=float(values.get("NOISECOR") or 1.0))
+    return band, wcs, scale, values
+
+
+def _write_catalog(task: Task, step: Step, cat: Any, name: str, cards: dict[str, tuple[Any, str]]) -> OutputFile:
+    from astropy.io import fits
+
+    hdu = fits.BinTableHDU(cat, name="CATALOG")
+    for k, v in cat.meta.items():
+        if k in hdu.header:
+            continue
+        hdu.header[k[:8]] = v
+    for k, (v, c) in cards.items():
+        hdu.header[k] = (v, c)
+    hdu.header["UPADPROV"] = (task.provenance_id[:12], "provenance id of this product")
+    staged = task.stage(name)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(staged)
+    return OutputFile("catalog", str(staged), step.final_path(task, name))
+
+
+def _summary(cat: Any, bands: list[str], dual: bool) -> dict[str, Any]:
+    """Counts per band for the product's meta (sources, measured in AUTO, non-detections)."""
+    out: dict[str, Any] = {"n_sources": len(cat), "filters": bands}
+    mags = np.asarray(cat["MAG_AUTO"], float)
+    if not dual:
+        mags = mags[:, None]
+    out["n_detected_auto"] = {b: int(np.count_nonzero(mags[:, j] < 50)) for j, b in enumerate(bands)}
+    return out
+
+
+@register_step
+class CatalogSingle(Step):
+    """The single-mode catalog of one coadd."""
+
+    name = "catalog_single"
+    product_kind = "catalog_single"
+    area = "catalogs"
+    memory_class = "large"
+    config_class = CatalogStepConfig
+    version = "1.0"
+    description = "single-mode catalog of a tile coadd: the band detected and measured on itself"
+    inputs = (Input("coadd", "coadd", doc="the current coadd of the tile in the filter (with its PSF model)"),)
+    outputs = (Output("catalog", doc="FITS table CATALOG (docs/catalogs.md): scalar columns"),)
+
+    def plan(self, ctx: PlanContext, config: CatalogStepConfig) -> Iterable[Unit]:
+        for p in ctx.current_products("coadd", step="coadd"):
+            c = p.context or {}
+            if not c.get("instrument") or c.get("tile_id") is None or not c.get("filter"):
+                continue
+            context = {"instrument": c["instrument"], "tile_id": int(c["tile_id"]), "filter": c["filter"],
+                       "night": p.night}
+            key = tile_unit_key(c["instrument"], c["tile_id"], c["filter"])
+            if not any(f.get("role") == "psf" for f in (p.files or [])):
+                yield Unit(key=key, ready=False, context=context,
+                           reason=f"the {c['filter']} coadd of tile {c['tile_id']} has no PSF model (too few stars)")
+                continue
+            yield Unit(key=key, context=context, priority=180, inputs=[InputRef("product", p.id, "coadd")])
+
+    def run(self, task: Task) -> StepOutput:
+        from upad.catalog.measure import single_mode_catalog
+
+        band, wcs, scale, values = read_band(task.input("coadd"))
+        cat = single_mode_catalog(band, pixel_scale=scale, wcs=wcs, config=task.config)
+        tile = int(task.context["tile_id"])
+        name = f"catalog_TILE-{tile:05d}_{band.name}_single.fits"
+        out = _write_catalog(task, self, cat, name, {"TILE_ID": (tile, "survey pointing"),
+                                                     "FILTER": (band.name, "filter")})
+        return StepOutput(files=[out], meta=_summary(cat, [band.name], dual=False), qc_status="ok")
+
+
+@register_step
+class CatalogDual(Step):
+    """The dual-mode catalog of one pointing."""
+
+    name = "catalog_dual"
+    product_kind = "catalog_dual"
+    area = "catalogs"
+    memory_class = "large"
+    config_class = CatalogStepConfig
+    version = "1.0"
+    description = "dual-mode catalog of a pointing: detection on the detection band, every filter measured in its " \
+                  "apertures, PSF-corrected colours"
+    inputs = (Input("coadd", "coadd", minimum=1, maximum=None, doc="the current coadds of the pointing, one per "
+                                                                   "filter (with their PSF models)"),)
+    outputs = (Output("catalog", doc="FITS table CATALOG (docs/catalogs.md): per-band array columns, in the order "
+                                     "of the header's FILTERS"),)
+
+    def plan(self, ctx: PlanContext, config: CatalogStepConfig) -> Iterable[Unit]:
+        s = ctx.session
+        coadds = ctx.current_products("coadd", step="coadd")
+        tiles = {((p.context or {}).get("instrument"), (p.context or {}).get("tile_id")) for p in coadds}
+        tiles = {t for t in tiles if t[0] and t[1] is not None}
+        if not tiles:
+            return
+        ids = sorted({int(t) for _, t in tiles})
+        observed: dict[tuple[str, int], set[str]] = defaultdict(set)
+        for i in range(0, len(ids), 500):
+            for inst, tid, filt in s.execute(select(Frame.instrument, Frame.tile_id, Frame.filter).where(
+                    Frame.tile_id.in_(ids[i:i + 500]), Frame.obs_type == "science", Frame.valid.is_(True)).distinct()):
+                if filt:
+                    observed[(inst, int(tid))].add(filt)
+        by_tile: dict[tuple[str, int], dict[str, Any]] = defaultdict(dict)
+        for p in current_products(s, "coadd", step="coadd"):
+            c = p.context or {}
+            key = (c.get("instrument"), c.get("tile_id"))
+            if key in tiles:
+                by_tile[key][c.get("filter")] = p
+        failed = ctx.failed_units("coadd")
+        det = config.detection_filter
+        for (inst, tid), done in sorted(by_tile.items()):
+            key = f"{inst}/TILE-{int(tid):05d}"
+            usable = {f: p for f, p in done.items() if any(x.get("role") == "psf" for x in (p.files or []))}
+            context = {"instrument": inst, "tile_id": int(tid), "night": max(p.night for p in done.values()),
+                       "filters": sorted(usable), "detection_filter": det,
+                       "left_out": sorted(set(observed.get((inst, int(tid)), set())) - set(usable))}
+            waiting = sorted(f for f in observed.get((inst, int(tid)), set()) - set(done)
+                             if tile_unit_key(inst, tid, f) not in failed)
+            if waiting:
+                yield Unit(key=key, ready=False, context=context,
+                           reason=f"the coadds of {', '.join(waiting)} of tile {tid} are not done yet")
+                continue
+            if det not in usable:
+                why = ("was never observed" if det not in observed.get((inst, int(tid)), set()) else
+                       "failed" if tile_unit_key(inst, tid, det) in failed else
+                       "has no PSF model (too few stars)" if det in done else "is missing")
+                yield Unit(key=key, ready=False, context=context,
+                           reason=f"the detection band {det} of tile {tid} {why}: no dual-mode catalog "
+                                  f"(set [steps.catalog_dual] detection_filter to use another band)")
+                continue
+            yield Unit(key=key, context=context, priority=185,
+                       inputs=[InputRef("product", usable[f].id, "coadd") for f in sorted(usable)])
+
+    def run(self, task: Task) -> StepOutput:
+        from upad.catalog.measure import dual_mode_catalog
+
+        cfg = task.config
+        bands, wcs, scale, det = [], None, math.nan, None
+        for r in task.inputs_by_role("coadd"):
+            band, w, s, _ = read_band(r)
+            bands.append(band)
+            if band.name == cfg.detection_filter:
+                det, wcs, scale = band, w, s
+        if det is None:
+            raise DataError(f"no coadd of the detection band {cfg.detection_filter} among the inputs")
+        # the array columns in the filter system's order (J-PLUS: uJAVA ... zSDSS)
+        order = _filter_order(task.context.get("instrument"), [b.name for b in bands])
+        bands.sort(key=lambda b: order.get(b.name, 1000))
+        cat = dual_mode_catalog(det, bands, pixel_scale=scale, wcs=wcs, config=cfg)
+        tile = int(task.context["tile_id"])
+        name = f"catalog_TILE-{tile:05d}_dual.fits"
+        left_out = list(task.context.get("left_out") or [])
+        out = _write_catalog(task, self, cat, name, {"TILE_ID": (tile, "survey pointing"),
+                                                     "LEFTOUT": (",".join(left_out), "observed filters without a "
+                                                                                     "usable coadd")})
+        meta = _summary(cat, [b.name for b in bands], dual=True)
+        meta["detection_filter"] = det.name
+        meta["left_out"] = left_out
+        meta["psf_fwhm_arcsec"] = {b.name: round(b.fwhm_px * scale, 4) for b in bands}
+        reasons = [f"{f}: no usable coadd (left out of the catalog)" for f in left_out]
+        return StepOutput(files=[out], meta={**meta, "qc_reasons": reasons}, qc_status="warn" if reasons else "ok")
+
+
+def _filter_order(instrument: str | None, names: list[str]) -> dict[str, int]:
+    """The instrument's filter order (its description), else alphabetical."""
+    from upad.instruments import get_filter_system, get_instrument
+
+    try:
+        filters = [f.name for f in get_filter_system(get_instrument(instrument).filter_system).filters]
+    except (KeyError, ValueError, TypeError):  # an unknown instrument only changes the column order
+        filters = []
+    known = {f: i for i, f in enumerate(filters)}
+    return {n: known.get(n, 100 + k) for k, n in enumerate(sorted(names))}
