@@ -38,6 +38,14 @@ class CatalogStepConfig(CatalogConfig):
     """Parameters of the catalog steps (the measurement's, and the detection band)."""
 
     detection_filter: str = param("rSDSS", doc="detection band of the dual-mode catalogs (J-PLUS: rSDSS)")
+    completeness: bool = param(True, doc="measure each coadd's completeness by injection and recovery (catalog_single)")
+    completeness_per_bin: int = param(40, doc="sources injected per magnitude bin and kind", bounds=(5, 10000))
+    completeness_bright: float = param(2.5, doc="the injected magnitudes start this much brighter than the coadd's "
+                                       "stated 5σ depth (DEPTH5)", bounds=(0.5, 10.0), unit="mag")
+    completeness_faint: float = param(1.75, doc="... and end this much fainter", bounds=(0.25, 5.0), unit="mag")
+    completeness_step: float = param(0.25, doc="magnitude bin of the injection", bounds=(0.05, 1.0), unit="mag")
+    completeness_hlr_arcsec: float = param(1.0, doc="half-light radius of the injected extended sources "
+                                           "(exponential discs)", bounds=(0.1, 20.0), unit="arcsec")
 
 
 def read_band(src: Any) -> tuple[BandImage, Any, float, dict]:
@@ -85,7 +93,8 @@ def read_band(src: Any) -> tuple[BandImage, Any, float, dict]:
     return band, wcs, scale, values
 
 
-def _write_catalog(task: Task, step: Step, cat: Any, name: str, cards: dict[str, tuple[Any, str]]) -> OutputFile:
+def _write_catalog(task: Task, step: Step, cat: Any, name: str, cards: dict[str, tuple[Any, str]],
+                   extra: Any = None) -> OutputFile:
     from astropy.io import fits
 
     hdu = fits.BinTableHDU(cat, name="CATALOG")
@@ -97,8 +106,57 @@ def _write_catalog(task: Task, step: Step, cat: Any, name: str, cards: dict[str,
         hdu.header[k] = (v, c)
     hdu.header["UPADPROV"] = (task.provenance_id[:12], "provenance id of this product")
     staged = task.stage(name)
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(staged)
+    hdus = [fits.PrimaryHDU(), hdu]
+    if extra is not None:
+        hdus.append(extra)
+    fits.HDUList(hdus).writeto(staged)
     return OutputFile("catalog", str(staged), step.final_path(task, name))
+
+
+def _completeness_table(curves: dict) -> Any:
+    """The ``COMPLETENESS`` table HDU (kind, mag, injected, recovered; m50/m90 per kind in the header)."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    if not curves:
+        return None
+    rows = [(k, float(m), int(n), int(r)) for k, c in curves.items()
+            for m, n, r in zip(c.mags, c.injected, c.recovered)]
+    t = Table(rows=rows, names=("kind", "mag", "injected", "recovered"), dtype=("U8", "f4", "i4", "i4"))
+    t["mag"].unit = "mag"
+    hdu = fits.BinTableHDU(t, name="COMPLETENESS")
+    for k, c in curves.items():
+        tag = "PT" if k == "point" else "EX"
+        for lvl, v in (("50", c.m50), ("90", c.m90)):
+            if math.isfinite(v):
+                hdu.header[f"M{lvl}{tag}"] = (round(v, 3), f"{lvl}% completeness, {k} sources (AB)")
+    return hdu
+
+
+def plot_completeness(curves: dict, path: Any, *, title: str = "") -> None:
+    """Completeness against magnitude per kind, with the logistic fit and the 50 %/90 % magnitudes (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for (k, c), colour in zip(curves.items(), ("C0", "C1")):
+        ax.plot(c.mags, c.fraction, "o", color=colour, label=f"{k}: m50 {c.m50:.2f}, m90 {c.m90:.2f}")
+        if math.isfinite(c.m50):
+            m = np.linspace(c.mags[0], c.mags[-1], 200)
+            ax.plot(m, c.plateau / (1 + np.exp((m - c.m50) / c.width)), "-", color=colour, lw=1)
+            ax.axvline(c.m50, color=colour, ls=":", lw=0.8)
+    ax.axhline(0.5, color="0.6", lw=0.5)
+    ax.axhline(0.9, color="0.6", lw=0.5)
+    ax.set_xlabel("injected magnitude (AB)")
+    ax.set_ylabel("fraction recovered")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _summary(cat: Any, bands: list[str], dual: bool) -> dict[str, Any]:
@@ -123,7 +181,9 @@ class CatalogSingle(Step):
     version = "1.0"
     description = "single-mode catalog of a tile coadd: the band detected and measured on itself"
     inputs = (Input("coadd", "coadd", doc="the current coadd of the tile in the filter (with its PSF model)"),)
-    outputs = (Output("catalog", doc="FITS table CATALOG (docs/catalogs.md): scalar columns"),)
+    outputs = (Output("catalog", doc="FITS table CATALOG (docs/catalogs.md): scalar columns; table COMPLETENESS "
+                                     "(injected and recovered per magnitude and kind)"),
+               Output("completeness_plot", optional=True, doc="PNG: completeness against magnitude"))
 
     def plan(self, ctx: PlanContext, config: CatalogStepConfig) -> Iterable[Unit]:
         for p in ctx.current_products("coadd", step="coadd"):
@@ -142,13 +202,50 @@ class CatalogSingle(Step):
     def run(self, task: Task) -> StepOutput:
         from upad.catalog.measure import single_mode_catalog
 
+        from upad.catalog.completeness import aperture_depth, completeness
+
+        cfg = task.config
         band, wcs, scale, values = read_band(task.input("coadd"))
-        cat = single_mode_catalog(band, pixel_scale=scale, wcs=wcs, config=task.config)
+        cat = single_mode_catalog(band, pixel_scale=scale, wcs=wcs, config=cfg)
         tile = int(task.context["tile_id"])
+        meta = _summary(cat, [band.name], dual=False)
+        depth = aperture_depth(band.image, band.weight, band.mask, magzp=band.magzp, pixel_scale=scale, config=cfg)
+        meta["depth_5sigma_3arcsec_blank"] = round(depth["depth"], 4) if math.isfinite(depth["depth"]) else None
+        meta["depth_5sigma_3arcsec_stated"] = values.get("DEPTH5")
+        cards: dict[str, tuple[Any, str]] = {"TILE_ID": (tile, "survey pointing"), "FILTER": (band.name, "filter")}
+        if meta["depth_5sigma_3arcsec_blank"] is not None:
+            cards["DEPTH5B"] = (meta["depth_5sigma_3arcsec_blank"], "5 sigma AB in 3 arcsec, blank apertures")
+        curves = {}
+        reasons = []
+        if cfg.completeness:
+            ref = float(values.get("DEPTH5") or meta["depth_5sigma_3arcsec_blank"] or math.nan)
+            if math.isfinite(ref):
+                mags = np.arange(ref - cfg.completeness_bright, ref + cfg.completeness_faint + 1e-6,
+                                 cfg.completeness_step)
+                curves = completeness(band.image, band.weight, band.mask, band.psf, magzp=band.magzp,
+                                      pixel_scale=scale, mags=mags, per_bin=cfg.completeness_per_bin,
+                                      hlr_arcsec=cfg.completeness_hlr_arcsec, config=cfg,
+                                      seed=tile * 100 + len(band.name))
+                meta["completeness"] = {k: c.as_dict() for k, c in curves.items()}
+                for k, c in curves.items():
+                    tag = "PT" if k == "point" else "EX"
+                    for lvl, v in (("50", c.m50), ("90", c.m90)):
+                        if math.isfinite(v):
+                            cards[f"M{lvl}{tag}"] = (round(v, 3), f"{lvl}% completeness, {k} sources (AB)")
+                        else:
+                            reasons.append(f"{k} sources: the {lvl} % completeness is outside "
+                                           f"{mags[0]:.2f}-{mags[-1]:.2f} mag")
+            else:
+                reasons.append("no depth to centre the completeness injection on")
         name = f"catalog_TILE-{tile:05d}_{band.name}_single.fits"
-        out = _write_catalog(task, self, cat, name, {"TILE_ID": (tile, "survey pointing"),
-                                                     "FILTER": (band.name, "filter")})
-        return StepOutput(files=[out], meta=_summary(cat, [band.name], dual=False), qc_status="ok")
+        out = _write_catalog(task, self, cat, name, cards, extra=_completeness_table(curves))
+        files = [out]
+        if curves:
+            png = task.stage(f"completeness_TILE-{tile:05d}_{band.name}.png")
+            plot_completeness(curves, png, title=f"tile {tile} {band.name}")
+            files.append(OutputFile("completeness_plot", str(png), self.final_path(task, png.name)))
+        meta["qc_reasons"] = reasons
+        return StepOutput(files=files, meta=meta, qc_status="warn" if reasons else "ok")
 
 
 @register_step
