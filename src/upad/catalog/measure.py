@@ -389,10 +389,15 @@ def _measure_bands(det: _Detection, det_img: np.ndarray, det_var: np.ndarray, de
         out["MASK_FLAGS"][:, j] = mflags
         for d, key in ((3.0, "3_0"), (6.0, "6_0")):
             r = d / pixel_scale / 2.0
-            f_ap, v_ap, _, _, _ = _photometry(img, var, det, np.array([r]), np.zeros(n))
+            k = np.flatnonzero(np.isclose(diam, d))
+            if len(k):  # one of the catalog's apertures (J-PLUS's are)
+                f_ap, e_ap = fa[:, k[0]], out["FLUXERR_APER"][:, j, k[0]]
+            else:
+                f1, v1, _, _, _ = _photometry(img, var, det, np.array([r]), np.zeros(n))
+                f_ap, e_ap = f1[:, 0], _errors(v1[:, 0], f1[:, 0], band)
             frac = float(band.psf.enclosed_fraction(r))
-            out[f"FLUX_APER_COR_{key}"][:, j] = f_ap[:, 0] / frac
-            out[f"FLUXERR_APER_COR_{key}"][:, j] = _errors(v_ap[:, 0], f_ap[:, 0], band) / frac
+            out[f"FLUX_APER_COR_{key}"][:, j] = f_ap / frac
+            out[f"FLUXERR_APER_COR_{key}"][:, j] = e_ap / frac
         if homogenise:
             # the band at the common target PSF: AUTO (PSFCOR) and the worst-PSF circle on the degraded image
             deg = degrade(img, _kernel_to(band.psf, target), valid=valid)
