@@ -293,6 +293,22 @@ def test_the_catalogs_of_the_pointing(coadded):
     assert abs(figures["MAG_APER3_WORSTPSF"][0]) < 0.02
 
 
+def test_no_dual_catalog_without_the_detection_band(coadded):
+    """A detection band never observed at the pointing: the dual catalog is not made, and the plan says why."""
+    from upad.catalog.step import CatalogDual, CatalogStepConfig
+    from upad.flow.queries import PlanContext
+
+    sim, settings, db = coadded
+    with db.session() as s:
+        units = list(CatalogDual().plan(PlanContext(s), CatalogStepConfig(detection_filter="J0660")))
+        ok = list(CatalogDual().plan(PlanContext(s), CatalogStepConfig()))
+    (unit,) = units
+    assert not unit.ready and "the detection band J0660 of tile" in unit.reason and "never observed" in unit.reason
+    assert unit.context["left_out"] == [] and unit.context["filters"] == ["gSDSS", "rSDSS"]
+    (good,) = ok
+    assert good.ready and len(good.inputs) == 2
+
+
 def test_depth_and_completeness_of_each_coadd(coadded):
     """catalog_single's injection completeness against the fraction of the truth's stars its detection found (the
     stars inside the fully covered grid, away from brighter objects), and its blank-aperture depth against the

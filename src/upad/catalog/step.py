@@ -13,31 +13,34 @@ The algorithm is :mod:`upad.catalog.measure`; the columns are documented in docs
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from upad import maskbits as mb
 from upad.catalog.measure import BandImage, CatalogConfig
-from upad.coadd.step import tile_unit_key
+from upad.coadd.step import pointing_coadds, tile_unit_key
 from upad.config import param
-from upad.db.models import Frame
 from upad.errors import DataError
-from upad.flow.queries import PlanContext, current_products
+from upad.flow.queries import PlanContext
 from upad.flow.step import Input, InputRef, Output, OutputFile, Step, StepOutput, Task, Unit, register_step
 
-__all__ = ["CatalogStepConfig", "CatalogSingle", "CatalogDual", "read_band"]
+__all__ = ["CatalogStepConfig", "CatalogSingleConfig", "CatalogSingle", "CatalogDual", "read_band"]
 
 
 @dataclass(frozen=True)
 class CatalogStepConfig(CatalogConfig):
-    """Parameters of the catalog steps (the measurement's, and the detection band)."""
+    """Parameters of the dual-mode catalogs (the measurement's, and the detection band)."""
 
     detection_filter: str = param("rSDSS", doc="detection band of the dual-mode catalogs (J-PLUS: rSDSS)")
+
+
+@dataclass(frozen=True)
+class CatalogSingleConfig(CatalogConfig):
+    """Parameters of the single-mode catalogs (the measurement's, and the depth and completeness)."""
+
     completeness: bool = param(True, doc="measure each coadd's completeness by injection and recovery (catalog_single)")
     completeness_per_bin: int = param(40, doc="sources injected per magnitude bin and kind", bounds=(5, 10000))
     completeness_bright: float = param(2.5, doc="the injected magnitudes start this much brighter than the coadd's "
@@ -177,7 +180,7 @@ class CatalogSingle(Step):
     product_kind = "catalog_single"
     area = "catalogs"
     memory_class = "large"
-    config_class = CatalogStepConfig
+    config_class = CatalogSingleConfig
     version = "1.0"
     description = "single-mode catalog of a tile coadd: the band detected and measured on itself"
     inputs = (Input("coadd", "coadd", doc="the current coadd of the tile in the filter (with its PSF model)"),)
@@ -185,7 +188,7 @@ class CatalogSingle(Step):
                                      "(injected and recovered per magnitude and kind)"),
                Output("completeness_plot", optional=True, doc="PNG: completeness against magnitude"))
 
-    def plan(self, ctx: PlanContext, config: CatalogStepConfig) -> Iterable[Unit]:
+    def plan(self, ctx: PlanContext, config: CatalogSingleConfig) -> Iterable[Unit]:
         for p in ctx.current_products("coadd", step="coadd"):
             c = p.context or {}
             if not c.get("instrument") or c.get("tile_id") is None or not c.get("filter"):
@@ -266,48 +269,25 @@ class CatalogDual(Step):
                                      "of the header's FILTERS"),)
 
     def plan(self, ctx: PlanContext, config: CatalogStepConfig) -> Iterable[Unit]:
-        s = ctx.session
-        coadds = ctx.current_products("coadd", step="coadd")
-        tiles = {((p.context or {}).get("instrument"), (p.context or {}).get("tile_id")) for p in coadds}
-        tiles = {t for t in tiles if t[0] and t[1] is not None}
-        if not tiles:
-            return
-        ids = sorted({int(t) for _, t in tiles})
-        observed: dict[tuple[str, int], set[str]] = defaultdict(set)
-        for i in range(0, len(ids), 500):
-            for inst, tid, filt in s.execute(select(Frame.instrument, Frame.tile_id, Frame.filter).where(
-                    Frame.tile_id.in_(ids[i:i + 500]), Frame.obs_type == "science", Frame.valid.is_(True)).distinct()):
-                if filt:
-                    observed[(inst, int(tid))].add(filt)
-        by_tile: dict[tuple[str, int], dict[str, Any]] = defaultdict(dict)
-        for p in current_products(s, "coadd", step="coadd"):
-            c = p.context or {}
-            key = (c.get("instrument"), c.get("tile_id"))
-            if key in tiles:
-                by_tile[key][c.get("filter")] = p
-        failed = ctx.failed_units("coadd")
         det = config.detection_filter
-        for (inst, tid), done in sorted(by_tile.items()):
-            key = f"{inst}/TILE-{int(tid):05d}"
+        for pc in pointing_coadds(ctx):
+            done, tid, inst = pc.coadds, pc.tile_id, pc.instrument
             usable = {f: p for f, p in done.items() if any(x.get("role") == "psf" for x in (p.files or []))}
-            context = {"instrument": inst, "tile_id": int(tid), "night": max(p.night for p in done.values()),
+            context = {"instrument": inst, "tile_id": tid, "night": max(p.night for p in done.values()),
                        "filters": sorted(usable), "detection_filter": det,
-                       "left_out": sorted(set(observed.get((inst, int(tid)), set())) - set(usable))}
-            waiting = sorted(f for f in observed.get((inst, int(tid)), set()) - set(done)
-                             if tile_unit_key(inst, tid, f) not in failed)
-            if waiting:
-                yield Unit(key=key, ready=False, context=context,
-                           reason=f"the coadds of {', '.join(waiting)} of tile {tid} are not done yet")
+                       "left_out": sorted(pc.observed - set(usable))}
+            if pc.waiting:
+                yield Unit(key=pc.key, ready=False, context=context,
+                           reason=f"the coadds of {', '.join(pc.waiting)} of tile {tid} are not done yet")
                 continue
             if det not in usable:
-                why = ("was never observed" if det not in observed.get((inst, int(tid)), set()) else
-                       "failed" if tile_unit_key(inst, tid, det) in failed else
-                       "has no PSF model (too few stars)" if det in done else "is missing")
-                yield Unit(key=key, ready=False, context=context,
+                why = ("was never observed" if det not in pc.observed else
+                       "failed" if det not in done else "has no PSF model (too few stars)")
+                yield Unit(key=pc.key, ready=False, context=context,
                            reason=f"the detection band {det} of tile {tid} {why}: no dual-mode catalog "
                                   f"(set [steps.catalog_dual] detection_filter to use another band)")
                 continue
-            yield Unit(key=key, context=context, priority=185,
+            yield Unit(key=pc.key, context=context, priority=185,
                        inputs=[InputRef("product", usable[f].id, "coadd") for f in sorted(usable)])
 
     def run(self, task: Task) -> StepOutput:

@@ -11,17 +11,12 @@ uncertainty) or could not be measured.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import select
-
-from upad.coadd.step import tile_unit_key
+from upad.coadd.step import pointing_coadds
 from upad.config import StepConfig, param
-from upad.db.models import Frame
-from upad.flow.queries import PlanContext, current_products
+from upad.flow.queries import PlanContext
 from upad.flow.step import Input, InputRef, Output, OutputFile, Step, StepOutput, Task, Unit, register_step
 
 __all__ = ["RegistrationConfig", "CoaddRegistration"]
@@ -58,42 +53,19 @@ class CoaddRegistration(Step):
                                           "dy_err_px, rms_px"),)
 
     def plan(self, ctx: PlanContext, config: RegistrationConfig) -> Iterable[Unit]:
-        s = ctx.session
-        coadds = ctx.current_products("coadd", step="coadd")
-        tiles = {((p.context or {}).get("instrument"), (p.context or {}).get("tile_id")) for p in coadds}
-        tiles = {t for t in tiles if t[0] and t[1] is not None}
-        if not tiles:
-            return
-        ids = sorted({int(t) for _, t in tiles})
-        observed: dict[tuple[str, int], set[str]] = defaultdict(set)
-        for i in range(0, len(ids), 500):
-            for inst, tid, filt in s.execute(select(Frame.instrument, Frame.tile_id, Frame.filter).where(
-                    Frame.tile_id.in_(ids[i:i + 500]), Frame.obs_type == "science", Frame.valid.is_(True)).distinct()):
-                if filt:
-                    observed[(inst, int(tid))].add(filt)
-        # every night's coadds of these tiles (a pointing's filters may have been finished on other nights)
-        by_tile: dict[tuple[str, int], dict[str, Any]] = defaultdict(dict)
-        for p in current_products(s, "coadd", step="coadd"):
-            c = p.context or {}
-            key = (c.get("instrument"), c.get("tile_id"))
-            if key in tiles:
-                by_tile[key][c.get("filter")] = p
-        failed = ctx.failed_units("coadd")
-        for (inst, tid), done in sorted(by_tile.items()):
-            key = f"{inst}/TILE-{int(tid):05d}"
-            context = {"instrument": inst, "tile_id": int(tid), "night": max(p.night for p in done.values()),
+        for pc in pointing_coadds(ctx):
+            done, tid = pc.coadds, pc.tile_id
+            context = {"instrument": pc.instrument, "tile_id": tid, "night": max(p.night for p in done.values()),
                        "filters": sorted(done)}
-            waiting = sorted(f for f in observed.get((inst, int(tid)), set()) - set(done)
-                             if tile_unit_key(inst, tid, f) not in failed)
-            if waiting:
-                yield Unit(key=key, ready=False, context=context,
-                           reason=f"the coadds of {', '.join(waiting)} of tile {tid} are not done yet")
+            if pc.waiting:
+                yield Unit(key=pc.key, ready=False, context=context,
+                           reason=f"the coadds of {', '.join(pc.waiting)} of tile {tid} are not done yet")
                 continue
             if len(done) < 2:
-                yield Unit(key=key, ready=False, context=context,
+                yield Unit(key=pc.key, ready=False, context=context,
                            reason=f"tile {tid} has a coadd in {len(done)} filter(s): nothing to compare")
                 continue
-            yield Unit(key=key, context=context, priority=170,
+            yield Unit(key=pc.key, context=context, priority=170,
                        inputs=[InputRef("product", done[f].id, "coadd") for f in sorted(done)])
 
     def run(self, task: Task) -> StepOutput:

@@ -108,6 +108,57 @@ def tile_unit_key(instrument: str, tile_id: int, filter_name: str) -> str:
     return f"{instrument}/TILE-{int(tile_id):05d}/{filter_name}"
 
 
+@dataclass
+class PointingCoadds:
+    """The current coadds of one pointing, for the steps that work on all its filters at once."""
+
+    instrument: str
+    tile_id: int
+    #: filter → the current coadd product
+    coadds: dict[str, Any]
+    #: filters with valid science frames of the pointing
+    observed: set[str]
+    #: observed filters whose coadd is neither done nor failed for good
+    waiting: list[str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.instrument}/TILE-{int(self.tile_id):05d}"
+
+
+def pointing_coadds(ctx: PlanContext) -> list[PointingCoadds]:
+    """The pointings with a current coadd in the plan's scope, each with all its current coadds (from every night:
+    a pointing's filters may be finished on different nights) and the filters still waiting for one."""
+    from upad.flow.queries import current_products
+
+    s = ctx.session
+    tiles = {((p.context or {}).get("instrument"), (p.context or {}).get("tile_id"))
+             for p in ctx.current_products("coadd", step="coadd")}
+    tiles = {t for t in tiles if t[0] and t[1] is not None}
+    if not tiles:
+        return []
+    ids = sorted({int(t) for _, t in tiles})
+    observed: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for i in range(0, len(ids), 500):
+        for inst, tid, filt in s.execute(select(Frame.instrument, Frame.tile_id, Frame.filter).where(
+                Frame.tile_id.in_(ids[i:i + 500]), Frame.obs_type == "science", Frame.valid.is_(True)).distinct()):
+            if filt:
+                observed[(inst, int(tid))].add(filt)
+    by_tile: dict[tuple[str, int], dict[str, Any]] = defaultdict(dict)
+    for p in current_products(s, "coadd", step="coadd"):
+        c = p.context or {}
+        key = (c.get("instrument"), c.get("tile_id"))
+        if key in tiles:
+            by_tile[key][c.get("filter")] = p
+    failed = ctx.failed_units("coadd")
+    out = []
+    for (inst, tid), done in sorted(by_tile.items()):
+        seen = observed.get((inst, int(tid)), set())
+        waiting = sorted(f for f in seen - set(done) if tile_unit_key(inst, tid, f) not in failed)
+        out.append(PointingCoadds(inst, int(tid), done, set(seen), waiting))
+    return out
+
+
 @register_step
 class Coadd(Step):
     """The coadd of one tile in one filter."""
