@@ -381,9 +381,9 @@ def _measure_bands(det: _Detection, det_img: np.ndarray, det_var: np.ndarray, de
         out["FLUX_ISO"][:, j] = iso
         out["FLUXERR_ISO"][:, j] = _errors(iso_v, iso, band)
         out["BACKGROUND"][:, j] = back[yi, xi]
-        w = np.asarray(band.weight, np.float64)
-        wmed = float(np.median(w[w > 0])) if np.any(w > 0) else 1.0
-        out["NORM_WMAP_VAL"][:, j] = w[yi, xi] / wmed
+        w = np.asarray(band.weight)  # no copy: the median and the sources' values are all that is needed
+        wmed = float(np.median(w[valid])) if valid.any() else 1.0
+        out["NORM_WMAP_VAL"][:, j] = w[yi, xi].astype(np.float64) / wmed
         flags, mflags = _band_flags(det, trunc | tp, mask)
         out["FLAGS"][:, j] = flags
         out["MASK_FLAGS"][:, j] = mflags
@@ -403,7 +403,8 @@ def _measure_bands(det: _Detection, det_img: np.ndarray, det_var: np.ndarray, de
             deg = degrade(img, _kernel_to(band.psf, target), valid=valid)
             f3, _, f_auto_t, _, _ = _photometry(deg, var, det, r_worst, det.kron)
             del deg
-            _, v3, _, _, _ = _photometry(img, var, det, r_worst, np.zeros(n))
+            k3 = np.flatnonzero(np.isclose(r_ap, r_worst[0]))
+            v3 = va[:, k3[:1]] if len(k3) else _photometry(img, var, det, r_worst, np.zeros(n))[1]
             out["PSFCOR_FACTOR"][:, j] = psfcor_factor
             out["FLUX_PSFCOR"][:, j] = f_auto_t * psfcor_factor
             out["FLUXERR_PSFCOR"][:, j] = out["FLUXERR_AUTO"][:, j] * np.abs(psfcor_factor)
