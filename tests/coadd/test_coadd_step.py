@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from upad.db.models import Frame, Product
 from upad.execution import LocalExecutor
@@ -309,6 +309,98 @@ def test_no_dual_catalog_without_the_detection_band(coadded):
     assert good.ready and len(good.inputs) == 2
 
 
+def _science_db(settings):
+    from upad.db.science import ScienceDB
+    from upad.release.upload import science_db_url
+
+    return ScienceDB(science_db_url(settings.root), create=False)
+
+
+def _loads(db):
+    with db.session() as s:
+        return list(s.scalars(select(Product).where(Product.step == "sciencedb_load", Product.is_current.is_(True))))
+
+
+def test_the_catalogs_are_loaded_into_the_science_database(coadded):
+    """The upload queue (``sciencedb_load``): the pointing's catalogs and images in the science database, the load
+    acknowledged in both databases; cone searches find the truth's stars with the catalog's own colours."""
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table
+
+    sim, settings, db = coadded
+    (load,) = _loads(db)
+    cats = {p.step if p.step == "catalog_dual" else p.context["filter"]: p for p, _ in _catalogs(db)}
+    used = {i for i in _inputs(db, load)}
+    assert used == {p.id for p in cats.values()} | {p.id for p in _coadds(db, settings).values()}
+    dual = Table.read(settings.root / cats["catalog_dual"].files[0]["path"], hdu="CATALOG")
+    nsingle = sum(len(Table.read(settings.root / cats[f].files[0]["path"], hdu="CATALOG")) for f in FILTERS)
+    sdb = _science_db(settings)
+    try:
+        counts = sdb.counts()
+        assert counts["magabdualobj"] == len(dual) and counts["magabdualphot"] == 2 * len(dual)
+        assert counts["magabsingleobj"] == nsingle and counts["tileimage"] == 2
+        assert load.meta["load_id"] and load.meta["n_dual"] == len(dual) and load.qc_status == "ok"
+        with sdb.engine.connect() as conn:
+            (ack,) = conn.execute(text("SELECT provenance_id, n_dual, replaced_at FROM catalog_load")).all()
+            assert ack == (load.provenance_id, len(dual), None)
+            images = {r.filter_name: r for r in conn.execute(text("SELECT * FROM tileimage"))}
+            coadds = _coadds(db, settings)
+            for f in FILTERS:
+                im = images[f]
+                assert im.tile_id == coadds[f].id and im.ref_tile_id == coadds["rSDSS"].id
+                assert im.date_first is not None and im.date_first <= im.date_last and im.ncombined == 3
+                assert im.depth3arc5s_blank is not None and 19 < im.m50_point < 24
+            # the colours in the database are the catalog's: g - r by a join of the per-band rows
+            rows = conn.execute(text(
+                "SELECT o.number, g.mag_psfcor - r.mag_psfcor FROM magabdualobj o "
+                "JOIN magabdualphot g ON g.tile_id = o.tile_id AND g.number = o.number "
+                "JOIN magabdualphot r ON r.tile_id = o.tile_id AND r.number = o.number "
+                "JOIN filter fg ON fg.filter_id = g.filter_id AND fg.filter_name = 'gSDSS' "
+                "JOIN filter fr ON fr.filter_id = r.filter_id AND fr.filter_name = 'rSDSS' "
+                "WHERE g.mag_psfcor < 50 AND r.mag_psfcor < 50")).all()
+        fi = dual.meta["FILTERS"].split(",")
+        colour = dict(zip(np.asarray(dual["NUMBER"]).tolist(),
+                          (dual["MAG_PSFCOR"][:, fi.index("gSDSS")] - dual["MAG_PSFCOR"][:, fi.index("rSDSS")])))
+        assert len(rows) > 100 and all(abs(c - colour[n]) < 1e-5 for n, c in rows)
+        # cone searches around the truth's bright stars find them at their position; the point-source view holds
+        # stars (its completeness on this coadd: docs/science-database.md)
+        sky = Table.read(sim.out / "truth" / "sky_catalog.fits", hdu="SKY")
+        with fits.open(settings.root / coadds["rSDSS"].files[0]["path"]) as hd:  # the coadd's footprint
+            w = hd["WEIGHT"].data
+            x, y = WCS(hd["SCI"].header).all_world2pix(np.asarray(sky["ra"]), np.asarray(sky["dec"]), 0)
+        xi, yi = np.round(x).astype(int), np.round(y).astype(int)
+        inside = (xi >= 10) & (yi >= 10) & (xi < w.shape[1] - 10) & (yi < w.shape[0] - 10)
+        inside[inside] = w[yi[inside], xi[inside]] > 0
+        bright = (np.asarray(sky["type"]).astype(str) == "star") & (np.asarray(sky["magnom_rSDSS"]) < 19) & inside
+        found = point = 0
+        for ra, dec in zip(np.asarray(sky["ra"])[bright][:30], np.asarray(sky["dec"])[bright][:30]):
+            near = sdb.cone("MagABDualObj", ra, dec, 2.0)
+            if len(near) and near["dist_arcsec"][0] < 0.5:
+                found += 1
+                point += len(sdb.cone("MagABDualPointSources", ra, dec, 0.5)) > 0
+        n = min(30, int(bright.sum()))
+        print(f"science database: {counts}; cone searches found {found} of {n} bright truth stars within 0.5\", "
+              f"{point} in the point-source view")
+        assert n >= 10 and found >= 0.9 * n and point >= 0.5 * found
+        view = sdb.cone("MagABDualPointSources", float(np.mean(sky["ra"])), float(np.mean(sky["dec"])), 3600.0)
+        sc = SkyCoord(np.asarray(sky["ra"]), np.asarray(sky["dec"]), unit="deg")
+        idx, d2d, _ = SkyCoord(np.asarray(view["alpha_j2000"]), np.asarray(view["delta_j2000"]),
+                               unit="deg").match_to_catalog_sky(sc)
+        is_star = (np.asarray(sky["type"]).astype(str) == "star")[idx] & (d2d.arcsec < 1.0)
+        bright = np.asarray(sky["magnom_rSDSS"])[idx] < 20  # at low S/N every source looks point-like
+        print(f"point-source view: {len(view)} objects, {is_star[bright].mean():.2f} of the {bright.sum()} brighter "
+              "than r = 20 are truth stars")
+        assert bright.sum() > 20 and is_star[bright].mean() > 0.9
+        assert np.all(np.asarray(view["class_star"]) >= 0.9) and np.all((np.asarray(view["det_flags"]) & 6) == 0)
+    finally:
+        sdb.dispose()
+
+
+def _inputs(db, product):
+    with db.session() as s:
+        return [i.input_id for i in s.get(Product, product.id).provenance.inputs]
+
+
 def test_depth_and_completeness_of_each_coadd(coadded):
     """catalog_single's injection completeness against the fraction of the truth's stars its detection found (the
     stars inside the fully covered grid, away from brighter objects), and its blank-aperture depth against the
@@ -471,3 +563,16 @@ def test_flagging_an_exposure_recoadds_its_tile_without_it(coadded):
     cats = _catalogs(db)
     assert {p.step for p, used in cats if after.id in used} == {"catalog_single", "catalog_dual"}
     assert all(before.id not in used for _, used in cats)
+    # ... and the science database is reloaded: the pointing's rows are the new catalogs', the old load replaced
+    (load,) = _loads(db)
+    assert after.id in _inputs(db, load) and load.meta["replaced"]
+    sdb = _science_db(settings)
+    try:
+        with sdb.engine.connect() as conn:
+            loads = conn.execute(text("SELECT load_id, replaced_at FROM catalog_load ORDER BY load_id")).all()
+            assert len(loads) == 2 and loads[0][1] is not None and loads[1][1] is None
+            assert {r[0] for r in conn.execute(text("SELECT DISTINCT load_id FROM magabdualobj"))} == {loads[1][0]}
+            (rtile,) = conn.execute(text("SELECT tile_id FROM tileimage WHERE filter_name = 'rSDSS'")).one()
+            assert rtile == after.id
+    finally:
+        sdb.dispose()

@@ -415,6 +415,25 @@ def _measure_bands(det: _Detection, det_img: np.ndarray, det_var: np.ndarray, de
     return out
 
 
+def stellar_locus(ratio: np.ndarray, snr: np.ndarray, flags: np.ndarray, *, min_snr: float = 20.0,
+                  width: float = 0.06, min_stars: int = 5) -> float:
+    """Where the stars lie in ``ratio`` (a source's size over the PSF model's): the median of the densest window
+    of relative ``width`` among the unflagged sources with S/N above ``min_snr`` (stars form the tightest clump;
+    galaxies spread to larger sizes). 1 when fewer than ``min_stars`` sources are in that window."""
+    r = np.asarray(ratio, float)
+    good = np.isfinite(r) & (r > 0) & (np.asarray(snr, float) > min_snr) & (np.asarray(flags) & ~1 == 0)
+    lr = np.sort(np.log(r[good]))
+    if lr.size < min_stars:
+        return 1.0
+    # for every source, the count within log(1 + width) above it: the densest window starts at the largest
+    hi = np.searchsorted(lr, lr + math.log1p(width), side="right")
+    count = hi - np.arange(lr.size)
+    i = int(np.argmax(count))
+    if count[i] < min_stars:
+        return 1.0
+    return float(np.exp(np.median(lr[i:hi[i]])))
+
+
 def _catalog(det: _Detection, meas: dict[str, np.ndarray], bands: Sequence[BandImage], det_band: BandImage, *,
              pixel_scale: float, wcs: Any, config: CatalogConfig, dual: bool) -> Any:
     """The output table: detection columns, then per-band fluxes and magnitudes (arrays in dual mode)."""
@@ -445,8 +464,11 @@ def _catalog(det: _Detection, meas: dict[str, np.ndarray], bands: Sequence[BandI
     err_det = np.asarray(t["FLUXERR_AUTO"], np.float64) * float(det_band.noisecor)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(err_det > 0, flux_det / err_det, 0.0)
+    t_obj = 2.0 * (fwhm_px / 2.3548) ** 2
     t_psf = det_band.psf.moment_size_at(det.x, det.y)
-    cat["CLASS_STAR"] = class_star(2.0 * (fwhm_px / 2.3548) ** 2, t_psf, snr)
+    # the size of the stars as this catalog measures them: the PSF model's size scaled to the catalog's stellar locus
+    # (a coadd's PSF model and the detection's FWHM need not agree to the 3 % the stellarity resolves)
+    cat["CLASS_STAR"] = class_star(t_obj, t_psf * stellar_locus(t_obj / t_psf, snr, np.asarray(t["FLAGS"])), snr)
     peak = np.asarray(t["FLUX_MAX"], np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         cat["MU_MAX"] = np.where(peak > 0, det_band.magzp - 2.5 * np.log10(np.where(peak > 0, peak, 1.0)

@@ -14,6 +14,7 @@ STEP_MODULES = (
     "upad.coadd.step",
     "upad.coadd.registration_step",
     "upad.catalog.step",
+    "upad.release.upload",
 )
 
 for _mod in STEP_MODULES:

@@ -1,0 +1,427 @@
+"""The science database: the catalogs as tables that astronomers query, and cone searches on them.
+
+The process database (:mod:`upad.db.session`) drives the processing; the science database holds what it produced
+for queries, in the spirit of the J-PLUS archive (shared/reference):
+
+``filter``
+    One row per filter of the instrument's filter system (``filter_id``, ``filter_name``, central wavelength, width).
+``tileimage``
+    One row per coadded image: ``tile_id`` (the image's id, the coadd product's id in the process database),
+    ``filter_id``, ``ref_tile_id`` (the detection band's image of the same pointing), ``pointing_id`` (the survey
+    tile number), dates, exposure, PSF FWHM, zero point, 5σ depth in 3″, completeness magnitudes, provenance.
+``magabdualobj``
+    The dual-mode catalog, one row per object: ``tile_id`` (of the detection image) and ``number`` identify it;
+    position, shape, stellarity, detection flags and ``hpx29``.
+``magabdualphot``
+    The dual-mode photometry, one row per object and band (``tile_id``, ``number``, ``filter_id``): every magnitude,
+    flux and flag of that band. Colours are a join of two bands (docs/science-database.md).
+``magabsingleobj``
+    The single-mode catalogs, one row per detection in one band (``tile_id`` of that band's image).
+``magabdualpointsources``
+    A view: the objects of ``magabdualobj`` that look point-like (``class_star`` at least the load step's
+    ``point_source_class_star``, no blending/saturation detection flags).
+``catalog_load``
+    The log of the upload queue: one row per load of a pointing, with the process-database provenance id it
+    acknowledges.
+
+Names are lower case (unquoted SQL works on SQLite and PostgreSQL alike; the archive's J-PLUS spellings such as
+``MAG_AUTO`` or ``MagABDualObj`` match case-insensitively). Per-band values are one row per band: the same schema
+holds 12 (J-PLUS) or 56 (J-PAS) bands, and the same SQL runs on both back ends.
+
+Positions are indexed by a nested HEALPix index of order 29 (``hpx29``, int64, as in HATS) with a B-tree: a cone
+becomes a few dozen index ranges (mocpy), joined as a table, then an exact angular-distance cut. On PostgreSQL with
+the ``q3c`` extension installed the object tables also get a q3c index, and cone searches use it.
+
+The catalog tables take their columns from the first catalog loaded (names, types, units); a later catalog with
+other columns (e.g. other apertures) is refused with the remedy (``upad sciencedb rebuild``). The science database
+is derived data: it can always be rebuilt from the catalog products.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (BigInteger, Column, DateTime, Double, Float, Index, Integer, MetaData, SmallInteger, String,
+                        Table, Text, inspect, text)
+from sqlalchemy.engine import Connection, Engine
+
+from upad.db.session import make_engine
+from upad.errors import DataError, UpadError
+
+__all__ = ["SCHEMA_VERSION", "HPX_ORDER", "ScienceDB", "healpix_index", "cone_ranges", "angular_distance_arcsec",
+           "CATALOG_TABLES", "column_type"]
+
+#: Version of the science database's schema (the base tables); a database of another version is rebuilt.
+SCHEMA_VERSION = 1
+#: HEALPix order of the position index (nested; as HATS).
+HPX_ORDER = 29
+#: The catalog tables and their keys.
+CATALOG_TABLES: dict[str, tuple[str, ...]] = {
+    "magabdualobj": ("tile_id", "number"),
+    "magabdualphot": ("tile_id", "number", "filter_id"),
+    "magabsingleobj": ("tile_id", "number"),
+}
+#: The catalog tables with positions (a ``hpx29`` column and cone searches).
+POSITION_TABLES = ("magabdualobj", "magabsingleobj")
+
+
+def healpix_index(ra_deg: Any, dec_deg: Any) -> np.ndarray:
+    """Nested HEALPix index of order :data:`HPX_ORDER` (int64) of positions in degrees."""
+    import astropy.units as u
+    from astropy_healpix import lonlat_to_healpix
+
+    ra = np.asarray(ra_deg, np.float64)
+    dec = np.asarray(dec_deg, np.float64)
+    if ra.size == 0:
+        return np.zeros(0, np.int64)
+    return np.asarray(lonlat_to_healpix(np.mod(ra, 360.0) * u.deg, np.clip(dec, -90.0, 90.0) * u.deg,
+                                        2 ** HPX_ORDER, order="nested"), np.int64)
+
+
+def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> np.ndarray:
+    """The order-29 HEALPix index ranges ``[lo, hi)`` (int64, shape ``(n, 2)``) that cover a cone.
+
+    The cover's cells are about a quarter of the radius, so a cone is a few dozen ranges and the candidates outside
+    the cone are few; the exact cut is :func:`angular_distance_arcsec`.
+    """
+    import astropy.units as u
+    from astropy.coordinates import Latitude, Longitude
+    from mocpy import MOC
+
+    if not (radius_deg > 0 and math.isfinite(radius_deg)):
+        raise ValueError(f"radius {radius_deg} deg: must be positive and finite")
+    if not -90.0 <= dec_deg <= 90.0:
+        raise ValueError(f"declination {dec_deg} deg is outside [-90, 90]")
+    # a cell of order d is about 58.6 deg / 2**d across
+    depth = int(np.clip(math.ceil(math.log2(58.6 / min(radius_deg, 90.0))) + 2, 2, HPX_ORDER))
+    moc = MOC.from_cone(Longitude(ra_deg % 360.0, u.deg), Latitude(dec_deg, u.deg), radius=radius_deg * u.deg,
+                        max_depth=depth)
+    return np.asarray(moc.to_depth29_ranges, np.int64)
+
+
+def angular_distance_arcsec(ra1: Any, dec1: Any, ra2: float, dec2: float) -> np.ndarray:
+    """Great-circle distance (arcsec) between positions in degrees (haversine: exact at small separations)."""
+    r1, d1, r2, d2 = (np.radians(np.asarray(v, np.float64)) for v in (ra1, dec1, ra2, dec2))
+    h = np.sin((d1 - d2) / 2) ** 2 + np.cos(d1) * np.cos(d2) * np.sin((r1 - r2) / 2) ** 2
+    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))) * 3600.0
+
+
+def column_type(dtype: np.dtype) -> Any:
+    """The SQL type of a catalog column of numpy ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return Float(precision=24) if dtype.itemsize <= 4 else Double()
+    if dtype.kind in "iu":
+        if dtype.itemsize <= 1 or (dtype.kind == "i" and dtype.itemsize == 2):
+            return SmallInteger()
+        if dtype.itemsize <= 2 or (dtype.kind == "i" and dtype.itemsize == 4):
+            return Integer()
+        return BigInteger()
+    if dtype.kind == "b":
+        return SmallInteger()
+    if dtype.kind in "US":
+        return String(max(1, dtype.itemsize // (4 if dtype.kind == "U" else 1)))
+    raise DataError(f"no SQL type for a catalog column of type {dtype}")
+
+
+def _base_tables(md: MetaData) -> None:
+    Table("sciencedb_meta", md, Column("key", String(64), primary_key=True), Column("value", Text))
+    Table("filter", md,
+          Column("filter_id", Integer, primary_key=True, comment="filter id (the filter system's)"),
+          Column("filter_name", String(32), unique=True, nullable=False),
+          Column("filter_system", String(32)),
+          Column("lambda_eff", Float, comment="central wavelength [Angstrom]"),
+          Column("fwhm", Float, comment="width (FWHM) [Angstrom]"),
+          Column("position", Integer, comment="order of the filter in the system (blue to red)"))
+    Table("tileimage", md,
+          Column("tile_id", BigInteger, primary_key=True, comment="id of the coadded image"),
+          Column("filter_id", Integer, index=True),
+          Column("filter_name", String(32)),
+          Column("ref_tile_id", BigInteger, comment="tile_id of the detection band's image of the pointing"),
+          Column("pointing_id", Integer, index=True, comment="survey tile (pointing) number"),
+          Column("instrument", String(32)),
+          Column("name", String(64), comment="image name, INSTRUMENT-TILE-FILTER"),
+          Column("ra", Double, comment="centre of the image [deg]"),
+          Column("dec", Double, comment="centre of the image [deg]"),
+          Column("date_first", DateTime, comment="start of the first exposure combined (UTC)"),
+          Column("date_last", DateTime, comment="start of the last exposure combined (UTC)"),
+          Column("ncombined", Integer, comment="exposures combined"),
+          Column("exptime", Float, comment="largest summed exposure time [s]"),
+          Column("fwhm_arcsec", Float, comment="median PSF FWHM of the coadd [arcsec]"),
+          Column("magzp", Float, comment="AB zero point of the image [mag]"),
+          Column("noisecor", Float, comment="true/naive noise of pixel sums (resampling correlation)"),
+          Column("depth3arc5s", Float, comment="5 sigma depth in a 3 arcsec aperture, from the weight map [mag]"),
+          Column("depth3arc5s_blank", Float, comment="the same from blank-sky apertures [mag]"),
+          Column("m50_point", Float, comment="50 % completeness, point sources [mag]"),
+          Column("m90_point", Float, comment="90 % completeness, point sources [mag]"),
+          Column("m50_ext", Float, comment="50 % completeness, extended sources [mag]"),
+          Column("m90_ext", Float, comment="90 % completeness, extended sources [mag]"),
+          Column("provenance_id", String(64), comment="provenance of the coadd (process database)"),
+          Column("file_path", Text, comment="coadd file, relative to the data root"),
+          Column("load_id", Integer, index=True))
+    Table("catalog_load", md,
+          Column("load_id", Integer, primary_key=True, autoincrement=True),
+          Column("instrument", String(32)),
+          Column("pointing_id", Integer, index=True),
+          Column("provenance_id", String(64), comment="provenance of the load (process database)"),
+          Column("catalogs", Text, comment="provenance ids of the catalogs loaded (JSON)"),
+          Column("n_dual", Integer),
+          Column("n_dual_phot", Integer),
+          Column("n_single", Integer),
+          Column("n_images", Integer),
+          Column("loaded_at", DateTime),
+          Column("replaced_at", DateTime, comment="when a later load of the pointing replaced these rows"),
+          Column("code_version", String(32)))
+
+
+@dataclass(frozen=True)
+class CatalogColumn:
+    """A catalog table's column: name (lower case), numpy dtype, unit."""
+
+    name: str
+    dtype: np.dtype
+    unit: str = ""
+
+
+class ScienceDB:
+    """A handle on one science database (SQLite or PostgreSQL).
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL (``sqlite:///PATH`` or ``postgresql://USER@HOST/DB``).
+    create : bool
+        Create the base tables when the database is empty (otherwise an empty database is refused).
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.engine: Engine = make_engine(url)
+        self.backend = self.engine.dialect.name
+        self.metadata = MetaData()
+        _base_tables(self.metadata)
+        try:
+            self._open(create)
+        except Exception:
+            self.engine.dispose()
+            raise
+
+    # -- schema ---------------------------------------------------------------------------------------------------
+    def _open(self, create: bool) -> None:
+        names = set(inspect(self.engine).get_table_names())
+        if "sciencedb_meta" not in names:
+            if not create:
+                raise UpadError(f"{self.url}: no science database here",
+                                hint="it is created by the first catalog load (`upad run`), or `upad sciencedb "
+                                     "rebuild`")
+            with self.engine.begin() as conn:
+                self.metadata.create_all(conn)
+                conn.execute(self.metadata.tables["sciencedb_meta"].insert(),
+                             [{"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                              {"key": "created_at", "value": dt.datetime.now(dt.timezone.utc).isoformat()}])
+        with self.engine.connect() as conn:
+            v = conn.execute(text("SELECT value FROM sciencedb_meta WHERE key = 'schema_version'")).scalar()
+        if str(v) != str(SCHEMA_VERSION):
+            raise UpadError(f"{self.url}: science database schema version {v}, this upad writes {SCHEMA_VERSION}",
+                            hint="rebuild it from the catalogs: `upad sciencedb rebuild`")
+        for name in CATALOG_TABLES:
+            if name in names or name in set(inspect(self.engine).get_table_names()):
+                Table(name, self.metadata, autoload_with=self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def table(self, name: str) -> Table:
+        """A table of the database (``KeyError`` when it does not exist yet)."""
+        return self.metadata.tables[name.lower()]
+
+    def has_table(self, name: str) -> bool:
+        return name.lower() in self.metadata.tables
+
+    def q3c_schema(self, conn: Connection) -> str | None:
+        """The schema whose q3c functions this connection sees (PostgreSQL with q3c), else ``None``."""
+        if self.backend != "postgresql":
+            return None
+        return conn.execute(text(
+            "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON p.pronamespace = n.oid "
+            "WHERE p.proname = 'q3c_radial_query' AND pg_function_is_visible(p.oid) LIMIT 1")).scalar()
+
+    def _try_q3c(self, conn: Connection) -> bool:
+        if self.backend != "postgresql":
+            return False
+        if self.q3c_schema(conn):
+            return True
+        avail = conn.execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'q3c' "
+                                  "AND installed_version IS NULL")).scalar()
+        if not avail:
+            return False
+        try:
+            with conn.begin_nested():
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS q3c"))
+        except Exception:  # no privilege, or installed in a schema this connection does not see: HEALPix only
+            return False
+        return bool(self.q3c_schema(conn))
+
+    def ensure_catalog_table(self, conn: Connection, name: str, columns: Sequence[CatalogColumn]) -> Table:
+        """The catalog table ``name``, created with ``columns`` (after its key columns) if it does not exist.
+
+        Raises
+        ------
+        DataError
+            The table exists without some of ``columns`` (the catalogs were made with other parameters).
+        """
+        name = name.lower()
+        keys = CATALOG_TABLES[name]
+        if name in self.metadata.tables:
+            t = self.metadata.tables[name]
+            missing = [c.name for c in columns if c.name not in t.c]
+            if missing:
+                raise DataError(f"the science database's {name} has no column(s) {', '.join(missing[:8])}: the "
+                                "catalogs were made with other parameters than the ones loaded before; rebuild it "
+                                "(`upad sciencedb rebuild`)")
+            return t
+        cols = [Column(k, BigInteger if k == "tile_id" else Integer, primary_key=True, autoincrement=False)
+                for k in keys]
+        cols += [Column("pointing_id", Integer, nullable=False), Column("load_id", Integer, nullable=False)]
+        if name in POSITION_TABLES:
+            cols.append(Column("hpx29", BigInteger, nullable=False))
+        if name == "magabsingleobj":
+            cols.append(Column("filter_id", Integer, nullable=False))
+        taken = {c.name for c in cols}
+        for c in columns:
+            if c.name in taken:
+                continue
+            cols.append(Column(c.name, column_type(c.dtype), comment=f"[{c.unit}]" if c.unit else None))
+            taken.add(c.name)
+        t = Table(name, self.metadata, *cols)
+        Index(f"ix_{name}_pointing", t.c.pointing_id)
+        if name in POSITION_TABLES:
+            Index(f"ix_{name}_hpx29", t.c.hpx29)
+        if name == "magabsingleobj":
+            Index(f"ix_{name}_filter", t.c.filter_id)
+        t.create(conn)
+        if name in POSITION_TABLES and self._try_q3c(conn):
+            conn.execute(text(f"CREATE INDEX ix_{name}_q3c ON {name} "
+                              "(q3c_ang2ipix(alpha_j2000, delta_j2000))"))
+        return t
+
+    def ensure_point_source_view(self, conn: Connection, *, class_star: float) -> None:
+        """(Re)create the view ``magabdualpointsources`` (objects with ``class_star`` ≥ the threshold and no
+        blending (2) or saturation (4) detection flag)."""
+        if "magabdualobj" not in self.metadata.tables:
+            return
+        conn.execute(text("DROP VIEW IF EXISTS magabdualpointsources"))
+        conn.execute(text("CREATE VIEW magabdualpointsources AS SELECT * FROM magabdualobj "
+                          f"WHERE class_star >= {float(class_star)!r} AND (det_flags & 6) = 0"))
+
+    # -- writing --------------------------------------------------------------------------------------------------
+    def bulk_insert(self, conn: Connection, table: str, data: dict[str, np.ndarray]) -> int:
+        """Insert the columns ``data`` (equal-length arrays) into ``table``: COPY on PostgreSQL, executemany on
+        SQLite. Returns the number of rows."""
+        names = list(data)
+        if not names:
+            return 0
+        n = len(next(iter(data.values())))
+        if n == 0:
+            return 0
+        cols = [np.asarray(data[k]).tolist() for k in names]
+        rows = list(zip(*cols))
+        collist = ", ".join(names)
+        if self.backend == "postgresql":
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur, cur.copy(f"COPY {table} ({collist}) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+        else:
+            conn.exec_driver_sql(f"INSERT INTO {table} ({collist}) VALUES ({', '.join('?' * len(names))})", rows)
+        return n
+
+    # -- reading --------------------------------------------------------------------------------------------------
+    def cone(self, table: str, ra_deg: float, dec_deg: float, radius_arcsec: float, *,
+             columns: Iterable[str] | None = None, method: str = "auto", limit: int | None = None) -> Any:
+        """Rows of ``table`` within ``radius_arcsec`` of a position, nearest first.
+
+        Parameters
+        ----------
+        table : str
+            ``magabdualobj``, ``magabsingleobj`` or ``magabdualpointsources``.
+        ra_deg, dec_deg : float
+            Centre [deg].
+        radius_arcsec : float
+            Radius [arcsec].
+        columns : iterable of str, optional
+            Columns to return (default: all); ``alpha_j2000`` and ``delta_j2000`` are always read.
+        method : {"auto", "healpix", "q3c"}
+            ``auto``: q3c where the PostgreSQL database has it, else the HEALPix ranges.
+        limit : int, optional
+            At most this many rows (the nearest).
+
+        Returns
+        -------
+        astropy.table.Table
+            The rows, with a column ``dist_arcsec``; empty (with the columns) when nothing is there.
+        """
+        from astropy.table import Table as ATable
+
+        name = table.lower()
+        base = "magabdualobj" if name == "magabdualpointsources" else name
+        if base not in POSITION_TABLES:
+            raise UpadError(f"no cone search on {table!r}", hint=f"use one of {', '.join(POSITION_TABLES)}, "
+                                                                 "magabdualpointsources")
+        if base not in self.metadata.tables:
+            raise UpadError(f"the science database has no {base} table yet (no catalog loaded)",
+                            hint="run the pipeline to the catalogs (`upad run`), which loads them")
+        t = self.metadata.tables[base]
+        want = list(dict.fromkeys([c.lower() for c in (columns or [c.name for c in t.c])]
+                                  + ["alpha_j2000", "delta_j2000"]))
+        unknown = [c for c in want if c not in t.c]
+        if unknown:
+            raise UpadError(f"{table} has no column(s) {', '.join(unknown)}")
+        radius_deg = float(radius_arcsec) / 3600.0
+        sel = ", ".join(f"o.{c}" for c in want)
+        with self.engine.connect() as conn:
+            use_q3c = method == "q3c" or (method == "auto" and self.q3c_schema(conn) is not None)
+            if use_q3c:
+                if self.q3c_schema(conn) is None:
+                    raise UpadError("q3c is not installed in this database", hint="use method='healpix'")
+                sql = (f"SELECT {sel} FROM {name} o WHERE q3c_radial_query(o.alpha_j2000, o.delta_j2000, "
+                       ":ra, :dec, :r)")
+                rows = conn.execute(text(sql), {"ra": ra_deg, "dec": dec_deg, "r": radius_deg}).fetchall()
+            else:
+                rng = cone_ranges(ra_deg, dec_deg, radius_deg)
+                if self.backend == "postgresql":
+                    sql = (f"SELECT {sel} FROM unnest(CAST(:lo AS bigint[]), CAST(:hi AS bigint[])) AS r(lo, hi) "
+                           f"JOIN {name} o ON o.hpx29 >= r.lo AND o.hpx29 < r.hi")
+                    params = {"lo": rng[:, 0].tolist(), "hi": rng[:, 1].tolist()}
+                else:
+                    values = ", ".join(f"(:lo{i}, :hi{i})" for i in range(len(rng)))
+                    # CROSS JOIN keeps the ranges as the outer loop: one index range scan each
+                    sql = (f"WITH r(lo, hi) AS (VALUES {values}) SELECT {sel} FROM r CROSS JOIN {name} o "
+                           "WHERE o.hpx29 >= r.lo AND o.hpx29 < r.hi")
+                    params = {}
+                    for i, (lo, hi) in enumerate(rng.tolist()):
+                        params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+                rows = conn.execute(text(sql), params).fetchall()
+        out = ATable(rows=rows if rows else None, names=want) if rows else ATable(names=want)
+        if not rows:
+            out["dist_arcsec"] = np.zeros(0)
+            return out
+        d = angular_distance_arcsec(np.asarray(out["alpha_j2000"], float), np.asarray(out["delta_j2000"], float),
+                                    ra_deg, dec_deg)
+        out["dist_arcsec"] = d
+        keep = d <= radius_arcsec
+        out = out[keep]
+        out.sort("dist_arcsec")
+        if limit is not None:
+            out = out[:limit]
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table."""
+        with self.engine.connect() as conn:
+            return {n: int(conn.execute(text(f"SELECT count(*) FROM {n}")).scalar())
+                    for n in ("filter", "tileimage", "catalog_load", *CATALOG_TABLES) if n in self.metadata.tables}

@@ -1,0 +1,1 @@
+"""Science database upload and data releases."""
