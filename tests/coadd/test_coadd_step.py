@@ -396,6 +396,43 @@ def test_the_catalogs_are_loaded_into_the_science_database(coadded):
         sdb.dispose()
 
 
+def test_the_sciencedb_commands(coadded, tmp_path):
+    """``upad sciencedb status``, ``cone`` and ``rebuild`` on the pointing: the load is acknowledged, a cone finds the
+    objects the table has there, and a rebuild from the current catalogs gives the same rows."""
+    from astropy.table import Table
+    from click.testing import CliRunner
+
+    from upad.cli.main import cli
+
+    sim, settings, db = coadded
+    base = ["--root", str(settings.root), "--db", settings.db_url]
+    run = CliRunner().invoke
+    r = run(cli, ["sciencedb", "status", "--json", *base])
+    assert r.exit_code == 0, r.output
+    st = json.loads(r.output)
+    (load,) = st["loads"]
+    assert load["acknowledged"] and load["current"] and load["n_dual"] == st["counts"]["magabdualobj"]
+    sdb = _science_db(settings)
+    with sdb.engine.connect() as conn:
+        ra, dec = conn.execute(text("SELECT alpha_j2000, delta_j2000 FROM magabdualobj LIMIT 1")).one()
+    sdb.dispose()
+    r = run(cli, ["sciencedb", "cone", str(ra), str(dec), "30", "--json", *base])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert rows and rows[0]["dist_arcsec"] < 1e-3 and all(x["dist_arcsec"] <= 30 for x in rows)
+    out = tmp_path / "cone.vot"
+    r = run(cli, ["sciencedb", "cone", str(ra), str(dec), "30", "--out", str(out), *base])
+    assert r.exit_code == 0 and len(Table.read(out)) == len(rows)
+    r = run(cli, ["sciencedb", "cone", str(ra), "91", "30", *base])
+    assert r.exit_code != 0 and "declination must be within" in str(r.exception)
+    r = run(cli, ["sciencedb", "rebuild", "--yes", "--json", *base])
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(r.output)
+    assert "error" not in res and res["n_dual"] == st["counts"]["magabdualobj"] and res["replaced"] == []
+    r = run(cli, ["sciencedb", "status", "--json", *base])
+    assert json.loads(r.output)["counts"] == st["counts"]
+
+
 def _inputs(db, product):
     with db.session() as s:
         return [i.input_id for i in s.get(Product, product.id).provenance.inputs]

@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "upad.cli.coadd",
     "upad.cli.qc",
     "upad.cli.survey",
+    "upad.cli.sciencedb",
     "upad.cli.config",
     "upad.cli.demo",
     "upad.cli.retry",

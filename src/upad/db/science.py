@@ -243,26 +243,35 @@ class ScienceDB:
         return name.lower() in self.metadata.tables
 
     def q3c_schema(self, conn: Connection) -> str | None:
-        """The schema whose q3c functions this connection sees (PostgreSQL with q3c), else ``None``."""
+        """The schema of the q3c extension (PostgreSQL with q3c installed in the database), else ``None``."""
         if self.backend != "postgresql":
             return None
         return conn.execute(text(
-            "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON p.pronamespace = n.oid "
-            "WHERE p.proname = 'q3c_radial_query' AND pg_function_is_visible(p.oid) LIMIT 1")).scalar()
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON e.extnamespace = n.oid "
+            "WHERE e.extname = 'q3c'")).scalar()
+
+    def _q3c_index(self, conn: Connection, table: str) -> str | None:
+        """The q3c schema when ``table`` has a q3c index (looked up once per table)."""
+        cache = self.__dict__.setdefault("_q3c_cache", {})
+        if table not in cache:
+            schema = self.q3c_schema(conn)
+            has = schema is not None and conn.execute(text(
+                "SELECT 1 FROM pg_indexes WHERE indexname = :n AND schemaname = current_schema()"),
+                {"n": f"ix_{table}_q3c"}).scalar()
+            cache[table] = schema if has else None
+        return cache[table]
 
     def _try_q3c(self, conn: Connection) -> bool:
         if self.backend != "postgresql":
             return False
         if self.q3c_schema(conn):
             return True
-        avail = conn.execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'q3c' "
-                                  "AND installed_version IS NULL")).scalar()
-        if not avail:
+        if not conn.execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'q3c'")).scalar():
             return False
         try:
             with conn.begin_nested():
                 conn.execute(text("CREATE EXTENSION IF NOT EXISTS q3c"))
-        except Exception:  # no privilege, or installed in a schema this connection does not see: HEALPix only
+        except Exception:  # e.g. no privilege to create it: the HEALPix index alone
             return False
         return bool(self.q3c_schema(conn))
 
@@ -305,8 +314,9 @@ class ScienceDB:
             Index(f"ix_{name}_filter", t.c.filter_id)
         t.create(conn)
         if name in POSITION_TABLES and self._try_q3c(conn):
-            conn.execute(text(f"CREATE INDEX ix_{name}_q3c ON {name} "
-                              "(q3c_ang2ipix(alpha_j2000, delta_j2000))"))
+            q3c = self.q3c_schema(conn)
+            conn.execute(text(f'CREATE INDEX ix_{name}_q3c ON {name} ("{q3c}".q3c_ang2ipix(alpha_j2000, '
+                              'delta_j2000))'))
         return t
 
     def ensure_point_source_view(self, conn: Connection, *, class_star: float) -> None:
@@ -382,13 +392,18 @@ class ScienceDB:
         if unknown:
             raise UpadError(f"{table} has no column(s) {', '.join(unknown)}")
         radius_deg = float(radius_arcsec) / 3600.0
+        if not (radius_deg > 0 and math.isfinite(radius_deg)):
+            raise ValueError(f"radius {radius_arcsec} arcsec: must be positive and finite")
+        if not (math.isfinite(ra_deg) and -90.0 <= dec_deg <= 90.0):
+            raise ValueError(f"position ({ra_deg}, {dec_deg}) deg: the declination must be within [-90, 90]")
         sel = ", ".join(f"o.{c}" for c in want)
         with self.engine.connect() as conn:
-            use_q3c = method == "q3c" or (method == "auto" and self.q3c_schema(conn) is not None)
-            if use_q3c:
-                if self.q3c_schema(conn) is None:
-                    raise UpadError("q3c is not installed in this database", hint="use method='healpix'")
-                sql = (f"SELECT {sel} FROM {name} o WHERE q3c_radial_query(o.alpha_j2000, o.delta_j2000, "
+            q3c = self._q3c_index(conn, base) if method in ("auto", "q3c") else None
+            if method == "q3c" and q3c is None:
+                raise UpadError(f"{base} has no q3c index (q3c is not installed in this database)",
+                                hint="use method='healpix'")
+            if q3c is not None:
+                sql = (f'SELECT {sel} FROM {name} o WHERE "{q3c}".q3c_radial_query(o.alpha_j2000, o.delta_j2000, '
                        ":ra, :dec, :r)")
                 rows = conn.execute(text(sql), {"ra": ra_deg, "dec": dec_deg, "r": radius_deg}).fetchall()
             else:

@@ -404,3 +404,67 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def configured_url(settings: Any, override: str | None = None) -> str:
+    """The science database URL a command uses: ``override``, else ``[steps.sciencedb_load] url`` of the root's
+    ``upad.toml``, else the environment's ``UPAD_SCIENCE_DB_URL``, else the root's SQLite file."""
+    from upad.config import load_config_document, step_values
+
+    if override:
+        return override
+    values = step_values(load_config_document(settings.root), SciencedbLoad.name, SciencedbLoadConfig)
+    return science_db_url(settings.root, SciencedbLoadConfig.from_mapping(values).url)
+
+
+def reload_all(db: Any, settings: Any, url: str, *, progress: Any = None) -> list[dict[str, Any]]:
+    """Load every pointing of the current ``sciencedb_load`` products again, from their own inputs (after the
+    science database was emptied or rebuilt). Per pointing: the load's result, or its error (the others go on)."""
+    from upad.config import load_config_document, step_values
+    from upad.db.models import Product
+
+    cfg = SciencedbLoadConfig.from_mapping(step_values(load_config_document(settings.root), SciencedbLoad.name,
+                                                       SciencedbLoadConfig))
+    with db.session() as s:
+        loads = list(s.scalars(select(Product).where(Product.step == SciencedbLoad.name,
+                                                     Product.is_current.is_(True)).order_by(Product.id)))
+        plan = []
+        for p in loads:
+            ins: dict[str, list[Any]] = {}
+            for i in p.provenance.inputs:
+                if i.input_kind == "product":
+                    ins.setdefault(i.role, []).append(s.get(Product, i.input_id))
+            plan.append((p, ins))
+    sdb = ScienceDB(url)
+    out = []
+    try:
+        for p, ins in plan:
+            ctx = p.context or {}
+            dates = ctx.get("dates") or {}
+
+            def path(prod, role):
+                return str(settings.root / next(f["path"] for f in prod.files if f["role"] == role))
+
+            singles = {q.context.get("filter"): q for q in ins.get("single", [])}
+            images = [{"tile_id": c.id, "filter": c.context.get("filter"), "path": path(c, "coadd"),
+                       "file": next(f["path"] for f in c.files if f["role"] == "coadd"),
+                       "provenance_id": c.provenance_id,
+                       "date_first": (dates.get(str(c.id)) or (None, None))[0],
+                       "date_last": (dates.get(str(c.id)) or (None, None))[1],
+                       "single": _single_header(path(singles[c.context.get("filter")], "catalog"))
+                       if c.context.get("filter") in singles else {}}
+                      for c in ins.get("coadd", [])]
+            try:
+                res = load_pointing(sdb, instrument=ctx["instrument"], pointing_id=int(ctx["tile_id"]),
+                                    images=images, dual=path(ins["dual"][0], "catalog") if ins.get("dual") else None,
+                                    singles={f: path(q, "catalog") for f, q in singles.items()},
+                                    provenance_id=p.provenance_id, detection_filter=cfg.detection_filter,
+                                    point_source_class_star=cfg.point_source_class_star)
+                out.append({"unit": p.unit_key, **res})
+            except (DataError, OSError, KeyError, StopIteration) as exc:
+                out.append({"unit": p.unit_key, "error": f"{type(exc).__name__}: {exc}"})
+            if progress is not None:
+                progress()
+    finally:
+        sdb.dispose()
+    return out
