@@ -409,6 +409,9 @@ class ScienceDB:
             else:
                 rng = cone_ranges(ra_deg, dec_deg, radius_deg)
                 if self.backend == "postgresql":
+                    # the planner cannot estimate a join on ranges (it guesses millions of rows) and would spend
+                    # ~60 ms compiling the query with JIT for a few dozen index probes
+                    conn.execute(text("SET LOCAL jit = off"))
                     sql = (f"SELECT {sel} FROM unnest(CAST(:lo AS bigint[]), CAST(:hi AS bigint[])) AS r(lo, hi) "
                            f"JOIN {name} o ON o.hpx29 >= r.lo AND o.hpx29 < r.hi")
                     params = {"lo": rng[:, 0].tolist(), "hi": rng[:, 1].tolist()}
