@@ -19,11 +19,12 @@ bit value   name              meaning
 8   256     ``NODATA``        no valid data (not finite in the calibrated frame, no flat response)
 9   512     ``SUSPECT``       low-response pixel or non-linear regime: usable but less reliable
 10  1024    ``CROSSTALK``     electronic crosstalk ghost removed by the ISR
-11  2048    ``BRIGHT_STAR``   reserved: halo or ghost of a bright star
+11  2048    ``BRIGHT_STAR``   halo or diffraction spike of a bright star (tile masks)
 12  4096    ``DETECTED``      reserved: pixel of a detected source (segmentation)
+13  8192    ``LOWEXP``        outside the tile area: exposure time below the tile mask's area fraction (tile masks)
 ==  ======  ================  ======================================================================================
 
-Bits 13 and 14 are free; bit 15 is not used (signed 16-bit FITS integers).
+Bit 14 is free; bit 15 is not used (signed 16-bit FITS integers).
 
 Examples
 --------
@@ -42,7 +43,7 @@ import numpy as np
 
 __all__ = [
     "MaskBit", "BITS", "MASK_DTYPE", "BAD", "SATURATED", "BLEED", "COSMIC", "SATELLITE", "INTERPOLATED", "EDGE",
-    "VIGNETTED", "NODATA", "SUSPECT", "CROSSTALK", "BRIGHT_STAR", "DETECTED", "UNUSABLE", "ZERO_WEIGHT",
+    "VIGNETTED", "NODATA", "SUSPECT", "CROSSTALK", "BRIGHT_STAR", "DETECTED", "LOWEXP", "UNUSABLE", "ZERO_WEIGHT",
     "value", "names", "bit_of", "describe", "header_cards", "summary", "new_mask", "from_header",
 ]
 
@@ -101,10 +102,12 @@ BITS: tuple[MaskBit, ...] = (
             "suspect (low response, non-linear)"),
     MaskBit("CROSSTALK", 10, "electronic crosstalk ghost removed by the ISR (measured crosstalk matrix)",
             "crosstalk corrected"),
-    MaskBit("BRIGHT_STAR", 11, "reserved: halo or ghost of a bright star",
-            "bright-star halo (reserved)"),
+    MaskBit("BRIGHT_STAR", 11, "halo or diffraction spike of a bright star (tile masks)",
+            "bright-star halo"),
     MaskBit("DETECTED", 12, "reserved: pixel of a detected source (segmentation)",
             "detected source (reserved)"),
+    MaskBit("LOWEXP", 13, "outside the tile area: exposure time below the tile mask's area fraction (tile masks)",
+            "outside the tile area"),
 )
 
 _BY_NAME: dict[str, MaskBit] = {b.name: b for b in BITS}
@@ -122,6 +125,7 @@ SUSPECT = _BY_NAME["SUSPECT"].value
 CROSSTALK = _BY_NAME["CROSSTALK"].value
 BRIGHT_STAR = _BY_NAME["BRIGHT_STAR"].value
 DETECTED = _BY_NAME["DETECTED"].value
+LOWEXP = _BY_NAME["LOWEXP"].value
 
 #: Pixels whose value is not a measurement of the sky (excluded from statistics and fits).
 UNUSABLE = BAD | SATURATED | BLEED | COSMIC | SATELLITE | NODATA
