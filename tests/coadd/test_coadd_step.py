@@ -246,7 +246,7 @@ def _catalogs(db):
     with db.session() as s:
         rows = list(s.scalars(select(Product).where(Product.step.in_(("catalog_single", "catalog_dual")),
                                                     Product.is_current.is_(True))))
-        return [(p, {i.input_id for i in p.provenance.inputs}) for p in rows]
+        return [(p, {i.input_id for i in p.provenance.inputs if i.role == "coadd"}) for p in rows]
 
 
 def test_the_catalogs_of_the_pointing(coadded):
@@ -306,7 +306,7 @@ def test_no_dual_catalog_without_the_detection_band(coadded):
     assert not unit.ready and "the detection band J0660 of tile" in unit.reason and "never observed" in unit.reason
     assert unit.context["left_out"] == [] and unit.context["filters"] == ["gSDSS", "rSDSS"]
     (good,) = ok
-    assert good.ready and len(good.inputs) == 2
+    assert good.ready and sorted(i.role for i in good.inputs) == ["coadd", "coadd", "tile_mask"]
 
 
 def _science_db(settings):
@@ -331,7 +331,9 @@ def test_the_catalogs_are_loaded_into_the_science_database(coadded):
     (load,) = _loads(db)
     cats = {p.step if p.step == "catalog_dual" else p.context["filter"]: p for p, _ in _catalogs(db)}
     used = {i for i in _inputs(db, load)}
-    assert used == {p.id for p in cats.values()} | {p.id for p in _coadds(db, settings).values()}
+    with db.session() as s:
+        (mask,) = s.scalars(select(Product.id).where(Product.step == "tile_mask", Product.is_current.is_(True)))
+    assert used == {p.id for p in cats.values()} | {p.id for p in _coadds(db, settings).values()} | {mask}
     dual = Table.read(settings.root / cats["catalog_dual"].files[0]["path"], hdu="CATALOG")
     nsingle = sum(len(Table.read(settings.root / cats[f].files[0]["path"], hdu="CATALOG")) for f in FILTERS)
     sdb = _science_db(settings)
@@ -431,6 +433,106 @@ def test_the_sciencedb_commands(coadded, tmp_path):
     assert "error" not in res and res["n_dual"] == st["counts"]["magabdualobj"] and res["replaced"] == []
     r = run(cli, ["sciencedb", "status", "--json", *base])
     assert json.loads(r.output)["counts"] == st["counts"]
+
+
+def test_the_tile_mask_of_the_pointing(coadded, tmp_path):
+    """``tile_mask``: the exposure-fraction area against the coadds' exposure maps, the reference catalog's bright
+    stars masked, the mangle and MOC files readable; its bits in the catalogs' MASK_FLAGS; the areas in the science
+    database; a mask that covers everything is recorded as such and the pointing gets no catalogs."""
+    import astropy.units as u
+    import pymangle
+    from astropy.table import Table
+    from mocpy import MOC
+
+    from upad import maskbits as mb
+    from upad.catalog.mask_step import TileMaskStep, read_tile_mask
+    from upad.catalog.masks import VETO_BITS, TileMaskConfig
+    from upad.catalog.step import CatalogDual, CatalogSingle, CatalogSingleConfig, CatalogStepConfig
+    from upad.flow.queries import PlanContext
+
+    sim, settings, db = coadded
+    with db.session() as s:
+        (tm,) = s.scalars(select(Product).where(Product.step == "tile_mask", Product.is_current.is_(True))).all()
+    files = {f["role"]: settings.root / f["path"] for f in tm.files}
+    image = read_tile_mask(str(files["mask"]))
+    coadds = _coadds(db, settings)
+    low = np.zeros(image.shape, bool)
+    with fits.open(settings.root / coadds["rSDSS"].files[0]["path"]) as hd:
+        w = WCS(hd["SCI"].header)
+    for p in coadds.values():
+        with fits.open(settings.root / next(f["path"] for f in p.files if f["role"] == "coadd")) as hd:
+            e = hd["EXPMAP"].data
+            low |= e < 0.5 * np.median(e[e > 0])
+    assert np.array_equal((image & mb.LOWEXP) != 0, low)
+    scale2 = (np.mean(np.abs(w.pixel_scale_matrix.diagonal())) ) ** 2
+    assert tm.meta["area_deg2"] == pytest.approx(np.count_nonzero(~low) * scale2, rel=1e-3)
+    assert 0 < tm.meta["unmasked_deg2"] <= tm.meta["area_deg2"]
+    # the reference catalog's bright stars on the tile are masked
+    ref = Table.read(settings.root / "reference" / "refcat.fits")
+    gcol = next(c for c in ref.colnames if c.lower() in ("phot_g_mean_mag", "g"))
+    x, y = w.all_world2pix(np.asarray(ref["ra"]), np.asarray(ref["dec"]), 0)
+    on = (x > 0) & (y > 0) & (x < image.shape[1] - 1) & (y < image.shape[0] - 1) & \
+        (np.asarray(ref[gcol]) < TileMaskConfig().star_mag_limit)
+    assert tm.meta["n_stars"] >= on.sum()
+    assert all(image[int(round(b)), int(round(a))] & mb.BRIGHT_STAR for a, b in zip(x[on], y[on]))
+    # the mangle polygons and the MOC read back and describe the same mask
+    a, v = pymangle.Mangle(str(files["mangle_area"])), pymangle.Mangle(str(files["mangle_veto"]))
+    rng = np.random.default_rng(1)
+    px, py = rng.uniform(0, image.shape[1] - 1, 5000), rng.uniform(0, image.shape[0] - 1, 5000)
+    ra, dec = w.all_pix2world(px, py, 0)
+    good = (image[np.round(py).astype(int), np.round(px).astype(int)] & VETO_BITS) == 0
+    ply = a.contains(ra, dec) & ~v.contains(ra, dec)
+    moc = MOC.from_fits(str(files["moc"]))
+    assert np.mean(ply == good) > 0.97 and np.mean(moc.contains_lonlat(ra * u.deg, dec * u.deg) == good) > 0.85
+    print(f"tile mask: area {tm.meta['area_deg2']:.5f} deg2, unmasked {tm.meta['unmasked_deg2']:.5f} deg2, "
+          f"{tm.meta['n_stars']} bright stars, {tm.meta['n_artefacts']} artefacts; mangle agrees with the pixel mask "
+          f"at {np.mean(ply == good):.4f} of positions")
+    # the catalogs carry its bits: every source in the low-exposure border has LOWEXP in MASK_FLAGS
+    (dual,) = [p for p, _ in _catalogs(db) if p.step == "catalog_dual"]
+    cat = Table.read(settings.root / dual.files[0]["path"], hdu="CATALOG")
+    xi = np.clip(np.round(np.asarray(cat["X_IMAGE"]) - 1).astype(int), 0, image.shape[1] - 1)
+    yi = np.clip(np.round(np.asarray(cat["Y_IMAGE"]) - 1).astype(int), 0, image.shape[0] - 1)
+    at = image[yi, xi]
+    flags = np.asarray(cat["MASK_FLAGS"]).max(axis=1)
+    assert np.all(flags[(at & mb.LOWEXP) != 0] & mb.LOWEXP) and np.any((at & mb.LOWEXP) != 0)
+    assert np.all(flags[(at & mb.BRIGHT_STAR) != 0] & mb.BRIGHT_STAR)
+    # the areas reach the science database
+    sdb = _science_db(settings)
+    with sdb.engine.connect() as conn:
+        rows = conn.execute(text("SELECT area_deg2, unmasked_deg2 FROM tileimage")).all()
+    sdb.dispose()
+    assert rows and all(r == (pytest.approx(tm.meta["area_deg2"]), pytest.approx(tm.meta["unmasked_deg2"]))
+                        for r in rows)
+    # a mask that covers everything (every star is "bright"): recorded as such, and no catalog would be made
+    from upad.flow.step import ResolvedInput, Task
+
+    step = TileMaskStep()
+    cfg = TileMaskConfig(star_mag_limit=25.0, star_radius_arcsec=600.0)
+    with db.session() as s:
+        (unit,) = list(step.plan(PlanContext(s), cfg))
+    ins = tuple(ResolvedInput("product", p.id, "coadd", tuple(str(settings.root / f["path"]) for f in p.files),
+                              {"file_roles": [f["role"] for f in p.files], "context": p.context})
+                for p in coadds.values())
+    task = Task(step="tile_mask", job_id=0, attempt_id=0, provenance_id="x" * 64, unit_key=unit.key,
+                context=unit.context, config=cfg, inputs=ins, root=str(settings.root), staging=str(tmp_path))
+    out = step.run(task)
+    assert out.qc_status == "fail" and "cover the whole tile" in out.meta["qc_reasons"][0]
+    assert out.meta["unmasked_deg2"] == 0
+    with db.session() as s:
+        old = s.get(Product, tm.id).qc_status
+        s.get(Product, tm.id).qc_status = "fail"
+        s.get(Product, tm.id).meta = {**tm.meta, "qc_reasons": out.meta["qc_reasons"]}
+        s.commit()
+    try:
+        with db.session() as s:
+            units = list(CatalogDual().plan(PlanContext(s), CatalogStepConfig())) + \
+                list(CatalogSingle().plan(PlanContext(s), CatalogSingleConfig()))
+        assert units and all(not u.ready and "leaves nothing" in u.reason for u in units)
+    finally:
+        with db.session() as s:
+            s.get(Product, tm.id).qc_status = old
+            s.get(Product, tm.id).meta = tm.meta
+            s.commit()
 
 
 def _inputs(db, product):

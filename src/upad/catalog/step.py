@@ -96,6 +96,35 @@ def read_band(src: Any) -> tuple[BandImage, Any, float, dict]:
     return band, wcs, scale, values
 
 
+def _tile_mask_for(ctx: PlanContext, masks: dict, made: dict, instrument: str, tile_id: int,
+                   coadd_ids: set[int]) -> tuple[Any, str]:
+    """The pointing's current tile mask made from (at least) these coadds, or ``(None, why not)``."""
+    m = masks.get((instrument, tile_id))
+    if m is None or not coadd_ids <= made.get(m.provenance_id, set()):
+        return None, f"the tile mask of tile {tile_id} is not made yet"
+    if m.qc_status == "fail":
+        why = "; ".join((m.meta or {}).get("qc_reasons", [])[:1]) or "it failed its QC"
+        return None, f"the tile mask of tile {tile_id} leaves nothing: {why}"
+    return m, ""
+
+
+def _masks(ctx: PlanContext) -> tuple[dict, dict]:
+    from upad.coadd.step import made_from_coadds, pointing_products
+
+    masks = pointing_products(ctx.session, "tile_mask")
+    return masks, made_from_coadds(ctx.session, [m.provenance_id for m in masks.values()])
+
+
+def _with_tile_mask(band: BandImage, task: Task) -> None:
+    """OR the pointing's tile mask into the band's mask (its bits then enter MASK_FLAGS)."""
+    from upad.catalog.mask_step import read_tile_mask
+
+    tm = read_tile_mask(task.input("tile_mask"))
+    if tm.shape != band.mask.shape:
+        raise DataError(f"the tile mask is {tm.shape}, the {band.name} coadd {band.mask.shape}: not one grid")
+    band.mask |= tm
+
+
 def _write_catalog(task: Task, step: Step, cat: Any, name: str, cards: dict[str, tuple[Any, str]],
                    extra: Any = None) -> OutputFile:
     from astropy.io import fits
@@ -181,14 +210,16 @@ class CatalogSingle(Step):
     area = "catalogs"
     memory_class = "large"
     config_class = CatalogSingleConfig
-    version = "1.0"
+    version = "1.1"  # 1.1: the tile mask's bits in MASK_FLAGS
     description = "single-mode catalog of a tile coadd: the band detected and measured on itself"
-    inputs = (Input("coadd", "coadd", doc="the current coadd of the tile in the filter (with its PSF model)"),)
+    inputs = (Input("coadd", "coadd", doc="the current coadd of the tile in the filter (with its PSF model)"),
+              Input("tile_mask", "tile_mask", doc="the pointing's tile mask (its bits enter MASK_FLAGS)"))
     outputs = (Output("catalog", doc="FITS table CATALOG (docs/catalogs.md): scalar columns; table COMPLETENESS "
                                      "(injected and recovered per magnitude and kind)"),
                Output("completeness_plot", optional=True, doc="PNG: completeness against magnitude"))
 
     def plan(self, ctx: PlanContext, config: CatalogSingleConfig) -> Iterable[Unit]:
+        masks, made = _masks(ctx)
         for p in ctx.current_products("coadd", step="coadd"):
             c = p.context or {}
             if not c.get("instrument") or c.get("tile_id") is None or not c.get("filter"):
@@ -200,7 +231,12 @@ class CatalogSingle(Step):
                 yield Unit(key=key, ready=False, context=context,
                            reason=f"the {c['filter']} coadd of tile {c['tile_id']} has no PSF model (too few stars)")
                 continue
-            yield Unit(key=key, context=context, priority=180, inputs=[InputRef("product", p.id, "coadd")])
+            mask, why = _tile_mask_for(ctx, masks, made, c["instrument"], int(c["tile_id"]), {p.id})
+            if mask is None:
+                yield Unit(key=key, ready=False, context=context, reason=why)
+                continue
+            yield Unit(key=key, context=context, priority=180, inputs=[InputRef("product", p.id, "coadd"),
+                                                                      InputRef("product", mask.id, "tile_mask")])
 
     def run(self, task: Task) -> StepOutput:
         from upad.catalog.measure import single_mode_catalog
@@ -209,6 +245,7 @@ class CatalogSingle(Step):
 
         cfg = task.config
         band, wcs, scale, values = read_band(task.input("coadd"))
+        _with_tile_mask(band, task)
         cat = single_mode_catalog(band, pixel_scale=scale, wcs=wcs, config=cfg)
         tile = int(task.context["tile_id"])
         meta = _summary(cat, [band.name], dual=False)
@@ -260,16 +297,18 @@ class CatalogDual(Step):
     area = "catalogs"
     memory_class = "large"
     config_class = CatalogStepConfig
-    version = "1.0"
+    version = "1.1"  # 1.1: the tile mask's bits in MASK_FLAGS
     description = "dual-mode catalog of a pointing: detection on the detection band, every filter measured in its " \
                   "apertures, PSF-corrected colours"
     inputs = (Input("coadd", "coadd", minimum=1, maximum=None, doc="the current coadds of the pointing, one per "
-                                                                   "filter (with their PSF models)"),)
+                                                                   "filter (with their PSF models)"),
+              Input("tile_mask", "tile_mask", doc="the pointing's tile mask (its bits enter MASK_FLAGS)"))
     outputs = (Output("catalog", doc="FITS table CATALOG (docs/catalogs.md): per-band array columns, in the order "
                                      "of the header's FILTERS"),)
 
     def plan(self, ctx: PlanContext, config: CatalogStepConfig) -> Iterable[Unit]:
         det = config.detection_filter
+        masks, made = _masks(ctx)
         for pc in pointing_coadds(ctx):
             done, tid, inst = pc.coadds, pc.tile_id, pc.instrument
             usable = {f: p for f, p in done.items() if any(x.get("role") == "psf" for x in (p.files or []))}
@@ -287,8 +326,13 @@ class CatalogDual(Step):
                            reason=f"the detection band {det} of tile {tid} {why}: no dual-mode catalog "
                                   f"(set [steps.catalog_dual] detection_filter to use another band)")
                 continue
+            mask, why = _tile_mask_for(ctx, masks, made, inst, tid, {p.id for p in usable.values()})
+            if mask is None:
+                yield Unit(key=pc.key, ready=False, context=context, reason=why)
+                continue
             yield Unit(key=pc.key, context=context, priority=185,
-                       inputs=[InputRef("product", usable[f].id, "coadd") for f in sorted(usable)])
+                       inputs=[InputRef("product", usable[f].id, "coadd") for f in sorted(usable)]
+                       + [InputRef("product", mask.id, "tile_mask")])
 
     def run(self, task: Task) -> StepOutput:
         from upad.catalog.measure import dual_mode_catalog
@@ -297,6 +341,7 @@ class CatalogDual(Step):
         bands, wcs, scale, det = [], None, math.nan, None
         for r in task.inputs_by_role("coadd"):
             band, w, s, _ = read_band(r)
+            _with_tile_mask(band, task)
             bands.append(band)
             if band.name == cfg.detection_filter:
                 det, wcs, scale = band, w, s

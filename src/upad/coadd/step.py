@@ -159,6 +159,31 @@ def pointing_coadds(ctx: PlanContext) -> list[PointingCoadds]:
     return out
 
 
+def pointing_products(session: Any, step: str, *, by_filter: bool = False) -> dict[tuple, Any]:
+    """The current usable products of ``step`` keyed by ``(instrument, tile_id)`` (``by_filter``: and filter), from
+    every night (a pointing's products need not be in the planning pass's nights)."""
+    from upad.flow.queries import current_products
+
+    out = {}
+    for p in current_products(session, step, step=step):
+        c = p.context or {}
+        key = (c.get("instrument"), c.get("tile_id")) + ((c.get("filter"),) if by_filter else ())
+        out[key] = p
+    return out
+
+
+def made_from_coadds(session: Any, provenance_ids: list[str]) -> dict[str, set[int]]:
+    """The coadd product ids each provenance record (of a pointing's product) was made from (role ``coadd``)."""
+    from upad.db.models import ProvenanceInput
+
+    out: dict[str, set[int]] = {}
+    if provenance_ids:
+        for prov, pid in session.execute(select(ProvenanceInput.provenance_id, ProvenanceInput.input_id).where(
+                ProvenanceInput.provenance_id.in_(provenance_ids), ProvenanceInput.role == "coadd")):
+            out.setdefault(prov, set()).add(int(pid))
+    return out
+
+
 @register_step
 class Coadd(Step):
     """The coadd of one tile in one filter."""

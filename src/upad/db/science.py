@@ -160,6 +160,9 @@ def _base_tables(md: MetaData) -> None:
           Column("m90_point", Float, comment="90 % completeness, point sources [mag]"),
           Column("m50_ext", Float, comment="50 % completeness, extended sources [mag]"),
           Column("m90_ext", Float, comment="90 % completeness, extended sources [mag]"),
+          Column("area_deg2", Float, comment="tile area: exposure fraction above the tile mask's threshold [deg2]"),
+          Column("unmasked_deg2", Float, comment="the tile area outside every mask (bright stars, artefacts) "
+                                                 "[deg2]"),
           Column("provenance_id", String(64), comment="provenance of the coadd (process database)"),
           Column("file_path", Text, comment="coadd file, relative to the data root"),
           Column("load_id", Integer, index=True))

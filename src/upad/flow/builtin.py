@@ -13,6 +13,7 @@ STEP_MODULES = (
     "upad.reduce.starflat_step",
     "upad.coadd.step",
     "upad.coadd.registration_step",
+    "upad.catalog.mask_step",
     "upad.catalog.step",
     "upad.release.upload",
 )

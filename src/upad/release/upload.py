@@ -146,6 +146,7 @@ def _image_row(info: dict[str, Any], filter_ids: dict[str, int], *, ref_tile_id:
             "magzp": num("MAGZP"), "noisecor": num("NOISECOR"), "depth3arc5s": num("DEPTH5"),
             "depth3arc5s_blank": single.get("DEPTH5B"), "m50_point": single.get("M50PT"),
             "m90_point": single.get("M90PT"), "m50_ext": single.get("M50EX"), "m90_ext": single.get("M90EX"),
+            "area_deg2": info.get("area_deg2"), "unmasked_deg2": info.get("unmasked_deg2"),
             "provenance_id": info.get("provenance_id"), "file_path": info.get("file"), "load_id": load_id}
 
 
@@ -260,18 +261,6 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
     return out
 
 
-def _coadd_inputs(session: Any, provenance_ids: list[str]) -> dict[str, set[int]]:
-    """The coadd product ids each provenance record (of a catalog) was made from."""
-    from upad.db.models import ProvenanceInput
-
-    out: dict[str, set[int]] = {}
-    if provenance_ids:
-        for prov, pid in session.execute(select(ProvenanceInput.provenance_id, ProvenanceInput.input_id).where(
-                ProvenanceInput.provenance_id.in_(provenance_ids), ProvenanceInput.role == "coadd")):
-            out.setdefault(prov, set()).add(int(pid))
-    return out
-
-
 def _date_ranges(session: Any, coadd_ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
     """First and last exposure start (ISO) of the frames of each coadd (through the provenance of its inputs)."""
     from upad.db.models import Frame, Product, ProvenanceInput
@@ -304,17 +293,16 @@ class SciencedbLoad(Step):
                   "previous load; the receipt acknowledges it"
     inputs = (Input("coadd", "coadd", minimum=1, maximum=None, doc="the current coadds of the pointing"),
               Input("dual", "catalog_dual", minimum=0, maximum=1, doc="the pointing's dual-mode catalog"),
-              Input("single", "catalog_single", minimum=0, maximum=None, doc="the single-mode catalogs"))
+              Input("single", "catalog_single", minimum=0, maximum=None, doc="the single-mode catalogs"),
+              Input("tile_mask", "tile_mask", minimum=0, maximum=1, doc="the pointing's tile mask (its areas)"))
     outputs = (Output("receipt", doc="JSON: what was loaded (load id, rows per table, catalogs' provenance ids)"),)
 
     def plan(self, ctx: PlanContext, config: SciencedbLoadConfig) -> Iterable[Unit]:
-        from upad.coadd.step import pointing_coadds, tile_unit_key
+        from upad.coadd.step import made_from_coadds, pointing_coadds, pointing_products, tile_unit_key
 
-        duals = {((p.context or {}).get("instrument"), (p.context or {}).get("tile_id")): p
-                 for p in ctx.current_products("catalog_dual", step="catalog_dual")}
-        singles = {((p.context or {}).get("instrument"), (p.context or {}).get("tile_id"),
-                    (p.context or {}).get("filter")): p
-                   for p in ctx.current_products("catalog_single", step="catalog_single")}
+        duals = pointing_products(ctx.session, "catalog_dual")
+        singles = pointing_products(ctx.session, "catalog_single", by_filter=True)
+        masks = pointing_products(ctx.session, "tile_mask")
         failed_single = ctx.failed_units("catalog_single")
         failed_dual = ctx.failed_units("catalog_dual")
         for pc in pointing_coadds(ctx):
@@ -328,7 +316,7 @@ class SciencedbLoad(Step):
             coadd_ids = {p.id for p in pc.coadds.values()}
             dual = duals.get((inst, tid))
             mine = {f: singles[(inst, tid, f)] for f in pc.coadds if (inst, tid, f) in singles}
-            made_from = _coadd_inputs(ctx.session, [p.provenance_id for p in [dual, *mine.values()] if p])
+            made_from = made_from_coadds(ctx.session, [p.provenance_id for p in [dual, *mine.values()] if p])
             if dual is not None and not made_from.get(dual.provenance_id, set()) <= coadd_ids:
                 dual = None  # made from a coadd that was rebuilt since: the new one is coming
             mine = {f: p for f, p in mine.items() if made_from.get(p.provenance_id) == {pc.coadds[f].id}}
@@ -342,6 +330,10 @@ class SciencedbLoad(Step):
                            reason=f"tile {tid}: waiting for {' and '.join(what)}")
                 continue
             inputs = [InputRef("product", p.id, "coadd") for _, p in sorted(pc.coadds.items())]
+            mask = masks.get((inst, tid))
+            if mask is not None and made_from_coadds(ctx.session, [mask.provenance_id]).get(
+                    mask.provenance_id, set()) == coadd_ids:
+                inputs.append(InputRef("product", mask.id, "tile_mask"))
             if dual is not None:
                 inputs.append(InputRef("product", dual.id, "dual"))
             inputs += [InputRef("product", p.id, "single") for _, p in sorted(mine.items())]
@@ -355,23 +347,16 @@ class SciencedbLoad(Step):
 
         cfg = task.config
         inst, tid = str(task.context["instrument"]), int(task.context["tile_id"])
-        dates = task.context.get("dates") or {}
         singles_in = {r.meta.get("context", {}).get("filter"): r for r in task.inputs_by_role("single")}
-        images = []
-        for r in task.inputs_by_role("coadd"):
-            filt = (r.meta.get("context") or {}).get("filter")
-            path = file_of(r, "coadd")
-            rel = os.path.relpath(path, task.root)
-            first, last = dates.get(str(r.id), (None, None))
-            single = {}
-            if filt in singles_in:
-                single = _single_header(file_of(singles_in[filt], "catalog"))
-            images.append({"tile_id": r.id, "filter": filt, "path": path, "file": rel,
-                           "provenance_id": r.meta.get("provenance_id"), "date_first": first, "date_last": last,
-                           "single": single})
+        singles = {f: file_of(r, "catalog") for f, r in singles_in.items()}
+        coadds = [{"tile_id": r.id, "filter": (r.meta.get("context") or {}).get("filter"),
+                   "path": file_of(r, "coadd"), "file": os.path.relpath(file_of(r, "coadd"), task.root),
+                   "provenance_id": r.meta.get("provenance_id")} for r in task.inputs_by_role("coadd")]
+        masks = task.inputs_by_role("tile_mask")
+        images = image_infos(coadds, singles, task.context.get("dates") or {},
+                             file_of(masks[0], "mask") if masks else None)
         duals = task.inputs_by_role("dual")
         dual = file_of(duals[0], "catalog") if duals else None
-        singles = {f: file_of(r, "catalog") for f, r in singles_in.items()}
         url = science_db_url(task.root, cfg.url)
         sdb = ScienceDB(url)
         try:
@@ -390,6 +375,26 @@ class SciencedbLoad(Step):
         reasons = [] if duals else ["no dual-mode catalog (no detection band): single-mode catalogs only"]
         return StepOutput(files=[OutputFile("receipt", str(staged), self.final_path(task, staged.name))],
                           meta={**receipt, "qc_reasons": reasons}, qc_status="warn" if reasons else "ok")
+
+
+def image_infos(coadds: list[dict[str, Any]], singles: dict[str, str], dates: dict[str, Any],
+                mask: str | None) -> list[dict[str, Any]]:
+    """The ``images`` of :func:`load_pointing`: each coadd (``tile_id``, ``filter``, ``path``, ``file``,
+    ``provenance_id``) with its exposure dates (``dates``: product id → first, last), its single-mode catalog's
+    depth and completeness (``singles``: filter → path) and the tile mask's areas (``mask``: its path)."""
+    areas: dict[str, Any] = {}
+    if mask:
+        from astropy.io import fits
+
+        with fits.open(mask) as hd:
+            areas = {"area_deg2": hd["TILEMASK"].header.get("AREA"),
+                     "unmasked_deg2": hd["TILEMASK"].header.get("UNMASKED")}
+    out = []
+    for c in coadds:
+        first, last = dates.get(str(c["tile_id"])) or (None, None)
+        single = _single_header(singles[c["filter"]]) if c["filter"] in singles else {}
+        out.append({**c, "date_first": first, "date_last": last, "single": single, **areas})
+    return out
 
 
 def _single_header(path: str) -> dict[str, Any]:
@@ -440,24 +445,21 @@ def reload_all(db: Any, settings: Any, url: str, *, progress: Any = None) -> lis
     try:
         for p, ins in plan:
             ctx = p.context or {}
-            dates = ctx.get("dates") or {}
 
             def path(prod, role):
                 return str(settings.root / next(f["path"] for f in prod.files if f["role"] == role))
 
-            singles = {q.context.get("filter"): q for q in ins.get("single", [])}
-            images = [{"tile_id": c.id, "filter": c.context.get("filter"), "path": path(c, "coadd"),
+            singles = {q.context.get("filter"): path(q, "catalog") for q in ins.get("single", [])}
+            coadds = [{"tile_id": c.id, "filter": c.context.get("filter"), "path": path(c, "coadd"),
                        "file": next(f["path"] for f in c.files if f["role"] == "coadd"),
-                       "provenance_id": c.provenance_id,
-                       "date_first": (dates.get(str(c.id)) or (None, None))[0],
-                       "date_last": (dates.get(str(c.id)) or (None, None))[1],
-                       "single": _single_header(path(singles[c.context.get("filter")], "catalog"))
-                       if c.context.get("filter") in singles else {}}
-                      for c in ins.get("coadd", [])]
+                       "provenance_id": c.provenance_id} for c in ins.get("coadd", [])]
+            masks = ins.get("tile_mask") or []
             try:
+                images = image_infos(coadds, singles, ctx.get("dates") or {},
+                                     path(masks[0], "mask") if masks else None)
                 res = load_pointing(sdb, instrument=ctx["instrument"], pointing_id=int(ctx["tile_id"]),
                                     images=images, dual=path(ins["dual"][0], "catalog") if ins.get("dual") else None,
-                                    singles={f: path(q, "catalog") for f, q in singles.items()},
+                                    singles=singles,
                                     provenance_id=p.provenance_id, detection_filter=cfg.detection_filter,
                                     point_source_class_star=cfg.point_source_class_star)
                 out.append({"unit": p.unit_key, **res})
