@@ -119,3 +119,76 @@ def test_bad_requests_are_refused(science, db_url):
 def test_an_absent_science_database_is_not_created_on_request(tmp_path):
     with pytest.raises(UpadError, match="no science database here"):
         ScienceDB(f"sqlite:///{tmp_path / 'none.sqlite'}", create=False)
+
+
+def _pointing(sdb, conn, *, tile_id, load_id, centre, ra, dec, numbers):
+    n = len(ra)
+    conn.execute(sdb.table("tileimage").insert(), [{"tile_id": tile_id, "pointing_id": tile_id, "ra": centre[0],
+                                                   "dec": centre[1], "load_id": load_id, "filter_name": "rSDSS"}])
+    data = {"tile_id": np.full(n, tile_id, np.int64), "number": np.asarray(numbers, np.int32),
+            "pointing_id": np.full(n, tile_id, np.int32), "load_id": np.full(n, load_id, np.int32),
+            "hpx29": healpix_index(ra, dec), "alpha_j2000": np.asarray(ra, float), "delta_j2000": np.asarray(dec, float)}
+    sdb.ensure_catalog_table(conn, "magabdualobj", [CatalogColumn(k, v.dtype) for k, v in data.items()])
+    sdb.bulk_insert(conn, "magabdualobj", data)
+
+
+def test_duplicates_in_tile_overlaps_have_one_primary(db_url):
+    """Two pointings overlapping by 0.1 deg (and a third one on a corner): the objects seen by both are paired, the
+    detection nearer its own tile's centre is the primary; reloading a pointing resolves the pairs again."""
+    sdb = ScienceDB(db_url)
+    rng = np.random.default_rng(9)
+    sky_ra, sky_dec = rng.uniform(9.0, 11.4, 4000), rng.uniform(19.4, 20.6, 4000)  # the true objects
+    tiles = {1: (9.6, 20.0), 2: (10.6, 20.0), 3: (11.2, 20.5)}  # half-widths 0.55 deg: 1-2 overlap 9.95-10.15
+
+    def seen(tid):
+        c = tiles[tid]
+        inside = (np.abs(sky_ra - c[0]) * np.cos(np.radians(20)) < 0.55) & (np.abs(sky_dec - c[1]) < 0.55)
+        idx = np.flatnonzero(inside)
+        jitter = rng.normal(0, 0.1 / 3600, (2, idx.size))  # 0.1" measurement scatter
+        return idx, sky_ra[idx] + jitter[0], sky_dec[idx] + jitter[1]
+
+    views = {t: seen(t) for t in tiles}
+    try:
+        for load, tid in enumerate((1, 2, 3), start=1):
+            idx, ra, dec = views[tid]
+            with sdb.engine.begin() as conn:
+                _pointing(sdb, conn, tile_id=tid, load_id=load, centre=tiles[tid], ra=ra, dec=dec, numbers=idx + 1)
+                sdb.resolve_overlaps(conn, "magabdualobj", load)
+
+        def check():
+            with sdb.engine.connect() as conn:
+                rows = conn.execute(text("SELECT tile_id, number, primary_flag, alpha_j2000, delta_j2000 FROM "
+                                         "magabdualobj")).all()
+            by_obj = {}
+            for t, n, p, ra, dec in rows:
+                by_obj.setdefault(n, []).append((t, p, ra, dec))
+            multi = 0
+            for n, dets in by_obj.items():
+                assert sum(p for _, p, _, _ in dets) == 1, (n, dets)  # one primary per object
+                if len(dets) > 1:
+                    multi += 1
+                    best = min(dets, key=lambda d: (angular_distance_arcsec(d[2], d[3], *tiles[d[0]]), d[0]))
+                    assert best[1] == 1
+            return multi, len(by_obj)
+
+        multi, nobj = check()
+        expected = sum(np.isin(views[a][0], views[b][0]).sum() for a, b in ((1, 2), (2, 3), (1, 3)))
+        assert multi > 50 and nobj == len(set().union(*[set(v[0].tolist()) for v in views.values()]))
+        with sdb.engine.connect() as conn:
+            pairs = conn.execute(text("SELECT count(*) FROM duplicates")).scalar()
+        assert pairs == 2 * expected  # both directions of every pair
+        # pointing 2 is rebuilt: its rows and pairs go, its partners are primary again, then it comes back
+        with sdb.engine.begin() as conn:
+            sdb.forget_overlaps(conn, "magabdualobj", [2])
+            conn.execute(text("DELETE FROM magabdualobj WHERE tile_id = 2"))
+            conn.execute(text("DELETE FROM tileimage WHERE tile_id = 2"))
+        with sdb.engine.connect() as conn:
+            lost = conn.execute(text("SELECT count(*) FROM magabdualobj WHERE primary_flag = 0")).scalar()
+            assert lost == np.isin(views[1][0], views[3][0]).sum()  # only the 1-3 corner pairs remain
+        idx, ra, dec = views[2]
+        with sdb.engine.begin() as conn:
+            _pointing(sdb, conn, tile_id=2, load_id=4, centre=tiles[2], ra=ra, dec=dec, numbers=idx + 1)
+            sdb.resolve_overlaps(conn, "magabdualobj", 4)
+        assert check() == (multi, nobj)
+    finally:
+        sdb.dispose()

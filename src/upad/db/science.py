@@ -38,6 +38,7 @@ is derived data: it can always be rebuilt from the catalog products.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
@@ -46,7 +47,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (BigInteger, Column, DateTime, Double, Float, Index, Integer, MetaData, SmallInteger, String,
-                        Table, Text, inspect, text)
+                        Table, Text, bindparam, delete, inspect, select, text, update)
 from sqlalchemy.engine import Connection, Engine
 
 from upad.db.session import make_engine
@@ -166,6 +167,16 @@ def _base_tables(md: MetaData) -> None:
           Column("provenance_id", String(64), comment="provenance of the coadd (process database)"),
           Column("file_path", Text, comment="coadd file, relative to the data root"),
           Column("load_id", Integer, index=True))
+    Table("duplicates", md,
+          Column("table_name", String(32), primary_key=True, comment="magabdualobj or magabsingleobj"),
+          Column("tile_id", BigInteger, primary_key=True),
+          Column("number", Integer, primary_key=True),
+          Column("dup_tile_id", BigInteger, primary_key=True, comment="the same object in another pointing"),
+          Column("dup_number", Integer, primary_key=True),
+          Column("sep_arcsec", Float, comment="separation of the two [arcsec]"),
+          Column("loses", SmallInteger, comment="1: this one is not the primary of the pair (the other is "
+                                                "nearer its own tile's centre)"),
+          Index("ix_duplicates_dup", "table_name", "dup_tile_id"))
     Table("catalog_load", md,
           Column("load_id", Integer, primary_key=True, autoincrement=True),
           Column("instrument", String(32)),
@@ -301,6 +312,8 @@ class ScienceDB:
         cols += [Column("pointing_id", Integer, nullable=False), Column("load_id", Integer, nullable=False)]
         if name in POSITION_TABLES:
             cols.append(Column("hpx29", BigInteger, nullable=False))
+            cols.append(Column("primary_flag", SmallInteger, nullable=False, server_default=text("1"),
+                               comment="1: the primary detection of the object (0: a duplicate in a tile overlap)"))
         if name == "magabsingleobj":
             cols.append(Column("filter_id", Integer, nullable=False))
         taken = {c.name for c in cols}
@@ -353,9 +366,93 @@ class ScienceDB:
             conn.exec_driver_sql(f"INSERT INTO {table} ({collist}) VALUES ({', '.join('?' * len(names))})", rows)
         return n
 
+    # -- overlaps -------------------------------------------------------------------------------------------------
+    def resolve_overlaps(self, conn: Connection, table: str, load_id: int, *, match_arcsec: float = 1.0) -> int:
+        """Find the objects of load ``load_id`` that other pointings also have (within ``match_arcsec``; in
+        ``magabsingleobj``, in the same filter), record each pair in ``duplicates`` and keep one primary per object:
+        the detection nearer its own tile's centre (``tileimage``), the lower ``tile_id`` on a tie. Returns the
+        number of pairs."""
+        import astropy.units as u
+        from astropy.coordinates import SkyCoord
+
+        t, dup, ti = self.table(table), self.table("duplicates"), self.table("tileimage")
+        single = table == "magabsingleobj"
+        cols = [t.c.tile_id, t.c.number, t.c.alpha_j2000, t.c.delta_j2000] + ([t.c.filter_id] if single else [])
+        new = conn.execute(select(*cols).where(t.c.load_id == load_id)).all()
+        if not new:
+            return 0
+        arr = np.array([r[:4] for r in new], float)
+        v = np.stack([np.cos(np.radians(arr[:, 3])) * np.cos(np.radians(arr[:, 2])),
+                      np.cos(np.radians(arr[:, 3])) * np.sin(np.radians(arr[:, 2])), np.sin(np.radians(arr[:, 3]))])
+        c = v.mean(axis=1)
+        c /= np.linalg.norm(c)
+        rc, dc = math.degrees(math.atan2(c[1], c[0])) % 360.0, math.degrees(math.asin(np.clip(c[2], -1, 1)))
+        radius = float(angular_distance_arcsec(arr[:, 2], arr[:, 3], rc, dc).max()) + 2 * match_arcsec
+        cand = self.cone(table, rc, dc, radius, method="healpix", conn=conn,
+                         columns=["tile_id", "number", "load_id"] + (["filter_id"] if single else []))
+        cand = cand[np.asarray(cand["load_id"]) != load_id]
+        if len(cand) == 0:
+            return 0
+        a = SkyCoord(arr[:, 2], arr[:, 3], unit="deg")
+        b = SkyCoord(np.asarray(cand["alpha_j2000"], float), np.asarray(cand["delta_j2000"], float), unit="deg")
+        i, j, sep, _ = b.search_around_sky(a, match_arcsec * u.arcsec)  # i: into the new rows, j: into cand
+        if single:
+            same = np.array([new[k][4] for k in i]) == np.asarray(cand["filter_id"])[j]
+            i, j, sep = i[same], j[same], sep[same]
+        if len(i) == 0:
+            return 0
+        tiles = {int(x) for x in np.asarray(cand["tile_id"])[j]} | {int(new[k][0]) for k in i}
+        centres = {int(r[0]): (r[1], r[2]) for r in conn.execute(
+            select(ti.c.tile_id, ti.c.ra, ti.c.dec).where(ti.c.tile_id.in_(sorted(tiles))))}
+
+        def off_centre(tile, ra, dec):
+            cen = centres.get(int(tile))
+            return float(angular_distance_arcsec(ra, dec, *cen)) if cen else math.inf
+
+        rows, losers, winners = [], set(), set()
+        for k, m, s in zip(i, j, sep.arcsec):
+            nt, nn, nra, ndec = int(new[k][0]), int(new[k][1]), new[k][2], new[k][3]
+            ct, cn = int(cand["tile_id"][m]), int(cand["number"][m])
+            dn = off_centre(nt, nra, ndec)
+            dcand = off_centre(ct, float(cand["alpha_j2000"][m]), float(cand["delta_j2000"][m]))
+            new_wins = (dn, nt) < (dcand, ct)
+            rows.append({"table_name": table, "tile_id": nt, "number": nn, "dup_tile_id": ct, "dup_number": cn,
+                         "sep_arcsec": float(s), "loses": int(not new_wins)})
+            rows.append({"table_name": table, "tile_id": ct, "number": cn, "dup_tile_id": nt, "dup_number": nn,
+                         "sep_arcsec": float(s), "loses": int(new_wins)})
+            (losers if not new_wins else winners).add((nt, nn))
+            (losers if new_wins else winners).add((ct, cn))
+        conn.execute(dup.insert(), rows)
+        if losers:
+            conn.execute(update(t).where(t.c.tile_id == bindparam("t"), t.c.number == bindparam("n")).values(
+                primary_flag=0), [{"t": a_, "n": b_} for a_, b_ in sorted(losers)])
+        return len(rows) // 2
+
+    def forget_overlaps(self, conn: Connection, table: str, tile_ids: Sequence[int]) -> None:
+        """Before the rows of ``tile_ids`` are deleted: drop their duplicate pairs, and give their partners their
+        primary flag back unless they still lose to another pointing."""
+        if table not in self.metadata.tables or not tile_ids:
+            return
+        t, dup = self.table(table), self.table("duplicates")
+        ids = [int(x) for x in tile_ids]
+        partners = {(int(a), int(b)) for a, b in conn.execute(select(dup.c.dup_tile_id, dup.c.dup_number).where(
+            dup.c.table_name == table, dup.c.tile_id.in_(ids), ~dup.c.dup_tile_id.in_(ids)))}
+        conn.execute(delete(dup).where(dup.c.table_name == table,
+                                       dup.c.tile_id.in_(ids) | dup.c.dup_tile_id.in_(ids)))
+        if not partners:
+            return
+        still = {(int(a), int(b)) for a, b in conn.execute(select(dup.c.tile_id, dup.c.number).where(
+            dup.c.table_name == table, dup.c.loses == 1,
+            dup.c.tile_id.in_(sorted({p[0] for p in partners}))))}
+        back = sorted(partners - still)
+        if back:
+            conn.execute(update(t).where(t.c.tile_id == bindparam("t"), t.c.number == bindparam("n")).values(
+                primary_flag=1), [{"t": a, "n": b} for a, b in back])
+
     # -- reading --------------------------------------------------------------------------------------------------
     def cone(self, table: str, ra_deg: float, dec_deg: float, radius_arcsec: float, *,
-             columns: Iterable[str] | None = None, method: str = "auto", limit: int | None = None) -> Any:
+             columns: Iterable[str] | None = None, method: str = "auto", limit: int | None = None,
+             conn: Connection | None = None) -> Any:
         """Rows of ``table`` within ``radius_arcsec`` of a position, nearest first.
 
         Parameters
@@ -372,6 +469,8 @@ class ScienceDB:
             ``auto``: q3c where the PostgreSQL database has it, else the HEALPix ranges.
         limit : int, optional
             At most this many rows (the nearest).
+        conn : Connection, optional
+            Run on this connection (inside its transaction) rather than a new one.
 
         Returns
         -------
@@ -400,7 +499,7 @@ class ScienceDB:
         if not (math.isfinite(ra_deg) and -90.0 <= dec_deg <= 90.0):
             raise ValueError(f"position ({ra_deg}, {dec_deg}) deg: the declination must be within [-90, 90]")
         sel = ", ".join(f"o.{c}" for c in want)
-        with self.engine.connect() as conn:
+        with (contextlib.nullcontext(conn) if conn is not None else self.engine.connect()) as conn:
             q3c = self._q3c_index(conn, base) if method in ("auto", "q3c") else None
             if method == "q3c" and q3c is None:
                 raise UpadError(f"{base} has no q3c index (q3c is not installed in this database)",

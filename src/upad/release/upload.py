@@ -43,6 +43,9 @@ class SciencedbLoadConfig(StepConfig):
     detection_filter: str = param("rSDSS", doc="detection band of the dual-mode catalogs (as catalog_dual's)")
     point_source_class_star: float = param(0.9, doc="CLASS_STAR from which an object is in the point-source view "
                                                     "magabdualpointsources", bounds=(0.0, 1.0))
+    overlap_match_arcsec: float = param(1.0, doc="objects of neighbouring pointings this close are one object (the "
+                                                 "one nearer its tile's centre is the primary)", bounds=(0.05, 10.0),
+                                        unit="arcsec")
 
 
 def science_db_url(root: str | os.PathLike, configured: str = "") -> str:
@@ -169,7 +172,8 @@ def _filter_ids(instrument: str, names: Iterable[str]) -> tuple[dict[str, int], 
 
 def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: list[dict[str, Any]],
                   dual: str | None, singles: dict[str, str], provenance_id: str, detection_filter: str,
-                  point_source_class_star: float = 0.9, code_version: str = "") -> dict[str, Any]:
+                  point_source_class_star: float = 0.9, match_arcsec: float = 1.0,
+                  code_version: str = "") -> dict[str, Any]:
     """Load one pointing's catalogs and images into the science database, replacing its previous load.
 
     Parameters
@@ -187,6 +191,8 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
         Filter → single-mode catalog path.
     provenance_id : str
         This load's provenance id (recorded in ``catalog_load``).
+    match_arcsec : float
+        Objects of another pointing this close are the same object (tile overlaps: one primary each).
 
     Returns
     -------
@@ -220,6 +226,9 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
             catalogs=json.dumps({"dual": dual is not None, "single": sorted(singles)}),
             code_version=code_version or upad.__version__).returning(tl.c.load_id)).scalar_one()
         if old:
+            old_tiles = list(conn.execute(select(ti.c.tile_id).where(ti.c.load_id.in_(old))).scalars())
+            for name in ("magabdualobj", "magabsingleobj"):
+                sdb.forget_overlaps(conn, name, old_tiles)
             for name in ("magabdualobj", "magabdualphot", "magabsingleobj"):
                 if sdb.has_table(name):
                     conn.execute(delete(sdb.table(name)).where(sdb.table(name).c.load_id.in_(old)))
@@ -248,10 +257,12 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
                                      load_id=load_id, filter_id=fids[f])
             sdb.ensure_catalog_table(conn, "magabsingleobj", cols)
             n_single += sdb.bulk_insert(conn, "magabsingleobj", rows)
+        n_dup = {name: sdb.resolve_overlaps(conn, name, load_id, match_arcsec=match_arcsec)
+                 for name in ("magabdualobj", "magabsingleobj") if sdb.has_table(name)}
         conn.execute(update(tl).where(tl.c.load_id == load_id).values(
             n_dual=n_dual, n_dual_phot=n_phot, n_single=n_single, n_images=len(images)))
         out.update(load_id=int(load_id), n_dual=n_dual, n_dual_phot=n_phot, n_single=n_single,
-                   n_images=len(images), replaced=[int(x) for x in old])
+                   n_images=len(images), replaced=[int(x) for x in old], duplicates=n_dup)
         # a load that lost a race with another load of the same pointing would leave two current loads
         current = conn.execute(select(func.count()).select_from(tl).where(
             tl.c.instrument == instrument, tl.c.pointing_id == pointing_id, tl.c.replaced_at.is_(None))).scalar()
@@ -363,7 +374,7 @@ class SciencedbLoad(Step):
             res = load_pointing(sdb, instrument=inst, pointing_id=tid, images=images, dual=dual, singles=singles,
                                 provenance_id=task.provenance_id, detection_filter=cfg.detection_filter,
                                 point_source_class_star=cfg.point_source_class_star,
-                                code_version=code_version(self.version))
+                                match_arcsec=cfg.overlap_match_arcsec, code_version=code_version(self.version))
         finally:
             sdb.dispose()
         receipt = {"science_db": _safe_url(url), **res,
@@ -461,7 +472,8 @@ def reload_all(db: Any, settings: Any, url: str, *, progress: Any = None) -> lis
                                     images=images, dual=path(ins["dual"][0], "catalog") if ins.get("dual") else None,
                                     singles=singles,
                                     provenance_id=p.provenance_id, detection_filter=cfg.detection_filter,
-                                    point_source_class_star=cfg.point_source_class_star)
+                                    point_source_class_star=cfg.point_source_class_star,
+                                    match_arcsec=cfg.overlap_match_arcsec)
                 out.append({"unit": p.unit_key, **res})
             except (DataError, OSError, KeyError, StopIteration) as exc:
                 out.append({"unit": p.unit_key, "error": f"{type(exc).__name__}: {exc}"})
