@@ -355,6 +355,8 @@ class CatalogDual(Step):
         name = f"catalog_TILE-{tile:05d}_dual.fits"
         left_out = list(task.context.get("left_out") or [])
         out = _write_catalog(task, self, cat, name, {"TILE_ID": (tile, "survey pointing"),
+                                                     "GRIDNX": (det.image.shape[1], "columns of the pointing's grid"),
+                                                     "GRIDNY": (det.image.shape[0], "rows of the pointing's grid"),
                                                      "LEFTOUT": (",".join(left_out), "observed filters without a "
                                                                                      "usable coadd")})
         meta = _summary(cat, [b.name for b in bands], dual=True)

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (BigInteger, Column, DateTime, Double, Float, Index, Integer, MetaData, SmallInteger, String,
-                        Table, Text, bindparam, delete, inspect, select, text, update)
+                        Table, Text, bindparam, case, delete, inspect, select, text, update)
 from sqlalchemy.engine import Connection, Engine
 
 from upad.db.session import make_engine
@@ -164,6 +164,9 @@ def _base_tables(md: MetaData) -> None:
           Column("area_deg2", Float, comment="tile area: exposure fraction above the tile mask's threshold [deg2]"),
           Column("unmasked_deg2", Float, comment="the tile area outside every mask (bright stars, artefacts) "
                                                  "[deg2]"),
+          Column("zp_offset", Float, comment="tile zero-point offset applied to the catalogs' magnitudes of this "
+                                             "image [mag] (0: the coadd's MAGZP as measured)"),
+          Column("zp_provenance", String(64), comment="provenance of the tile calibration applied"),
           Column("provenance_id", String(64), comment="provenance of the coadd (process database)"),
           Column("file_path", Text, comment="coadd file, relative to the data root"),
           Column("load_id", Integer, index=True))
@@ -365,6 +368,42 @@ class ScienceDB:
         else:
             conn.exec_driver_sql(f"INSERT INTO {table} ({collist}) VALUES ({', '.join('?' * len(names))})", rows)
         return n
+
+    # -- zero points ----------------------------------------------------------------------------------------------
+    def apply_zero_point(self, conn: Connection, *, tile_id: int, offset: float, provenance: str | None = None
+                         ) -> float:
+        """Make ``offset`` the zero-point offset of image ``tile_id`` in the catalogs, without re-measuring: every
+        magnitude of that image's band (``magabdualphot`` rows of its pointing and filter, its ``magabsingleobj``
+        rows) moves by the difference from the offset applied before (non-detections stay 99, their upper limits
+        move). Returns the shift applied."""
+        ti = self.table("tileimage")
+        row = conn.execute(select(ti.c.filter_id, ti.c.ref_tile_id, ti.c.zp_offset).where(
+            ti.c.tile_id == tile_id)).one_or_none()
+        if row is None:
+            raise DataError(f"no image {tile_id} in the science database's tileimage")
+        delta = float(offset) - float(row.zp_offset or 0.0)
+        targets = []
+        if row.ref_tile_id is not None and self.has_table("magabdualphot"):
+            t = self.table("magabdualphot")
+            targets.append((t, (t.c.tile_id == row.ref_tile_id) & (t.c.filter_id == row.filter_id)))
+        if self.has_table("magabsingleobj"):
+            t = self.table("magabsingleobj")
+            targets.append((t, t.c.tile_id == tile_id))
+        if delta != 0.0:
+            for t, where in targets:
+                values = {}
+                for c in t.c:
+                    if not c.name.startswith("mag_") or c.name.startswith("mag_err_"):
+                        continue
+                    values[c.name] = case((c < 50, c + delta), else_=c)
+                    e = t.c.get(c.name.replace("mag_", "mag_err_", 1))
+                    if e is not None:  # a non-detection's upper limit is a magnitude too
+                        values[e.name] = case(((c >= 50) & (e > 0) & (e < 50), e + delta), else_=e)
+                if values:
+                    conn.execute(update(t).where(where).values(**values))
+        conn.execute(update(ti).where(ti.c.tile_id == tile_id).values(zp_offset=float(offset),
+                                                                     zp_provenance=provenance))
+        return delta
 
     # -- overlaps -------------------------------------------------------------------------------------------------
     def resolve_overlaps(self, conn: Connection, table: str, load_id: int, *, match_arcsec: float = 1.0) -> int:

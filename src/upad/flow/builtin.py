@@ -15,6 +15,7 @@ STEP_MODULES = (
     "upad.coadd.registration_step",
     "upad.catalog.mask_step",
     "upad.catalog.step",
+    "upad.catalog.calibration",
     "upad.release.upload",
 )
 

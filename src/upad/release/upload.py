@@ -173,6 +173,7 @@ def _filter_ids(instrument: str, names: Iterable[str]) -> tuple[dict[str, int], 
 def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: list[dict[str, Any]],
                   dual: str | None, singles: dict[str, str], provenance_id: str, detection_filter: str,
                   point_source_class_star: float = 0.9, match_arcsec: float = 1.0,
+                  zero_points: dict[str, float] | None = None, zp_provenance: str | None = None,
                   code_version: str = "") -> dict[str, Any]:
     """Load one pointing's catalogs and images into the science database, replacing its previous load.
 
@@ -193,6 +194,9 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
         This load's provenance id (recorded in ``catalog_load``).
     match_arcsec : float
         Objects of another pointing this close are the same object (tile overlaps: one primary each).
+    zero_points : dict, optional
+        Filter → the tile calibration's zero-point offset, applied to the loaded magnitudes (``tileimage.zp_offset``
+        records it; :meth:`~upad.db.science.ScienceDB.apply_zero_point` replaces it later without re-measuring).
 
     Returns
     -------
@@ -257,12 +261,17 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
                                      load_id=load_id, filter_id=fids[f])
             sdb.ensure_catalog_table(conn, "magabsingleobj", cols)
             n_single += sdb.bulk_insert(conn, "magabsingleobj", rows)
+        for im in images:
+            off = (zero_points or {}).get(im["filter"])
+            if off is not None:
+                sdb.apply_zero_point(conn, tile_id=int(im["tile_id"]), offset=float(off), provenance=zp_provenance)
         n_dup = {name: sdb.resolve_overlaps(conn, name, load_id, match_arcsec=match_arcsec)
                  for name in ("magabdualobj", "magabsingleobj") if sdb.has_table(name)}
         conn.execute(update(tl).where(tl.c.load_id == load_id).values(
             n_dual=n_dual, n_dual_phot=n_phot, n_single=n_single, n_images=len(images)))
         out.update(load_id=int(load_id), n_dual=n_dual, n_dual_phot=n_phot, n_single=n_single,
-                   n_images=len(images), replaced=[int(x) for x in old], duplicates=n_dup)
+                   n_images=len(images), replaced=[int(x) for x in old], duplicates=n_dup,
+                   zero_points={f: v for f, v in (zero_points or {}).items() if f in by_filter})
         # a load that lost a race with another load of the same pointing would leave two current loads
         current = conn.execute(select(func.count()).select_from(tl).where(
             tl.c.instrument == instrument, tl.c.pointing_id == pointing_id, tl.c.replaced_at.is_(None))).scalar()
@@ -270,6 +279,13 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
             raise DataError(f"{current} current loads of {instrument} pointing {pointing_id}: another load ran at the "
                             "same time; this one is rolled back")
     return out
+
+
+def _made_from(session: Any, provenance_id: str, role: str) -> set[int]:
+    from upad.db.models import ProvenanceInput
+
+    return {int(i) for i in session.scalars(select(ProvenanceInput.input_id).where(
+        ProvenanceInput.provenance_id == provenance_id, ProvenanceInput.role == role))}
 
 
 def _date_ranges(session: Any, coadd_ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
@@ -305,7 +321,9 @@ class SciencedbLoad(Step):
     inputs = (Input("coadd", "coadd", minimum=1, maximum=None, doc="the current coadds of the pointing"),
               Input("dual", "catalog_dual", minimum=0, maximum=1, doc="the pointing's dual-mode catalog"),
               Input("single", "catalog_single", minimum=0, maximum=None, doc="the single-mode catalogs"),
-              Input("tile_mask", "tile_mask", minimum=0, maximum=1, doc="the pointing's tile mask (its areas)"))
+              Input("tile_mask", "tile_mask", minimum=0, maximum=1, doc="the pointing's tile mask (its areas)"),
+              Input("calibration", "tile_calibration", minimum=0, maximum=1,
+                    doc="the tile calibration of the dual catalog (its zero points are applied)"))
     outputs = (Output("receipt", doc="JSON: what was loaded (load id, rows per table, catalogs' provenance ids)"),)
 
     def plan(self, ctx: PlanContext, config: SciencedbLoadConfig) -> Iterable[Unit]:
@@ -314,6 +332,8 @@ class SciencedbLoad(Step):
         duals = pointing_products(ctx.session, "catalog_dual")
         singles = pointing_products(ctx.session, "catalog_single", by_filter=True)
         masks = pointing_products(ctx.session, "tile_mask")
+        calibrations = pointing_products(ctx.session, "tile_calibration")
+        failed_cal = ctx.failed_units("tile_calibration")
         failed_single = ctx.failed_units("catalog_single")
         failed_dual = ctx.failed_units("catalog_dual")
         for pc in pointing_coadds(ctx):
@@ -347,6 +367,14 @@ class SciencedbLoad(Step):
                 inputs.append(InputRef("product", mask.id, "tile_mask"))
             if dual is not None:
                 inputs.append(InputRef("product", dual.id, "dual"))
+                cal = calibrations.get((inst, tid))
+                ok = cal is not None and _made_from(ctx.session, cal.provenance_id, "dual") == {dual.id}
+                if ok:
+                    inputs.append(InputRef("product", cal.id, "calibration"))
+                elif pc.key not in failed_cal:
+                    yield Unit(key=pc.key, ready=False, context=context,
+                               reason=f"tile {tid}: waiting for the tile calibration of its dual catalog")
+                    continue
             inputs += [InputRef("product", p.id, "single") for _, p in sorted(mine.items())]
             dates = _date_ranges(ctx.session, [p.id for p in pc.coadds.values()])
             context["dates"] = {str(k): v for k, v in dates.items()}
@@ -368,10 +396,18 @@ class SciencedbLoad(Step):
                              file_of(masks[0], "mask") if masks else None)
         duals = task.inputs_by_role("dual")
         dual = file_of(duals[0], "catalog") if duals else None
+        cals = task.inputs_by_role("calibration")
+        zero_points, zp_prov = None, None
+        if cals:
+            from upad.catalog.calibration import TileCalibration
+
+            zero_points = TileCalibration.read(file_of(cals[0], "zeropoints")).offsets()
+            zp_prov = cals[0].meta.get("provenance_id")
         url = science_db_url(task.root, cfg.url)
         sdb = ScienceDB(url)
         try:
             res = load_pointing(sdb, instrument=inst, pointing_id=tid, images=images, dual=dual, singles=singles,
+                                zero_points=zero_points, zp_provenance=zp_prov,
                                 provenance_id=task.provenance_id, detection_filter=cfg.detection_filter,
                                 point_source_class_star=cfg.point_source_class_star,
                                 match_arcsec=cfg.overlap_match_arcsec, code_version=code_version(self.version))
@@ -468,7 +504,14 @@ def reload_all(db: Any, settings: Any, url: str, *, progress: Any = None) -> lis
             try:
                 images = image_infos(coadds, singles, ctx.get("dates") or {},
                                      path(masks[0], "mask") if masks else None)
+                cal = ins.get("calibration") or []
+                zps = None
+                if cal:
+                    from upad.catalog.calibration import TileCalibration
+
+                    zps = TileCalibration.read(path(cal[0], "zeropoints")).offsets()
                 res = load_pointing(sdb, instrument=ctx["instrument"], pointing_id=int(ctx["tile_id"]),
+                                    zero_points=zps, zp_provenance=cal[0].provenance_id if cal else None,
                                     images=images, dual=path(ins["dual"][0], "catalog") if ins.get("dual") else None,
                                     singles=singles,
                                     provenance_id=p.provenance_id, detection_filter=cfg.detection_filter,
