@@ -64,6 +64,10 @@ def test_upad_demo_command(tmp_path, capsys):
     assert summary["flow"]["failed_jobs"] == []
     assert summary["flow"]["products"]["raw_preview"]["current"] == summary["frames"]["total"]
     assert (root / "upad.sqlite").exists()
+    # ... through the coadds and their catalogs into the science database
+    for step in ("coadd", "tile_mask", "catalog_dual", "tile_calibration", "sciencedb_load"):
+        assert summary["flow"]["products"][step]["current"] >= 1, step
+    assert summary["science_db"].endswith("science.sqlite") and (root / "science.sqlite").exists()
     # raw frames are archived by night and are readable FITS with the data in HDU 1
     raw = sorted((root / "raw").rglob("*.fits.fz"))
     assert len(raw) == summary["frames"]["total"]

@@ -74,8 +74,11 @@ def demo(settings: Settings, instrument: str, seed: int, nights: int, workers: i
                "truth": str(incoming / "truth"), "ingest": report.counts, "run": counts,
                "frames": status_summary(db)["frames"], "flow": flow_summary(db),
                "seconds": round(time.perf_counter() - t0, 1),
-               "areas": {a: str(settings.root / a) for a in ("raw", "calibration", "reduced", "previews",
-                                                              "quarantine")}}
+               "areas": {a: str(settings.root / a) for a in ("raw", "calibration", "reduced", "coadds", "catalogs",
+                                                              "previews", "quarantine")}}
+    from upad.release.upload import configured_url
+
+    summary["science_db"] = configured_url(settings)
     db.dispose()
     if as_json:
         emit_json(summary)
@@ -87,8 +90,9 @@ def demo(settings: Settings, instrument: str, seed: int, nights: int, workers: i
     for step, states in summary["flow"]["products"].items():
         console.print(f"  products of {step}: {states}")
     console.print(f"  database     {settings.db_url}")
-    console.print("Next: `upad status`, `upad frames`, `upad products`, `upad history FRAME` "
-                  f"(add --root {settings.root}).")
+    console.print(f"  science db   {summary['science_db']}")
+    console.print("Next: `upad status`, `upad frames`, `upad products`, `upad history FRAME`, `upad sciencedb status`, "
+                  f"`upad sciencedb cone RA DEC RADIUS` (add --root {settings.root}).")
 
 
 COMMANDS = [demo]

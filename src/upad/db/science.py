@@ -302,6 +302,8 @@ class ScienceDB:
         """
         name = name.lower()
         keys = CATALOG_TABLES[name]
+        if name not in self.metadata.tables and inspect(conn).has_table(name):  # made by another process since
+            Table(name, self.metadata, autoload_with=conn)
         if name in self.metadata.tables:
             t = self.metadata.tables[name]
             missing = [c.name for c in columns if c.name not in t.c]
@@ -348,6 +350,12 @@ class ScienceDB:
                           f"WHERE class_star >= {float(class_star)!r} AND (det_flags & 6) = 0"))
 
     # -- writing --------------------------------------------------------------------------------------------------
+    def lock_for_load(self, conn: Connection) -> None:
+        """Serialise loads (PostgreSQL: a transaction-scoped advisory lock; SQLite's writers are serialised by its
+        BEGIN IMMEDIATE already): two pointings loaded at once never race to create a table or a view."""
+        if self.backend == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(7301504)"))
+
     def bulk_insert(self, conn: Connection, table: str, data: dict[str, np.ndarray]) -> int:
         """Insert the columns ``data`` (equal-length arrays) into ``table``: COPY on PostgreSQL, executemany on
         SQLite. Returns the number of rows."""

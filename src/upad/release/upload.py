@@ -218,6 +218,7 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
     tl, tf, ti = sdb.table("catalog_load"), sdb.table("filter"), sdb.table("tileimage")
     out: dict[str, Any] = {}
     with sdb.engine.begin() as conn:
+        sdb.lock_for_load(conn)
         have = set(conn.execute(select(tf.c.filter_id)).scalars())
         missing = [r for r in filter_rows if r["filter_id"] not in have]
         if missing:
