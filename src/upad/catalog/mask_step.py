@@ -138,20 +138,20 @@ class TileMaskStep(Step):
         from upad.io.products import file_of
 
         cfg = task.config
-        exps, rejected, wcs, header = [], [], None, None
-        for r in task.inputs_by_role("coadd"):
-            with fits.open(file_of(r, "coadd"), memmap=True) as hd:
-                if "EXPMAP" not in hd:
-                    raise DataError(f"{file_of(r, 'coadd')}: no EXPMAP; is this a upad coadd?")
-                if header is None:
-                    header = hd["SCI"].header
-                    wcs = WCS(header).celestial
-                exps.append(np.asarray(hd["EXPMAP"].data, np.float32))
-                rejected.append(np.asarray(hd["MASK"].data) if "MASK" in hd else None)
+        paths = [file_of(r, "coadd") for r in task.inputs_by_role("coadd")]
+        with fits.open(paths[0], memmap=True) as hd:
+            wcs = WCS(hd["SCI"].header).celestial
+
+        def planes(hdu: str):  # one full-size map in memory at a time
+            for p in paths:
+                with fits.open(p, memmap=True) as hd:
+                    if hdu == "EXPMAP" and hdu not in hd:
+                        raise DataError(f"{p}: no EXPMAP; is this a upad coadd?")
+                    yield np.asarray(hd[hdu].data, np.float32 if hdu == "EXPMAP" else None) if hdu in hd else None
+
         scale = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600.0
         stars, notes = _stars(task, cfg)
-        mask = tile_mask(exps, rejected, wcs=wcs, pixel_scale=scale, stars=stars, config=cfg)
-        del exps, rejected
+        mask = tile_mask(planes("EXPMAP"), planes("MASK"), wcs=wcs, pixel_scale=scale, stars=stars, config=cfg)
         tile = int(task.context["tile_id"])
         summary = mask.summary()
         stem = f"tilemask_TILE-{tile:05d}"

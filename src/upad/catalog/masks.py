@@ -20,6 +20,7 @@ file and a veto file; a position is unmasked when it is in an area polygon and i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,16 +129,17 @@ def _box(image: np.ndarray, box: tuple[float, float, float, float], bit: int) ->
         image[j0:j1, i0:i1] |= np.int16(bit)
 
 
-def tile_mask(exptimes: list[np.ndarray], rejected: list[np.ndarray | None], *, wcs: Any, pixel_scale: float,
+def tile_mask(exptimes: Iterable[np.ndarray], rejected: Iterable[np.ndarray | None], *, wcs: Any, pixel_scale: float,
               stars: dict[str, np.ndarray] | None = None, config: TileMaskConfig = TileMaskConfig()) -> TileMask:
     """The tile mask of a pointing.
 
     Parameters
     ----------
-    exptimes : list of ndarray
-        Every filter's exposure-time map on the pointing's grid (s).
-    rejected : list of ndarray or None
-        Every filter's map of pixels rejected in some input (the coadd's ``MASK``; nonzero = rejected).
+    exptimes : iterable of ndarray
+        Every filter's exposure-time map on the pointing's grid (s); read once, one at a time (a generator keeps
+        one full-size map in memory).
+    rejected : iterable of ndarray or None
+        Every filter's map of pixels rejected in some input (the coadd's ``MASK``; nonzero = rejected); read once.
     wcs : astropy.wcs.WCS
         The grid's WCS.
     pixel_scale : float
@@ -153,19 +155,21 @@ def tile_mask(exptimes: list[np.ndarray], rejected: list[np.ndarray | None], *, 
     """
     from scipy import ndimage
 
-    if not exptimes:
-        raise ValueError("a tile mask needs at least one exposure-time map")
-    shape = exptimes[0].shape
-    if any(e.shape != shape for e in exptimes):
-        raise ValueError("the exposure-time maps are on different grids")
-    image = np.zeros(shape, mb.MASK_DTYPE)
-    low = np.zeros(shape, bool)
+    low = shape = None
     for e in exptimes:
+        if shape is None:
+            shape = e.shape
+            low = np.zeros(shape, bool)
+        elif e.shape != shape:
+            raise ValueError(f"the exposure-time maps are on different grids ({e.shape} and {shape})")
         covered = e > 0
         if not covered.any():
             low[:] = True
             continue
         low |= e < config.area_fraction * float(np.median(e[covered]))
+    if shape is None:
+        raise ValueError("a tile mask needs at least one exposure-time map")
+    image = np.zeros(shape, mb.MASK_DTYPE)
     image[low] |= np.int16(mb.LOWEXP)
     ny, nx = shape
     boxes = _rectangles(~low, config.block_px, majority=True)
