@@ -535,6 +535,12 @@ def test_the_tile_mask_of_the_pointing(coadded, tmp_path):
             units = list(CatalogDual().plan(PlanContext(s), CatalogStepConfig())) + \
                 list(CatalogSingle().plan(PlanContext(s), CatalogSingleConfig()))
         assert units and all(not u.ready and "leaves nothing" in u.reason for u in units)
+        # ... and the science database gets the images alone (no catalogs will come)
+        from upad.release.upload import SciencedbLoad, SciencedbLoadConfig
+
+        with db.session() as s:
+            (load,) = list(SciencedbLoad().plan(PlanContext(s), SciencedbLoadConfig()))
+        assert load.ready and sorted({i.role for i in load.inputs}) == ["coadd", "tile_mask"]
     finally:
         with db.session() as s:
             s.get(Product, tm.id).qc_status = old

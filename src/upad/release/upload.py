@@ -352,9 +352,15 @@ class SciencedbLoad(Step):
             if dual is not None and not made_from.get(dual.provenance_id, set()) <= coadd_ids:
                 dual = None  # made from a coadd that was rebuilt since: the new one is coming
             mine = {f: p for f, p in mine.items() if made_from.get(p.provenance_id) == {pc.coadds[f].id}}
-            pending = sorted(f for f in with_psf if f not in mine
-                             and tile_unit_key(inst, tid, f) not in failed_single)
-            need_dual = config.detection_filter in with_psf and pc.key not in failed_dual
+            mask = masks.get((inst, tid))
+            if mask is not None and made_from_coadds(ctx.session, [mask.provenance_id]).get(
+                    mask.provenance_id, set()) != coadd_ids:
+                mask = None  # made from coadds rebuilt since: the new one is coming
+            # a tile mask that leaves nothing means no catalogs will come: the images alone are loaded
+            nothing = mask is not None and mask.qc_status == "fail"
+            pending = [] if nothing else sorted(f for f in with_psf if f not in mine
+                                                and tile_unit_key(inst, tid, f) not in failed_single)
+            need_dual = not nothing and config.detection_filter in with_psf and pc.key not in failed_dual
             if pending or (need_dual and dual is None):
                 what = ([f"single-mode catalogs of {', '.join(pending)}"] if pending else []) + \
                        (["the dual-mode catalog"] if need_dual and dual is None else [])
@@ -362,9 +368,7 @@ class SciencedbLoad(Step):
                            reason=f"tile {tid}: waiting for {' and '.join(what)}")
                 continue
             inputs = [InputRef("product", p.id, "coadd") for _, p in sorted(pc.coadds.items())]
-            mask = masks.get((inst, tid))
-            if mask is not None and made_from_coadds(ctx.session, [mask.provenance_id]).get(
-                    mask.provenance_id, set()) == coadd_ids:
+            if mask is not None:
                 inputs.append(InputRef("product", mask.id, "tile_mask"))
             if dual is not None:
                 inputs.append(InputRef("product", dual.id, "dual"))
