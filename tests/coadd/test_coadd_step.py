@@ -434,6 +434,23 @@ def test_the_sciencedb_commands(coadded, tmp_path):
     assert r.exit_code == 0 and len(Table.read(out)) == len(rows)
     r = run(cli, ["sciencedb", "cone", str(ra), "91", "30", *base])
     assert r.exit_code != 0 and "declination must be within" in str(r.exception)
+    # Parquet exports of every table, read back
+    import pyarrow.parquet as pq
+
+    r = run(cli, ["sciencedb", "export", str(tmp_path / "parquet"), "--json", *base])
+    assert r.exit_code == 0, r.output
+    exported = json.loads(r.output)
+    for name in ("tileimage", "magabdualobj", "magabdualphot", "magabsingleobj"):
+        t = pq.read_table(exported[name]["path"])
+        assert t.num_rows == exported[name]["rows"] == st["counts"][name], name
+    objs = pq.read_table(exported["magabdualobj"]["path"]).to_pydict()
+    sdb = _science_db(settings)
+    with sdb.engine.connect() as conn:
+        db_rows = dict(conn.execute(text("SELECT number, alpha_j2000 FROM magabdualobj")).all())
+    sdb.dispose()
+    assert dict(zip(objs["number"], objs["alpha_j2000"])) == db_rows
+    r = run(cli, ["sciencedb", "export", str(tmp_path / "none"), "--table", "nosuch", *base])
+    assert r.exit_code != 0 and "no table nosuch" in str(r.exception)
     r = run(cli, ["sciencedb", "rebuild", "--yes", "--json", *base])
     assert r.exit_code == 0, r.output
     (res,) = json.loads(r.output)

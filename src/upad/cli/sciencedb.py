@@ -118,6 +118,36 @@ def _py(v):
     return v.item() if hasattr(v, "item") else v
 
 
+@sciencedb.command("export")
+@common_options
+@json_option
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--table", "tables", multiple=True, help="A table to export (repeatable; default: filter, tileimage, "
+              "the catalog tables and duplicates).")
+@click.option("--pointing", "pointings", type=int, multiple=True, help="Only these pointings (repeatable).")
+@click.option("--science-db", "url", envvar="UPAD_SCIENCE_DB_URL", default=None, help=_URL_HELP)
+def export(settings: Settings, as_json: bool, out_dir: str, tables: tuple[str, ...], pointings: tuple[int, ...],
+           url: str | None) -> None:
+    """Write tables of the science database as Parquet files OUT_DIR/<table>.parquet (with their SHA-256)."""
+    from upad.release.export import export_parquet
+
+    sdb = _open(settings, url)
+    try:
+        unknown = [t for t in tables if not sdb.has_table(t)]
+        if unknown:
+            raise UpadError(f"the science database has no table {', '.join(unknown)}",
+                            hint="`upad sciencedb status` lists the tables and their rows")
+        res = export_parquet(sdb, out_dir, tables=tuple(t.lower() for t in tables) or None,
+                             where={"pointing_id": list(pointings)} if pointings else None)
+    finally:
+        sdb.dispose()
+    if as_json:
+        emit_json(res)
+        return
+    for name, r in res.items():
+        stdout.print(f"{name:16s} {r['rows']:>10d} rows  {r['path']}  sha256 {r['sha256'][:16]}")
+
+
 @sciencedb.command("rebuild")
 @common_options
 @json_option
