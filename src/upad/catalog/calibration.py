@@ -260,7 +260,6 @@ class TileCalibrationStep(Step):
                        priority=188, inputs=[InputRef("product", p.id, "dual")])
 
     def run(self, task: Task) -> StepOutput:
-        from astropy.io import fits
         from astropy.table import Table
 
         from upad.io.products import file_of
@@ -268,10 +267,8 @@ class TileCalibrationStep(Step):
 
         cfg = task.config
         path = file_of(task.input("dual"), "catalog")
-        cat = Table.read(path, hdu="CATALOG")
-        with fits.open(path) as hd:
-            h = hd["CATALOG"].header
-            shape = (int(h.get("GRIDNY", 0)), int(h.get("GRIDNX", 0)))
+        cat = Table.read(path, hdu="CATALOG")  # its header cards are in cat.meta
+        shape = (int(cat.meta.get("GRIDNY", 0)), int(cat.meta.get("GRIDNX", 0)))
         if not all(shape):
             x, y = np.asarray(cat["X_IMAGE"]), np.asarray(cat["Y_IMAGE"])
             shape = (int(np.ceil(y.max())) + 1, int(np.ceil(x.max())) + 1)

@@ -172,14 +172,14 @@ def pointing_products(session: Any, step: str, *, by_filter: bool = False) -> di
     return out
 
 
-def made_from_coadds(session: Any, provenance_ids: list[str]) -> dict[str, set[int]]:
-    """The coadd product ids each provenance record (of a pointing's product) was made from (role ``coadd``)."""
+def made_from_coadds(session: Any, provenance_ids: list[str], *, role: str = "coadd") -> dict[str, set[int]]:
+    """The product ids each provenance record (of a pointing's product) was made from in ``role`` (the coadds)."""
     from upad.db.models import ProvenanceInput
 
     out: dict[str, set[int]] = {}
     if provenance_ids:
         for prov, pid in session.execute(select(ProvenanceInput.provenance_id, ProvenanceInput.input_id).where(
-                ProvenanceInput.provenance_id.in_(provenance_ids), ProvenanceInput.role == "coadd")):
+                ProvenanceInput.provenance_id.in_(provenance_ids), ProvenanceInput.role == role)):
             out.setdefault(prov, set()).add(int(pid))
     return out
 

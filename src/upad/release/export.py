@@ -6,7 +6,6 @@ returned for a release manifest.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -14,19 +13,12 @@ from typing import Any
 from sqlalchemy import select
 
 from upad.db.science import CATALOG_TABLES, ScienceDB
+from upad.io.atomic import sha256_file
 
 __all__ = ["export_parquet", "EXPORTED_TABLES"]
 
 #: The tables exported by default (the catalogs and what describes them).
 EXPORTED_TABLES = ("filter", "tileimage", *CATALOG_TABLES, "duplicates")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _arrow_type(sqltype: Any) -> Any:
@@ -102,5 +94,5 @@ def export_parquet(sdb: ScienceDB, out_dir: str | os.PathLike, *, tables: tuple[
         finally:
             writer.close()
         os.replace(tmp, final)
-        result[name] = {"path": str(final), "rows": rows, "sha256": _sha256(final)}
+        result[name] = {"path": str(final), "rows": rows, "sha256": sha256_file(final)}
     return result

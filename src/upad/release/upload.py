@@ -282,13 +282,6 @@ def load_pointing(sdb: ScienceDB, *, instrument: str, pointing_id: int, images: 
     return out
 
 
-def _made_from(session: Any, provenance_id: str, role: str) -> set[int]:
-    from upad.db.models import ProvenanceInput
-
-    return {int(i) for i in session.scalars(select(ProvenanceInput.input_id).where(
-        ProvenanceInput.provenance_id == provenance_id, ProvenanceInput.role == role))}
-
-
 def _date_ranges(session: Any, coadd_ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
     """First and last exposure start (ISO) of the frames of each coadd (through the provenance of its inputs)."""
     from upad.db.models import Frame, Product, ProvenanceInput
@@ -373,7 +366,8 @@ class SciencedbLoad(Step):
             if dual is not None:
                 inputs.append(InputRef("product", dual.id, "dual"))
                 cal = calibrations.get((inst, tid))
-                ok = cal is not None and _made_from(ctx.session, cal.provenance_id, "dual") == {dual.id}
+                ok = cal is not None and made_from_coadds(ctx.session, [cal.provenance_id], role="dual").get(
+                    cal.provenance_id) == {dual.id}
                 if ok:
                     inputs.append(InputRef("product", cal.id, "calibration"))
                 elif pc.key not in failed_cal:
